@@ -1,0 +1,326 @@
+//! File chunk maps (`C ino offset`) and the dedup index (`H fingerprint`).
+//!
+//! A chunk-map commit replaces the entries that start inside given byte
+//! ranges, sets the file size, and moves reference counts, all in the
+//! caller's transaction. A chunk the client believes known but that is
+//! missing or marked dead (garbage collection got there first) fails the
+//! commit with `MissingChunks`, and the client uploads it and commits again:
+//! this closes the race between dedup and GC described in DESIGN.md.
+
+use dfs_proto::{
+    ChunkMapReply, ChunkRecord, ChunkRefRecord, ChunkState, CommitChunksRequest, FileKind,
+    InodeRecord, MappedChunk, StatsReply,
+};
+use prost::Message;
+
+use crate::error::{MetaError, Result};
+use crate::keys;
+use crate::namespace::{get_inode, get_record, put_inode, put_record};
+use crate::store::KvTxn;
+
+/// Largest chunk a client may commit (FastCDC's maximum).
+pub const MAX_CHUNK_LEN: u32 = 128 * 1024;
+const FINGERPRINT_LEN: usize = 32;
+
+fn decref(txn: &mut dyn KvTxn, fingerprint: &[u8], now_ns: i64) -> Result<()> {
+    let key = keys::hash(fingerprint);
+    let Some(mut rec) = get_record::<ChunkRecord>(txn, &key)? else {
+        tracing::error!(fingerprint = %hex(fingerprint), "chunk map refers to a chunk missing from the index");
+        return Ok(());
+    };
+    rec.refcount = rec.refcount.saturating_sub(1);
+    if rec.refcount == 0 {
+        rec.zero_since_ns = now_ns;
+    }
+    put_record(txn, &key, &rec);
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Removes every chunk-map entry of `ino` at or after `from`, dropping
+/// their references. Used by unlink and truncation.
+pub fn remove_from(txn: &mut dyn KvTxn, ino: u64, from: u64, now_ns: i64) -> Result<()> {
+    remove_range(txn, ino, from, u64::MAX, now_ns).map(|_| ())
+}
+
+/// Removes the entries that start in `[start, end)`; returns the end of the
+/// last one removed.
+fn remove_range(
+    txn: &mut dyn KvTxn,
+    ino: u64,
+    start: u64,
+    end: u64,
+    now_ns: i64,
+) -> Result<Option<u64>> {
+    let begin = keys::chunk(ino, start);
+    let stop = if end == u64::MAX {
+        keys::prefix_end(&keys::chunk_prefix(ino))
+    } else {
+        keys::chunk(ino, end)
+    };
+    let rows = txn.range(&begin, &stop, 0, false)?;
+    let mut last_end = None;
+    for (key, value) in &rows {
+        let rec = ChunkRefRecord::decode(value.as_slice())?;
+        decref(txn, &rec.fingerprint, now_ns)?;
+        let offset =
+            keys::chunk_offset(key).ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
+        last_end = Some(offset + u64::from(rec.len));
+    }
+    if !rows.is_empty() {
+        txn.clear_range(&begin, &stop);
+    }
+    Ok(last_end)
+}
+
+/// Checks a commit request before it touches anything, so a malformed
+/// request can never leave a file with overlapping or dangling chunks.
+fn validate(req: &CommitChunksRequest) -> Result<()> {
+    let bad = |m: String| Err(MetaError::Invalid(m));
+    for r in &req.replaced {
+        if r.start >= r.end {
+            return bad(format!("empty replaced range {}..{}", r.start, r.end));
+        }
+    }
+    let mut prev_end = 0u64;
+    for (i, c) in req.chunks.iter().enumerate() {
+        if c.fingerprint.len() != FINGERPRINT_LEN {
+            return bad(format!(
+                "chunk {i}: fingerprint of {} bytes",
+                c.fingerprint.len()
+            ));
+        }
+        if c.len == 0 || c.len > MAX_CHUNK_LEN {
+            return bad(format!("chunk {i}: length {}", c.len));
+        }
+        let end = c
+            .offset
+            .checked_add(u64::from(c.len))
+            .ok_or_else(|| MetaError::Invalid("chunk offset overflows".into()))?;
+        if i > 0 && c.offset < prev_end {
+            return bad(format!(
+                "chunk {i} at {} overlaps the previous one",
+                c.offset
+            ));
+        }
+        if !req
+            .replaced
+            .iter()
+            .any(|r| r.start <= c.offset && end <= r.end)
+        {
+            return bad(format!(
+                "chunk {i} at {} lies outside every replaced range",
+                c.offset
+            ));
+        }
+        if end > req.new_size {
+            return bad(format!(
+                "chunk {i} ends at {end}, past the new size {}",
+                req.new_size
+            ));
+        }
+        if let Some(up) = &c.uploaded {
+            let layout = up.layout.clone().unwrap_or_default();
+            let shards = if layout.parity_shards == 0 {
+                layout.replicas
+            } else {
+                layout.data_shards + layout.parity_shards
+            };
+            if shards == 0 || up.shard_servers.len() != shards as usize || up.raw_len != c.len {
+                return bad(format!(
+                    "chunk {i}: uploaded record does not match its layout"
+                ));
+            }
+        }
+        prev_end = end;
+    }
+    Ok(())
+}
+
+pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Result<InodeRecord> {
+    validate(req)?;
+    let mut inode = get_inode(txn, req.ino)?;
+    match inode.kind() {
+        FileKind::Regular => {}
+        FileKind::Directory => return Err(MetaError::IsDir),
+        _ => return Err(MetaError::Invalid("not a regular file".into())),
+    }
+    // Resolve the new chunks first: decrements below may bring a chunk to
+    // zero that this same commit references again, which is fine.
+    let mut missing = Vec::new();
+    for c in &req.chunks {
+        let key = keys::hash(&c.fingerprint);
+        let existing = get_record::<ChunkRecord>(txn, &key)?;
+        let live = matches!(&existing, Some(r) if r.state() == ChunkState::Live);
+        if !live && c.uploaded.is_none() {
+            missing.push(c.fingerprint.clone());
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        missing.dedup();
+        return Err(MetaError::MissingChunks(missing));
+    }
+    for r in &req.replaced {
+        // A chunk starting before the range must end at or before it, or the
+        // replacement would overlap it.
+        if r.start > 0 {
+            let prefix_start = keys::chunk(req.ino, 0);
+            let before = txn.range(&prefix_start, &keys::chunk(req.ino, r.start), 1, true)?;
+            if let Some((k, v)) = before.first() {
+                let off =
+                    keys::chunk_offset(k).ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
+                let rec = ChunkRefRecord::decode(v.as_slice())?;
+                if off + u64::from(rec.len) > r.start {
+                    return Err(MetaError::Invalid(format!(
+                        "replaced range starts at {} inside a chunk",
+                        r.start
+                    )));
+                }
+            }
+        }
+        if let Some(last_end) = remove_range(txn, req.ino, r.start, r.end, now_ns)? {
+            if r.end != u64::MAX && last_end > r.end {
+                return Err(MetaError::Invalid(format!(
+                    "replaced range ends at {} inside a chunk",
+                    r.end
+                )));
+            }
+        }
+    }
+    for c in &req.chunks {
+        let key = keys::hash(&c.fingerprint);
+        let existing = get_record::<ChunkRecord>(txn, &key)?;
+        let rec = match (existing, &c.uploaded) {
+            (Some(mut r), _) if r.state() == ChunkState::Live => {
+                r.refcount += 1;
+                r.zero_since_ns = 0;
+                r
+            }
+            (_, Some(up)) => ChunkRecord {
+                refcount: 1,
+                state: ChunkState::Live as i32,
+                zero_since_ns: 0,
+                ..up.clone()
+            },
+            (_, None) => return Err(MetaError::MissingChunks(vec![c.fingerprint.clone()])),
+        };
+        put_record(txn, &key, &rec);
+        put_record(
+            txn,
+            &keys::chunk(req.ino, c.offset),
+            &ChunkRefRecord {
+                len: c.len,
+                fingerprint: c.fingerprint.clone(),
+            },
+        );
+    }
+    // Chunks past a shrinking size are gone with the tail.
+    if req.new_size < inode.size {
+        let doomed = txn.range(
+            &keys::chunk(req.ino, req.new_size),
+            &keys::prefix_end(&keys::chunk_prefix(req.ino)),
+            1,
+            false,
+        )?;
+        if !doomed.is_empty() {
+            return Err(MetaError::Invalid(format!(
+                "chunks remain past the new size {}; replace them in the same commit",
+                req.new_size
+            )));
+        }
+    }
+    inode.size = req.new_size;
+    let mtime = if req.mtime_ns != 0 {
+        req.mtime_ns
+    } else {
+        now_ns
+    };
+    inode.mtime_ns = mtime;
+    inode.ctime_ns = now_ns.max(mtime);
+    put_inode(txn, &inode);
+    Ok(inode)
+}
+
+/// For each fingerprint, its live dedup entry if there is one.
+pub fn lookup_chunks(
+    txn: &mut dyn KvTxn,
+    fingerprints: &[Vec<u8>],
+) -> Result<Vec<Option<ChunkRecord>>> {
+    fingerprints
+        .iter()
+        .map(|fp| {
+            let rec = get_record::<ChunkRecord>(txn, &keys::hash(fp))?;
+            Ok(rec.filter(|r| r.state() == ChunkState::Live))
+        })
+        .collect()
+}
+
+pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Result<ChunkMapReply> {
+    let inode = get_inode(txn, ino)?;
+    let limit = limit.clamp(1, 20_000);
+    let prefix = keys::chunk_prefix(ino);
+    // Start at the chunk that covers `from`, not only those starting after it.
+    let mut begin = keys::chunk(ino, from);
+    if from > 0 {
+        if let Some((k, _)) = txn.range(&prefix, &begin, 1, true)?.first() {
+            begin = k.clone();
+        }
+    }
+    let rows = txn.range(&begin, &keys::prefix_end(&prefix), limit + 1, false)?;
+    let more = rows.len() > limit;
+    let mut chunks = Vec::with_capacity(rows.len().min(limit));
+    for (key, value) in rows.into_iter().take(limit) {
+        let r = ChunkRefRecord::decode(value.as_slice())?;
+        let offset =
+            keys::chunk_offset(&key).ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
+        let chunk =
+            get_record::<ChunkRecord>(txn, &keys::hash(&r.fingerprint))?.ok_or_else(|| {
+                MetaError::Corrupt(format!(
+                    "chunk {} of inode {ino} has no index entry",
+                    hex(&r.fingerprint)
+                ))
+            })?;
+        chunks.push(MappedChunk {
+            offset,
+            len: r.len,
+            fingerprint: r.fingerprint,
+            chunk: Some(chunk),
+        });
+    }
+    Ok(ChunkMapReply {
+        chunks,
+        more,
+        size: inode.size,
+    })
+}
+
+/// Space figures computed from the dedup index itself: logical bytes are
+/// what files reference (every reference counts), unique bytes count each
+/// distinct chunk once, stored bytes are after compression.
+pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
+    let (begin, end) = keys::tag_range(keys::HASH);
+    let mut out = StatsReply::default();
+    let mut cursor = begin;
+    loop {
+        let rows = txn.range(&cursor, &end, 10_000, false)?;
+        let Some((last, _)) = rows.last() else { break };
+        let mut next = last.clone();
+        next.push(0);
+        for (_, value) in &rows {
+            let rec = ChunkRecord::decode(value.as_slice())?;
+            if rec.refcount == 0 {
+                continue;
+            }
+            out.chunks += 1;
+            out.logical_bytes += rec.refcount * u64::from(rec.raw_len);
+            out.unique_bytes += u64::from(rec.raw_len);
+            out.stored_bytes += u64::from(rec.stored_len);
+        }
+        cursor = next;
+    }
+    Ok(out)
+}

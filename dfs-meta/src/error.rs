@@ -1,0 +1,74 @@
+//! Errors of the metadata server and their one mapping to errno.
+//!
+//! Policy: `Store(Conflict)` and store I/O errors are retryable (the store
+//! may be briefly unavailable); every namespace error (`NotFound`, `Exists`,
+//! ...) is permanent and is the answer to the request; `Corrupt` means a
+//! stored record could not be decoded: that is a bug or damage, reported as
+//! EIO and logged at error level.
+
+use dfs_core::error::DfsError;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(String),
+    #[error("{} chunks are not in the dedup index", .0.len())]
+    MissingChunks(Vec<Vec<u8>>),
+    #[error("corrupt metadata record: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<MetaError> for DfsError {
+    fn from(e: MetaError) -> Self {
+        let message = e.to_string();
+        match e {
+            MetaError::NotFound => DfsError::new(libc::ENOENT, message),
+            MetaError::Exists => DfsError::new(libc::EEXIST, message),
+            MetaError::NotDir => DfsError::new(libc::ENOTDIR, message),
+            MetaError::IsDir => DfsError::new(libc::EISDIR, message),
+            MetaError::NotEmpty => DfsError::new(libc::ENOTEMPTY, message),
+            MetaError::NameTooLong => DfsError::new(libc::ENAMETOOLONG, message),
+            MetaError::Invalid(_) => DfsError::new(libc::EINVAL, message),
+            MetaError::NotPermitted(_) => DfsError::new(libc::EPERM, message),
+            MetaError::MissingChunks(missing) => {
+                let mut err = DfsError::new(libc::EAGAIN, message);
+                err.missing_chunks = missing;
+                err
+            }
+            MetaError::Corrupt(_) => {
+                tracing::error!(error = %message, "corrupt metadata");
+                DfsError::new(libc::EIO, message)
+            }
+            MetaError::Store(StoreError::Conflict | StoreError::Io(_)) => {
+                DfsError::retryable(libc::EIO, message)
+            }
+            MetaError::Store(StoreError::Open(_)) => DfsError::new(libc::EIO, message),
+        }
+    }
+}
+
+impl From<prost::DecodeError> for MetaError {
+    fn from(e: prost::DecodeError) -> Self {
+        MetaError::Corrupt(e.to_string())
+    }
+}
+
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;

@@ -1,0 +1,161 @@
+//! Key encoding of the metadata store. Every key starts with a one-byte tag.
+//!
+//! Inode numbers are little-endian so that consecutive inodes spread over
+//! the key space (one hot directory does not land on one FoundationDB
+//! shard); offsets and other fields scanned in order are big-endian.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `I ino(le64)` | `InodeRecord` |
+//! | `D parent(le64) name` | `DirentRecord` |
+//! | `C ino(le64) offset(be64)` | `ChunkRefRecord` |
+//! | `X ino(le64) name` | extended attribute value (reserved) |
+//! | `H fingerprint(32)` | `ChunkRecord` (dedup index) |
+//! | `S server_id(be32)` | `ServerRecord` |
+//! | `U uuid` | server id (be32) |
+//! | `N name` | counter (le i64, atomic add) |
+//! | `V` | `VolumeConfig` |
+//!
+//! Values are protobuf messages from `dfs-proto` (`*Record`), which only
+//! change compatibly, so old stores stay readable.
+
+pub const INODE: u8 = b'I';
+pub const DIRENT: u8 = b'D';
+pub const CHUNK: u8 = b'C';
+pub const HASH: u8 = b'H';
+pub const SERVER: u8 = b'S';
+pub const SERVER_UUID: u8 = b'U';
+pub const COUNTER: u8 = b'N';
+pub const VOLUME: u8 = b'V';
+
+pub fn inode(ino: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(INODE);
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
+}
+
+pub fn dirent_prefix(parent: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(DIRENT);
+    k.extend_from_slice(&parent.to_le_bytes());
+    k
+}
+
+pub fn dirent(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = dirent_prefix(parent);
+    k.extend_from_slice(name);
+    k
+}
+
+/// The name part of a dirent key.
+pub fn dirent_name(key: &[u8]) -> &[u8] {
+    key.get(9..).unwrap_or_default()
+}
+
+pub fn chunk_prefix(ino: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(CHUNK);
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
+}
+
+pub fn chunk(ino: u64, offset: u64) -> Vec<u8> {
+    let mut k = chunk_prefix(ino);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// The offset part of a chunk key, or `None` for a malformed key.
+pub fn chunk_offset(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(9..17)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+pub fn hash(fingerprint: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + fingerprint.len());
+    k.push(HASH);
+    k.extend_from_slice(fingerprint);
+    k
+}
+
+pub fn server(id: u32) -> Vec<u8> {
+    let mut k = vec![SERVER];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn server_uuid(uuid: &str) -> Vec<u8> {
+    let mut k = vec![SERVER_UUID];
+    k.extend_from_slice(uuid.as_bytes());
+    k
+}
+
+pub fn counter(name: &str) -> Vec<u8> {
+    let mut k = vec![COUNTER];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn volume() -> Vec<u8> {
+    vec![VOLUME]
+}
+
+/// The first key after every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (never the case for our tagged keys): sort after every key
+    // within FoundationDB's 10 kB key limit.
+    vec![0xff; 10_001]
+}
+
+/// All keys with one tag byte.
+pub fn tag_range(tag: u8) -> (Vec<u8>, Vec<u8>) {
+    (vec![tag], vec![tag + 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_numbers_spread_but_offsets_sort() {
+        // Consecutive inodes differ in their first key byte after the tag.
+        assert_ne!(inode(1)[1], inode(2)[1]);
+        assert!(chunk(7, 1 << 20) < chunk(7, 2 << 20));
+        assert!(chunk(7, 255) < chunk(7, 256), "offsets are big-endian");
+        assert_eq!(chunk_offset(&chunk(7, 123_456)), Some(123_456));
+        assert_eq!(chunk_offset(b"C"), None);
+    }
+
+    #[test]
+    fn dirent_keys_of_one_directory_share_a_prefix() {
+        let p = dirent_prefix(42);
+        let end = prefix_end(&p);
+        for name in [&b""[..], b"a", b"\xff\xff", b"zzz"] {
+            let k = dirent(42, name);
+            assert!(k >= p && k < end);
+            assert_eq!(dirent_name(&k), name);
+        }
+        assert!(dirent(43, b"a") >= end || dirent(43, b"a") < p);
+    }
+
+    #[test]
+    fn prefix_end_carries() {
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
+        assert!(prefix_end(b"\xff") > b"\xff\xff\xff".to_vec());
+    }
+
+    #[test]
+    fn server_ids_sort_numerically() {
+        assert!(server(2) < server(10));
+        assert_eq!(tag_range(SERVER).0, vec![SERVER]);
+    }
+}

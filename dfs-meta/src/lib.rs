@@ -1,0 +1,76 @@
+//! dfs metadata server: the namespace tree, inodes, chunk maps, the dedup
+//! index and the chunk-server registry, kept in a transactional key-value
+//! store behind the [`store::MetaStore`] trait.
+
+pub mod chunkmap;
+pub mod error;
+pub mod keys;
+pub mod namespace;
+pub mod registry;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use dfs_proto::VolumeConfig;
+
+pub use registry::Liveness;
+pub use service::MetaService;
+
+/// Settings of a new volume: Reed-Solomon `data_shards + parity_shards`,
+/// with chunks smaller than `replicate_below_bytes` kept as replicas.
+pub fn default_volume(data_shards: u32, parity_shards: u32) -> VolumeConfig {
+    VolumeConfig {
+        data_shards,
+        parity_shards,
+        replicate_below_bytes: 4096,
+        chunk_min: 32 * 1024,
+        chunk_avg: 64 * 1024,
+        chunk_max: 128 * 1024,
+    }
+}
+
+/// Parses an erasure-coding scheme such as `6+3`.
+pub fn parse_ec(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (k, m) = s.split_once('+').context("expected K+M, such as 6+3")?;
+    let k: u32 = k.trim().parse().context("K must be a number")?;
+    let m: u32 = m.trim().parse().context("M must be a number")?;
+    anyhow::ensure!(
+        (1..=64).contains(&k) && m <= 64 && k + m <= 255,
+        "K+M out of range: 1<=K<=64, M<=64, K+M<=255"
+    );
+    Ok((k, m))
+}
+
+/// Serves `service` on `listen` until `shutdown` resolves; prints the bound
+/// address on stdout (tests and scripts wait for that line).
+pub async fn serve(
+    listen: SocketAddr,
+    service: MetaService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    println!("dfs-meta listening on {bound}");
+    tracing::info!(%bound, "metadata server up");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("metadata server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ec_parsing() {
+        assert_eq!(super::parse_ec("6+3").ok(), Some((6, 3)));
+        assert!(super::parse_ec("6").is_err());
+        assert!(super::parse_ec("0+3").is_err());
+    }
+}

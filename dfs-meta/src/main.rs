@@ -1,0 +1,58 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// dfs metadata server.
+#[derive(Parser, Debug)]
+#[command(name = "dfs-meta", version)]
+struct Args {
+    /// Address to serve the metadata API on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Where the metadata lives: rocksdb:PATH (or fdb:CLUSTER_FILE when built with FoundationDB).
+    #[arg(long)]
+    store: String,
+    /// Erasure coding of a new volume, K data + M parity shards.
+    #[arg(long, default_value = "6+3")]
+    ec: String,
+    /// Seconds without a heartbeat before a chunk server is suspect.
+    #[arg(long, default_value_t = 6)]
+    suspect_after: u64,
+    /// Seconds without a heartbeat before a chunk server is down.
+    #[arg(long, default_value_t = 30)]
+    down_after: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let (k, m) = dfs_meta::parse_ec(&args.ec).context("bad --ec")?;
+    let store = dfs_meta::store::open_store(&args.store)
+        .with_context(|| format!("cannot open store {}", args.store))?;
+    let liveness = dfs_meta::Liveness {
+        suspect_after: Duration::from_secs(args.suspect_after),
+        down_after: Duration::from_secs(args.down_after.max(args.suspect_after)),
+    };
+    let service = dfs_meta::MetaService::open(store, dfs_meta::default_volume(k, m), liveness)
+        .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(dfs_meta::serve(args.listen, service, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,457 @@
+//! Namespace operations: each function runs inside one transaction and
+//! either applies whole or not at all.
+
+use dfs_proto::{
+    CreateRequest, DirEntry, DirentRecord, FileKind, InodeRecord, RenameRequest, SetAttrRequest,
+};
+use prost::Message;
+
+use crate::chunkmap;
+use crate::error::{MetaError, Result};
+use crate::keys;
+use crate::store::{decode_counter, KvTxn};
+
+pub const ROOT_INO: u64 = 1;
+/// Longest name one directory entry may have, as on Linux.
+pub const NAME_MAX: usize = 255;
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+const S_ISGID: u32 = 0o2000;
+const COUNTER_NEXT_INO: &str = "next_ino";
+pub const COUNTER_INODES: &str = "inodes";
+
+pub fn get_record<M: Message + Default>(txn: &mut dyn KvTxn, key: &[u8]) -> Result<Option<M>> {
+    match txn.get(key)? {
+        Some(bytes) => Ok(Some(M::decode(bytes.as_slice())?)),
+        None => Ok(None),
+    }
+}
+
+pub fn put_record<M: Message>(txn: &mut dyn KvTxn, key: &[u8], record: &M) {
+    txn.set(key, &record.encode_to_vec());
+}
+
+pub fn get_inode(txn: &mut dyn KvTxn, ino: u64) -> Result<InodeRecord> {
+    get_record(txn, &keys::inode(ino))?.ok_or(MetaError::NotFound)
+}
+
+pub fn put_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) {
+    put_record(txn, &keys::inode(inode.ino), inode);
+}
+
+fn get_dir(txn: &mut dyn KvTxn, ino: u64) -> Result<InodeRecord> {
+    let dir = get_inode(txn, ino)?;
+    if dir.kind() != FileKind::Directory {
+        return Err(MetaError::NotDir);
+    }
+    Ok(dir)
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(MetaError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(MetaError::Invalid(format!(
+            "bad file name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+pub fn lookup_entry(txn: &mut dyn KvTxn, parent: u64, name: &[u8]) -> Result<Option<DirentRecord>> {
+    get_record(txn, &keys::dirent(parent, name))
+}
+
+/// Creates the root directory and the volume record on an empty store.
+pub fn init_root(txn: &mut dyn KvTxn, now_ns: i64) -> Result<bool> {
+    if txn.get(&keys::inode(ROOT_INO))?.is_some() {
+        return Ok(false);
+    }
+    let root = InodeRecord {
+        ino: ROOT_INO,
+        kind: FileKind::Directory as i32,
+        mode: 0o755,
+        nlink: 2,
+        atime_ns: now_ns,
+        mtime_ns: now_ns,
+        ctime_ns: now_ns,
+        parent: ROOT_INO,
+        ..Default::default()
+    };
+    put_inode(txn, &root);
+    txn.set(
+        &keys::counter(COUNTER_NEXT_INO),
+        &(ROOT_INO as i64 + 1).to_le_bytes(),
+    );
+    txn.atomic_add(&keys::counter(COUNTER_INODES), 1)?;
+    Ok(true)
+}
+
+pub fn lookup(txn: &mut dyn KvTxn, parent: u64, name: &[u8]) -> Result<InodeRecord> {
+    get_dir(txn, parent)?;
+    if name.len() > NAME_MAX {
+        return Err(MetaError::NameTooLong);
+    }
+    let entry = lookup_entry(txn, parent, name)?.ok_or(MetaError::NotFound)?;
+    get_inode(txn, entry.ino)
+}
+
+fn allocate_ino(txn: &mut dyn KvTxn) -> Result<u64> {
+    let key = keys::counter(COUNTER_NEXT_INO);
+    let next = decode_counter(txn.get(&key)?.as_deref()).max(ROOT_INO as i64 + 1);
+    txn.set(&key, &(next + 1).to_le_bytes());
+    u64::try_from(next).map_err(|_| MetaError::Corrupt("inode counter is negative".into()))
+}
+
+pub fn create(txn: &mut dyn KvTxn, req: &CreateRequest, now_ns: i64) -> Result<InodeRecord> {
+    check_name(&req.name)?;
+    let mut parent = get_dir(txn, req.parent)?;
+    if lookup_entry(txn, req.parent, &req.name)?.is_some() {
+        return Err(MetaError::Exists);
+    }
+    let kind = req.kind();
+    if kind == FileKind::Unspecified {
+        return Err(MetaError::Invalid("file kind not given".into()));
+    }
+    if kind == FileKind::Symlink
+        && (req.symlink_target.is_empty() || req.symlink_target.len() > 4096)
+    {
+        return Err(MetaError::Invalid(
+            "symlink target must be 1 to 4096 bytes".into(),
+        ));
+    }
+    let mut mode = req.mode & 0o7777;
+    let mut gid = req.gid;
+    // A setgid directory hands its group down, and the bit to subdirectories.
+    if parent.mode & S_ISGID != 0 {
+        gid = parent.gid;
+        if kind == FileKind::Directory {
+            mode |= S_ISGID;
+        }
+    }
+    let ino = allocate_ino(txn)?;
+    let is_dir = kind == FileKind::Directory;
+    let inode = InodeRecord {
+        ino,
+        kind: kind as i32,
+        mode,
+        uid: req.uid,
+        gid,
+        size: if kind == FileKind::Symlink {
+            req.symlink_target.len() as u64
+        } else {
+            0
+        },
+        atime_ns: now_ns,
+        mtime_ns: now_ns,
+        ctime_ns: now_ns,
+        nlink: if is_dir { 2 } else { 1 },
+        rdev: req.rdev,
+        generation: 0,
+        symlink_target: req.symlink_target.clone(),
+        parent: if is_dir { req.parent } else { 0 },
+    };
+    put_inode(txn, &inode);
+    put_record(
+        txn,
+        &keys::dirent(req.parent, &req.name),
+        &DirentRecord {
+            ino,
+            kind: kind as i32,
+        },
+    );
+    if is_dir {
+        parent.nlink += 1;
+    }
+    parent.mtime_ns = now_ns;
+    parent.ctime_ns = now_ns;
+    put_inode(txn, &parent);
+    txn.atomic_add(&keys::counter(COUNTER_INODES), 1)?;
+    Ok(inode)
+}
+
+/// Drops one link to `inode`; when none is left the inode and its chunk
+/// map go, and the chunks' reference counts drop with them.
+fn drop_link(txn: &mut dyn KvTxn, mut inode: InodeRecord, now_ns: i64) -> Result<()> {
+    let is_dir = inode.kind() == FileKind::Directory;
+    inode.nlink = inode.nlink.saturating_sub(1);
+    if is_dir || inode.nlink == 0 {
+        if inode.kind() == FileKind::Regular {
+            chunkmap::remove_from(txn, inode.ino, 0, now_ns)?;
+        }
+        txn.clear(&keys::inode(inode.ino));
+        txn.atomic_add(&keys::counter(COUNTER_INODES), -1)?;
+    } else {
+        inode.ctime_ns = now_ns;
+        put_inode(txn, &inode);
+    }
+    Ok(())
+}
+
+fn dir_is_empty(txn: &mut dyn KvTxn, ino: u64) -> Result<bool> {
+    let prefix = keys::dirent_prefix(ino);
+    Ok(txn
+        .range(&prefix, &keys::prefix_end(&prefix), 1, false)?
+        .is_empty())
+}
+
+pub fn unlink(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) -> Result<()> {
+    let mut parent = get_dir(txn, parent_ino)?;
+    let entry = lookup_entry(txn, parent_ino, name)?.ok_or(MetaError::NotFound)?;
+    let inode = get_inode(txn, entry.ino)?;
+    if inode.kind() == FileKind::Directory {
+        return Err(MetaError::IsDir);
+    }
+    txn.clear(&keys::dirent(parent_ino, name));
+    drop_link(txn, inode, now_ns)?;
+    parent.mtime_ns = now_ns;
+    parent.ctime_ns = now_ns;
+    put_inode(txn, &parent);
+    Ok(())
+}
+
+pub fn rmdir(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) -> Result<()> {
+    if name == b"." {
+        return Err(MetaError::Invalid("cannot remove `.`".into()));
+    }
+    if name == b".." {
+        return Err(MetaError::NotEmpty);
+    }
+    let mut parent = get_dir(txn, parent_ino)?;
+    let entry = lookup_entry(txn, parent_ino, name)?.ok_or(MetaError::NotFound)?;
+    let inode = get_inode(txn, entry.ino)?;
+    if inode.kind() != FileKind::Directory {
+        return Err(MetaError::NotDir);
+    }
+    if !dir_is_empty(txn, inode.ino)? {
+        return Err(MetaError::NotEmpty);
+    }
+    txn.clear(&keys::dirent(parent_ino, name));
+    drop_link(txn, inode, now_ns)?;
+    parent.nlink = parent.nlink.saturating_sub(1);
+    parent.mtime_ns = now_ns;
+    parent.ctime_ns = now_ns;
+    put_inode(txn, &parent);
+    Ok(())
+}
+
+/// True when `dir` is `ancestor` or lies below it.
+fn is_within(txn: &mut dyn KvTxn, mut dir: u64, ancestor: u64) -> Result<bool> {
+    // Bounded walk: a cycle in stored parents would be corruption.
+    for _ in 0..4096 {
+        if dir == ancestor {
+            return Ok(true);
+        }
+        if dir == ROOT_INO {
+            return Ok(false);
+        }
+        dir = get_inode(txn, dir)?.parent;
+    }
+    Err(MetaError::Corrupt(
+        "directory parent chain too deep or cyclic".into(),
+    ))
+}
+
+pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<()> {
+    check_name(&req.new_name)?;
+    if req.name.len() > NAME_MAX {
+        return Err(MetaError::NameTooLong);
+    }
+    let noreplace = req.flags & RENAME_NOREPLACE != 0;
+    let exchange = req.flags & RENAME_EXCHANGE != 0;
+    if (noreplace && exchange) || req.flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
+        return Err(MetaError::Invalid(format!("rename flags {:#x}", req.flags)));
+    }
+    get_dir(txn, req.parent)?;
+    get_dir(txn, req.new_parent)?;
+    let src_entry = lookup_entry(txn, req.parent, &req.name)?.ok_or(MetaError::NotFound)?;
+    let mut src = get_inode(txn, src_entry.ino)?;
+    let dst_entry = lookup_entry(txn, req.new_parent, &req.new_name)?;
+    if let Some(dst) = &dst_entry {
+        if dst.ino == src.ino {
+            // Same file under both names (or the same name): nothing to do.
+            return Ok(());
+        }
+        if noreplace {
+            return Err(MetaError::Exists);
+        }
+    } else if exchange {
+        return Err(MetaError::NotFound);
+    }
+    let src_is_dir = src.kind() == FileKind::Directory;
+    if src_is_dir && req.parent != req.new_parent && is_within(txn, req.new_parent, src.ino)? {
+        return Err(MetaError::Invalid(
+            "cannot move a directory into itself".into(),
+        ));
+    }
+
+    let dst = match &dst_entry {
+        Some(e) => Some(get_inode(txn, e.ino)?),
+        None => None,
+    };
+    if exchange {
+        let mut dst = dst.ok_or(MetaError::NotFound)?;
+        let dst_is_dir = dst.kind() == FileKind::Directory;
+        if dst_is_dir && req.parent != req.new_parent && is_within(txn, req.parent, dst.ino)? {
+            return Err(MetaError::Invalid(
+                "cannot move a directory into itself".into(),
+            ));
+        }
+        put_record(
+            txn,
+            &keys::dirent(req.new_parent, &req.new_name),
+            &src_entry,
+        );
+        if let Some(e) = &dst_entry {
+            put_record(txn, &keys::dirent(req.parent, &req.name), e);
+        }
+        src.ctime_ns = now_ns;
+        dst.ctime_ns = now_ns;
+        if src_is_dir {
+            src.parent = req.new_parent;
+        }
+        if dst_is_dir {
+            dst.parent = req.parent;
+        }
+        put_inode(txn, &src);
+        put_inode(txn, &dst);
+        if src_is_dir != dst_is_dir && req.parent != req.new_parent {
+            let (gains, loses) = if src_is_dir {
+                (req.new_parent, req.parent)
+            } else {
+                (req.parent, req.new_parent)
+            };
+            adjust_dir(txn, gains, 1, now_ns)?;
+            adjust_dir(txn, loses, -1, now_ns)?;
+        }
+        adjust_dir(txn, req.parent, 0, now_ns)?;
+        adjust_dir(txn, req.new_parent, 0, now_ns)?;
+        return Ok(());
+    }
+
+    if let Some(dst) = dst {
+        let dst_is_dir = dst.kind() == FileKind::Directory;
+        match (src_is_dir, dst_is_dir) {
+            (true, false) => return Err(MetaError::NotDir),
+            (false, true) => return Err(MetaError::IsDir),
+            (true, true) if !dir_is_empty(txn, dst.ino)? => return Err(MetaError::NotEmpty),
+            _ => {}
+        }
+        if dst_is_dir {
+            // The replaced directory's `..` no longer counts for new_parent.
+            adjust_dir(txn, req.new_parent, -1, now_ns)?;
+        }
+        drop_link(txn, dst, now_ns)?;
+    }
+    txn.clear(&keys::dirent(req.parent, &req.name));
+    put_record(
+        txn,
+        &keys::dirent(req.new_parent, &req.new_name),
+        &src_entry,
+    );
+    src.ctime_ns = now_ns;
+    if src_is_dir {
+        src.parent = req.new_parent;
+    }
+    put_inode(txn, &src);
+    if src_is_dir && req.parent != req.new_parent {
+        adjust_dir(txn, req.parent, -1, now_ns)?;
+        adjust_dir(txn, req.new_parent, 1, now_ns)?;
+    } else {
+        adjust_dir(txn, req.parent, 0, now_ns)?;
+        adjust_dir(txn, req.new_parent, 0, now_ns)?;
+    }
+    Ok(())
+}
+
+/// Changes a directory's link count by `delta` and stamps its times.
+fn adjust_dir(txn: &mut dyn KvTxn, ino: u64, delta: i32, now_ns: i64) -> Result<()> {
+    let mut dir = get_inode(txn, ino)?;
+    dir.nlink = dir.nlink.saturating_add_signed(delta);
+    dir.mtime_ns = now_ns;
+    dir.ctime_ns = now_ns;
+    put_inode(txn, &dir);
+    Ok(())
+}
+
+pub fn set_attr(txn: &mut dyn KvTxn, req: &SetAttrRequest, now_ns: i64) -> Result<InodeRecord> {
+    let mut inode = get_inode(txn, req.ino)?;
+    if let Some(mode) = req.mode {
+        inode.mode = mode & 0o7777;
+    }
+    if req.uid.is_some() || req.gid.is_some() {
+        if let Some(uid) = req.uid {
+            inode.uid = uid;
+        }
+        if let Some(gid) = req.gid {
+            inode.gid = gid;
+        }
+        // As on Linux: a change of owner clears setuid, and setgid when the
+        // group can execute (otherwise it marks mandatory locking).
+        if inode.kind() != FileKind::Directory {
+            inode.mode &= !0o4000;
+            if inode.mode & 0o010 != 0 {
+                inode.mode &= !S_ISGID;
+            }
+        }
+    }
+    if req.atime_now {
+        inode.atime_ns = now_ns;
+    } else if let Some(t) = req.atime_ns {
+        inode.atime_ns = t;
+    }
+    if req.mtime_now {
+        inode.mtime_ns = now_ns;
+    } else if let Some(t) = req.mtime_ns {
+        inode.mtime_ns = t;
+    }
+    inode.ctime_ns = now_ns;
+    put_inode(txn, &inode);
+    Ok(inode)
+}
+
+/// One page of a directory, in name order, strictly after `after`.
+pub fn read_dir(
+    txn: &mut dyn KvTxn,
+    ino: u64,
+    after: &[u8],
+    limit: usize,
+    plus: bool,
+) -> Result<(Vec<DirEntry>, bool)> {
+    get_dir(txn, ino)?;
+    let prefix = keys::dirent_prefix(ino);
+    let begin = if after.is_empty() {
+        prefix.clone()
+    } else {
+        let mut k = keys::dirent(ino, after);
+        k.push(0);
+        k
+    };
+    let limit = limit.clamp(1, 10_000);
+    let rows = txn.range(&begin, &keys::prefix_end(&prefix), limit + 1, false)?;
+    let more = rows.len() > limit;
+    let mut entries = Vec::with_capacity(rows.len().min(limit));
+    for (key, value) in rows.into_iter().take(limit) {
+        let rec = DirentRecord::decode(value.as_slice())?;
+        let attr = if plus {
+            Some(get_inode(txn, rec.ino)?)
+        } else {
+            None
+        };
+        entries.push(DirEntry {
+            name: keys::dirent_name(&key).to_vec(),
+            ino: rec.ino,
+            kind: rec.kind,
+            attr,
+        });
+    }
+    Ok((entries, more))
+}
+
+pub fn inode_count(txn: &mut dyn KvTxn) -> Result<u64> {
+    Ok(decode_counter(txn.get(&keys::counter(COUNTER_INODES))?.as_deref()).max(0) as u64)
+}

@@ -1,0 +1,146 @@
+//! The chunk-server registry (`S id`, `U uuid`) and the volume record (`V`).
+//!
+//! A server keeps a UUID in its data directory; registering with the same
+//! UUID again (after a restart, maybe at a new address) keeps its id, so
+//! shard locations recorded in the dedup index stay valid.
+
+use std::time::Duration;
+
+use dfs_proto::{
+    HeartbeatRequest, RegisterServerRequest, ServerRecord, ServerState, ServerStatus, VolumeConfig,
+};
+
+use crate::error::{MetaError, Result};
+use crate::keys;
+use crate::namespace::{get_record, put_record};
+use crate::store::{decode_counter, KvTxn};
+
+const COUNTER_NEXT_SERVER: &str = "next_server";
+
+/// When a server counts as suspect or down, by the age of its last heartbeat.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    pub suspect_after: Duration,
+    pub down_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            suspect_after: Duration::from_secs(6),
+            down_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Liveness {
+    pub fn state(&self, age: Duration) -> ServerState {
+        if age >= self.down_after {
+            ServerState::Down
+        } else if age >= self.suspect_after {
+            ServerState::Suspect
+        } else {
+            ServerState::Up
+        }
+    }
+}
+
+pub fn register(txn: &mut dyn KvTxn, req: &RegisterServerRequest, now_ns: i64) -> Result<u32> {
+    if req.uuid.is_empty() || req.uuid.len() > 128 {
+        return Err(MetaError::Invalid(
+            "server uuid must be 1 to 128 bytes".into(),
+        ));
+    }
+    if req.address.is_empty() {
+        return Err(MetaError::Invalid("server address is empty".into()));
+    }
+    let uuid_key = keys::server_uuid(&req.uuid);
+    let id = match txn.get(&uuid_key)? {
+        Some(v) => {
+            let bytes: [u8; 4] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| MetaError::Corrupt("server id".into()))?;
+            u32::from_be_bytes(bytes)
+        }
+        None => {
+            let key = keys::counter(COUNTER_NEXT_SERVER);
+            let next = decode_counter(txn.get(&key)?.as_deref()).max(1);
+            txn.set(&key, &(next + 1).to_le_bytes());
+            let id =
+                u32::try_from(next).map_err(|_| MetaError::Corrupt("server counter".into()))?;
+            txn.set(&uuid_key, &id.to_be_bytes());
+            id
+        }
+    };
+    let old = get_record::<ServerRecord>(txn, &keys::server(id))?.unwrap_or_default();
+    let record = ServerRecord {
+        id,
+        uuid: req.uuid.clone(),
+        address: req.address.clone(),
+        zone: req.zone.clone(),
+        rack: req.rack.clone(),
+        capacity_bytes: req.capacity_bytes,
+        used_bytes: req.used_bytes,
+        shard_count: old.shard_count,
+        shard_bytes: old.shard_bytes,
+        last_heartbeat_ns: now_ns,
+    };
+    put_record(txn, &keys::server(id), &record);
+    Ok(id)
+}
+
+pub fn heartbeat(txn: &mut dyn KvTxn, req: &HeartbeatRequest, now_ns: i64) -> Result<()> {
+    let key = keys::server(req.server_id);
+    let mut rec = get_record::<ServerRecord>(txn, &key)?.ok_or(MetaError::NotFound)?;
+    rec.capacity_bytes = req.capacity_bytes;
+    rec.used_bytes = req.used_bytes;
+    rec.shard_count = req.shard_count;
+    rec.shard_bytes = req.shard_bytes;
+    rec.last_heartbeat_ns = now_ns;
+    put_record(txn, &key, &rec);
+    Ok(())
+}
+
+pub fn list(txn: &mut dyn KvTxn, liveness: &Liveness, now_ns: i64) -> Result<Vec<ServerStatus>> {
+    let (begin, end) = keys::tag_range(keys::SERVER);
+    let mut out = Vec::new();
+    for (_, value) in txn.range(&begin, &end, 0, false)? {
+        let record: ServerRecord = prost::Message::decode(value.as_slice())?;
+        let age_ns = now_ns.saturating_sub(record.last_heartbeat_ns).max(0);
+        let age = Duration::from_nanos(age_ns as u64);
+        out.push(ServerStatus {
+            state: liveness.state(age) as i32,
+            heartbeat_age_ms: age_ns / 1_000_000,
+            record: Some(record),
+        });
+    }
+    Ok(out)
+}
+
+/// The volume's settings; written once, when the store is first opened.
+pub fn volume_config(txn: &mut dyn KvTxn) -> Result<VolumeConfig> {
+    get_record(txn, &keys::volume())?
+        .ok_or_else(|| MetaError::Corrupt("volume record missing".into()))
+}
+
+pub fn init_volume(txn: &mut dyn KvTxn, config: &VolumeConfig) -> Result<VolumeConfig> {
+    if let Some(existing) = get_record::<VolumeConfig>(txn, &keys::volume())? {
+        return Ok(existing);
+    }
+    put_record(txn, &keys::volume(), config);
+    Ok(config.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_thresholds() {
+        let l = Liveness::default();
+        assert_eq!(l.state(Duration::from_secs(1)), ServerState::Up);
+        assert_eq!(l.state(Duration::from_secs(10)), ServerState::Suspect);
+        assert_eq!(l.state(Duration::from_secs(31)), ServerState::Down);
+    }
+}

@@ -1,0 +1,253 @@
+//! The `Meta` gRPC service: decodes a request, runs one transaction on a
+//! blocking thread (the store API is synchronous), and maps the outcome to
+//! a reply or a typed error.
+
+use std::sync::Arc;
+
+use dfs_core::error::DfsError;
+use dfs_core::time::now_ns;
+use dfs_proto::meta_server::{Meta, MetaServer};
+use dfs_proto::*;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::error::{MetaError, Result};
+use crate::registry::Liveness;
+use crate::store::{transact, KvTxn, MetaStore};
+use crate::{chunkmap, namespace, registry};
+
+#[derive(Clone)]
+pub struct MetaService {
+    store: Arc<dyn MetaStore>,
+    liveness: Liveness,
+}
+
+impl MetaService {
+    /// Opens the volume on `store`, creating the root directory and the
+    /// volume record (from `volume`) when the store is new.
+    pub fn open(
+        store: Arc<dyn MetaStore>,
+        volume: VolumeConfig,
+        liveness: Liveness,
+    ) -> Result<Self> {
+        let now = now_ns();
+        transact(store.as_ref(), |txn| {
+            registry::init_volume(txn, &volume)?;
+            namespace::init_root(txn, now)?;
+            Ok::<_, MetaError>(())
+        })?;
+        Ok(Self { store, liveness })
+    }
+
+    pub fn into_server(self) -> MetaServer<Self> {
+        MetaServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Runs `body` as one transaction on a blocking thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        let store = self.store.clone();
+        let mut body = body;
+        let span = tracing::debug_span!("meta", op);
+        let result = tokio::task::spawn_blocking(move || {
+            let now = now_ns();
+            transact(store.as_ref(), |txn| body(txn, now))
+        })
+        .instrument(span)
+        .await
+        .map_err(|e| Status::internal(format!("{op} panicked: {e}")))?;
+        match result {
+            Ok(v) => Ok(Response::new(v)),
+            Err(e) => {
+                let err = DfsError::from(e);
+                tracing::debug!(op, errno = err.errno, error = %err.message, "meta request failed");
+                Err(err.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Meta for MetaService {
+    async fn lookup(&self, r: Request<LookupRequest>) -> Result<Response<InodeRecord>, Status> {
+        let r = r.into_inner();
+        self.run("lookup", move |t, _| {
+            namespace::lookup(t, r.parent, &r.name)
+        })
+        .await
+    }
+
+    async fn get_attr(&self, r: Request<InoRequest>) -> Result<Response<InodeRecord>, Status> {
+        let ino = r.into_inner().ino;
+        self.run("getattr", move |t, _| namespace::get_inode(t, ino))
+            .await
+    }
+
+    async fn set_attr(&self, r: Request<SetAttrRequest>) -> Result<Response<InodeRecord>, Status> {
+        let r = r.into_inner();
+        self.run("setattr", move |t, now| namespace::set_attr(t, &r, now))
+            .await
+    }
+
+    async fn create(&self, r: Request<CreateRequest>) -> Result<Response<InodeRecord>, Status> {
+        let r = r.into_inner();
+        self.run("create", move |t, now| namespace::create(t, &r, now))
+            .await
+    }
+
+    async fn unlink(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        self.run("unlink", move |t, now| {
+            namespace::unlink(t, r.parent, &r.name, now).map(|_| Empty {})
+        })
+        .await
+    }
+
+    async fn rmdir(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        self.run("rmdir", move |t, now| {
+            namespace::rmdir(t, r.parent, &r.name, now).map(|_| Empty {})
+        })
+        .await
+    }
+
+    async fn rename(&self, r: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        self.run("rename", move |t, now| {
+            namespace::rename(t, &r, now).map(|_| Empty {})
+        })
+        .await
+    }
+
+    async fn read_dir(&self, r: Request<ReadDirRequest>) -> Result<Response<ReadDirReply>, Status> {
+        let r = r.into_inner();
+        self.run("readdir", move |t, _| {
+            let (entries, more) =
+                namespace::read_dir(t, r.ino, &r.after_name, r.limit as usize, r.plus)?;
+            Ok(ReadDirReply { entries, more })
+        })
+        .await
+    }
+
+    async fn stat_fs(&self, _r: Request<Empty>) -> Result<Response<StatFsReply>, Status> {
+        let liveness = self.liveness;
+        self.run("statfs", move |t, now| {
+            let mut reply = StatFsReply {
+                files: namespace::inode_count(t)?,
+                ..Default::default()
+            };
+            for s in registry::list(t, &liveness, now)? {
+                if s.state() == ServerState::Down {
+                    continue;
+                }
+                if let Some(r) = s.record {
+                    reply.capacity_bytes += r.capacity_bytes;
+                    reply.used_bytes += r.used_bytes;
+                }
+            }
+            Ok(reply)
+        })
+        .await
+    }
+
+    async fn get_volume_config(
+        &self,
+        _r: Request<Empty>,
+    ) -> Result<Response<VolumeConfig>, Status> {
+        self.run("volume", |t, _| registry::volume_config(t)).await
+    }
+
+    async fn lookup_chunks(
+        &self,
+        r: Request<LookupChunksRequest>,
+    ) -> Result<Response<LookupChunksReply>, Status> {
+        let r = r.into_inner();
+        self.run("lookup_chunks", move |t, _| {
+            let found = chunkmap::lookup_chunks(t, &r.fingerprints)?;
+            Ok(LookupChunksReply {
+                known: found.iter().map(Option::is_some).collect(),
+                records: found.into_iter().map(Option::unwrap_or_default).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn commit_chunks(
+        &self,
+        r: Request<CommitChunksRequest>,
+    ) -> Result<Response<InodeRecord>, Status> {
+        let r = r.into_inner();
+        let span = tracing::debug_span!("commit", ino = r.ino, chunks = r.chunks.len());
+        self.run("commit", move |t, now| chunkmap::commit(t, &r, now))
+            .instrument(span)
+            .await
+    }
+
+    async fn get_chunk_map(
+        &self,
+        r: Request<ChunkMapRequest>,
+    ) -> Result<Response<ChunkMapReply>, Status> {
+        let r = r.into_inner();
+        self.run("chunk_map", move |t, _| {
+            chunkmap::chunk_map(t, r.ino, r.from_offset, r.limit as usize)
+        })
+        .await
+    }
+
+    async fn register_server(
+        &self,
+        r: Request<RegisterServerRequest>,
+    ) -> Result<Response<RegisterServerReply>, Status> {
+        let r = r.into_inner();
+        let reply = self
+            .run("register", move |t, now| {
+                Ok(RegisterServerReply {
+                    server_id: registry::register(t, &r, now)?,
+                })
+            })
+            .await?;
+        tracing::info!(
+            server_id = reply.get_ref().server_id,
+            "chunk server registered"
+        );
+        Ok(reply)
+    }
+
+    async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        self.run("heartbeat", move |t, now| {
+            registry::heartbeat(t, &r, now).map(|_| Empty {})
+        })
+        .await
+    }
+
+    async fn list_servers(&self, _r: Request<Empty>) -> Result<Response<ListServersReply>, Status> {
+        let liveness = self.liveness;
+        self.run("list_servers", move |t, now| {
+            Ok(ListServersReply {
+                servers: registry::list(t, &liveness, now)?,
+            })
+        })
+        .await
+    }
+
+    async fn stats(&self, _r: Request<Empty>) -> Result<Response<StatsReply>, Status> {
+        let liveness = self.liveness;
+        self.run("stats", move |t, now| {
+            let mut stats = chunkmap::stats(t)?;
+            stats.files = namespace::inode_count(t)?;
+            stats.raw_bytes = registry::list(t, &liveness, now)?
+                .iter()
+                .filter_map(|s| s.record.as_ref())
+                .map(|r| r.shard_bytes)
+                .sum();
+            Ok(stats)
+        })
+        .await
+    }
+}

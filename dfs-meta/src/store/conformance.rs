@@ -1,0 +1,253 @@
+//! One test suite for every `MetaStore` backend compiled in. Each test is
+//! written once as a function of the store and instantiated per backend.
+
+use std::sync::Arc;
+
+use super::{decode_counter, transact, KvTxn, MemStore, MetaStore, RocksStore, StoreError};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn put_all(store: &dyn MetaStore, pairs: &[(&[u8], &[u8])]) {
+    transact(store, |t| {
+        for (k, v) in pairs {
+            t.set(k, v);
+        }
+        Ok::<_, StoreError>(())
+    })
+    .expect("put");
+}
+
+fn keys(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Vec<u8>> {
+    pairs.into_iter().map(|(k, _)| k).collect()
+}
+
+fn ordering_and_range_limits(store: &dyn MetaStore) {
+    put_all(
+        store,
+        &[
+            (b"b", b"2"),
+            (b"a", b"1"),
+            (b"d", b"4"),
+            (b"c", b"3"),
+            (b"e\xff", b"5"),
+        ],
+    );
+    transact(store, |t| {
+        assert_eq!(
+            keys(t.range(b"a", b"z", 0, false)?),
+            vec![
+                b"a".to_vec(),
+                b"b".to_vec(),
+                b"c".to_vec(),
+                b"d".to_vec(),
+                b"e\xff".to_vec()
+            ]
+        );
+        assert_eq!(
+            keys(t.range(b"b", b"d", 0, false)?),
+            vec![b"b".to_vec(), b"c".to_vec()],
+            "end is exclusive"
+        );
+        assert_eq!(
+            keys(t.range(b"a", b"z", 2, false)?),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(
+            keys(t.range(b"a", b"z", 2, true)?),
+            vec![b"e\xff".to_vec(), b"d".to_vec()]
+        );
+        assert_eq!(
+            keys(t.range(b"a", b"d", 0, true)?),
+            vec![b"c".to_vec(), b"b".to_vec(), b"a".to_vec()],
+            "reverse excludes end"
+        );
+        assert!(t.range(b"x", b"z", 0, false)?.is_empty());
+        assert!(
+            t.range(b"d", b"b", 0, false)?.is_empty(),
+            "inverted range is empty"
+        );
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}
+
+fn reads_see_own_writes(store: &dyn MetaStore) {
+    put_all(store, &[(b"k1", b"old"), (b"k3", b"x")]);
+    transact(store, |t| {
+        t.set(b"k1", b"new");
+        t.set(b"k2", b"two");
+        t.clear(b"k3");
+        assert_eq!(t.get(b"k1")?, Some(b"new".to_vec()));
+        assert_eq!(t.get(b"k3")?, None);
+        let r = t.range(b"k", b"l", 0, false)?;
+        assert_eq!(
+            r,
+            vec![
+                (b"k1".to_vec(), b"new".to_vec()),
+                (b"k2".to_vec(), b"two".to_vec())
+            ]
+        );
+        let r = t.range(b"k", b"l", 1, true)?;
+        assert_eq!(keys(r), vec![b"k2".to_vec()]);
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+    transact(store, |t| {
+        assert_eq!(t.get(b"k2")?, Some(b"two".to_vec()), "committed");
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}
+
+fn clear_range_then_write(store: &dyn MetaStore) {
+    put_all(
+        store,
+        &[(b"r1", b"1"), (b"r2", b"2"), (b"r3", b"3"), (b"s", b"s")],
+    );
+    transact(store, |t| {
+        t.set(b"r25", b"pending");
+        t.clear_range(b"r1", b"r3");
+        t.set(b"r2", b"rewritten");
+        assert_eq!(
+            keys(t.range(b"r", b"t", 0, false)?),
+            vec![b"r2".to_vec(), b"r3".to_vec(), b"s".to_vec()]
+        );
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+    transact(store, |t| {
+        assert_eq!(t.get(b"r1")?, None);
+        assert_eq!(t.get(b"r25")?, None, "a write before the clear is cleared");
+        assert_eq!(
+            t.get(b"r2")?,
+            Some(b"rewritten".to_vec()),
+            "a write after the clear survives"
+        );
+        assert_eq!(t.get(b"r3")?, Some(b"3".to_vec()));
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}
+
+fn aborted_transaction_applies_nothing(store: &dyn MetaStore) {
+    let result: std::result::Result<(), StoreError> = transact(store, |t| {
+        t.set(b"aborted", b"1");
+        Err(StoreError::Io("body failed".into()))
+    });
+    assert!(result.is_err());
+    transact(store, |t| {
+        assert_eq!(t.get(b"aborted")?, None);
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}
+
+fn atomic_add_counts(store: &dyn MetaStore) {
+    transact(store, |t| {
+        t.atomic_add(b"ctr", 5)?;
+        t.atomic_add(b"ctr", -2)?;
+        assert_eq!(decode_counter(t.get(b"ctr")?.as_deref()), 3);
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}
+
+fn concurrent_increments_are_serializable(store: Arc<dyn MetaStore>) {
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..250 {
+                    transact(store.as_ref(), |t: &mut dyn KvTxn| -> Result<()> {
+                        let n = decode_counter(t.get(b"rmw")?.as_deref());
+                        t.set(b"rmw", &(n + 1).to_le_bytes());
+                        Ok(())
+                    })
+                    .expect("increment");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let n = transact(store.as_ref(), |t| {
+        Ok::<_, StoreError>(decode_counter(t.get(b"rmw")?.as_deref()))
+    })
+    .expect("read");
+    assert_eq!(n, 1000, "read-modify-write lost updates");
+}
+
+fn large_values_and_binary_keys(store: &dyn MetaStore) {
+    let big = vec![7u8; 90 * 1024];
+    let key = [0u8, 255, 0, 1];
+    put_all(store, &[(&key, &big)]);
+    transact(store, |t| {
+        assert_eq!(t.get(&key)?.map(|v| v.len()), Some(big.len()));
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            #[allow(unused)]
+            fn make() -> (Arc<dyn MetaStore>, Option<tempfile::TempDir>) {
+                $make
+            }
+            #[test]
+            fn ordering_and_range_limits() {
+                super::ordering_and_range_limits(make().0.as_ref());
+            }
+            #[test]
+            fn reads_see_own_writes() {
+                super::reads_see_own_writes(make().0.as_ref());
+            }
+            #[test]
+            fn clear_range_then_write() {
+                super::clear_range_then_write(make().0.as_ref());
+            }
+            #[test]
+            fn aborted_transaction_applies_nothing() {
+                super::aborted_transaction_applies_nothing(make().0.as_ref());
+            }
+            #[test]
+            fn atomic_add_counts() {
+                super::atomic_add_counts(make().0.as_ref());
+            }
+            #[test]
+            fn concurrent_increments_are_serializable() {
+                let (store, _dir) = make();
+                super::concurrent_increments_are_serializable(store);
+            }
+            #[test]
+            fn large_values_and_binary_keys() {
+                super::large_values_and_binary_keys(make().0.as_ref());
+            }
+        }
+    };
+}
+
+conformance!(memory, (Arc::new(MemStore::default()), None));
+conformance!(rocksdb, {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn MetaStore> = Arc::new(RocksStore::open(dir.path()).expect("open"));
+    (store, Some(dir))
+});
+
+#[test]
+fn rocksdb_persists_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = RocksStore::open(dir.path()).expect("open");
+        put_all(&store, &[(b"persist", b"yes")]);
+    }
+    let store = RocksStore::open(dir.path()).expect("reopen");
+    transact(&store, |t| {
+        assert_eq!(t.get(b"persist")?, Some(b"yes".to_vec()));
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}

@@ -1,0 +1,121 @@
+//! In-memory backend: the reference for the conformance suite and the
+//! store behind fast unit tests. Nothing survives the process.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::overlay::{Base, Overlay, Pending};
+use super::{KvTxn, MetaStore, StoreError, Transaction};
+
+#[derive(Default)]
+pub struct MemStore {
+    data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+struct MemBase<'a>(MutexGuard<'a, BTreeMap<Vec<u8>, Vec<u8>>>);
+
+impl Base for MemBase<'_> {
+    fn base_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn base_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        skip: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let bounds = (
+            Bound::Included(begin.to_vec()),
+            Bound::Excluded(end.to_vec()),
+        );
+        let iter = self.0.range(bounds).filter(|(k, _)| !skip(k));
+        let take = if limit == 0 { usize::MAX } else { limit };
+        let out = if reverse {
+            iter.rev()
+                .take(take)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            iter.take(take)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        Ok(out)
+    }
+}
+
+pub struct MemTxn<'a> {
+    base: MemBase<'a>,
+    overlay: Overlay,
+}
+
+impl KvTxn for MemTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.overlay.get(&self.base, key)
+    }
+    fn range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.overlay.range(&self.base, begin, end, limit, reverse)
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.overlay.set(key, value);
+    }
+    fn clear(&mut self, key: &[u8]) {
+        self.overlay.clear(key);
+    }
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+        self.overlay.clear_range(begin, end);
+    }
+    fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
+        self.overlay.atomic_add(&self.base, key, delta)
+    }
+}
+
+impl Transaction for MemTxn<'_> {
+    fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let MemTxn { mut base, overlay } = *self;
+        for (b, e) in &overlay.cleared {
+            let doomed: Vec<Vec<u8>> = base
+                .0
+                .range((Bound::Included(b.clone()), Bound::Excluded(e.clone())))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in doomed {
+                base.0.remove(&k);
+            }
+        }
+        for (k, p) in overlay.writes {
+            match p {
+                Pending::Set(v) => {
+                    base.0.insert(k, v);
+                }
+                Pending::Clear => {
+                    base.0.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MetaStore for MemStore {
+    fn begin(&self) -> Result<Box<dyn Transaction + '_>, StoreError> {
+        Ok(Box::new(MemTxn {
+            base: MemBase(self.data.lock()),
+            overlay: Overlay::default(),
+        }))
+    }
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,161 @@
+//! Embedded backend on RocksDB, for one machine.
+//!
+//! A store-wide lock makes every transaction serializable: only one runs at
+//! a time, reads go to the live database (which nobody else can change
+//! meanwhile) overlaid with the transaction's own writes, and the commit is
+//! one synced `WriteBatch`, so an acknowledged change survives a crash.
+
+use std::path::Path;
+
+use parking_lot::{Mutex, MutexGuard};
+use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+
+use super::overlay::{Base, Overlay, Pending};
+use super::{KvTxn, MetaStore, StoreError, Transaction};
+
+pub struct RocksStore {
+    db: DB,
+    lock: Mutex<()>,
+}
+
+impl RocksStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let db = DB::open(&opts, path)
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            db,
+            lock: Mutex::new(()),
+        })
+    }
+}
+
+fn io(e: rocksdb::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+struct RocksBase<'a> {
+    db: &'a DB,
+}
+
+impl Base for RocksBase<'_> {
+    fn base_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(key).map_err(io)
+    }
+
+    fn base_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        skip: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut iter = self.db.raw_iterator();
+        if reverse {
+            iter.seek_for_prev(end);
+            // seek_for_prev lands on `end` itself when it exists: step off it.
+            if iter.valid() && iter.key() == Some(end) {
+                iter.prev();
+            }
+        } else {
+            iter.seek(begin);
+        }
+        while iter.valid() {
+            let (Some(k), Some(v)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            if k < begin || k >= end {
+                break;
+            }
+            if !skip(k) {
+                out.push((k.to_vec(), v.to_vec()));
+                if limit != 0 && out.len() == limit {
+                    break;
+                }
+            }
+            if reverse {
+                iter.prev();
+            } else {
+                iter.next();
+            }
+        }
+        iter.status().map_err(io)?;
+        Ok(out)
+    }
+}
+
+pub struct RocksTxn<'a> {
+    base: RocksBase<'a>,
+    overlay: Overlay,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl KvTxn for RocksTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.overlay.get(&self.base, key)
+    }
+    fn range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.overlay.range(&self.base, begin, end, limit, reverse)
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.overlay.set(key, value);
+    }
+    fn clear(&mut self, key: &[u8]) {
+        self.overlay.clear(key);
+    }
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+        self.overlay.clear_range(begin, end);
+    }
+    fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
+        self.overlay.atomic_add(&self.base, key, delta)
+    }
+}
+
+impl Transaction for RocksTxn<'_> {
+    fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        if self.overlay.cleared.is_empty() && self.overlay.writes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        // Range clears first: writes recorded after a clear survive it.
+        for (b, e) in &self.overlay.cleared {
+            batch.delete_range(b, e);
+        }
+        for (k, p) in &self.overlay.writes {
+            match p {
+                Pending::Set(v) => batch.put(k, v),
+                Pending::Clear => batch.delete(k),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.base.db.write_opt(batch, &opts).map_err(io)
+    }
+}
+
+impl MetaStore for RocksStore {
+    fn begin(&self) -> Result<Box<dyn Transaction + '_>, StoreError> {
+        let guard = self.lock.lock();
+        Ok(Box::new(RocksTxn {
+            base: RocksBase { db: &self.db },
+            overlay: Overlay::default(),
+            _guard: guard,
+        }))
+    }
+    fn name(&self) -> &'static str {
+        "rocksdb"
+    }
+}

@@ -1,0 +1,154 @@
+//! The client's view of the cluster: one metadata connection, one
+//! connection per chunk server, and the placement ring over the servers
+//! that are up.
+//!
+//! Connections are made by a [`Connector`], so the same code talks to real
+//! processes over TCP or, in the embedded `local:` mode, to services living
+//! in this process.
+
+pub mod chunks;
+pub mod meta;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dfs_core::error::DfsError;
+use dfs_core::placement::{Candidate, Ring};
+use dfs_core::rpc::RpcTransport;
+use dfs_proto::chunks_client::ChunksClient;
+use dfs_proto::{Empty, ServerState, VolumeConfig};
+use parking_lot::RwLock;
+
+pub use meta::MetaRpc;
+
+/// Makes a transport to a server from its registered address.
+pub type Connector = Arc<dyn Fn(&str) -> Result<RpcTransport, DfsError> + Send + Sync>;
+
+/// A TCP connector: lazily connected tonic channels to `host:port`.
+pub fn tcp_connector() -> Connector {
+    Arc::new(|address: &str| {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| DfsError::new(libc::EINVAL, format!("bad server address {address}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true);
+        Ok(dfs_core::rpc::boxed_transport(endpoint.connect_lazy()))
+    })
+}
+
+#[derive(Clone)]
+pub struct ServerConn {
+    pub id: u32,
+    pub address: String,
+    pub client: ChunksClient<RpcTransport>,
+}
+
+struct Topology {
+    servers: HashMap<u32, ServerConn>,
+    ring: Arc<Ring>,
+    refreshed: Instant,
+}
+
+pub struct Cluster {
+    pub meta: MetaRpc,
+    pub volume: VolumeConfig,
+    connector: Connector,
+    topology: RwLock<Topology>,
+}
+
+/// How long a fetched server list is trusted before it is fetched again.
+const TOPOLOGY_TTL: Duration = Duration::from_secs(3);
+
+impl Cluster {
+    pub async fn connect(meta: MetaRpc, connector: Connector) -> Result<Arc<Self>, DfsError> {
+        let volume = meta
+            .call("volume", |mut c| async move {
+                c.get_volume_config(Empty {}).await
+            })
+            .await?;
+        let cluster = Arc::new(Self {
+            meta,
+            volume,
+            connector,
+            topology: RwLock::new(Topology {
+                servers: HashMap::new(),
+                ring: Arc::new(Ring::new(Vec::new())),
+                refreshed: Instant::now() - TOPOLOGY_TTL * 2,
+            }),
+        });
+        cluster.refresh_topology().await?;
+        Ok(cluster)
+    }
+
+    /// Fetches the server list and rebuilds the placement ring over the
+    /// servers that are up.
+    pub async fn refresh_topology(&self) -> Result<(), DfsError> {
+        let list = self
+            .meta
+            .call("list_servers", |mut c| async move {
+                c.list_servers(Empty {}).await
+            })
+            .await?;
+        let mut servers = HashMap::new();
+        let mut candidates = Vec::new();
+        {
+            let old = self.topology.read();
+            for status in &list.servers {
+                let Some(rec) = &status.record else { continue };
+                let conn = match old.servers.get(&rec.id) {
+                    Some(c) if c.address == rec.address => c.clone(),
+                    _ => ServerConn {
+                        id: rec.id,
+                        address: rec.address.clone(),
+                        client: ChunksClient::new((self.connector)(&rec.address)?)
+                            .max_decoding_message_size(dfs_proto::MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(dfs_proto::MAX_MESSAGE_BYTES),
+                    },
+                };
+                servers.insert(rec.id, conn);
+                if status.state() == ServerState::Up {
+                    candidates.push(Candidate {
+                        id: rec.id,
+                        zone: rec.zone.clone(),
+                        rack: rec.rack.clone(),
+                        capacity_bytes: rec.capacity_bytes.max(1),
+                    });
+                }
+            }
+        }
+        let mut topo = self.topology.write();
+        topo.servers = servers;
+        topo.ring = Arc::new(Ring::new(candidates));
+        topo.refreshed = Instant::now();
+        Ok(())
+    }
+
+    async fn refresh_if_stale(&self) {
+        let stale = self.topology.read().refreshed.elapsed() > TOPOLOGY_TTL;
+        if stale {
+            if let Err(e) = self.refresh_topology().await {
+                tracing::warn!(error = %e, "cannot refresh the server list");
+            }
+        }
+    }
+
+    pub async fn ring(&self) -> Arc<Ring> {
+        self.refresh_if_stale().await;
+        self.topology.read().ring.clone()
+    }
+
+    pub async fn server(&self, id: u32) -> Result<ServerConn, DfsError> {
+        if let Some(conn) = self.topology.read().servers.get(&id) {
+            return Ok(conn.clone());
+        }
+        // A server registered since the last refresh.
+        self.refresh_topology().await?;
+        self.topology
+            .read()
+            .servers
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| DfsError::new(libc::EIO, format!("chunk server {id} is not registered")))
+    }
+}

@@ -1,0 +1,251 @@
+//! One open file on this client: its chunk map as last committed, the
+//! bytes written since (the write buffer), and the flush that turns those
+//! bytes into chunks.
+//!
+//! Flush re-chunks only around what changed: each dirty region starts at
+//! the beginning of the old chunk it falls in and ends at the first cut
+//! point, past the region, that coincides with an old chunk boundary (or at
+//! end of file). Content-defined cuts re-synchronise within a few chunks,
+//! so a 1 KiB overwrite in a large file stores only a handful of chunks.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use dfs_proto::MappedChunk;
+
+/// Byte ranges written but not yet committed, as non-overlapping extents
+/// keyed by offset.
+#[derive(Default, Debug)]
+pub struct WriteBuffer {
+    extents: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+}
+
+impl WriteBuffer {
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Records `data` at `offset`, replacing whatever was buffered there.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let end = offset + data.len() as u64;
+        // Fast path for sequential writes: grow the extent that ends here.
+        let nothing_after = self.extents.range(offset..end).next().is_none();
+        if let Some((&start, last)) = self.extents.range_mut(..=offset).next_back() {
+            if start + last.len() as u64 == offset && nothing_after {
+                last.extend_from_slice(data);
+                self.bytes += data.len();
+                return;
+            }
+        }
+        // General case: merge every extent touching [offset, end].
+        let first = match self.extents.range(..offset).next_back() {
+            Some((&s, v)) if s + v.len() as u64 >= offset => s,
+            _ => offset,
+        };
+        let touching: Vec<u64> = self
+            .extents
+            .range((Bound::Included(first), Bound::Included(end)))
+            .map(|(&s, _)| s)
+            .collect();
+        let mut merged_start = offset;
+        let mut merged_end = end;
+        let mut pieces = Vec::with_capacity(touching.len());
+        for s in touching {
+            if let Some(v) = self.extents.remove(&s) {
+                self.bytes -= v.len();
+                merged_start = merged_start.min(s);
+                merged_end = merged_end.max(s + v.len() as u64);
+                pieces.push((s, v));
+            }
+        }
+        let mut merged = vec![0u8; (merged_end - merged_start) as usize];
+        for (s, v) in pieces {
+            let at = (s - merged_start) as usize;
+            merged[at..at + v.len()].copy_from_slice(&v);
+        }
+        let at = (offset - merged_start) as usize;
+        merged[at..at + data.len()].copy_from_slice(data);
+        self.bytes += merged.len();
+        self.extents.insert(merged_start, merged);
+    }
+
+    /// Copies buffered bytes that fall in `[start, start + out.len())` over `out`.
+    pub fn overlay(&self, start: u64, out: &mut [u8]) {
+        let end = start + out.len() as u64;
+        let first = match self.extents.range(..=start).next_back() {
+            Some((&s, _)) => s,
+            None => start,
+        };
+        for (&s, v) in self.extents.range(first..end) {
+            let e = s + v.len() as u64;
+            if e <= start {
+                continue;
+            }
+            let from = s.max(start);
+            let to = e.min(end);
+            out[(from - start) as usize..(to - start) as usize]
+                .copy_from_slice(&v[(from - s) as usize..(to - s) as usize]);
+        }
+    }
+
+    /// The dirty ranges, in order.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.extents
+            .iter()
+            .map(|(&s, v)| (s, s + v.len() as u64))
+            .collect()
+    }
+
+    /// Drops everything at or past `size` (truncation).
+    pub fn truncate(&mut self, size: u64) {
+        let doomed: Vec<u64> = self.extents.range(size..).map(|(&s, _)| s).collect();
+        for s in doomed {
+            if let Some(v) = self.extents.remove(&s) {
+                self.bytes -= v.len();
+            }
+        }
+        if let Some((&s, v)) = self.extents.range_mut(..size).next_back() {
+            let keep = (size - s) as usize;
+            if v.len() > keep {
+                self.bytes -= v.len() - keep;
+                v.truncate(keep);
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.extents.clear();
+        self.bytes = 0;
+    }
+}
+
+/// The committed chunk map of a file, keyed by offset.
+#[derive(Default, Debug, Clone)]
+pub struct ChunkMap {
+    pub chunks: BTreeMap<u64, MappedChunk>,
+}
+
+impl ChunkMap {
+    /// Chunks overlapping `[start, end)`, in order.
+    pub fn overlapping(&self, start: u64, end: u64) -> Vec<MappedChunk> {
+        let first = match self.chunks.range(..=start).next_back() {
+            Some((&s, _)) => s,
+            None => start,
+        };
+        self.chunks
+            .range(first..end)
+            .filter(|(&s, c)| s + u64::from(c.len) > start)
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// Where re-chunking must start for a change at `offset`: the start of
+    /// the chunk containing it; the start of the last chunk when appending
+    /// right after it (its end was forced by end of file, not content).
+    pub fn region_start(&self, offset: u64) -> u64 {
+        match self.chunks.range(..=offset).next_back() {
+            Some((&s, c)) if s + u64::from(c.len) > offset => s,
+            Some((&s, c))
+                if s + u64::from(c.len) == offset
+                    && self.chunks.range(offset..).next().is_none() =>
+            {
+                s
+            }
+            // In a hole or past the end: nothing old to re-cut before it.
+            _ => offset,
+        }
+    }
+
+    /// True when an old chunk starts exactly at `offset`: re-chunking that
+    /// reaches it can stop, everything after is unchanged.
+    pub fn is_boundary(&self, offset: u64) -> bool {
+        self.chunks.contains_key(&offset)
+    }
+
+    /// Replaces the chunks starting in `[start, end)` with `new`.
+    pub fn replace(&mut self, start: u64, end: u64, new: impl IntoIterator<Item = MappedChunk>) {
+        let doomed: Vec<u64> = self.chunks.range(start..end).map(|(&s, _)| s).collect();
+        for s in doomed {
+            self.chunks.remove(&s);
+        }
+        for c in new {
+            self.chunks.insert(c.offset, c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(offset: u64, len: u32) -> MappedChunk {
+        MappedChunk {
+            offset,
+            len,
+            fingerprint: vec![0; 32],
+            chunk: None,
+        }
+    }
+
+    #[test]
+    fn write_buffer_merges_and_overlays() {
+        let mut b = WriteBuffer::default();
+        b.write(10, b"hello");
+        b.write(15, b"world"); // sequential append
+        b.write(0, b"AB");
+        b.write(12, b"LL"); // overwrite inside
+        assert_eq!(b.ranges(), vec![(0, 2), (10, 20)]);
+        assert_eq!(b.bytes(), 12);
+        let mut out = vec![b'.'; 22];
+        b.overlay(0, &mut out);
+        assert_eq!(&out, b"AB........heLLoworld..");
+        b.write(1, b"0123456789"); // bridges both extents
+        assert_eq!(b.ranges(), vec![(0, 20)]);
+        let mut out = vec![b'.'; 20];
+        b.overlay(0, &mut out);
+        assert_eq!(&out, b"A0123456789eLLoworld");
+        b.truncate(5);
+        assert_eq!(b.ranges(), vec![(0, 5)]);
+        assert_eq!(b.bytes(), 5);
+    }
+
+    #[test]
+    fn overlay_of_a_window_inside_an_extent() {
+        let mut b = WriteBuffer::default();
+        b.write(100, &[7u8; 50]);
+        let mut out = vec![0u8; 10];
+        b.overlay(120, &mut out);
+        assert_eq!(out, vec![7u8; 10]);
+        let mut out = vec![0u8; 10];
+        b.overlay(145, &mut out);
+        assert_eq!(out, [7, 7, 7, 7, 7, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn chunk_map_regions() {
+        let mut m = ChunkMap::default();
+        m.replace(0, 0, [chunk(0, 100), chunk(100, 50), chunk(150, 70)]);
+        assert_eq!(m.region_start(120), 100);
+        assert_eq!(m.region_start(100), 100);
+        assert_eq!(m.region_start(220), 150, "append re-chunks the last chunk");
+        assert_eq!(m.region_start(300), 300, "a write past a hole starts fresh");
+        assert!(m.is_boundary(150) && !m.is_boundary(160));
+        assert_eq!(
+            m.overlapping(90, 151)
+                .iter()
+                .map(|c| c.offset)
+                .collect::<Vec<_>>(),
+            vec![0, 100, 150]
+        );
+        m.replace(100, 220, [chunk(100, 120)]);
+        assert_eq!(m.chunks.keys().copied().collect::<Vec<_>>(), vec![0, 100]);
+    }
+}

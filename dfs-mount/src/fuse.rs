@@ -1,0 +1,775 @@
+//! The kernel-facing layer: fuser calls land here on fuser's own threads,
+//! run the async operation on the tokio runtime with `Handle::block_on`,
+//! and answer through [`fail`], the one place errors become errnos.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dfs_core::error::DfsError;
+use dfs_core::time::{ns_to_system_time, system_time_to_ns};
+use dfs_proto::{
+    CreateRequest, DirEntry, Empty, FileKind, InoRequest, InodeRecord, LookupRequest,
+    RemoveRequest, RenameRequest, SetAttrRequest,
+};
+use fuser::{
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+
+use crate::fs::{Dfs, OpenFile};
+
+const BLOCK_SIZE: u32 = 4096;
+const MAX_WRITE: u32 = 1024 * 1024;
+
+struct FileHandleState {
+    ino: u64,
+    file: Arc<OpenFile>,
+    append: bool,
+    /// End of the last read, to spot sequential reads for readahead.
+    last_read_end: AtomicU64,
+}
+
+struct DirHandleState {
+    entries: Vec<DirEntry>,
+    parent: u64,
+}
+
+pub struct DfsFuse {
+    dfs: Arc<Dfs>,
+    rt: tokio::runtime::Handle,
+    ttl: Duration,
+    next_fh: AtomicU64,
+    files: Mutex<HashMap<u64, Arc<FileHandleState>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandleState>>>,
+}
+
+/// The one place a `DfsError` becomes an errno: logs at a level that
+/// matches how surprising the error is.
+fn fail(op: &'static str, ino: u64, e: &DfsError) -> Errno {
+    match e.errno {
+        libc::ENOENT
+        | libc::EEXIST
+        | libc::ENOTEMPTY
+        | libc::ENOTDIR
+        | libc::EISDIR
+        | libc::ENAMETOOLONG => {
+            tracing::debug!(op, ino, errno = e.errno, error = %e.message, "fuse request failed")
+        }
+        libc::EIO => tracing::error!(op, ino, error = %e.message, "fuse request failed with EIO"),
+        _ => tracing::warn!(op, ino, errno = e.errno, error = %e.message, "fuse request failed"),
+    }
+    Errno::from_i32(e.errno)
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::Regular | FileKind::Unspecified => FileType::RegularFile,
+    }
+}
+
+fn kind_from_mode(mode: u32) -> FileKind {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileKind::Directory,
+        libc::S_IFLNK => FileKind::Symlink,
+        libc::S_IFCHR => FileKind::CharDevice,
+        libc::S_IFBLK => FileKind::BlockDevice,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFSOCK => FileKind::Socket,
+        _ => FileKind::Regular,
+    }
+}
+
+pub fn to_file_attr(r: &InodeRecord) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(r.ino),
+        size: r.size,
+        blocks: r.size.div_ceil(512),
+        atime: ns_to_system_time(r.atime_ns),
+        mtime: ns_to_system_time(r.mtime_ns),
+        ctime: ns_to_system_time(r.ctime_ns),
+        crtime: ns_to_system_time(r.ctime_ns),
+        kind: file_type(r.kind()),
+        perm: (r.mode & 0o7777) as u16,
+        nlink: r.nlink,
+        uid: r.uid,
+        gid: r.gid,
+        rdev: r.rdev,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+fn time_ns(t: Option<TimeOrNow>) -> (Option<i64>, bool) {
+    match t {
+        None => (None, false),
+        Some(TimeOrNow::Now) => (None, true),
+        Some(TimeOrNow::SpecificTime(t)) => (Some(system_time_to_ns(t)), false),
+    }
+}
+
+impl DfsFuse {
+    pub fn new(dfs: Arc<Dfs>, rt: tokio::runtime::Handle, ttl: Duration) -> Self {
+        Self {
+            dfs,
+            rt,
+            ttl,
+            next_fh: AtomicU64::new(1),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn file_handle(&self, fh: FileHandle) -> Result<Arc<FileHandleState>, DfsError> {
+        self.files
+            .lock()
+            .get(&fh.0)
+            .cloned()
+            .ok_or_else(|| DfsError::new(libc::EBADF, "unknown file handle"))
+    }
+
+    async fn getattr_async(&self, ino: u64) -> Result<InodeRecord, DfsError> {
+        let attr = self
+            .dfs
+            .cluster
+            .meta
+            .call("getattr", |mut c| async move {
+                c.get_attr(InoRequest { ino }).await
+            })
+            .await?;
+        Ok(self.dfs.overlay_attr(attr).await)
+    }
+
+    async fn create_async(&self, req: CreateRequest) -> Result<InodeRecord, DfsError> {
+        self.dfs
+            .cluster
+            .meta
+            .call("create", |mut c| {
+                let req = req.clone();
+                async move { c.create(req).await }
+            })
+            .await
+    }
+
+    fn reply_entry(
+        &self,
+        result: Result<InodeRecord, DfsError>,
+        op: &'static str,
+        parent: u64,
+        reply: ReplyEntry,
+    ) {
+        match result {
+            Ok(attr) => reply.entry(&self.ttl, &to_file_attr(&attr), Generation(attr.generation)),
+            Err(e) => reply.error(fail(op, parent, &e)),
+        }
+    }
+
+    fn new_request(
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        kind: FileKind,
+        mode: u32,
+    ) -> CreateRequest {
+        CreateRequest {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+            kind: kind as i32,
+            mode,
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev: 0,
+            symlink_target: Vec::new(),
+        }
+    }
+
+    async fn setattr_async(
+        &self,
+        ino: u64,
+        request: SetAttrRequest,
+        size: Option<u64>,
+    ) -> Result<InodeRecord, DfsError> {
+        let touches_meta = request.mode.is_some()
+            || request.uid.is_some()
+            || request.gid.is_some()
+            || request.atime_ns.is_some()
+            || request.mtime_ns.is_some()
+            || request.atime_now
+            || request.mtime_now;
+        if let Some(size) = size {
+            let file = self.dfs.open(ino).await?;
+            let result = {
+                let mut st = file.state.lock().await;
+                self.dfs.truncate(&mut st, size).await
+            };
+            self.dfs.release(ino).await?;
+            result?;
+        } else if touches_meta {
+            // Buffered writes would stamp their own mtime when committed
+            // later, undoing an explicit utimens: commit them first.
+            if let Some(file) = self.dfs.open_file(ino) {
+                let mut st = file.state.lock().await;
+                self.dfs.flush(&mut st).await?;
+            }
+        }
+        if touches_meta {
+            let attr = self
+                .dfs
+                .cluster
+                .meta
+                .call("setattr", |mut c| {
+                    let request = request.clone();
+                    async move { c.set_attr(request).await }
+                })
+                .await?;
+            return Ok(self.dfs.overlay_attr(attr).await);
+        }
+        self.getattr_async(ino).await
+    }
+
+    async fn open_dir_async(&self, ino: u64, plus: bool) -> Result<DirHandleState, DfsError> {
+        let attr = self
+            .dfs
+            .cluster
+            .meta
+            .call("getattr", |mut c| async move {
+                c.get_attr(InoRequest { ino }).await
+            })
+            .await?;
+        if attr.kind() != FileKind::Directory {
+            return Err(DfsError::new(libc::ENOTDIR, "not a directory"));
+        }
+        let entries = self.dfs.read_dir_all(ino, plus).await?;
+        Ok(DirHandleState {
+            entries,
+            parent: if attr.parent == 0 { ino } else { attr.parent },
+        })
+    }
+
+    fn open_handle(&self, ino: u64, file: Arc<OpenFile>, flags: i32) -> u64 {
+        let fh = self.fh();
+        let state = FileHandleState {
+            ino,
+            file,
+            append: flags & libc::O_APPEND != 0,
+            last_read_end: AtomicU64::new(u64::MAX),
+        };
+        self.files.lock().insert(fh, Arc::new(state));
+        fh
+    }
+}
+
+impl Filesystem for DfsFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // The kernel flushes every handle before an unmount completes; this
+        // catches whatever an abrupt end of the session left behind.
+        let handles: Vec<Arc<FileHandleState>> = self.files.lock().values().cloned().collect();
+        for h in handles {
+            let result = self.rt.block_on(async {
+                let mut st = h.file.state.lock().await;
+                self.dfs.flush(&mut st).await
+            });
+            if let Err(e) = result {
+                tracing::error!(ino = h.ino, error = %e, "data not flushed at unmount");
+            }
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let request = LookupRequest {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+        };
+        let result = self.rt.block_on(async {
+            let attr = self
+                .dfs
+                .cluster
+                .meta
+                .call("lookup", |mut c| {
+                    let request = request.clone();
+                    async move { c.lookup(request).await }
+                })
+                .await?;
+            Ok(self.dfs.overlay_attr(attr).await)
+        });
+        self.reply_entry(result, "lookup", parent.0, reply);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.rt.block_on(self.getattr_async(ino.0)) {
+            Ok(attr) => reply.attr(&self.ttl, &to_file_attr(&attr)),
+            Err(e) => reply.error(fail("getattr", ino.0, &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (atime_ns, atime_now) = time_ns(atime);
+        let (mtime_ns, mtime_now) = time_ns(mtime);
+        let request = SetAttrRequest {
+            ino: ino.0,
+            mode,
+            uid,
+            gid,
+            atime_ns,
+            mtime_ns,
+            atime_now,
+            mtime_now,
+        };
+        match self.rt.block_on(self.setattr_async(ino.0, request, size)) {
+            Ok(attr) => reply.attr(&self.ttl, &to_file_attr(&attr)),
+            Err(e) => reply.error(fail("setattr", ino.0, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.rt.block_on(self.getattr_async(ino.0)) {
+            Ok(attr) if attr.kind() == FileKind::Symlink => reply.data(&attr.symlink_target),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(fail("readlink", ino.0, &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let mut request = Self::new_request(req, parent, name, kind_from_mode(mode), mode & !umask);
+        request.rdev = rdev;
+        let result = self.rt.block_on(self.create_async(request));
+        self.reply_entry(result, "mknod", parent.0, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let request = Self::new_request(req, parent, name, FileKind::Directory, mode & !umask);
+        let result = self.rt.block_on(self.create_async(request));
+        self.reply_entry(result, "mkdir", parent.0, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let mut request = Self::new_request(req, parent, link_name, FileKind::Symlink, 0o777);
+        request.symlink_target = target.as_os_str().as_bytes().to_vec();
+        let result = self.rt.block_on(self.create_async(request));
+        self.reply_entry(result, "symlink", parent.0, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let request = RemoveRequest {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+        };
+        let result = self
+            .rt
+            .block_on(self.dfs.cluster.meta.call("unlink", |mut c| {
+                let request = request.clone();
+                async move { c.unlink(request).await }
+            }));
+        match result {
+            Ok(Empty {}) => reply.ok(),
+            Err(e) => reply.error(fail("unlink", parent.0, &e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let request = RemoveRequest {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+        };
+        let result = self
+            .rt
+            .block_on(self.dfs.cluster.meta.call("rmdir", |mut c| {
+                let request = request.clone();
+                async move { c.rmdir(request).await }
+            }));
+        match result {
+            Ok(Empty {}) => reply.ok(),
+            Err(e) => reply.error(fail("rmdir", parent.0, &e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let request = RenameRequest {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+            new_parent: newparent.0,
+            new_name: newname.as_bytes().to_vec(),
+            flags: flags.bits(),
+        };
+        let result = self
+            .rt
+            .block_on(self.dfs.cluster.meta.call("rename", |mut c| {
+                let request = request.clone();
+                async move { c.rename(request).await }
+            }));
+        match result {
+            Ok(Empty {}) => reply.ok(),
+            Err(e) => reply.error(fail("rename", parent.0, &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.rt.block_on(self.dfs.open(ino.0)) {
+            Ok(file) => {
+                let fh = self.open_handle(ino.0, file, flags.0);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(fail("open", ino.0, &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let request = Self::new_request(req, parent, name, FileKind::Regular, mode & !umask);
+        let result = self.rt.block_on(async {
+            let attr = self.create_async(request).await?;
+            let file = self.dfs.open(attr.ino).await?;
+            Ok::<_, DfsError>((attr, file))
+        });
+        match result {
+            Ok((attr, file)) => {
+                let fh = self.open_handle(attr.ino, file, flags);
+                reply.created(
+                    &self.ttl,
+                    &to_file_attr(&attr),
+                    Generation(attr.generation),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
+            }
+            Err(e) => reply.error(fail("create", parent.0, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let result = self.rt.block_on(async {
+            let handle = self.file_handle(fh)?;
+            let st = handle.file.state.lock().await;
+            let end = (offset + u64::from(size)).min(st.size);
+            let data = self.dfs.read_range(&st, offset, end.max(offset)).await?;
+            let sequential = handle.last_read_end.swap(end, Ordering::Relaxed) == offset;
+            if sequential {
+                self.dfs.readahead(&st, end);
+            }
+            Ok::<_, DfsError>(data)
+        });
+        match result {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(fail("read", ino.0, &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self.rt.block_on(async {
+            let handle = self.file_handle(fh)?;
+            let mut st = handle.file.state.lock().await;
+            let offset = if handle.append { st.size } else { offset };
+            self.dfs.write(&mut st, offset, data).await
+        });
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(fail("write", ino.0, &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.rt.block_on(async {
+            let handle = self.file_handle(fh)?;
+            let mut st = handle.file.state.lock().await;
+            self.dfs.flush(&mut st).await
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("flush", ino.0, &e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.flush(_req, ino, fh, LockOwner(0), reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = self.files.lock().remove(&fh.0);
+        let result = match handle {
+            Some(h) => self.rt.block_on(self.dfs.release(h.ino)),
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("release", ino.0, &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.rt.block_on(self.open_dir_async(ino.0, true)) {
+            Ok(state) => {
+                let fh = self.fh();
+                self.dirs.lock().insert(fh, Arc::new(state));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(fail("opendir", ino.0, &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(dir) = self.dirs.lock().get(&fh.0).cloned() else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        // Offsets: 1 is ".", 2 is "..", 2 + i + 1 is entry i.
+        let mut next = offset;
+        loop {
+            let full = match next {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(dir.parent), 2, FileType::Directory, ".."),
+                n => {
+                    let Some(e) = dir.entries.get((n - 2) as usize) else {
+                        break;
+                    };
+                    reply.add(
+                        INodeNo(e.ino),
+                        n + 1,
+                        file_type(e.kind()),
+                        OsStr::from_bytes(&e.name),
+                    )
+                }
+            };
+            if full {
+                break;
+            }
+            next += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(dir) = self.dirs.lock().get(&fh.0).cloned() else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let mut next = offset;
+        let dots = if offset < 2 {
+            let this = self.rt.block_on(self.getattr_async(ino.0));
+            let parent = self.rt.block_on(self.getattr_async(dir.parent));
+            match (this, parent) {
+                (Ok(a), Ok(b)) => Some((a, b)),
+                (Err(e), _) | (_, Err(e)) => {
+                    reply.error(fail("readdirplus", ino.0, &e));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        loop {
+            let full = match (next, &dots) {
+                (0, Some((this, _))) => {
+                    reply.add(ino, 1, ".", &self.ttl, &to_file_attr(this), Generation(0))
+                }
+                (1, Some((_, parent))) => reply.add(
+                    INodeNo(dir.parent),
+                    2,
+                    "..",
+                    &self.ttl,
+                    &to_file_attr(parent),
+                    Generation(0),
+                ),
+                (n, _) if n >= 2 => {
+                    let Some(e) = dir.entries.get((n - 2) as usize) else {
+                        break;
+                    };
+                    let Some(attr) = &e.attr else { break };
+                    let attr = self.rt.block_on(self.dfs.overlay_attr(attr.clone()));
+                    reply.add(
+                        INodeNo(e.ino),
+                        n + 1,
+                        OsStr::from_bytes(&e.name),
+                        &self.ttl,
+                        &to_file_attr(&attr),
+                        Generation(attr.generation),
+                    )
+                }
+                _ => break,
+            };
+            if full {
+                break;
+            }
+            next += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let result = self.rt.block_on(
+            self.dfs
+                .cluster
+                .meta
+                .call("statfs", |mut c| async move { c.stat_fs(Empty {}).await }),
+        );
+        match result {
+            Ok(s) => {
+                let blocks = s.capacity_bytes / u64::from(BLOCK_SIZE);
+                let free = s.capacity_bytes.saturating_sub(s.used_bytes) / u64::from(BLOCK_SIZE);
+                reply.statfs(
+                    blocks,
+                    free,
+                    free,
+                    s.files,
+                    u64::from(u32::MAX),
+                    BLOCK_SIZE,
+                    255,
+                    BLOCK_SIZE,
+                );
+            }
+            Err(e) => reply.error(fail("statfs", ino.0, &e)),
+        }
+    }
+}

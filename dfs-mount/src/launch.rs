@@ -1,0 +1,204 @@
+//! Entry point of `dfs-mount`, also when called as `mount.dfs` (a link to
+//! it: cargo cannot name a binary with a dot): validates arguments,
+//! then either serves in the foreground or starts itself in the background
+//! and waits until the mount is really up (or prints why it is not).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+
+use crate::cli::{MountOptions, Source};
+use crate::mount::{self, MountRequest};
+
+/// Set in the environment of the background child: it reports readiness on
+/// its stdout, one line, then never writes there again.
+const NOTIFY_ENV: &str = "DFS_MOUNT_NOTIFY";
+const READY: &str = "dfs-mount: ready";
+const FAILED: &str = "dfs-mount: error: ";
+
+pub struct LaunchArgs {
+    pub source: String,
+    pub mountpoint: PathBuf,
+    pub options: Vec<String>,
+    pub foreground: bool,
+}
+
+fn init_logging(options: &MountOptions, background_child: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match (&options.log, background_child) {
+        (Some(path), _) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init(),
+            Err(e) => {
+                eprintln!("dfs-mount: cannot open log file {}: {e}", path.display());
+                builder.with_writer(std::io::stderr).init();
+            }
+        },
+        _ => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+pub fn main_with(args: LaunchArgs) -> ExitCode {
+    let source: Source = match args.source.parse() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dfs-mount: bad source `{}`: {e}", args.source);
+            return ExitCode::from(2);
+        }
+    };
+    let mut options = MountOptions::default();
+    for list in &args.options {
+        if let Err(e) = options.apply(list) {
+            eprintln!("dfs-mount: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let notify = std::env::var_os(NOTIFY_ENV).is_some();
+    if !args.foreground && !notify {
+        return spawn_background(&args);
+    }
+    init_logging(&options, notify);
+    let request = MountRequest {
+        source,
+        source_text: args.source.clone(),
+        mountpoint: args.mountpoint.clone(),
+        options,
+    };
+    let result = mount::run(request, |outcome| {
+        if notify {
+            let line = match outcome {
+                Ok(()) => READY.to_string(),
+                Err(e) => format!("{FAILED}{e}"),
+            };
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        } else if let Err(e) = outcome {
+            eprintln!("dfs-mount: {e}");
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !notify {
+                eprintln!("dfs-mount: {e:#}");
+            }
+            tracing::error!(error = %format!("{e:#}"), "mount ended with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Re-runs this program in the background with the same arguments and
+/// waits for its one-line report.
+fn spawn_background(args: &LaunchArgs) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("dfs-mount: cannot find my own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg(&args.source).arg(&args.mountpoint);
+    for o in &args.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg("--foreground")
+        .env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // Its own process group: the shell's Ctrl-C or hang-up must not end it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dfs-mount: cannot start the background process: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(stdout) = child.stdout.take() else {
+        eprintln!("dfs-mount: background process has no stdout");
+        return ExitCode::FAILURE;
+    };
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    let line = line.trim_end();
+    if line == READY {
+        return ExitCode::SUCCESS;
+    }
+    let _ = child.wait();
+    match line.strip_prefix(FAILED) {
+        Some(reason) => eprintln!("dfs-mount: {reason}"),
+        None => eprintln!(
+            "dfs-mount: the background process ended before the mount was up (try --foreground)"
+        ),
+    }
+    ExitCode::FAILURE
+}
+
+/// The names under which `dfs-mount` acts as mount(8)'s helper.
+pub fn is_mount_helper_name(argv0: &str) -> bool {
+    let name = std::path::Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    name == "mount.dfs" || name == "mount.fuse.dfs"
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: mount.dfs SOURCE MOUNTPOINT [-sfnv] [-N NAMESPACE] [-o OPTIONS] [-t dfs]");
+    ExitCode::from(1)
+}
+
+/// Runs as `mount.dfs` with mount(8)'s arguments (after the program name).
+pub fn mount_helper_main(args: impl Iterator<Item = String>) -> ExitCode {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut foreground = false;
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-o" => match args.next() {
+                Some(o) => options.push(o),
+                None => return usage(),
+            },
+            "-t" | "-N" => {
+                if args.next().is_none() {
+                    return usage();
+                }
+            }
+            "--foreground" => foreground = true,
+            s if s.starts_with("-o") && s.len() > 2 => options.push(s[2..].to_string()),
+            // -s (sloppy), -f (fake), -n (no mtab), -v (verbose): nothing to do
+            // for a FUSE file system, accepted so mount(8) can pass them.
+            s if s.starts_with('-')
+                && s.len() > 1
+                && s[1..].chars().all(|c| "sfnv".contains(c)) => {}
+            s if s.starts_with('-') => {
+                eprintln!("mount.dfs: unknown flag {s}");
+                return usage();
+            }
+            _ => positional.push(arg),
+        }
+    }
+    let [source, mountpoint] = <[String; 2]>::try_from(positional).unwrap_or_default();
+    if source.is_empty() || mountpoint.is_empty() {
+        return usage();
+    }
+    main_with(LaunchArgs {
+        source,
+        mountpoint: PathBuf::from(mountpoint),
+        options,
+        foreground,
+    })
+}

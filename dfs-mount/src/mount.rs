@@ -1,0 +1,193 @@
+//! Bringing a mount up and down: connect to the cluster (or start the
+//! embedded one), mount with FUSE, report readiness, and unmount on a
+//! signal or when the kernel ends the session.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::cache::ChunkCache;
+use crate::cli::{MountOptions, Source};
+use crate::client::{tcp_connector, Cluster, MetaRpc};
+use crate::fs::Dfs;
+use crate::fuse::DfsFuse;
+
+/// How long the first contact with the metadata servers may take before
+/// the mount fails (a wrong address should not leave `mount` hanging).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct MountRequest {
+    pub source: Source,
+    pub source_text: String,
+    pub mountpoint: PathBuf,
+    pub options: MountOptions,
+}
+
+fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "mountpoint {} does not exist or cannot be read",
+            path.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", path.display());
+    }
+    path.canonicalize()
+        .with_context(|| format!("cannot resolve mountpoint {}", path.display()))
+}
+
+fn fuse_config(req: &MountRequest) -> Config {
+    let o = &req.options;
+    let mut options = vec![
+        MountOption::FSName(o.fsname.clone().unwrap_or_else(|| req.source_text.clone())),
+        MountOption::Subtype("dfs".into()),
+        // Permission checks by the kernel, from the mode bits we return.
+        MountOption::DefaultPermissions,
+    ];
+    options.push(if o.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    if o.noatime {
+        options.push(MountOption::NoAtime);
+    }
+    if o.nodev {
+        options.push(MountOption::NoDev);
+    } else {
+        options.push(MountOption::Dev);
+    }
+    if o.nosuid {
+        options.push(MountOption::NoSuid);
+    } else {
+        options.push(MountOption::Suid);
+    }
+    if o.noexec {
+        options.push(MountOption::NoExec);
+    }
+    let acl = if o.allow_other {
+        options.push(MountOption::CUSTOM("allow_other".into()));
+        SessionACL::All
+    } else if o.allow_root {
+        options.push(MountOption::CUSTOM("allow_root".into()));
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = acl;
+    config.n_threads = Some(o.threads);
+    config.clone_fd = o.threads > 1;
+    config
+}
+
+/// Connects to the cluster (or starts the embedded one) and returns the
+/// file system, ready to mount. Fails fast when the cluster is unreachable.
+pub async fn connect(
+    req: &MountRequest,
+) -> anyhow::Result<(Arc<Dfs>, Option<crate::embedded::Embedded>)> {
+    let (meta, connector, embedded) = match &req.source {
+        Source::Cluster(addrs) => {
+            let connector = tcp_connector();
+            let transports = addrs
+                .iter()
+                .map(|a| connector(a).map_err(|e| anyhow::anyhow!("{}", e.message)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            (MetaRpc::new(transports, CONNECT_TIMEOUT), connector, None)
+        }
+        Source::Local(path) => {
+            let embedded = crate::embedded::Embedded::start(path).await?;
+            (
+                MetaRpc::new(vec![embedded.meta.clone()], CONNECT_TIMEOUT),
+                embedded.connector(),
+                Some(embedded),
+            )
+        }
+    };
+    let cluster = tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        Cluster::connect(meta.clone(), connector),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer from the metadata server at {}", req.source_text))?
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the metadata server at {}: {}",
+            req.source_text,
+            e.message
+        )
+    })?;
+    // From here on, ride out restarts of the metadata server for longer.
+    cluster.meta.set_retry_for(req.options.retry_for);
+    let cache = ChunkCache::new(req.options.cache_bytes);
+    let dfs = Arc::new(Dfs::new(
+        cluster,
+        cache,
+        req.options.codec,
+        req.options.readahead_bytes,
+    ));
+    Ok((dfs, embedded))
+}
+
+/// Mounts and serves until unmounted. `ready` is called once the kernel
+/// has the mount (or with the reason it could not be mounted).
+pub fn run(req: MountRequest, ready: impl FnOnce(Result<(), String>)) -> anyhow::Result<()> {
+    let mountpoint = match check_mountpoint(&req.mountpoint) {
+        Ok(p) => p,
+        Err(e) => {
+            ready(Err(format!("{e:#}")));
+            return Err(e);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dfs-io")
+        .build()?;
+    let (dfs, embedded) = match runtime.block_on(connect(&req)) {
+        Ok(v) => v,
+        Err(e) => {
+            ready(Err(format!("{e:#}")));
+            return Err(e);
+        }
+    };
+    let fs = DfsFuse::new(dfs, runtime.handle().clone(), req.options.consistency.ttl());
+    let mut session = match fuser::Session::new(fs, &mountpoint, &fuse_config(&req)) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot mount on {}: {e}", mountpoint.display());
+            ready(Err(msg.clone()));
+            bail!(msg);
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    let background = session.spawn().context("cannot start the FUSE session")?;
+    tracing::info!(mountpoint = %mountpoint.display(), source = %req.source_text, "mounted");
+    ready(Ok(()));
+
+    // SIGTERM or Ctrl-C unmounts cleanly; the kernel flushes open files first.
+    runtime.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received, unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::error!(error = %e, "unmount failed");
+        }
+    });
+    let result = background.join();
+    drop(embedded);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    tracing::info!("unmounted");
+    result.context("FUSE session ended with an error")
+}

@@ -1,0 +1,4 @@
+//! The data pipelines between a file's bytes and shards on chunk servers.
+
+pub mod read;
+pub mod write;

@@ -1,0 +1,225 @@
+//! The read pipeline for one chunk: fetch shards in parallel (data shards
+//! first, parity only when some fail), decode from any k of k+m,
+//! decompress, and verify the SHA-256 fingerprint. A shard a server reports
+//! corrupt is rewritten from the others once the chunk is verified.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dfs_core::codec;
+use dfs_core::erasure;
+use dfs_core::error::DfsError;
+use dfs_core::fingerprint::Fingerprint;
+use dfs_proto::{ChunkRecord, Codec, PutShardsRequest, Shard};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::client::Cluster;
+
+/// Decodes shards into the chunk's raw bytes and checks its fingerprint.
+fn assemble(
+    fp: &Fingerprint,
+    rec: &ChunkRecord,
+    shards: Vec<Option<Vec<u8>>>,
+) -> Result<Vec<u8>, DfsError> {
+    let layout = rec.layout.clone().unwrap_or_default();
+    let stored = erasure::decode(&layout, shards, rec.stored_len as usize)
+        .map_err(|e| DfsError::new(libc::EIO, format!("chunk {fp}: {e}")))?;
+    let codec = Codec::try_from(rec.codec).unwrap_or(Codec::None);
+    let raw = codec::decompress(codec, &stored, rec.raw_len as usize)
+        .map_err(|e| DfsError::new(libc::EIO, format!("chunk {fp}: {e}")))?;
+    if Fingerprint::of(&raw) != *fp {
+        return Err(DfsError::new(
+            libc::EIO,
+            format!("chunk {fp}: content does not match its fingerprint"),
+        ));
+    }
+    Ok(raw)
+}
+
+fn is_corrupt(err: &DfsError) -> bool {
+    err.errno == libc::EBADMSG
+}
+
+impl Cluster {
+    /// Reads and verifies one chunk.
+    pub async fn fetch_chunk(
+        self: &Arc<Self>,
+        fp: Fingerprint,
+        rec: &ChunkRecord,
+    ) -> Result<Bytes, DfsError> {
+        let layout = rec.layout.clone().unwrap_or_default();
+        let total = rec.shard_servers.len();
+        let need = if layout.parity_shards == 0 {
+            1
+        } else {
+            layout.data_shards as usize
+        };
+        if total == 0 || need == 0 || need > total {
+            return Err(DfsError::new(
+                libc::EIO,
+                format!("chunk {fp}: malformed index entry"),
+            ));
+        }
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; total];
+        let mut corrupt: Vec<usize> = Vec::new();
+        let mut next = 0usize;
+        let mut have = 0usize;
+        let mut in_flight = FuturesUnordered::new();
+        let mut last_error = None;
+        // Start with the first `need` shards (the data shards: no decoding
+        // needed when they all answer); each failure starts the next one.
+        while next < need {
+            in_flight.push(self.fetch_shard(fp, rec, next));
+            next += 1;
+        }
+        while let Some((index, result)) = in_flight.next().await {
+            match result {
+                Ok(data) if data.len() == rec.shard_len as usize => {
+                    shards[index] = Some(data);
+                    have += 1;
+                    if have == need {
+                        break;
+                    }
+                }
+                Ok(data) => {
+                    tracing::warn!(chunk = %fp, shard = index, len = data.len(), "shard has the wrong length");
+                    corrupt.push(index);
+                    if next < total {
+                        in_flight.push(self.fetch_shard(fp, rec, next));
+                        next += 1;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(chunk = %fp, shard = index, server_id = rec.shard_servers[index], error = %err, "shard read failed");
+                    if is_corrupt(&err) {
+                        corrupt.push(index);
+                    }
+                    last_error = Some(err);
+                    if next < total {
+                        in_flight.push(self.fetch_shard(fp, rec, next));
+                        next += 1;
+                    }
+                }
+            }
+        }
+        drop(in_flight);
+        if have < need {
+            let detail = last_error.map(|e| e.message).unwrap_or_default();
+            return Err(DfsError::new(
+                libc::EIO,
+                format!(
+                    "chunk {fp}: only {have} of the {need} shards needed are readable ({detail})"
+                ),
+            ));
+        }
+        let (raw, good) = match assemble(&fp, rec, shards.clone()) {
+            Ok(raw) => (raw, shards),
+            Err(err) => {
+                // A shard passed its server's checksum yet decodes wrong:
+                // fetch everything and find a combination that verifies.
+                tracing::error!(chunk = %fp, error = %err, "chunk failed verification; trying other shards");
+                self.recover_by_elimination(fp, rec, &mut corrupt).await?
+            }
+        };
+        if !corrupt.is_empty() {
+            self.repair_shards(fp, rec.clone(), good, corrupt);
+        }
+        Ok(Bytes::from(raw))
+    }
+
+    fn fetch_shard(
+        &self,
+        fp: Fingerprint,
+        rec: &ChunkRecord,
+        index: usize,
+    ) -> impl std::future::Future<Output = (usize, Result<Vec<u8>, DfsError>)> + '_ {
+        let server = rec.shard_servers[index];
+        async move { (index, self.get_shard(server, &fp, index as u32).await) }
+    }
+
+    async fn recover_by_elimination(
+        &self,
+        fp: Fingerprint,
+        rec: &ChunkRecord,
+        corrupt: &mut Vec<usize>,
+    ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), DfsError> {
+        let total = rec.shard_servers.len();
+        let fetched: Vec<Option<Vec<u8>>> = futures::future::join_all(
+            (0..total).map(|i| async move { self.fetch_shard(fp, rec, i).await.1.ok() }),
+        )
+        .await;
+        for suspect in 0..total {
+            let mut attempt = fetched.clone();
+            attempt[suspect] = None;
+            if let Ok(raw) = assemble(&fp, rec, attempt.clone()) {
+                tracing::warn!(chunk = %fp, shard = suspect, "found the bad shard by elimination");
+                corrupt.push(suspect);
+                return Ok((raw, attempt));
+            }
+        }
+        Err(DfsError::new(
+            libc::EIO,
+            format!("chunk {fp}: no combination of shards verifies"),
+        ))
+    }
+
+    /// Rewrites shards that a server reported corrupt, rebuilt from the
+    /// verified ones, in the background.
+    fn repair_shards(
+        self: &Arc<Self>,
+        fp: Fingerprint,
+        rec: ChunkRecord,
+        good: Vec<Option<Vec<u8>>>,
+        corrupt: Vec<usize>,
+    ) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let layout = rec.layout.clone().unwrap_or_default();
+            let shards = if layout.parity_shards == 0 {
+                match good.iter().flatten().next() {
+                    Some(copy) => vec![copy.clone(); rec.shard_servers.len()],
+                    None => return,
+                }
+            } else {
+                match erasure::reconstruct_all(&layout, good) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(chunk = %fp, error = %e, "cannot rebuild shards for repair");
+                        return;
+                    }
+                }
+            };
+            for index in corrupt {
+                let (Some(server), Some(data)) = (rec.shard_servers.get(index), shards.get(index))
+                else {
+                    continue;
+                };
+                let request = PutShardsRequest {
+                    shards: vec![Shard {
+                        fingerprint: fp.to_vec(),
+                        index: index as u32,
+                        data: data.clone(),
+                    }],
+                };
+                let result = match cluster.server(*server).await {
+                    Ok(conn) => conn
+                        .client
+                        .clone()
+                        .put_shards(request)
+                        .await
+                        .map_err(DfsError::from)
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(chunk = %fp, shard = index, server_id = server, "repaired corrupt shard")
+                    }
+                    Err(e) => {
+                        tracing::warn!(chunk = %fp, shard = index, server_id = server, error = %e, "shard repair failed")
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,307 @@
+//! The write pipeline for a batch of chunks that content-defined chunking
+//! has already cut: fingerprint, one batched dedup lookup, then for unknown
+//! chunks only: compression, erasure coding, placement and upload, with
+//! each server receiving one batch.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use dfs_core::codec::{self, CodecPolicy};
+use dfs_core::erasure;
+use dfs_core::error::DfsError;
+use dfs_core::fingerprint::Fingerprint;
+use dfs_proto::{ChunkRecord, Layout, LookupChunksRequest, MappedChunk, Shard};
+
+use crate::client::chunks::ServerBatch;
+use crate::client::Cluster;
+
+/// A chunk cut from a file, not yet stored.
+pub struct RawChunk {
+    pub offset: u64,
+    pub data: Bytes,
+}
+
+/// A chunk ready for the commit: `uploaded` is set when this client wrote
+/// its shards (the metadata server then creates its index entry).
+pub struct StoredChunk {
+    pub mapped: MappedChunk,
+    pub uploaded: bool,
+    /// The raw bytes, kept until the commit in case they must be uploaded
+    /// again, and then handed to the cache.
+    pub data: Bytes,
+}
+
+/// An unknown chunk after compression and coding.
+struct Encoded {
+    fp: Fingerprint,
+    record: ChunkRecord,
+    shards: Vec<Vec<u8>>,
+}
+
+/// How many upload rounds are tried when servers fail mid-upload.
+const UPLOAD_ROUNDS: usize = 4;
+
+pub fn layout_for(volume: &dfs_proto::VolumeConfig, stored_len: usize) -> Layout {
+    if volume.parity_shards == 0 {
+        return Layout {
+            data_shards: 1,
+            parity_shards: 0,
+            replicas: 1,
+        };
+    }
+    if stored_len < volume.replicate_below_bytes as usize {
+        // As many copies as coding would survive losses, plus one.
+        return Layout {
+            data_shards: 1,
+            parity_shards: 0,
+            replicas: volume.parity_shards + 1,
+        };
+    }
+    Layout {
+        data_shards: volume.data_shards,
+        parity_shards: volume.parity_shards,
+        replicas: 0,
+    }
+}
+
+fn encode(
+    volume: &dfs_proto::VolumeConfig,
+    policy: CodecPolicy,
+    fp: Fingerprint,
+    raw: &[u8],
+) -> Result<Encoded, DfsError> {
+    let (codec, stored) = codec::compress(policy, raw);
+    let layout = layout_for(volume, stored.len());
+    let shards = erasure::encode(&layout, &stored)
+        .map_err(|e| DfsError::new(libc::EIO, format!("erasure coding failed: {e}")))?;
+    let shard_len = shards.first().map_or(0, Vec::len) as u32;
+    Ok(Encoded {
+        fp,
+        record: ChunkRecord {
+            refcount: 0,
+            raw_len: raw.len() as u32,
+            stored_len: stored.len() as u32,
+            codec: codec as i32,
+            layout: Some(layout),
+            shard_servers: Vec::new(),
+            shard_len,
+            state: 0,
+            zero_since_ns: 0,
+        },
+        shards,
+    })
+}
+
+/// Runs `f` on the blocking pool so CPU work uses every core while this
+/// task keeps the network busy.
+async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DfsError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DfsError::new(libc::EIO, format!("worker failed: {e}")))
+}
+
+impl Cluster {
+    /// Stores `chunks` (deduplicated against the index) and returns them as
+    /// chunk-map entries for the commit, in the same order.
+    pub async fn store_chunks(
+        &self,
+        policy: CodecPolicy,
+        chunks: Vec<RawChunk>,
+    ) -> Result<Vec<StoredChunk>, DfsError> {
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let datas: Vec<Bytes> = chunks.iter().map(|c| c.data.clone()).collect();
+        let fps: Vec<Fingerprint> =
+            cpu(move || datas.iter().map(|d| Fingerprint::of(d)).collect()).await?;
+
+        let mut unique: Vec<Fingerprint> = Vec::new();
+        let mut seen = HashSet::new();
+        for fp in &fps {
+            if seen.insert(*fp) {
+                unique.push(*fp);
+            }
+        }
+        let request = LookupChunksRequest {
+            fingerprints: unique.iter().map(Fingerprint::to_vec).collect(),
+        };
+        let reply = self
+            .meta
+            .call("lookup_chunks", |mut c| {
+                let request = request.clone();
+                async move { c.lookup_chunks(request).await }
+            })
+            .await?;
+        let mut records: HashMap<Fingerprint, ChunkRecord> = HashMap::new();
+        let mut uploaded: HashSet<Fingerprint> = HashSet::new();
+        let mut to_encode = Vec::new();
+        for (i, fp) in unique.iter().enumerate() {
+            match (reply.known.get(i), reply.records.get(i)) {
+                (Some(true), Some(rec)) => {
+                    records.insert(*fp, rec.clone());
+                }
+                _ => {
+                    let pos = fps.iter().position(|f| f == fp).unwrap_or_default();
+                    to_encode.push((*fp, chunks[pos].data.clone()));
+                }
+            }
+        }
+        let encoded = self.encode_all(policy, to_encode).await?;
+        uploaded.extend(encoded.iter().map(|e| e.fp));
+        records.extend(self.upload(encoded).await?);
+
+        chunks
+            .into_iter()
+            .zip(fps)
+            .map(|(c, fp)| {
+                let record = records
+                    .get(&fp)
+                    .cloned()
+                    .ok_or_else(|| DfsError::io("chunk record lost"))?;
+                Ok(StoredChunk {
+                    mapped: MappedChunk {
+                        offset: c.offset,
+                        len: c.data.len() as u32,
+                        fingerprint: fp.to_vec(),
+                        chunk: Some(record),
+                    },
+                    uploaded: uploaded.contains(&fp),
+                    data: c.data,
+                })
+            })
+            .collect()
+    }
+
+    /// Uploads the chunks in `stored` whose fingerprints are in `missing`
+    /// whatever the index said before, and marks them uploaded.
+    pub async fn reupload(
+        &self,
+        policy: CodecPolicy,
+        stored: &mut [StoredChunk],
+        missing: &[Vec<u8>],
+    ) -> Result<(), DfsError> {
+        let mut seen = HashSet::new();
+        let raw: Vec<(Fingerprint, Bytes)> = stored
+            .iter()
+            .filter(|s| {
+                missing.contains(&s.mapped.fingerprint) && seen.insert(s.mapped.fingerprint.clone())
+            })
+            .filter_map(|s| {
+                Fingerprint::from_slice(&s.mapped.fingerprint)
+                    .ok()
+                    .map(|fp| (fp, s.data.clone()))
+            })
+            .collect();
+        let encoded = self.encode_all(policy, raw).await?;
+        let records: HashMap<Fingerprint, ChunkRecord> =
+            self.upload(encoded).await?.into_iter().collect();
+        for s in stored.iter_mut() {
+            if let Some(rec) = Fingerprint::from_slice(&s.mapped.fingerprint)
+                .ok()
+                .and_then(|fp| records.get(&fp))
+            {
+                s.mapped.chunk = Some(rec.clone());
+                s.uploaded = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn encode_all(
+        &self,
+        policy: CodecPolicy,
+        raw: Vec<(Fingerprint, Bytes)>,
+    ) -> Result<Vec<Encoded>, DfsError> {
+        // Two halves, one per core; more tasks would only add copying.
+        let volume = self.volume.clone();
+        let mid = raw.len() / 2;
+        let mut first = raw;
+        let second = first.split_off(mid);
+        let (v1, v2) = (volume.clone(), volume);
+        let a = cpu(move || {
+            first
+                .into_iter()
+                .map(|(fp, d)| encode(&v1, policy, fp, &d))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let b = cpu(move || {
+            second
+                .into_iter()
+                .map(|(fp, d)| encode(&v2, policy, fp, &d))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let (a, b) = futures::join!(a, b);
+        let mut out = a??;
+        out.extend(b??);
+        Ok(out)
+    }
+
+    /// Places and uploads encoded chunks; a server that fails is excluded
+    /// and the chunks that had a shard there are placed again.
+    async fn upload(
+        &self,
+        encoded: Vec<Encoded>,
+    ) -> Result<Vec<(Fingerprint, ChunkRecord)>, DfsError> {
+        let mut excluded: Vec<u32> = Vec::new();
+        let mut pending = encoded;
+        let mut done = Vec::with_capacity(pending.len());
+        let mut last_error = None;
+        for _round in 0..UPLOAD_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            let ring = self.ring().await;
+            let mut batches: HashMap<u32, ServerBatch> = HashMap::new();
+            for enc in &mut pending {
+                let placed = ring.place_excluding(enc.fp.as_bytes(), enc.shards.len(), &excluded);
+                if placed.len() != enc.shards.len() {
+                    return Err(DfsError::new(
+                        libc::EIO,
+                        "no chunk server is available to store data (see `dfs status`)".to_string(),
+                    ));
+                }
+                enc.record.shard_servers = placed.clone();
+                for (index, (server, shard)) in placed.iter().zip(&enc.shards).enumerate() {
+                    batches.entry(*server).or_default().shards.push(Shard {
+                        fingerprint: enc.fp.to_vec(),
+                        index: index as u32,
+                        data: shard.clone(),
+                    });
+                }
+            }
+            let failures = self.put_batches(batches).await;
+            if failures.is_empty() {
+                done.extend(pending.drain(..).map(|e| (e.fp, e.record)));
+                break;
+            }
+            let failed: HashSet<u32> = failures.iter().map(|(id, _)| *id).collect();
+            for (id, err) in failures {
+                tracing::warn!(server_id = id, error = %err, "shard upload failed; placing elsewhere");
+                // A full disk is the most useful thing to report.
+                if err.errno == libc::ENOSPC || last_error.is_none() {
+                    last_error = Some(err);
+                }
+                excluded.push(id);
+            }
+            let (retry, ok): (Vec<Encoded>, Vec<Encoded>) = pending
+                .into_iter()
+                .partition(|e| e.record.shard_servers.iter().any(|s| failed.contains(s)));
+            done.extend(ok.into_iter().map(|e| (e.fp, e.record)));
+            pending = retry;
+            // The server list may have changed under us.
+            let _ = self.refresh_topology().await;
+        }
+        if !pending.is_empty() {
+            let err = last_error.unwrap_or_else(|| DfsError::io("upload failed"));
+            return Err(DfsError::new(
+                if err.errno == libc::ENOSPC {
+                    libc::ENOSPC
+                } else {
+                    libc::EIO
+                },
+                format!("cannot store {} chunks: {}", pending.len(), err.message),
+            ));
+        }
+        Ok(done)
+    }
+}

@@ -1,0 +1,197 @@
+//! A real cluster on loopback: one dfs-meta, nine dfs-servers in three
+//! zones of three racks, Reed-Solomon 6+3, mounted with FUSE.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use dfs_core::chunker;
+use dfs_core::fingerprint::Fingerprint;
+
+fn u(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats has no {key}: {v}"))
+}
+
+fn verify_all(local: &Path, mnt: &Path) {
+    sh(&format!(
+        "diff -r --no-dereference {}/tree {}/tree",
+        local.display(),
+        mnt.display()
+    ));
+    for name in ["a.bin", "b.bin", "big.bin", "victim.bin"] {
+        sh(&format!(
+            "cmp {}/{name} {}/{name}",
+            local.display(),
+            mnt.display()
+        ));
+    }
+}
+
+/// Flips one payload byte of a data shard of `fp`'s chunk on the first
+/// server holding one; returns (server index, shard index).
+fn corrupt_a_data_shard(cluster: &mut TestCluster, fp: &Fingerprint) -> (usize, u8) {
+    for i in 0..cluster.specs.len() {
+        cluster.servers[i].stop();
+        let store = dfs_server::ShardStore::open(&cluster.specs[i].data).expect("open shard store");
+        for index in 0u8..6 {
+            if let Some(mut value) = store.raw_get_value(fp, index).expect("raw get") {
+                let at = dfs_server::store::VALUE_HEADER_LEN
+                    + 10.min(value.len() - dfs_server::store::VALUE_HEADER_LEN - 1);
+                value[at] ^= 0x40;
+                store.raw_put_value(fp, index, &value).expect("raw put");
+                drop(store);
+                cluster.restart_server(i);
+                return (i, index);
+            }
+        }
+        drop(store);
+        cluster.restart_server(i);
+    }
+    panic!("no server holds a data shard of {fp}");
+}
+
+#[test]
+fn cluster_end_to_end() {
+    let local = tempfile::tempdir().expect("tempdir");
+    let lp = local.path();
+    let mut cluster = TestCluster::start(3, 3);
+    let status = cluster.status();
+    assert_eq!(
+        status["servers"].as_array().map(Vec::len),
+        Some(9),
+        "{status}"
+    );
+
+    let mut m = TestMount::start(&cluster.meta_addr(), &[]);
+    let mnt = m.path.clone();
+
+    // 1. A directory tree copied in reads back identical.
+    make_tree(&lp.join("tree"), 400);
+    sh(&format!(
+        "cp -a {}/tree {}/tree",
+        lp.display(),
+        mnt.display()
+    ));
+    sh(&format!(
+        "diff -r --no-dereference {}/tree {}/tree",
+        lp.display(),
+        mnt.display()
+    ));
+
+    // 2. The same file under two names costs (almost) nothing more.
+    let a = random_bytes(16 << 20, 42);
+    fs::write(lp.join("a.bin"), &a).expect("write local a");
+    fs::write(lp.join("b.bin"), &a).expect("write local b");
+    fs::write(mnt.join("a.bin"), &a).expect("write a");
+    let before = cluster.stats();
+    sh(&format!(
+        "cp {}/a.bin {}/b.bin",
+        mnt.display(),
+        mnt.display()
+    ));
+    let after = cluster.stats();
+    let unique_growth = u(&after, "unique_bytes") - u(&before, "unique_bytes");
+    assert!(
+        unique_growth * 100 < a.len() as u64,
+        "second copy added {unique_growth} unique bytes"
+    );
+    assert_eq!(
+        u(&after, "logical_bytes") - u(&before, "logical_bytes"),
+        a.len() as u64
+    );
+
+    // 3. A 1 KiB overwrite in the middle of a 200 MiB file stores only a few chunks.
+    let big = random_bytes(200 << 20, 7);
+    fs::write(lp.join("big.bin"), &big).expect("write local big");
+    drop(big);
+    sh(&format!(
+        "cp {}/big.bin {}/big.bin",
+        lp.display(),
+        mnt.display()
+    ));
+    let before = cluster.stats();
+    let patch = random_bytes(1024, 99);
+    fs::write(lp.join("patch"), &patch).expect("patch");
+    for target in [lp.join("big.bin"), mnt.join("big.bin")] {
+        sh(&format!(
+            "dd if={}/patch of={} bs=1 seek=$((100*1024*1024 + 12345)) conv=notrunc status=none",
+            lp.display(),
+            target.display()
+        ));
+    }
+    let after = cluster.stats();
+    let new_chunks = u(&after, "chunks") as i64 - u(&before, "chunks") as i64;
+    let new_unique = u(&after, "unique_bytes") as i64 - u(&before, "unique_bytes") as i64;
+    assert!(new_chunks <= 6, "1 KiB overwrite added {new_chunks} chunks");
+    assert!(
+        new_unique <= 6 * 128 * 1024,
+        "1 KiB overwrite added {new_unique} unique bytes"
+    );
+    sh(&format!(
+        "cmp {}/big.bin {}/big.bin",
+        lp.display(),
+        mnt.display()
+    ));
+
+    // A file whose first chunk we can name, for the corruption check below.
+    let victim = random_bytes(1 << 20, 1234);
+    fs::write(lp.join("victim.bin"), &victim).expect("victim");
+    fs::write(mnt.join("victim.bin"), &victim).expect("victim");
+    let first_len = chunker::cut_lengths(&victim, true)[0];
+    let victim_fp = Fingerprint::of(&victim[..first_len]);
+
+    // Space figures are consistent: erasure coding stores 9/6 of the stored bytes.
+    std::thread::sleep(Duration::from_secs(3)); // one heartbeat carries usage
+    let stats = cluster.stats();
+    let (stored, raw) = (u(&stats, "stored_bytes"), u(&stats, "raw_bytes"));
+    assert!(
+        raw >= stored * 14 / 10,
+        "raw {raw} vs stored {stored}: shards missing?"
+    );
+    m.unmount();
+
+    // 4. With 3 of 9 servers killed (one per zone), a cold client reads everything.
+    for i in [0, 4, 8] {
+        cluster.kill_server(i);
+    }
+    {
+        let m = TestMount::start(&cluster.meta_addr(), &[]);
+        verify_all(lp, &m.path);
+    }
+
+    // 5. After every process restarts, the same holds.
+    for i in [0, 4, 8] {
+        cluster.restart_server(i);
+    }
+    cluster.restart_meta();
+    cluster.wait_servers_up(9);
+    {
+        let m = TestMount::start(&cluster.meta_addr(), &[]);
+        verify_all(lp, &m.path);
+    }
+
+    // 6. A flipped byte in a stored shard is detected, the read is still
+    // right, and the shard is rewritten.
+    let (server, index) = corrupt_a_data_shard(&mut cluster, &victim_fp);
+    cluster.wait_servers_up(9);
+    {
+        let m = TestMount::start(&cluster.meta_addr(), &[]);
+        sh(&format!(
+            "cmp {}/victim.bin {}/victim.bin",
+            lp.display(),
+            m.path.display()
+        ));
+        std::thread::sleep(Duration::from_secs(2)); // repair runs in the background
+    }
+    cluster.servers[server].stop();
+    let store = dfs_server::ShardStore::open(&cluster.specs[server].data).expect("reopen");
+    assert!(
+        store.get(&victim_fp, index).is_ok(),
+        "corrupt shard {index} on server {server} was not repaired"
+    );
+}

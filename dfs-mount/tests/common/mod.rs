@@ -1,0 +1,426 @@
+//! Test rig: starts real dfs processes on loopback and mounts them with
+//! FUSE. Every process is owned by a guard that kills it by PID, and every
+//! mount by a guard that unmounts it, whatever the test's outcome.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace's binaries (next to the test's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --workspace` first",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Waits for a line starting with `prefix` on the child's stdout.
+fn wait_for_line(child: &mut Child, prefix: &str, timeout: Duration) -> Result<String, String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let prefix = prefix.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with(&prefix) || line.starts_with("dfs-mount: error") {
+                let _ = tx.send(line);
+                // Keep draining so the child never blocks on a full pipe.
+            }
+        }
+    });
+    rx.recv_timeout(timeout)
+        .map_err(|_| "timed out waiting for the process to come up".to_string())
+}
+
+/// A child process killed (SIGKILL, by PID) when dropped.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (a clean stop).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file")
+}
+
+pub struct ServerSpec {
+    pub port: u16,
+    pub data: PathBuf,
+    pub zone: String,
+    pub rack: String,
+}
+
+/// One metadata server and N chunk servers.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub meta_port: u16,
+    pub meta: Proc,
+    pub servers: Vec<Proc>,
+    pub specs: Vec<ServerSpec>,
+}
+
+impl TestCluster {
+    /// `zones` × `racks_per_zone` servers, one per rack.
+    pub fn start(zones: usize, racks_per_zone: usize) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dfs-test-")
+            .tempdir()
+            .expect("tempdir");
+        let meta_port = free_port();
+        let mut specs = Vec::new();
+        for z in 0..zones {
+            for r in 0..racks_per_zone {
+                specs.push(ServerSpec {
+                    port: free_port(),
+                    data: dir.path().join(format!("server-z{z}-r{r}")),
+                    zone: format!("zone-{z}"),
+                    rack: format!("rack-{z}-{r}"),
+                });
+            }
+        }
+        let mut cluster = TestCluster {
+            meta: Proc {
+                child: None,
+                name: "meta".into(),
+            },
+            servers: Vec::new(),
+            specs,
+            meta_port,
+            dir,
+        };
+        cluster.start_meta();
+        for i in 0..cluster.specs.len() {
+            let p = cluster.spawn_server(i);
+            cluster.servers.push(p);
+        }
+        cluster.wait_servers_up(cluster.specs.len());
+        cluster
+    }
+
+    pub fn meta_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.meta_port)
+    }
+
+    pub fn start_meta(&mut self) {
+        let store = format!("rocksdb:{}", self.dir.path().join("meta").display());
+        let mut child = Command::new(bin("dfs-meta"))
+            .args([
+                "--listen",
+                &self.meta_addr(),
+                "--store",
+                &store,
+                "--suspect-after",
+                "3",
+                "--down-after",
+                "6",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(log_file(self.dir.path(), "meta"))
+            .spawn()
+            .expect("spawn dfs-meta");
+        wait_for_line(&mut child, "dfs-meta listening", Duration::from_secs(30))
+            .expect("dfs-meta did not come up");
+        self.meta = Proc {
+            child: Some(child),
+            name: "meta".into(),
+        };
+    }
+
+    fn spawn_server(&self, i: usize) -> Proc {
+        let s = &self.specs[i];
+        let listen = format!("127.0.0.1:{}", s.port);
+        let data = s.data.display().to_string();
+        let mut child = Command::new(bin("dfs-server"))
+            .args([
+                "--listen",
+                &listen,
+                "--meta",
+                &self.meta_addr(),
+                "--data",
+                &data,
+                "--zone",
+                &s.zone,
+                "--rack",
+                &s.rack,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(log_file(self.dir.path(), &format!("server-{i}")))
+            .spawn()
+            .expect("spawn dfs-server");
+        wait_for_line(&mut child, "dfs-server listening", Duration::from_secs(30))
+            .expect("dfs-server did not come up");
+        Proc {
+            child: Some(child),
+            name: format!("server-{i}"),
+        }
+    }
+
+    pub fn kill_server(&mut self, i: usize) {
+        self.servers[i].kill();
+    }
+
+    pub fn restart_server(&mut self, i: usize) {
+        self.servers[i].kill();
+        self.servers[i] = self.spawn_server(i);
+    }
+
+    pub fn restart_meta(&mut self) {
+        self.meta.kill();
+        self.start_meta();
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(bin("dfs"))
+            .args(["status", "--meta", &self.meta_addr(), "--json"])
+            .output()
+            .expect("dfs status");
+        assert!(
+            out.status.success(),
+            "dfs status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let out = Command::new(bin("dfs"))
+            .args(["stats", "--meta", &self.meta_addr(), "--json"])
+            .output()
+            .expect("dfs stats");
+        assert!(
+            out.status.success(),
+            "dfs stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    pub fn wait_servers_up(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status();
+            if s["servers_up"].as_u64() == Some(n as u64) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} servers up, status: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+/// A FUSE mount served by a `dfs-mount --foreground` child; unmounted and
+/// stopped on drop.
+pub struct TestMount {
+    pub path: PathBuf,
+    pub proc: Proc,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(p.as_str()))
+}
+
+impl TestMount {
+    pub fn start(source: &str, options: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dfs-mnt-")
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mountpoint");
+        let mut m = Self::start_at(source, &path, options);
+        m._dir = Some(dir);
+        m
+    }
+
+    pub fn start_at(source: &str, path: &Path, options: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("dfs-mount"));
+        cmd.arg(source).arg(path).arg("--foreground");
+        for o in options {
+            cmd.arg("-o").arg(o);
+        }
+        let log = path.with_extension("log");
+        let mut child = cmd
+            .env("DFS_MOUNT_NOTIFY", "1")
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("mount log"),
+            )
+            .spawn()
+            .expect("spawn dfs-mount");
+        let line = wait_for_line(&mut child, "dfs-mount: ready", Duration::from_secs(60));
+        let mut proc = Proc {
+            child: Some(child),
+            name: "mount".into(),
+        };
+        match line {
+            Ok(l) if l.starts_with("dfs-mount: ready") => {}
+            other => {
+                proc.kill();
+                panic!(
+                    "mount failed: {other:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
+        TestMount {
+            path: path.to_path_buf(),
+            proc,
+            _dir: None,
+        }
+    }
+
+    /// Unmounts (the kernel flushes open files first) and waits for the
+    /// client to exit.
+    pub fn unmount(&mut self) {
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .status();
+        }
+        if let Some(mut c) = self.proc.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.path) {
+            // The client is gone; never leave a dead mount behind.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Runs a shell command, asserting success; returns stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), no two calls alike for
+/// different seeds.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Builds a tree of mixed files under `root`: text that compresses, random
+/// data that does not, empty files, nested directories and a symlink.
+pub fn make_tree(root: &Path, files: usize) {
+    std::fs::create_dir_all(root).expect("tree root");
+    for i in 0..files {
+        let dir = root.join(format!("d{}/e{}", i % 7, i % 3));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let data = match i % 4 {
+            0 => format!("line {i}\n").repeat(i * 13 % 5000).into_bytes(),
+            1 => random_bytes(i * 7919 % 300_000, i as u64),
+            2 => Vec::new(),
+            _ => random_bytes(1 + i % 40, i as u64),
+        };
+        std::fs::write(dir.join(format!("f{i}.dat")), data).expect("write");
+    }
+    std::os::unix::fs::symlink("d0/e0", root.join("link")).expect("symlink");
+}

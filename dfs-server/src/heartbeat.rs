@@ -1,0 +1,441 @@
+//! Registration with the metadata server, then periodic heartbeats.
+//!
+//! The task never gives up: the metadata server may start after us, restart,
+//! or forget us. Registration is retried with capped exponential backoff;
+//! a failed heartbeat drops the connection and registers again (the metadata
+//! server recognises us by our UUID, so re-registering keeps our server id).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfs_core::rpc::{boxed_transport, RpcTransport};
+use dfs_proto::meta_client::MetaClient;
+use dfs_proto::{HeartbeatRequest, RegisterServerRequest};
+use tonic::transport::Endpoint;
+
+use crate::error::StoreError;
+use crate::store::{Capacity, ShardStore, Usage};
+
+/// Default time between heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who this server is, as told to the metadata server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// `HOST:PORT` of the metadata server (an `http://` prefix is accepted).
+    pub meta_addr: String,
+    /// The server's persistent UUID (`<data>/server.id`).
+    pub uuid: String,
+    /// `HOST:PORT` clients use to reach this server's chunk service.
+    pub address: String,
+    pub zone: String,
+    pub rack: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HeartbeatError {
+    #[error("cannot connect to metadata server {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{rpc} failed: {status}")]
+    Rpc {
+        rpc: &'static str,
+        status: tonic::Status,
+    },
+    #[error("cannot read local usage: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// `err: cause: cause…` on one line; tonic's transport errors hide the
+/// useful part (connection refused, DNS failure) in their sources.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn meta_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn local_stats(store: &Arc<ShardStore>) -> Result<(Usage, Capacity), HeartbeatError> {
+    let store = Arc::clone(store);
+    let capacity = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((store.usage(), store.capacity()?))
+    })
+    .await
+    .map_err(|e| StoreError::io("usage task failed", std::io::Error::other(e)))??;
+    Ok(capacity)
+}
+
+type MetaRpc = MetaClient<RpcTransport>;
+
+async fn connect_and_register(
+    reg: &Registration,
+    store: &Arc<ShardStore>,
+) -> Result<(MetaRpc, u32), HeartbeatError> {
+    let url = meta_url(&reg.meta_addr);
+    let connect_err = |source| HeartbeatError::Connect {
+        addr: reg.meta_addr.clone(),
+        source,
+    };
+    let channel = Endpoint::from_shared(url)
+        .map_err(connect_err)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(RPC_TIMEOUT)
+        .connect()
+        .await
+        .map_err(connect_err)?;
+    register(
+        MetaClient::new(boxed_transport(channel)),
+        reg.clone(),
+        Arc::clone(store),
+    )
+    .await
+}
+
+// Owned arguments: borrowed ones trip rustc's higher-ranked `Send` check
+// on the spawned heartbeat task (rust-lang/rust#102211).
+async fn register(
+    mut client: MetaRpc,
+    reg: Registration,
+    store: Arc<ShardStore>,
+) -> Result<(MetaRpc, u32), HeartbeatError> {
+    let (_, capacity) = local_stats(&store).await?;
+    let reply = client
+        .register_server(RegisterServerRequest {
+            uuid: reg.uuid.clone(),
+            address: reg.address.clone(),
+            zone: reg.zone.clone(),
+            rack: reg.rack.clone(),
+            capacity_bytes: capacity.total_bytes,
+            used_bytes: capacity.used_bytes,
+        })
+        .await
+        .map_err(|status| HeartbeatError::Rpc {
+            rpc: "RegisterServer",
+            status,
+        })?;
+    let server_id = reply.into_inner().server_id;
+    Ok((client, server_id))
+}
+
+async fn send_heartbeat(
+    client: &mut MetaRpc,
+    server_id: u32,
+    store: &Arc<ShardStore>,
+) -> Result<(), HeartbeatError> {
+    let (usage, capacity) = local_stats(store).await?;
+    client
+        .heartbeat(HeartbeatRequest {
+            server_id,
+            capacity_bytes: capacity.total_bytes,
+            used_bytes: capacity.used_bytes,
+            shard_count: usage.shard_count,
+            shard_bytes: usage.shard_bytes,
+        })
+        .await
+        .map_err(|status| HeartbeatError::Rpc {
+            rpc: "Heartbeat",
+            status,
+        })?;
+    Ok(())
+}
+
+/// Registers with the metadata server and heartbeats every `interval`,
+/// forever. Run it as a task and abort it on shutdown.
+pub async fn register_and_heartbeat(reg: Registration, store: Arc<ShardStore>, interval: Duration) {
+    heartbeat_loop(reg, store, interval, MetaLink::Tcp).await
+}
+
+/// Registers once through an already-made transport (an in-process
+/// metadata service, in the embedded mode); returns the server id.
+pub async fn register_via(
+    reg: &Registration,
+    transport: RpcTransport,
+    store: &Arc<ShardStore>,
+) -> Result<u32, String> {
+    register(MetaClient::new(transport), reg.clone(), Arc::clone(store))
+        .await
+        .map(|(_, id)| id)
+        .map_err(|e| error_chain(&e))
+}
+
+/// [`register_and_heartbeat`] through an already-made transport.
+pub async fn heartbeat_via(
+    reg: Registration,
+    transport: RpcTransport,
+    store: Arc<ShardStore>,
+    interval: Duration,
+) {
+    heartbeat_loop(reg, store, interval, MetaLink::Transport(transport)).await
+}
+
+/// How the heartbeat task reaches the metadata server.
+enum MetaLink {
+    /// Dial `Registration::meta_addr` over TCP.
+    Tcp,
+    /// Use this transport (in-process service).
+    Transport(RpcTransport),
+}
+
+impl MetaLink {
+    async fn connect_and_register(
+        &self,
+        reg: Registration,
+        store: Arc<ShardStore>,
+    ) -> Result<(MetaRpc, u32), HeartbeatError> {
+        match self {
+            MetaLink::Tcp => connect_and_register(&reg, &store).await,
+            MetaLink::Transport(t) => register(MetaClient::new(t.clone()), reg, store).await,
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    reg: Registration,
+    store: Arc<ShardStore>,
+    interval: Duration,
+    link: MetaLink,
+) {
+    let mut backoff = INITIAL_BACKOFF;
+    loop {
+        let (mut client, server_id) = match link
+            .connect_and_register(reg.clone(), Arc::clone(&store))
+            .await
+        {
+            Ok(registered) => registered,
+            Err(err) => {
+                let err = error_chain(&err);
+                tracing::warn!(meta = %reg.meta_addr, %err, retry_in = ?backoff, "registration failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = INITIAL_BACKOFF;
+        tracing::info!(
+            meta = %reg.meta_addr,
+            server_id,
+            server_uuid = %reg.uuid,
+            address = %reg.address,
+            zone = %reg.zone,
+            rack = %reg.rack,
+            "registered with metadata server"
+        );
+
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(err) = send_heartbeat(&mut client, server_id, &store).await {
+                let err = error_chain(&err);
+                tracing::warn!(meta = %reg.meta_addr, server_id, %err, "heartbeat failed; registering again");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::Mutex;
+
+    use dfs_proto::meta_server::{Meta, MetaServer};
+    use dfs_proto::*;
+    use tonic::{Request, Response, Status};
+
+    #[derive(Default)]
+    struct Seen {
+        registrations: Vec<RegisterServerRequest>,
+        heartbeats: Vec<HeartbeatRequest>,
+    }
+
+    /// A metadata server that only knows registrations and heartbeats.
+    #[derive(Clone, Default)]
+    struct FakeMeta(Arc<Mutex<Seen>>);
+
+    fn unimplemented<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    #[tonic::async_trait]
+    impl Meta for FakeMeta {
+        async fn lookup(&self, _: Request<LookupRequest>) -> Result<Response<InodeRecord>, Status> {
+            unimplemented()
+        }
+        async fn get_attr(&self, _: Request<InoRequest>) -> Result<Response<InodeRecord>, Status> {
+            unimplemented()
+        }
+        async fn set_attr(
+            &self,
+            _: Request<SetAttrRequest>,
+        ) -> Result<Response<InodeRecord>, Status> {
+            unimplemented()
+        }
+        async fn create(&self, _: Request<CreateRequest>) -> Result<Response<InodeRecord>, Status> {
+            unimplemented()
+        }
+        async fn unlink(&self, _: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
+        async fn rmdir(&self, _: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
+        async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
+        async fn read_dir(
+            &self,
+            _: Request<ReadDirRequest>,
+        ) -> Result<Response<ReadDirReply>, Status> {
+            unimplemented()
+        }
+        async fn stat_fs(&self, _: Request<Empty>) -> Result<Response<StatFsReply>, Status> {
+            unimplemented()
+        }
+        async fn get_volume_config(
+            &self,
+            _: Request<Empty>,
+        ) -> Result<Response<VolumeConfig>, Status> {
+            unimplemented()
+        }
+        async fn lookup_chunks(
+            &self,
+            _: Request<LookupChunksRequest>,
+        ) -> Result<Response<LookupChunksReply>, Status> {
+            unimplemented()
+        }
+        async fn commit_chunks(
+            &self,
+            _: Request<CommitChunksRequest>,
+        ) -> Result<Response<InodeRecord>, Status> {
+            unimplemented()
+        }
+        async fn get_chunk_map(
+            &self,
+            _: Request<ChunkMapRequest>,
+        ) -> Result<Response<ChunkMapReply>, Status> {
+            unimplemented()
+        }
+        async fn register_server(
+            &self,
+            request: Request<RegisterServerRequest>,
+        ) -> Result<Response<RegisterServerReply>, Status> {
+            let mut seen = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
+            seen.registrations.push(request.into_inner());
+            Ok(Response::new(RegisterServerReply { server_id: 7 }))
+        }
+        async fn heartbeat(
+            &self,
+            request: Request<HeartbeatRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            let mut seen = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
+            seen.heartbeats.push(request.into_inner());
+            // The second heartbeat "forgets" us, forcing a re-registration.
+            if seen.heartbeats.len() == 2 {
+                return Err(Status::not_found("unknown server"));
+            }
+            Ok(Response::new(Empty {}))
+        }
+        async fn list_servers(
+            &self,
+            _: Request<Empty>,
+        ) -> Result<Response<ListServersReply>, Status> {
+            unimplemented()
+        }
+        async fn stats(&self, _: Request<Empty>) -> Result<Response<StatsReply>, Status> {
+            unimplemented()
+        }
+    }
+
+    #[test]
+    fn meta_url_adds_scheme_once() {
+        assert_eq!(meta_url("10.0.0.1:7000"), "http://10.0.0.1:7000");
+        assert_eq!(meta_url("http://h:1"), "http://h:1");
+    }
+
+    #[tokio::test]
+    async fn registers_late_heartbeats_and_reregisters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(ShardStore::open(dir.path()).expect("open"));
+        store
+            .put_batch(&[(dfs_core::fingerprint::Fingerprint([1; 32]), 0, b"abcd")])
+            .expect("put");
+
+        // Reserve a port, then start the heartbeat task before the meta server exists.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let reg = Registration {
+            meta_addr: addr.to_string(),
+            uuid: "0e0c3c1e-0000-4000-8000-000000000001".into(),
+            address: "127.0.0.1:9".into(),
+            zone: "z1".into(),
+            rack: "r1".into(),
+        };
+        let task = tokio::spawn(register_and_heartbeat(
+            reg.clone(),
+            Arc::clone(&store),
+            Duration::from_millis(50),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let meta = FakeMeta::default();
+        let seen = Arc::clone(&meta.0);
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MetaServer::new(meta))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            {
+                let seen = seen.lock().expect("lock");
+                if seen.registrations.len() >= 2 && seen.heartbeats.len() >= 3 {
+                    let r = &seen.registrations[0];
+                    assert_eq!(r.uuid, reg.uuid);
+                    assert_eq!(r.address, "127.0.0.1:9");
+                    assert_eq!((r.zone.as_str(), r.rack.as_str()), ("z1", "r1"));
+                    assert!(r.capacity_bytes > 0);
+                    let hb = &seen.heartbeats[0];
+                    assert_eq!(hb.server_id, 7);
+                    assert_eq!((hb.shard_count, hb.shard_bytes), (1, 4));
+                    assert!(hb.capacity_bytes > 0);
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no re-registration seen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        server.abort();
+    }
+}

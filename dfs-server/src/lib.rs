@@ -1,0 +1,317 @@
+//! dfs chunk server: keeps erasure-coded shards in RocksDB and serves them.
+//!
+//! Layers, one module each:
+//!
+//! - [`store`]: the shard store (RocksDB, on-disk format, checksums, usage).
+//! - [`identity`]: the server's persistent UUID (`<data>/server.id`).
+//! - [`service`]: the `Chunks` gRPC service over the store.
+//! - [`heartbeat`]: registration with the metadata server and heartbeats.
+//! - [`error`]: the store's error type and its one mapping to the wire.
+//!
+//! [`run`] wires them together; `main.rs` only parses the command line.
+
+pub mod error;
+pub mod heartbeat;
+pub mod identity;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+pub use error::StoreError;
+pub use heartbeat::Registration;
+pub use store::ShardStore;
+
+/// Zone label when none is given.
+pub const DEFAULT_ZONE: &str = "zone-default";
+/// Rack label when none is given.
+pub const DEFAULT_RACK: &str = "rack-default";
+
+/// Everything a chunk server needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address clients are told to use; defaults to the bound listen address.
+    pub advertise: Option<String>,
+    /// Metadata server `HOST:PORT`; `None` runs standalone (no registration).
+    pub meta: Option<String>,
+    /// Data directory: holds `shards/` (RocksDB) and `server.id`.
+    pub data: PathBuf,
+    pub zone: String,
+    pub rack: String,
+    pub heartbeat_interval: Duration,
+}
+
+impl ServerConfig {
+    /// A standalone configuration with default labels and heartbeat interval.
+    pub fn new(listen: SocketAddr, data: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen,
+            advertise: None,
+            meta: None,
+            data: data.into(),
+            zone: DEFAULT_ZONE.to_string(),
+            rack: DEFAULT_RACK.to_string(),
+            heartbeat_interval: heartbeat::DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+}
+
+/// A server whose store is open and whose socket is bound, not yet serving.
+#[derive(Debug)]
+pub struct BoundServer {
+    config: ServerConfig,
+    store: Arc<ShardStore>,
+    uuid: String,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl BoundServer {
+    /// Opens the store and identity, then binds the listen address. Fails
+    /// with a message naming the path or address when either is unusable.
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let data = config.data.clone();
+        let (store, uuid) = tokio::task::spawn_blocking(move || {
+            let store = ShardStore::open(&data)?;
+            let uuid = identity::load_or_create(&data)?;
+            Ok::<_, StoreError>((store, uuid))
+        })
+        .await
+        .context("store open task failed")?
+        .with_context(|| format!("unusable data directory {}", config.data.display()))?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        Ok(BoundServer {
+            config,
+            store: Arc::new(store),
+            uuid,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The address actually bound (with the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This server's persistent UUID.
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    /// The shard store being served.
+    pub fn store(&self) -> &Arc<ShardStore> {
+        &self.store
+    }
+
+    /// The address given to the metadata server for clients to use.
+    pub fn advertised_address(&self) -> String {
+        self.config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.local_addr.to_string())
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let heartbeat = match &self.config.meta {
+            Some(meta_addr) => {
+                let address = self.advertised_address();
+                if self.config.advertise.is_none() && self.local_addr.ip().is_unspecified() {
+                    tracing::warn!(
+                        %address,
+                        "advertising an unspecified address; pass --advertise HOST:PORT"
+                    );
+                }
+                let reg = Registration {
+                    meta_addr: meta_addr.clone(),
+                    uuid: self.uuid.clone(),
+                    address,
+                    zone: self.config.zone.clone(),
+                    rack: self.config.rack.clone(),
+                };
+                Some(tokio::spawn(heartbeat::register_and_heartbeat(
+                    reg,
+                    Arc::clone(&self.store),
+                    self.config.heartbeat_interval,
+                )))
+            }
+            None => {
+                tracing::info!("no metadata server given; running standalone");
+                None
+            }
+        };
+
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let result = tonic::transport::Server::builder()
+            .add_service(service::chunk_service_server(Arc::clone(&self.store)))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .context("chunk service failed");
+        if let Some(task) = heartbeat {
+            task.abort();
+        }
+        tracing::info!("dfs-server stopped");
+        result
+    }
+}
+
+/// Runs a chunk server until `shutdown` completes.
+///
+/// Prints `dfs-server listening on ADDR` to stdout once bound (ADDR with the
+/// real port when listening on port 0); tests and scripts wait for it.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let server = BoundServer::bind(config).await?;
+    announce(server.local_addr());
+    tracing::info!(
+        addr = %server.local_addr(),
+        server_uuid = %server.uuid(),
+        data = %server.config.data.display(),
+        "chunk server ready"
+    );
+    server.serve(shutdown).await
+}
+
+fn announce(addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // Stdout may be closed by a supervisor; that must not stop the server.
+    let _ = writeln!(out, "dfs-server listening on {addr}");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use dfs_core::error::DfsError;
+    use dfs_proto::chunks_client::ChunksClient;
+    use dfs_proto::{Empty, PutShardsRequest, Shard, ShardKey};
+
+    fn localhost0() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[tokio::test]
+    async fn put_get_usage_through_a_real_client() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = BoundServer::bind(ServerConfig::new(localhost0(), dir.path()))
+            .await
+            .expect("bind");
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+
+        let mut client = ChunksClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect")
+            .max_decoding_message_size(dfs_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(dfs_proto::MAX_MESSAGE_BYTES);
+        let big = vec![0xabu8; 8 << 20]; // above tonic's 4 MiB default limit
+        client
+            .put_shards(PutShardsRequest {
+                shards: vec![
+                    Shard {
+                        fingerprint: vec![1; 32],
+                        index: 0,
+                        data: b"first".to_vec(),
+                    },
+                    Shard {
+                        fingerprint: vec![1; 32],
+                        index: 8,
+                        data: big.clone(),
+                    },
+                ],
+            })
+            .await
+            .expect("put");
+
+        let got = client
+            .get_shard(ShardKey {
+                fingerprint: vec![1; 32],
+                index: 8,
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(got.data, big);
+
+        let missing = client
+            .get_shard(ShardKey {
+                fingerprint: vec![2; 32],
+                index: 0,
+            })
+            .await
+            .expect_err("missing");
+        let err = DfsError::from(missing);
+        assert_eq!(err.errno, libc::ENOENT);
+        assert!(!err.retryable);
+
+        let usage = client.usage(Empty {}).await.expect("usage").into_inner();
+        assert_eq!(usage.shard_count, 2);
+        assert_eq!(usage.shard_bytes, 5 + (8 << 20));
+        assert!(usage.capacity_bytes > 0);
+        assert!(usage.used_bytes <= usage.capacity_bytes);
+
+        drop(client);
+        stop.send(()).expect("stop");
+        serving.await.expect("join").expect("clean shutdown");
+
+        // The store is closed on shutdown: the same directory opens again,
+        // with the same identity and the same shards.
+        let again = BoundServer::bind(ServerConfig::new(localhost0(), dir.path()))
+            .await
+            .expect("rebind");
+        assert_eq!(again.store().usage().shard_count, 2);
+        assert_eq!(
+            again.uuid(),
+            identity::load_or_create(dir.path()).expect("id")
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_data_dir_fails_fast_naming_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        let err = run(
+            ServerConfig::new(localhost0(), &file),
+            std::future::pending(),
+        )
+        .await
+        .expect_err("must fail");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("cannot open shard store at"), "{msg}");
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn busy_listen_address_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let taken = std::net::TcpListener::bind(localhost0()).expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let err = BoundServer::bind(ServerConfig::new(addr, dir.path()))
+            .await
+            .expect_err("address in use");
+        assert!(format!("{err:#}").contains(&format!("cannot listen on {addr}")));
+    }
+}

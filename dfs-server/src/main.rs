@@ -1,0 +1,114 @@
+//! `dfs-server`: parses the command line and runs the chunk server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use dfs_server::{ServerConfig, DEFAULT_RACK, DEFAULT_ZONE};
+
+/// dfs chunk server: stores shards in RocksDB and serves them over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "dfs-server", version, about)]
+struct Cli {
+    /// Address to listen on, e.g. 0.0.0.0:7100 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", help_heading = "Network")]
+    listen: SocketAddr,
+
+    /// Address clients use to reach this server [default: the bound listen address].
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Network")]
+    advertise: Option<String>,
+
+    /// Metadata server to register with; without it the server runs standalone.
+    #[arg(long, value_name = "ADDR", help_heading = "Network")]
+    meta: Option<String>,
+
+    /// Data directory (created if missing): holds `shards/` and `server.id`.
+    #[arg(long, value_name = "PATH", help_heading = "Storage")]
+    data: PathBuf,
+
+    /// Failure-domain zone label.
+    #[arg(long, value_name = "Z", default_value = DEFAULT_ZONE, help_heading = "Placement")]
+    zone: String,
+
+    /// Failure-domain rack label.
+    #[arg(long, value_name = "R", default_value = DEFAULT_RACK, help_heading = "Placement")]
+    rack: String,
+
+    /// Milliseconds between heartbeats to the metadata server.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(10..=600_000),
+        help_heading = "Network"
+    )]
+    heartbeat_ms: u64,
+}
+
+impl From<Cli> for ServerConfig {
+    fn from(cli: Cli) -> Self {
+        ServerConfig {
+            listen: cli.listen,
+            advertise: cli.advertise,
+            meta: cli.meta,
+            data: cli.data,
+            zone: cli.zone,
+            rack: cli.rack,
+            heartbeat_interval: Duration::from_millis(cli.heartbeat_ms),
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
+        () = term => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dfs-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dfs_server::run(cli.into(), shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfs-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

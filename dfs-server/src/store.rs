@@ -1,0 +1,549 @@
+//! The shard store: one RocksDB database under `<data>/shards`.
+//!
+//! # On-disk format, version 1
+//!
+//! ```text
+//! key   = fingerprint (32 bytes, the chunk's SHA-256) ‖ shard index (1 byte)
+//! value = format version (1 byte, = 1) ‖ crc32c(payload) (4 bytes, little-endian) ‖ payload
+//! ```
+//!
+//! Keys are 33 bytes; the shards of one chunk are adjacent in key order.
+//! The checksum covers the payload only; the version byte is checked
+//! separately, and a value with an unknown version is treated as corrupt.
+//! Values of 4 KiB or more live in RocksDB blob files, so compactions move
+//! small index entries rather than whole shards. Shards are already
+//! compressed by the client, so RocksDB compression is off.
+//!
+//! # Durability
+//!
+//! Every write ([`ShardStore::put_batch`], [`ShardStore::delete`]) is one
+//! RocksDB write batch with `sync = true`: once it returns, the write is in
+//! the fsynced write-ahead log and survives a crash or power loss.
+//!
+//! # Integrity
+//!
+//! The payload is only reachable through [`ShardStore::get`], which checks the
+//! version and checksum. The `raw_*` methods bypass both and exist for
+//! fault-injection tests only.
+//!
+//! # Usage counters
+//!
+//! `shard_count` and `shard_bytes` (payload bytes, headers excluded) are kept
+//! exactly in memory: counted by a full scan at open, then updated by every
+//! write under one writer lock.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use dfs_core::fingerprint::Fingerprint;
+use rocksdb::{
+    BlockBasedOptions, DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
+
+use crate::error::StoreError;
+
+/// The only value format written so far.
+pub const VALUE_VERSION: u8 = 1;
+/// Bytes before the payload in a stored value: version + crc32c.
+pub const VALUE_HEADER_LEN: usize = 5;
+/// Length of a key: fingerprint + shard index.
+pub const KEY_LEN: usize = 33;
+/// Values at least this large go to blob files.
+const MIN_BLOB_SIZE: u64 = 4096;
+/// Name of the RocksDB directory inside the data directory.
+pub const SHARDS_DIR: &str = "shards";
+
+/// How many shards the store holds and their payload bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub shard_count: u64,
+    pub shard_bytes: u64,
+}
+
+/// Size of the file system holding the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capacity {
+    /// Total size of the file system.
+    pub total_bytes: u64,
+    /// Bytes this process cannot write: `total - available`, so blocks
+    /// reserved for root count as used.
+    pub used_bytes: u64,
+}
+
+/// Shards keyed by (fingerprint, index), each with its own checksum.
+pub struct ShardStore {
+    db: DB,
+    data_dir: PathBuf,
+    /// Serialises writers so that the existence checks and counter updates
+    /// of one write are not interleaved with another's.
+    write_lock: Mutex<()>,
+    shard_count: AtomicU64,
+    shard_bytes: AtomicU64,
+    sync_write: WriteOptions,
+}
+
+impl std::fmt::Debug for ShardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStore")
+            .field("data_dir", &self.data_dir)
+            .field("usage", &self.usage())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key of one shard.
+pub fn shard_key(fp: &Fingerprint, index: u8) -> [u8; KEY_LEN] {
+    let mut key = [0u8; KEY_LEN];
+    key[..32].copy_from_slice(&fp.0);
+    key[32] = index;
+    key
+}
+
+/// Encodes a payload as a stored value (version 1).
+pub fn encode_value(payload: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(VALUE_HEADER_LEN + payload.len());
+    value.push(VALUE_VERSION);
+    value.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    value.extend_from_slice(payload);
+    value
+}
+
+/// Checks a stored value and returns its payload, or why it is corrupt.
+pub fn decode_value(value: &[u8]) -> Result<&[u8], String> {
+    if value.len() < VALUE_HEADER_LEN {
+        return Err(format!(
+            "value of {} bytes is shorter than its header",
+            value.len()
+        ));
+    }
+    if value[0] != VALUE_VERSION {
+        return Err(format!("unknown value format version {}", value[0]));
+    }
+    let stored = u32::from_le_bytes([value[1], value[2], value[3], value[4]]);
+    let payload = &value[VALUE_HEADER_LEN..];
+    let actual = crc32c::crc32c(payload);
+    if stored != actual {
+        return Err(format!(
+            "crc32c mismatch: stored {stored:08x}, computed {actual:08x}"
+        ));
+    }
+    Ok(payload)
+}
+
+/// Payload bytes a stored value accounts for in the usage counters.
+fn payload_len(value_len: usize) -> u64 {
+    value_len.saturating_sub(VALUE_HEADER_LEN) as u64
+}
+
+impl ShardStore {
+    /// Opens (creating if needed) the store under `<data_dir>/shards`, and
+    /// counts what it holds.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(SHARDS_DIR);
+        std::fs::create_dir_all(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            reason: format!("cannot create directory: {e}"),
+        })?;
+
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(DBCompressionType::None);
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(MIN_BLOB_SIZE);
+        opts.set_blob_compression_type(DBCompressionType::None);
+        // Without blob GC, space of deleted shards in blob files is never reclaimed.
+        opts.set_enable_blob_gc(true);
+        // Every put first checks whether its key exists (for exact usage
+        // counters); bloom filters make that miss cheap for new shards.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+        let db = DB::open(&opts, &path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            reason: e.into_string(),
+        })?;
+
+        let mut sync_write = WriteOptions::default();
+        sync_write.set_sync(true);
+
+        let store = ShardStore {
+            db,
+            data_dir: data_dir.to_path_buf(),
+            write_lock: Mutex::new(()),
+            shard_count: AtomicU64::new(0),
+            shard_bytes: AtomicU64::new(0),
+            sync_write,
+        };
+        let usage = store.scan_usage()?;
+        store
+            .shard_count
+            .store(usage.shard_count, Ordering::Relaxed);
+        store
+            .shard_bytes
+            .store(usage.shard_bytes, Ordering::Relaxed);
+        tracing::info!(
+            path = %path.display(),
+            shards = usage.shard_count,
+            bytes = usage.shard_bytes,
+            "shard store opened"
+        );
+        Ok(store)
+    }
+
+    /// The data directory this store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Counts every stored value (a full scan; used at open).
+    fn scan_usage(&self) -> Result<Usage, StoreError> {
+        let mut read = ReadOptions::default();
+        read.fill_cache(false);
+        let mut it = self.db.raw_iterator_opt(read);
+        it.seek_to_first();
+        let mut usage = Usage::default();
+        while it.valid() {
+            if let Some(value) = it.value() {
+                usage.shard_count += 1;
+                usage.shard_bytes += payload_len(value.len());
+            }
+            it.next();
+        }
+        it.status().map_err(StoreError::from_db)?;
+        Ok(usage)
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic while holding it leaves nothing torn.
+        self.write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Payload length of the value stored under `key`, if any.
+    fn stored_len(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned(key)
+            .map_err(StoreError::from_db)?
+            .map(|v| payload_len(v.len())))
+    }
+
+    /// Writes values (already encoded) in one synced batch and updates the counters.
+    fn write_values(&self, values: BTreeMap<[u8; KEY_LEN], Vec<u8>>) -> Result<(), StoreError> {
+        let _guard = self.lock_writes();
+        let mut batch = WriteBatch::default();
+        let (mut added_count, mut added_bytes, mut removed_bytes) = (0u64, 0u64, 0u64);
+        for (key, value) in &values {
+            match self.stored_len(key)? {
+                Some(old) => removed_bytes += old,
+                None => added_count += 1,
+            }
+            added_bytes += payload_len(value.len());
+            batch.put(key, value);
+        }
+        self.db
+            .write_opt(batch, &self.sync_write)
+            .map_err(StoreError::from_db)?;
+        self.shard_count.fetch_add(added_count, Ordering::Relaxed);
+        self.shard_bytes.fetch_add(added_bytes, Ordering::Relaxed);
+        self.shard_bytes.fetch_sub(removed_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stores shards in one synced write: all of them or none.
+    ///
+    /// A key that already exists is overwritten; when a batch names one key
+    /// twice, the last one wins.
+    pub fn put_batch(&self, shards: &[(Fingerprint, u8, &[u8])]) -> Result<(), StoreError> {
+        let values: BTreeMap<[u8; KEY_LEN], Vec<u8>> = shards
+            .iter()
+            .map(|(fp, index, payload)| (shard_key(fp, *index), encode_value(payload)))
+            .collect();
+        self.write_values(values)
+    }
+
+    /// Reads a shard's payload after checking its version and checksum.
+    pub fn get(&self, fp: &Fingerprint, index: u8) -> Result<Vec<u8>, StoreError> {
+        let value = self
+            .db
+            .get_pinned(shard_key(fp, index))
+            .map_err(StoreError::from_db)?
+            .ok_or_else(|| StoreError::NotFound {
+                fingerprint: fp.to_string(),
+                index,
+            })?;
+        match decode_value(&value) {
+            Ok(payload) => Ok(payload.to_vec()),
+            Err(reason) => {
+                tracing::error!(fingerprint = %fp, shard = index, %reason, "corrupt shard");
+                Err(StoreError::Corrupt {
+                    fingerprint: fp.to_string(),
+                    index,
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Deletes a shard (synced). Returns whether it existed.
+    pub fn delete(&self, fp: &Fingerprint, index: u8) -> Result<bool, StoreError> {
+        let key = shard_key(fp, index);
+        let _guard = self.lock_writes();
+        let Some(old) = self.stored_len(&key)? else {
+            return Ok(false);
+        };
+        self.db
+            .delete_opt(key, &self.sync_write)
+            .map_err(StoreError::from_db)?;
+        self.shard_count.fetch_sub(1, Ordering::Relaxed);
+        self.shard_bytes.fetch_sub(old, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Shards held and their payload bytes, exact.
+    pub fn usage(&self) -> Usage {
+        // Writers update both counters under the write lock; a reader may see
+        // one write half applied for an instant, which heartbeats tolerate.
+        Usage {
+            shard_count: self.shard_count.load(Ordering::Relaxed),
+            shard_bytes: self.shard_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Size and use of the file system holding the data directory.
+    pub fn capacity(&self) -> Result<Capacity, StoreError> {
+        fs_capacity(&self.data_dir)
+            .map_err(|e| StoreError::io(format!("statvfs {}", self.data_dir.display()), e))
+    }
+
+    /// For fault-injection tests: bypass checksumming. Stores `value` as the
+    /// raw stored value (header included) of the shard.
+    pub fn raw_put_value(
+        &self,
+        fp: &Fingerprint,
+        index: u8,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut values = BTreeMap::new();
+        values.insert(shard_key(fp, index), value.to_vec());
+        self.write_values(values)
+    }
+
+    /// For fault-injection tests: bypass checksumming. Returns the raw stored
+    /// value (header included) of the shard, if any.
+    pub fn raw_get_value(
+        &self,
+        fp: &Fingerprint,
+        index: u8,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned(shard_key(fp, index))
+            .map_err(StoreError::from_db)?
+            .map(|v| v.to_vec()))
+    }
+}
+
+/// `statvfs(2)` on `path`.
+#[allow(unsafe_code, clippy::unnecessary_cast)]
+fn fs_capacity(path: &Path) -> std::io::Result<Capacity> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `statvfs` is plain old data, so all-zero bytes are a valid
+    // value; `c_path` is a NUL-terminated string that outlives the call, and
+    // `st` is a valid, writable `statvfs` the call fills in.
+    let (rc, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        let rc = libc::statvfs(c_path.as_ptr(), &mut st);
+        (rc, st)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    let total = (st.f_blocks as u64).saturating_mul(frsize);
+    let avail = (st.f_bavail as u64).saturating_mul(frsize);
+    Ok(Capacity {
+        total_bytes: total,
+        used_bytes: total.saturating_sub(avail),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(n: u8) -> Fingerprint {
+        Fingerprint([n; 32])
+    }
+
+    fn open(dir: &Path) -> ShardStore {
+        ShardStore::open(dir).expect("open store")
+    }
+
+    #[test]
+    fn value_format_is_pinned() {
+        let v = encode_value(b"abc");
+        assert_eq!(v[0], 1);
+        assert_eq!(&v[1..5], &crc32c::crc32c(b"abc").to_le_bytes());
+        assert_eq!(&v[5..], b"abc");
+        assert_eq!(decode_value(&v), Ok(&b"abc"[..]));
+        let key = shard_key(&fp(7), 9);
+        assert_eq!(&key[..32], &[7u8; 32]);
+        assert_eq!(key[32], 9);
+    }
+
+    #[test]
+    fn round_trip_small_and_blob_sized() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        store
+            .put_batch(&[(fp(1), 0, b"hello"), (fp(1), 1, &big), (fp(2), 255, b"")])
+            .expect("put");
+        assert_eq!(store.get(&fp(1), 0).expect("get"), b"hello");
+        assert_eq!(store.get(&fp(1), 1).expect("get"), big);
+        assert_eq!(store.get(&fp(2), 255).expect("get"), b"");
+        assert!(matches!(
+            store.get(&fp(1), 2),
+            Err(StoreError::NotFound { index: 2, .. })
+        ));
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.get(&fp(1), 1).expect("get after reopen"), big);
+    }
+
+    #[test]
+    fn crc_detects_a_flipped_byte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path());
+            store
+                .put_batch(&[(fp(3), 4, &[0x55u8; 10_000])])
+                .expect("put");
+        }
+        // As an integration test would: stop, reopen, flip a byte.
+        let store = open(dir.path());
+        let mut raw = store
+            .raw_get_value(&fp(3), 4)
+            .expect("raw get")
+            .expect("present");
+        raw[VALUE_HEADER_LEN + 1234] ^= 0x01;
+        store.raw_put_value(&fp(3), 4, &raw).expect("raw put");
+        let err = store
+            .get(&fp(3), 4)
+            .expect_err("corruption must be detected");
+        assert!(matches!(err, StoreError::Corrupt { index: 4, .. }), "{err}");
+        assert!(err.to_string().contains("corrupt"));
+
+        // A bad version byte is corrupt too, and so is a truncated header.
+        let mut raw = encode_value(b"xyz");
+        raw[0] = 2;
+        store.raw_put_value(&fp(3), 5, &raw).expect("raw put");
+        assert!(matches!(
+            store.get(&fp(3), 5),
+            Err(StoreError::Corrupt { .. })
+        ));
+        store.raw_put_value(&fp(3), 6, &[1, 2]).expect("raw put");
+        assert!(matches!(
+            store.get(&fp(3), 6),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn usage_is_exact_across_put_overwrite_delete_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        assert_eq!(store.usage(), Usage::default());
+
+        store
+            .put_batch(&[(fp(1), 0, &[0u8; 100]), (fp(1), 1, &[0u8; 5000])])
+            .expect("put");
+        assert_eq!(
+            store.usage(),
+            Usage {
+                shard_count: 2,
+                shard_bytes: 5100
+            }
+        );
+
+        // Overwrite replaces the bytes; a key twice in one batch counts once.
+        store
+            .put_batch(&[
+                (fp(1), 0, &[1u8; 10]),
+                (fp(2), 0, &[0u8; 7]),
+                (fp(2), 0, &[0u8; 8]),
+            ])
+            .expect("put");
+        assert_eq!(
+            store.usage(),
+            Usage {
+                shard_count: 3,
+                shard_bytes: 5018
+            }
+        );
+        assert_eq!(store.get(&fp(2), 0).expect("get"), vec![0u8; 8]);
+
+        assert!(store.delete(&fp(1), 1).expect("delete"));
+        assert!(!store.delete(&fp(1), 1).expect("delete again"));
+        assert_eq!(
+            store.usage(),
+            Usage {
+                shard_count: 2,
+                shard_bytes: 18
+            }
+        );
+        assert!(matches!(
+            store.get(&fp(1), 1),
+            Err(StoreError::NotFound { .. })
+        ));
+
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(
+            store.usage(),
+            Usage {
+                shard_count: 2,
+                shard_bytes: 18
+            }
+        );
+    }
+
+    #[test]
+    fn capacity_reports_the_file_system() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let cap = store.capacity().expect("capacity");
+        assert!(cap.total_bytes > 0);
+        assert!(cap.used_bytes <= cap.total_bytes);
+    }
+
+    #[test]
+    fn data_dir_under_a_regular_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"not a directory").expect("write");
+        let err = ShardStore::open(&file).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("cannot open shard store at "), "{msg}");
+        assert!(
+            msg.contains(&file.join("shards").display().to_string()),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn second_open_of_the_same_dir_fails_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = open(dir.path());
+        let err = ShardStore::open(dir.path()).expect_err("RocksDB lock must refuse");
+        assert!(
+            err.to_string().contains("cannot open shard store at"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing dfs needs on Debian, when missing:
+# FUSE 3 (fusermount3 and the kernel device), clang/libclang (bindgen for
+# RocksDB), protoc (the gRPC code generator), and the tools tests call.
+set -euo pipefail
+
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+[[ -f /usr/include/fuse3/fuse.h ]] || need+=(libfuse3-dev)
+command -v clang >/dev/null || need+=(clang)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v cmp >/dev/null || need+=(diffutils)
+command -v getfattr >/dev/null || need+=(attr)
+
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+[[ -e /dev/fuse ]] || { modprobe fuse 2>/dev/null || true; }
+[[ -e /dev/fuse ]] || { echo "/dev/fuse is missing: this machine cannot mount FUSE file systems" >&2; exit 1; }

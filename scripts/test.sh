@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit tests, and the integration tests
+# that start real dfs processes on loopback and mount them with FUSE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo build --release --workspace --all-targets
+cargo clippy --release --workspace --all-targets -- -D warnings
+# Integration tests mount FUSE file systems and start whole clusters: run
+# them one at a time on a small machine.
+cargo test --release --workspace -- --test-threads=2
