@@ -46,6 +46,8 @@ struct Stats {
     raw_bytes: u64,
     chunks: u64,
     files: u64,
+    unreferenced_chunks: u64,
+    unreferenced_bytes: u64,
     /// logical / unique: how much dedup saves.
     dedup_ratio: f64,
     /// unique / stored: how much compression saves.
@@ -120,6 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 raw_bytes: s.raw_bytes,
                 chunks: s.chunks,
                 files: s.files,
+                unreferenced_chunks: s.unreferenced_chunks,
+                unreferenced_bytes: s.unreferenced_bytes,
                 dedup_ratio: ratio(s.logical_bytes, s.unique_bytes),
                 compression_ratio: ratio(s.unique_bytes, s.stored_bytes),
                 redundancy_overhead: ratio(s.raw_bytes, s.stored_bytes),
@@ -142,6 +146,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 println!("chunks          {:>16}", stats.chunks);
                 println!("files           {:>16}", stats.files);
+                println!(
+                    "unreferenced    {:>16}  chunks, {} bytes (awaiting GC)",
+                    stats.unreferenced_chunks, stats.unreferenced_bytes
+                );
             }
         }
         Command::Status { meta, json } => {

@@ -123,7 +123,7 @@ fn validate(req: &CommitChunksRequest) -> Result<()> {
             ));
         }
         if let Some(up) = &c.uploaded {
-            let layout = up.layout.clone().unwrap_or_default();
+            let layout = up.layout.unwrap_or_default();
             let shards = if layout.parity_shards == 0 {
                 layout.replicas
             } else {
@@ -313,6 +313,8 @@ pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
         for (_, value) in &rows {
             let rec = ChunkRecord::decode(value.as_slice())?;
             if rec.refcount == 0 {
+                out.unreferenced_chunks += 1;
+                out.unreferenced_bytes += u64::from(rec.raw_len);
                 continue;
             }
             out.chunks += 1;

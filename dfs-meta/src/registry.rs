@@ -129,7 +129,7 @@ pub fn init_volume(txn: &mut dyn KvTxn, config: &VolumeConfig) -> Result<VolumeC
         return Ok(existing);
     }
     put_record(txn, &keys::volume(), config);
-    Ok(config.clone())
+    Ok(*config)
 }
 
 #[cfg(test)]

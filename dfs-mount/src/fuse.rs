@@ -234,10 +234,7 @@ impl DfsFuse {
                 .dfs
                 .cluster
                 .meta
-                .call("setattr", |mut c| {
-                    let request = request.clone();
-                    async move { c.set_attr(request).await }
-                })
+                .call("setattr", |mut c| async move { c.set_attr(request).await })
                 .await?;
             return Ok(self.dfs.overlay_attr(attr).await);
         }

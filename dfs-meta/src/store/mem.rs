@@ -7,7 +7,7 @@ use std::ops::Bound;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::overlay::{Base, Overlay, Pending};
-use super::{KvTxn, MetaStore, StoreError, Transaction};
+use super::{KeyValues, KvTxn, MetaStore, StoreError, Transaction};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -28,7 +28,7 @@ impl Base for MemBase<'_> {
         limit: usize,
         reverse: bool,
         skip: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<KeyValues, StoreError> {
         let bounds = (
             Bound::Included(begin.to_vec()),
             Bound::Excluded(end.to_vec()),
@@ -64,7 +64,7 @@ impl KvTxn for MemTxn<'_> {
         end: &[u8],
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<KeyValues, StoreError> {
         self.overlay.range(&self.base, begin, end, limit, reverse)
     }
     fn set(&mut self, key: &[u8], value: &[u8]) {

@@ -31,6 +31,9 @@ pub enum StoreError {
     Open(String),
 }
 
+/// Key-value pairs in key order, as range reads return them.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One transaction's view: reads see the transaction's own writes.
 pub trait KvTxn {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -42,7 +45,7 @@ pub trait KvTxn {
         end: &[u8],
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<KeyValues, StoreError>;
     fn set(&mut self, key: &[u8], value: &[u8]);
     fn clear(&mut self, key: &[u8]);
     fn clear_range(&mut self, begin: &[u8], end: &[u8]);

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::{decode_counter, StoreError};
+use super::{decode_counter, KeyValues, StoreError};
 
 /// What a key read from the base should be replaced with.
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ pub trait Base {
         limit: usize,
         reverse: bool,
         skip: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<KeyValues, StoreError>;
 }
 
 impl Overlay {
@@ -58,7 +58,7 @@ impl Overlay {
         end: &[u8],
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<KeyValues, StoreError> {
         if begin >= end {
             return Ok(Vec::new());
         }

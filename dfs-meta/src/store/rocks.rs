@@ -11,7 +11,7 @@ use parking_lot::{Mutex, MutexGuard};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
 use super::overlay::{Base, Overlay, Pending};
-use super::{KvTxn, MetaStore, StoreError, Transaction};
+use super::{KeyValues, KvTxn, MetaStore, StoreError, Transaction};
 
 pub struct RocksStore {
     db: DB,
@@ -55,7 +55,7 @@ impl Base for RocksBase<'_> {
         limit: usize,
         reverse: bool,
         skip: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<KeyValues, StoreError> {
         let mut out = Vec::new();
         let mut iter = self.db.raw_iterator();
         if reverse {
@@ -107,7 +107,7 @@ impl KvTxn for RocksTxn<'_> {
         end: &[u8],
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<KeyValues, StoreError> {
         self.overlay.range(&self.base, begin, end, limit, reverse)
     }
     fn set(&mut self, key: &[u8], value: &[u8]) {

@@ -21,7 +21,7 @@ fn assemble(
     rec: &ChunkRecord,
     shards: Vec<Option<Vec<u8>>>,
 ) -> Result<Vec<u8>, DfsError> {
-    let layout = rec.layout.clone().unwrap_or_default();
+    let layout = rec.layout.unwrap_or_default();
     let stored = erasure::decode(&layout, shards, rec.stored_len as usize)
         .map_err(|e| DfsError::new(libc::EIO, format!("chunk {fp}: {e}")))?;
     let codec = Codec::try_from(rec.codec).unwrap_or(Codec::None);
@@ -47,7 +47,7 @@ impl Cluster {
         fp: Fingerprint,
         rec: &ChunkRecord,
     ) -> Result<Bytes, DfsError> {
-        let layout = rec.layout.clone().unwrap_or_default();
+        let layout = rec.layout.unwrap_or_default();
         let total = rec.shard_servers.len();
         let need = if layout.parity_shards == 0 {
             1
@@ -174,7 +174,7 @@ impl Cluster {
     ) {
         let cluster = self.clone();
         tokio::spawn(async move {
-            let layout = rec.layout.clone().unwrap_or_default();
+            let layout = rec.layout.unwrap_or_default();
             let shards = if layout.parity_shards == 0 {
                 match good.iter().flatten().next() {
                     Some(copy) => vec![copy.clone(); rec.shard_servers.len()],

@@ -213,11 +213,11 @@ impl Cluster {
         raw: Vec<(Fingerprint, Bytes)>,
     ) -> Result<Vec<Encoded>, DfsError> {
         // Two halves, one per core; more tasks would only add copying.
-        let volume = self.volume.clone();
+        let volume = self.volume;
         let mid = raw.len() / 2;
         let mut first = raw;
         let second = first.split_off(mid);
-        let (v1, v2) = (volume.clone(), volume);
+        let (v1, v2) = (volume, volume);
         let a = cpu(move || {
             first
                 .into_iter()

@@ -22,6 +22,11 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
+    if name == "mount.dfs" && !path.exists() {
+        // `mount.dfs` is `dfs-mount` under another name (cargo cannot build
+        // a binary with a dot in its name); installs make the same link.
+        let _ = std::os::unix::fs::symlink("dfs-mount", &path);
+    }
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --release --workspace` first",
