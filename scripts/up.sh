@@ -13,6 +13,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 scripts/install-deps.sh
 cargo build --release --workspace
+# mount(8) runs /sbin/mount.dfs for `mount -t dfs` and fstab lines.
+ln -sf dfs-mount "$CARGO_TARGET_DIR/release/mount.dfs"
 mkdir -p "$mountpoint" "$data"
 if grep -qs " $mountpoint fuse" /proc/mounts; then
   echo "$mountpoint is already mounted"
