@@ -219,7 +219,7 @@ impl DfsFuse {
                 let mut st = file.state.lock().await;
                 self.dfs.truncate(&mut st, size).await
             };
-            self.dfs.release(ino).await?;
+            self.dfs.release(&file).await?;
             result?;
         } else if touches_meta {
             // Buffered writes would stamp their own mtime when committed
@@ -610,7 +610,7 @@ impl Filesystem for DfsFuse {
     ) {
         let handle = self.files.lock().remove(&fh.0);
         let result = match handle {
-            Some(h) => self.rt.block_on(self.dfs.release(h.ino)),
+            Some(h) => self.rt.block_on(self.dfs.release(&h.file)),
             None => Ok(()),
         };
         match result {

@@ -25,12 +25,18 @@ pub use meta::MetaRpc;
 /// Makes a transport to a server from its registered address.
 pub type Connector = Arc<dyn Fn(&str) -> Result<RpcTransport, DfsError> + Send + Sync>;
 
+/// Longest a single RPC may take before it fails as unavailable.
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A TCP connector: lazily connected tonic channels to `host:port`.
 pub fn tcp_connector() -> Connector {
     Arc::new(|address: &str| {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| DfsError::new(libc::EINVAL, format!("bad server address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
+            // A server that hangs (stopped, partitioned) must turn into an
+            // error the retry logic can act on, never a hung system call.
+            .timeout(RPC_TIMEOUT)
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
         Ok(dfs_core::rpc::boxed_transport(endpoint.connect_lazy()))

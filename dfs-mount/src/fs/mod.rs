@@ -52,6 +52,7 @@ pub struct FileState {
 }
 
 pub struct OpenFile {
+    pub ino: u64,
     pub state: tokio::sync::Mutex<FileState>,
     pub opens: AtomicU64,
 }
@@ -119,12 +120,14 @@ impl Dfs {
     /// Opens `ino` for I/O: the first open loads the chunk map (close-to-open
     /// consistency), later ones share the state and its buffered writes.
     pub async fn open(&self, ino: u64) -> Result<Arc<OpenFile>, DfsError> {
-        if let Some(of) = self.open_file(ino) {
-            of.opens.fetch_add(1, Ordering::SeqCst);
+        // Open counts change only under the map's lock, so a last release
+        // and a new open never leave two states for one inode.
+        if let Some(of) = self.share_open(ino) {
             return Ok(of);
         }
         let (map, size) = self.fetch_chunk_map(ino).await?;
         let fresh = Arc::new(OpenFile {
+            ino,
             state: tokio::sync::Mutex::new(FileState {
                 ino,
                 size,
@@ -146,21 +149,25 @@ impl Dfs {
         Ok(fresh)
     }
 
+    fn share_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        let files = self.open_files.lock();
+        let of = files.get(&ino)?;
+        of.opens.fetch_add(1, Ordering::SeqCst);
+        Some(of.clone())
+    }
+
     /// Called on the last close of a handle: flushes and forgets the state
     /// when nobody has the file open any more.
-    pub async fn release(&self, ino: u64) -> Result<(), DfsError> {
-        let Some(of) = self.open_file(ino) else {
-            return Ok(());
-        };
+    pub async fn release(&self, of: &Arc<OpenFile>) -> Result<(), DfsError> {
         let result = {
             let mut st = of.state.lock().await;
             self.flush(&mut st).await
         };
-        if of.opens.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let mut files = self.open_files.lock();
-            if of.opens.load(Ordering::SeqCst) == 0 {
-                files.remove(&ino);
-            }
+        let mut files = self.open_files.lock();
+        if of.opens.fetch_sub(1, Ordering::SeqCst) == 1
+            && files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, of))
+        {
+            files.remove(&of.ino);
         }
         result
     }
