@@ -56,6 +56,13 @@ fn corrupt_a_data_shard(cluster: &mut TestCluster, fp: &Fingerprint) -> (usize, 
 }
 
 #[test]
+fn namespace_operations_on_a_cluster() {
+    let cluster = TestCluster::start(1, 3);
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    namespace_checks(&m.path);
+}
+
+#[test]
 fn cluster_end_to_end() {
     let local = tempfile::tempdir().expect("tempdir");
     let lp = local.path();
