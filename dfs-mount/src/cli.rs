@@ -77,6 +77,8 @@ pub struct MountOptions {
     pub consistency: Consistency,
     pub cache_bytes: u64,
     pub readahead_bytes: u64,
+    /// Bound on bytes buffered for writes over all files.
+    pub write_buffer_bytes: u64,
     pub codec: CodecPolicy,
     pub threads: usize,
     pub fsname: Option<String>,
@@ -99,6 +101,7 @@ impl Default for MountOptions {
             consistency: Consistency::ReadOwn,
             cache_bytes: 256 << 20,
             readahead_bytes: 4 << 20,
+            write_buffer_bytes: 256 << 20,
             codec: CodecPolicy::Lz4,
             threads: 4,
             fsname: None,
@@ -202,6 +205,7 @@ impl MountOptions {
                 }
                 "cache_size" | "cache" => self.cache_bytes = parse_size(need(value)?)?,
                 "readahead" => self.readahead_bytes = parse_size(need(value)?)?,
+                "write_buffer" => self.write_buffer_bytes = parse_size(need(value)?)?,
                 "codec" | "compress" => {
                     self.codec = need(value)?
                         .parse()

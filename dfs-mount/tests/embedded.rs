@@ -64,3 +64,30 @@ fn a_second_mount_of_the_same_local_volume_is_refused_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("metadata store"), "unexpected error: {err}");
 }
+
+#[test]
+fn many_files_written_at_once_respect_the_write_buffer_limit() {
+    use std::io::Write;
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &["write_buffer=1M"]);
+    let contents: Vec<Vec<u8>> = (0..8).map(|i| random_bytes(3 << 20, 500 + i)).collect();
+    let mut files: Vec<fs::File> = (0..8)
+        .map(|i| fs::File::create(m.path.join(format!("f{i}"))).expect("create"))
+        .collect();
+    // Interleave 256 KiB writes over all eight files: the 1 MiB limit over
+    // all files forces flushes in the middle of every file.
+    for piece in 0..12 {
+        for (f, data) in files.iter_mut().zip(&contents) {
+            f.write_all(&data[piece << 18..(piece + 1) << 18])
+                .expect("write");
+        }
+    }
+    drop(files);
+    for (i, data) in contents.iter().enumerate() {
+        assert!(
+            fs::read(m.path.join(format!("f{i}"))).expect("read") == *data,
+            "file f{i} differs"
+        );
+    }
+}

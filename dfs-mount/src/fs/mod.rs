@@ -4,7 +4,7 @@
 pub mod file;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,6 +31,9 @@ use file::{ChunkMap, WriteBuffer};
 const CHUNK_WINDOW: u64 = 8 * 1024 * 1024;
 /// A file's write buffer is flushed once it holds this much.
 pub const FLUSH_THRESHOLD: usize = 64 * 1024 * 1024;
+/// Default bound on buffered bytes over all files: past it, each write
+/// flushes its own file, so many files written at once cannot exhaust memory.
+pub const DEFAULT_DIRTY_LIMIT: usize = 256 * 1024 * 1024;
 /// Chunks fetched at once for one read.
 const READ_PARALLELISM: usize = 16;
 /// How many times a commit is retried after uploading chunks that the
@@ -62,6 +65,10 @@ pub struct Dfs {
     pub cache: ChunkCache,
     pub codec: CodecPolicy,
     pub readahead_bytes: u64,
+    /// Bound on `dirty_bytes`.
+    pub dirty_limit: usize,
+    /// Bytes in every file's write buffer together.
+    dirty_bytes: AtomicUsize,
     open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
 }
 
@@ -81,6 +88,8 @@ impl Dfs {
             cache,
             codec,
             readahead_bytes,
+            dirty_limit: DEFAULT_DIRTY_LIMIT,
+            dirty_bytes: AtomicUsize::new(0),
             open_files: Mutex::new(HashMap::new()),
         }
     }
@@ -172,6 +181,21 @@ impl Dfs {
         result
     }
 
+    fn track_dirty(&self, before: usize, after: usize) {
+        if after >= before {
+            self.dirty_bytes
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.dirty_bytes
+                .fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes buffered in all files, not yet committed.
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes.load(Ordering::Relaxed)
+    }
+
     /// Reads `[start, end)` of the file as this client sees it: committed
     /// chunks, zeros in holes, buffered writes on top.
     pub async fn read_range(
@@ -250,10 +274,14 @@ impl Dfs {
         offset: u64,
         data: &[u8],
     ) -> Result<(), DfsError> {
+        let before = st.buffer.bytes();
         st.buffer.write(offset, data);
+        self.track_dirty(before, st.buffer.bytes());
         st.size = st.size.max(offset + data.len() as u64);
         st.pending_mtime = Some(now_ns());
-        if st.buffer.bytes() >= FLUSH_THRESHOLD {
+        if st.buffer.bytes() >= FLUSH_THRESHOLD
+            || self.dirty_bytes.load(Ordering::Relaxed) >= self.dirty_limit
+        {
             self.flush(st).await?;
         }
         Ok(())
@@ -401,6 +429,7 @@ impl Dfs {
                 .collect();
             st.map.replace(r.start, r.end, new);
         }
+        self.track_dirty(st.buffer.bytes(), 0);
         st.buffer.clear();
         st.size = reply.size;
         st.committed_size = reply.size;
@@ -412,7 +441,9 @@ impl Dfs {
     pub async fn truncate(&self, st: &mut FileState, size: u64) -> Result<(), DfsError> {
         // Buffered bytes past the new end are gone; the rest is committed
         // first so the truncation below works on committed chunks only.
+        let before = st.buffer.bytes();
         st.buffer.truncate(size);
+        self.track_dirty(before, st.buffer.bytes());
         if st.size > size {
             st.size = size.max(st.committed_size);
         }
