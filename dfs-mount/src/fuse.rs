@@ -51,6 +51,12 @@ pub struct DfsFuse {
     dirs: Mutex<HashMap<u64, Arc<DirHandleState>>>,
 }
 
+/// The span every kernel request runs in: which request, on which inode,
+/// from which process.
+fn op_span(op: &'static str, req: &Request, ino: u64) -> tracing::Span {
+    tracing::debug_span!("fuse", op, req = req.unique().0, ino, pid = req.pid())
+}
+
 /// The one place a `DfsError` becomes an errno: logs at a level that
 /// matches how surprising the error is.
 fn fail(op: &'static str, ino: u64, e: &DfsError) -> Errno {
@@ -297,7 +303,8 @@ impl Filesystem for DfsFuse {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = op_span("lookup", req, parent.0).entered();
         let request = LookupRequest {
             parent: parent.0,
             name: name.as_bytes().to_vec(),
@@ -317,7 +324,8 @@ impl Filesystem for DfsFuse {
         self.reply_entry(result, "lookup", parent.0, reply);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = op_span("getattr", req, ino.0).entered();
         match self.rt.block_on(self.getattr_async(ino.0)) {
             Ok(attr) => reply.attr(&self.ttl, &to_file_attr(&attr)),
             Err(e) => reply.error(fail("getattr", ino.0, &e)),
@@ -326,7 +334,7 @@ impl Filesystem for DfsFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -342,6 +350,7 @@ impl Filesystem for DfsFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _span = op_span("setattr", req, ino.0).entered();
         let (atime_ns, atime_now) = time_ns(atime);
         let (mtime_ns, mtime_now) = time_ns(mtime);
         let request = SetAttrRequest {
@@ -360,7 +369,8 @@ impl Filesystem for DfsFuse {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = op_span("readlink", req, ino.0).entered();
         match self.rt.block_on(self.getattr_async(ino.0)) {
             Ok(attr) if attr.kind() == FileKind::Symlink => reply.data(&attr.symlink_target),
             Ok(_) => reply.error(Errno::EINVAL),
@@ -378,6 +388,7 @@ impl Filesystem for DfsFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _span = op_span("mknod", req, parent.0).entered();
         let mut request = Self::new_request(req, parent, name, kind_from_mode(mode), mode & !umask);
         request.rdev = rdev;
         let result = self.rt.block_on(self.create_async(request));
@@ -393,6 +404,7 @@ impl Filesystem for DfsFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _span = op_span("mkdir", req, parent.0).entered();
         let request = Self::new_request(req, parent, name, FileKind::Directory, mode & !umask);
         let result = self.rt.block_on(self.create_async(request));
         self.reply_entry(result, "mkdir", parent.0, reply);
@@ -406,13 +418,15 @@ impl Filesystem for DfsFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _span = op_span("symlink", req, parent.0).entered();
         let mut request = Self::new_request(req, parent, link_name, FileKind::Symlink, 0o777);
         request.symlink_target = target.as_os_str().as_bytes().to_vec();
         let result = self.rt.block_on(self.create_async(request));
         self.reply_entry(result, "symlink", parent.0, reply);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = op_span("unlink", req, parent.0).entered();
         let request = RemoveRequest {
             parent: parent.0,
             name: name.as_bytes().to_vec(),
@@ -429,7 +443,8 @@ impl Filesystem for DfsFuse {
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = op_span("rmdir", req, parent.0).entered();
         let request = RemoveRequest {
             parent: parent.0,
             name: name.as_bytes().to_vec(),
@@ -448,7 +463,7 @@ impl Filesystem for DfsFuse {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -456,6 +471,7 @@ impl Filesystem for DfsFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = op_span("rename", req, parent.0).entered();
         let request = RenameRequest {
             parent: parent.0,
             name: name.as_bytes().to_vec(),
@@ -475,7 +491,8 @@ impl Filesystem for DfsFuse {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _span = op_span("open", req, ino.0).entered();
         match self.rt.block_on(self.dfs.open(ino.0)) {
             Ok(file) => {
                 let fh = self.open_handle(ino.0, file, flags.0);
@@ -495,6 +512,7 @@ impl Filesystem for DfsFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _span = op_span("create", req, parent.0).entered();
         let request = Self::new_request(req, parent, name, FileKind::Regular, mode & !umask);
         let result = self.rt.block_on(async {
             let attr = self.create_async(request).await?;
@@ -518,7 +536,7 @@ impl Filesystem for DfsFuse {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -527,6 +545,7 @@ impl Filesystem for DfsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _span = op_span("read", req, ino.0).entered();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
             let st = handle.file.state.lock().await;
@@ -546,7 +565,7 @@ impl Filesystem for DfsFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -556,6 +575,7 @@ impl Filesystem for DfsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _span = op_span("write", req, ino.0).entered();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
             let mut st = handle.file.state.lock().await;
@@ -570,12 +590,13 @@ impl Filesystem for DfsFuse {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _span = op_span("flush", req, ino.0).entered();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
             let mut st = handle.file.state.lock().await;
@@ -589,18 +610,19 @@ impl Filesystem for DfsFuse {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.flush(_req, ino, fh, LockOwner(0), reply);
+        let _span = op_span("fsync", req, ino.0).entered();
+        self.flush(req, ino, fh, LockOwner(0), reply);
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -608,6 +630,7 @@ impl Filesystem for DfsFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = op_span("release", req, ino.0).entered();
         let handle = self.files.lock().remove(&fh.0);
         let result = match handle {
             Some(h) => self.rt.block_on(self.dfs.release(&h.file)),
@@ -619,7 +642,8 @@ impl Filesystem for DfsFuse {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = op_span("opendir", req, ino.0).entered();
         match self.rt.block_on(self.open_dir_async(ino.0, true)) {
             Ok(state) => {
                 let fh = self.fh();
@@ -632,12 +656,13 @@ impl Filesystem for DfsFuse {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _span = op_span("readdir", req, ino.0).entered();
         let Some(dir) = self.dirs.lock().get(&fh.0).cloned() else {
             reply.error(Errno::EBADF);
             return;
@@ -670,12 +695,13 @@ impl Filesystem for DfsFuse {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _span = op_span("readdirplus", req, ino.0).entered();
         let Some(dir) = self.dirs.lock().get(&fh.0).cloned() else {
             reply.error(Errno::EBADF);
             return;
@@ -734,17 +760,19 @@ impl Filesystem for DfsFuse {
 
     fn releasedir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = op_span("releasedir", req, ino.0).entered();
         self.dirs.lock().remove(&fh.0);
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _span = op_span("statfs", req, ino.0).entered();
         let result = self.rt.block_on(
             self.dfs
                 .cluster
