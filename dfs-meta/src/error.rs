@@ -61,7 +61,18 @@ impl From<MetaError> for DfsError {
                 DfsError::retryable(libc::EIO, message)
             }
             MetaError::Store(StoreError::Open(_)) => DfsError::new(libc::EIO, message),
+            // The caller cannot know whether it happened: retrying is its call
+            // (chunk-map commits are idempotent, creates are not).
+            MetaError::Store(StoreError::CommitUnknown(_)) => {
+                DfsError::retryable(libc::EIO, message)
+            }
         }
+    }
+}
+
+impl crate::store::ConflictError for MetaError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, MetaError::Store(StoreError::Conflict))
     }
 }
 

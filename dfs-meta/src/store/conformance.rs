@@ -197,6 +197,7 @@ macro_rules! conformance {
             fn make() -> (Arc<dyn MetaStore>, Option<tempfile::TempDir>) {
                 $make
             }
+
             #[test]
             fn ordering_and_range_limits() {
                 super::ordering_and_range_limits(make().0.as_ref());
@@ -250,4 +251,169 @@ fn rocksdb_persists_across_reopen() {
         Ok::<_, StoreError>(())
     })
     .expect("txn");
+}
+
+/// FoundationDB, when `FDB_CLUSTER_FILE` names a running cluster. Each test
+/// works under its own random key prefix, cleared before and after, so it
+/// never touches anything else in the cluster.
+#[cfg(feature = "fdb")]
+mod fdb_support {
+    use super::super::{KeyValues, KvTxn, MetaStore, StoreError, Transaction};
+    use std::sync::Arc;
+
+    pub struct Prefixed {
+        inner: Arc<dyn MetaStore>,
+        prefix: Vec<u8>,
+    }
+
+    impl Prefixed {
+        pub fn new(inner: Arc<dyn MetaStore>) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let mut prefix = b"dfs-conformance/".to_vec();
+            prefix.extend_from_slice(format!("{nanos}-{}/", std::process::id()).as_bytes());
+            let store = Self { inner, prefix };
+            store.wipe();
+            store
+        }
+
+        fn wipe(&self) {
+            let end = crate::keys::prefix_end(&self.prefix);
+            super::super::transact(self.inner.as_ref(), |t| {
+                t.clear_range(&self.prefix, &end);
+                Ok::<_, StoreError>(())
+            })
+            .expect("wipe test prefix");
+        }
+    }
+
+    impl Drop for Prefixed {
+        fn drop(&mut self) {
+            self.wipe();
+        }
+    }
+
+    struct PrefixedTxn<'a> {
+        inner: Box<dyn Transaction + 'a>,
+        prefix: Vec<u8>,
+    }
+
+    impl PrefixedTxn<'_> {
+        fn key(&self, k: &[u8]) -> Vec<u8> {
+            let mut out = self.prefix.clone();
+            out.extend_from_slice(k);
+            out
+        }
+    }
+
+    impl KvTxn for PrefixedTxn<'_> {
+        fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            let k = self.key(key);
+            self.inner.get(&k)
+        }
+        fn range(
+            &mut self,
+            begin: &[u8],
+            end: &[u8],
+            limit: usize,
+            reverse: bool,
+        ) -> Result<KeyValues, StoreError> {
+            let (b, e) = (self.key(begin), self.key(end));
+            let n = self.prefix.len();
+            Ok(self
+                .inner
+                .range(&b, &e, limit, reverse)?
+                .into_iter()
+                .map(|(k, v)| (k[n..].to_vec(), v))
+                .collect())
+        }
+        fn set(&mut self, key: &[u8], value: &[u8]) {
+            let k = self.key(key);
+            self.inner.set(&k, value);
+        }
+        fn clear(&mut self, key: &[u8]) {
+            let k = self.key(key);
+            self.inner.clear(&k);
+        }
+        fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+            let (b, e) = (self.key(begin), self.key(end));
+            self.inner.clear_range(&b, &e);
+        }
+        fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
+            let k = self.key(key);
+            self.inner.atomic_add(&k, delta)
+        }
+    }
+
+    impl Transaction for PrefixedTxn<'_> {
+        fn commit(self: Box<Self>) -> Result<(), StoreError> {
+            self.inner.commit()
+        }
+    }
+
+    impl MetaStore for Prefixed {
+        fn begin(&self) -> Result<Box<dyn Transaction + '_>, StoreError> {
+            Ok(Box::new(PrefixedTxn {
+                inner: self.inner.begin()?,
+                prefix: self.prefix.clone(),
+            }))
+        }
+        fn name(&self) -> &'static str {
+            "foundationdb (prefixed)"
+        }
+    }
+
+    /// The store under test, or `None` (and a note) without a cluster.
+    pub fn store() -> Option<Arc<dyn MetaStore>> {
+        let Ok(cluster_file) = std::env::var("FDB_CLUSTER_FILE") else {
+            eprintln!("FDB_CLUSTER_FILE is not set: FoundationDB conformance test not run");
+            return None;
+        };
+        let fdb = super::super::FdbStore::open(&cluster_file).expect("open FoundationDB");
+        Some(Arc::new(Prefixed::new(Arc::new(fdb))))
+    }
+}
+
+#[cfg(feature = "fdb")]
+mod foundationdb {
+    use super::*;
+
+    macro_rules! fdb_test {
+        ($name:ident, $body:expr) => {
+            #[test]
+            fn $name() {
+                let Some(store) = fdb_support::store() else {
+                    return;
+                };
+                #[allow(clippy::redundant_closure_call)]
+                ($body)(store);
+            }
+        };
+    }
+
+    fdb_test!(ordering_and_range_limits, |s: Arc<dyn MetaStore>| {
+        super::ordering_and_range_limits(s.as_ref())
+    });
+    fdb_test!(reads_see_own_writes, |s: Arc<dyn MetaStore>| {
+        super::reads_see_own_writes(s.as_ref())
+    });
+    fdb_test!(clear_range_then_write, |s: Arc<dyn MetaStore>| {
+        super::clear_range_then_write(s.as_ref())
+    });
+    fdb_test!(aborted_transaction_applies_nothing, |s: Arc<
+        dyn MetaStore,
+    >| {
+        super::aborted_transaction_applies_nothing(s.as_ref())
+    });
+    fdb_test!(atomic_add_counts, |s: Arc<dyn MetaStore>| {
+        super::atomic_add_counts(s.as_ref())
+    });
+    fdb_test!(
+        concurrent_increments_are_serializable,
+        super::concurrent_increments_are_serializable
+    );
+    fdb_test!(large_values_and_binary_keys, |s: Arc<dyn MetaStore>| {
+        super::large_values_and_binary_keys(s.as_ref())
+    });
 }

@@ -7,6 +7,8 @@
 //! that handles it. The body of a transaction may run more than once, so it
 //! must not have side effects outside the transaction.
 
+#[cfg(feature = "fdb")]
+mod fdb;
 mod mem;
 mod overlay;
 mod rocks;
@@ -14,6 +16,8 @@ mod rocks;
 #[cfg(test)]
 mod conformance;
 
+#[cfg(feature = "fdb")]
+pub use fdb::FdbStore;
 pub use mem::MemStore;
 pub use rocks::RocksStore;
 
@@ -29,6 +33,22 @@ pub enum StoreError {
     Io(String),
     #[error("cannot open metadata store: {0}")]
     Open(String),
+    /// The commit may or may not have happened (FoundationDB's
+    /// `commit_unknown_result`): retrying is only safe for idempotent work.
+    #[error("transaction outcome unknown: {0}")]
+    CommitUnknown(String),
+}
+
+/// Errors that say "run the transaction again": a conflict, whether found
+/// at commit or by a read inside the transaction body.
+pub trait ConflictError {
+    fn is_conflict(&self) -> bool;
+}
+
+impl ConflictError for StoreError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict)
+    }
 }
 
 /// Key-value pairs in key order, as range reads return them.
@@ -68,27 +88,30 @@ pub trait MetaStore: Send + Sync + 'static {
 /// How many times a conflicting transaction is retried before giving up.
 const MAX_ATTEMPTS: u32 = 50;
 
-/// Runs `body` in a transaction and commits it, retrying on conflicts with
-/// a growing backoff. An error from `body` aborts the transaction: nothing
-/// it wrote is applied.
+/// Runs `body` in a transaction and commits it, retrying on conflicts
+/// (at commit, or reported by a read in `body`) with a growing backoff. Any
+/// other error from `body` aborts the transaction: nothing it wrote is
+/// applied.
 pub fn transact<T, E>(
     store: &dyn MetaStore,
     mut body: impl FnMut(&mut dyn KvTxn) -> Result<T, E>,
 ) -> Result<T, E>
 where
-    E: From<StoreError>,
+    E: From<StoreError> + ConflictError,
 {
     let mut attempt = 0;
     loop {
         let mut txn = store.begin()?;
-        let value = body(txn.as_mut())?;
-        match txn.commit() {
-            Ok(()) => return Ok(value),
-            Err(StoreError::Conflict) if attempt + 1 < MAX_ATTEMPTS => {
+        let outcome = match body(txn.as_mut()) {
+            Ok(value) => txn.commit().map(|()| value).map_err(E::from),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Err(e) if e.is_conflict() && attempt + 1 < MAX_ATTEMPTS => {
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(u64::from(attempt.min(20))));
             }
-            Err(e) => return Err(e.into()),
+            other => return other,
         }
     }
 }
@@ -110,6 +133,9 @@ pub fn open_store(spec: &str) -> Result<std::sync::Arc<dyn MetaStore>, StoreErro
             std::path::Path::new(path),
         )?)),
         Some(("memory", _)) => Ok(std::sync::Arc::new(MemStore::default())),
+        #[cfg(feature = "fdb")]
+        Some(("fdb", cluster_file)) => Ok(std::sync::Arc::new(FdbStore::open(cluster_file)?)),
+        #[cfg(not(feature = "fdb"))]
         Some(("fdb", _)) => Err(StoreError::Open(
             "this dfs-meta was built without FoundationDB support (cargo feature `fdb`)".into(),
         )),
