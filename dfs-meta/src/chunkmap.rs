@@ -40,10 +40,22 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Removes every chunk-map entry of `ino` at or after `from`, dropping
-/// their references. Used by unlink and truncation.
-pub fn remove_from(txn: &mut dyn KvTxn, ino: u64, from: u64, now_ns: i64) -> Result<()> {
-    remove_range(txn, ino, from, u64::MAX, now_ns).map(|_| ())
+/// Chunk-map entries one transaction removes at most. Each also rewrites
+/// its dedup record (~150 bytes), so a batch stays far below
+/// FoundationDB's 10 MB and 5 s limits, and short on the embedded store.
+pub const PURGE_BATCH: usize = 1000;
+
+/// Removes up to `limit` chunk-map entries of `ino` (from the start),
+/// dropping their references. Returns true when none are left.
+pub fn purge_some(txn: &mut dyn KvTxn, ino: u64, limit: usize, now_ns: i64) -> Result<bool> {
+    let prefix = keys::chunk_prefix(ino);
+    let rows = txn.range(&prefix, &keys::prefix_end(&prefix), limit, false)?;
+    for (key, value) in &rows {
+        let rec = ChunkRefRecord::decode(value.as_slice())?;
+        decref(txn, &rec.fingerprint, now_ns)?;
+        txn.clear(key);
+    }
+    Ok(rows.len() < limit)
 }
 
 /// Removes the entries that start in `[start, end)`; returns the end of the

@@ -15,6 +15,7 @@
 //! | `U uuid` | server id (be32) |
 //! | `N name` | counter (le i64, atomic add) |
 //! | `V` | `VolumeConfig` |
+//! | `T ino(le64)` | empty: a removed file whose chunk map is still being purged |
 //!
 //! Values are protobuf messages from `dfs-proto` (`*Record`), which only
 //! change compatibly, so old stores stay readable.
@@ -27,6 +28,7 @@ pub const SERVER: u8 = b'S';
 pub const SERVER_UUID: u8 = b'U';
 pub const COUNTER: u8 = b'N';
 pub const VOLUME: u8 = b'V';
+pub const TRASH: u8 = b'T';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -89,6 +91,17 @@ pub fn server_uuid(uuid: &str) -> Vec<u8> {
     let mut k = vec![SERVER_UUID];
     k.extend_from_slice(uuid.as_bytes());
     k
+}
+
+pub fn trash(ino: u64) -> Vec<u8> {
+    let mut k = vec![TRASH];
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
+}
+
+/// The inode of a trash key, or `None` for a malformed key.
+pub fn trash_ino(key: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
 pub fn counter(name: &str) -> Vec<u8> {

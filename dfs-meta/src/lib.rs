@@ -6,6 +6,7 @@ pub mod chunkmap;
 pub mod error;
 pub mod keys;
 pub mod namespace;
+pub mod purge;
 pub mod registry;
 pub mod service;
 pub mod store;
@@ -55,6 +56,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
+    service.start_background();
     println!("dfs-meta listening on {bound}");
     tracing::info!(%bound, "metadata server up");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -180,8 +180,13 @@ fn drop_link(txn: &mut dyn KvTxn, mut inode: InodeRecord, now_ns: i64) -> Result
     let is_dir = inode.kind() == FileKind::Directory;
     inode.nlink = inode.nlink.saturating_sub(1);
     if is_dir || inode.nlink == 0 {
-        if inode.kind() == FileKind::Regular {
-            chunkmap::remove_from(txn, inode.ino, 0, now_ns)?;
+        // A small file's chunks go with it; a large one's are purged in
+        // bounded transactions afterwards (`purge`): the name and inode go
+        // now, so nobody ever sees a half-removed file.
+        if inode.kind() == FileKind::Regular
+            && !chunkmap::purge_some(txn, inode.ino, chunkmap::PURGE_BATCH, now_ns)?
+        {
+            txn.set(&keys::trash(inode.ino), &[]);
         }
         txn.clear(&keys::inode(inode.ino));
         txn.atomic_add(&keys::counter(COUNTER_INODES), -1)?;

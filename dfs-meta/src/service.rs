@@ -20,6 +20,8 @@ use crate::{chunkmap, namespace, registry};
 pub struct MetaService {
     store: Arc<dyn MetaStore>,
     liveness: Liveness,
+    /// Wakes the purge worker after a removal.
+    purge_wake: Arc<tokio::sync::Notify>,
 }
 
 impl MetaService {
@@ -36,7 +38,20 @@ impl MetaService {
             namespace::init_root(txn, now)?;
             Ok::<_, MetaError>(())
         })?;
-        Ok(Self { store, liveness })
+        Ok(Self {
+            store,
+            liveness,
+            purge_wake: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Starts the background work (purging removed files' chunk maps).
+    /// Needs a tokio runtime.
+    pub fn start_background(&self) {
+        tokio::spawn(crate::purge::purge_worker(
+            self.store.clone(),
+            self.purge_wake.clone(),
+        ));
     }
 
     pub fn into_server(self) -> MetaServer<Self> {
@@ -102,26 +117,35 @@ impl Meta for MetaService {
 
     async fn unlink(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
-        self.run("unlink", move |t, now| {
-            namespace::unlink(t, r.parent, &r.name, now).map(|_| Empty {})
-        })
-        .await
+        let reply = self
+            .run("unlink", move |t, now| {
+                namespace::unlink(t, r.parent, &r.name, now).map(|_| Empty {})
+            })
+            .await?;
+        self.purge_wake.notify_one();
+        Ok(reply)
     }
 
     async fn rmdir(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
-        self.run("rmdir", move |t, now| {
-            namespace::rmdir(t, r.parent, &r.name, now).map(|_| Empty {})
-        })
-        .await
+        let reply = self
+            .run("rmdir", move |t, now| {
+                namespace::rmdir(t, r.parent, &r.name, now).map(|_| Empty {})
+            })
+            .await?;
+        self.purge_wake.notify_one();
+        Ok(reply)
     }
 
     async fn rename(&self, r: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
-        self.run("rename", move |t, now| {
-            namespace::rename(t, &r, now).map(|_| Empty {})
-        })
-        .await
+        let reply = self
+            .run("rename", move |t, now| {
+                namespace::rename(t, &r, now).map(|_| Empty {})
+            })
+            .await?;
+        self.purge_wake.notify_one();
+        Ok(reply)
     }
 
     async fn read_dir(&self, r: Request<ReadDirRequest>) -> Result<Response<ReadDirReply>, Status> {

@@ -45,6 +45,7 @@ impl Embedded {
             })?;
         let service = MetaService::open(Arc::new(store), default_volume(1, 0), Liveness::default())
             .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
+        service.start_background();
         let meta = boxed_transport(service.into_server());
 
         let chunk_dir = root.join("chunks");

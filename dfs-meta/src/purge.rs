@@ -1,0 +1,159 @@
+//! Finishing the removal of large files: their chunk maps are purged in
+//! bounded transactions (`chunkmap::PURGE_BATCH` entries each) after the
+//! transaction that removed the name. `T ino` records what is left to do,
+//! so a restart resumes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::chunkmap::{purge_some, PURGE_BATCH};
+use crate::error::{MetaError, Result};
+use crate::keys;
+use crate::store::{transact, MetaStore};
+
+/// Purges everything pending; returns how many files were finished.
+pub fn purge_pending(store: &dyn MetaStore) -> Result<usize> {
+    let (begin, end) = keys::tag_range(keys::TRASH);
+    let mut finished = 0;
+    loop {
+        let pending = transact(store, |t| {
+            Ok::<_, MetaError>(t.range(&begin, &end, 64, false)?)
+        })?;
+        if pending.is_empty() {
+            return Ok(finished);
+        }
+        for (key, _) in pending {
+            let Some(ino) = keys::trash_ino(&key) else {
+                tracing::error!("malformed trash key; dropping it");
+                transact(store, |t| {
+                    t.clear(&key);
+                    Ok::<_, MetaError>(())
+                })?;
+                continue;
+            };
+            loop {
+                let now = dfs_core::time::now_ns();
+                let done = transact(store, |t| {
+                    let done = purge_some(t, ino, PURGE_BATCH, now)?;
+                    if done {
+                        t.clear(&key);
+                    }
+                    Ok::<_, MetaError>(done)
+                })?;
+                if done {
+                    tracing::info!(ino, "chunk map of removed file purged");
+                    finished += 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs [`purge_pending`] whenever `wake` is notified, and every few
+/// seconds (to resume work left by a restart or an error).
+pub async fn purge_worker(store: Arc<dyn MetaStore>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || purge_pending(s.as_ref())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "purging removed files failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "purge task panicked"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use crate::{chunkmap, namespace};
+    use dfs_proto::{
+        ByteRange, ChunkRecord, CommitChunksRequest, CreateRequest, FileKind, Layout, NewChunk,
+    };
+
+    fn run<T>(
+        store: &dyn MetaStore,
+        f: impl FnMut(&mut dyn crate::store::KvTxn) -> Result<T>,
+    ) -> T {
+        transact(store, f).unwrap()
+    }
+
+    #[test]
+    fn a_large_file_is_removed_at_once_and_purged_in_bounded_steps() {
+        let store = MemStore::default();
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+        let file = run(&store, |t| {
+            let req = CreateRequest {
+                parent: 1,
+                name: b"big".to_vec(),
+                kind: FileKind::Regular as i32,
+                mode: 0o644,
+                ..Default::default()
+            };
+            namespace::create(t, &req, 1)
+        });
+        let n = 2 * PURGE_BATCH + 500;
+        let chunks: Vec<NewChunk> = (0..n as u64)
+            .map(|i| {
+                let mut fp = vec![0u8; 32];
+                fp[..8].copy_from_slice(&i.to_be_bytes());
+                NewChunk {
+                    offset: i * 100,
+                    len: 100,
+                    fingerprint: fp,
+                    uploaded: Some(ChunkRecord {
+                        raw_len: 100,
+                        stored_len: 100,
+                        layout: Some(Layout {
+                            data_shards: 1,
+                            parity_shards: 0,
+                            replicas: 1,
+                        }),
+                        shard_servers: vec![1],
+                        shard_len: 100,
+                        ..Default::default()
+                    }),
+                }
+            })
+            .collect();
+        let request = CommitChunksRequest {
+            ino: file.ino,
+            replaced: vec![ByteRange {
+                start: 0,
+                end: u64::MAX,
+            }],
+            chunks,
+            new_size: n as u64 * 100,
+            mtime_ns: 1,
+        };
+        run(&store, |t| chunkmap::commit(t, &request, 1).map(|_| ()));
+        assert_eq!(run(&store, chunkmap::stats).logical_bytes, n as u64 * 100);
+
+        run(&store, |t| namespace::unlink(t, 1, b"big", 2));
+        // The name is gone at once; only the first batch was released.
+        assert!(matches!(
+            transact(&store, |t| namespace::lookup(t, 1, b"big")),
+            Err(MetaError::NotFound)
+        ));
+        let left = run(&store, chunkmap::stats).logical_bytes;
+        assert_eq!(left, (n - PURGE_BATCH) as u64 * 100);
+
+        assert_eq!(purge_pending(&store).unwrap(), 1);
+        let stats = run(&store, chunkmap::stats);
+        assert_eq!((stats.logical_bytes, stats.chunks), (0, 0));
+        let (b, e) = keys::tag_range(keys::TRASH);
+        assert!(run(&store, |t| Ok(t.range(&b, &e, 0, false)?)).is_empty());
+        let prefix = keys::chunk_prefix(file.ino);
+        assert!(run(&store, |t| Ok(t.range(
+            &prefix,
+            &keys::prefix_end(&prefix),
+            0,
+            false
+        )?))
+        .is_empty());
+        assert_eq!(purge_pending(&store).unwrap(), 0, "nothing left to do");
+    }
+}
