@@ -63,6 +63,17 @@ fn namespace_operations_on_a_cluster() {
 }
 
 #[test]
+fn a_dead_metadata_server_listed_first_is_skipped() {
+    let cluster = TestCluster::start(1, 3);
+    let source = format!("127.0.0.1:{},{}", free_port(), cluster.meta_addr());
+    let m = TestMount::start(&source, &[]);
+    let data = random_bytes(300_000, 5);
+    fs::write(m.path.join("f"), &data).expect("write");
+    fs::create_dir(m.path.join("d")).expect("mkdir");
+    assert!(fs::read(m.path.join("f")).expect("read") == data);
+}
+
+#[test]
 fn cluster_end_to_end() {
     let local = tempfile::tempdir().expect("tempdir");
     let lp = local.path();

@@ -3,7 +3,7 @@
 //! after which the caller gets EIO instead of a hang.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,9 @@ pub struct MetaRpc {
     clients: Vec<MetaClient<RpcTransport>>,
     /// How long transient failures are retried before giving up, in ms.
     retry_for_ms: Arc<AtomicU64>,
+    /// The server that answered last: calls start there, so a dead server
+    /// listed first costs one failed attempt, not one per call.
+    preferred: Arc<AtomicUsize>,
 }
 
 impl MetaRpc {
@@ -35,6 +38,7 @@ impl MetaRpc {
         Self {
             clients,
             retry_for_ms,
+            preferred: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -54,11 +58,15 @@ impl MetaRpc {
         let started = Instant::now();
         let retry_for = Duration::from_millis(self.retry_for_ms.load(Ordering::Relaxed));
         let mut delay = Duration::from_millis(20);
+        let first = self.preferred.load(Ordering::Relaxed);
         let mut attempt = 0usize;
         loop {
-            let client = self.clients[attempt % self.clients.len()].clone();
-            match f(client).await {
-                Ok(reply) => return Ok(reply.into_inner()),
+            let index = (first + attempt) % self.clients.len();
+            match f(self.clients[index].clone()).await {
+                Ok(reply) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(reply.into_inner());
+                }
                 Err(status) => {
                     let err = DfsError::from(status);
                     if !err.retryable || started.elapsed() >= retry_for {
@@ -71,10 +79,13 @@ impl MetaRpc {
                         }
                         return Err(err);
                     }
-                    tracing::debug!(op, attempt, error = %err, "retrying metadata request");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                    tracing::debug!(op, attempt, server = index, error = %err, "retrying metadata request");
                     attempt += 1;
+                    // Try the other servers at once; back off once all failed.
+                    if attempt % self.clients.len() == 0 {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
                 }
             }
         }
