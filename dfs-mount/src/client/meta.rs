@@ -82,7 +82,7 @@ impl MetaRpc {
                     tracing::debug!(op, attempt, server = index, error = %err, "retrying metadata request");
                     attempt += 1;
                     // Try the other servers at once; back off once all failed.
-                    if attempt % self.clients.len() == 0 {
+                    if attempt.is_multiple_of(self.clients.len()) {
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(1));
                     }
