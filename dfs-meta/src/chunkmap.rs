@@ -16,23 +16,18 @@ use prost::Message;
 use crate::error::{MetaError, Result};
 use crate::keys;
 use crate::namespace::{get_inode, get_record, put_inode, put_record};
-use crate::store::KvTxn;
+use crate::store::{decode_counter, KvTxn};
 
 /// Largest chunk a client may commit (FastCDC's maximum).
 pub const MAX_CHUNK_LEN: u32 = 128 * 1024;
 const FINGERPRINT_LEN: usize = 32;
 
-fn decref(txn: &mut dyn KvTxn, fingerprint: &[u8], now_ns: i64) -> Result<()> {
-    let key = keys::hash(fingerprint);
-    let Some(mut rec) = get_record::<ChunkRecord>(txn, &key)? else {
-        tracing::error!(fingerprint = %hex(fingerprint), "chunk map refers to a chunk missing from the index");
-        return Ok(());
-    };
-    rec.refcount = rec.refcount.saturating_sub(1);
-    if rec.refcount == 0 {
-        rec.zero_since_ns = now_ns;
-    }
-    put_record(txn, &key, &rec);
+/// Drops one reference, by an atomic add: no read, so concurrent writers
+/// and removers of the same chunk never conflict over the count. (Garbage
+/// collection reads the count before it marks an entry dead, and so does
+/// conflict with a concurrent increment, as it must.)
+fn decref(txn: &mut dyn KvTxn, fingerprint: &[u8]) -> Result<()> {
+    txn.atomic_add(&keys::refs(fingerprint), -1)?;
     Ok(())
 }
 
@@ -47,12 +42,12 @@ pub const PURGE_BATCH: usize = 1000;
 
 /// Removes up to `limit` chunk-map entries of `ino` (from the start),
 /// dropping their references. Returns true when none are left.
-pub fn purge_some(txn: &mut dyn KvTxn, ino: u64, limit: usize, now_ns: i64) -> Result<bool> {
+pub fn purge_some(txn: &mut dyn KvTxn, ino: u64, limit: usize) -> Result<bool> {
     let prefix = keys::chunk_prefix(ino);
     let rows = txn.range(&prefix, &keys::prefix_end(&prefix), limit, false)?;
     for (key, value) in &rows {
         let rec = ChunkRefRecord::decode(value.as_slice())?;
-        decref(txn, &rec.fingerprint, now_ns)?;
+        decref(txn, &rec.fingerprint)?;
         txn.clear(key);
     }
     Ok(rows.len() < limit)
@@ -60,13 +55,7 @@ pub fn purge_some(txn: &mut dyn KvTxn, ino: u64, limit: usize, now_ns: i64) -> R
 
 /// Removes the entries that start in `[start, end)`; returns the end of the
 /// last one removed.
-fn remove_range(
-    txn: &mut dyn KvTxn,
-    ino: u64,
-    start: u64,
-    end: u64,
-    now_ns: i64,
-) -> Result<Option<u64>> {
+fn remove_range(txn: &mut dyn KvTxn, ino: u64, start: u64, end: u64) -> Result<Option<u64>> {
     let begin = keys::chunk(ino, start);
     let stop = if end == u64::MAX {
         keys::prefix_end(&keys::chunk_prefix(ino))
@@ -77,7 +66,7 @@ fn remove_range(
     let mut last_end = None;
     for (key, value) in &rows {
         let rec = ChunkRefRecord::decode(value.as_slice())?;
-        decref(txn, &rec.fingerprint, now_ns)?;
+        decref(txn, &rec.fingerprint)?;
         let offset =
             keys::chunk_offset(key).ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
         last_end = Some(offset + u64::from(rec.len));
@@ -194,7 +183,7 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
                 }
             }
         }
-        if let Some(last_end) = remove_range(txn, req.ino, r.start, r.end, now_ns)? {
+        if let Some(last_end) = remove_range(txn, req.ino, r.start, r.end)? {
             if r.end != u64::MAX && last_end > r.end {
                 return Err(MetaError::Invalid(format!(
                     "replaced range ends at {} inside a chunk",
@@ -206,21 +195,20 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
     for c in &req.chunks {
         let key = keys::hash(&c.fingerprint);
         let existing = get_record::<ChunkRecord>(txn, &key)?;
-        let rec = match (existing, &c.uploaded) {
-            (Some(mut r), _) if r.state() == ChunkState::Live => {
-                r.refcount += 1;
-                r.zero_since_ns = 0;
-                r
+        match (existing, &c.uploaded) {
+            (Some(r), _) if r.state() == ChunkState::Live => {}
+            (_, Some(up)) => {
+                let rec = ChunkRecord {
+                    refcount: 0,
+                    state: ChunkState::Live as i32,
+                    zero_since_ns: 0,
+                    ..up.clone()
+                };
+                put_record(txn, &key, &rec);
             }
-            (_, Some(up)) => ChunkRecord {
-                refcount: 1,
-                state: ChunkState::Live as i32,
-                zero_since_ns: 0,
-                ..up.clone()
-            },
             (_, None) => return Err(MetaError::MissingChunks(vec![c.fingerprint.clone()])),
-        };
-        put_record(txn, &key, &rec);
+        }
+        txn.atomic_add(&keys::refs(&c.fingerprint), 1)?;
         put_record(
             txn,
             &keys::chunk(req.ino, c.offset),
@@ -319,18 +307,30 @@ pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
     let mut cursor = begin;
     loop {
         let rows = txn.range(&cursor, &end, 10_000, false)?;
-        let Some((last, _)) = rows.last() else { break };
+        let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) else {
+            break;
+        };
+        // The counts of this page's chunks, in one range read: `R` keys
+        // sort like `H` keys.
+        let mut refs_end = keys::refs(&last[1..]);
+        refs_end.push(0);
+        let counts: std::collections::HashMap<Vec<u8>, i64> = txn
+            .range(&keys::refs(&first[1..]), &refs_end, 0, false)?
+            .into_iter()
+            .map(|(k, v)| (k[1..].to_vec(), decode_counter(Some(&v))))
+            .collect();
         let mut next = last.clone();
         next.push(0);
-        for (_, value) in &rows {
+        for (key, value) in &rows {
             let rec = ChunkRecord::decode(value.as_slice())?;
-            if rec.refcount == 0 {
+            let refs = counts.get(&key[1..]).copied().unwrap_or(0);
+            if refs <= 0 {
                 out.unreferenced_chunks += 1;
                 out.unreferenced_bytes += u64::from(rec.raw_len);
                 continue;
             }
             out.chunks += 1;
-            out.logical_bytes += rec.refcount * u64::from(rec.raw_len);
+            out.logical_bytes += refs as u64 * u64::from(rec.raw_len);
             out.unique_bytes += u64::from(rec.raw_len);
             out.stored_bytes += u64::from(rec.stored_len);
         }

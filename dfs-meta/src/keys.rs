@@ -11,6 +11,7 @@
 //! | `C ino(le64) offset(be64)` | `ChunkRefRecord` |
 //! | `X ino(le64) name` | extended attribute value (reserved) |
 //! | `H fingerprint(32)` | `ChunkRecord` (dedup index) |
+//! | `R fingerprint(32)` | reference count (le i64, only ever atomic adds) |
 //! | `S server_id(be32)` | `ServerRecord` |
 //! | `U uuid` | server id (be32) |
 //! | `N name` | counter (le i64, atomic add) |
@@ -24,6 +25,7 @@ pub const INODE: u8 = b'I';
 pub const DIRENT: u8 = b'D';
 pub const CHUNK: u8 = b'C';
 pub const HASH: u8 = b'H';
+pub const REFS: u8 = b'R';
 pub const SERVER: u8 = b'S';
 pub const SERVER_UUID: u8 = b'U';
 pub const COUNTER: u8 = b'N';
@@ -77,6 +79,15 @@ pub fn chunk_offset(key: &[u8]) -> Option<u64> {
 pub fn hash(fingerprint: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + fingerprint.len());
     k.push(HASH);
+    k.extend_from_slice(fingerprint);
+    k
+}
+
+/// A chunk's reference count: apart from its `H` record so that writers
+/// of the same chunk change it with atomic adds and never conflict.
+pub fn refs(fingerprint: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + fingerprint.len());
+    k.push(REFS);
     k.extend_from_slice(fingerprint);
     k
 }

@@ -184,7 +184,7 @@ fn drop_link(txn: &mut dyn KvTxn, mut inode: InodeRecord, now_ns: i64) -> Result
         // bounded transactions afterwards (`purge`): the name and inode go
         // now, so nobody ever sees a half-removed file.
         if inode.kind() == FileKind::Regular
-            && !chunkmap::purge_some(txn, inode.ino, chunkmap::PURGE_BATCH, now_ns)?
+            && !chunkmap::purge_some(txn, inode.ino, chunkmap::PURGE_BATCH)?
         {
             txn.set(&keys::trash(inode.ino), &[]);
         }

@@ -32,9 +32,8 @@ pub fn purge_pending(store: &dyn MetaStore) -> Result<usize> {
                 continue;
             };
             loop {
-                let now = dfs_core::time::now_ns();
                 let done = transact(store, |t| {
-                    let done = purge_some(t, ino, PURGE_BATCH, now)?;
+                    let done = purge_some(t, ino, PURGE_BATCH)?;
                     if done {
                         t.clear(&key);
                     }
