@@ -100,14 +100,55 @@ pub fn lookup(txn: &mut dyn KvTxn, parent: u64, name: &[u8]) -> Result<InodeReco
     get_inode(txn, entry.ino)
 }
 
-fn allocate_ino(txn: &mut dyn KvTxn) -> Result<u64> {
+/// Reserves `count` inode numbers for one metadata server and returns the
+/// first. A short transaction of its own: creates then take numbers from
+/// the reserved batch without touching a shared counter (several metadata
+/// servers on FoundationDB would otherwise conflict on every create).
+pub fn reserve_inodes(txn: &mut dyn KvTxn, count: u64) -> Result<u64> {
     let key = keys::counter(COUNTER_NEXT_INO);
     let next = decode_counter(txn.get(&key)?.as_deref()).max(ROOT_INO as i64 + 1);
-    txn.set(&key, &(next + 1).to_le_bytes());
+    let end = next
+        .checked_add(i64::try_from(count).map_err(|_| MetaError::Invalid("inode batch".into()))?)
+        .ok_or_else(|| MetaError::Corrupt("inode counter overflow".into()))?;
+    txn.set(&key, &end.to_le_bytes());
     u64::try_from(next).map_err(|_| MetaError::Corrupt("inode counter is negative".into()))
 }
 
-pub fn create(txn: &mut dyn KvTxn, req: &CreateRequest, now_ns: i64) -> Result<InodeRecord> {
+/// Hands out inode numbers from batches reserved with [`reserve_inodes`].
+pub struct InodeAllocator {
+    range: parking_lot::Mutex<(u64, u64)>,
+    batch: u64,
+}
+
+impl InodeAllocator {
+    pub fn new(batch: u64) -> Self {
+        Self {
+            range: parking_lot::Mutex::new((0, 0)),
+            batch: batch.max(1),
+        }
+    }
+
+    /// The next free inode number. Blocking (it may run a transaction):
+    /// call it outside any other transaction.
+    pub fn next(&self, store: &dyn crate::store::MetaStore) -> Result<u64> {
+        let mut range = self.range.lock();
+        if range.0 >= range.1 {
+            let start = crate::store::transact(store, |t| reserve_inodes(t, self.batch))?;
+            *range = (start, start + self.batch);
+        }
+        let ino = range.0;
+        range.0 += 1;
+        Ok(ino)
+    }
+}
+
+/// Creates `req.name` in `req.parent` as inode `ino` (from an [`InodeAllocator`]).
+pub fn create(
+    txn: &mut dyn KvTxn,
+    req: &CreateRequest,
+    ino: u64,
+    now_ns: i64,
+) -> Result<InodeRecord> {
     check_name(&req.name)?;
     let mut parent = get_dir(txn, req.parent)?;
     if lookup_entry(txn, req.parent, &req.name)?.is_some() {
@@ -133,7 +174,9 @@ pub fn create(txn: &mut dyn KvTxn, req: &CreateRequest, now_ns: i64) -> Result<I
             mode |= S_ISGID;
         }
     }
-    let ino = allocate_ino(txn)?;
+    if txn.get(&keys::inode(ino))?.is_some() {
+        return Err(MetaError::Corrupt(format!("inode {ino} handed out twice")));
+    }
     let is_dir = kind == FileKind::Directory;
     let inode = InodeRecord {
         ino,
@@ -459,4 +502,27 @@ pub fn read_dir(
 
 pub fn inode_count(txn: &mut dyn KvTxn) -> Result<u64> {
     Ok(decode_counter(txn.get(&keys::counter(COUNTER_INODES))?.as_deref()).max(0) as u64)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{transact, MemStore};
+
+    #[test]
+    fn inode_allocators_of_several_servers_never_collide() {
+        let store = MemStore::default();
+        transact(&store, |t| init_root(t, 1)).unwrap();
+        let (a, b) = (InodeAllocator::new(3), InodeAllocator::new(3));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            assert!(seen.insert(a.next(&store).unwrap()));
+            assert!(seen.insert(b.next(&store).unwrap()));
+        }
+        // A restarted server (a fresh allocator) continues after every batch.
+        let c = InodeAllocator::new(3);
+        let n = c.next(&store).unwrap();
+        assert!(seen.iter().all(|&s| s < n) && !seen.contains(&ROOT_INO));
+    }
 }

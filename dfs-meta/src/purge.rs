@@ -92,7 +92,7 @@ mod tests {
                 mode: 0o644,
                 ..Default::default()
             };
-            namespace::create(t, &req, 1)
+            namespace::create(t, &req, 2, 1)
         });
         let n = 2 * PURGE_BATCH + 500;
         let chunks: Vec<NewChunk> = (0..n as u64)

@@ -16,12 +16,16 @@ use crate::registry::Liveness;
 use crate::store::{transact, KvTxn, MetaStore};
 use crate::{chunkmap, namespace, registry};
 
+/// Inode numbers a metadata server reserves at a time.
+const INODE_BATCH: u64 = 1024;
+
 #[derive(Clone)]
 pub struct MetaService {
     store: Arc<dyn MetaStore>,
     liveness: Liveness,
     /// Wakes the purge worker after a removal.
     purge_wake: Arc<tokio::sync::Notify>,
+    inodes: Arc<namespace::InodeAllocator>,
 }
 
 impl MetaService {
@@ -42,6 +46,7 @@ impl MetaService {
             store,
             liveness,
             purge_wake: Arc::new(tokio::sync::Notify::new()),
+            inodes: Arc::new(namespace::InodeAllocator::new(INODE_BATCH)),
         })
     }
 
@@ -111,7 +116,12 @@ impl Meta for MetaService {
 
     async fn create(&self, r: Request<CreateRequest>) -> Result<Response<InodeRecord>, Status> {
         let r = r.into_inner();
-        self.run("create", move |t, now| namespace::create(t, &r, now))
+        let (store, inodes) = (self.store.clone(), self.inodes.clone());
+        let ino = tokio::task::spawn_blocking(move || inodes.next(store.as_ref()))
+            .await
+            .map_err(|e| Status::internal(format!("inode allocation panicked: {e}")))?
+            .map_err(|e| Status::from(DfsError::from(e)))?;
+        self.run("create", move |t, now| namespace::create(t, &r, ino, now))
             .await
     }
 
