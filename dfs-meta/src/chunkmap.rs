@@ -234,6 +234,7 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
         }
     }
     inode.size = req.new_size;
+    inode.data_version += 1;
     let mtime = if req.mtime_ns != 0 {
         req.mtime_ns
     } else {
@@ -295,6 +296,7 @@ pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Resu
         chunks,
         more,
         size: inode.size,
+        data_version: inode.data_version,
     })
 }
 

@@ -197,6 +197,7 @@ pub fn create(
         generation: 0,
         symlink_target: req.symlink_target.clone(),
         parent: if is_dir { req.parent } else { 0 },
+        data_version: 0,
     };
     put_inode(txn, &inode);
     put_record(

@@ -128,7 +128,14 @@ mod tests {
             new_size: n as u64 * 100,
             mtime_ns: 1,
         };
-        run(&store, |t| chunkmap::commit(t, &request, 1).map(|_| ()));
+        let committed = run(&store, |t| chunkmap::commit(t, &request, 1));
+        assert_eq!(
+            committed.data_version,
+            file.data_version + 1,
+            "a commit bumps the data version"
+        );
+        let page = run(&store, |t| chunkmap::chunk_map(t, file.ino, 0, 10));
+        assert!(page.more && page.data_version == committed.data_version);
         assert_eq!(run(&store, chunkmap::stats).logical_bytes, n as u64 * 100);
 
         run(&store, |t| namespace::unlink(t, 1, b"big", 2));

@@ -98,32 +98,49 @@ impl Dfs {
         self.open_files.lock().get(&ino).cloned()
     }
 
+    /// The whole chunk map, read in pages. Pages are separate transactions:
+    /// if the file's data version changes between them (a commit landed),
+    /// the read starts over, so the map is never a mix of two versions.
     async fn fetch_chunk_map(&self, ino: u64) -> Result<(ChunkMap, u64), DfsError> {
-        let mut map = ChunkMap::default();
-        let mut from = 0u64;
-        loop {
-            let reply = self
-                .cluster
-                .meta
-                .call("chunk_map", |mut c| async move {
-                    c.get_chunk_map(ChunkMapRequest {
-                        ino,
-                        from_offset: from,
-                        limit: 10_000,
+        const ATTEMPTS: usize = 20;
+        'attempt: for _ in 0..ATTEMPTS {
+            let mut map = ChunkMap::default();
+            let mut from = 0u64;
+            let mut version = None;
+            loop {
+                let reply = self
+                    .cluster
+                    .meta
+                    .call("chunk_map", |mut c| async move {
+                        c.get_chunk_map(ChunkMapRequest {
+                            ino,
+                            from_offset: from,
+                            limit: 10_000,
+                        })
+                        .await
                     })
-                    .await
-                })
-                .await?;
-            let size = reply.size;
-            let more = reply.more;
-            for c in reply.chunks {
-                from = c.offset + u64::from(c.len);
-                map.chunks.insert(c.offset, c);
-            }
-            if !more {
-                return Ok((map, size));
+                    .await?;
+                if *version.get_or_insert(reply.data_version) != reply.data_version {
+                    tracing::debug!(
+                        ino,
+                        "file changed while its chunk map was read; reading again"
+                    );
+                    continue 'attempt;
+                }
+                let (size, more) = (reply.size, reply.more);
+                for c in reply.chunks {
+                    from = c.offset + u64::from(c.len);
+                    map.chunks.insert(c.offset, c);
+                }
+                if !more {
+                    return Ok((map, size));
+                }
             }
         }
+        Err(DfsError::retryable(
+            libc::EAGAIN,
+            format!("inode {ino} keeps changing while its chunk map is read"),
+        ))
     }
 
     /// Opens `ino` for I/O: the first open loads the chunk map (close-to-open
