@@ -43,38 +43,49 @@ pub const PURGE_BATCH: usize = 1000;
 /// Removes up to `limit` chunk-map entries of `ino` (from the start),
 /// dropping their references. Returns true when none are left.
 pub fn purge_some(txn: &mut dyn KvTxn, ino: u64, limit: usize) -> Result<bool> {
-    let prefix = keys::chunk_prefix(ino);
-    let rows = txn.range(&prefix, &keys::prefix_end(&prefix), limit, false)?;
-    for (key, value) in &rows {
-        let rec = ChunkRefRecord::decode(value.as_slice())?;
-        decref(txn, &rec.fingerprint)?;
-        txn.clear(key);
-    }
-    Ok(rows.len() < limit)
+    Ok(!remove_range(txn, ino, 0, u64::MAX, limit)?.1)
 }
 
-/// Removes the entries that start in `[start, end)`; returns the end of the
-/// last one removed.
-fn remove_range(txn: &mut dyn KvTxn, ino: u64, start: u64, end: u64) -> Result<Option<u64>> {
+/// Removes the entries that start in `[start, end)`, at most `limit` of
+/// them (0: all); returns the end of the last one removed and whether any
+/// were left over.
+fn remove_range(
+    txn: &mut dyn KvTxn,
+    ino: u64,
+    start: u64,
+    end: u64,
+    limit: usize,
+) -> Result<(Option<u64>, bool)> {
     let begin = keys::chunk(ino, start);
     let stop = if end == u64::MAX {
         keys::prefix_end(&keys::chunk_prefix(ino))
     } else {
         keys::chunk(ino, end)
     };
-    let rows = txn.range(&begin, &stop, 0, false)?;
+    let rows = txn.range(&begin, &stop, if limit == 0 { 0 } else { limit + 1 }, false)?;
+    let left_over = limit != 0 && rows.len() > limit;
     let mut last_end = None;
-    for (key, value) in &rows {
+    for (key, value) in rows.iter().take(if left_over { limit } else { rows.len() }) {
         let rec = ChunkRefRecord::decode(value.as_slice())?;
         decref(txn, &rec.fingerprint)?;
+        txn.clear(key);
         let offset =
             keys::chunk_offset(key).ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
         last_end = Some(offset + u64::from(rec.len));
     }
-    if !rows.is_empty() {
-        txn.clear_range(&begin, &stop);
+    Ok((last_end, left_over))
+}
+
+/// One bounded step of releasing what a file no longer uses: the entries
+/// at or past its size (all of them once the inode is gone). Clears the
+/// file's trash marker when nothing is left; returns true then.
+pub fn purge_tail_step(txn: &mut dyn KvTxn, ino: u64, limit: usize) -> Result<bool> {
+    let from = get_record::<InodeRecord>(txn, &keys::inode(ino))?.map_or(0, |i| i.size);
+    let (_, left_over) = remove_range(txn, ino, from, u64::MAX, limit)?;
+    if !left_over {
+        txn.clear(&keys::trash(ino));
     }
-    Ok(last_end)
+    Ok(!left_over)
 }
 
 /// Checks a commit request before it touches anything, so a malformed
@@ -165,6 +176,19 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
         missing.dedup();
         return Err(MetaError::MissingChunks(missing));
     }
+    // Entries past the size are dead (a truncation is still releasing
+    // them): before the file grows over them they must be gone, or they
+    // would reappear inside what must read as a hole.
+    if req.new_size > inode.size && txn.get(&keys::trash(req.ino))?.is_some() {
+        let (_, left_over) = remove_range(txn, req.ino, inode.size, u64::MAX, PURGE_BATCH)?;
+        if left_over {
+            return Err(MetaError::Busy(
+                "a truncation of this file is still being cleaned up".into(),
+            ));
+        }
+        txn.clear(&keys::trash(req.ino));
+    }
+    let mut tail_left = false;
     for r in &req.replaced {
         // A chunk starting before the range must end at or before it, or the
         // replacement would overlap it.
@@ -183,7 +207,16 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
                 }
             }
         }
-        if let Some(last_end) = remove_range(txn, req.ino, r.start, r.end)? {
+        // An open-ended range (a truncation) releases a bounded number of
+        // entries now and leaves the rest, past the new size and so
+        // invisible, to the purge worker.
+        let limit = if r.end == u64::MAX { PURGE_BATCH } else { 0 };
+        let (last_end, left_over) = remove_range(txn, req.ino, r.start, r.end, limit)?;
+        if left_over {
+            tail_left = true;
+            txn.set(&keys::trash(req.ino), &[]);
+        }
+        if let Some(last_end) = last_end {
             if r.end != u64::MAX && last_end > r.end {
                 return Err(MetaError::Invalid(format!(
                     "replaced range ends at {} inside a chunk",
@@ -218,11 +251,12 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
             },
         );
     }
-    // Chunks past a shrinking size are gone with the tail.
-    if req.new_size < inode.size {
+    // Chunks between the new and the old size must go with the tail (or be
+    // left, past the size, to the purge worker).
+    if req.new_size < inode.size && !tail_left {
         let doomed = txn.range(
             &keys::chunk(req.ino, req.new_size),
-            &keys::prefix_end(&keys::chunk_prefix(req.ino)),
+            &keys::chunk(req.ino, inode.size),
             1,
             false,
         )?;
@@ -271,7 +305,9 @@ pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Resu
             begin = k.clone();
         }
     }
-    let rows = txn.range(&begin, &keys::prefix_end(&prefix), limit + 1, false)?;
+    // Entries at or past the size are dead (a truncation still releasing
+    // them): a live chunk always ends by the size.
+    let rows = txn.range(&begin, &keys::chunk(ino, inode.size), limit + 1, false)?;
     let more = rows.len() > limit;
     let mut chunks = Vec::with_capacity(rows.len().min(limit));
     for (key, value) in rows.into_iter().take(limit) {

@@ -28,6 +28,9 @@ pub enum MetaError {
     Invalid(String),
     #[error("operation not permitted: {0}")]
     NotPermitted(String),
+    /// Background work on this object must finish first; retry shortly.
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("{} chunks are not in the dedup index", .0.len())]
     MissingChunks(Vec<Vec<u8>>),
     #[error("corrupt metadata record: {0}")]
@@ -48,6 +51,7 @@ impl From<MetaError> for DfsError {
             MetaError::NameTooLong => DfsError::new(libc::ENAMETOOLONG, message),
             MetaError::Invalid(_) => DfsError::new(libc::EINVAL, message),
             MetaError::NotPermitted(_) => DfsError::new(libc::EPERM, message),
+            MetaError::Busy(_) => DfsError::retryable(libc::EAGAIN, message),
             MetaError::MissingChunks(missing) => {
                 let mut err = DfsError::new(libc::EAGAIN, message);
                 err.missing_chunks = missing;

@@ -1,12 +1,14 @@
-//! Finishing the removal of large files: their chunk maps are purged in
-//! bounded transactions (`chunkmap::PURGE_BATCH` entries each) after the
-//! transaction that removed the name. `T ino` records what is left to do,
-//! so a restart resumes it.
+//! Finishing the removal of large files and the truncation of large tails:
+//! their chunk-map entries are released in bounded transactions
+//! (`chunkmap::PURGE_BATCH` entries each) after the transaction that
+//! removed the name or cut the size. `T ino` records what is left to do, so
+//! a restart resumes it; entries at or past a file's size are never
+//! visible to readers meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::chunkmap::{purge_some, PURGE_BATCH};
+use crate::chunkmap::{purge_tail_step, PURGE_BATCH};
 use crate::error::{MetaError, Result};
 use crate::keys;
 use crate::store::{transact, MetaStore};
@@ -32,13 +34,7 @@ pub fn purge_pending(store: &dyn MetaStore) -> Result<usize> {
                 continue;
             };
             loop {
-                let done = transact(store, |t| {
-                    let done = purge_some(t, ino, PURGE_BATCH)?;
-                    if done {
-                        t.clear(&key);
-                    }
-                    Ok::<_, MetaError>(done)
-                })?;
+                let done = transact(store, |t| purge_tail_step(t, ino, PURGE_BATCH))?;
                 if done {
                     tracing::info!(ino, "chunk map of removed file purged");
                     finished += 1;
@@ -161,5 +157,107 @@ mod tests {
         )?))
         .is_empty());
         assert_eq!(purge_pending(&store).unwrap(), 0, "nothing left to do");
+    }
+
+    fn big_file(store: &MemStore, n: usize) -> u64 {
+        run(store, |t| namespace::init_root(t, 1).map(|_| ()));
+        let req = CreateRequest {
+            parent: 1,
+            name: b"big".to_vec(),
+            kind: FileKind::Regular as i32,
+            mode: 0o644,
+            ..Default::default()
+        };
+        let file = run(store, |t| namespace::create(t, &req, 2, 1));
+        let chunks = (0..n as u64).map(|i| chunk(i * 100, 100, i)).collect();
+        let request = CommitChunksRequest {
+            ino: file.ino,
+            replaced: vec![ByteRange {
+                start: 0,
+                end: u64::MAX,
+            }],
+            chunks,
+            new_size: n as u64 * 100,
+            mtime_ns: 1,
+        };
+        run(store, |t| chunkmap::commit(t, &request, 1).map(|_| ()));
+        file.ino
+    }
+
+    fn chunk(offset: u64, len: u32, id: u64) -> NewChunk {
+        let mut fp = vec![1u8; 32];
+        fp[..8].copy_from_slice(&id.to_be_bytes());
+        NewChunk {
+            offset,
+            len,
+            fingerprint: fp,
+            uploaded: Some(ChunkRecord {
+                raw_len: len,
+                stored_len: len,
+                layout: Some(Layout {
+                    data_shards: 1,
+                    parity_shards: 0,
+                    replicas: 1,
+                }),
+                shard_servers: vec![1],
+                shard_len: len,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_huge_truncation_is_bounded_invisible_and_blocks_growth_until_purged() {
+        let store = MemStore::default();
+        let n = 3 * PURGE_BATCH;
+        let ino = big_file(&store, n);
+        // Truncate to 150 bytes: chunk 1 is cut to 50 bytes by the client.
+        let cut = CommitChunksRequest {
+            ino,
+            replaced: vec![ByteRange {
+                start: 100,
+                end: u64::MAX,
+            }],
+            chunks: vec![chunk(100, 50, 1_000_000)],
+            new_size: 150,
+            mtime_ns: 2,
+        };
+        let inode = run(&store, |t| chunkmap::commit(t, &cut, 2));
+        assert_eq!(inode.size, 150);
+        // Readers see exactly the two live chunks, never the dead tail.
+        let map = run(&store, |t| chunkmap::chunk_map(t, ino, 0, 10_000));
+        assert_eq!(
+            map.chunks
+                .iter()
+                .map(|c| (c.offset, c.len))
+                .collect::<Vec<_>>(),
+            vec![(0, 100), (100, 50)]
+        );
+        assert!(!map.more);
+        // Growing over the dead tail must wait while much of it is left.
+        let grow = CommitChunksRequest {
+            ino,
+            replaced: vec![],
+            chunks: vec![],
+            new_size: 1_000_000,
+            mtime_ns: 3,
+        };
+        assert!(matches!(
+            transact(&store, |t| chunkmap::commit(t, &grow, 3)),
+            Err(MetaError::Busy(_))
+        ));
+        assert_eq!(purge_pending(&store).unwrap(), 1);
+        // Now it grows, and the hole has no stale entries in it.
+        assert_eq!(
+            run(&store, |t| chunkmap::commit(t, &grow, 3)).size,
+            1_000_000
+        );
+        let map = run(&store, |t| chunkmap::chunk_map(t, ino, 0, 10_000));
+        assert_eq!(map.chunks.len(), 2);
+        let stats = run(&store, chunkmap::stats);
+        assert_eq!(
+            stats.logical_bytes, 150,
+            "only the live chunks are referenced"
+        );
     }
 }
