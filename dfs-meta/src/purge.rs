@@ -79,59 +79,12 @@ mod tests {
     #[test]
     fn a_large_file_is_removed_at_once_and_purged_in_bounded_steps() {
         let store = MemStore::default();
-        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
-        let file = run(&store, |t| {
-            let req = CreateRequest {
-                parent: 1,
-                name: b"big".to_vec(),
-                kind: FileKind::Regular as i32,
-                mode: 0o644,
-                ..Default::default()
-            };
-            namespace::create(t, &req, 2, 1)
-        });
         let n = 2 * PURGE_BATCH + 500;
-        let chunks: Vec<NewChunk> = (0..n as u64)
-            .map(|i| {
-                let mut fp = vec![0u8; 32];
-                fp[..8].copy_from_slice(&i.to_be_bytes());
-                NewChunk {
-                    offset: i * 100,
-                    len: 100,
-                    fingerprint: fp,
-                    uploaded: Some(ChunkRecord {
-                        raw_len: 100,
-                        stored_len: 100,
-                        layout: Some(Layout {
-                            data_shards: 1,
-                            parity_shards: 0,
-                            replicas: 1,
-                        }),
-                        shard_servers: vec![1],
-                        shard_len: 100,
-                        ..Default::default()
-                    }),
-                }
-            })
-            .collect();
-        let request = CommitChunksRequest {
-            ino: file.ino,
-            replaced: vec![ByteRange {
-                start: 0,
-                end: u64::MAX,
-            }],
-            chunks,
-            new_size: n as u64 * 100,
-            mtime_ns: 1,
-        };
-        let committed = run(&store, |t| chunkmap::commit(t, &request, 1));
-        assert_eq!(
-            committed.data_version,
-            file.data_version + 1,
-            "a commit bumps the data version"
-        );
-        let page = run(&store, |t| chunkmap::chunk_map(t, file.ino, 0, 10));
-        assert!(page.more && page.data_version == committed.data_version);
+        let ino = big_file(&store, n);
+        let file = run(&store, |t| namespace::get_inode(t, ino));
+        assert_eq!(file.data_version, 1, "a commit bumps the data version");
+        let page = run(&store, |t| chunkmap::chunk_map(t, ino, 0, 10));
+        assert!(page.more && page.data_version == file.data_version);
         assert_eq!(run(&store, chunkmap::stats).logical_bytes, n as u64 * 100);
 
         run(&store, |t| namespace::unlink(t, 1, b"big", 2));
@@ -148,7 +101,7 @@ mod tests {
         assert_eq!((stats.logical_bytes, stats.chunks), (0, 0));
         let (b, e) = keys::tag_range(keys::TRASH);
         assert!(run(&store, |t| Ok(t.range(&b, &e, 0, false)?)).is_empty());
-        let prefix = keys::chunk_prefix(file.ino);
+        let prefix = keys::chunk_prefix(ino);
         assert!(run(&store, |t| Ok(t.range(
             &prefix,
             &keys::prefix_end(&prefix),
