@@ -68,6 +68,7 @@ mod tests {
     use dfs_proto::{
         ByteRange, ChunkRecord, CommitChunksRequest, CreateRequest, FileKind, Layout, NewChunk,
     };
+    use std::sync::Arc;
 
     fn run<T>(
         store: &dyn MetaStore,
@@ -211,6 +212,61 @@ mod tests {
         assert_eq!(
             stats.logical_bytes, 150,
             "only the live chunks are referenced"
+        );
+    }
+
+    /// FoundationDB refuses transactions that write more than 10 MB: the
+    /// largest ones the shared code makes must stay far below.
+    #[test]
+    fn largest_transactions_stay_far_under_foundationdbs_limit() {
+        const FDB_LIMIT: usize = 10_000_000;
+        let store = crate::store::measure::Measured::new(Arc::new(MemStore::default()));
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+        let req = CreateRequest {
+            parent: 1,
+            name: b"f".to_vec(),
+            kind: FileKind::Regular as i32,
+            mode: 0o644,
+            ..Default::default()
+        };
+        let file = run(&store, |t| namespace::create(t, &req, 2, 1));
+        // The biggest flush: a 64 MiB write buffer cut into minimum-size
+        // (32 KiB) chunks, all new, each on 9 servers, replacing as many.
+        let n: u64 = 64 * 1024 / 32;
+        let wide = |i: u64, id: u64| {
+            let mut c = chunk(i * 32 * 1024, 32 * 1024, id);
+            if let Some(up) = c.uploaded.as_mut() {
+                up.layout = Some(Layout {
+                    data_shards: 6,
+                    parity_shards: 3,
+                    replicas: 0,
+                });
+                up.shard_servers = (1..=9).collect();
+            }
+            c
+        };
+        for round in 0..2u64 {
+            let request = CommitChunksRequest {
+                ino: file.ino,
+                replaced: vec![ByteRange {
+                    start: 0,
+                    end: n * 32 * 1024,
+                }],
+                chunks: (0..n).map(|i| wide(i, round * n + i)).collect(),
+                new_size: n * 32 * 1024,
+                mtime_ns: 2,
+            };
+            run(&store, |t| chunkmap::commit(t, &request, 2).map(|_| ()));
+        }
+        let commit_bytes = store.largest();
+        // Removing it (one purge batch inline, the rest by the worker).
+        run(&store, |t| namespace::unlink(t, 1, b"f", 3));
+        purge_pending(&store).unwrap();
+        let largest = store.largest();
+        eprintln!("figures: largest flush commit writes {commit_bytes} bytes; largest transaction overall {largest} bytes");
+        assert!(
+            largest * 10 < FDB_LIMIT,
+            "a transaction wrote {largest} bytes"
         );
     }
 }

@@ -15,6 +15,8 @@ mod rocks;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+pub mod measure;
 
 #[cfg(feature = "fdb")]
 pub use fdb::FdbStore;
