@@ -6,15 +6,15 @@ use std::ops::Bound;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::overlay::{Base, Overlay, Pending};
-use super::{KeyValues, KvTxn, MetaStore, StoreError, Transaction};
+use super::overlay::{Base, Overlay, OverlayTxn, Pending};
+use super::{KeyValues, MetaStore, StoreError, Transaction};
 
 #[derive(Default)]
 pub struct MemStore {
     data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
-struct MemBase<'a>(MutexGuard<'a, BTreeMap<Vec<u8>, Vec<u8>>>);
+pub struct MemBase<'a>(MutexGuard<'a, BTreeMap<Vec<u8>, Vec<u8>>>);
 
 impl Base for MemBase<'_> {
     fn base_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -49,41 +49,11 @@ impl Base for MemBase<'_> {
     }
 }
 
-pub struct MemTxn<'a> {
-    base: MemBase<'a>,
-    overlay: Overlay,
-}
-
-impl KvTxn for MemTxn<'_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.overlay.get(&self.base, key)
-    }
-    fn range(
-        &mut self,
-        begin: &[u8],
-        end: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<KeyValues, StoreError> {
-        self.overlay.range(&self.base, begin, end, limit, reverse)
-    }
-    fn set(&mut self, key: &[u8], value: &[u8]) {
-        self.overlay.set(key, value);
-    }
-    fn clear(&mut self, key: &[u8]) {
-        self.overlay.clear(key);
-    }
-    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
-        self.overlay.clear_range(begin, end);
-    }
-    fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
-        self.overlay.atomic_add(&self.base, key, delta)
-    }
-}
+pub type MemTxn<'a> = OverlayTxn<MemBase<'a>>;
 
 impl Transaction for MemTxn<'_> {
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        let MemTxn { mut base, overlay } = *self;
+        let OverlayTxn { mut base, overlay } = *self;
         for (b, e) in &overlay.cleared {
             let doomed: Vec<Vec<u8>> = base
                 .0
@@ -110,7 +80,7 @@ impl Transaction for MemTxn<'_> {
 
 impl MetaStore for MemStore {
     fn begin(&self) -> Result<Box<dyn Transaction + '_>, StoreError> {
-        Ok(Box::new(MemTxn {
+        Ok(Box::new(OverlayTxn {
             base: MemBase(self.data.lock()),
             overlay: Overlay::default(),
         }))

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::{decode_counter, KeyValues, StoreError};
+use super::{decode_counter, KeyValues, KvTxn, StoreError};
 
 /// What a key read from the base should be replaced with.
 #[derive(Clone, Debug)]
@@ -137,5 +137,40 @@ impl Overlay {
         let current = decode_counter(self.get(base, key)?.as_deref());
         self.set(key, &current.wrapping_add(delta).to_le_bytes());
         Ok(())
+    }
+}
+
+/// A transaction of a backend that serializes transactions with a lock:
+/// reads go to `base` (which nobody else changes meanwhile) overlaid with
+/// the transaction's own writes. Backends add only their commit.
+pub struct OverlayTxn<B: Base> {
+    pub base: B,
+    pub overlay: Overlay,
+}
+
+impl<B: Base> KvTxn for OverlayTxn<B> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.overlay.get(&self.base, key)
+    }
+    fn range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<KeyValues, StoreError> {
+        self.overlay.range(&self.base, begin, end, limit, reverse)
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.overlay.set(key, value);
+    }
+    fn clear(&mut self, key: &[u8]) {
+        self.overlay.clear(key);
+    }
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+        self.overlay.clear_range(begin, end);
+    }
+    fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
+        self.overlay.atomic_add(&self.base, key, delta)
     }
 }

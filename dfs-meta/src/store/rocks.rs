@@ -10,8 +10,8 @@ use std::path::Path;
 use parking_lot::{Mutex, MutexGuard};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
-use super::overlay::{Base, Overlay, Pending};
-use super::{KeyValues, KvTxn, MetaStore, StoreError, Transaction};
+use super::overlay::{Base, Overlay, OverlayTxn, Pending};
+use super::{KeyValues, MetaStore, StoreError, Transaction};
 
 pub struct RocksStore {
     db: DB,
@@ -39,8 +39,10 @@ fn io(e: rocksdb::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-struct RocksBase<'a> {
+/// The live database, while this transaction holds the store's lock.
+pub struct RocksBase<'a> {
     db: &'a DB,
+    _guard: MutexGuard<'a, ()>,
 }
 
 impl Base for RocksBase<'_> {
@@ -91,38 +93,7 @@ impl Base for RocksBase<'_> {
     }
 }
 
-pub struct RocksTxn<'a> {
-    base: RocksBase<'a>,
-    overlay: Overlay,
-    _guard: MutexGuard<'a, ()>,
-}
-
-impl KvTxn for RocksTxn<'_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.overlay.get(&self.base, key)
-    }
-    fn range(
-        &mut self,
-        begin: &[u8],
-        end: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<KeyValues, StoreError> {
-        self.overlay.range(&self.base, begin, end, limit, reverse)
-    }
-    fn set(&mut self, key: &[u8], value: &[u8]) {
-        self.overlay.set(key, value);
-    }
-    fn clear(&mut self, key: &[u8]) {
-        self.overlay.clear(key);
-    }
-    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
-        self.overlay.clear_range(begin, end);
-    }
-    fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
-        self.overlay.atomic_add(&self.base, key, delta)
-    }
-}
+pub type RocksTxn<'a> = OverlayTxn<RocksBase<'a>>;
 
 impl Transaction for RocksTxn<'_> {
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
@@ -149,10 +120,12 @@ impl Transaction for RocksTxn<'_> {
 impl MetaStore for RocksStore {
     fn begin(&self) -> Result<Box<dyn Transaction + '_>, StoreError> {
         let guard = self.lock.lock();
-        Ok(Box::new(RocksTxn {
-            base: RocksBase { db: &self.db },
+        Ok(Box::new(OverlayTxn {
+            base: RocksBase {
+                db: &self.db,
+                _guard: guard,
+            },
             overlay: Overlay::default(),
-            _guard: guard,
         }))
     }
     fn name(&self) -> &'static str {
