@@ -179,7 +179,12 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
     // Entries past the size are dead (a truncation is still releasing
     // them): before the file grows over them they must be gone, or they
     // would reappear inside what must read as a hole.
-    if req.new_size > inode.size && txn.get(&keys::trash(req.ino))?.is_some() {
+    let new_size = if req.truncate {
+        req.new_size
+    } else {
+        req.new_size.max(inode.size)
+    };
+    if new_size > inode.size && txn.get(&keys::trash(req.ino))?.is_some() {
         let (_, left_over) = remove_range(txn, req.ino, inode.size, u64::MAX, PURGE_BATCH)?;
         if left_over {
             return Err(MetaError::Busy(
@@ -253,9 +258,9 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
     }
     // Chunks between the new and the old size must go with the tail (or be
     // left, past the size, to the purge worker).
-    if req.new_size < inode.size && !tail_left {
+    if new_size < inode.size && !tail_left {
         let doomed = txn.range(
-            &keys::chunk(req.ino, req.new_size),
+            &keys::chunk(req.ino, new_size),
             &keys::chunk(req.ino, inode.size),
             1,
             false,
@@ -263,11 +268,30 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
         if !doomed.is_empty() {
             return Err(MetaError::Invalid(format!(
                 "chunks remain past the new size {}; replace them in the same commit",
-                req.new_size
+                new_size
             )));
         }
     }
-    inode.size = req.new_size;
+    if new_size < inode.size {
+        // No chunk may straddle the new end: its tail would reappear if the
+        // file grew again.
+        let before = txn.range(
+            &keys::chunk(req.ino, 0),
+            &keys::chunk(req.ino, new_size),
+            1,
+            true,
+        )?;
+        if let Some((k, v)) = before.first() {
+            let off =
+                keys::chunk_offset(k).ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
+            if off + u64::from(ChunkRefRecord::decode(v.as_slice())?.len) > new_size {
+                return Err(MetaError::Invalid(format!(
+                    "a chunk straddles the new size {new_size}"
+                )));
+            }
+        }
+    }
+    inode.size = new_size;
     inode.data_version += 1;
     let mtime = if req.mtime_ns != 0 {
         req.mtime_ns

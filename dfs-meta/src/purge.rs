@@ -133,6 +133,7 @@ mod tests {
             chunks,
             new_size: n as u64 * 100,
             mtime_ns: 1,
+            truncate: false,
         };
         run(store, |t| chunkmap::commit(t, &request, 1).map(|_| ()));
         file.ino
@@ -175,6 +176,7 @@ mod tests {
             chunks: vec![chunk(100, 50, 1_000_000)],
             new_size: 150,
             mtime_ns: 2,
+            truncate: true,
         };
         let inode = run(&store, |t| chunkmap::commit(t, &cut, 2));
         assert_eq!(inode.size, 150);
@@ -195,6 +197,7 @@ mod tests {
             chunks: vec![],
             new_size: 1_000_000,
             mtime_ns: 3,
+            truncate: false,
         };
         assert!(matches!(
             transact(&store, |t| chunkmap::commit(t, &grow, 3)),
@@ -255,6 +258,7 @@ mod tests {
                 chunks: (0..n).map(|i| wide(i, round * n + i)).collect(),
                 new_size: n * 32 * 1024,
                 mtime_ns: 2,
+                truncate: false,
             };
             run(&store, |t| chunkmap::commit(t, &request, 2).map(|_| ()));
         }

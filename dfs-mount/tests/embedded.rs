@@ -91,3 +91,26 @@ fn many_files_written_at_once_respect_the_write_buffer_limit() {
         );
     }
 }
+
+#[test]
+fn writes_around_a_huge_hole_store_only_the_written_bytes() {
+    use std::os::unix::fs::FileExt;
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &[]);
+    let path = m.path.join("sparse");
+    let f = fs::File::create(&path).expect("create");
+    let (a, b) = (random_bytes(4096, 1), random_bytes(4096, 2));
+    f.write_all_at(&a, 0).expect("write at 0");
+    f.write_all_at(&b, 10 << 30).expect("write at 10 GiB");
+    drop(f); // re-cutting the 10 GiB hole would run out of memory here
+    let f = fs::File::open(&path).expect("open");
+    assert_eq!(f.metadata().expect("stat").len(), (10 << 30) + 4096);
+    let mut buf = vec![0u8; 4096];
+    f.read_exact_at(&mut buf, 0).expect("read");
+    assert!(buf == a);
+    f.read_exact_at(&mut buf, 10 << 30).expect("read");
+    assert!(buf == b);
+    f.read_exact_at(&mut buf, 5 << 30).expect("read hole");
+    assert!(buf.iter().all(|&x| x == 0));
+}

@@ -164,6 +164,12 @@ impl ChunkMap {
         }
     }
 
+    /// True when an old chunk contains `offset` (not in a hole, not past
+    /// the end).
+    pub fn covers(&self, offset: u64) -> bool {
+        matches!(self.chunks.range(..=offset).next_back(), Some((&s, c)) if s + u64::from(c.len) > offset)
+    }
+
     /// True when an old chunk starts exactly at `offset`: re-chunking that
     /// reaches it can stop, everything after is unchanged.
     pub fn is_boundary(&self, offset: u64) -> bool {

@@ -319,9 +319,11 @@ impl Dfs {
         let mut replaced: Vec<ByteRange> = Vec::new();
         let mut raw: Vec<RawChunk> = Vec::new();
         let mut i = 0;
+        let mut previous_end = 0;
         while i < ranges.len() {
             let (dirty_start, mut dirty_end) = ranges[i];
-            let start = st.map.region_start(dirty_start);
+            // Never re-cut what the previous region already covered.
+            let start = st.map.region_start(dirty_start).max(previous_end);
             let mut pos = start;
             'region: loop {
                 let window_end = new_size.min(pos + CHUNK_WINDOW + u64::from(chunker::MAX_CHUNK));
@@ -344,7 +346,12 @@ impl Dfs {
                         i += 1;
                         dirty_end = dirty_end.max(ranges[i].1);
                     }
-                    if pos >= new_size || (pos >= dirty_end && st.map.is_boundary(pos)) {
+                    // Stop past the dirty bytes at an old boundary, or in a
+                    // hole / past the old data: nothing old to re-align with,
+                    // and re-cutting a hole would store all its zeros.
+                    if pos >= new_size
+                        || (pos >= dirty_end && (st.map.is_boundary(pos) || !st.map.covers(pos)))
+                    {
                         break 'region;
                     }
                 }
@@ -353,12 +360,13 @@ impl Dfs {
                 start,
                 end: pos.max(start + 1),
             });
+            previous_end = pos;
             i += 1;
             while i < ranges.len() && ranges[i].1 <= pos {
                 i += 1;
             }
         }
-        self.commit(st, replaced, raw, new_size).await
+        self.commit(st, replaced, raw, new_size, false).await
     }
 
     async fn commit(
@@ -367,9 +375,10 @@ impl Dfs {
         replaced: Vec<ByteRange>,
         raw: Vec<RawChunk>,
         new_size: u64,
+        truncate: bool,
     ) -> Result<(), DfsError> {
         let span = tracing::debug_span!("flush", ino = st.ino, chunks = raw.len(), size = new_size);
-        self.commit_inner(st, replaced, raw, new_size)
+        self.commit_inner(st, replaced, raw, new_size, truncate)
             .instrument(span)
             .await
     }
@@ -380,6 +389,7 @@ impl Dfs {
         replaced: Vec<ByteRange>,
         raw: Vec<RawChunk>,
         new_size: u64,
+        truncate: bool,
     ) -> Result<(), DfsError> {
         let mut stored = self.cluster.store_chunks(self.codec, raw).await?;
         let mtime_ns = st.pending_mtime.unwrap_or_else(now_ns);
@@ -403,6 +413,7 @@ impl Dfs {
                     .collect(),
                 new_size,
                 mtime_ns,
+                truncate,
             };
             let result = self
                 .cluster
@@ -488,7 +499,12 @@ impl Dfs {
         }
         st.pending_mtime = Some(now_ns());
         st.size = size;
-        self.commit(st, replaced, raw, size).await
+        let result = self.commit(st, replaced, raw, size, true).await;
+        if result.is_err() {
+            // Not truncated after all: keep the size that is committed.
+            st.size = st.committed_size;
+        }
+        result
     }
 
     pub async fn read_dir_all(&self, ino: u64, plus: bool) -> Result<Vec<DirEntry>, DfsError> {
