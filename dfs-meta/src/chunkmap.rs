@@ -178,20 +178,20 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
     }
     // Entries past the size are dead (a truncation is still releasing
     // them): before the file grows over them they must be gone, or they
-    // would reappear inside what must read as a hole.
+    // would reappear inside what must read as a hole. Only those the file
+    // grows over: the rest stay past the size for the purge worker.
     let new_size = if req.truncate {
         req.new_size
     } else {
         req.new_size.max(inode.size)
     };
     if new_size > inode.size && txn.get(&keys::trash(req.ino))?.is_some() {
-        let (_, left_over) = remove_range(txn, req.ino, inode.size, u64::MAX, PURGE_BATCH)?;
+        let (_, left_over) = remove_range(txn, req.ino, inode.size, new_size, PURGE_BATCH)?;
         if left_over {
             return Err(MetaError::Busy(
                 "a truncation of this file is still being cleaned up".into(),
             ));
         }
-        txn.clear(&keys::trash(req.ino));
     }
     let mut tail_left = false;
     for r in &req.replaced {

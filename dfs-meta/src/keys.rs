@@ -17,6 +17,7 @@
 //! | `N name` | counter (le i64, atomic add) |
 //! | `V` | `VolumeConfig` |
 //! | `T ino(le64)` | empty: a removed file whose chunk map is still being purged |
+//! | `O ino(le64)` | time (le i64 ns): an unlinked inode kept while a client has it open |
 //!
 //! Values are protobuf messages from `dfs-proto` (`*Record`), which only
 //! change compatibly, so old stores stay readable.
@@ -31,6 +32,7 @@ pub const SERVER_UUID: u8 = b'U';
 pub const COUNTER: u8 = b'N';
 pub const VOLUME: u8 = b'V';
 pub const TRASH: u8 = b'T';
+pub const UNLINKED_OPEN: u8 = b'O';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -113,6 +115,14 @@ pub fn trash(ino: u64) -> Vec<u8> {
 /// The inode of a trash key, or `None` for a malformed key.
 pub fn trash_ino(key: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+/// Marks an inode without links that a client keeps open.
+pub fn unlinked_open(ino: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(UNLINKED_OPEN);
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
 }
 
 pub fn counter(name: &str) -> Vec<u8> {

@@ -14,8 +14,7 @@ use crate::store::{decode_counter, KvTxn};
 pub const ROOT_INO: u64 = 1;
 /// Longest name one directory entry may have, as on Linux.
 pub const NAME_MAX: usize = 255;
-pub const RENAME_NOREPLACE: u32 = 1;
-pub const RENAME_EXCHANGE: u32 = 2;
+pub use dfs_proto::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 
 const S_ISGID: u32 = 0o2000;
 const COUNTER_NEXT_INO: &str = "next_ino";
@@ -219,26 +218,59 @@ pub fn create(
 }
 
 /// Drops one link to `inode`; when none is left the inode and its chunk
-/// map go, and the chunks' reference counts drop with them.
-fn drop_link(txn: &mut dyn KvTxn, mut inode: InodeRecord, now_ns: i64) -> Result<()> {
+/// map go, and the chunks' reference counts drop with them, unless the
+/// caller keeps it open (`keep_ino`): then it stays, without links, until
+/// [`forget_unlinked`].
+fn drop_link(
+    txn: &mut dyn KvTxn,
+    mut inode: InodeRecord,
+    keep_ino: u64,
+    now_ns: i64,
+) -> Result<()> {
     let is_dir = inode.kind() == FileKind::Directory;
     inode.nlink = inode.nlink.saturating_sub(1);
+    inode.ctime_ns = now_ns;
+    if !is_dir && inode.nlink == 0 && keep_ino == inode.ino {
+        txn.set(&keys::unlinked_open(inode.ino), &now_ns.to_le_bytes());
+        put_inode(txn, &inode);
+        return Ok(());
+    }
     if is_dir || inode.nlink == 0 {
-        // A small file's chunks go with it; a large one's are purged in
-        // bounded transactions afterwards (`purge`): the name and inode go
-        // now, so nobody ever sees a half-removed file.
-        if inode.kind() == FileKind::Regular
-            && !chunkmap::purge_some(txn, inode.ino, chunkmap::PURGE_BATCH)?
-        {
-            txn.set(&keys::trash(inode.ino), &[]);
-        }
-        txn.clear(&keys::inode(inode.ino));
-        txn.atomic_add(&keys::counter(COUNTER_INODES), -1)?;
+        remove_inode(txn, &inode)?;
     } else {
-        inode.ctime_ns = now_ns;
         put_inode(txn, &inode);
     }
     Ok(())
+}
+
+/// Removes an inode that has no links left.
+fn remove_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) -> Result<()> {
+    // A small file's chunks go with it; a large one's are purged in
+    // bounded transactions afterwards (`purge`): the name and inode go
+    // now, so nobody ever sees a half-removed file.
+    if inode.kind() == FileKind::Regular
+        && !chunkmap::purge_some(txn, inode.ino, chunkmap::PURGE_BATCH)?
+    {
+        txn.set(&keys::trash(inode.ino), &[]);
+    }
+    txn.clear(&keys::inode(inode.ino));
+    txn.atomic_add(&keys::counter(COUNTER_INODES), -1)?;
+    Ok(())
+}
+
+/// Removes an inode kept by an unlink or rename while a client had it
+/// open, now that the client closed it. Repeating it, or calling it for an
+/// inode with links, changes nothing.
+pub fn forget_unlinked(txn: &mut dyn KvTxn, ino: u64) -> Result<()> {
+    let marker = keys::unlinked_open(ino);
+    if txn.get(&marker)?.is_none() {
+        return Ok(());
+    }
+    txn.clear(&marker);
+    match get_record::<InodeRecord>(txn, &keys::inode(ino))? {
+        Some(inode) if inode.nlink == 0 => remove_inode(txn, &inode),
+        _ => Ok(()),
+    }
 }
 
 fn dir_is_empty(txn: &mut dyn KvTxn, ino: u64) -> Result<bool> {
@@ -248,7 +280,13 @@ fn dir_is_empty(txn: &mut dyn KvTxn, ino: u64) -> Result<bool> {
         .is_empty())
 }
 
-pub fn unlink(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) -> Result<()> {
+pub fn unlink(
+    txn: &mut dyn KvTxn,
+    parent_ino: u64,
+    name: &[u8],
+    keep_ino: u64,
+    now_ns: i64,
+) -> Result<()> {
     let mut parent = get_dir(txn, parent_ino)?;
     let entry = lookup_entry(txn, parent_ino, name)?.ok_or(MetaError::NotFound)?;
     let inode = get_inode(txn, entry.ino)?;
@@ -256,7 +294,7 @@ pub fn unlink(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) ->
         return Err(MetaError::IsDir);
     }
     txn.clear(&keys::dirent(parent_ino, name));
-    drop_link(txn, inode, now_ns)?;
+    drop_link(txn, inode, keep_ino, now_ns)?;
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
     put_inode(txn, &parent);
@@ -280,7 +318,7 @@ pub fn rmdir(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) -> 
         return Err(MetaError::NotEmpty);
     }
     txn.clear(&keys::dirent(parent_ino, name));
-    drop_link(txn, inode, now_ns)?;
+    drop_link(txn, inode, 0, now_ns)?;
     parent.nlink = parent.nlink.saturating_sub(1);
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
@@ -394,7 +432,7 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<(
             // The replaced directory's `..` no longer counts for new_parent.
             adjust_dir(txn, req.new_parent, -1, now_ns)?;
         }
-        drop_link(txn, dst, now_ns)?;
+        drop_link(txn, dst, req.keep_ino, now_ns)?;
     }
     txn.clear(&keys::dirent(req.parent, &req.name));
     put_record(

@@ -88,7 +88,7 @@ mod tests {
         assert!(page.more && page.data_version == file.data_version);
         assert_eq!(run(&store, chunkmap::stats).logical_bytes, n as u64 * 100);
 
-        run(&store, |t| namespace::unlink(t, 1, b"big", 2));
+        run(&store, |t| namespace::unlink(t, 1, b"big", 0, 2));
         // The name is gone at once; only the first batch was released.
         assert!(matches!(
             transact(&store, |t| namespace::lookup(t, 1, b"big")),
@@ -115,14 +115,18 @@ mod tests {
 
     fn big_file(store: &MemStore, n: usize) -> u64 {
         run(store, |t| namespace::init_root(t, 1).map(|_| ()));
+        big_file_named(store, b"big", 2, n)
+    }
+
+    fn big_file_named(store: &MemStore, name: &[u8], ino: u64, n: usize) -> u64 {
         let req = CreateRequest {
             parent: 1,
-            name: b"big".to_vec(),
+            name: name.to_vec(),
             kind: FileKind::Regular as i32,
             mode: 0o644,
             ..Default::default()
         };
-        let file = run(store, |t| namespace::create(t, &req, 2, 1));
+        let file = run(store, |t| namespace::create(t, &req, ino, 1));
         let chunks = (0..n as u64).map(|i| chunk(i * 100, 100, i)).collect();
         let request = CommitChunksRequest {
             ino: file.ino,
@@ -162,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_truncation_is_bounded_invisible_and_blocks_growth_until_purged() {
+    fn a_huge_truncation_is_bounded_invisible_and_only_large_growth_waits() {
         let store = MemStore::default();
         let n = 3 * PURGE_BATCH;
         let ino = big_file(&store, n);
@@ -190,7 +194,23 @@ mod tests {
             vec![(0, 100), (100, 50)]
         );
         assert!(!map.more);
-        // Growing over the dead tail must wait while much of it is left.
+        // Growing a little clears only the dead entries it grows over, at
+        // once; the rest stay dead past the new size.
+        let grow_a_little = CommitChunksRequest {
+            ino,
+            replaced: vec![],
+            chunks: vec![],
+            new_size: 1_150,
+            mtime_ns: 3,
+            truncate: false,
+        };
+        assert_eq!(
+            run(&store, |t| chunkmap::commit(t, &grow_a_little, 3)).size,
+            1_150
+        );
+        let map = run(&store, |t| chunkmap::chunk_map(t, ino, 0, 10_000));
+        assert_eq!(map.chunks.len(), 2, "the grown part is a hole");
+        // Growing over much of the dead tail must wait for the worker.
         let grow = CommitChunksRequest {
             ino,
             replaced: vec![],
@@ -216,6 +236,46 @@ mod tests {
             stats.logical_bytes, 150,
             "only the live chunks are referenced"
         );
+    }
+
+    #[test]
+    fn an_unlinked_file_kept_open_lives_until_forgotten() {
+        let store = MemStore::default();
+        let ino = big_file(&store, 10);
+        // Unlinked while the client has it open: no name, no links, but the
+        // inode and its data stay, and commits to it still work.
+        run(&store, |t| namespace::unlink(t, 1, b"big", ino, 2));
+        assert!(matches!(
+            transact(&store, |t| namespace::lookup(t, 1, b"big")),
+            Err(MetaError::NotFound)
+        ));
+        let kept = run(&store, |t| namespace::get_inode(t, ino));
+        assert_eq!((kept.nlink, kept.size), (0, 1_000));
+        let append = CommitChunksRequest {
+            ino,
+            replaced: vec![ByteRange {
+                start: 1_000,
+                end: 1_100,
+            }],
+            chunks: vec![chunk(1_000, 100, 77)],
+            new_size: 1_100,
+            mtime_ns: 3,
+            truncate: false,
+        };
+        assert_eq!(run(&store, |t| chunkmap::commit(t, &append, 3)).size, 1_100);
+        assert_eq!(run(&store, chunkmap::stats).logical_bytes, 1_100);
+        // The last close forgets it: everything goes, and again is a no-op.
+        run(&store, |t| namespace::forget_unlinked(t, ino));
+        run(&store, |t| namespace::forget_unlinked(t, ino));
+        assert!(matches!(
+            transact(&store, |t| namespace::get_inode(t, ino)),
+            Err(MetaError::NotFound)
+        ));
+        assert_eq!(run(&store, chunkmap::stats).logical_bytes, 0);
+        // Forgetting a linked inode (never kept) leaves it alone.
+        let other = big_file_named(&store, b"other", 3, 1);
+        run(&store, |t| namespace::forget_unlinked(t, other));
+        assert_eq!(run(&store, |t| namespace::get_inode(t, other)).nlink, 1);
     }
 
     /// FoundationDB refuses transactions that write more than 10 MB: the
@@ -264,7 +324,7 @@ mod tests {
         }
         let commit_bytes = store.largest();
         // Removing it (one purge batch inline, the rest by the worker).
-        run(&store, |t| namespace::unlink(t, 1, b"f", 3));
+        run(&store, |t| namespace::unlink(t, 1, b"f", 0, 3));
         purge_pending(&store).unwrap();
         let largest = store.largest();
         eprintln!("figures: largest flush commit writes {commit_bytes} bytes; largest transaction overall {largest} bytes");

@@ -129,7 +129,18 @@ impl Meta for MetaService {
         let r = r.into_inner();
         let reply = self
             .run("unlink", move |t, now| {
-                namespace::unlink(t, r.parent, &r.name, now).map(|_| Empty {})
+                namespace::unlink(t, r.parent, &r.name, r.keep_ino, now).map(|_| Empty {})
+            })
+            .await?;
+        self.purge_wake.notify_one();
+        Ok(reply)
+    }
+
+    async fn forget_unlinked(&self, r: Request<InoRequest>) -> Result<Response<Empty>, Status> {
+        let ino = r.into_inner().ino;
+        let reply = self
+            .run("forget_unlinked", move |t, _| {
+                namespace::forget_unlinked(t, ino).map(|_| Empty {})
             })
             .await?;
         self.purge_wake.notify_one();
@@ -217,9 +228,16 @@ impl Meta for MetaService {
     ) -> Result<Response<InodeRecord>, Status> {
         let r = r.into_inner();
         let span = tracing::debug_span!("commit", ino = r.ino, chunks = r.chunks.len());
-        self.run("commit", move |t, now| chunkmap::commit(t, &r, now))
+        let truncate = r.truncate;
+        let reply = self
+            .run("commit", move |t, now| chunkmap::commit(t, &r, now))
             .instrument(span)
-            .await
+            .await?;
+        if truncate {
+            // A large cut leaves its tail to the purge worker.
+            self.purge_wake.notify_one();
+        }
+        Ok(reply)
     }
 
     async fn get_chunk_map(

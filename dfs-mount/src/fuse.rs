@@ -427,18 +427,9 @@ impl Filesystem for DfsFuse {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = op_span("unlink", req, parent.0).entered();
-        let request = RemoveRequest {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
-        };
-        let result = self
-            .rt
-            .block_on(self.dfs.cluster.meta.call("unlink", |mut c| {
-                let request = request.clone();
-                async move { c.unlink(request).await }
-            }));
+        let result = self.rt.block_on(self.dfs.unlink(parent.0, name.as_bytes()));
         match result {
-            Ok(Empty {}) => reply.ok(),
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("unlink", parent.0, &e)),
         }
     }
@@ -448,6 +439,7 @@ impl Filesystem for DfsFuse {
         let request = RemoveRequest {
             parent: parent.0,
             name: name.as_bytes().to_vec(),
+            keep_ino: 0,
         };
         let result = self
             .rt
@@ -478,15 +470,11 @@ impl Filesystem for DfsFuse {
             new_parent: newparent.0,
             new_name: newname.as_bytes().to_vec(),
             flags: flags.bits(),
+            keep_ino: 0,
         };
-        let result = self
-            .rt
-            .block_on(self.dfs.cluster.meta.call("rename", |mut c| {
-                let request = request.clone();
-                async move { c.rename(request).await }
-            }));
+        let result = self.rt.block_on(self.dfs.rename(request));
         match result {
-            Ok(Empty {}) => reply.ok(),
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("rename", parent.0, &e)),
         }
     }

@@ -125,12 +125,14 @@ pub async fn connect(
     // From here on, ride out restarts of the metadata server for longer.
     cluster.meta.set_retry_for(req.options.retry_for);
     let cache = ChunkCache::new(req.options.cache_bytes);
-    let dfs = Arc::new(Dfs::new(
+    let mut dfs = Dfs::new(
         cluster,
         cache,
         req.options.codec,
         req.options.readahead_bytes,
-    ));
+    );
+    dfs.dirty_limit = usize::try_from(req.options.write_buffer_bytes).unwrap_or(usize::MAX);
+    let dfs = Arc::new(dfs);
     Ok((dfs, embedded))
 }
 

@@ -305,6 +305,9 @@ mod tests {
         async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
             unimplemented()
         }
+        async fn forget_unlinked(&self, _: Request<InoRequest>) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
         async fn read_dir(
             &self,
             _: Request<ReadDirRequest>,

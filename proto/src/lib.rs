@@ -12,3 +12,6 @@ pub use v1::*;
 
 /// Largest message either side accepts: a batch of shards for one server.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// `RenameRequest::flags`, with Linux's values.
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;

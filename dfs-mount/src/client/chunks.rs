@@ -11,6 +11,31 @@ use tracing::Instrument;
 
 use super::Cluster;
 
+/// Shard bytes in one `PutShards` request: far under the message limit
+/// (`dfs_proto::MAX_MESSAGE_BYTES`) whatever one flush sends one server,
+/// and small enough that a server is not asked to hold much at once.
+const PUT_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+/// Splits `shards` into consecutive groups of at most `limit` bytes (a
+/// larger shard goes alone).
+fn split_by_bytes(shards: Vec<Shard>, limit: usize) -> Vec<Vec<Shard>> {
+    let mut groups: Vec<Vec<Shard>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for shard in shards {
+        if !current.is_empty() && bytes + shard.data.len() > limit {
+            groups.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += shard.data.len();
+        current.push(shard);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
 /// Shards bound for one server.
 #[derive(Default)]
 pub struct ServerBatch {
@@ -26,11 +51,11 @@ impl Cluster {
                 tracing::debug_span!("put_shards", server_id = id, shards = batch.shards.len());
             let result = async {
                 let mut conn = self.server(id).await?.client;
-                conn.put_shards(PutShardsRequest {
-                    shards: batch.shards,
-                })
-                .await
-                .map_err(DfsError::from)?;
+                for shards in split_by_bytes(batch.shards, PUT_REQUEST_BYTES) {
+                    conn.put_shards(PutShardsRequest { shards })
+                        .await
+                        .map_err(DfsError::from)?;
+                }
                 Ok::<_, DfsError>(())
             }
             .instrument(span)
@@ -59,5 +84,31 @@ impl Cluster {
             .await
             .map_err(DfsError::from)?;
         Ok(reply.into_inner().data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(len: usize) -> Shard {
+        Shard {
+            fingerprint: vec![0; 32],
+            index: 0,
+            data: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn batches_split_by_bytes_in_order() {
+        let sizes = |groups: &[Vec<Shard>]| -> Vec<Vec<usize>> {
+            groups
+                .iter()
+                .map(|g| g.iter().map(|s| s.data.len()).collect())
+                .collect()
+        };
+        let groups = split_by_bytes(vec![shard(4), shard(4), shard(3), shard(9), shard(1)], 8);
+        assert_eq!(sizes(&groups), vec![vec![4, 4], vec![3], vec![9], vec![1]]);
+        assert!(split_by_bytes(Vec::new(), 8).is_empty());
     }
 }

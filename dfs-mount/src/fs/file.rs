@@ -121,6 +121,27 @@ impl WriteBuffer {
         }
     }
 
+    /// Drops everything before `offset` (committed by a partial flush),
+    /// keeping the part of an extent that reaches past it.
+    pub fn drain_before(&mut self, offset: u64) {
+        if offset == u64::MAX {
+            self.clear();
+            return;
+        }
+        let doomed: Vec<u64> = self.extents.range(..offset).map(|(&s, _)| s).collect();
+        for s in doomed {
+            if let Some(mut v) = self.extents.remove(&s) {
+                self.bytes -= v.len();
+                let end = s + v.len() as u64;
+                if end > offset {
+                    let rest = v.split_off((offset - s) as usize);
+                    self.bytes += rest.len();
+                    self.extents.insert(offset, rest);
+                }
+            }
+        }
+    }
+
     pub fn clear(&mut self) {
         self.extents.clear();
         self.bytes = 0;
@@ -221,6 +242,21 @@ mod tests {
         b.truncate(5);
         assert_eq!(b.ranges(), vec![(0, 5)]);
         assert_eq!(b.bytes(), 5);
+    }
+
+    #[test]
+    fn drain_before_splits_the_extent_it_cuts() {
+        let mut b = WriteBuffer::default();
+        b.write(0, b"abcd");
+        b.write(10, b"0123456789");
+        b.drain_before(14);
+        assert_eq!(b.ranges(), vec![(14, 20)]);
+        assert_eq!(b.bytes(), 6);
+        let mut out = vec![b'.'; 8];
+        b.overlay(13, &mut out);
+        assert_eq!(&out, b".456789.");
+        b.drain_before(u64::MAX);
+        assert!(b.is_empty() && b.bytes() == 0);
     }
 
     #[test]

@@ -29,8 +29,16 @@ use file::{ChunkMap, WriteBuffer};
 /// Bytes of one re-chunking window: large enough that most cut points in
 /// it are final, small enough to bound memory per flushing file.
 const CHUNK_WINDOW: u64 = 8 * 1024 * 1024;
-/// A file's write buffer is flushed once it holds this much.
+/// A file's write buffer is flushed before it would hold more than this.
 pub const FLUSH_THRESHOLD: usize = 64 * 1024 * 1024;
+/// Bytes of re-cut chunks one flush stores and commits at a time: scattered
+/// small writes re-cut far more than they wrote (whole chunks around each),
+/// so a flush goes in groups of this size, each its own commit, to bound
+/// memory, upload messages and transaction size.
+const FLUSH_GROUP_BYTES: usize = 64 * 1024 * 1024;
+/// `FileState::data_version` when this client cannot tell which version
+/// its chunk map is (another client committed concurrently).
+const VERSION_UNKNOWN: u64 = u64::MAX;
 /// Default bound on buffered bytes over all files: past it, each write
 /// flushes its own file, so many files written at once cannot exhaust memory.
 pub const DEFAULT_DIRTY_LIMIT: usize = 256 * 1024 * 1024;
@@ -50,8 +58,51 @@ pub struct FileState {
     pub buffer: WriteBuffer,
     pub pending_mtime: Option<i64>,
     /// Set when the metadata server no longer knows the inode (unlinked
-    /// while open): data stays readable through the open handles.
+    /// by another client while open here): data stays readable through
+    /// the open handles, and later writes stay in memory.
     pub orphaned: bool,
+    /// Set once the chunk map has been read; until then the state is a
+    /// placeholder that the first opener fills in, under the state lock.
+    pub loaded: bool,
+    /// The inode's data version that `map` reflects.
+    pub data_version: u64,
+    /// Unlinked by this client while open: the metadata server keeps the
+    /// inode (no name, no links) until the last close here forgets it.
+    pub unlinked_kept: bool,
+}
+
+impl FileState {
+    fn placeholder(ino: u64) -> Self {
+        Self {
+            ino,
+            size: 0,
+            committed_size: 0,
+            map: ChunkMap::default(),
+            buffer: WriteBuffer::default(),
+            pending_mtime: None,
+            orphaned: false,
+            loaded: false,
+            data_version: VERSION_UNKNOWN,
+            unlinked_kept: false,
+        }
+    }
+
+    /// Nothing buffered, no size or time change waiting for a commit.
+    pub fn is_clean(&self) -> bool {
+        self.buffer.is_empty() && self.size == self.committed_size && self.pending_mtime.is_none()
+    }
+}
+
+/// Chunks re-cut for one commit of a flush.
+#[derive(Default)]
+struct CutGroup {
+    replaced: Vec<ByteRange>,
+    raw: Vec<RawChunk>,
+    bytes: usize,
+    /// Everything dirty before this offset is in the group.
+    end: u64,
+    /// False when the group stopped at its byte budget with dirty bytes left.
+    finished: bool,
 }
 
 pub struct OpenFile {
@@ -101,7 +152,7 @@ impl Dfs {
     /// The whole chunk map, read in pages. Pages are separate transactions:
     /// if the file's data version changes between them (a commit landed),
     /// the read starts over, so the map is never a mix of two versions.
-    async fn fetch_chunk_map(&self, ino: u64) -> Result<(ChunkMap, u64), DfsError> {
+    async fn fetch_chunk_map(&self, ino: u64) -> Result<(ChunkMap, u64, u64), DfsError> {
         const ATTEMPTS: usize = 20;
         'attempt: for _ in 0..ATTEMPTS {
             let mut map = ChunkMap::default();
@@ -133,7 +184,7 @@ impl Dfs {
                     map.chunks.insert(c.offset, c);
                 }
                 if !more {
-                    return Ok((map, size));
+                    return Ok((map, size, reply.data_version));
                 }
             }
         }
@@ -143,59 +194,196 @@ impl Dfs {
         ))
     }
 
-    /// Opens `ino` for I/O: the first open loads the chunk map (close-to-open
-    /// consistency), later ones share the state and its buffered writes.
+    /// Opens `ino` for I/O. All handles of one inode on this client share
+    /// one state (and its buffered writes). The entry is registered before
+    /// the chunk map is read, and read under its lock, so an open racing a
+    /// last close either shares the closing state (already flushed) or
+    /// starts after it is gone; never from a map older than that close's
+    /// commit. A shared state with nothing buffered is re-read when another
+    /// client committed since (close-to-open consistency).
     pub async fn open(&self, ino: u64) -> Result<Arc<OpenFile>, DfsError> {
-        // Open counts change only under the map's lock, so a last release
-        // and a new open never leave two states for one inode.
-        if let Some(of) = self.share_open(ino) {
-            return Ok(of);
+        let of = {
+            let mut files = self.open_files.lock();
+            let of = files
+                .entry(ino)
+                .or_insert_with(|| {
+                    Arc::new(OpenFile {
+                        ino,
+                        state: tokio::sync::Mutex::new(FileState::placeholder(ino)),
+                        opens: AtomicU64::new(0),
+                    })
+                })
+                .clone();
+            // Open counts change only under the map's lock.
+            of.opens.fetch_add(1, Ordering::SeqCst);
+            of
+        };
+        let result = {
+            let mut st = of.state.lock().await;
+            self.refresh(&mut st).await
+        };
+        if let Err(e) = result {
+            self.drop_open(&of).await;
+            return Err(e);
         }
-        let (map, size) = self.fetch_chunk_map(ino).await?;
-        let fresh = Arc::new(OpenFile {
-            ino,
-            state: tokio::sync::Mutex::new(FileState {
+        Ok(of)
+    }
+
+    /// Loads the chunk map into a placeholder, or reloads a clean shared
+    /// state whose inode changed since.
+    async fn refresh(&self, st: &mut FileState) -> Result<(), DfsError> {
+        if st.loaded {
+            if !st.is_clean() || st.orphaned {
+                // Our own pending writes are what this client must see.
+                return Ok(());
+            }
+            let ino = st.ino;
+            let attr = self
+                .cluster
+                .meta
+                .call("getattr", |mut c| async move {
+                    c.get_attr(dfs_proto::InoRequest { ino }).await
+                })
+                .await?;
+            if attr.data_version == st.data_version {
+                return Ok(());
+            }
+            tracing::debug!(
                 ino,
-                size,
-                committed_size: size,
-                map,
-                buffer: WriteBuffer::default(),
-                pending_mtime: None,
-                orphaned: false,
-            }),
-            opens: AtomicU64::new(1),
-        });
-        let mut files = self.open_files.lock();
-        // Another thread may have opened it meanwhile: share theirs.
-        if let Some(existing) = files.get(&ino) {
-            existing.opens.fetch_add(1, Ordering::SeqCst);
-            return Ok(existing.clone());
+                "file changed on another client; reloading its chunk map"
+            );
         }
-        files.insert(ino, fresh.clone());
-        Ok(fresh)
+        let (map, size, version) = self.fetch_chunk_map(st.ino).await?;
+        st.map = map;
+        st.size = size;
+        st.committed_size = size;
+        st.data_version = version;
+        st.loaded = true;
+        Ok(())
     }
 
-    fn share_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
-        let files = self.open_files.lock();
-        let of = files.get(&ino)?;
-        of.opens.fetch_add(1, Ordering::SeqCst);
-        Some(of.clone())
-    }
-
-    /// Called on the last close of a handle: flushes and forgets the state
-    /// when nobody has the file open any more.
+    /// Called on the last close of a handle: flushes, and forgets the
+    /// state when nobody has the file open any more.
     pub async fn release(&self, of: &Arc<OpenFile>) -> Result<(), DfsError> {
         let result = {
             let mut st = of.state.lock().await;
             self.flush(&mut st).await
         };
-        let mut files = self.open_files.lock();
-        if of.opens.fetch_sub(1, Ordering::SeqCst) == 1
-            && files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, of))
-        {
-            files.remove(&of.ino);
-        }
+        self.drop_open(of).await;
         result
+    }
+
+    /// Drops one open of `of`; the last one removes the state. Bytes still
+    /// buffered then (a flush that failed, a file unlinked elsewhere) are
+    /// gone with it and leave the dirty count, and an inode this client
+    /// kept alive after unlinking it is released.
+    async fn drop_open(&self, of: &Arc<OpenFile>) {
+        let last = {
+            let mut files = self.open_files.lock();
+            let last = of.opens.fetch_sub(1, Ordering::SeqCst) == 1;
+            if last && files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, of)) {
+                files.remove(&of.ino);
+            }
+            last
+        };
+        if !last {
+            return;
+        }
+        let mut st = of.state.lock().await;
+        if !st.buffer.is_empty() {
+            tracing::warn!(
+                ino = st.ino,
+                bytes = st.buffer.bytes(),
+                orphaned = st.orphaned,
+                "last close drops bytes that were never committed"
+            );
+        }
+        self.track_dirty(st.buffer.bytes(), 0);
+        st.buffer.clear();
+        if std::mem::take(&mut st.unlinked_kept) {
+            let ino = st.ino;
+            let result = self
+                .cluster
+                .meta
+                .call("forget", |mut c| async move {
+                    c.forget_unlinked(dfs_proto::InoRequest { ino }).await
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(ino, error = %e, "cannot release an unlinked file's inode");
+            }
+        }
+    }
+
+    /// The inode `name` in `parent` names, if this client has it open:
+    /// removing its last link must then keep the inode until the last
+    /// close, as a local file system does. Costs a lookup only while this
+    /// client has files open.
+    async fn open_inode_named(&self, parent: u64, name: &[u8]) -> u64 {
+        if self.open_files.lock().is_empty() {
+            return 0;
+        }
+        let request = dfs_proto::LookupRequest {
+            parent,
+            name: name.to_vec(),
+        };
+        let found = self
+            .cluster
+            .meta
+            .call("lookup", |mut c| {
+                let request = request.clone();
+                async move { c.lookup(request).await }
+            })
+            .await;
+        match found {
+            Ok(attr) if self.open_files.lock().contains_key(&attr.ino) => attr.ino,
+            _ => 0,
+        }
+    }
+
+    /// Records that the metadata server keeps `ino` for our open handles.
+    async fn mark_unlinked_kept(&self, ino: u64) {
+        if ino == 0 {
+            return;
+        }
+        if let Some(of) = self.open_file(ino) {
+            of.state.lock().await.unlinked_kept = true;
+        }
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), DfsError> {
+        let keep_ino = self.open_inode_named(parent, name).await;
+        let request = dfs_proto::RemoveRequest {
+            parent,
+            name: name.to_vec(),
+            keep_ino,
+        };
+        self.cluster
+            .meta
+            .call("unlink", |mut c| {
+                let request = request.clone();
+                async move { c.unlink(request).await }
+            })
+            .await?;
+        self.mark_unlinked_kept(keep_ino).await;
+        Ok(())
+    }
+
+    pub async fn rename(&self, mut request: dfs_proto::RenameRequest) -> Result<(), DfsError> {
+        request.keep_ino = self
+            .open_inode_named(request.new_parent, &request.new_name)
+            .await;
+        self.cluster
+            .meta
+            .call("rename", |mut c| {
+                let request = request.clone();
+                async move { c.rename(request).await }
+            })
+            .await?;
+        if request.flags & dfs_proto::RENAME_EXCHANGE == 0 {
+            self.mark_unlinked_kept(request.keep_ino).await;
+        }
+        Ok(())
     }
 
     fn track_dirty(&self, before: usize, after: usize) {
@@ -206,6 +394,12 @@ impl Dfs {
             self.dirty_bytes
                 .fetch_sub(before - after, Ordering::Relaxed);
         }
+    }
+
+    /// Bytes of re-cut chunks one commit of a flush holds: a small write
+    /// buffer (`write_buffer=`) asks for little memory, so groups shrink too.
+    fn group_bytes(&self) -> usize {
+        FLUSH_GROUP_BYTES.min(self.dirty_limit.max(1))
     }
 
     /// Bytes buffered in all files, not yet committed.
@@ -285,41 +479,66 @@ impl Dfs {
         }
     }
 
+    /// Buffers a write. When the buffer (or all buffers together) would
+    /// pass its bound, what is buffered is committed first; if that fails
+    /// the write fails without being buffered, so an error always means
+    /// "not written".
     pub async fn write(
         &self,
         st: &mut FileState,
         offset: u64,
         data: &[u8],
     ) -> Result<(), DfsError> {
+        if st.buffer.bytes() + data.len() > FLUSH_THRESHOLD
+            || self.dirty_bytes.load(Ordering::Relaxed) + data.len() > self.dirty_limit
+        {
+            self.flush(st).await?;
+        }
         let before = st.buffer.bytes();
         st.buffer.write(offset, data);
         self.track_dirty(before, st.buffer.bytes());
         st.size = st.size.max(offset + data.len() as u64);
         st.pending_mtime = Some(now_ns());
-        if st.buffer.bytes() >= FLUSH_THRESHOLD
-            || self.dirty_bytes.load(Ordering::Relaxed) >= self.dirty_limit
-        {
-            self.flush(st).await?;
-        }
         Ok(())
     }
 
     /// Commits buffered writes: re-chunks the regions around them, stores
-    /// the chunks and commits the chunk map, size and times in one
-    /// transaction. On return the data is durable in the cluster.
+    /// the chunks and commits the chunk map, size and times. A flush that
+    /// re-cuts more than `FLUSH_GROUP_BYTES` commits in several groups, in
+    /// file order; each group's commit is whole (never a torn chunk map),
+    /// and the file only grows to what a group covers. On return the data
+    /// is durable in the cluster.
     pub async fn flush(&self, st: &mut FileState) -> Result<(), DfsError> {
-        if st.buffer.is_empty() && st.size == st.committed_size && st.pending_mtime.is_none() {
-            return Ok(());
-        }
-        if st.orphaned {
+        if st.is_clean() || st.orphaned {
             return Ok(());
         }
         let new_size = st.size;
-        let ranges = st.buffer.ranges();
-        let mut replaced: Vec<ByteRange> = Vec::new();
-        let mut raw: Vec<RawChunk> = Vec::new();
-        let mut i = 0;
         let mut previous_end = 0;
+        loop {
+            let group = self.cut_group(st, new_size, previous_end).await?;
+            if group.finished {
+                return self
+                    .commit(st, group.replaced, group.raw, new_size, false, u64::MAX)
+                    .await;
+            }
+            let group_size = new_size.min(st.committed_size.max(group.end));
+            self.commit(st, group.replaced, group.raw, group_size, false, group.end)
+                .await?;
+            previous_end = group.end;
+        }
+    }
+
+    /// Re-cuts the dirty regions from the buffer's start, until all are
+    /// done or the group's byte budget is spent at an old chunk boundary.
+    async fn cut_group(
+        &self,
+        st: &FileState,
+        new_size: u64,
+        mut previous_end: u64,
+    ) -> Result<CutGroup, DfsError> {
+        let ranges = st.buffer.ranges();
+        let mut group = CutGroup::default();
+        let mut i = 0;
         while i < ranges.len() {
             let (dirty_start, mut dirty_end) = ranges[i];
             // Never re-cut what the previous region already covered.
@@ -336,39 +555,50 @@ impl Dfs {
                 let base = pos;
                 for len in lens {
                     let at = (pos - base) as usize;
-                    raw.push(RawChunk {
+                    group.raw.push(RawChunk {
                         offset: pos,
                         data: buf.slice(at..at + len),
                     });
+                    group.bytes += len;
                     pos += len as u64;
                     // Dirty ranges the new chunks reached join this region.
                     while i + 1 < ranges.len() && ranges[i + 1].0 < pos {
                         i += 1;
                         dirty_end = dirty_end.max(ranges[i].1);
                     }
-                    // Stop past the dirty bytes at an old boundary, or in a
-                    // hole / past the old data: nothing old to re-align with,
-                    // and re-cutting a hole would store all its zeros.
+                    // Stop past the dirty bytes (or at the group's budget)
+                    // at an old boundary, or in a hole / past the old data:
+                    // nothing old to re-align with, and re-cutting a hole
+                    // would store all its zeros.
+                    let spent = group.bytes >= self.group_bytes();
                     if pos >= new_size
-                        || (pos >= dirty_end && (st.map.is_boundary(pos) || !st.map.covers(pos)))
+                        || ((pos >= dirty_end || spent)
+                            && (st.map.is_boundary(pos) || !st.map.covers(pos)))
                     {
                         break 'region;
                     }
                 }
             }
-            replaced.push(ByteRange {
+            group.replaced.push(ByteRange {
                 start,
                 end: pos.max(start + 1),
             });
             previous_end = pos;
+            group.end = pos;
             i += 1;
             while i < ranges.len() && ranges[i].1 <= pos {
                 i += 1;
             }
+            if group.bytes >= self.group_bytes() && (i < ranges.len() || pos < dirty_end) {
+                return Ok(group);
+            }
         }
-        self.commit(st, replaced, raw, new_size, false).await
+        group.finished = true;
+        Ok(group)
     }
 
+    /// Stores `raw` and commits it in place of `replaced`; buffered bytes
+    /// before `done_to` are then committed and leave the buffer.
     async fn commit(
         &self,
         st: &mut FileState,
@@ -376,9 +606,10 @@ impl Dfs {
         raw: Vec<RawChunk>,
         new_size: u64,
         truncate: bool,
+        done_to: u64,
     ) -> Result<(), DfsError> {
         let span = tracing::debug_span!("flush", ino = st.ino, chunks = raw.len(), size = new_size);
-        self.commit_inner(st, replaced, raw, new_size, truncate)
+        self.commit_inner(st, replaced, raw, new_size, truncate, done_to)
             .instrument(span)
             .await
     }
@@ -390,6 +621,7 @@ impl Dfs {
         raw: Vec<RawChunk>,
         new_size: u64,
         truncate: bool,
+        done_to: u64,
     ) -> Result<(), DfsError> {
         let mut stored = self.cluster.store_chunks(self.codec, raw).await?;
         let mtime_ns = st.pending_mtime.unwrap_or_else(now_ns);
@@ -457,11 +689,22 @@ impl Dfs {
                 .collect();
             st.map.replace(r.start, r.end, new);
         }
-        self.track_dirty(st.buffer.bytes(), 0);
-        st.buffer.clear();
-        st.size = reply.size;
+        let before = st.buffer.bytes();
+        st.buffer.drain_before(done_to);
+        self.track_dirty(before, st.buffer.bytes());
+        // Our map is current only if no other client committed in between.
+        st.data_version = if reply.data_version == st.data_version.wrapping_add(1) {
+            reply.data_version
+        } else {
+            VERSION_UNKNOWN
+        };
         st.committed_size = reply.size;
-        st.pending_mtime = None;
+        if st.buffer.is_empty() {
+            st.size = reply.size;
+            st.pending_mtime = None;
+        } else {
+            st.size = st.size.max(reply.size);
+        }
         Ok(())
     }
 
@@ -499,7 +742,7 @@ impl Dfs {
         }
         st.pending_mtime = Some(now_ns());
         st.size = size;
-        let result = self.commit(st, replaced, raw, size, true).await;
+        let result = self.commit(st, replaced, raw, size, true, u64::MAX).await;
         if result.is_err() {
             // Not truncated after all: keep the size that is committed.
             st.size = st.committed_size;

@@ -137,6 +137,11 @@ impl Cluster {
         async move { (index, self.get_shard(server, &fp, index as u32).await) }
     }
 
+    /// Finds a set of shards that decodes to the fingerprint when some
+    /// shard passed its server's checksum yet is wrong: every shard is
+    /// fetched, those of the wrong length are dropped, then one suspect at
+    /// a time is left out, then every pair (9 of 6+3 make 36 tries of a
+    /// chunk of at most 128 KiB).
     async fn recover_by_elimination(
         &self,
         fp: Fingerprint,
@@ -144,18 +149,46 @@ impl Cluster {
         corrupt: &mut Vec<usize>,
     ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), DfsError> {
         let total = rec.shard_servers.len();
-        let fetched: Vec<Option<Vec<u8>>> = futures::future::join_all(
+        let mut fetched: Vec<Option<Vec<u8>>> = futures::future::join_all(
             (0..total).map(|i| async move { self.fetch_shard(fp, rec, i).await.1.ok() }),
         )
         .await;
-        for suspect in 0..total {
+        for (index, shard) in fetched.iter_mut().enumerate() {
+            if shard
+                .as_ref()
+                .is_some_and(|s| s.len() != rec.shard_len as usize)
+            {
+                *shard = None;
+                if !corrupt.contains(&index) {
+                    corrupt.push(index);
+                }
+            }
+        }
+        let mut suspects: Vec<Vec<usize>> = (0..total).map(|a| vec![a]).collect();
+        for a in 0..total {
+            suspects.extend((a + 1..total).map(|b| vec![a, b]));
+        }
+        for left_out in suspects {
+            if left_out.iter().any(|&i| fetched[i].is_none()) {
+                continue;
+            }
             let mut attempt = fetched.clone();
-            attempt[suspect] = None;
+            for &i in &left_out {
+                attempt[i] = None;
+            }
             if let Ok(raw) = assemble(&fp, rec, attempt.clone()) {
-                tracing::warn!(chunk = %fp, shard = suspect, "found the bad shard by elimination");
-                corrupt.push(suspect);
+                tracing::warn!(chunk = %fp, shards = ?left_out, "found the bad shards by elimination");
+                for i in left_out {
+                    if !corrupt.contains(&i) {
+                        corrupt.push(i);
+                    }
+                }
                 return Ok((raw, attempt));
             }
+        }
+        // Nothing left to leave out: maybe only wrong-length shards were bad.
+        if let Ok(raw) = assemble(&fp, rec, fetched.clone()) {
+            return Ok((raw, fetched));
         }
         Err(DfsError::new(
             libc::EIO,

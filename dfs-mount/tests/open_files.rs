@@ -1,0 +1,157 @@
+//! Files that stay open while the world changes around them: unlinked or
+//! replaced while open, changed by another client between two opens, and
+//! flushes too large to commit at once.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Waits until the metadata server's reference figures drop to zero (the
+/// purge worker finishes large removals in the background).
+fn wait_for_no_references(cluster: &TestCluster) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = cluster.stats();
+        if stats["logical_bytes"].as_u64() == Some(0) || Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_unlinked_or_replaced_open_file_lives_until_its_last_close() {
+    let cluster = TestCluster::start(1, 3);
+    // A small write buffer: writes to the unlinked file must be flushed
+    // to the cluster, not held in memory until the close.
+    let m = TestMount::start(&cluster.meta_addr(), &["write_buffer=4M"]);
+    let path = m.path.join("scratch");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    let first = random_bytes(1 << 20, 1);
+    f.write_all(&first).expect("write before unlink");
+    fs::remove_file(&path).expect("unlink while open");
+    assert!(!path.exists(), "the name is gone at once");
+    let more = random_bytes(24 << 20, 2);
+    f.write_all(&more).expect("write after unlink");
+    f.sync_all().expect("fsync an unlinked file");
+    let meta = f.metadata().expect("fstat");
+    assert_eq!(meta.nlink(), 0, "an unlinked file has no links");
+    assert_eq!(meta.len(), (first.len() + more.len()) as u64);
+    let mut back = Vec::new();
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.read_to_end(&mut back)
+        .expect("read back through the handle");
+    assert!(back[..first.len()] == first[..] && back[first.len()..] == more[..]);
+    let stats = cluster.stats();
+    assert!(
+        stats["logical_bytes"].as_u64() >= Some(more.len() as u64),
+        "the kept file's data is in the cluster, not only in memory: {stats}"
+    );
+
+    // Replaced by a rename while open: the old content stays readable.
+    let target = m.path.join("target");
+    let old = random_bytes(300_000, 3);
+    fs::write(&target, &old).expect("write target");
+    let reader = fs::File::open(&target).expect("open target");
+    let new_path = m.path.join("new");
+    fs::write(&new_path, b"replacement").expect("write new");
+    fs::rename(&new_path, &target).expect("rename over the open file");
+    let mut buf = vec![0u8; old.len()];
+    reader
+        .read_exact_at(&mut buf, 0)
+        .expect("read replaced file");
+    assert!(
+        buf == old,
+        "the replaced file's content changed under its reader"
+    );
+    assert_eq!(fs::read(&target).expect("read new"), b"replacement");
+
+    // The last closes release both inodes and every reference.
+    drop(f);
+    drop(reader);
+    fs::remove_file(&target).expect("rm");
+    let stats = wait_for_no_references(&cluster);
+    assert_eq!(
+        stats["logical_bytes"].as_u64(),
+        Some(0),
+        "references left after the last close: {stats}"
+    );
+}
+
+#[test]
+fn an_open_on_one_client_sees_what_another_client_closed() {
+    let cluster = TestCluster::start(1, 3);
+    let a = TestMount::start(&cluster.meta_addr(), &[]);
+    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    let (on_a, on_b) = (a.path.join("shared"), b.path.join("shared"));
+    let v1 = random_bytes(200_000, 10);
+    fs::write(&on_a, &v1).expect("write v1");
+    // A keeps the file open all along (its state stays loaded).
+    let holder = fs::File::open(&on_a).expect("open on a");
+    let mut buf = vec![0u8; v1.len()];
+    holder.read_exact_at(&mut buf, 0).expect("read v1");
+    assert!(buf == v1);
+    // B replaces the content (same length: no size change to hide behind).
+    let v2 = random_bytes(v1.len(), 11);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&on_b)
+        .expect("open on b")
+        .write_all(&v2)
+        .expect("write v2");
+    // A new open on A must see B's closed writes (close-to-open).
+    let again = fs::read(&on_a).expect("read on a");
+    assert!(
+        again == v2,
+        "a later open on another client read stale data"
+    );
+    drop(holder);
+}
+
+#[test]
+fn scattered_writes_flush_in_bounded_groups_without_losing_any() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    // A 1 MiB write buffer makes every flush re-cut in 1 MiB groups.
+    let m = TestMount::start(&source, &["write_buffer=1M"]);
+    let path = m.path.join("f");
+    let mut model = random_bytes(12 << 20, 20);
+    fs::write(&path, &model).expect("write base");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    // 4 KiB every 40 KiB: each dirties a chunk, so the flush at close
+    // re-cuts nearly the whole file, far more than one group holds.
+    let mut offset = 1000u64;
+    let mut seed = 30;
+    while offset + 4096 < model.len() as u64 {
+        let data = random_bytes(4096, seed);
+        f.write_all_at(&data, offset).expect("scattered write");
+        model[offset as usize..offset as usize + 4096].copy_from_slice(&data);
+        offset += 40 * 1024;
+        seed += 1;
+    }
+    // And an append past the end, in the same flush.
+    let tail = random_bytes(3 << 20, 99);
+    f.write_all_at(&tail, model.len() as u64).expect("append");
+    model.extend_from_slice(&tail);
+    f.sync_all().expect("fsync");
+    drop(f);
+    assert!(fs::read(&path).expect("read back") == model);
+    // And from a fresh process on the same volume.
+    drop(m);
+    let m = TestMount::start(&source, &[]);
+    assert!(fs::read(m.path.join("f")).expect("read after remount") == model);
+}
