@@ -15,3 +15,6 @@ cargo clippy --release -p dfs-meta --features fdb --all-targets -- -D warnings
 # Integration tests mount FUSE file systems and start whole clusters: run
 # them one at a time on a small machine.
 cargo test --release --workspace -- --test-threads=2
+# The packages, installed and used as an administrator would (root only:
+# dpkg -i, an /etc/fstab line, mount).
+packaging/test.sh

@@ -3,6 +3,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// First argument that makes `dfs-mount` act as mount(8)'s helper whatever
+/// its name: the packaged `/sbin/mount.dfs` is a two-line script calling
+/// it (cargo-generate-rpm cannot package symbolic links; one script serves
+/// the deb and the rpm alike).
+const MOUNT_HELPER_FLAG: &str = "--mount-helper";
+
 /// Mount a dfs file system.
 #[derive(Parser, Debug)]
 #[command(name = "dfs-mount", version)]
@@ -25,6 +31,11 @@ fn main() -> ExitCode {
     let argv0 = argv.next().unwrap_or_default();
     if dfs_mount::launch::is_mount_helper_name(&argv0) {
         return dfs_mount::launch::mount_helper_main(argv);
+    }
+    let mut rest = argv.peekable();
+    if rest.peek().map(String::as_str) == Some(MOUNT_HELPER_FLAG) {
+        rest.next();
+        return dfs_mount::launch::mount_helper_main(rest);
     }
     let args = Args::parse();
     dfs_mount::launch::main_with(dfs_mount::launch::LaunchArgs {

@@ -1,0 +1,7 @@
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || :
+    if [ "$1" -ge 1 ]; then
+        systemctl try-restart dfs-meta.service dfs-server.service >/dev/null 2>&1 || :
+    fi
+fi
+exit 0
