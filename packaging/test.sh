@@ -186,6 +186,11 @@ mount "$mnt"
 diff -r "$src" "$mnt/src"
 umount "$mnt"
 
+echo "== mount -t fuse.dfs (what fstests uses)"
+mount -t fuse.dfs "127.0.0.1:$meta_port" "$mnt"
+cmp "$src/big" "$mnt/src/big"
+umount "$mnt"
+
 echo "== read-only mount"
 mount -t dfs -o ro "127.0.0.1:$meta_port" "$mnt"
 if touch "$mnt/should-fail" 2>/dev/null; then echo "a write on a ro mount succeeded"; exit 1; fi

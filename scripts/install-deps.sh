@@ -13,6 +13,11 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v cmp >/dev/null || need+=(diffutils)
 command -v getfattr >/dev/null || need+=(attr)
+command -v rsync >/dev/null || need+=(rsync)
+command -v git >/dev/null || need+=(git)
+command -v make >/dev/null || need+=(make)
+command -v cc >/dev/null || need+=(gcc)
+command -v python3 >/dev/null || need+=(python3)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"

@@ -15,6 +15,8 @@ cargo clippy --release -p dfs-meta --features fdb --all-targets -- -D warnings
 # Integration tests mount FUSE file systems and start whole clusters: run
 # them one at a time on a small machine.
 cargo test --release --workspace -- --test-threads=2
+# pjdfstest and fsx on a fresh mount (root only: pjdfstest switches users).
+scripts/posix-suites.sh
 # The packages, installed and used as an administrator would (root only:
 # dpkg -i, an /etc/fstab line, mount).
 packaging/test.sh

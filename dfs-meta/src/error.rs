@@ -26,6 +26,12 @@ pub enum MetaError {
     NameTooLong,
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error("no such extended attribute")]
+    NoXattr,
+    #[error("extended attribute value or name too large")]
+    XattrTooBig,
+    #[error("too many links")]
+    TooManyLinks,
     #[error("operation not permitted: {0}")]
     NotPermitted(String),
     /// Background work on this object must finish first; retry shortly.
@@ -51,6 +57,9 @@ impl From<MetaError> for DfsError {
             MetaError::NameTooLong => DfsError::new(libc::ENAMETOOLONG, message),
             MetaError::Invalid(_) => DfsError::new(libc::EINVAL, message),
             MetaError::NotPermitted(_) => DfsError::new(libc::EPERM, message),
+            MetaError::NoXattr => DfsError::new(libc::ENODATA, message),
+            MetaError::XattrTooBig => DfsError::new(libc::E2BIG, message),
+            MetaError::TooManyLinks => DfsError::new(libc::EMLINK, message),
             MetaError::Busy(_) => DfsError::retryable(libc::EAGAIN, message),
             MetaError::MissingChunks(missing) => {
                 let mut err = DfsError::new(libc::EAGAIN, message);

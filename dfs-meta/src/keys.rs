@@ -9,7 +9,7 @@
 //! | `I ino(le64)` | `InodeRecord` |
 //! | `D parent(le64) name` | `DirentRecord` |
 //! | `C ino(le64) offset(be64)` | `ChunkRefRecord` |
-//! | `X ino(le64) name` | extended attribute value (reserved) |
+//! | `X ino(le64) name` | extended attribute value |
 //! | `H fingerprint(32)` | `ChunkRecord` (dedup index) |
 //! | `R fingerprint(32)` | reference count (le i64, only ever atomic adds) |
 //! | `S server_id(be32)` | `ServerRecord` |
@@ -32,6 +32,7 @@ pub const SERVER_UUID: u8 = b'U';
 pub const COUNTER: u8 = b'N';
 pub const VOLUME: u8 = b'V';
 pub const TRASH: u8 = b'T';
+pub const XATTR: u8 = b'X';
 pub const UNLINKED_OPEN: u8 = b'O';
 
 pub fn inode(ino: u64) -> Vec<u8> {
@@ -115,6 +116,19 @@ pub fn trash(ino: u64) -> Vec<u8> {
 /// The inode of a trash key, or `None` for a malformed key.
 pub fn trash_ino(key: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+pub fn xattr_prefix(ino: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(XATTR);
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
+}
+
+pub fn xattr(ino: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = xattr_prefix(ino);
+    k.extend_from_slice(name);
+    k
 }
 
 /// Marks an inode without links that a client keeps open.

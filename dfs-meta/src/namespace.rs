@@ -253,6 +253,8 @@ fn remove_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) -> Result<()> {
     {
         txn.set(&keys::trash(inode.ino), &[]);
     }
+    let xattrs = keys::xattr_prefix(inode.ino);
+    txn.clear_range(&xattrs, &keys::prefix_end(&xattrs));
     txn.clear(&keys::inode(inode.ino));
     txn.atomic_add(&keys::counter(COUNTER_INODES), -1)?;
     Ok(())
@@ -499,6 +501,126 @@ pub fn set_attr(txn: &mut dyn KvTxn, req: &SetAttrRequest, now_ns: i64) -> Resul
     inode.ctime_ns = now_ns;
     put_inode(txn, &inode);
     Ok(inode)
+}
+
+/// Most links one inode may have (ext4's limit).
+const LINK_MAX: u32 = 65_000;
+
+/// Gives the non-directory `ino` another name, `new_name` in `new_parent`.
+pub fn link(
+    txn: &mut dyn KvTxn,
+    ino: u64,
+    new_parent: u64,
+    new_name: &[u8],
+    now_ns: i64,
+) -> Result<InodeRecord> {
+    check_name(new_name)?;
+    let mut parent = get_dir(txn, new_parent)?;
+    let mut inode = get_inode(txn, ino)?;
+    if inode.kind() == FileKind::Directory {
+        return Err(MetaError::NotPermitted(
+            "hard links to directories are not allowed".into(),
+        ));
+    }
+    if inode.nlink == 0 {
+        // Unlinked but still open: linkat(2) of such a file fails too.
+        return Err(MetaError::NotFound);
+    }
+    if inode.nlink >= LINK_MAX {
+        return Err(MetaError::TooManyLinks);
+    }
+    if lookup_entry(txn, new_parent, new_name)?.is_some() {
+        return Err(MetaError::Exists);
+    }
+    put_record(
+        txn,
+        &keys::dirent(new_parent, new_name),
+        &DirentRecord {
+            ino,
+            kind: inode.kind,
+        },
+    );
+    inode.nlink += 1;
+    inode.ctime_ns = now_ns;
+    put_inode(txn, &inode);
+    parent.mtime_ns = now_ns;
+    parent.ctime_ns = now_ns;
+    put_inode(txn, &parent);
+    Ok(inode)
+}
+
+fn check_xattr_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() {
+        return Err(MetaError::Invalid("empty extended attribute name".into()));
+    }
+    if name.len() > dfs_proto::XATTR_NAME_MAX {
+        return Err(MetaError::XattrTooBig);
+    }
+    Ok(())
+}
+
+/// Sets an extended attribute; `flags` as setxattr(2) (XATTR_CREATE fails
+/// on an existing name, XATTR_REPLACE on a missing one).
+pub fn set_xattr(
+    txn: &mut dyn KvTxn,
+    ino: u64,
+    name: &[u8],
+    value: &[u8],
+    flags: u32,
+    now_ns: i64,
+) -> Result<()> {
+    check_xattr_name(name)?;
+    if value.len() > dfs_proto::XATTR_SIZE_MAX {
+        return Err(MetaError::XattrTooBig);
+    }
+    if flags & !(dfs_proto::XATTR_CREATE | dfs_proto::XATTR_REPLACE) != 0
+        || flags == dfs_proto::XATTR_CREATE | dfs_proto::XATTR_REPLACE
+    {
+        return Err(MetaError::Invalid(format!("setxattr flags {flags:#x}")));
+    }
+    let mut inode = get_inode(txn, ino)?;
+    let key = keys::xattr(ino, name);
+    let exists = txn.get(&key)?.is_some();
+    if exists && flags & dfs_proto::XATTR_CREATE != 0 {
+        return Err(MetaError::Exists);
+    }
+    if !exists && flags & dfs_proto::XATTR_REPLACE != 0 {
+        return Err(MetaError::NoXattr);
+    }
+    txn.set(&key, value);
+    inode.ctime_ns = now_ns;
+    put_inode(txn, &inode);
+    Ok(())
+}
+
+pub fn get_xattr(txn: &mut dyn KvTxn, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+    check_xattr_name(name)?;
+    get_inode(txn, ino)?;
+    txn.get(&keys::xattr(ino, name))?.ok_or(MetaError::NoXattr)
+}
+
+/// Every extended attribute name of `ino`, in byte order.
+pub fn list_xattr(txn: &mut dyn KvTxn, ino: u64) -> Result<Vec<Vec<u8>>> {
+    get_inode(txn, ino)?;
+    let prefix = keys::xattr_prefix(ino);
+    Ok(txn
+        .range(&prefix, &keys::prefix_end(&prefix), 0, false)?
+        .into_iter()
+        .map(|(k, _)| k[prefix.len()..].to_vec())
+        .collect())
+}
+
+pub fn remove_xattr(txn: &mut dyn KvTxn, ino: u64, name: &[u8], now_ns: i64) -> Result<()> {
+    check_xattr_name(name)?;
+    let mut inode = get_inode(txn, ino)?;
+    let key = keys::xattr(ino, name);
+    if txn.get(&key)?.is_none() {
+        return Err(MetaError::NoXattr);
+    }
+    txn.clear(&key);
+    inode.ctime_ns = now_ns;
+    put_inode(txn, &inode);
+    Ok(())
 }
 
 /// One page of a directory, in name order, strictly after `after`.

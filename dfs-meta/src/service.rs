@@ -147,6 +147,46 @@ impl Meta for MetaService {
         Ok(reply)
     }
 
+    async fn link(&self, r: Request<LinkRequest>) -> Result<Response<InodeRecord>, Status> {
+        let r = r.into_inner();
+        self.run("link", move |t, now| {
+            namespace::link(t, r.ino, r.new_parent, &r.new_name, now)
+        })
+        .await
+    }
+
+    async fn set_xattr(&self, r: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        self.run("setxattr", move |t, now| {
+            namespace::set_xattr(t, r.ino, &r.name, &r.value, r.flags, now).map(|_| Empty {})
+        })
+        .await
+    }
+
+    async fn get_xattr(&self, r: Request<XattrRequest>) -> Result<Response<XattrReply>, Status> {
+        let r = r.into_inner();
+        self.run("getxattr", move |t, _| {
+            namespace::get_xattr(t, r.ino, &r.name).map(|value| XattrReply { value })
+        })
+        .await
+    }
+
+    async fn list_xattr(&self, r: Request<InoRequest>) -> Result<Response<XattrListReply>, Status> {
+        let ino = r.into_inner().ino;
+        self.run("listxattr", move |t, _| {
+            namespace::list_xattr(t, ino).map(|names| XattrListReply { names })
+        })
+        .await
+    }
+
+    async fn remove_xattr(&self, r: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        self.run("removexattr", move |t, now| {
+            namespace::remove_xattr(t, r.ino, &r.name, now).map(|_| Empty {})
+        })
+        .await
+    }
+
     async fn rmdir(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
         let reply = self

@@ -13,14 +13,14 @@ use std::time::{Duration, SystemTime};
 use dfs_core::error::DfsError;
 use dfs_core::time::{ns_to_system_time, system_time_to_ns};
 use dfs_proto::{
-    CreateRequest, DirEntry, Empty, FileKind, InoRequest, InodeRecord, LookupRequest,
-    RemoveRequest, RenameRequest, SetAttrRequest,
+    CreateRequest, DirEntry, Empty, FileKind, InoRequest, InodeRecord, LinkRequest, LookupRequest,
+    RemoveRequest, RenameRequest, SetAttrRequest, XattrRequest,
 };
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -66,7 +66,8 @@ fn fail(op: &'static str, ino: u64, e: &DfsError) -> Errno {
         | libc::ENOTEMPTY
         | libc::ENOTDIR
         | libc::EISDIR
-        | libc::ENAMETOOLONG => {
+        | libc::ENAMETOOLONG
+        | libc::ENODATA => {
             tracing::debug!(op, ino, errno = e.errno, error = %e.message, "fuse request failed")
         }
         libc::EIO => tracing::error!(op, ino, error = %e.message, "fuse request failed with EIO"),
@@ -96,6 +97,18 @@ fn kind_from_mode(mode: u32) -> FileKind {
         libc::S_IFIFO => FileKind::Fifo,
         libc::S_IFSOCK => FileKind::Socket,
         _ => FileKind::Regular,
+    }
+}
+
+/// Answers a getxattr/listxattr: the size when asked for it (`size` 0),
+/// the bytes when they fit, ERANGE when they do not.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() <= size as usize {
+        reply.data(data);
+    } else {
+        reply.error(Errno::ERANGE);
     }
 }
 
@@ -364,8 +377,130 @@ impl Filesystem for DfsFuse {
             mtime_now,
         };
         match self.rt.block_on(self.setattr_async(ino.0, request, size)) {
-            Ok(attr) => reply.attr(&self.ttl, &to_file_attr(&attr)),
+            // Not cached: the kernel applies a setattr reply even when a
+            // concurrent create or rename in the same directory changed the
+            // inode after it (rsync sets a directory's times while files
+            // land in it, then trusts `stat` to tell whether to set them
+            // again). The next stat asks the metadata server.
+            Ok(attr) => reply.attr(&Duration::ZERO, &to_file_attr(&attr)),
             Err(e) => reply.error(fail("setattr", ino.0, &e)),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let _span = op_span("link", req, ino.0).entered();
+        let request = LinkRequest {
+            ino: ino.0,
+            new_parent: newparent.0,
+            new_name: newname.as_bytes().to_vec(),
+        };
+        let result = self.rt.block_on(async {
+            let attr = self
+                .dfs
+                .cluster
+                .meta
+                .call("link", |mut c| {
+                    let request = request.clone();
+                    async move { c.link(request).await }
+                })
+                .await?;
+            Ok(self.dfs.overlay_attr(attr).await)
+        });
+        self.reply_entry(result, "link", ino.0, reply);
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let _span = op_span("setxattr", req, ino.0).entered();
+        let request = XattrRequest {
+            ino: ino.0,
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+            flags: flags as u32,
+        };
+        let result = self
+            .rt
+            .block_on(self.dfs.cluster.meta.call("setxattr", |mut c| {
+                let request = request.clone();
+                async move { c.set_xattr(request).await }
+            }));
+        match result {
+            Ok(Empty {}) => reply.ok(),
+            Err(e) => reply.error(fail("setxattr", ino.0, &e)),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = op_span("getxattr", req, ino.0).entered();
+        let request = XattrRequest {
+            ino: ino.0,
+            name: name.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let result = self
+            .rt
+            .block_on(self.dfs.cluster.meta.call("getxattr", |mut c| {
+                let request = request.clone();
+                async move { c.get_xattr(request).await }
+            }));
+        match result {
+            Ok(r) => reply_xattr(reply, size, &r.value),
+            Err(e) => reply.error(fail("getxattr", ino.0, &e)),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = op_span("listxattr", req, ino.0).entered();
+        let result =
+            self.rt
+                .block_on(self.dfs.cluster.meta.call("listxattr", |mut c| async move {
+                    c.list_xattr(InoRequest { ino: ino.0 }).await
+                }));
+        match result {
+            Ok(r) => {
+                // The kernel wants the names NUL-terminated, back to back.
+                let mut list = Vec::new();
+                for name in r.names {
+                    list.extend_from_slice(&name);
+                    list.push(0);
+                }
+                reply_xattr(reply, size, &list);
+            }
+            Err(e) => reply.error(fail("listxattr", ino.0, &e)),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = op_span("removexattr", req, ino.0).entered();
+        let request = XattrRequest {
+            ino: ino.0,
+            name: name.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let result = self
+            .rt
+            .block_on(self.dfs.cluster.meta.call("removexattr", |mut c| {
+                let request = request.clone();
+                async move { c.remove_xattr(request).await }
+            }));
+        match result {
+            Ok(Empty {}) => reply.ok(),
+            Err(e) => reply.error(fail("removexattr", ino.0, &e)),
         }
     }
 

@@ -308,6 +308,27 @@ mod tests {
         async fn forget_unlinked(&self, _: Request<InoRequest>) -> Result<Response<Empty>, Status> {
             unimplemented()
         }
+        async fn link(&self, _: Request<LinkRequest>) -> Result<Response<InodeRecord>, Status> {
+            unimplemented()
+        }
+        async fn set_xattr(&self, _: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
+        async fn get_xattr(
+            &self,
+            _: Request<XattrRequest>,
+        ) -> Result<Response<XattrReply>, Status> {
+            unimplemented()
+        }
+        async fn list_xattr(
+            &self,
+            _: Request<InoRequest>,
+        ) -> Result<Response<XattrListReply>, Status> {
+            unimplemented()
+        }
+        async fn remove_xattr(&self, _: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
         async fn read_dir(
             &self,
             _: Request<ReadDirRequest>,

@@ -15,3 +15,10 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// `RenameRequest::flags`, with Linux's values.
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
+/// `XattrRequest::flags`, with Linux's values.
+pub const XATTR_CREATE: u32 = 1;
+pub const XATTR_REPLACE: u32 = 2;
+/// Largest extended attribute value, as Linux's VFS allows.
+pub const XATTR_SIZE_MAX: usize = 65536;
+/// Longest extended attribute name, as Linux's VFS allows.
+pub const XATTR_NAME_MAX: usize = 255;
