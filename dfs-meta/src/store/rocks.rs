@@ -13,6 +13,9 @@ use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 use super::overlay::{Base, Overlay, OverlayTxn, Pending};
 use super::{KeyValues, MetaStore, StoreError, Transaction};
 
+/// Memtable size of the metadata store (RocksDB's default is 64 MiB).
+const METADATA_MEMTABLE_BYTES: usize = 2 * 1024 * 1024;
+
 pub struct RocksStore {
     db: DB,
     lock: Mutex<()>,
@@ -26,6 +29,13 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        // Small memtables: every commit rewrites the inode and the chunk-map
+        // entries it touches, and a memtable keeps every old version until
+        // it is flushed. Scans (chunk maps, the chunk before a replaced
+        // range) step over those versions, so a file rewritten thousands of
+        // times (fsx, a database) made each commit slower than the last.
+        // Flushing drops overwritten versions.
+        opts.set_write_buffer_size(METADATA_MEMTABLE_BYTES);
         let db = DB::open(&opts, path)
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         Ok(Self {
@@ -59,7 +69,13 @@ impl Base for RocksBase<'_> {
         skip: &dyn Fn(&[u8]) -> bool,
     ) -> Result<KeyValues, StoreError> {
         let mut out = Vec::new();
-        let mut iter = self.db.raw_iterator();
+        // Bounds let RocksDB stop at the range's edge instead of stepping
+        // over every deleted or overwritten entry past it (chunk maps are
+        // rewritten constantly, and their old versions pile up).
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_iterate_lower_bound(begin.to_vec());
+        read.set_iterate_upper_bound(end.to_vec());
+        let mut iter = self.db.raw_iterator_opt(read);
         if reverse {
             iter.seek_for_prev(end);
             // seek_for_prev lands on `end` itself when it exists: step off it.
