@@ -28,6 +28,9 @@ use crate::fs::{Dfs, OpenFile};
 
 const BLOCK_SIZE: u32 = 4096;
 const MAX_WRITE: u32 = 1024 * 1024;
+/// Most bytes one copy_file_range request copies (it may copy less; the
+/// caller asks again for the rest). Below 4 GiB: the reply is a u32.
+const COPY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 struct FileHandleState {
     ino: u64,
@@ -501,6 +504,138 @@ impl Filesystem for DfsFuse {
         match result {
             Ok(Empty {}) => reply.ok(),
             Err(e) => reply.error(fail("removexattr", ino.0, &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _span = op_span("fallocate", req, ino.0).entered();
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let zero = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0
+            || (mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && !keep_size)
+            || (mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && mode & libc::FALLOC_FL_ZERO_RANGE != 0)
+        {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
+        let result = self.rt.block_on(async {
+            let handle = self.file_handle(fh)?;
+            let mut st = handle.file.state.lock().await;
+            // Space is never reserved ahead (chunks are deduplicated and
+            // coded when written): allocating is growing the size, and
+            // zeroing is punching a hole, which reads as zeros and costs
+            // nothing.
+            if zero {
+                self.dfs.punch_hole(&mut st, offset, length).await?;
+            }
+            let end = offset.saturating_add(length);
+            if !keep_size && end > st.size {
+                self.dfs.truncate(&mut st, end).await?;
+            }
+            Ok::<_, DfsError>(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fallocate", ino.0, &e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        let _span = op_span("lseek", req, ino.0).entered();
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let result = self.rt.block_on(async {
+            let handle = self.file_handle(fh)?;
+            let st = handle.file.state.lock().await;
+            let offset =
+                u64::try_from(offset).map_err(|_| DfsError::new(libc::ENXIO, "negative offset"))?;
+            self.dfs
+                .seek_data_or_hole(&st, offset, whence == libc::SEEK_DATA)
+                .ok_or_else(|| DfsError::new(libc::ENXIO, "no data or hole past the offset"))
+        });
+        match result {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(fail("lseek", ino.0, &e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let _span = op_span("copy_file_range", req, ino_in.0).entered();
+        // A short copy is allowed (callers loop): bounds memory for the
+        // bytes copied at the edges and the size of one commit.
+        let len = len.min(COPY_BYTES_MAX);
+        let result = self.rt.block_on(async {
+            let src = self.file_handle(fh_in)?;
+            let dst = self.file_handle(fh_out)?;
+            for share in [true, false] {
+                let result = if Arc::ptr_eq(&src.file, &dst.file) {
+                    let mut st = src.file.state.lock().await;
+                    self.dfs
+                        .copy_range(&mut st, None, offset_in, offset_out, len, share)
+                        .await
+                } else {
+                    // Lock in inode order: two opposite copies never deadlock.
+                    let (first, second) = if src.ino < dst.ino {
+                        (&src.file, &dst.file)
+                    } else {
+                        (&dst.file, &src.file)
+                    };
+                    let mut a = first.state.lock().await;
+                    let mut b = second.state.lock().await;
+                    let (s, d) = if src.ino < dst.ino {
+                        (&mut *a, &mut *b)
+                    } else {
+                        (&mut *b, &mut *a)
+                    };
+                    self.dfs
+                        .copy_range(s, Some(d), offset_in, offset_out, len, share)
+                        .await
+                };
+                match result {
+                    Err(e) if share && !e.missing_chunks.is_empty() => {
+                        tracing::info!("shared chunks were collected meanwhile; copying bytes");
+                    }
+                    other => return other,
+                }
+            }
+            Err(DfsError::io("copy_file_range: unreachable"))
+        });
+        match result {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(fail("copy_file_range", ino_in.0, &e)),
         }
     }
 

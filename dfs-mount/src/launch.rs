@@ -42,7 +42,11 @@ fn init_logging(options: &MountOptions, background_child: bool) {
                 builder.with_writer(std::io::stderr).init();
             }
         },
-        _ => builder.with_writer(std::io::stderr).init(),
+        // Colours only for a person at a terminal, never into a file.
+        _ => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
     }
 }
 

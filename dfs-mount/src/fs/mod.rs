@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::cache::ChunkCache;
 use crate::client::Cluster;
-use crate::pipeline::write::RawChunk;
+use crate::pipeline::write::{RawChunk, StoredChunk};
 use file::{ChunkMap, WriteBuffer};
 
 /// Bytes of one re-chunking window: large enough that most cut points in
@@ -609,21 +609,24 @@ impl Dfs {
         done_to: u64,
     ) -> Result<(), DfsError> {
         let span = tracing::debug_span!("flush", ino = st.ino, chunks = raw.len(), size = new_size);
-        self.commit_inner(st, replaced, raw, new_size, truncate, done_to)
-            .instrument(span)
-            .await
+        async {
+            let stored = self.cluster.store_chunks(self.codec, raw).await?;
+            self.commit_inner(st, replaced, stored, new_size, truncate, done_to)
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     async fn commit_inner(
         &self,
         st: &mut FileState,
         replaced: Vec<ByteRange>,
-        raw: Vec<RawChunk>,
+        mut stored: Vec<StoredChunk>,
         new_size: u64,
         truncate: bool,
         done_to: u64,
     ) -> Result<(), DfsError> {
-        let mut stored = self.cluster.store_chunks(self.codec, raw).await?;
         let mtime_ns = st.pending_mtime.unwrap_or_else(now_ns);
         let mut attempt = 0;
         let reply = loop {
@@ -657,6 +660,16 @@ impl Dfs {
                 .await;
             match result {
                 Ok(inode) => break inode,
+                // Chunks referenced without their bytes (a shared copy)
+                // cannot be uploaded again: the caller copies bytes instead.
+                Err(e)
+                    if !e.missing_chunks.is_empty()
+                        && stored.iter().any(|s| {
+                            s.data.is_empty() && e.missing_chunks.contains(&s.mapped.fingerprint)
+                        }) =>
+                {
+                    return Err(e);
+                }
                 Err(e) if !e.missing_chunks.is_empty() && attempt + 1 < COMMIT_ATTEMPTS => {
                     attempt += 1;
                     tracing::info!(
@@ -676,7 +689,7 @@ impl Dfs {
                 Err(e) => return Err(e),
             }
         };
-        for s in &stored {
+        for s in stored.iter().filter(|s| !s.data.is_empty()) {
             if let Ok(fp) = Fingerprint::from_slice(&s.mapped.fingerprint) {
                 self.cache.insert(fp, s.data.clone()).await;
             }
@@ -748,6 +761,185 @@ impl Dfs {
             st.size = st.committed_size;
         }
         result
+    }
+
+    /// Makes `[offset, offset + len)` a hole (fallocate PUNCH_HOLE): the
+    /// chunks inside go from the map, the chunks cut by either edge are
+    /// re-cut to keep the bytes outside, and the size stays.
+    pub async fn punch_hole(
+        &self,
+        st: &mut FileState,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), DfsError> {
+        self.flush(st).await?;
+        let end = offset.saturating_add(len).min(st.committed_size);
+        if offset >= end {
+            return Ok(());
+        }
+        let start = match st.map.overlapping(offset, offset + 1).first() {
+            Some(c) => c.offset,
+            None => offset,
+        };
+        let stop = match st.map.overlapping(end - 1, end).first() {
+            Some(c) => c.offset + u64::from(c.len),
+            None => end,
+        };
+        let mut raw = self.recut(st, start, offset).await?;
+        raw.extend(self.recut(st, end, stop).await?);
+        let replaced = vec![ByteRange { start, end: stop }];
+        st.pending_mtime = Some(now_ns());
+        let size = st.committed_size;
+        self.commit(st, replaced, raw, size, false, u64::MAX).await
+    }
+
+    /// The committed bytes of `[start, end)` cut into chunks from `start`.
+    async fn recut(&self, st: &FileState, start: u64, end: u64) -> Result<Vec<RawChunk>, DfsError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let data = Bytes::from(self.read_range(st, start, end).await?);
+        let mut pos = start;
+        let mut out = Vec::new();
+        for len in chunker::cut_lengths(&data, true) {
+            let at = (pos - start) as usize;
+            out.push(RawChunk {
+                offset: pos,
+                data: data.slice(at..at + len),
+            });
+            pos += len as u64;
+        }
+        Ok(out)
+    }
+
+    /// lseek's SEEK_DATA / SEEK_HOLE over committed chunks and buffered
+    /// writes; `None` is ENXIO (no data at or after `offset`, or past EOF).
+    pub fn seek_data_or_hole(&self, st: &FileState, offset: u64, data: bool) -> Option<u64> {
+        if offset >= st.size {
+            return None;
+        }
+        // Data extents in order: chunks and buffered ranges, merged.
+        let mut extents: Vec<(u64, u64)> = st
+            .map
+            .overlapping(offset, st.size)
+            .iter()
+            .map(|c| (c.offset, c.offset + u64::from(c.len)))
+            .chain(st.buffer.ranges().into_iter().filter(|&(_, e)| e > offset))
+            .collect();
+        extents.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, e) in extents {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        if data {
+            merged
+                .iter()
+                .find(|&&(_, e)| e > offset)
+                .map(|&(s, _)| s.max(offset))
+        } else {
+            let mut pos = offset;
+            for &(s, e) in &merged {
+                if s > pos {
+                    break;
+                }
+                pos = pos.max(e);
+            }
+            Some(pos.min(st.size))
+        }
+    }
+
+    /// copy_file_range inside the cluster: the source chunks that lie
+    /// wholly in the range are referenced again at their new offsets (no
+    /// data moves, no space is used), the bytes at either edge are copied
+    /// through the write buffer. Returns the bytes copied. Without `share`
+    /// every byte is copied (the fallback when shared chunks were
+    /// collected between reading the map and the commit: the commit then
+    /// fails with `missing_chunks` and nothing changed).
+    pub async fn copy_range(
+        &self,
+        src: &mut FileState,
+        dst: Option<&mut FileState>,
+        in_offset: u64,
+        out_offset: u64,
+        len: u64,
+        share: bool,
+    ) -> Result<u64, DfsError> {
+        self.flush(src).await?;
+        let in_end = in_offset.saturating_add(len).min(src.size);
+        if in_offset >= in_end {
+            return Ok(0);
+        }
+        let len = in_end - in_offset;
+        let out_of = |at: u64| out_offset + (at - in_offset);
+        let whole: Vec<MappedChunk> = src
+            .map
+            .overlapping(in_offset, in_end)
+            .into_iter()
+            .filter(|c| share && c.offset >= in_offset && c.offset + u64::from(c.len) <= in_end)
+            .collect();
+        // Edges are copied as bytes; so is everything when no chunk fits.
+        let (mid_start, mid_end) = match (whole.first(), whole.last()) {
+            (Some(f), Some(l)) => (f.offset, l.offset + u64::from(l.len)),
+            _ => (in_end, in_end),
+        };
+        let src_ino = src.ino;
+        let head = self.read_range(src, in_offset, mid_start).await?;
+        // Bytes copied through memory stay bounded by COPY_BYTES_MAX (see
+        // the caller); shared chunks are free.
+        let tail = self.read_range(src, mid_end, in_end).await?;
+        let dst: &mut FileState = match dst {
+            Some(d) => d,
+            None => src,
+        };
+        self.flush(dst).await?;
+        if !whole.is_empty() {
+            let (d_start, d_end) = (out_of(mid_start), out_of(mid_end));
+            let start = match dst.map.overlapping(d_start, d_start + 1).first() {
+                Some(c) => c.offset,
+                None => d_start,
+            };
+            let stop = match dst.map.overlapping(d_end - 1, d_end).first() {
+                Some(c) => (c.offset + u64::from(c.len)).max(d_end),
+                None => d_end,
+            };
+            let before = self.recut(dst, start, d_start).await?;
+            let after = self
+                .recut(dst, d_end, stop.min(dst.committed_size).max(d_end))
+                .await?;
+            let shared: Vec<MappedChunk> = whole
+                .iter()
+                .map(|c| MappedChunk {
+                    offset: out_of(c.offset),
+                    ..c.clone()
+                })
+                .collect();
+            let new_size = dst.committed_size.max(d_end);
+            let mut chunks = self.cluster.store_chunks(self.codec, before).await?;
+            chunks.extend(shared.into_iter().map(|mapped| StoredChunk {
+                mapped,
+                uploaded: false,
+                data: Bytes::new(),
+            }));
+            chunks.extend(self.cluster.store_chunks(self.codec, after).await?);
+            dst.pending_mtime = Some(now_ns());
+            let replaced = vec![ByteRange { start, end: stop }];
+            self.commit_inner(dst, replaced, chunks, new_size, false, u64::MAX)
+                .await?;
+            tracing::info!(
+                src = src_ino,
+                dst = dst.ino,
+                shared_chunks = whole.len(),
+                shared_bytes = mid_end - mid_start,
+                copied_bytes = head.len() + tail.len(),
+                "copy_file_range shared chunks"
+            );
+        }
+        self.write(dst, out_offset, &head).await?;
+        self.write(dst, out_of(mid_end), &tail).await?;
+        Ok(len)
     }
 
     pub async fn read_dir_all(&self, ino: u64, plus: bool) -> Result<Vec<DirEntry>, DfsError> {
