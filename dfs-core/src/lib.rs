@@ -13,6 +13,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod placement;
 pub mod rpc;
+pub mod size;
 pub mod time;
 
 pub use chunker::{cut_lengths, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};

@@ -111,26 +111,7 @@ impl Default for MountOptions {
     }
 }
 
-/// Parses sizes such as `512M`, `2G`, `4096`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("bad size `{s}`: use a number with K, M, G or T")),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("bad size `{s}`"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size `{s}` is too large"))
-}
+pub use dfs_core::size::parse_size;
 
 /// Splits an option string on commas, honouring `\,` escapes.
 fn split_options(s: &str) -> Vec<String> {

@@ -16,7 +16,6 @@ use dfs_core::error::DfsError;
 use dfs_core::rpc::{boxed_transport, RpcTransport};
 use dfs_meta::store::RocksStore;
 use dfs_meta::{default_volume, Liveness, MetaService};
-use dfs_server::ShardStore;
 
 use crate::client::Connector;
 
@@ -51,7 +50,10 @@ impl Embedded {
         let chunk_dir = root.join("chunks");
         let shard_store = {
             let dir = chunk_dir.clone();
-            tokio::task::spawn_blocking(move || ShardStore::open(&dir)).await?
+            tokio::task::spawn_blocking(move || {
+                dfs_server::store::open_with_limits(&dir, None, None)
+            })
+            .await?
         }
         .with_context(|| format!("cannot open the shard store under {}", chunk_dir.display()))?;
         let shard_store = Arc::new(shard_store);

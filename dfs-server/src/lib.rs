@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub zone: String,
     pub rack: String,
     pub heartbeat_interval: Duration,
+    /// Most shard bytes to hold (`None`: as much as the disk allows).
+    pub capacity: Option<u64>,
+    /// Bytes of the file system to leave free (`None`: [`store::default_reserve`]).
+    pub reserve: Option<u64>,
 }
 
 impl ServerConfig {
@@ -62,6 +66,8 @@ impl ServerConfig {
             zone: DEFAULT_ZONE.to_string(),
             rack: DEFAULT_RACK.to_string(),
             heartbeat_interval: heartbeat::DEFAULT_HEARTBEAT_INTERVAL,
+            capacity: None,
+            reserve: None,
         }
     }
 }
@@ -81,8 +87,9 @@ impl BoundServer {
     /// with a message naming the path or address when either is unusable.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
         let data = config.data.clone();
+        let (capacity, reserve) = (config.capacity, config.reserve);
         let (store, uuid) = tokio::task::spawn_blocking(move || {
-            let store = ShardStore::open(&data)?;
+            let store = store::open_with_limits(&data, capacity, reserve)?;
             let uuid = identity::load_or_create(&data)?;
             Ok::<_, StoreError>((store, uuid))
         })

@@ -45,6 +45,19 @@ struct Cli {
         help_heading = "Network"
     )]
     heartbeat_ms: u64,
+
+    /// Most shard bytes this server holds (e.g. 500G) [default: what the disk allows].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, help_heading = "Storage")]
+    capacity: Option<u64>,
+
+    /// Free space always left on the data directory's file system
+    /// [default: 5% of it, at most 1G].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, help_heading = "Storage")]
+    reserve: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    dfs_core::size::parse_size(s)
 }
 
 impl From<Cli> for ServerConfig {
@@ -57,6 +70,8 @@ impl From<Cli> for ServerConfig {
             zone: cli.zone,
             rack: cli.rack,
             heartbeat_interval: Duration::from_millis(cli.heartbeat_ms),
+            capacity: cli.capacity,
+            reserve: cli.reserve,
         }
     }
 }

@@ -82,6 +82,44 @@ pub struct ShardStore {
     shard_count: AtomicU64,
     shard_bytes: AtomicU64,
     sync_write: WriteOptions,
+    limits: SpaceLimits,
+}
+
+/// How much this server may store. A put that would pass either limit is
+/// refused with [`StoreError::NoSpace`] before anything is written: RocksDB
+/// on a file system that really fills up stops taking writes until it is
+/// restarted, so the server stops short of that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpaceLimits {
+    /// Most shard payload bytes to hold (`--capacity`); `None`: the file
+    /// system's size.
+    pub max_shard_bytes: Option<u64>,
+    /// Bytes of the file system always left free (`--reserve`).
+    pub reserve_bytes: u64,
+}
+
+/// Opens the store and applies `--capacity` and `--reserve` (default:
+/// [`default_reserve`] of the file system it lives on).
+pub fn open_with_limits(
+    data_dir: &Path,
+    capacity: Option<u64>,
+    reserve: Option<u64>,
+) -> Result<ShardStore, StoreError> {
+    let mut store = ShardStore::open(data_dir)?;
+    let reserve = match reserve {
+        Some(r) => r,
+        None => default_reserve(store.capacity_of_fs()?.total_bytes),
+    };
+    store.set_limits(SpaceLimits {
+        max_shard_bytes: capacity,
+        reserve_bytes: reserve,
+    });
+    Ok(store)
+}
+
+/// The reserve when none is given: 5% of the file system, at most 1 GiB.
+pub fn default_reserve(fs_total_bytes: u64) -> u64 {
+    (fs_total_bytes / 20).min(1 << 30)
 }
 
 impl std::fmt::Debug for ShardStore {
@@ -175,6 +213,7 @@ impl ShardStore {
             shard_count: AtomicU64::new(0),
             shard_bytes: AtomicU64::new(0),
             sync_write,
+            limits: SpaceLimits::default(),
         };
         let usage = store.scan_usage()?;
         store
@@ -190,6 +229,36 @@ impl ShardStore {
             "shard store opened"
         );
         Ok(store)
+    }
+
+    /// Sets the space limits (see [`SpaceLimits`]).
+    pub fn set_limits(&mut self, limits: SpaceLimits) {
+        self.limits = limits;
+    }
+
+    /// Refuses a write that would add `adding` payload bytes past a limit.
+    fn check_space(&self, adding: u64) -> Result<(), StoreError> {
+        if adding == 0 {
+            return Ok(());
+        }
+        if let Some(max) = self.limits.max_shard_bytes {
+            let held = self.shard_bytes.load(Ordering::Relaxed);
+            if held.saturating_add(adding) > max {
+                return Err(StoreError::NoSpace(format!(
+                    "capacity of {max} bytes reached ({held} held, {adding} more asked)"
+                )));
+            }
+        }
+        let fs = self.capacity_of_fs()?;
+        let free = fs.total_bytes.saturating_sub(fs.used_bytes);
+        if free < adding.saturating_add(self.limits.reserve_bytes) {
+            return Err(StoreError::NoSpace(format!(
+                "{} has {free} bytes free and keeps {} in reserve",
+                self.data_dir.display(),
+                self.limits.reserve_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// The data directory this store lives in.
@@ -244,6 +313,7 @@ impl ShardStore {
             added_bytes += payload_len(value.len());
             batch.put(key, value);
         }
+        self.check_space(added_bytes.saturating_sub(removed_bytes))?;
         self.db
             .write_opt(batch, &self.sync_write)
             .map_err(StoreError::from_db)?;
@@ -313,8 +383,43 @@ impl ShardStore {
         }
     }
 
-    /// Size and use of the file system holding the data directory.
+    /// What this server can hold and holds, as reported to the metadata
+    /// server: with `--capacity`, that quota and the shard bytes; otherwise
+    /// the file system less the reserve, and its use.
     pub fn capacity(&self) -> Result<Capacity, StoreError> {
+        let fs = self.capacity_of_fs()?;
+        let fs_view = Capacity {
+            total_bytes: fs.total_bytes.saturating_sub(self.limits.reserve_bytes),
+            used_bytes: fs.used_bytes,
+        };
+        Ok(match self.limits.max_shard_bytes {
+            Some(max) => {
+                let quota = Capacity {
+                    total_bytes: max,
+                    used_bytes: self.shard_bytes.load(Ordering::Relaxed),
+                };
+                // Whichever runs out first.
+                if fs_view.total_bytes.saturating_sub(fs_view.used_bytes)
+                    < quota.total_bytes.saturating_sub(quota.used_bytes)
+                {
+                    Capacity {
+                        total_bytes: max,
+                        used_bytes: max
+                            - fs_view
+                                .total_bytes
+                                .saturating_sub(fs_view.used_bytes)
+                                .min(max),
+                    }
+                } else {
+                    quota
+                }
+            }
+            None => fs_view,
+        })
+    }
+
+    /// Size and use of the file system holding the data directory.
+    fn capacity_of_fs(&self) -> Result<Capacity, StoreError> {
         fs_capacity(&self.data_dir)
             .map_err(|e| StoreError::io(format!("statvfs {}", self.data_dir.display()), e))
     }
@@ -511,6 +616,47 @@ mod tests {
                 shard_bytes: 18
             }
         );
+    }
+
+    #[test]
+    fn a_put_past_the_capacity_is_refused_whole_and_overwrites_count_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        store.set_limits(SpaceLimits {
+            max_shard_bytes: Some(10_000),
+            reserve_bytes: 0,
+        });
+        store
+            .put_batch(&[(fp(1), 0, &[1u8; 6000][..])])
+            .expect("fits");
+        // Rewriting the same shard adds nothing.
+        store
+            .put_batch(&[(fp(1), 0, &[2u8; 6000][..])])
+            .expect("an overwrite fits");
+        let err = store
+            .put_batch(&[(fp(2), 0, &[3u8; 3000][..]), (fp(3), 0, &[4u8; 3000][..])])
+            .expect_err("6000 more bytes do not fit");
+        assert!(matches!(err, StoreError::NoSpace(_)), "{err}");
+        assert_eq!(
+            store.usage().shard_count,
+            1,
+            "nothing of the refused batch was written"
+        );
+        assert!(matches!(
+            store.get(&fp(2), 0),
+            Err(StoreError::NotFound { .. })
+        ));
+        let cap = store.capacity().expect("capacity");
+        assert_eq!((cap.total_bytes, cap.used_bytes), (10_000, 6000));
+        // A reserve larger than the disk refuses everything.
+        store.set_limits(SpaceLimits {
+            max_shard_bytes: None,
+            reserve_bytes: u64::MAX / 2,
+        });
+        assert!(matches!(
+            store.put_batch(&[(fp(4), 0, &[5u8; 10][..])]),
+            Err(StoreError::NoSpace(_))
+        ));
     }
 
     #[test]

@@ -54,6 +54,16 @@ struct Topology {
     servers: HashMap<u32, ServerConn>,
     ring: Arc<Ring>,
     refreshed: Instant,
+    /// Servers that are up but left out of placement because they are full.
+    full: usize,
+}
+
+/// A server with less free space than this is full for placement: 2% of
+/// its capacity, at most 64 MiB (its own check refuses puts past its
+/// limits anyway; this keeps new chunks from being sent there at all).
+fn is_full(capacity_bytes: u64, used_bytes: u64) -> bool {
+    let margin = (capacity_bytes / 50).min(64 << 20);
+    capacity_bytes > 0 && capacity_bytes.saturating_sub(used_bytes) <= margin
 }
 
 pub struct Cluster {
@@ -80,6 +90,7 @@ impl Cluster {
             topology: RwLock::new(Topology {
                 servers: HashMap::new(),
                 ring: Arc::new(Ring::new(Vec::new())),
+                full: 0,
                 refreshed: Instant::now() - TOPOLOGY_TTL * 2,
             }),
         });
@@ -98,6 +109,7 @@ impl Cluster {
             .await?;
         let mut servers = HashMap::new();
         let mut candidates = Vec::new();
+        let mut full = 0;
         {
             let old = self.topology.read();
             for status in &list.servers {
@@ -113,7 +125,10 @@ impl Cluster {
                     },
                 };
                 servers.insert(rec.id, conn);
-                if status.state() == ServerState::Up {
+                if status.state() == ServerState::Up && is_full(rec.capacity_bytes, rec.used_bytes)
+                {
+                    full += 1;
+                } else if status.state() == ServerState::Up {
                     candidates.push(Candidate {
                         id: rec.id,
                         zone: rec.zone.clone(),
@@ -126,6 +141,7 @@ impl Cluster {
         let mut topo = self.topology.write();
         topo.servers = servers;
         topo.ring = Arc::new(Ring::new(candidates));
+        topo.full = full;
         topo.refreshed = Instant::now();
         Ok(())
     }
@@ -137,6 +153,11 @@ impl Cluster {
                 tracing::warn!(error = %e, "cannot refresh the server list");
             }
         }
+    }
+
+    /// How many servers are up but full (see [`is_full`]).
+    pub fn full_servers(&self) -> usize {
+        self.topology.read().full
     }
 
     pub async fn ring(&self) -> Arc<Ring> {
@@ -156,5 +177,22 @@ impl Cluster {
             .get(&id)
             .cloned()
             .ok_or_else(|| DfsError::new(libc::EIO, format!("chunk server {id} is not registered")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_full;
+
+    #[test]
+    fn full_means_within_the_margin() {
+        assert!(!is_full(0, 0), "unknown capacity is not full");
+        assert!(!is_full(100 << 20, 10 << 20));
+        assert!(is_full(100 << 20, 99 << 20), "2% of 100 MiB left");
+        assert!(
+            is_full(1 << 40, (1 << 40) - (64 << 20)),
+            "64 MiB left of 1 TiB"
+        );
+        assert!(!is_full(1 << 40, (1 << 40) - (65 << 20)));
     }
 }

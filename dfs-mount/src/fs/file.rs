@@ -155,8 +155,12 @@ pub struct ChunkMap {
 }
 
 impl ChunkMap {
-    /// Chunks overlapping `[start, end)`, in order.
+    /// Chunks overlapping `[start, end)`, in order (none for an empty or
+    /// inverted range: readahead past the committed size asks for one).
     pub fn overlapping(&self, start: u64, end: u64) -> Vec<MappedChunk> {
+        if start >= end {
+            return Vec::new();
+        }
         let first = match self.chunks.range(..=start).next_back() {
             Some((&s, _)) => s,
             None => start,
@@ -287,6 +291,11 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![0, 100, 150]
         );
+        assert!(
+            m.overlapping(300, 200).is_empty(),
+            "an inverted range is empty"
+        );
+        assert!(m.overlapping(120, 120).is_empty());
         m.replace(100, 220, [chunk(100, 120)]);
         assert_eq!(m.chunks.keys().copied().collect::<Vec<_>>(), vec![0, 100]);
     }

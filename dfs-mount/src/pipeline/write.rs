@@ -236,44 +236,77 @@ impl Cluster {
         Ok(out)
     }
 
-    /// Places and uploads encoded chunks; a server that fails is excluded
-    /// and the chunks that had a shard there are placed again.
+    /// Places and uploads encoded chunks. A server that fails is excluded;
+    /// only the shards that were bound for it are placed again (on servers
+    /// the chunk does not use yet, preferring the ring's order), so shards
+    /// already stored stay where the index will say they are, and no copy
+    /// is left behind on a server the record does not name.
     async fn upload(
         &self,
         encoded: Vec<Encoded>,
     ) -> Result<Vec<(Fingerprint, ChunkRecord)>, DfsError> {
         let mut excluded: Vec<u32> = Vec::new();
-        let mut pending = encoded;
+        // Each chunk with the shard indices still to store.
+        let mut pending: Vec<(Encoded, Vec<usize>)> = encoded
+            .into_iter()
+            .map(|e| {
+                let all = (0..e.shards.len()).collect();
+                (e, all)
+            })
+            .collect();
         let mut done = Vec::with_capacity(pending.len());
-        let mut last_error = None;
+        let mut last_error: Option<DfsError> = None;
         for _round in 0..UPLOAD_ROUNDS {
             if pending.is_empty() {
                 break;
             }
             let ring = self.ring().await;
             let mut batches: HashMap<u32, ServerBatch> = HashMap::new();
-            for enc in &mut pending {
-                let placed = ring.place_excluding(enc.fp.as_bytes(), enc.shards.len(), &excluded);
-                if placed.len() != enc.shards.len() {
+            for (enc, todo) in &mut pending {
+                let n = enc.shards.len();
+                let fresh = ring.place_excluding(enc.fp.as_bytes(), n, &excluded);
+                if fresh.len() != n {
+                    if self.full_servers() > 0
+                        || last_error.as_ref().is_some_and(|e| e.errno == libc::ENOSPC)
+                    {
+                        return Err(DfsError::new(
+                            libc::ENOSPC,
+                            "every chunk server with room is full (see `dfs status`)".to_string(),
+                        ));
+                    }
                     return Err(DfsError::new(
                         libc::EIO,
                         "no chunk server is available to store data (see `dfs status`)".to_string(),
                     ));
                 }
-                enc.record.shard_servers = placed.clone();
-                for (index, (server, shard)) in placed.iter().zip(&enc.shards).enumerate() {
-                    batches.entry(*server).or_default().shards.push(Shard {
-                        fingerprint: enc.fp.to_vec(),
-                        index: index as u32,
-                        data: shard.clone(),
-                    });
+                if enc.record.shard_servers.len() != n {
+                    enc.record.shard_servers = fresh;
+                } else {
+                    // Keep the stored shards; move only the failed ones, to
+                    // servers this chunk does not use yet when there are any.
+                    let kept: Vec<u32> = (0..n)
+                        .filter(|i| !todo.contains(i))
+                        .map(|i| enc.record.shard_servers[i])
+                        .collect();
+                    let mut spare = fresh.iter().copied().filter(|s| !kept.contains(s));
+                    for (k, &i) in todo.iter().enumerate() {
+                        enc.record.shard_servers[i] =
+                            spare.next().unwrap_or(fresh[k % fresh.len()]);
+                    }
+                }
+                for &index in todo.iter() {
+                    batches
+                        .entry(enc.record.shard_servers[index])
+                        .or_default()
+                        .shards
+                        .push(Shard {
+                            fingerprint: enc.fp.to_vec(),
+                            index: index as u32,
+                            data: enc.shards[index].clone(),
+                        });
                 }
             }
             let failures = self.put_batches(batches).await;
-            if failures.is_empty() {
-                done.extend(pending.drain(..).map(|e| (e.fp, e.record)));
-                break;
-            }
             let failed: HashSet<u32> = failures.iter().map(|(id, _)| *id).collect();
             for (id, err) in failures {
                 tracing::warn!(server_id = id, error = %err, "shard upload failed; placing elsewhere");
@@ -283,13 +316,23 @@ impl Cluster {
                 }
                 excluded.push(id);
             }
-            let (retry, ok): (Vec<Encoded>, Vec<Encoded>) = pending
-                .into_iter()
-                .partition(|e| e.record.shard_servers.iter().any(|s| failed.contains(s)));
-            done.extend(ok.into_iter().map(|e| (e.fp, e.record)));
-            pending = retry;
-            // The server list may have changed under us.
-            let _ = self.refresh_topology().await;
+            let mut still = Vec::new();
+            for (enc, todo) in pending {
+                let left: Vec<usize> = todo
+                    .into_iter()
+                    .filter(|&i| failed.contains(&enc.record.shard_servers[i]))
+                    .collect();
+                if left.is_empty() {
+                    done.push((enc.fp, enc.record));
+                } else {
+                    still.push((enc, left));
+                }
+            }
+            pending = still;
+            if !pending.is_empty() {
+                // The server list may have changed under us.
+                let _ = self.refresh_topology().await;
+            }
         }
         if !pending.is_empty() {
             let err = last_error.unwrap_or_else(|| DfsError::io("upload failed"));

@@ -113,6 +113,8 @@ pub struct ServerSpec {
     pub data: PathBuf,
     pub zone: String,
     pub rack: String,
+    /// More `dfs-server` arguments (e.g. `--capacity`).
+    pub extra_args: Vec<String>,
 }
 
 /// One metadata server and N chunk servers.
@@ -127,6 +129,15 @@ pub struct TestCluster {
 impl TestCluster {
     /// `zones` × `racks_per_zone` servers, one per rack.
     pub fn start(zones: usize, racks_per_zone: usize) -> Self {
+        Self::start_with(zones, racks_per_zone, |_| Vec::new())
+    }
+
+    /// Like [`TestCluster::start`], with extra arguments for server `i`.
+    pub fn start_with(
+        zones: usize,
+        racks_per_zone: usize,
+        extra_args: impl Fn(usize) -> Vec<String>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("dfs-test-")
             .tempdir()
@@ -140,6 +151,7 @@ impl TestCluster {
                     data: dir.path().join(format!("server-z{z}-r{r}")),
                     zone: format!("zone-{z}"),
                     rack: format!("rack-{z}-{r}"),
+                    extra_args: extra_args(z * racks_per_zone + r),
                 });
             }
         }
@@ -208,6 +220,7 @@ impl TestCluster {
                 "--rack",
                 &s.rack,
             ])
+            .args(&s.extra_args)
             .stdout(Stdio::piped())
             .stderr(log_file(self.dir.path(), &format!("server-{i}")))
             .spawn()
@@ -373,6 +386,12 @@ impl TestMount {
         if is_mounted(&self.path) {
             // The client is gone; never leave a dead mount behind.
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+        // A request handler that panicked answered EIO (or nothing) to the
+        // kernel: whatever the test checked, that is a failure.
+        let log = std::fs::read_to_string(self.path.with_extension("log")).unwrap_or_default();
+        if log.contains("panicked") && !std::thread::panicking() {
+            panic!("the dfs client panicked during the test:\n{log}");
         }
     }
 }
