@@ -74,6 +74,11 @@ impl From<MetaError> for DfsError {
                 DfsError::retryable(libc::EIO, message)
             }
             MetaError::Store(StoreError::Open(_)) => DfsError::new(libc::EIO, message),
+            // A request the shared code should have split: a bug, not retryable.
+            MetaError::Store(StoreError::TooLarge(_)) => {
+                tracing::error!(error = %message, "metadata transaction too large");
+                DfsError::new(libc::EIO, message)
+            }
             // The caller cannot know whether it happened: retrying is its call
             // (chunk-map commits are idempotent, creates are not).
             MetaError::Store(StoreError::CommitUnknown(_)) => {

@@ -189,6 +189,42 @@ fn large_values_and_binary_keys(store: &dyn MetaStore) {
     .expect("txn");
 }
 
+fn transaction_size_limits(store: &dyn MetaStore) {
+    let too_large = |r: Result<()>| matches!(r, Err(StoreError::TooLarge(_)));
+    let value = vec![3u8; 95_000];
+    // 110 values of 95 kB: 10.45 MB, over the limit; nothing is applied.
+    let over = transact(store, |t| {
+        for i in 0..110u32 {
+            t.set(&[b"big".as_slice(), &i.to_be_bytes()].concat(), &value);
+        }
+        Ok::<_, StoreError>(())
+    });
+    assert!(too_large(over), "a 10.45 MB transaction was accepted");
+    let applied = transact(store, |t| t.get(b"big\0\0\0\0")).expect("read");
+    assert!(
+        applied.is_none(),
+        "a refused transaction left writes behind"
+    );
+    // 100 of them (9.5 MB) commit.
+    transact(store, |t| {
+        for i in 0..100u32 {
+            t.set(&[b"big".as_slice(), &i.to_be_bytes()].concat(), &value);
+        }
+        Ok::<_, StoreError>(())
+    })
+    .expect("9.5 MB fits");
+    let big_value = vec![1u8; 100_001];
+    assert!(too_large(transact(store, |t| {
+        t.set(b"v", &big_value);
+        Ok(())
+    })));
+    let big_key = vec![2u8; 10_001];
+    assert!(too_large(transact(store, |t| {
+        t.set(&big_key, b"x");
+        Ok(())
+    })));
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -222,6 +258,10 @@ macro_rules! conformance {
             fn concurrent_increments_are_serializable() {
                 let (store, _dir) = make();
                 super::concurrent_increments_are_serializable(store);
+            }
+            #[test]
+            fn transaction_size_limits() {
+                super::transaction_size_limits(make().0.as_ref());
             }
             #[test]
             fn large_values_and_binary_keys() {

@@ -142,6 +142,10 @@ impl Transaction for FdbTxn {
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
         match block_on(self.trx.commit()) {
             Ok(_) => Ok(()),
+            // transaction_too_large, key_too_large, value_too_large
+            Err(e) if matches!(e.code(), 2101..=2103) => {
+                Err(StoreError::TooLarge(format!("FoundationDB commit: {e}")))
+            }
             Err(e) if e.is_retryable_not_committed() => Err(StoreError::Conflict),
             Err(e) if e.is_retryable() => Err(StoreError::CommitUnknown(e.to_string())),
             Err(e) => Err(StoreError::Io(format!("FoundationDB commit: {e}"))),

@@ -54,6 +54,7 @@ pub type MemTxn<'a> = OverlayTxn<MemBase<'a>>;
 impl Transaction for MemTxn<'_> {
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
         let OverlayTxn { mut base, overlay } = *self;
+        overlay.check_limits()?;
         for (b, e) in &overlay.cleared {
             let doomed: Vec<Vec<u8>> = base
                 .0

@@ -39,7 +39,17 @@ pub enum StoreError {
     /// `commit_unknown_result`): retrying is only safe for idempotent work.
     #[error("transaction outcome unknown: {0}")]
     CommitUnknown(String),
+    /// A key, a value or the whole transaction is past FoundationDB's
+    /// limits. Every backend refuses it, so code that works on the
+    /// embedded store cannot fail only on a cluster.
+    #[error("transaction too large: {0}")]
+    TooLarge(String),
 }
+
+/// FoundationDB's limits, enforced by every backend at commit.
+pub const MAX_KEY_BYTES: usize = 10_000;
+pub const MAX_VALUE_BYTES: usize = 100_000;
+pub const MAX_TRANSACTION_BYTES: usize = 10_000_000;
 
 /// Errors that say "run the transaction again": a conflict, whether found
 /// at commit or by a read inside the transaction body.

@@ -36,6 +36,35 @@ pub trait Base {
 }
 
 impl Overlay {
+    /// Refuses what FoundationDB would refuse: a key over 10 kB, a value
+    /// over 100 kB, more than 10 MB of mutations (keys and values written,
+    /// keys and range bounds cleared) in one transaction.
+    pub fn check_limits(&self) -> Result<(), StoreError> {
+        let mut total = 0usize;
+        for (b, e) in &self.cleared {
+            total += b.len() + e.len();
+        }
+        for (k, p) in &self.writes {
+            if k.len() > super::MAX_KEY_BYTES {
+                return Err(StoreError::TooLarge(format!("a key of {} bytes", k.len())));
+            }
+            total += k.len();
+            if let Pending::Set(v) = p {
+                if v.len() > super::MAX_VALUE_BYTES {
+                    return Err(StoreError::TooLarge(format!(
+                        "a value of {} bytes",
+                        v.len()
+                    )));
+                }
+                total += v.len();
+            }
+        }
+        if total > super::MAX_TRANSACTION_BYTES {
+            return Err(StoreError::TooLarge(format!("{total} bytes of mutations")));
+        }
+        Ok(())
+    }
+
     fn is_cleared(&self, key: &[u8]) -> bool {
         self.cleared
             .iter()

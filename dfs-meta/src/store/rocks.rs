@@ -116,6 +116,7 @@ impl Transaction for RocksTxn<'_> {
         if self.overlay.cleared.is_empty() && self.overlay.writes.is_empty() {
             return Ok(());
         }
+        self.overlay.check_limits()?;
         let mut batch = WriteBatch::default();
         // Range clears first: writes recorded after a clear survive it.
         for (b, e) in &self.overlay.cleared {
