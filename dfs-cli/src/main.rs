@@ -1,5 +1,7 @@
 //! `dfs`: the administrator's command. Talks to a metadata server.
 
+mod gc;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,6 +25,23 @@ enum Command {
         /// HOST:PORT of a metadata server.
         #[arg(long)]
         meta: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Garbage collection: deletes the shards of chunks no file has
+    /// referenced for the grace period, and reports what it freed.
+    Gc {
+        /// HOST:PORT of a metadata server.
+        #[arg(long)]
+        meta: String,
+        /// Seconds a chunk must stay unreferenced before it is deleted.
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+        /// Largest difference, in seconds, between the clocks of the
+        /// metadata and chunk servers (at most --grace).
+        #[arg(long, default_value_t = 60)]
+        clock_skew: u64,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -150,6 +169,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "unreferenced    {:>16}  chunks, {} bytes (awaiting GC)",
                     stats.unreferenced_chunks, stats.unreferenced_bytes
                 );
+            }
+        }
+        Command::Gc {
+            meta,
+            grace,
+            clock_skew,
+            json,
+        } => {
+            let mut client = connect(&meta).await?;
+            let report = gc::run(
+                &mut client,
+                Duration::from_secs(grace),
+                Duration::from_secs(clock_skew),
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("index entries scanned   {:>12}", report.scanned);
+                println!("waiting (grace period)  {:>12}", report.waiting);
+                println!("chunks freed            {:>12}", report.chunks_freed);
+                println!("shards deleted          {:>12}", report.shards_deleted);
+                println!("bytes freed             {:>12}", report.bytes_freed);
+                println!("chunks pending          {:>12}", report.chunks_pending);
             }
         }
         Command::Status { meta, json } => {

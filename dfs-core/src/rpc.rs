@@ -93,7 +93,10 @@ mod tests {
         use crate::DfsError;
         use dfs_proto::chunks_client::ChunksClient;
         use dfs_proto::chunks_server::{Chunks, ChunksServer};
-        use dfs_proto::{Empty, GetShardReply, PutShardsRequest, ServerUsage, ShardKey};
+        use dfs_proto::{
+            DeleteShardsReply, DeleteShardsRequest, Empty, GetShardReply, PutShardsRequest,
+            ServerUsage, ShardKey,
+        };
         use tonic::{Request as Req, Response as Resp, Status};
 
         struct Fake;
@@ -106,6 +109,12 @@ mod tests {
                 Ok(Resp::new(GetShardReply {
                     data: r.into_inner().fingerprint,
                 }))
+            }
+            async fn delete_shards(
+                &self,
+                _: Req<DeleteShardsRequest>,
+            ) -> Result<Resp<DeleteShardsReply>, Status> {
+                Err(Status::unimplemented("not in this fake"))
             }
             async fn usage(&self, _: Req<Empty>) -> Result<Resp<ServerUsage>, Status> {
                 Err(DfsError::unavailable("draining")

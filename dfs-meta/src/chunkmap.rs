@@ -8,8 +8,8 @@
 //! this closes the race between dedup and GC described in DESIGN.md.
 
 use dfs_proto::{
-    ChunkMapReply, ChunkRecord, ChunkRefRecord, ChunkState, CommitChunksRequest, FileKind,
-    InodeRecord, MappedChunk, StatsReply,
+    ChunkMapReply, ChunkRecord, ChunkRefRecord, ChunkState, CommitChunksRequest, DeadChunk,
+    FileKind, GcMarkReply, InodeRecord, MappedChunk, StatsReply,
 };
 use prost::Message;
 
@@ -240,6 +240,7 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
                     refcount: 0,
                     state: ChunkState::Live as i32,
                     zero_since_ns: 0,
+                    dead_since_ns: 0,
                     ..up.clone()
                 };
                 put_record(txn, &key, &rec);
@@ -302,6 +303,98 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
     inode.ctime_ns = now_ns.max(mtime);
     put_inode(txn, &inode);
     Ok(inode)
+}
+
+/// Garbage collection, step 1, over at most `limit` index entries after
+/// `after`: an entry whose count is at or below zero is stamped with the
+/// time that was first seen, and declared dead once it has stayed there for
+/// `grace_ns`; a count above zero clears the stamp. Dead entries (new and
+/// from earlier passes) are returned for their shards to be deleted. A
+/// commit that references a dead entry must upload the chunk again (see
+/// `commit`), and the count is read here in the same transaction as the
+/// state change, so a concurrent reference is never lost.
+pub fn gc_mark(
+    txn: &mut dyn KvTxn,
+    after: &[u8],
+    limit: usize,
+    grace_ns: i64,
+    now_ns: i64,
+) -> Result<GcMarkReply> {
+    let (begin, end) = keys::tag_range(keys::HASH);
+    let start = if after.is_empty() {
+        begin
+    } else {
+        let mut k = keys::hash(after);
+        k.push(0);
+        k
+    };
+    let limit = limit.clamp(1, PURGE_BATCH);
+    let rows = txn.range(&start, &end, limit + 1, false)?;
+    let more = rows.len() > limit;
+    let mut reply = GcMarkReply::default();
+    for (key, value) in rows.into_iter().take(limit) {
+        reply.scanned += 1;
+        let fingerprint = key[1..].to_vec();
+        let mut rec = ChunkRecord::decode(value.as_slice())?;
+        if rec.state() == ChunkState::Dead {
+            reply.dead.push(DeadChunk {
+                fingerprint: fingerprint.clone(),
+                record: Some(rec),
+            });
+            reply.next_fingerprint = fingerprint;
+            continue;
+        }
+        let refs = decode_counter(txn.get(&keys::refs(&fingerprint))?.as_deref());
+        if refs > 0 {
+            if rec.zero_since_ns != 0 {
+                rec.zero_since_ns = 0;
+                put_record(txn, &key, &rec);
+            }
+        } else {
+            if rec.zero_since_ns == 0 {
+                rec.zero_since_ns = now_ns;
+            }
+            if now_ns.saturating_sub(rec.zero_since_ns) >= grace_ns {
+                rec.state = ChunkState::Dead as i32;
+                rec.dead_since_ns = now_ns;
+                reply.dead.push(DeadChunk {
+                    fingerprint: fingerprint.clone(),
+                    record: Some(rec.clone()),
+                });
+            } else {
+                reply.waiting += 1;
+            }
+            put_record(txn, &key, &rec);
+        }
+        reply.next_fingerprint = fingerprint;
+    }
+    if !more {
+        reply.next_fingerprint.clear();
+    }
+    Ok(reply)
+}
+
+/// Garbage collection, step 3: removes the entries that are still dead
+/// once their shards are gone. One revived by a commit meanwhile (it
+/// uploaded the chunk again) is left alone. Returns how many went.
+pub fn gc_finish(txn: &mut dyn KvTxn, fingerprints: &[Vec<u8>]) -> Result<u64> {
+    let mut removed = 0;
+    for fp in fingerprints.iter().take(PURGE_BATCH) {
+        let key = keys::hash(fp);
+        let Some(rec) = get_record::<ChunkRecord>(txn, &key)? else {
+            continue;
+        };
+        if rec.state() != ChunkState::Dead {
+            continue;
+        }
+        txn.clear(&key);
+        let refs = keys::refs(fp);
+        if decode_counter(txn.get(&refs)?.as_deref()) <= 0 {
+            txn.clear(&refs);
+        }
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// For each fingerprint, its live dedup entry if there is one.

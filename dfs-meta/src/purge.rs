@@ -278,6 +278,79 @@ mod tests {
         assert_eq!(run(&store, |t| namespace::get_inode(t, other)).nlink, 1);
     }
 
+    #[test]
+    fn gc_marks_after_the_grace_period_and_never_removes_a_revived_chunk() {
+        let store = MemStore::default();
+        let ino = big_file(&store, 10); // chunks 0..10, fingerprints id 0..10
+        let keep = big_file_named(&store, b"keep", 3, 1); // shares chunk 0
+        run(&store, |t| namespace::unlink(t, 1, b"big", 0, 2));
+        let _ = ino;
+        // First sight of the nine unreferenced chunks: stamped, waiting.
+        let first = run(&store, |t| chunkmap::gc_mark(t, &[], 1000, 100, 1_000));
+        assert_eq!((first.scanned, first.waiting, first.dead.len()), (10, 9, 0));
+        assert!(
+            first.next_fingerprint.is_empty(),
+            "one pass covers the index"
+        );
+        // Inside the grace period: still waiting.
+        let early = run(&store, |t| chunkmap::gc_mark(t, &[], 1000, 100, 1_050));
+        assert_eq!((early.waiting, early.dead.len()), (9, 0));
+        // Past it: dead, in pages (limit 4 gives 3 passes).
+        let mut dead = Vec::new();
+        let mut cursor = Vec::new();
+        loop {
+            let page = run(&store, |t| chunkmap::gc_mark(t, &cursor, 4, 100, 1_200));
+            dead.extend(page.dead.into_iter().map(|d| d.fingerprint));
+            if page.next_fingerprint.is_empty() {
+                break;
+            }
+            cursor = page.next_fingerprint;
+        }
+        assert_eq!(dead.len(), 9, "every unreferenced chunk, and only those");
+        assert!(
+            !dead.contains(&chunk(0, 100, 0).fingerprint),
+            "chunk 0 is referenced"
+        );
+        // A dead chunk is unknown to dedup; committing it without its bytes
+        // fails, with them it is alive again.
+        let lookup = run(&store, |t| {
+            chunkmap::lookup_chunks(t, &[chunk(100, 100, 1).fingerprint])
+        });
+        assert!(lookup[0].is_none());
+        let reuse = |uploaded: bool| CommitChunksRequest {
+            ino: keep,
+            replaced: vec![ByteRange {
+                start: 100,
+                end: 200,
+            }],
+            chunks: vec![{
+                let mut c = chunk(100, 100, 1);
+                if !uploaded {
+                    c.uploaded = None;
+                }
+                c
+            }],
+            new_size: 200,
+            mtime_ns: 5,
+            truncate: false,
+        };
+        assert!(matches!(
+            transact(&store, |t| chunkmap::commit(t, &reuse(false), 5)),
+            Err(MetaError::MissingChunks(_))
+        ));
+        run(&store, |t| chunkmap::commit(t, &reuse(true), 5).map(|_| ()));
+        // Finishing removes the eight still dead, not the revived one.
+        let removed = run(&store, |t| chunkmap::gc_finish(t, &dead));
+        assert_eq!(removed, 8);
+        let stats = run(&store, chunkmap::stats);
+        assert_eq!((stats.chunks, stats.unreferenced_chunks), (2, 0));
+        assert_eq!(
+            run(&store, |t| chunkmap::gc_finish(t, &dead)),
+            0,
+            "idempotent"
+        );
+    }
+
     /// FoundationDB refuses transactions that write more than 10 MB: the
     /// largest ones the shared code makes must stay far below.
     #[test]

@@ -187,6 +187,25 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn gc_mark(&self, r: Request<GcMarkRequest>) -> Result<Response<GcMarkReply>, Status> {
+        let r = r.into_inner();
+        self.run("gc_mark", move |t, now| {
+            chunkmap::gc_mark(t, &r.after_fingerprint, r.limit as usize, r.grace_ns, now)
+        })
+        .await
+    }
+
+    async fn gc_finish(
+        &self,
+        r: Request<GcFinishRequest>,
+    ) -> Result<Response<GcFinishReply>, Status> {
+        let r = r.into_inner();
+        self.run("gc_finish", move |t, _| {
+            chunkmap::gc_finish(t, &r.fingerprints).map(|removed| GcFinishReply { removed })
+        })
+        .await
+    }
+
     async fn rmdir(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
         let reply = self

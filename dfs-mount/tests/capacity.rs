@@ -115,7 +115,59 @@ fn a_full_server_is_left_out_and_a_full_cluster_answers_enospc() {
             path.display()
         );
     }
-    // Deleting makes room again? Not until garbage collection exists; the
-    // file system stays usable for reads and metadata meanwhile.
+    // The file system stays usable for reads and metadata meanwhile.
     fs::create_dir(m.path.join("still-works")).expect("mkdir on a full cluster");
+
+    // Removing files and collecting garbage makes room again.
+    let keep = written.pop().expect("files");
+    for (path, _) in &written {
+        fs::remove_file(path).expect("rm");
+    }
+    let held_before: u64 = server_bytes(&cluster).iter().sum();
+    let gc = |grace: &str| -> serde_json::Value {
+        let out = std::process::Command::new(bin("dfs"))
+            .args(["gc", "--meta", &cluster.meta_addr(), "--json"])
+            .args(["--grace", grace, "--clock-skew", "0"])
+            .output()
+            .expect("dfs gc");
+        assert!(
+            out.status.success(),
+            "dfs gc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("gc JSON")
+    };
+    // Inside the grace period nothing goes.
+    let waiting = gc("3600");
+    assert_eq!(waiting["bytes_freed"].as_u64(), Some(0), "{waiting}");
+    assert!(waiting["waiting"].as_u64() > Some(0), "{waiting}");
+    let freed = gc("0");
+    eprintln!(
+        "figures: dfs gc after removing {} files: {freed}",
+        written.len()
+    );
+    assert!(
+        freed["bytes_freed"].as_u64().expect("bytes") as usize
+            >= raw * 3 / 2 * 8 / 10 - keep.1.len() * 3 / 2,
+        "gc freed too little: {freed}"
+    );
+    assert_eq!(freed["chunks_pending"].as_u64(), Some(0));
+    let again = gc("0");
+    assert_eq!(
+        again["chunks_freed"].as_u64(),
+        Some(0),
+        "a second run finds nothing: {again}"
+    );
+    // The kept file is intact and new writes fit again.
+    assert!(fs::read(&keep.0).expect("read kept file") == keep.1);
+    std::thread::sleep(Duration::from_millis(2500)); // heartbeats report the room
+    let fresh = random_bytes(8 << 20, 999);
+    fs::write(m.path.join("after-gc"), &fresh).expect("a write after gc fits");
+    assert!(fs::read(m.path.join("after-gc")).expect("read") == fresh);
+    let stats = cluster.stats();
+    assert_eq!(stats["unreferenced_chunks"].as_u64(), Some(0), "{stats}");
+    eprintln!(
+        "figures: shard bytes held before gc {held_before}, after gc and an 8 MiB write {:?}",
+        server_bytes(&cluster)
+    );
 }

@@ -70,6 +70,15 @@ except OSError as e:
     assert!(back[362_144..1_000_000] == data[362_144..1_000_000]);
     sh(&format!("fallocate -l 5000000 {p}"));
     assert_eq!(fs::metadata(&f).expect("stat").len(), 5_000_000);
+    // A punch wider than one commit's piece (32 MiB) goes in pieces.
+    let big = m.path.join("big");
+    let data = random_bytes(40 << 20, 8);
+    fs::write(&big, &data).expect("write 40 MiB");
+    sh(&format!("fallocate -p -o 1000000 -l 38000000 {}", big.display()));
+    let back = fs::read(&big).expect("read");
+    assert!(back[..1_000_000] == data[..1_000_000]);
+    assert!(back[1_000_000..39_000_000].iter().all(|&b| b == 0));
+    assert!(back[39_000_000..] == data[39_000_000..]);
     // Modes dfs cannot do fail clearly.
     let out = std::process::Command::new("fallocate")
         .args(["-c", "-o", "0", "-l", "4096"])

@@ -329,6 +329,18 @@ mod tests {
         async fn remove_xattr(&self, _: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
             unimplemented()
         }
+        async fn gc_mark(
+            &self,
+            _: Request<GcMarkRequest>,
+        ) -> Result<Response<GcMarkReply>, Status> {
+            unimplemented()
+        }
+        async fn gc_finish(
+            &self,
+            _: Request<GcFinishRequest>,
+        ) -> Result<Response<GcFinishReply>, Status> {
+            unimplemented()
+        }
         async fn read_dir(
             &self,
             _: Request<ReadDirRequest>,

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_proto::chunks_server::{Chunks, ChunksServer};
-use dfs_proto::{Empty, GetShardReply, PutShardsRequest, ServerUsage, Shard, ShardKey};
+use dfs_proto::{
+    DeleteShardsReply, DeleteShardsRequest, Empty, GetShardReply, PutShardsRequest, ServerUsage,
+    Shard, ShardKey,
+};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -130,6 +133,28 @@ impl Chunks for ChunkService {
             let data = blocking(move || store.get(&fp, index)).await?;
             tracing::debug!(len = data.len(), "get shard");
             Ok(Response::new(GetShardReply { data }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delete_shards(
+        &self,
+        request: Request<DeleteShardsRequest>,
+    ) -> Result<Response<DeleteShardsReply>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("delete_shards", shards = request.shards.len());
+        let store = Arc::clone(&self.store);
+        async move {
+            let mut keys = Vec::with_capacity(request.shards.len());
+            for k in &request.shards {
+                keys.push(parse_key(&k.fingerprint, k.index)?);
+            }
+            let before = request.written_before_ns;
+            let (deleted, bytes) =
+                blocking(move || store.delete_written_before(&keys, before)).await?;
+            tracing::info!(deleted, bytes, "garbage shards deleted");
+            Ok(Response::new(DeleteShardsReply { deleted, bytes }))
         }
         .instrument(span)
         .await

@@ -1,11 +1,17 @@
 //! The shard store: one RocksDB database under `<data>/shards`.
 //!
-//! # On-disk format, version 1
+//! # On-disk format, version 2
 //!
 //! ```text
 //! key   = fingerprint (32 bytes, the chunk's SHA-256) ‖ shard index (1 byte)
-//! value = format version (1 byte, = 1) ‖ crc32c(payload) (4 bytes, little-endian) ‖ payload
+//! value = format version (1 byte, = 2) ‖ crc32c(written ‖ payload) (4 bytes, LE)
+//!         ‖ written (8 bytes, LE i64: ns since the epoch, this server's clock) ‖ payload
 //! ```
+//!
+//! Version 1 (still read, never written) had no `written` field and its
+//! crc32c covered the payload only. The write time lets garbage collection
+//! delete only the shards written before a chunk was declared dead, never
+//! those a client uploaded again afterwards.
 //!
 //! Keys are 33 bytes; the shards of one chunk are adjacent in key order.
 //! The checksum covers the payload only; the version byte is checked
@@ -44,10 +50,12 @@ use rocksdb::{
 
 use crate::error::StoreError;
 
-/// The only value format written so far.
-pub const VALUE_VERSION: u8 = 1;
-/// Bytes before the payload in a stored value: version + crc32c.
-pub const VALUE_HEADER_LEN: usize = 5;
+/// The value format written.
+pub const VALUE_VERSION: u8 = 2;
+/// Bytes before the payload in a stored value: version + crc32c + written.
+pub const VALUE_HEADER_LEN: usize = 13;
+/// The first format: version + crc32c, no write time.
+const V1_HEADER_LEN: usize = 5;
 /// Length of a key: fingerprint + shard index.
 pub const KEY_LEN: usize = 33;
 /// Values at least this large go to blob files.
@@ -139,40 +147,69 @@ pub fn shard_key(fp: &Fingerprint, index: u8) -> [u8; KEY_LEN] {
     key
 }
 
-/// Encodes a payload as a stored value (version 1).
+/// Encodes a payload as a stored value written now.
 pub fn encode_value(payload: &[u8]) -> Vec<u8> {
+    encode_value_at(payload, dfs_core::time::now_ns())
+}
+
+/// Encodes a payload as a stored value written at `written_ns`.
+pub fn encode_value_at(payload: &[u8], written_ns: i64) -> Vec<u8> {
     let mut value = Vec::with_capacity(VALUE_HEADER_LEN + payload.len());
+    let written = written_ns.to_le_bytes();
+    let mut crc = crc32c::crc32c(&written);
+    crc = crc32c::crc32c_append(crc, payload);
     value.push(VALUE_VERSION);
-    value.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    value.extend_from_slice(&crc.to_le_bytes());
+    value.extend_from_slice(&written);
     value.extend_from_slice(payload);
     value
 }
 
 /// Checks a stored value and returns its payload, or why it is corrupt.
 pub fn decode_value(value: &[u8]) -> Result<&[u8], String> {
-    if value.len() < VALUE_HEADER_LEN {
+    decode_value_with_time(value).map(|(payload, _)| payload)
+}
+
+/// Like [`decode_value`], with the write time (0 for version-1 values).
+pub fn decode_value_with_time(value: &[u8]) -> Result<(&[u8], i64), String> {
+    let header = match value.first() {
+        Some(1) => V1_HEADER_LEN,
+        Some(2) => VALUE_HEADER_LEN,
+        Some(v) => return Err(format!("unknown value format version {v}")),
+        None => return Err("empty value".into()),
+    };
+    if value.len() < header {
         return Err(format!(
             "value of {} bytes is shorter than its header",
             value.len()
         ));
     }
-    if value[0] != VALUE_VERSION {
-        return Err(format!("unknown value format version {}", value[0]));
-    }
     let stored = u32::from_le_bytes([value[1], value[2], value[3], value[4]]);
-    let payload = &value[VALUE_HEADER_LEN..];
-    let actual = crc32c::crc32c(payload);
+    let actual = crc32c::crc32c(&value[V1_HEADER_LEN..]);
     if stored != actual {
         return Err(format!(
             "crc32c mismatch: stored {stored:08x}, computed {actual:08x}"
         ));
     }
-    Ok(payload)
+    let written = match header {
+        VALUE_HEADER_LEN => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&value[V1_HEADER_LEN..VALUE_HEADER_LEN]);
+            i64::from_le_bytes(b)
+        }
+        _ => 0,
+    };
+    Ok((&value[header..], written))
 }
 
 /// Payload bytes a stored value accounts for in the usage counters.
-fn payload_len(value_len: usize) -> u64 {
-    value_len.saturating_sub(VALUE_HEADER_LEN) as u64
+fn payload_len(value: &[u8]) -> u64 {
+    let header = if value.first() == Some(&1) {
+        V1_HEADER_LEN
+    } else {
+        VALUE_HEADER_LEN
+    };
+    value.len().saturating_sub(header) as u64
 }
 
 impl ShardStore {
@@ -276,7 +313,7 @@ impl ShardStore {
         while it.valid() {
             if let Some(value) = it.value() {
                 usage.shard_count += 1;
-                usage.shard_bytes += payload_len(value.len());
+                usage.shard_bytes += payload_len(value);
             }
             it.next();
         }
@@ -297,7 +334,7 @@ impl ShardStore {
             .db
             .get_pinned(key)
             .map_err(StoreError::from_db)?
-            .map(|v| payload_len(v.len())))
+            .map(|v| payload_len(&v)))
     }
 
     /// Writes values (already encoded) in one synced batch and updates the counters.
@@ -310,7 +347,7 @@ impl ShardStore {
                 Some(old) => removed_bytes += old,
                 None => added_count += 1,
             }
-            added_bytes += payload_len(value.len());
+            added_bytes += payload_len(value);
             batch.put(key, value);
         }
         self.check_space(added_bytes.saturating_sub(removed_bytes))?;
@@ -371,6 +408,42 @@ impl ShardStore {
         self.shard_count.fetch_sub(1, Ordering::Relaxed);
         self.shard_bytes.fetch_sub(old, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Deletes the given shards that were written before `before_ns`
+    /// (version-1 shards count as written at 0), in one synced batch.
+    /// Shards written since, by a client that uploaded the chunk again, are
+    /// kept. Returns how many shards and payload bytes went.
+    pub fn delete_written_before(
+        &self,
+        shards: &[(Fingerprint, u8)],
+        before_ns: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let _guard = self.lock_writes();
+        let mut batch = WriteBatch::default();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for (fp, index) in shards {
+            let key = shard_key(fp, *index);
+            let Some(value) = self.db.get_pinned(key).map_err(StoreError::from_db)? else {
+                continue;
+            };
+            // A corrupt value is deleted too: it holds nothing worth keeping
+            // once the chunk is dead.
+            let written = decode_value_with_time(&value).map_or(0, |(_, w)| w);
+            if written < before_ns {
+                count += 1;
+                bytes += payload_len(&value);
+                batch.delete(key);
+            }
+        }
+        if count > 0 {
+            self.db
+                .write_opt(batch, &self.sync_write)
+                .map_err(StoreError::from_db)?;
+            self.shard_count.fetch_sub(count, Ordering::Relaxed);
+            self.shard_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        Ok((count, bytes))
     }
 
     /// Shards held and their payload bytes, exact.
@@ -491,11 +564,22 @@ mod tests {
 
     #[test]
     fn value_format_is_pinned() {
-        let v = encode_value(b"abc");
-        assert_eq!(v[0], 1);
-        assert_eq!(&v[1..5], &crc32c::crc32c(b"abc").to_le_bytes());
-        assert_eq!(&v[5..], b"abc");
-        assert_eq!(decode_value(&v), Ok(&b"abc"[..]));
+        let v = encode_value_at(b"abc", 0x0102_0304_0506_0708);
+        assert_eq!(v[0], 2);
+        assert_eq!(&v[5..13], &0x0102_0304_0506_0708i64.to_le_bytes());
+        assert_eq!(&v[1..5], &crc32c::crc32c(&v[5..]).to_le_bytes());
+        assert_eq!(&v[13..], b"abc");
+        assert_eq!(
+            decode_value_with_time(&v),
+            Ok((&b"abc"[..], 0x0102_0304_0506_0708))
+        );
+        // Version 1, as earlier servers wrote it, still reads.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&crc32c::crc32c(b"abc").to_le_bytes());
+        v1.extend_from_slice(b"abc");
+        assert_eq!(decode_value_with_time(&v1), Ok((&b"abc"[..], 0)));
+        assert_eq!(payload_len(&v1), 3);
+        assert_eq!(payload_len(&v), 3);
         let key = shard_key(&fp(7), 9);
         assert_eq!(&key[..32], &[7u8; 32]);
         assert_eq!(key[32], 9);
@@ -614,6 +698,35 @@ mod tests {
             Usage {
                 shard_count: 2,
                 shard_bytes: 18
+            }
+        );
+    }
+
+    #[test]
+    fn gc_deletes_only_shards_written_before_the_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .put_batch(&[(fp(1), 0, &[1u8; 100][..])])
+            .expect("put");
+        let cut = dfs_core::time::now_ns() + 1;
+        // Uploaded again after the chunk was declared dead: kept.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        store.put_batch(&[(fp(2), 0, &[2u8; 50][..])]).expect("put");
+        let (count, bytes) = store
+            .delete_written_before(&[(fp(1), 0), (fp(2), 0), (fp(3), 0)], cut)
+            .expect("delete");
+        assert_eq!((count, bytes), (1, 100));
+        assert!(matches!(
+            store.get(&fp(1), 0),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert_eq!(store.get(&fp(2), 0).expect("kept"), vec![2u8; 50]);
+        assert_eq!(
+            store.usage(),
+            Usage {
+                shard_count: 1,
+                shard_bytes: 50
             }
         );
     }

@@ -36,6 +36,8 @@ pub const FLUSH_THRESHOLD: usize = 64 * 1024 * 1024;
 /// so a flush goes in groups of this size, each its own commit, to bound
 /// memory, upload messages and transaction size.
 const FLUSH_GROUP_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes one hole-punching commit covers at most.
+const PUNCH_PIECE_BYTES: u64 = 32 * 1024 * 1024;
 /// `FileState::data_version` when this client cannot tell which version
 /// its chunk map is (another client committed concurrently).
 const VERSION_UNKNOWN: u64 = u64::MAX;
@@ -315,75 +317,81 @@ impl Dfs {
         }
     }
 
-    /// The inode `name` in `parent` names, if this client has it open:
-    /// removing its last link must then keep the inode until the last
-    /// close, as a local file system does. Costs a lookup only while this
-    /// client has files open.
-    async fn open_inode_named(&self, parent: u64, name: &[u8]) -> u64 {
+    /// The open state of the inode `name` in `parent` names, if this client
+    /// has it open: removing its last link must then keep the inode until
+    /// the last close, as a local file system does. The state is returned
+    /// with one more open, so a close racing the unlink cannot forget it
+    /// before it is marked; the caller drops that open after marking. Costs
+    /// a lookup only while this client has files open.
+    async fn open_state_named(&self, parent: u64, name: &[u8]) -> Option<Arc<OpenFile>> {
         if self.open_files.lock().is_empty() {
-            return 0;
+            return None;
         }
         let request = dfs_proto::LookupRequest {
             parent,
             name: name.to_vec(),
         };
-        let found = self
+        let attr = self
             .cluster
             .meta
             .call("lookup", |mut c| {
                 let request = request.clone();
                 async move { c.lookup(request).await }
             })
-            .await;
-        match found {
-            Ok(attr) if self.open_files.lock().contains_key(&attr.ino) => attr.ino,
-            _ => 0,
-        }
+            .await
+            .ok()?;
+        let files = self.open_files.lock();
+        let of = files.get(&attr.ino)?;
+        of.opens.fetch_add(1, Ordering::SeqCst);
+        Some(of.clone())
     }
 
-    /// Records that the metadata server keeps `ino` for our open handles.
-    async fn mark_unlinked_kept(&self, ino: u64) {
-        if ino == 0 {
-            return;
-        }
-        if let Some(of) = self.open_file(ino) {
+    /// After an unlink or rename that sent `keep_ino`: marks the state so
+    /// its last close releases the kept inode, then drops the extra open
+    /// [`Self::open_state_named`] took (which may be that last close).
+    async fn finish_keep(&self, kept: Option<Arc<OpenFile>>, removed: bool) {
+        let Some(of) = kept else { return };
+        if removed {
             of.state.lock().await.unlinked_kept = true;
         }
+        self.drop_open(&of).await;
     }
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), DfsError> {
-        let keep_ino = self.open_inode_named(parent, name).await;
+        let kept = self.open_state_named(parent, name).await;
         let request = dfs_proto::RemoveRequest {
             parent,
             name: name.to_vec(),
-            keep_ino,
+            keep_ino: kept.as_ref().map_or(0, |of| of.ino),
         };
-        self.cluster
+        let result = self
+            .cluster
             .meta
             .call("unlink", |mut c| {
                 let request = request.clone();
                 async move { c.unlink(request).await }
             })
-            .await?;
-        self.mark_unlinked_kept(keep_ino).await;
-        Ok(())
+            .await;
+        self.finish_keep(kept, result.is_ok()).await;
+        result.map(|_| ())
     }
 
     pub async fn rename(&self, mut request: dfs_proto::RenameRequest) -> Result<(), DfsError> {
-        request.keep_ino = self
-            .open_inode_named(request.new_parent, &request.new_name)
+        let kept = self
+            .open_state_named(request.new_parent, &request.new_name)
             .await;
-        self.cluster
+        request.keep_ino = kept.as_ref().map_or(0, |of| of.ino);
+        let result = self
+            .cluster
             .meta
             .call("rename", |mut c| {
                 let request = request.clone();
                 async move { c.rename(request).await }
             })
-            .await?;
-        if request.flags & dfs_proto::RENAME_EXCHANGE == 0 {
-            self.mark_unlinked_kept(request.keep_ino).await;
-        }
-        Ok(())
+            .await;
+        let replaced = result.is_ok() && request.flags & dfs_proto::RENAME_EXCHANGE == 0;
+        self.finish_keep(kept, replaced).await;
+        result.map(|_| ())
     }
 
     fn track_dirty(&self, before: usize, after: usize) {
@@ -524,6 +532,10 @@ impl Dfs {
             let group_size = new_size.min(st.committed_size.max(group.end));
             self.commit(st, group.replaced, group.raw, group_size, false, group.end)
                 .await?;
+            if st.orphaned {
+                // Removed by another client: nothing more to store.
+                return Ok(());
+            }
             previous_end = group.end;
         }
     }
@@ -774,6 +786,18 @@ impl Dfs {
     ) -> Result<(), DfsError> {
         self.flush(st).await?;
         let end = offset.saturating_add(len).min(st.committed_size);
+        // In pieces: one commit removes at most ~1,000 chunk entries (32 MiB
+        // of minimum-size chunks), far under the transaction limits.
+        let mut at = offset;
+        while at < end {
+            let piece_end = end.min(at.saturating_add(PUNCH_PIECE_BYTES));
+            self.punch_piece(st, at, piece_end).await?;
+            at = piece_end;
+        }
+        Ok(())
+    }
+
+    async fn punch_piece(&self, st: &mut FileState, offset: u64, end: u64) -> Result<(), DfsError> {
         if offset >= end {
             return Ok(());
         }
@@ -978,6 +1002,10 @@ impl Dfs {
         }
         if let Some(of) = self.open_file(attr.ino) {
             let st = of.state.lock().await;
+            if !st.loaded {
+                // A placeholder whose load failed knows nothing yet.
+                return attr;
+            }
             attr.size = st.size;
             if let Some(m) = st.pending_mtime {
                 attr.mtime_ns = m;

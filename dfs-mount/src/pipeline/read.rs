@@ -164,6 +164,10 @@ impl Cluster {
                 }
             }
         }
+        // Maybe only the wrong-length shards were bad.
+        if let Ok(raw) = assemble(&fp, rec, fetched.clone()) {
+            return Ok((raw, fetched));
+        }
         let mut suspects: Vec<Vec<usize>> = (0..total).map(|a| vec![a]).collect();
         for a in 0..total {
             suspects.extend((a + 1..total).map(|b| vec![a, b]));
@@ -185,10 +189,6 @@ impl Cluster {
                 }
                 return Ok((raw, attempt));
             }
-        }
-        // Nothing left to leave out: maybe only wrong-length shards were bad.
-        if let Ok(raw) = assemble(&fp, rec, fetched.clone()) {
-            return Ok((raw, fetched));
         }
         Err(DfsError::new(
             libc::EIO,

@@ -87,6 +87,7 @@ fn encode(
             shard_len,
             state: 0,
             zero_since_ns: 0,
+            dead_since_ns: 0,
         },
         shards,
     })
