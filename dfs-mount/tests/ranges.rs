@@ -74,7 +74,10 @@ except OSError as e:
     let big = m.path.join("big");
     let data = random_bytes(40 << 20, 8);
     fs::write(&big, &data).expect("write 40 MiB");
-    sh(&format!("fallocate -p -o 1000000 -l 38000000 {}", big.display()));
+    sh(&format!(
+        "fallocate -p -o 1000000 -l 38000000 {}",
+        big.display()
+    ));
     let back = fs::read(&big).expect("read");
     assert!(back[..1_000_000] == data[..1_000_000]);
     assert!(back[1_000_000..39_000_000].iter().all(|&b| b == 0));
