@@ -52,7 +52,17 @@ pub struct DfsFuse {
     next_fh: AtomicU64,
     files: Mutex<HashMap<u64, Arc<FileHandleState>>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandleState>>>,
+    /// Inodes known (within `ttl`) to have no `security.capability`: the
+    /// kernel asks for it before every write(2) to see whether the write
+    /// must drop privileges, which would otherwise be one metadata round
+    /// trip per write call.
+    no_capability: Mutex<HashMap<u64, std::time::Instant>>,
 }
+
+/// The attribute the kernel looks up before every write.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+/// Bound on `no_capability` entries; the map starts over past it.
+const NO_CAPABILITY_MAX: usize = 65_536;
 
 /// The span every kernel request runs in: which request, on which inode,
 /// from which process.
@@ -152,6 +162,7 @@ impl DfsFuse {
             next_fh: AtomicU64::new(1),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            no_capability: Mutex::new(HashMap::new()),
         }
     }
 
@@ -430,6 +441,7 @@ impl Filesystem for DfsFuse {
         reply: ReplyEmpty,
     ) {
         let _span = op_span("setxattr", req, ino.0).entered();
+        self.no_capability.lock().remove(&ino.0);
         let request = XattrRequest {
             ino: ino.0,
             name: name.as_bytes().to_vec(),
@@ -450,6 +462,17 @@ impl Filesystem for DfsFuse {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = op_span("getxattr", req, ino.0).entered();
+        let capability = name.as_bytes() == CAPABILITY_XATTR;
+        if capability
+            && self
+                .no_capability
+                .lock()
+                .get(&ino.0)
+                .is_some_and(|at| at.elapsed() < self.ttl)
+        {
+            reply.error(Errno::ENODATA);
+            return;
+        }
         let request = XattrRequest {
             ino: ino.0,
             name: name.as_bytes().to_vec(),
@@ -463,7 +486,16 @@ impl Filesystem for DfsFuse {
             }));
         match result {
             Ok(r) => reply_xattr(reply, size, &r.value),
-            Err(e) => reply.error(fail("getxattr", ino.0, &e)),
+            Err(e) => {
+                if capability && e.errno == libc::ENODATA {
+                    let mut known = self.no_capability.lock();
+                    if known.len() >= NO_CAPABILITY_MAX {
+                        known.clear();
+                    }
+                    known.insert(ino.0, std::time::Instant::now());
+                }
+                reply.error(fail("getxattr", ino.0, &e))
+            }
         }
     }
 
@@ -490,6 +522,7 @@ impl Filesystem for DfsFuse {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = op_span("removexattr", req, ino.0).entered();
+        self.no_capability.lock().remove(&ino.0);
         let request = XattrRequest {
             ino: ino.0,
             name: name.as_bytes().to_vec(),

@@ -630,7 +630,7 @@ mod tests {
 
         // A bad version byte is corrupt too, and so is a truncated header.
         let mut raw = encode_value(b"xyz");
-        raw[0] = 2;
+        raw[0] = 9;
         store.raw_put_value(&fp(3), 5, &raw).expect("raw put");
         assert!(matches!(
             store.get(&fp(3), 5),
