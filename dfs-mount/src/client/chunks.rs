@@ -1,7 +1,7 @@
 //! Shard traffic with chunk servers: one batched `PutShards` per server per
 //! upload round, and single-shard reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
@@ -42,31 +42,55 @@ pub struct ServerBatch {
     pub shards: Vec<Shard>,
 }
 
+/// A server whose batch failed: the error, and the shards (fingerprint,
+/// index) it did not store. Requests sent before the failure were stored
+/// and stay where they are.
+pub struct PutFailure {
+    pub server_id: u32,
+    pub error: DfsError,
+    pub unstored: HashSet<(Vec<u8>, u32)>,
+}
+
 impl Cluster {
-    /// Sends each server its batch, all servers in parallel. Returns the
-    /// ids of the servers whose batch failed, with the error.
-    pub async fn put_batches(&self, batches: HashMap<u32, ServerBatch>) -> Vec<(u32, DfsError)> {
+    /// Sends each server its batch, all servers in parallel, in requests
+    /// of at most `PUT_REQUEST_BYTES`. Returns the servers that failed.
+    pub async fn put_batches(&self, batches: HashMap<u32, ServerBatch>) -> Vec<PutFailure> {
         let sends = batches.into_iter().map(|(id, batch)| async move {
             let span =
                 tracing::debug_span!("put_shards", server_id = id, shards = batch.shards.len());
-            let result = async {
-                let mut conn = self.server(id).await?.client;
-                for shards in split_by_bytes(batch.shards, PUT_REQUEST_BYTES) {
-                    conn.put_shards(PutShardsRequest { shards })
-                        .await
-                        .map_err(DfsError::from)?;
-                }
-                Ok::<_, DfsError>(())
+            async {
+                let mut requests = split_by_bytes(batch.shards, PUT_REQUEST_BYTES).into_iter();
+                let error = match self.server(id).await {
+                    Ok(conn) => {
+                        let mut conn = conn.client;
+                        let mut error = None;
+                        for shards in requests.by_ref() {
+                            let keys: Vec<(Vec<u8>, u32)> = shards
+                                .iter()
+                                .map(|s| (s.fingerprint.clone(), s.index))
+                                .collect();
+                            if let Err(e) = conn.put_shards(PutShardsRequest { shards }).await {
+                                error = Some((DfsError::from(e), keys));
+                                break;
+                            }
+                        }
+                        error
+                    }
+                    Err(e) => Some((e, Vec::new())),
+                };
+                let (error, failed_keys) = error?;
+                let mut unstored: HashSet<(Vec<u8>, u32)> = failed_keys.into_iter().collect();
+                unstored.extend(requests.flatten().map(|s| (s.fingerprint, s.index)));
+                Some(PutFailure {
+                    server_id: id,
+                    error,
+                    unstored,
+                })
             }
             .instrument(span)
-            .await;
-            (id, result)
-        });
-        join_all(sends)
             .await
-            .into_iter()
-            .filter_map(|(id, r)| r.err().map(|e| (id, e)))
-            .collect()
+        });
+        join_all(sends).await.into_iter().flatten().collect()
     }
 
     pub async fn get_shard(

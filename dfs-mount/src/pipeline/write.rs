@@ -308,20 +308,28 @@ impl Cluster {
                 }
             }
             let failures = self.put_batches(batches).await;
-            let failed: HashSet<u32> = failures.iter().map(|(id, _)| *id).collect();
-            for (id, err) in failures {
-                tracing::warn!(server_id = id, error = %err, "shard upload failed; placing elsewhere");
+            let mut unstored: HashMap<u32, HashSet<(Vec<u8>, u32)>> = HashMap::new();
+            for f in failures {
+                tracing::warn!(server_id = f.server_id, error = %f.error, "shard upload failed; placing elsewhere");
                 // A full disk is the most useful thing to report.
-                if err.errno == libc::ENOSPC || last_error.is_none() {
-                    last_error = Some(err);
+                if f.error.errno == libc::ENOSPC || last_error.is_none() {
+                    last_error = Some(f.error);
                 }
-                excluded.push(id);
+                excluded.push(f.server_id);
+                unstored.insert(f.server_id, f.unstored);
             }
             let mut still = Vec::new();
             for (enc, todo) in pending {
+                // Only shards the failed server did not store move: those it
+                // took before failing stay, named by the record.
+                let fp = enc.fp.to_vec();
                 let left: Vec<usize> = todo
                     .into_iter()
-                    .filter(|&i| failed.contains(&enc.record.shard_servers[i]))
+                    .filter(|&i| {
+                        unstored
+                            .get(&enc.record.shard_servers[i])
+                            .is_some_and(|u| u.contains(&(fp.clone(), i as u32)))
+                    })
                     .collect();
                 if left.is_empty() {
                     done.push((enc.fp, enc.record));
