@@ -113,6 +113,14 @@ fn kind_from_mode(mode: u32) -> FileKind {
     }
 }
 
+/// Answers a request whose only reply is success or an errno.
+fn reply_empty<T>(result: Result<T, DfsError>, op: &'static str, ino: u64, reply: ReplyEmpty) {
+    match result {
+        Ok(_) => reply.ok(),
+        Err(e) => reply.error(fail(op, ino, &e)),
+    }
+}
+
 /// Answers a getxattr/listxattr: the size when asked for it (`size` 0),
 /// the bytes when they fit, ERANGE when they do not.
 fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
@@ -454,10 +462,7 @@ impl Filesystem for DfsFuse {
                 let request = request.clone();
                 async move { c.set_xattr(request).await }
             }));
-        match result {
-            Ok(Empty {}) => reply.ok(),
-            Err(e) => reply.error(fail("setxattr", ino.0, &e)),
-        }
+        reply_empty(result, "setxattr", ino.0, reply);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -534,10 +539,7 @@ impl Filesystem for DfsFuse {
                 let request = request.clone();
                 async move { c.remove_xattr(request).await }
             }));
-        match result {
-            Ok(Empty {}) => reply.ok(),
-            Err(e) => reply.error(fail("removexattr", ino.0, &e)),
-        }
+        reply_empty(result, "removexattr", ino.0, reply);
     }
 
     fn fallocate(
@@ -578,10 +580,7 @@ impl Filesystem for DfsFuse {
             }
             Ok::<_, DfsError>(())
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("fallocate", ino.0, &e)),
-        }
+        reply_empty(result, "fallocate", ino.0, reply);
     }
 
     fn lseek(
@@ -633,38 +632,9 @@ impl Filesystem for DfsFuse {
         let result = self.rt.block_on(async {
             let src = self.file_handle(fh_in)?;
             let dst = self.file_handle(fh_out)?;
-            for share in [true, false] {
-                let result = if Arc::ptr_eq(&src.file, &dst.file) {
-                    let mut st = src.file.state.lock().await;
-                    self.dfs
-                        .copy_range(&mut st, None, offset_in, offset_out, len, share)
-                        .await
-                } else {
-                    // Lock in inode order: two opposite copies never deadlock.
-                    let (first, second) = if src.ino < dst.ino {
-                        (&src.file, &dst.file)
-                    } else {
-                        (&dst.file, &src.file)
-                    };
-                    let mut a = first.state.lock().await;
-                    let mut b = second.state.lock().await;
-                    let (s, d) = if src.ino < dst.ino {
-                        (&mut *a, &mut *b)
-                    } else {
-                        (&mut *b, &mut *a)
-                    };
-                    self.dfs
-                        .copy_range(s, Some(d), offset_in, offset_out, len, share)
-                        .await
-                };
-                match result {
-                    Err(e) if share && !e.missing_chunks.is_empty() => {
-                        tracing::info!("shared chunks were collected meanwhile; copying bytes");
-                    }
-                    other => return other,
-                }
-            }
-            Err(DfsError::io("copy_file_range: unreachable"))
+            self.dfs
+                .copy_file_range(&src.file, &dst.file, offset_in, offset_out, len)
+                .await
         });
         match result {
             Ok(n) => reply.written(n as u32),
@@ -731,10 +701,7 @@ impl Filesystem for DfsFuse {
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = op_span("unlink", req, parent.0).entered();
         let result = self.rt.block_on(self.dfs.unlink(parent.0, name.as_bytes()));
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("unlink", parent.0, &e)),
-        }
+        reply_empty(result, "unlink", parent.0, reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -750,10 +717,7 @@ impl Filesystem for DfsFuse {
                 let request = request.clone();
                 async move { c.rmdir(request).await }
             }));
-        match result {
-            Ok(Empty {}) => reply.ok(),
-            Err(e) => reply.error(fail("rmdir", parent.0, &e)),
-        }
+        reply_empty(result, "rmdir", parent.0, reply);
     }
 
     fn rename(
@@ -776,10 +740,7 @@ impl Filesystem for DfsFuse {
             keep_ino: 0,
         };
         let result = self.rt.block_on(self.dfs.rename(request));
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("rename", parent.0, &e)),
-        }
+        reply_empty(result, "rename", parent.0, reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -893,10 +854,7 @@ impl Filesystem for DfsFuse {
             let mut st = handle.file.state.lock().await;
             self.dfs.flush(&mut st).await
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("flush", ino.0, &e)),
-        }
+        reply_empty(result, "flush", ino.0, reply);
     }
 
     fn fsync(
@@ -927,10 +885,7 @@ impl Filesystem for DfsFuse {
             Some(h) => self.rt.block_on(self.dfs.release(&h.file)),
             None => Ok(()),
         };
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("release", ino.0, &e)),
-        }
+        reply_empty(result, "release", ino.0, reply);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

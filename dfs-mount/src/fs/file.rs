@@ -189,6 +189,22 @@ impl ChunkMap {
         }
     }
 
+    /// `[start, end)` widened to whole chunks: from the start of the chunk
+    /// containing `start` to the end of the chunk containing `end - 1`
+    /// (the bounds themselves where they fall in a hole). Replacing that
+    /// range never cuts an old chunk in two.
+    pub fn covering(&self, start: u64, end: u64) -> (u64, u64) {
+        let from = self
+            .overlapping(start, start + 1)
+            .first()
+            .map_or(start, |c| c.offset);
+        let to = self
+            .overlapping(end.saturating_sub(1), end)
+            .first()
+            .map_or(end, |c| c.offset + u64::from(c.len));
+        (from, to.max(end))
+    }
+
     /// True when an old chunk contains `offset` (not in a hole, not past
     /// the end).
     pub fn covers(&self, offset: u64) -> bool {
@@ -296,6 +312,9 @@ mod tests {
             "an inverted range is empty"
         );
         assert!(m.overlapping(120, 120).is_empty());
+        assert_eq!(m.covering(120, 160), (100, 220), "widened to whole chunks");
+        assert_eq!(m.covering(100, 150), (100, 150), "already on boundaries");
+        assert_eq!(m.covering(250, 300), (250, 300), "in a hole / past the end");
         m.replace(100, 220, [chunk(100, 120)]);
         assert_eq!(m.chunks.keys().copied().collect::<Vec<_>>(), vec![0, 100]);
     }

@@ -748,18 +748,7 @@ impl Dfs {
         let mut raw = Vec::new();
         if size < st.committed_size {
             let start = st.map.region_start(size);
-            if start < size {
-                let data = Bytes::from(self.read_range(st, start, size).await?);
-                let mut pos = start;
-                for len in chunker::cut_lengths(&data, true) {
-                    let at = (pos - start) as usize;
-                    raw.push(RawChunk {
-                        offset: pos,
-                        data: data.slice(at..at + len),
-                    });
-                    pos += len as u64;
-                }
-            }
+            raw = self.recut(st, start, size).await?;
             replaced.push(ByteRange {
                 start,
                 end: u64::MAX,
@@ -801,14 +790,7 @@ impl Dfs {
         if offset >= end {
             return Ok(());
         }
-        let start = match st.map.overlapping(offset, offset + 1).first() {
-            Some(c) => c.offset,
-            None => offset,
-        };
-        let stop = match st.map.overlapping(end - 1, end).first() {
-            Some(c) => c.offset + u64::from(c.len),
-            None => end,
-        };
+        let (start, stop) = st.map.covering(offset, end);
         let mut raw = self.recut(st, start, offset).await?;
         raw.extend(self.recut(st, end, stop).await?);
         let replaced = vec![ByteRange { start, end: stop }];
@@ -875,6 +857,62 @@ impl Dfs {
         }
     }
 
+    /// copy_file_range between two open files (or within one): locks both
+    /// states in inode order (two opposite copies never deadlock), shares
+    /// chunks, and copies bytes instead if a shared chunk was collected
+    /// between reading the map and the commit.
+    pub async fn copy_file_range(
+        &self,
+        src: &Arc<OpenFile>,
+        dst: &Arc<OpenFile>,
+        in_offset: u64,
+        out_offset: u64,
+        len: u64,
+    ) -> Result<u64, DfsError> {
+        let shared = self
+            .copy_locked(src, dst, in_offset, out_offset, len, true)
+            .await;
+        match shared {
+            Err(e) if !e.missing_chunks.is_empty() => {
+                tracing::info!("shared chunks were collected meanwhile; copying bytes");
+                self.copy_locked(src, dst, in_offset, out_offset, len, false)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn copy_locked(
+        &self,
+        src: &Arc<OpenFile>,
+        dst: &Arc<OpenFile>,
+        in_offset: u64,
+        out_offset: u64,
+        len: u64,
+        share: bool,
+    ) -> Result<u64, DfsError> {
+        if Arc::ptr_eq(src, dst) {
+            let mut st = src.state.lock().await;
+            return self
+                .copy_range(&mut st, None, in_offset, out_offset, len, share)
+                .await;
+        }
+        let (first, second) = if src.ino < dst.ino {
+            (src, dst)
+        } else {
+            (dst, src)
+        };
+        let mut a = first.state.lock().await;
+        let mut b = second.state.lock().await;
+        let (s, d) = if src.ino < dst.ino {
+            (&mut *a, &mut *b)
+        } else {
+            (&mut *b, &mut *a)
+        };
+        self.copy_range(s, Some(d), in_offset, out_offset, len, share)
+            .await
+    }
+
     /// copy_file_range inside the cluster: the source chunks that lie
     /// wholly in the range are referenced again at their new offsets (no
     /// data moves, no space is used), the bytes at either edge are copied
@@ -882,7 +920,7 @@ impl Dfs {
     /// every byte is copied (the fallback when shared chunks were
     /// collected between reading the map and the commit: the commit then
     /// fails with `missing_chunks` and nothing changed).
-    pub async fn copy_range(
+    async fn copy_range(
         &self,
         src: &mut FileState,
         dst: Option<&mut FileState>,
@@ -921,14 +959,7 @@ impl Dfs {
         self.flush(dst).await?;
         if !whole.is_empty() {
             let (d_start, d_end) = (out_of(mid_start), out_of(mid_end));
-            let start = match dst.map.overlapping(d_start, d_start + 1).first() {
-                Some(c) => c.offset,
-                None => d_start,
-            };
-            let stop = match dst.map.overlapping(d_end - 1, d_end).first() {
-                Some(c) => (c.offset + u64::from(c.len)).max(d_end),
-                None => d_end,
-            };
+            let (start, stop) = dst.map.covering(d_start, d_end);
             let before = self.recut(dst, start, d_start).await?;
             let after = self
                 .recut(dst, d_end, stop.min(dst.committed_size).max(d_end))
