@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dfs_proto::meta_client::MetaClient;
-use dfs_proto::{Empty, ServerState};
+use dfs_proto::{Empty, FsckRequest, GcRequest, RepairStatus, ServerState};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -30,18 +30,43 @@ enum Command {
         json: bool,
     },
     /// Garbage collection: deletes the shards of chunks no file has
-    /// referenced for the grace period, and reports what it freed.
+    /// referenced for the grace period, and orphan shards no chunk claims
+    /// that are older than it, and reports what it freed.
     Gc {
         /// HOST:PORT of a metadata server.
         #[arg(long)]
         meta: String,
-        /// Seconds a chunk must stay unreferenced before it is deleted.
+        /// Seconds a chunk must stay unreferenced (and an orphan shard
+        /// unclaimed) before it is deleted. Orphans younger than a client's
+        /// upload-to-commit time may still be claimed: keep this well above
+        /// it while clients write.
         #[arg(long, default_value_t = 3600)]
         grace: u64,
         /// Largest difference, in seconds, between the clocks of the
         /// metadata and chunk servers (at most --grace).
         #[arg(long, default_value_t = 60)]
         clock_skew: u64,
+        /// Leave orphan shards alone.
+        #[arg(long)]
+        no_orphans: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks the whole volume against the chunk servers: missing, lost
+    /// and under-protected chunks, reference counts, orphan shards. Exits
+    /// with 1 when something threatens data.
+    Fsck {
+        /// HOST:PORT of a metadata server.
+        #[arg(long)]
+        meta: String,
+        /// Also read every shard and verify its checksum.
+        #[arg(long)]
+        verify: bool,
+        /// Seconds within which an unclaimed shard is not yet an orphan
+        /// (a client may be between upload and commit).
+        #[arg(long, default_value_t = 600)]
+        orphan_grace: u64,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -90,11 +115,48 @@ struct ServerRow {
 }
 
 #[derive(Serialize)]
+struct Repair {
+    under_protected_chunks: u64,
+    lost_chunks: u64,
+    chunks_repaired: u64,
+    shards_rebuilt: u64,
+    pending_reports: u64,
+    scanning: bool,
+    scanned_chunks: u64,
+    /// Seconds since the last complete repair scan (null: none yet).
+    last_scan_age_s: Option<f64>,
+}
+
+impl From<RepairStatus> for Repair {
+    fn from(r: RepairStatus) -> Self {
+        Self {
+            under_protected_chunks: r.under_protected_chunks,
+            lost_chunks: r.lost_chunks,
+            chunks_repaired: r.chunks_repaired,
+            shards_rebuilt: r.shards_rebuilt,
+            pending_reports: r.pending_reports,
+            scanning: r.scanning,
+            scanned_chunks: r.scanned_chunks,
+            last_scan_age_s: (r.last_scan_ns > 0)
+                .then(|| (dfs_core::time::now_ns() - r.last_scan_ns).max(0) as f64 / 1e9),
+        }
+    }
+}
+
+#[derive(Serialize)]
 struct Status {
     servers: Vec<ServerRow>,
     servers_up: usize,
     servers_suspect: usize,
     servers_down: usize,
+    repair: Repair,
+}
+
+/// How long `dfs gc` and `dfs fsck` wait for the metadata server.
+const LONG_REQUEST: Duration = Duration::from_secs(24 * 3600);
+
+fn secs_to_ns(secs: u64) -> i64 {
+    i64::try_from(u128::from(secs) * 1_000_000_000).unwrap_or(i64::MAX)
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -106,10 +168,18 @@ fn ratio(a: u64, b: u64) -> f64 {
 }
 
 async fn connect(meta: &str) -> anyhow::Result<MetaClient<tonic::transport::Channel>> {
+    connect_for(meta, Duration::from_secs(30)).await
+}
+
+/// Like `connect`, for a request that may run for up to `timeout`.
+async fn connect_for(
+    meta: &str,
+    timeout: Duration,
+) -> anyhow::Result<MetaClient<tonic::transport::Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{meta}"))
         .with_context(|| format!("bad metadata server address `{meta}` (expected HOST:PORT)"))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
+        .timeout(timeout);
     let channel = endpoint
         .connect()
         .await
@@ -125,7 +195,7 @@ fn state_name(s: ServerState) -> &'static str {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Stats { meta, json } => {
             let s = connect(&meta)
@@ -175,24 +245,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             meta,
             grace,
             clock_skew,
+            no_orphans,
             json,
         } => {
-            let mut client = connect(&meta).await?;
-            let report = gc::run(
-                &mut client,
-                Duration::from_secs(grace),
-                Duration::from_secs(clock_skew),
-            )
-            .await?;
+            anyhow::ensure!(
+                grace >= clock_skew,
+                "--grace ({grace}s) must be at least --clock-skew ({clock_skew}s), or shards \
+                 written just before a chunk died could outlive it"
+            );
+            let report: gc::GcJson = connect_for(&meta, LONG_REQUEST)
+                .await?
+                .gc(GcRequest {
+                    grace_ns: secs_to_ns(grace),
+                    clock_skew_ns: secs_to_ns(clock_skew),
+                    orphans: !no_orphans,
+                })
+                .await
+                .context("garbage collection failed")?
+                .into_inner()
+                .into();
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("index entries scanned   {:>12}", report.scanned);
-                println!("waiting (grace period)  {:>12}", report.waiting);
-                println!("chunks freed            {:>12}", report.chunks_freed);
-                println!("shards deleted          {:>12}", report.shards_deleted);
-                println!("bytes freed             {:>12}", report.bytes_freed);
-                println!("chunks pending          {:>12}", report.chunks_pending);
+                gc::print_gc(&report);
+            }
+        }
+        Command::Fsck {
+            meta,
+            verify,
+            orphan_grace,
+            json,
+        } => {
+            let report: gc::FsckJson = connect_for(&meta, LONG_REQUEST)
+                .await?
+                .fsck(FsckRequest {
+                    verify,
+                    orphan_grace_ns: secs_to_ns(orphan_grace),
+                })
+                .await
+                .context("fsck failed")?
+                .into_inner()
+                .into();
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                gc::print_fsck(&report);
+            }
+            if !report.clean {
+                return Ok(ExitCode::from(1));
             }
         }
         Command::Status { meta, json } => {
@@ -227,6 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 servers_suspect: count("suspect"),
                 servers_down: count("down"),
                 servers,
+                repair: reply.repair.unwrap_or_default().into(),
             };
             if json {
                 println!("{}", serde_json::to_string(&status)?);
@@ -245,10 +346,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{} up, {} suspect, {} down",
                     status.servers_up, status.servers_suspect, status.servers_down
                 );
+                let r = &status.repair;
+                let last = r.last_scan_age_s.map_or("no scan yet".to_string(), |s| {
+                    format!("last scan {s:.0}s ago")
+                });
+                println!(
+                    "chunks under-protected: {}, lost: {} ({last}{}); repaired since start: {} chunks, {} shards; damaged shards waiting: {}",
+                    r.under_protected_chunks,
+                    r.lost_chunks,
+                    if r.scanning {
+                        format!(", scanning: {} chunks so far", r.scanned_chunks)
+                    } else {
+                        String::new()
+                    },
+                    r.chunks_repaired,
+                    r.shards_rebuilt,
+                    r.pending_reports
+                );
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -264,7 +382,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("dfs: {e:#}");
             ExitCode::FAILURE

@@ -147,18 +147,46 @@ impl Ring {
     /// (e.g. ones already holding other shards of the chunk, or known to be
     /// down). Returns an empty vector when every server is excluded.
     pub fn place_excluding(&self, key: &[u8], n: usize, excluded: &[u32]) -> Vec<u32> {
+        self.place_beside(key, n, &[], excluded)
+    }
+
+    /// Servers for `n` more shards of a chunk whose other shards stay on
+    /// `kept` (a rebuild, or a re-upload after a server failed): the new
+    /// shards avoid `kept` and `excluded` servers and the failure domains
+    /// `kept` already uses, as far as the ring allows. Only when every
+    /// allowed server is taken are servers reused (the least used domains
+    /// first): a shard on a busy server protects more than no shard.
+    pub fn place_beside(&self, key: &[u8], n: usize, kept: &[u32], excluded: &[u32]) -> Vec<u32> {
+        let mut zone_use: HashMap<&str, usize> = HashMap::new();
+        let mut rack_use: HashMap<(&str, &str), usize> = HashMap::new();
+        for c in kept.iter().filter_map(|id| self.servers.get(id)) {
+            *zone_use.entry(c.zone.as_str()).or_default() += 1;
+            *rack_use
+                .entry((c.zone.as_str(), c.rack.as_str()))
+                .or_default() += 1;
+        }
         let pref: Vec<&Candidate> = self
             .preference(key)
             .into_iter()
-            .filter(|id| !excluded.contains(id))
+            .filter(|id| !excluded.contains(id) && !kept.contains(id))
             .filter_map(|id| self.servers.get(&id))
             .collect();
         let mut chosen: Vec<u32> = Vec::with_capacity(n);
         if pref.is_empty() {
+            // Every allowed server already holds a shard: reuse those.
+            let reusable: Vec<u32> = kept
+                .iter()
+                .copied()
+                .filter(|id| !excluded.contains(id) && self.servers.contains_key(id))
+                .collect();
+            if reusable.is_empty() {
+                return chosen;
+            }
+            for i in 0..n {
+                chosen.push(reusable[i % reusable.len()]);
+            }
             return chosen;
         }
-        let mut zone_use: HashMap<&str, usize> = HashMap::new();
-        let mut rack_use: HashMap<(&str, &str), usize> = HashMap::new();
         let mut used = vec![false; pref.len()];
         while chosen.len() < n.min(pref.len()) {
             let mut best: Option<(usize, (usize, usize))> = None;
@@ -197,6 +225,14 @@ impl Ring {
         }
         chosen
     }
+}
+
+/// A server with less free space than this is full for placement: 2% of
+/// its capacity, at most 64 MiB (its own check refuses puts past its
+/// limits anyway; this keeps new shards from being sent there at all).
+pub fn is_full(capacity_bytes: u64, used_bytes: u64) -> bool {
+    let margin = (capacity_bytes / 50).min(64 << 20);
+    capacity_bytes > 0 && capacity_bytes.saturating_sub(used_bytes) <= margin
 }
 
 #[cfg(test)]
@@ -370,5 +406,50 @@ mod tests {
     fn zero_capacity_everywhere_still_places() {
         let ring = Ring::new((1..=3).map(|i| cand(i, "z", "r", 0)).collect());
         assert_eq!(ring.place(b"x", 3).len(), 3);
+    }
+
+    #[test]
+    fn place_beside_avoids_the_domains_of_kept_shards() {
+        // Three zones of three servers; shards kept on 1, 4 (zones a, b):
+        // the first new shard goes to the unused zone c, the second to any
+        // zone with one shard, never next to a kept one in its rack.
+        let mut servers = Vec::new();
+        for (i, zone) in ["a", "b", "c"].iter().enumerate() {
+            for r in 0..3u32 {
+                let id = i as u32 * 3 + r + 1;
+                servers.push(cand(id, zone, &format!("r{r}"), 1 << 30));
+            }
+        }
+        let ring = Ring::new(servers);
+        for key in 0u32..50 {
+            let key = key.to_be_bytes();
+            let new = ring.place_beside(&key, 2, &[1, 4], &[7]);
+            assert_eq!(new.len(), 2);
+            assert!(!new.contains(&1) && !new.contains(&4) && !new.contains(&7));
+            assert_ne!(new[0], new[1]);
+            let zone_c = new.iter().filter(|&&id| (7..=9).contains(&id)).count();
+            assert!(zone_c >= 1, "a new shard in the unused zone c: {new:?}");
+        }
+    }
+
+    #[test]
+    fn place_beside_reuses_kept_servers_only_when_nothing_else_is_left() {
+        let ring = Ring::new(vec![cand(1, "a", "r", 1), cand(2, "b", "r", 1)]);
+        assert_eq!(ring.place_beside(b"k", 1, &[1], &[]), vec![2]);
+        let reused = ring.place_beside(b"k", 2, &[1, 2], &[]);
+        assert_eq!(reused.len(), 2);
+        assert!(ring.place_beside(b"k", 1, &[1, 2], &[1, 2]).is_empty());
+    }
+
+    #[test]
+    fn full_means_within_the_margin() {
+        assert!(!is_full(0, 0), "unknown capacity is not full");
+        assert!(!is_full(100 << 20, 10 << 20));
+        assert!(is_full(100 << 20, 99 << 20), "2% of 100 MiB left");
+        assert!(
+            is_full(1 << 40, (1 << 40) - (64 << 20)),
+            "the margin is at most 64 MiB"
+        );
+        assert!(!is_full(1 << 40, (1 << 40) - (65 << 20)));
     }
 }

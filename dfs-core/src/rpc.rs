@@ -94,8 +94,9 @@ mod tests {
         use dfs_proto::chunks_client::ChunksClient;
         use dfs_proto::chunks_server::{Chunks, ChunksServer};
         use dfs_proto::{
-            DeleteShardsReply, DeleteShardsRequest, Empty, GetShardReply, PutShardsRequest,
-            ServerUsage, ShardKey,
+            CheckShardsReply, CheckShardsRequest, DeleteShardsReply, DeleteShardsRequest, Empty,
+            GetShardReply, ListShardsReply, ListShardsRequest, PutShardsRequest, ServerUsage,
+            ShardKey,
         };
         use tonic::{Request as Req, Response as Resp, Status};
 
@@ -114,6 +115,18 @@ mod tests {
                 &self,
                 _: Req<DeleteShardsRequest>,
             ) -> Result<Resp<DeleteShardsReply>, Status> {
+                Err(Status::unimplemented("not in this fake"))
+            }
+            async fn list_shards(
+                &self,
+                _: Req<ListShardsRequest>,
+            ) -> Result<Resp<ListShardsReply>, Status> {
+                Err(Status::unimplemented("not in this fake"))
+            }
+            async fn check_shards(
+                &self,
+                _: Req<CheckShardsRequest>,
+            ) -> Result<Resp<CheckShardsReply>, Status> {
                 Err(Status::unimplemented("not in this fake"))
             }
             async fn usage(&self, _: Req<Empty>) -> Result<Resp<ServerUsage>, Status> {

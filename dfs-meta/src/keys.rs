@@ -139,6 +139,11 @@ pub fn unlinked_open(ino: u64) -> Vec<u8> {
     k
 }
 
+/// The inode of an unlinked-open marker, or `None` for a malformed key.
+pub fn unlinked_open_ino(key: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
 pub fn counter(name: &str) -> Vec<u8> {
     let mut k = vec![COUNTER];
     k.extend_from_slice(name.as_bytes());

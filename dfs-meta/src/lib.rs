@@ -5,6 +5,7 @@
 pub mod chunkmap;
 pub mod error;
 pub mod keys;
+pub mod maintenance;
 pub mod namespace;
 pub mod purge;
 pub mod registry;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use dfs_proto::VolumeConfig;
 
+pub use maintenance::{tcp_connector, MaintenanceConfig};
 pub use registry::Liveness;
 pub use service::MetaService;
 

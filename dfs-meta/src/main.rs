@@ -23,6 +23,29 @@ struct Args {
     /// Seconds without a heartbeat before a chunk server is down.
     #[arg(long, default_value_t = 30)]
     down_after: u64,
+    /// Seconds a chunk server may stay down before its shards are rebuilt
+    /// on the others.
+    #[arg(long, default_value_t = 600)]
+    rebuild_after: u64,
+    /// Seconds between repair scans of the whole dedup index.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    repair_interval: u64,
+    /// Seconds between automatic garbage collections (0: only `dfs gc`).
+    #[arg(long, default_value_t = 3600)]
+    gc_interval: u64,
+    /// Seconds an unreferenced chunk or an orphan shard is kept before
+    /// automatic garbage collection deletes it.
+    #[arg(long, default_value_t = 3600)]
+    gc_grace: u64,
+    /// Largest difference, in seconds, between this server's clock and the
+    /// chunk servers'.
+    #[arg(long, default_value_t = 60)]
+    clock_skew: u64,
+    /// Seconds after which a file unlinked while open is removed if its
+    /// client stopped renewing it (the client died). Clients renew every
+    /// 60 s.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    unlinked_timeout: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,8 +63,28 @@ fn main() -> anyhow::Result<()> {
         suspect_after: Duration::from_secs(args.suspect_after),
         down_after: Duration::from_secs(args.down_after.max(args.suspect_after)),
     };
-    let service = dfs_meta::MetaService::open(store, dfs_meta::default_volume(k, m), liveness)
-        .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
+    anyhow::ensure!(
+        args.gc_grace >= args.clock_skew,
+        "--gc-grace ({}) must be at least --clock-skew ({})",
+        args.gc_grace,
+        args.clock_skew
+    );
+    let maintenance = dfs_meta::MaintenanceConfig {
+        rebuild_after: Duration::from_secs(args.rebuild_after),
+        repair_interval: Duration::from_secs(args.repair_interval),
+        gc_interval: (args.gc_interval > 0).then(|| Duration::from_secs(args.gc_interval)),
+        gc_grace: Duration::from_secs(args.gc_grace),
+        clock_skew: Duration::from_secs(args.clock_skew),
+        unlinked_timeout: Duration::from_secs(args.unlinked_timeout),
+    };
+    let service = dfs_meta::MetaService::open(
+        store,
+        dfs_meta::default_volume(k, m),
+        liveness,
+        maintenance,
+        dfs_meta::tcp_connector(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(dfs_meta::serve(args.listen, service, shutdown_signal()))
 }

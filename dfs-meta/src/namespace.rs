@@ -267,6 +267,51 @@ fn remove_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) -> Result<()> {
 /// Removes an inode kept by an unlink or rename while a client had it
 /// open, now that the client closed it. Repeating it, or calling it for an
 /// inode with links, changes nothing.
+/// Renews the leases of kept unlinked inodes (a client still has them
+/// open). Inodes without a marker are skipped: already forgotten.
+pub fn keep_unlinked(txn: &mut dyn KvTxn, inos: &[u64], now_ns: i64) -> Result<()> {
+    for &ino in inos {
+        let marker = keys::unlinked_open(ino);
+        if txn.get(&marker)?.is_some() {
+            txn.set(&marker, &now_ns.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Looks at up to `limit` unlinked-open markers from `from` (a key; empty:
+/// the first) and forgets the inodes whose lease was last renewed before
+/// `expired_before_ns` (their client died). Returns how many were removed
+/// and the key to continue from (`None`: no markers left).
+pub fn expire_unlinked(
+    txn: &mut dyn KvTxn,
+    from: &[u8],
+    expired_before_ns: i64,
+    limit: usize,
+) -> Result<(u64, Option<Vec<u8>>)> {
+    let (begin, end) = keys::tag_range(keys::UNLINKED_OPEN);
+    let start = if from.is_empty() {
+        begin
+    } else {
+        from.to_vec()
+    };
+    let rows = txn.range(&start, &end, limit + 1, false)?;
+    let next = rows.get(limit).map(|(k, _)| k.clone());
+    let mut removed = 0;
+    for (key, value) in rows.into_iter().take(limit) {
+        let renewed = crate::store::decode_counter(Some(&value));
+        if renewed >= expired_before_ns {
+            continue;
+        }
+        let Some(ino) = keys::unlinked_open_ino(&key) else {
+            continue;
+        };
+        forget_unlinked(txn, ino)?;
+        removed += 1;
+    }
+    Ok((removed, next))
+}
+
 pub fn forget_unlinked(txn: &mut dyn KvTxn, ino: u64) -> Result<()> {
     let marker = keys::unlinked_open(ino);
     if txn.get(&marker)?.is_none() {

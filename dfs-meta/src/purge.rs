@@ -279,6 +279,50 @@ mod tests {
     }
 
     #[test]
+    fn unlinked_files_of_a_dead_client_expire_and_renewed_ones_stay() {
+        let store = MemStore::default();
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+        // Thirteen kept files (more than one page of ten markers), unlinked
+        // at time 100; eleven are renewed at 500 by their live client.
+        let mut inos = Vec::new();
+        for i in 0..13u64 {
+            let name = format!("f{i}");
+            let ino = big_file_named(&store, name.as_bytes(), 10 + i, 2);
+            run(&store, |t| {
+                namespace::unlink(t, 1, name.as_bytes(), ino, 100)
+            });
+            inos.push(ino);
+        }
+        let (dead, live) = (vec![inos[0], inos[12]], inos[1..12].to_vec());
+        run(&store, |t| namespace::keep_unlinked(t, &live, 500));
+        // A renewal of an inode without a marker changes nothing.
+        run(&store, |t| namespace::keep_unlinked(t, &[999], 500));
+        // Expire what was renewed before 300, in pages of ten.
+        let mut from = Vec::new();
+        let mut removed = 0;
+        loop {
+            let start = from.clone();
+            let (n, next) = run(&store, |t| namespace::expire_unlinked(t, &start, 300, 10));
+            removed += n;
+            match next {
+                Some(k) => from = k,
+                None => break,
+            }
+        }
+        assert_eq!(removed, 2);
+        for ino in dead {
+            assert!(matches!(
+                transact(&store, |t| namespace::get_inode(t, ino)),
+                Err(MetaError::NotFound)
+            ));
+        }
+        for &ino in &live {
+            assert_eq!(run(&store, |t| namespace::get_inode(t, ino)).nlink, 0);
+        }
+        assert_eq!(run(&store, chunkmap::stats).logical_bytes, 11 * 200);
+    }
+
+    #[test]
     fn gc_marks_after_the_grace_period_and_never_removes_a_revived_chunk() {
         let store = MemStore::default();
         let ino = big_file(&store, 10); // chunks 0..10, fingerprints id 0..10

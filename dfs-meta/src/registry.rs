@@ -85,6 +85,7 @@ pub fn register(txn: &mut dyn KvTxn, req: &RegisterServerRequest, now_ns: i64) -
         shard_count: old.shard_count,
         shard_bytes: old.shard_bytes,
         last_heartbeat_ns: now_ns,
+        registered_ns: now_ns,
     };
     put_record(txn, &keys::server(id), &record);
     Ok(id)

@@ -12,6 +12,9 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::{MetaError, Result};
+use crate::maintenance::{
+    fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig, ShardConnector,
+};
 use crate::registry::Liveness;
 use crate::store::{transact, KvTxn, MetaStore};
 use crate::{chunkmap, namespace, registry};
@@ -26,15 +29,20 @@ pub struct MetaService {
     /// Wakes the purge worker after a removal.
     purge_wake: Arc<tokio::sync::Notify>,
     inodes: Arc<namespace::InodeAllocator>,
+    /// Rebuilds, scrub repairs, garbage collection, fsck.
+    maintenance: Arc<Maintenance>,
 }
 
 impl MetaService {
     /// Opens the volume on `store`, creating the root directory and the
-    /// volume record (from `volume`) when the store is new.
+    /// volume record (from `volume`) when the store is new. `connector`
+    /// reaches the chunk servers for the maintenance work.
     pub fn open(
         store: Arc<dyn MetaStore>,
         volume: VolumeConfig,
         liveness: Liveness,
+        maintenance: MaintenanceConfig,
+        connector: ShardConnector,
     ) -> Result<Self> {
         let now = now_ns();
         transact(store.as_ref(), |txn| {
@@ -42,21 +50,43 @@ impl MetaService {
             namespace::init_root(txn, now)?;
             Ok::<_, MetaError>(())
         })?;
+        let purge_wake = Arc::new(tokio::sync::Notify::new());
         Ok(Self {
+            maintenance: Maintenance::new(
+                store.clone(),
+                liveness,
+                maintenance,
+                connector,
+                purge_wake.clone(),
+            ),
             store,
             liveness,
-            purge_wake: Arc::new(tokio::sync::Notify::new()),
+            purge_wake,
             inodes: Arc::new(namespace::InodeAllocator::new(INODE_BATCH)),
         })
     }
 
-    /// Starts the background work (purging removed files' chunk maps).
-    /// Needs a tokio runtime.
+    /// Starts the background work (purging removed files' chunk maps,
+    /// rebuilds and repairs, garbage collection). Needs a tokio runtime.
     pub fn start_background(&self) {
         tokio::spawn(crate::purge::purge_worker(
             self.store.clone(),
             self.purge_wake.clone(),
         ));
+        tokio::spawn(self.maintenance.clone().run());
+    }
+
+    pub fn maintenance(&self) -> &Arc<Maintenance> {
+        &self.maintenance
+    }
+
+    /// Maps a maintenance outcome to a reply.
+    fn reply<T>(op: &'static str, result: Result<T>) -> Result<Response<T>, Status> {
+        result.map(Response::new).map_err(|e| {
+            let err = DfsError::from(e);
+            tracing::warn!(op, errno = err.errno, error = %err.message, "maintenance request failed");
+            Status::from(err)
+        })
     }
 
     pub fn into_server(self) -> MetaServer<Self> {
@@ -147,6 +177,20 @@ impl Meta for MetaService {
         Ok(reply)
     }
 
+    async fn keep_unlinked(
+        &self,
+        r: Request<KeepUnlinkedRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        if r.inos.len() > 100_000 {
+            return Err(DfsError::new(libc::EINVAL, "too many inodes in one request").into());
+        }
+        self.run("keep_unlinked", move |t, now| {
+            namespace::keep_unlinked(t, &r.inos, now).map(|_| Empty {})
+        })
+        .await
+    }
+
     async fn link(&self, r: Request<LinkRequest>) -> Result<Response<InodeRecord>, Status> {
         let r = r.into_inner();
         self.run("link", move |t, now| {
@@ -187,23 +231,39 @@ impl Meta for MetaService {
         .await
     }
 
-    async fn gc_mark(&self, r: Request<GcMarkRequest>) -> Result<Response<GcMarkReply>, Status> {
+    async fn gc(&self, r: Request<GcRequest>) -> Result<Response<GcReport>, Status> {
         let r = r.into_inner();
-        self.run("gc_mark", move |t, now| {
-            chunkmap::gc_mark(t, &r.after_fingerprint, r.limit as usize, r.grace_ns, now)
-        })
-        .await
+        if r.grace_ns < 0 || r.clock_skew_ns < 0 {
+            return Err(DfsError::new(libc::EINVAL, "negative grace period or clock skew").into());
+        }
+        let options = GcOptions {
+            grace: std::time::Duration::from_nanos(r.grace_ns as u64),
+            clock_skew: std::time::Duration::from_nanos(r.clock_skew_ns as u64),
+            orphans: r.orphans,
+        };
+        Self::reply("gc", self.maintenance.gc(options).await)
     }
 
-    async fn gc_finish(
-        &self,
-        r: Request<GcFinishRequest>,
-    ) -> Result<Response<GcFinishReply>, Status> {
+    async fn fsck(&self, r: Request<FsckRequest>) -> Result<Response<FsckReport>, Status> {
         let r = r.into_inner();
-        self.run("gc_finish", move |t, _| {
-            chunkmap::gc_finish(t, &r.fingerprints).map(|removed| GcFinishReply { removed })
-        })
-        .await
+        let options = FsckOptions {
+            verify: r.verify,
+            orphan_grace_ns: r.orphan_grace_ns.max(0),
+        };
+        Self::reply("fsck", self.maintenance.fsck(options).await)
+    }
+
+    async fn report_bad_shards(
+        &self,
+        r: Request<ReportBadShardsRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        Self::reply(
+            "report_bad_shards",
+            self.maintenance
+                .report_bad(r.server_id, r.shards)
+                .map(|()| Empty {}),
+        )
     }
 
     async fn rmdir(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
@@ -339,9 +399,11 @@ impl Meta for MetaService {
 
     async fn list_servers(&self, _r: Request<Empty>) -> Result<Response<ListServersReply>, Status> {
         let liveness = self.liveness;
+        let repair = Some(self.maintenance.status());
         self.run("list_servers", move |t, now| {
             Ok(ListServersReply {
                 servers: registry::list(t, &liveness, now)?,
+                repair,
             })
         })
         .await

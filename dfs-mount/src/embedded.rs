@@ -15,7 +15,7 @@ use anyhow::Context;
 use dfs_core::error::DfsError;
 use dfs_core::rpc::{boxed_transport, RpcTransport};
 use dfs_meta::store::RocksStore;
-use dfs_meta::{default_volume, Liveness, MetaService};
+use dfs_meta::{default_volume, Liveness, MaintenanceConfig, MetaService};
 
 use crate::client::Connector;
 
@@ -42,11 +42,6 @@ impl Embedded {
                     root.display()
                 )
             })?;
-        let service = MetaService::open(Arc::new(store), default_volume(1, 0), Liveness::default())
-            .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
-        service.start_background();
-        let meta = boxed_transport(service.into_server());
-
         let chunk_dir = root.join("chunks");
         let shard_store = {
             let dir = chunk_dir.clone();
@@ -62,6 +57,21 @@ impl Embedded {
         let chunks = boxed_transport(dfs_server::service::chunk_service_server(
             shard_store.clone(),
         ));
+        // The metadata service reaches the in-process chunk server for
+        // garbage collection and repairs.
+        let to_chunks = chunks.clone();
+        let connector: dfs_meta::maintenance::ShardConnector =
+            Arc::new(move |_address: &str| Ok(to_chunks.clone()));
+        let service = MetaService::open(
+            Arc::new(store),
+            default_volume(1, 0),
+            Liveness::default(),
+            MaintenanceConfig::default(),
+            connector,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
+        service.start_background();
+        let meta = boxed_transport(service.into_server());
         let registration = dfs_server::Registration {
             meta_addr: LOCAL_SERVER_ADDRESS.into(),
             uuid,

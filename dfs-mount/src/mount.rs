@@ -133,8 +133,23 @@ pub async fn connect(
     );
     dfs.dirty_limit = usize::try_from(req.options.write_buffer_bytes).unwrap_or(usize::MAX);
     let dfs = Arc::new(dfs);
+    let renewing = Arc::downgrade(&dfs);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UNLINKED_LEASE_RENEWAL);
+        loop {
+            tick.tick().await;
+            let Some(dfs) = renewing.upgrade() else {
+                return;
+            };
+            dfs.renew_unlinked_leases().await;
+        }
+    });
     Ok((dfs, embedded))
 }
+
+/// How often leases of unlinked-but-open files are renewed (the metadata
+/// server's `--unlinked-timeout` is 10 minutes by default).
+const UNLINKED_LEASE_RENEWAL: Duration = Duration::from_secs(60);
 
 /// Mounts and serves until unmounted. `ready` is called once the kernel
 /// has the mount (or with the reason it could not be mounted).

@@ -155,3 +155,35 @@ fn scattered_writes_flush_in_bounded_groups_without_losing_any() {
     let m = TestMount::start(&source, &[]);
     assert!(fs::read(m.path.join("f")).expect("read after remount") == model);
 }
+
+#[test]
+fn an_unlinked_open_file_of_a_killed_client_is_removed_after_its_lease() {
+    let meta_args = ["--unlinked-timeout", "3", "--repair-interval", "1"]
+        .map(String::from)
+        .to_vec();
+    let cluster = TestCluster::start_full(1, 3, |_| Vec::new(), meta_args);
+    let mut m = TestMount::start(&cluster.meta_addr(), &[]);
+    let path = m.path.join("held");
+    fs::write(&path, random_bytes(3 << 20, 5)).expect("write");
+    let held = fs::File::open(&path).expect("open");
+    fs::remove_file(&path).expect("unlink while open");
+    // Kept for the open handle.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster.stats()["logical_bytes"].as_u64(), Some(3 << 20));
+    // The client dies without closing: nobody renews the lease any more.
+    m.proc.kill();
+    drop(held);
+    let stats = wait_for_no_references(&cluster);
+    assert_eq!(
+        stats["logical_bytes"].as_u64(),
+        Some(0),
+        "the dead client's unlinked file was never removed: {stats}"
+    );
+    assert!(
+        cluster
+            .log("meta")
+            .contains("removed unlinked files whose clients stopped renewing them"),
+        "{}",
+        cluster.log("meta")
+    );
+}

@@ -4,7 +4,9 @@
 //! or forget us. Registration is retried with capped exponential backoff;
 //! a failed heartbeat drops the connection and registers again (the metadata
 //! server recognises us by our UUID, so re-registering keeps our server id).
+//! The id is published in a [`SharedServerId`] for the scrubber's reports.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +38,28 @@ pub struct Registration {
     pub rack: String,
 }
 
+/// The id the metadata server gave this server, shared between the heartbeat
+/// task, which sets it at every registration, and the scrubber, which names
+/// this server with it in its reports. Clones share one value.
+#[derive(Debug, Clone, Default)]
+pub struct SharedServerId(Arc<AtomicU32>);
+
+impl SharedServerId {
+    /// The id, or `None` before the first registration. The metadata server
+    /// numbers servers from 1, so 0 stands for "none yet".
+    pub fn get(&self) -> Option<u32> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Publishes the id a registration returned.
+    pub fn set(&self, id: u32) {
+        self.0.store(id, Ordering::Release);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum HeartbeatError {
     #[error("cannot connect to metadata server {addr}: {source}")]
@@ -54,7 +78,7 @@ enum HeartbeatError {
 
 /// `err: cause: cause…` on one line; tonic's transport errors hide the
 /// useful part (connection refused, DNS failure) in their sources.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -87,6 +111,18 @@ async fn local_stats(store: &Arc<ShardStore>) -> Result<(Usage, Capacity), Heart
 }
 
 type MetaRpc = MetaClient<RpcTransport>;
+
+/// A transport to the metadata server that connects on first use and again
+/// after a failure, for callers that only speak now and then (the
+/// scrubber's reports): they need no reconnect loop of their own. Fails
+/// only on an address that is not a valid URI.
+pub fn lazy_meta_transport(meta_addr: &str) -> Result<RpcTransport, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(meta_url(meta_addr))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(RPC_TIMEOUT)
+        .connect_lazy();
+    Ok(boxed_transport(channel))
+}
 
 async fn connect_and_register(
     reg: &Registration,
@@ -163,7 +199,18 @@ async fn send_heartbeat(
 /// Registers with the metadata server and heartbeats every `interval`,
 /// forever. Run it as a task and abort it on shutdown.
 pub async fn register_and_heartbeat(reg: Registration, store: Arc<ShardStore>, interval: Duration) {
-    heartbeat_loop(reg, store, interval, MetaLink::Tcp).await
+    register_and_heartbeat_sharing(reg, store, interval, SharedServerId::default()).await
+}
+
+/// [`register_and_heartbeat`], publishing the server id in `server_id` at
+/// every registration.
+pub async fn register_and_heartbeat_sharing(
+    reg: Registration,
+    store: Arc<ShardStore>,
+    interval: Duration,
+    server_id: SharedServerId,
+) {
+    heartbeat_loop(reg, store, interval, MetaLink::Tcp, server_id).await
 }
 
 /// Registers once through an already-made transport (an in-process
@@ -186,7 +233,14 @@ pub async fn heartbeat_via(
     store: Arc<ShardStore>,
     interval: Duration,
 ) {
-    heartbeat_loop(reg, store, interval, MetaLink::Transport(transport)).await
+    heartbeat_loop(
+        reg,
+        store,
+        interval,
+        MetaLink::Transport(transport),
+        SharedServerId::default(),
+    )
+    .await
 }
 
 /// How the heartbeat task reaches the metadata server.
@@ -215,6 +269,7 @@ async fn heartbeat_loop(
     store: Arc<ShardStore>,
     interval: Duration,
     link: MetaLink,
+    shared_id: SharedServerId,
 ) {
     let mut backoff = INITIAL_BACKOFF;
     loop {
@@ -232,6 +287,7 @@ async fn heartbeat_loop(
             }
         };
         backoff = INITIAL_BACKOFF;
+        shared_id.set(server_id);
         tracing::info!(
             meta = %reg.meta_addr,
             server_id,
@@ -269,9 +325,11 @@ mod tests {
     struct Seen {
         registrations: Vec<RegisterServerRequest>,
         heartbeats: Vec<HeartbeatRequest>,
+        bad_shard_reports: Vec<ReportBadShardsRequest>,
     }
 
-    /// A metadata server that only knows registrations and heartbeats.
+    /// A metadata server that only knows registrations, heartbeats and
+    /// bad-shard reports.
     #[derive(Clone, Default)]
     struct FakeMeta(Arc<Mutex<Seen>>);
 
@@ -308,6 +366,12 @@ mod tests {
         async fn forget_unlinked(&self, _: Request<InoRequest>) -> Result<Response<Empty>, Status> {
             unimplemented()
         }
+        async fn keep_unlinked(
+            &self,
+            _: Request<KeepUnlinkedRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
         async fn link(&self, _: Request<LinkRequest>) -> Result<Response<InodeRecord>, Status> {
             unimplemented()
         }
@@ -329,17 +393,19 @@ mod tests {
         async fn remove_xattr(&self, _: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
             unimplemented()
         }
-        async fn gc_mark(
-            &self,
-            _: Request<GcMarkRequest>,
-        ) -> Result<Response<GcMarkReply>, Status> {
+        async fn gc(&self, _: Request<GcRequest>) -> Result<Response<GcReport>, Status> {
             unimplemented()
         }
-        async fn gc_finish(
-            &self,
-            _: Request<GcFinishRequest>,
-        ) -> Result<Response<GcFinishReply>, Status> {
+        async fn fsck(&self, _: Request<FsckRequest>) -> Result<Response<FsckReport>, Status> {
             unimplemented()
+        }
+        async fn report_bad_shards(
+            &self,
+            request: Request<ReportBadShardsRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            let mut seen = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
+            seen.bad_shard_reports.push(request.into_inner());
+            Ok(Response::new(Empty {}))
         }
         async fn read_dir(
             &self,
@@ -403,6 +469,81 @@ mod tests {
         async fn stats(&self, _: Request<Empty>) -> Result<Response<StatsReply>, Status> {
             unimplemented()
         }
+    }
+
+    #[tokio::test]
+    async fn scrubber_reports_under_the_registered_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(ShardStore::open(dir.path()).expect("open"));
+        let fp = dfs_core::fingerprint::Fingerprint([4; 32]);
+        store
+            .put_batch(&[(fp, 0, b"fine"), (fp, 1, b"soon bad")])
+            .expect("put");
+        let mut raw = store.raw_get_value(&fp, 1).expect("raw").expect("present");
+        raw[crate::store::VALUE_HEADER_LEN] ^= 0x80;
+        store.raw_put_value(&fp, 1, &raw).expect("raw put");
+
+        let meta = FakeMeta::default();
+        let seen = Arc::clone(&meta.0);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MetaServer::new(meta))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let reg = Registration {
+            meta_addr: addr.to_string(),
+            uuid: "0e0c3c1e-0000-4000-8000-000000000002".into(),
+            address: "127.0.0.1:9".into(),
+            zone: "z1".into(),
+            rack: "r1".into(),
+        };
+        let server_id = SharedServerId::default();
+        assert_eq!(server_id.get(), None);
+        // The scrubber may start before the registration; its first report
+        // then waits for the id.
+        let scrubber = tokio::spawn(crate::scrub::run(
+            Arc::clone(&store),
+            Duration::from_millis(100),
+            lazy_meta_transport(&addr.to_string()).expect("transport"),
+            server_id.clone(),
+        ));
+        let heartbeat = tokio::spawn(register_and_heartbeat_sharing(
+            reg,
+            Arc::clone(&store),
+            Duration::from_millis(50),
+            server_id.clone(),
+        ));
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            {
+                let seen = seen.lock().expect("lock");
+                if let Some(report) = seen.bad_shard_reports.first() {
+                    assert_eq!(report.server_id, 7);
+                    assert_eq!(
+                        report.shards,
+                        vec![ShardKey {
+                            fingerprint: vec![4; 32],
+                            index: 1
+                        }]
+                    );
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no bad-shard report seen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(server_id.get(), Some(7));
+        scrubber.abort();
+        heartbeat.abort();
+        server.abort();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`identity`]: the server's persistent UUID (`<data>/server.id`).
 //! - [`service`]: the `Chunks` gRPC service over the store.
 //! - [`heartbeat`]: registration with the metadata server and heartbeats.
+//! - [`scrub`]: reads every shard once per period and reports bad ones.
 //! - [`error`]: the store's error type and its one mapping to the wire.
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line.
@@ -13,6 +14,7 @@
 pub mod error;
 pub mod heartbeat;
 pub mod identity;
+pub mod scrub;
 pub mod service;
 pub mod store;
 
@@ -25,9 +27,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tracing::Instrument;
 
 pub use error::StoreError;
-pub use heartbeat::Registration;
+pub use heartbeat::{Registration, SharedServerId};
 pub use store::ShardStore;
 
 /// Zone label when none is given.
@@ -53,6 +56,9 @@ pub struct ServerConfig {
     pub capacity: Option<u64>,
     /// Bytes of the file system to leave free (`None`: [`store::default_reserve`]).
     pub reserve: Option<u64>,
+    /// Time for one scrub pass over every shard; zero disables scrubbing.
+    /// The scrubber only runs with a metadata server to report to.
+    pub scrub_period: Duration,
 }
 
 impl ServerConfig {
@@ -68,6 +74,7 @@ impl ServerConfig {
             heartbeat_interval: heartbeat::DEFAULT_HEARTBEAT_INTERVAL,
             capacity: None,
             reserve: None,
+            scrub_period: scrub::DEFAULT_SCRUB_PERIOD,
         }
     }
 }
@@ -137,7 +144,8 @@ impl BoundServer {
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let heartbeat = match &self.config.meta {
+        let mut background = Vec::new();
+        match &self.config.meta {
             Some(meta_addr) => {
                 let address = self.advertised_address();
                 if self.config.advertise.is_none() && self.local_addr.ip().is_unspecified() {
@@ -153,17 +161,21 @@ impl BoundServer {
                     zone: self.config.zone.clone(),
                     rack: self.config.rack.clone(),
                 };
-                Some(tokio::spawn(heartbeat::register_and_heartbeat(
+                let server_id = SharedServerId::default();
+                background.push(tokio::spawn(heartbeat::register_and_heartbeat_sharing(
                     reg,
                     Arc::clone(&self.store),
                     self.config.heartbeat_interval,
-                )))
+                    server_id.clone(),
+                )));
+                if let Some(task) = self.start_scrubber(meta_addr, server_id) {
+                    background.push(task);
+                }
             }
             None => {
-                tracing::info!("no metadata server given; running standalone");
-                None
+                tracing::info!("no metadata server given; running standalone, without scrubbing");
             }
-        };
+        }
 
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let result = tonic::transport::Server::builder()
@@ -171,11 +183,45 @@ impl BoundServer {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("chunk service failed");
-        if let Some(task) = heartbeat {
+        for task in background {
             task.abort();
+            // Wait for the task to drop its handle on the store, so that the
+            // store closes with the last one.
+            let _ = task.await;
         }
         tracing::info!("dfs-server stopped");
         result
+    }
+
+    /// Starts the scrubber unless `--scrub-period 0` turned it off.
+    fn start_scrubber(
+        &self,
+        meta_addr: &str,
+        server_id: SharedServerId,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let period = self.config.scrub_period;
+        if period.is_zero() {
+            tracing::info!("scrubbing disabled (--scrub-period 0)");
+            return None;
+        }
+        let meta = match heartbeat::lazy_meta_transport(meta_addr) {
+            Ok(meta) => meta,
+            Err(err) => {
+                // The heartbeat task reports the same address as unusable
+                // on every attempt; serving shards still works.
+                tracing::warn!(
+                    meta = %meta_addr,
+                    err = %heartbeat::error_chain(&err),
+                    "bad metadata server address; scrubber not started"
+                );
+                return None;
+            }
+        };
+        tracing::info!(period = ?period, "scrubber started");
+        let span = tracing::info_span!("scrub", server_uuid = %self.uuid);
+        Some(tokio::spawn(
+            scrub::run(Arc::clone(&self.store), period, meta, server_id).instrument(span),
+        ))
     }
 }
 

@@ -54,6 +54,17 @@ struct Cli {
     /// [default: 5% of it, at most 1G].
     #[arg(long, value_name = "BYTES", value_parser = parse_size, help_heading = "Storage")]
     reserve: Option<u64>,
+
+    /// Seconds for one scrub pass, which reads every shard, verifies its
+    /// checksum and reports bad ones to the metadata server (604800: 7 days);
+    /// 0 disables scrubbing.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = dfs_server::scrub::DEFAULT_SCRUB_PERIOD.as_secs(),
+        help_heading = "Storage"
+    )]
+    scrub_period: u64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -72,6 +83,7 @@ impl From<Cli> for ServerConfig {
             heartbeat_interval: Duration::from_millis(cli.heartbeat_ms),
             capacity: cli.capacity,
             reserve: cli.reserve,
+            scrub_period: Duration::from_secs(cli.scrub_period),
         }
     }
 }

@@ -32,6 +32,13 @@
 //! version and checksum. The `raw_*` methods bypass both and exist for
 //! fault-injection tests only.
 //!
+//! # Listing and checking
+//!
+//! [`ShardStore::list_after`] pages through every key in key order for the
+//! orphan sweep, fsck and the scrubber; [`ShardStore::check`] answers for
+//! single keys. Both read values: the Rust binding cannot ask RocksDB for a
+//! key alone when its value lives in a blob file.
+//!
 //! # Usage counters
 //!
 //! `shard_count` and `shard_bytes` (payload bytes, headers excluded) are kept
@@ -78,6 +85,43 @@ pub struct Capacity {
     /// Bytes this process cannot write: `total - available`, so blocks
     /// reserved for root count as used.
     pub used_bytes: u64,
+}
+
+/// One stored shard, as [`ShardStore::list_after`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedShard {
+    pub fingerprint: Fingerprint,
+    pub index: u8,
+    /// Payload bytes, header excluded (for a corrupt value: its length less
+    /// the header its version byte implies, as the usage counters count it).
+    pub len: u64,
+    /// When the shard was written (ns since the epoch, this server's clock).
+    /// 0 for version-1 values and for values that fail their check: a header
+    /// the checksum does not vouch for cannot be trusted, and 0 makes a
+    /// corrupt orphan look old rather than keeping it forever.
+    pub written_ns: i64,
+    /// Why the value fails its version or checksum check ([`decode_value`]);
+    /// `None` when it is sound.
+    pub corrupt: Option<String>,
+}
+
+impl ListedShard {
+    /// The store key, as [`ShardStore::list_after`] takes it to resume.
+    pub fn key(&self) -> [u8; KEY_LEN] {
+        shard_key(&self.fingerprint, self.index)
+    }
+}
+
+/// What [`ShardStore::check`] found under one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardCheck {
+    Missing,
+    /// Present; its checksum was not checked.
+    Present,
+    /// Present and its version and checksum check out.
+    Good,
+    /// Present and fails its check, for this reason.
+    Corrupt(String),
 }
 
 /// Shards keyed by (fingerprint, index), each with its own checksum.
@@ -147,6 +191,13 @@ pub fn shard_key(fp: &Fingerprint, index: u8) -> [u8; KEY_LEN] {
     key
 }
 
+/// The fingerprint and shard index a key names.
+pub fn split_key(key: &[u8; KEY_LEN]) -> (Fingerprint, u8) {
+    let mut fp = [0u8; 32];
+    fp.copy_from_slice(&key[..32]);
+    (Fingerprint(fp), key[32])
+}
+
 /// Encodes a payload as a stored value written now.
 pub fn encode_value(payload: &[u8]) -> Vec<u8> {
     encode_value_at(payload, dfs_core::time::now_ns())
@@ -200,6 +251,23 @@ pub fn decode_value_with_time(value: &[u8]) -> Result<(&[u8], i64), String> {
         _ => 0,
     };
     Ok((&value[header..], written))
+}
+
+/// Describes a stored value for a listing; never fails, so that a corrupt
+/// value is listed like any other (the orphan sweep and fsck must see every key).
+fn listed(key: &[u8; KEY_LEN], value: &[u8]) -> ListedShard {
+    let (fingerprint, index) = split_key(key);
+    let (len, written_ns, corrupt) = match decode_value_with_time(value) {
+        Ok((payload, written)) => (payload.len() as u64, written, None),
+        Err(reason) => (payload_len(value), 0, Some(reason)),
+    };
+    ListedShard {
+        fingerprint,
+        index,
+        len,
+        written_ns,
+        corrupt,
+    }
 }
 
 /// Payload bytes a stored value accounts for in the usage counters.
@@ -446,6 +514,88 @@ impl ShardStore {
         Ok((count, bytes))
     }
 
+    /// Lists up to `limit` shards (at least one) in key order, starting
+    /// strictly after `after` (`None`: from the first key), with their
+    /// payload length, write time and whether they pass their check.
+    ///
+    /// The flag is true when `limit` shards were listed: call again from the
+    /// last one's [`ListedShard::key`]; that page may be empty. Telling
+    /// "exactly `limit` left" apart would mean reading one more value, maybe
+    /// a blob of megabytes, on every page.
+    ///
+    /// Each page is its own iterator, so writes between pages show up or not
+    /// depending on where they land; a key present throughout is listed
+    /// exactly once.
+    pub fn list_after(
+        &self,
+        after: Option<&[u8; KEY_LEN]>,
+        limit: usize,
+    ) -> Result<(Vec<ListedShard>, bool), StoreError> {
+        let limit = limit.max(1);
+        let mut read = ReadOptions::default();
+        // Listings walk the whole store; keep them from evicting the blocks
+        // that serve reads.
+        read.fill_cache(false);
+        let mut it = self.db.raw_iterator_opt(read);
+        match after {
+            Some(after) => {
+                it.seek(after);
+                if it.valid() && it.key() == Some(&after[..]) {
+                    it.next();
+                }
+            }
+            None => it.seek_to_first(),
+        }
+        let mut page = Vec::with_capacity(limit.min(1024));
+        while it.valid() && page.len() < limit {
+            if let (Some(key), Some(value)) = (it.key(), it.value()) {
+                match <&[u8; KEY_LEN]>::try_from(key) {
+                    Ok(key) => page.push(listed(key, value)),
+                    // Only this file writes keys, all of KEY_LEN; another
+                    // length cannot be named in a reply, so it is skipped loudly.
+                    Err(_) => {
+                        tracing::error!(key_len = key.len(), "skipping a malformed store key")
+                    }
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(StoreError::from_db)?;
+        let full = page.len() == limit;
+        Ok((page, full))
+    }
+
+    /// Whether a shard is stored, and with `verify` whether it passes its
+    /// version and checksum check.
+    ///
+    /// Without `verify` the value is read all the same (the binding has no
+    /// key-only lookup for blob values), but pinned rather than copied and
+    /// not checksummed.
+    pub fn check(
+        &self,
+        fp: &Fingerprint,
+        index: u8,
+        verify: bool,
+    ) -> Result<ShardCheck, StoreError> {
+        let Some(value) = self
+            .db
+            .get_pinned(shard_key(fp, index))
+            .map_err(StoreError::from_db)?
+        else {
+            return Ok(ShardCheck::Missing);
+        };
+        if !verify {
+            return Ok(ShardCheck::Present);
+        }
+        Ok(match decode_value(&value) {
+            Ok(_) => ShardCheck::Good,
+            Err(reason) => {
+                tracing::warn!(fingerprint = %fp, shard = index, %reason, "corrupt shard found by check");
+                ShardCheck::Corrupt(reason)
+            }
+        })
+    }
+
     /// Shards held and their payload bytes, exact.
     pub fn usage(&self) -> Usage {
         // Writers update both counters under the write lock; a reader may see
@@ -583,6 +733,7 @@ mod tests {
         let key = shard_key(&fp(7), 9);
         assert_eq!(&key[..32], &[7u8; 32]);
         assert_eq!(key[32], 9);
+        assert_eq!(split_key(&key), (fp(7), 9));
     }
 
     #[test]
@@ -770,6 +921,151 @@ mod tests {
             store.put_batch(&[(fp(4), 0, &[5u8; 10][..])]),
             Err(StoreError::NoSpace(_))
         ));
+    }
+
+    #[test]
+    fn listing_pages_through_every_shard_once_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let big = vec![7u8; 10_000]; // a blob-file value
+        let mut expected = Vec::new();
+        for n in 0..40u8 {
+            for index in [0u8, 3, 255] {
+                let len = usize::from(n) * 3 + usize::from(index % 7);
+                let payload = if n == 17 && index == 3 {
+                    &big[..]
+                } else {
+                    &big[..len]
+                };
+                let written = 1_000 + i64::from(n) * 10 + i64::from(index);
+                store
+                    .raw_put_value(&fp(n), index, &encode_value_at(payload, written))
+                    .expect("put");
+                expected.push((shard_key(&fp(n), index), payload.len() as u64, written));
+            }
+        }
+        // A version-1 value lists with written_ns 0.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&crc32c::crc32c(b"old").to_le_bytes());
+        v1.extend_from_slice(b"old");
+        store.raw_put_value(&fp(200), 1, &v1).expect("put v1");
+        expected.push((shard_key(&fp(200), 1), 3, 0));
+        expected.sort();
+
+        for limit in [1usize, 7, 120, 121, 1000] {
+            let mut seen = Vec::new();
+            let mut after: Option<[u8; KEY_LEN]> = None;
+            let mut pages = 0;
+            loop {
+                let (page, more) = store.list_after(after.as_ref(), limit).expect("list");
+                assert!(page.len() <= limit);
+                pages += 1;
+                for s in &page {
+                    assert_eq!(s.corrupt, None);
+                    seen.push((s.key(), s.len, s.written_ns));
+                }
+                if !more {
+                    break;
+                }
+                after = Some(page.last().expect("a full page is not empty").key());
+            }
+            assert_eq!(seen, expected, "limit {limit}");
+            assert_eq!(pages, expected.len() / limit + 1, "limit {limit}");
+        }
+
+        // Resuming from a key that is no longer stored starts after it.
+        let gone = shard_key(&fp(5), 3);
+        assert!(store.delete(&fp(5), 3).expect("delete"));
+        let (page, _) = store.list_after(Some(&gone), 1).expect("list");
+        assert_eq!(page[0].key(), shard_key(&fp(5), 255));
+        // Past the last key: an empty, complete page.
+        let (page, more) = store.list_after(Some(&[0xff; KEY_LEN]), 10).expect("list");
+        assert!(page.is_empty() && !more);
+    }
+
+    #[test]
+    fn corrupt_values_are_listed_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .put_batch(&[(fp(1), 0, &[1u8; 100][..]), (fp(1), 1, &[2u8; 9000][..])])
+            .expect("put");
+        let mut raw = store
+            .raw_get_value(&fp(1), 1)
+            .expect("raw get")
+            .expect("present");
+        raw[VALUE_HEADER_LEN + 4000] ^= 0x10;
+        store.raw_put_value(&fp(1), 1, &raw).expect("raw put");
+        // Too short for any header, and an unknown version.
+        store.raw_put_value(&fp(2), 0, &[2, 0, 0]).expect("raw put");
+        store.raw_put_value(&fp(2), 1, &[]).expect("raw put");
+        let mut bad_version = encode_value(b"abc");
+        bad_version[0] = 7;
+        store
+            .raw_put_value(&fp(2), 2, &bad_version)
+            .expect("raw put");
+
+        let (page, more) = store.list_after(None, 100).expect("list");
+        assert!(!more);
+        let summary: Vec<(u8, u8, u64, i64, bool)> = page
+            .iter()
+            .map(|s| {
+                (
+                    s.fingerprint.0[0],
+                    s.index,
+                    s.len,
+                    s.written_ns,
+                    s.corrupt.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (1, 0, 100, page[0].written_ns, false),
+                (1, 1, 9000, 0, true),
+                (2, 0, 0, 0, true),
+                (2, 1, 0, 0, true),
+                (2, 2, 3, 0, true),
+            ]
+        );
+        assert!(page[0].written_ns > 0);
+
+        assert_eq!(
+            store.check(&fp(1), 0, true).expect("check"),
+            ShardCheck::Good
+        );
+        assert_eq!(
+            store.check(&fp(1), 0, false).expect("check"),
+            ShardCheck::Present
+        );
+        for (n, index) in [(1, 1), (2, 0), (2, 1), (2, 2)] {
+            assert!(
+                matches!(
+                    store.check(&fp(n), index, true).expect("check"),
+                    ShardCheck::Corrupt(_)
+                ),
+                "{n}/{index}"
+            );
+            assert_eq!(
+                store.check(&fp(n), index, false).expect("check"),
+                ShardCheck::Present
+            );
+        }
+        for verify in [false, true] {
+            assert_eq!(
+                store.check(&fp(3), 0, verify).expect("check"),
+                ShardCheck::Missing
+            );
+        }
+        // A rewrite (as the repair's PutShards does) makes it good again.
+        store
+            .put_batch(&[(fp(1), 1, &[2u8; 9000][..])])
+            .expect("put");
+        assert_eq!(
+            store.check(&fp(1), 1, true).expect("check"),
+            ShardCheck::Good
+        );
     }
 
     #[test]

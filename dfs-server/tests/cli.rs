@@ -34,6 +34,8 @@ fn announces_its_port_and_stops_on_sigterm() {
         .args(["--listen", "127.0.0.1:0", "--meta", "127.0.0.1:1", "--data"])
         .arg(dir.path())
         .args(["--zone", "z", "--rack", "r", "--heartbeat-ms", "100"])
+        // A scrubber running (and failing to report) must not hold up shutdown.
+        .args(["--scrub-period", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

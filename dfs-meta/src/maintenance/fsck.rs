@@ -1,0 +1,281 @@
+//! `dfs fsck`: the whole volume checked against the chunk servers.
+//!
+//! Walks every chunk-map entry (counting references per chunk), every
+//! dedup entry (comparing the stored count, and checking each shard is
+//! present on an up server, and with `verify` that its checksum holds), and
+//! every shard the servers list (those no entry points at are orphans).
+//! Each page is its own transaction, so on a volume being written the
+//! reference counts can differ transiently; on an idle volume every figure
+//! is exact.
+
+use std::collections::{HashMap, HashSet};
+
+use dfs_core::erasure;
+use dfs_core::time::now_ns;
+use dfs_proto::{
+    ChunkRecord, ChunkRefRecord, ChunkState, FsckProblem, FsckReport, ShardHealth, ShardKey,
+};
+use prost::Message;
+
+use super::servers::{self, shard_store_key};
+use super::Maintenance;
+use crate::error::Result;
+use crate::keys;
+use crate::namespace;
+use crate::store::decode_counter;
+
+/// Rows read per transaction.
+const PAGE: usize = 10_000;
+/// Problems listed by name in the report (all are counted).
+const MAX_PROBLEMS: usize = 100;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsckOptions {
+    pub verify: bool,
+    pub orphan_grace_ns: i64,
+}
+
+struct Listed {
+    written_ns: i64,
+    len: u64,
+    health: ShardHealth,
+    claimed: bool,
+}
+
+fn problem(report: &mut FsckReport, kind: &str, detail: String) {
+    if report.problems.len() < MAX_PROBLEMS {
+        report.problems.push(FsckProblem {
+            kind: kind.into(),
+            detail,
+        });
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Maintenance {
+    pub async fn fsck(&self, options: FsckOptions) -> Result<FsckReport> {
+        let view = self.view().await?;
+        let mut report = FsckReport::default();
+
+        // What every up server holds.
+        let mut held: HashMap<u32, HashMap<Vec<u8>, Listed>> = HashMap::new();
+        for (id, status) in view.up_servers() {
+            let Some(address) = status.record.as_ref().map(|r| r.address.clone()) else {
+                continue;
+            };
+            let listed = match self.pool.client(id, &address) {
+                Ok(mut client) => servers::list_all(&mut client).await.map(|l| (client, l)),
+                Err(e) => Err(e),
+            };
+            let (mut client, listed) = match listed {
+                Ok(x) => x,
+                Err(e) => {
+                    report.servers_unreachable += 1;
+                    problem(
+                        &mut report,
+                        "server_unreachable",
+                        format!("chunk server {id} ({address}): {e}"),
+                    );
+                    continue;
+                }
+            };
+            let mut health = vec![ShardHealth::Present; listed.len()];
+            if options.verify {
+                let keys: Vec<ShardKey> = listed
+                    .iter()
+                    .map(|s| ShardKey {
+                        fingerprint: s.fingerprint.clone(),
+                        index: s.index,
+                    })
+                    .collect();
+                match servers::check(&mut client, &keys, true).await {
+                    Ok(h) => health = h,
+                    Err(e) => {
+                        report.servers_unreachable += 1;
+                        problem(
+                            &mut report,
+                            "server_unreachable",
+                            format!("chunk server {id}: verifying shards failed: {e}"),
+                        );
+                    }
+                }
+            }
+            let map = listed
+                .into_iter()
+                .zip(health)
+                .map(|(s, health)| {
+                    (
+                        shard_store_key(&s.fingerprint, s.index),
+                        Listed {
+                            written_ns: s.written_ns,
+                            len: s.len,
+                            health,
+                            claimed: false,
+                        },
+                    )
+                })
+                .collect();
+            held.insert(id, map);
+        }
+
+        // References from chunk maps.
+        let mut refs: HashMap<Vec<u8>, i64> = HashMap::new();
+        let (begin, end) = keys::tag_range(keys::CHUNK);
+        let mut cursor = begin;
+        loop {
+            let (from, to) = (cursor.clone(), end.clone());
+            let rows = self
+                .txn("fsck_chunk_maps", move |t| {
+                    Ok(t.range(&from, &to, PAGE, false)?)
+                })
+                .await?;
+            let Some((last, _)) = rows.last() else { break };
+            cursor = last.clone();
+            cursor.push(0);
+            for (_, value) in rows {
+                let r = ChunkRefRecord::decode(value.as_slice())?;
+                report.chunk_refs += 1;
+                *refs.entry(r.fingerprint).or_default() += 1;
+            }
+        }
+        report.files = self.txn("fsck_files", namespace::inode_count).await?;
+
+        // Index entries, their counts and their shards.
+        let (begin, end) = keys::tag_range(keys::HASH);
+        let mut cursor = begin;
+        let mut indexed: HashSet<Vec<u8>> = HashSet::new();
+        loop {
+            let (from, to) = (cursor.clone(), end.clone());
+            let (rows, counts) = self
+                .txn("fsck_index", move |t| {
+                    let rows = t.range(&from, &to, PAGE, false)?;
+                    let mut counts = HashMap::new();
+                    for (key, _) in &rows {
+                        let n = decode_counter(t.get(&keys::refs(&key[1..]))?.as_deref());
+                        counts.insert(key[1..].to_vec(), n);
+                    }
+                    Ok((rows, counts))
+                })
+                .await?;
+            let Some((last, _)) = rows.last() else { break };
+            cursor = last.clone();
+            cursor.push(0);
+            for (key, value) in rows {
+                let fp = key[1..].to_vec();
+                let rec = ChunkRecord::decode(value.as_slice())?;
+                // Shards of dead entries are claimed too: gc deletes them.
+                for (index, server) in rec.shard_servers.iter().enumerate() {
+                    if let Some(l) = held
+                        .get_mut(server)
+                        .and_then(|m| m.get_mut(&shard_store_key(&fp, index as u32)))
+                    {
+                        l.claimed = true;
+                    }
+                }
+                if rec.state() == ChunkState::Dead {
+                    report.dead_chunks += 1;
+                    continue;
+                }
+                report.chunks += 1;
+                indexed.insert(fp.clone());
+                let stored = counts.get(&fp).copied().unwrap_or(0);
+                let actual = refs.get(&fp).copied().unwrap_or(0);
+                if stored != actual {
+                    report.refcount_mismatches += 1;
+                    problem(
+                        &mut report,
+                        "refcount",
+                        format!(
+                            "chunk {}: stored count {stored}, chunk maps reference it {actual} times",
+                            hex(&fp)
+                        ),
+                    );
+                }
+                let layout = rec.layout.unwrap_or_default();
+                let need = erasure::shards_needed(&layout);
+                let mut good = 0usize;
+                let mut bad_here = Vec::new();
+                for (index, &server) in rec.shard_servers.iter().enumerate() {
+                    report.shards_checked += 1;
+                    let listed = held
+                        .get(&server)
+                        .and_then(|m| m.get(&shard_store_key(&fp, index as u32)));
+                    match listed {
+                        Some(l) if l.health == ShardHealth::Corrupt => {
+                            report.corrupt_shards += 1;
+                            bad_here.push(format!("{index}@{server}: corrupt"));
+                        }
+                        Some(_) => good += 1,
+                        None if !view.is_up(server) => {
+                            bad_here.push(format!("{index}@{server}: server not up"))
+                        }
+                        None => bad_here.push(format!("{index}@{server}: missing")),
+                    }
+                }
+                if good == rec.shard_servers.len() && good > 0 {
+                    report.healthy_chunks += 1;
+                } else if good >= need && need > 0 {
+                    report.under_protected_chunks += 1;
+                    problem(
+                        &mut report,
+                        "under_protected",
+                        format!("chunk {}: {}", hex(&fp), bad_here.join(", ")),
+                    );
+                } else {
+                    report.lost_chunks += 1;
+                    problem(
+                        &mut report,
+                        "lost_chunk",
+                        format!(
+                            "chunk {}: {good} of {need} needed shards readable ({})",
+                            hex(&fp),
+                            bad_here.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        for (fp, n) in &refs {
+            if !indexed.contains(fp) {
+                report.missing_entries += 1;
+                problem(
+                    &mut report,
+                    "missing_entry",
+                    format!(
+                        "chunk {}: referenced {n} times but has no live index entry",
+                        hex(fp)
+                    ),
+                );
+            }
+        }
+
+        let cut = now_ns().saturating_sub(options.orphan_grace_ns);
+        let mut orphans: Vec<(u32, Vec<u8>, u64)> = Vec::new();
+        for (server, shards) in &held {
+            for (key, l) in shards {
+                if !l.claimed && l.written_ns < cut {
+                    orphans.push((*server, key.clone(), l.len));
+                }
+            }
+        }
+        orphans.sort();
+        for (server, key, len) in orphans {
+            report.orphan_shards += 1;
+            report.orphan_bytes += len;
+            let (fp, index) = key.split_at(key.len().saturating_sub(1));
+            problem(
+                &mut report,
+                "orphan_shard",
+                format!(
+                    "server {server}: shard {} of chunk {} ({len} bytes) is not in the index",
+                    index.first().copied().unwrap_or(0),
+                    hex(fp)
+                ),
+            );
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,275 @@
+//! Upkeep of the data on the chunk servers, driven by the metadata server
+//! (it holds the index that says where every shard should be):
+//! - `repair`: rebuilding shards of dead servers, of restarted servers that
+//!   lost some, and shards the servers' scrubbers found damaged;
+//! - `gc`: deleting chunks nothing references (after a grace period) and
+//!   orphan shards no index entry points at;
+//! - `fsck`: checking the whole volume against the servers (`dfs fsck`).
+//!
+//! `run` does the first two in the background; `dfs gc` and `dfs fsck`
+//! call them on demand through the `Meta` service.
+
+pub mod fsck;
+pub mod gc;
+pub mod repair;
+pub mod servers;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dfs_core::time::now_ns;
+use dfs_proto::{RepairStatus, ServerStatus, ShardKey};
+
+use crate::error::{MetaError, Result};
+use crate::registry::{self, Liveness};
+use crate::store::{transact, KvTxn, MetaStore};
+
+pub use repair::ServerView;
+pub use servers::{tcp_connector, ShardConnector};
+
+/// Damaged shards by fingerprint: (shard index, server id).
+type Reported = BTreeMap<Vec<u8>, BTreeSet<(u32, u32)>>;
+
+/// When the background work runs.
+#[derive(Clone, Copy, Debug)]
+pub struct MaintenanceConfig {
+    /// A server down this long has its shards rebuilt elsewhere.
+    pub rebuild_after: Duration,
+    /// Between two repair scans of the whole index.
+    pub repair_interval: Duration,
+    /// Between two automatic garbage collections; `None`: only on demand.
+    pub gc_interval: Option<Duration>,
+    /// How long a chunk stays unreferenced, and an orphan shard stays
+    /// unclaimed, before it is deleted.
+    pub gc_grace: Duration,
+    /// Allowed difference between the metadata and chunk servers' clocks.
+    pub clock_skew: Duration,
+    /// A file unlinked while open stays (without a name) while its client
+    /// renews the lease; one not renewed for this long belonged to a
+    /// client that died, and is removed.
+    pub unlinked_timeout: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            rebuild_after: Duration::from_secs(600),
+            repair_interval: Duration::from_secs(60),
+            gc_interval: Some(Duration::from_secs(3600)),
+            gc_grace: Duration::from_secs(3600),
+            clock_skew: Duration::from_secs(60),
+            unlinked_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+pub struct Maintenance {
+    store: Arc<dyn MetaStore>,
+    liveness: Liveness,
+    config: MaintenanceConfig,
+    pool: servers::ServerPool,
+    status: parking_lot::Mutex<RepairStatus>,
+    /// Damaged shards reported by scrubbers: fingerprint → (index, server).
+    reported: parking_lot::Mutex<Reported>,
+    /// Server id → the registration (`registered_ns`) whose shards were
+    /// compared with the index.
+    reconciled: parking_lot::Mutex<HashMap<u32, i64>>,
+    wake: tokio::sync::Notify,
+    /// Wakes the purge worker after files were removed.
+    purge_wake: Arc<tokio::sync::Notify>,
+    scan_lock: tokio::sync::Mutex<()>,
+    gc_lock: tokio::sync::Mutex<()>,
+}
+
+/// Most damaged shards kept waiting for repair (reports past it are
+/// dropped; the scrubber finds them again on its next pass).
+const MAX_REPORTED: usize = 100_000;
+
+impl Maintenance {
+    pub fn new(
+        store: Arc<dyn MetaStore>,
+        liveness: Liveness,
+        config: MaintenanceConfig,
+        connector: ShardConnector,
+        purge_wake: Arc<tokio::sync::Notify>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            liveness,
+            config,
+            pool: servers::ServerPool::new(connector),
+            status: parking_lot::Mutex::new(RepairStatus::default()),
+            reported: parking_lot::Mutex::new(BTreeMap::new()),
+            reconciled: parking_lot::Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            purge_wake,
+            scan_lock: tokio::sync::Mutex::new(()),
+            gc_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn config(&self) -> &MaintenanceConfig {
+        &self.config
+    }
+
+    /// Runs `body` as one transaction on a blocking thread.
+    async fn txn<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        body: impl FnMut(&mut dyn KvTxn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        let mut body = body;
+        tokio::task::spawn_blocking(move || transact(store.as_ref(), |t| body(t)))
+            .await
+            .map_err(|e| MetaError::Invalid(format!("{op} panicked: {e}")))?
+    }
+
+    async fn servers(&self) -> Result<Vec<ServerStatus>> {
+        let liveness = self.liveness;
+        self.txn("list_servers", move |t| {
+            registry::list(t, &liveness, now_ns())
+        })
+        .await
+    }
+
+    async fn view(&self) -> Result<ServerView> {
+        Ok(ServerView::new(
+            self.servers().await?,
+            self.config.rebuild_after,
+        ))
+    }
+
+    /// Progress of rebuilds and repairs, for `dfs status`.
+    pub fn status(&self) -> RepairStatus {
+        let mut status = *self.status.lock();
+        status.pending_reports = self.reported.lock().values().map(|s| s.len() as u64).sum();
+        status
+    }
+
+    /// Queues shards a server's scrubber found damaged, and wakes the
+    /// background loop to rebuild them.
+    pub fn report_bad(&self, server_id: u32, shards: Vec<ShardKey>) -> Result<()> {
+        for s in &shards {
+            if s.fingerprint.len() != 32 || s.index > 255 {
+                return Err(MetaError::Invalid(
+                    "a reported shard key has a malformed fingerprint or index".into(),
+                ));
+            }
+        }
+        let mut reported = self.reported.lock();
+        let mut held: usize = reported.values().map(BTreeSet::len).sum();
+        for s in shards {
+            if held >= MAX_REPORTED {
+                tracing::warn!("too many damaged shards waiting for repair; dropping reports");
+                break;
+            }
+            tracing::warn!(server_id, chunk = %hex(&s.fingerprint), shard = s.index, "damaged shard reported");
+            if reported
+                .entry(s.fingerprint)
+                .or_default()
+                .insert((s.index, server_id))
+            {
+                held += 1;
+            }
+        }
+        drop(reported);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The background loop: repairs reported shards as they come, scans
+    /// the index every `repair_interval`, collects garbage every
+    /// `gc_interval`. Errors are logged and the work retried later.
+    pub async fn run(self: Arc<Self>) {
+        let start = Instant::now();
+        let mut next_scan = start + Duration::from_secs(2).min(self.config.repair_interval);
+        let mut next_gc = self.config.gc_interval.map(|i| start + i);
+        loop {
+            let now = Instant::now();
+            let mut until = next_scan.saturating_duration_since(now);
+            if let Some(gc) = next_gc {
+                until = until.min(gc.saturating_duration_since(now));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(until) => {}
+                _ = self.wake.notified() => {}
+            }
+            if let Err(e) = self.repair_reported().await {
+                tracing::warn!(error = %e, "repairing reported shards failed");
+            }
+            if Instant::now() >= next_scan {
+                if let Err(e) = self.expire_unlinked().await {
+                    tracing::warn!(error = %e, "expiring unlinked files of dead clients failed");
+                }
+                match self.repair_scan().await {
+                    Ok(summary) => tracing::debug!(
+                        scanned = summary.scanned,
+                        under_protected = summary.under_protected,
+                        lost = summary.lost,
+                        "repair scan done"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "repair scan failed"),
+                }
+                next_scan = Instant::now() + self.config.repair_interval;
+            }
+            if let (Some(at), Some(interval)) = (next_gc, self.config.gc_interval) {
+                if Instant::now() >= at {
+                    let request = gc::GcOptions {
+                        grace: self.config.gc_grace,
+                        clock_skew: self.config.clock_skew,
+                        orphans: true,
+                    };
+                    match self.gc(request).await {
+                        Ok(report) => tracing::info!(
+                            chunks_freed = report.chunks_freed,
+                            bytes_freed = report.bytes_freed,
+                            orphan_shards_deleted = report.orphan_shards_deleted,
+                            "garbage collection done"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                    }
+                    next_gc = Some(Instant::now() + interval);
+                }
+            }
+        }
+    }
+}
+
+impl Maintenance {
+    /// Removes files that were unlinked while open by a client that has
+    /// not renewed their lease for `unlinked_timeout` (it died).
+    pub async fn expire_unlinked(&self) -> Result<u64> {
+        let cut = now_ns().saturating_sub(
+            i64::try_from(self.config.unlinked_timeout.as_nanos()).unwrap_or(i64::MAX),
+        );
+        let mut total = 0;
+        let mut from = Vec::new();
+        loop {
+            let start = from.clone();
+            let (removed, next) = self
+                .txn("expire_unlinked", move |t| {
+                    crate::namespace::expire_unlinked(t, &start, cut, 10)
+                })
+                .await?;
+            total += removed;
+            match next {
+                Some(key) => from = key,
+                None => break,
+            }
+        }
+        if total > 0 {
+            tracing::info!(
+                files = total,
+                "removed unlinked files whose clients stopped renewing them"
+            );
+            self.purge_wake.notify_one();
+        }
+        Ok(total)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

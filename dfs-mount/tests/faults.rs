@@ -1,0 +1,377 @@
+//! Fault injection: while a writer creates files (each acknowledged by a
+//! successful fsync) and reads earlier ones back, chunk servers are killed
+//! with SIGKILL (up to m = 3 at once) and restarted, the metadata server is
+//! killed and restarted, the client is killed mid-write and the volume
+//! remounted, shards are corrupted on disk, and one server dies for good.
+//! Then: every acknowledged file reads back bit-identical, every file that
+//! was not acknowledged holds a prefix of what was written (never garbage
+//! or a hole), the dead server's shards were rebuilt (`dfs status`, `dfs
+//! fsck --verify` clean), the dead server comes back with stale shards and
+//! garbage collection removes them, leaving no orphans.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A file the writer tried to write: `seed` and `len` say its content.
+#[derive(Clone, Debug)]
+struct Written {
+    name: String,
+    seed: u64,
+    len: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes_failed: AtomicU64,
+    reads_checked: AtomicU64,
+    read_errors: AtomicU64,
+    read_mismatches: AtomicU64,
+}
+
+struct Writer {
+    dir: PathBuf,
+    acked: Mutex<Vec<Written>>,
+    unacked: Mutex<Vec<Written>>,
+    stop: AtomicBool,
+    /// Set while a file's bytes are being written (before its fsync).
+    writing: AtomicBool,
+    counters: Counters,
+}
+
+/// A small deterministic generator (the test must not depend on `rand`'s
+/// stream staying the same across versions).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn content(w: &Written) -> Vec<u8> {
+    random_bytes(w.len, w.seed)
+}
+
+fn write_one(w: &Writer, file: &Written) -> std::io::Result<()> {
+    let data = content(file);
+    let mut f = fs::File::create(w.dir.join(&file.name))?;
+    w.writing.store(true, Ordering::SeqCst);
+    let result = (|| {
+        // In pieces, so a kill has something to interrupt.
+        for piece in data.chunks(256 * 1024) {
+            f.write_all(piece)?;
+        }
+        f.sync_all()
+    })();
+    w.writing.store(false, Ordering::SeqCst);
+    result
+}
+
+fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    fs::File::open(path)?.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn writer_loop(w: Arc<Writer>) {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut n = 0u64;
+    while !w.stop.load(Ordering::SeqCst) {
+        n += 1;
+        // One file in five is tiny (kept as replicas), the rest up to 1.1 MiB.
+        let len = if n.is_multiple_of(5) {
+            1 + rng.below(3000) as usize
+        } else {
+            64 * 1024 + rng.below(1 << 20) as usize
+        };
+        let file = Written {
+            name: format!("f{n:05}"),
+            seed: n * 7919,
+            len,
+        };
+        match write_one(&w, &file) {
+            Ok(()) => w.acked.lock().expect("lock").push(file),
+            Err(_) => {
+                w.counters.writes_failed.fetch_add(1, Ordering::SeqCst);
+                w.unacked.lock().expect("lock").push(file);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        if n.is_multiple_of(3) {
+            let pick = {
+                let acked = w.acked.lock().expect("lock");
+                if acked.is_empty() {
+                    None
+                } else {
+                    Some(acked[rng.below(acked.len() as u64) as usize].clone())
+                }
+            };
+            if let Some(file) = pick {
+                match read_file(&w.dir.join(&file.name)) {
+                    Ok(bytes) => {
+                        w.counters.reads_checked.fetch_add(1, Ordering::SeqCst);
+                        if bytes != content(&file) {
+                            eprintln!("MISMATCH reading {} during faults", file.name);
+                            w.counters.read_mismatches.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Err(_) => {
+                        w.counters.read_errors.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn repair(cluster: &TestCluster) -> serde_json::Value {
+    cluster.status()["repair"].clone()
+}
+
+/// Waits until a repair scan that started after now found nothing
+/// under-protected and no damaged shard waits.
+fn wait_repaired(cluster: &TestCluster, timeout: Duration) -> serde_json::Value {
+    let since = Instant::now();
+    let deadline = since + timeout;
+    loop {
+        let r = repair(cluster);
+        let scanned_since = r["last_scan_age_s"]
+            .as_f64()
+            .is_some_and(|age| age < since.elapsed().as_secs_f64());
+        if scanned_since
+            && r["under_protected_chunks"] == 0
+            && r["lost_chunks"] == 0
+            && r["pending_reports"] == 0
+        {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "repair did not finish: {r}\nmeta log:\n{}",
+            tail(&cluster.log("meta"), 40)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Stops server `i`, flips a byte in `count` of its shards, restarts it.
+fn corrupt_shards(cluster: &mut TestCluster, i: usize, count: usize) -> usize {
+    cluster.servers[i].stop();
+    let store = dfs_server::ShardStore::open(&cluster.specs[i].data).expect("open shard store");
+    let (listed, _) = store.list_after(None, 50).expect("list shards");
+    let mut done = 0;
+    for shard in listed.iter().step_by(7).take(count) {
+        if let Some(mut value) = store
+            .raw_get_value(&shard.fingerprint, shard.index)
+            .expect("raw get")
+        {
+            let at = value.len() - 1;
+            value[at] ^= 0x5a;
+            store
+                .raw_put_value(&shard.fingerprint, shard.index, &value)
+                .expect("raw put");
+            done += 1;
+        }
+    }
+    drop(store);
+    cluster.restart_server(i);
+    done
+}
+
+fn fsck(cluster: &TestCluster) -> serde_json::Value {
+    let (_, report) = cluster.dfs_json(&["fsck", "--verify", "--orphan-grace", "0"]);
+    report
+}
+
+#[test]
+fn acknowledged_data_survives_injected_faults() {
+    let server_args = |_| {
+        ["--heartbeat-ms", "500", "--scrub-period", "15"]
+            .map(String::from)
+            .to_vec()
+    };
+    let meta_args = ["--rebuild-after", "8", "--repair-interval", "2"]
+        .map(String::from)
+        .to_vec();
+    let mut cluster = TestCluster::start_full(3, 3, server_args, meta_args);
+    let source = cluster.meta_addr();
+    let mount_root = tempfile::Builder::new()
+        .prefix("dfs-faults-")
+        .tempdir()
+        .expect("tempdir");
+    let mnt = mount_root.path().join("mnt");
+    fs::create_dir(&mnt).expect("mountpoint");
+    let mut mount = TestMount::start_at(&source, &mnt, &[]);
+    // Under a directory that does not exist on the bare mountpoint, so a
+    // write racing the remount fails instead of landing on the local disk.
+    fs::create_dir(mnt.join("data")).expect("data dir");
+
+    let writer = Arc::new(Writer {
+        dir: mnt.join("data"),
+        acked: Mutex::new(Vec::new()),
+        unacked: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+        writing: AtomicBool::new(false),
+        counters: Counters::default(),
+    });
+    let thread = {
+        let w = writer.clone();
+        std::thread::spawn(move || writer_loop(w))
+    };
+    let mut faults = 0u64;
+    let mut rng = XorShift(42);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Three servers killed at once (m = 3), in different zones, then
+    // restarted; twice, the second time two in one zone.
+    for round in 0..2 {
+        let victims: Vec<usize> = if round == 0 {
+            (0..3).map(|z| z * 3 + rng.below(3) as usize).collect()
+        } else {
+            vec![3, 4, rng.below(3) as usize + 6]
+        };
+        for &v in &victims {
+            cluster.kill_server(v);
+            faults += 1;
+        }
+        eprintln!("faults: killed servers {victims:?}");
+        std::thread::sleep(Duration::from_secs(2));
+        for &v in &victims {
+            cluster.restart_server(v);
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    // The metadata server, killed and restarted.
+    cluster.meta.kill();
+    faults += 1;
+    eprintln!("faults: killed the metadata server");
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.start_meta();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The client, killed in the middle of a write, and the volume remounted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !writer.writing.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    mount.proc.kill();
+    faults += 1;
+    eprintln!("faults: killed the client mid-write");
+    drop(mount);
+    mount = TestMount::start_at(&source, &mnt, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Bit rot: shards damaged on disk, found by the scrubber, rebuilt.
+    let corrupted = corrupt_shards(&mut cluster, 1, 3);
+    assert!(corrupted > 0, "no shard to corrupt on server 1");
+    faults += corrupted as u64;
+    eprintln!("faults: corrupted {corrupted} shards on server 1");
+
+    // One server gone for good: its shards are rebuilt on the others.
+    cluster.kill_server(8);
+    faults += 1;
+    eprintln!("faults: killed server 8 for good");
+    std::thread::sleep(Duration::from_secs(20));
+
+    writer.stop.store(true, Ordering::SeqCst);
+    thread.join().expect("writer thread");
+    let repaired = wait_repaired(&cluster, Duration::from_secs(180));
+    eprintln!("repair after faults: {repaired}");
+    assert!(
+        repaired["shards_rebuilt"].as_u64().unwrap_or(0) > 0,
+        "nothing was rebuilt: {repaired}"
+    );
+
+    // Every acknowledged file, bit for bit; every other one a prefix.
+    let verify = |mnt: &Path| -> (u64, u64) {
+        let acked = writer.acked.lock().expect("lock").clone();
+        let mut lost = 0u64;
+        for file in &acked {
+            let bytes = read_file(&mnt.join("data").join(&file.name))
+                .unwrap_or_else(|e| panic!("reading {}: {e}", file.name));
+            if bytes != content(file) {
+                eprintln!("LOST: {} ({} bytes)", file.name, file.len);
+                lost += file.len as u64;
+            }
+        }
+        for file in writer.unacked.lock().expect("lock").iter() {
+            if let Ok(bytes) = read_file(&mnt.join("data").join(&file.name)) {
+                let want = content(file);
+                assert!(
+                    bytes.len() <= want.len() && bytes[..] == want[..bytes.len()],
+                    "{} was not acknowledged and holds neither old nor written content ({} bytes)",
+                    file.name,
+                    bytes.len()
+                );
+            }
+        }
+        (acked.len() as u64, lost)
+    };
+    let (verified, lost) = verify(&mnt);
+
+    let report = fsck(&cluster);
+    eprintln!("fsck after rebuild: {report}");
+    assert_eq!(report["clean"], true, "fsck after rebuild: {report}");
+    assert_eq!(report["lost_chunks"], 0);
+    assert_eq!(report["under_protected_chunks"], 0);
+
+    // The dead server comes back with shards that were rebuilt elsewhere:
+    // they are stale, and garbage collection removes them (and the shards
+    // of uploads the faults interrupted).
+    cluster.restart_server(8);
+    cluster.wait_servers_up(9);
+    wait_repaired(&cluster, Duration::from_secs(60));
+    let (ok, gc) = cluster.dfs_json(&["gc", "--grace", "0", "--clock-skew", "0"]);
+    assert!(ok, "dfs gc failed: {gc}");
+    eprintln!("gc: {gc}");
+    assert!(
+        gc["orphan_shards_deleted"].as_u64().unwrap_or(0) > 0,
+        "the returning server's stale shards were not collected: {gc}"
+    );
+    let report = fsck(&cluster);
+    eprintln!("fsck after gc: {report}");
+    assert_eq!(report["clean"], true, "fsck after gc: {report}");
+    assert_eq!(report["orphan_shards"], 0, "orphans left: {report}");
+    let (verified_again, lost_again) = verify(&mnt);
+    drop(mount);
+
+    let c = &writer.counters;
+    eprintln!(
+        "figures: fault injection: files written {verified}, writes failed {}, faults injected \
+         {faults}, files verified {} (twice), reads during faults {} ({} errors, {} wrong), \
+         chunks repaired {}, shards rebuilt {}, orphan shards deleted {}, bytes lost {}",
+        c.writes_failed.load(Ordering::SeqCst),
+        verified_again,
+        c.reads_checked.load(Ordering::SeqCst),
+        c.read_errors.load(Ordering::SeqCst),
+        c.read_mismatches.load(Ordering::SeqCst),
+        repaired["chunks_repaired"],
+        repaired["shards_rebuilt"],
+        gc["orphan_shards_deleted"],
+        lost + lost_again
+    );
+    assert!(verified > 20, "too few files were written: {verified}");
+    assert_eq!(lost + lost_again, 0, "acknowledged bytes lost");
+    assert_eq!(c.read_mismatches.load(Ordering::SeqCst), 0);
+}
