@@ -375,3 +375,69 @@ fn acknowledged_data_survives_injected_faults() {
     assert_eq!(lost + lost_again, 0, "acknowledged bytes lost");
     assert_eq!(c.read_mismatches.load(Ordering::SeqCst), 0);
 }
+
+/// Runs `op` on another thread; fails the test if it takes longer than
+/// `limit` (a hang), else returns its result and how long it took.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    op: impl FnOnce() -> T + Send + 'static,
+) -> (T, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(op());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => (v, start.elapsed()),
+        Err(_) => panic!("the operation hung for more than {limit:?}"),
+    }
+}
+
+#[test]
+fn a_cluster_that_is_gone_gives_eio_not_a_hang() {
+    let mut cluster = TestCluster::start(1, 3);
+    // Written through another client, so this one has nothing cached.
+    {
+        let writer = TestMount::start(&cluster.meta_addr(), &[]);
+        fs::write(writer.path.join("kept"), random_bytes(1 << 20, 9)).expect("write");
+    }
+    let mount = TestMount::start(&cluster.meta_addr(), &["retry_timeout=3"]);
+    let file = mount.path.join("kept");
+
+    // Every chunk server gone, the metadata server up: reading data fails
+    // with EIO, quickly.
+    for i in 0..cluster.servers.len() {
+        cluster.kill_server(i);
+    }
+    let path = file.clone();
+    let (read, took) = within(Duration::from_secs(60), move || read_file(&path));
+    let err = read.expect_err("read with every chunk server gone");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    eprintln!("figures: read with all chunk servers gone: EIO after {took:?}");
+
+    // Everything gone: metadata calls are retried for retry_timeout (3 s),
+    // then fail with EIO.
+    cluster.meta.kill();
+    let dir = mount.path.clone();
+    let (created, took) = within(Duration::from_secs(60), move || {
+        fs::File::create(dir.join("new-file"))
+    });
+    let err = created.expect_err("create with the cluster gone");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "gave up before retrying: {took:?}"
+    );
+    eprintln!("figures: create with the whole cluster gone: EIO after {took:?}");
+
+    // The cluster comes back: the same mount works again.
+    cluster.start_meta();
+    for i in 0..cluster.specs.len() {
+        cluster.restart_server(i);
+    }
+    cluster.wait_servers_up(cluster.specs.len());
+    let path = file.clone();
+    let (read, _) = within(Duration::from_secs(60), move || read_file(&path));
+    assert_eq!(read.expect("read after recovery"), random_bytes(1 << 20, 9));
+    fs::write(mount.path.join("after"), b"back").expect("write after recovery");
+}
