@@ -2,7 +2,8 @@
 """Metadata workload of bench/compare.sh: create, stat, rename and unlink N
 empty files in one new directory, timing each phase.
 
-Usage: meta_ops.py DIR [N]    (DIR must not exist; N defaults to 10000)
+Usage: meta_ops.py [--drop-caches] DIR [N]
+       (DIR must not exist; N defaults to 10000)
 
 Prints one line per phase, `PHASE OPS_PER_S SECONDS`, for the caller to
 parse. Each phase is one system call per file (create = open(O_CREAT|O_EXCL)
@@ -10,6 +11,11 @@ plus close), in a fixed order, single-threaded: what a build tool or an
 unpacker does. Between phases the directory listing is checked (untimed), so
 a file system that loses or duplicates entries fails here instead of
 producing a fast but meaningless figure.
+
+With --drop-caches (root only), the kernel's dentry, inode and page caches
+are dropped (untimed) before the stat phase, so that stat measures the file
+system's own lookups and getattrs, not how long each file system lets the
+kernel cache attributes.
 """
 
 import os
@@ -35,11 +41,21 @@ def expect_listing(d, names):
         )
 
 
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
 def main():
-    if len(sys.argv) not in (2, 3):
+    args = sys.argv[1:]
+    drop = bool(args) and args[0] == "--drop-caches"
+    if drop:
+        args = args[1:]
+    if len(args) not in (1, 2):
         sys.exit(__doc__)
-    d = sys.argv[1]
-    n = int(sys.argv[2]) if len(sys.argv) == 3 else 10000
+    d = args[0]
+    n = int(args[1]) if len(args) == 2 else 10000
     os.mkdir(d)
     first = [f"f{i:05d}" for i in range(n)]
     second = [f"r{i:05d}" for i in range(n)]
@@ -65,6 +81,8 @@ def main():
 
     timed("create", n, create)
     expect_listing(d, first)
+    if drop:
+        drop_caches()
     timed("stat", n, stat)
     timed("rename", n, rename)
     expect_listing(d, second)

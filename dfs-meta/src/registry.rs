@@ -86,6 +86,7 @@ pub fn register(txn: &mut dyn KvTxn, req: &RegisterServerRequest, now_ns: i64) -
         shard_bytes: old.shard_bytes,
         last_heartbeat_ns: now_ns,
         registered_ns: now_ns,
+        reconciled_ns: old.reconciled_ns,
     };
     put_record(txn, &keys::server(id), &record);
     Ok(id)
@@ -100,6 +101,20 @@ pub fn heartbeat(txn: &mut dyn KvTxn, req: &HeartbeatRequest, now_ns: i64) -> Re
     rec.shard_bytes = req.shard_bytes;
     rec.last_heartbeat_ns = now_ns;
     put_record(txn, &key, &rec);
+    Ok(())
+}
+
+/// Records that server `id`'s shards were reconciled with the index for
+/// its registration `registered_ns` (unless it registered again since).
+pub fn mark_reconciled(txn: &mut dyn KvTxn, id: u32, registered_ns: i64) -> Result<()> {
+    let key = keys::server(id);
+    let Some(mut rec) = get_record::<ServerRecord>(txn, &key)? else {
+        return Ok(());
+    };
+    if rec.registered_ns == registered_ns && rec.reconciled_ns != registered_ns {
+        rec.reconciled_ns = registered_ns;
+        put_record(txn, &key, &rec);
+    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ pub mod gc;
 pub mod repair;
 pub mod servers;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,9 +72,6 @@ pub struct Maintenance {
     status: parking_lot::Mutex<RepairStatus>,
     /// Damaged shards reported by scrubbers: fingerprint → (index, server).
     reported: parking_lot::Mutex<Reported>,
-    /// Server id → the registration (`registered_ns`) whose shards were
-    /// compared with the index.
-    reconciled: parking_lot::Mutex<HashMap<u32, i64>>,
     wake: tokio::sync::Notify,
     /// Wakes the purge worker after files were removed.
     purge_wake: Arc<tokio::sync::Notify>,
@@ -101,7 +98,6 @@ impl Maintenance {
             pool: servers::ServerPool::new(connector),
             status: parking_lot::Mutex::new(RepairStatus::default()),
             reported: parking_lot::Mutex::new(BTreeMap::new()),
-            reconciled: parking_lot::Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             purge_wake,
             scan_lock: tokio::sync::Mutex::new(()),

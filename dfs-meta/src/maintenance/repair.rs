@@ -36,6 +36,7 @@ use super::Maintenance;
 use crate::error::Result;
 use crate::keys;
 use crate::namespace::{get_record, put_record};
+use crate::registry;
 
 /// Index entries read per transaction during a scan.
 const SCAN_PAGE: usize = 1000;
@@ -310,15 +311,16 @@ impl Maintenance {
 
     async fn repair_scan_inner(&self) -> Result<ScanSummary> {
         let view = self.view().await?;
-        // Servers registered since their shards were last reconciled.
+        // Servers registered (restarted) since their shards were last
+        // reconciled; recorded in the store, so a restart of the metadata
+        // server does not list every server again.
         let mut listings: HashMap<u32, HashSet<Vec<u8>>> = HashMap::new();
         let mut reconciling: Vec<(u32, i64)> = Vec::new();
-        let reconciled = self.reconciled.lock().clone();
         for (id, status) in view.up_servers() {
             let Some(rec) = status.record.as_ref() else {
                 continue;
             };
-            if reconciled.get(&id) == Some(&rec.registered_ns) {
+            if rec.reconciled_ns == rec.registered_ns {
                 continue;
             }
             let listed = match self.pool.client(id, &rec.address) {
@@ -467,9 +469,15 @@ impl Maintenance {
             summary.repaired = 0;
             summary.shards_rebuilt = 0;
         }
-        let mut reconciled = self.reconciled.lock();
         for (id, registered_ns) in reconciling {
-            reconciled.insert(id, registered_ns);
+            self.txn("reconciled", move |t| {
+                registry::mark_reconciled(t, id, registered_ns)
+            })
+            .await?;
+            tracing::info!(
+                server_id = id,
+                "shards of a restarted server reconciled with the index"
+            );
         }
         Ok(summary)
     }
