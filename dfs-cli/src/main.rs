@@ -36,16 +36,18 @@ enum Command {
         /// HOST:PORT of a metadata server.
         #[arg(long)]
         meta: String,
-        /// Seconds a chunk must stay unreferenced (and an orphan shard
-        /// unclaimed) before it is deleted. Orphans younger than a client's
-        /// upload-to-commit time may still be claimed: keep this well above
-        /// it while clients write.
+        /// Seconds a chunk must stay unreferenced before it is deleted.
         #[arg(long, default_value_t = 3600)]
         grace: u64,
         /// Largest difference, in seconds, between the clocks of the
         /// metadata and chunk servers (at most --grace).
         #[arg(long, default_value_t = 60)]
         clock_skew: u64,
+        /// Seconds an orphan shard (one no index entry claims) is kept before
+        /// it is deleted: longer than any client takes from uploading a
+        /// chunk to committing it. 0 is only safe while nobody writes.
+        #[arg(long, default_value_t = 3600)]
+        orphan_grace: u64,
         /// Leave orphan shards alone.
         #[arg(long)]
         no_orphans: bool,
@@ -245,6 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             meta,
             grace,
             clock_skew,
+            orphan_grace,
             no_orphans,
             json,
         } => {
@@ -259,6 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     grace_ns: secs_to_ns(grace),
                     clock_skew_ns: secs_to_ns(clock_skew),
                     orphans: !no_orphans,
+                    orphan_grace_ns: secs_to_ns(orphan_grace),
                 })
                 .await
                 .context("garbage collection failed")?

@@ -43,7 +43,7 @@ struct Args {
     clock_skew: u64,
     /// Seconds after which a file unlinked while open is removed if its
     /// client stopped renewing it (the client died). Clients renew every
-    /// 60 s.
+    /// 60 s: keep this well above that.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     unlinked_timeout: u64,
 }

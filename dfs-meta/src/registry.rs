@@ -85,8 +85,15 @@ pub fn register(txn: &mut dyn KvTxn, req: &RegisterServerRequest, now_ns: i64) -
         shard_count: old.shard_count,
         shard_bytes: old.shard_bytes,
         last_heartbeat_ns: now_ns,
-        registered_ns: now_ns,
+        // A reconnection of the same process keeps its registration time:
+        // only a restart makes its shards worth reconciling again.
+        registered_ns: if old.boot_id == req.boot_id && req.boot_id != 0 && old.registered_ns != 0 {
+            old.registered_ns
+        } else {
+            now_ns
+        },
         reconciled_ns: old.reconciled_ns,
+        boot_id: req.boot_id,
     };
     put_record(txn, &keys::server(id), &record);
     Ok(id)
@@ -151,6 +158,41 @@ pub fn init_volume(txn: &mut dyn KvTxn, config: &VolumeConfig) -> Result<VolumeC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_restart_starts_a_new_registration() {
+        use crate::store::{transact, MemStore};
+        let store = MemStore::default();
+        let req = |boot_id| RegisterServerRequest {
+            uuid: "u-1".into(),
+            address: "127.0.0.1:1".into(),
+            boot_id,
+            ..Default::default()
+        };
+        let record = |store: &MemStore| {
+            transact(store, |t| get_record::<ServerRecord>(t, &keys::server(1)))
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let reg = |now, boot| {
+            transact(&store, |t| register(t, &req(boot), now)).expect("register");
+        };
+        reg(100, 7);
+        assert_eq!(record(&store).registered_ns, 100);
+        transact(&store, |t| mark_reconciled(t, 1, 100)).expect("mark");
+        // Same process reconnecting (a metadata restart, a network blip).
+        reg(200, 7);
+        let r = record(&store);
+        assert_eq!((r.registered_ns, r.reconciled_ns), (100, 100));
+        // A restart of the server: reconcile again.
+        reg(300, 8);
+        let r = record(&store);
+        assert_eq!((r.registered_ns, r.reconciled_ns), (300, 100));
+        // A stale mark (an older registration) does not count.
+        transact(&store, |t| mark_reconciled(t, 1, 100)).expect("mark");
+        assert_eq!(record(&store).reconciled_ns, 100);
+    }
 
     #[test]
     fn liveness_thresholds() {

@@ -233,13 +233,15 @@ impl Meta for MetaService {
 
     async fn gc(&self, r: Request<GcRequest>) -> Result<Response<GcReport>, Status> {
         let r = r.into_inner();
-        if r.grace_ns < 0 || r.clock_skew_ns < 0 {
+        if r.grace_ns < 0 || r.clock_skew_ns < 0 || r.orphan_grace_ns < 0 {
             return Err(DfsError::new(libc::EINVAL, "negative grace period or clock skew").into());
         }
         let options = GcOptions {
             grace: std::time::Duration::from_nanos(r.grace_ns as u64),
             clock_skew: std::time::Duration::from_nanos(r.clock_skew_ns as u64),
-            orphans: r.orphans,
+            orphan_grace: r
+                .orphans
+                .then(|| std::time::Duration::from_nanos(r.orphan_grace_ns as u64)),
         };
         Self::reply("gc", self.maintenance.gc(options).await)
     }

@@ -25,6 +25,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Random, fixed for this process: tells the metadata server whether a
+/// registration is a restart (shards to reconcile) or a reconnection.
+pub fn boot_id() -> u64 {
+    static BOOT_ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOOT_ID.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0)
+}
+
 /// Who this server is, as told to the metadata server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -164,6 +171,7 @@ async fn register(
             rack: reg.rack.clone(),
             capacity_bytes: capacity.total_bytes,
             used_bytes: capacity.used_bytes,
+            boot_id: boot_id(),
         })
         .await
         .map_err(|status| HeartbeatError::Rpc {

@@ -14,9 +14,11 @@
 //! 4. Orphans: every up server lists its shards; a shard that no live entry
 //!    points at (no entry, or the entry's shard is elsewhere: left by a
 //!    client that died between upload and commit, a failed upload, or a
-//!    rebuild that moved it) and that was written more than the grace
-//!    period (plus skew) ago is deleted, with that cut-off, so a shard
-//!    stored again meanwhile survives.
+//!    rebuild that moved it) and that was written more than the orphan
+//!    grace period (plus skew) ago is deleted, with that cut-off, so a
+//!    shard stored again meanwhile survives. The orphan grace period must
+//!    exceed any client's upload-to-commit time; `0` is only safe on a
+//!    volume nobody writes to.
 //!
 //! The grace period must be at least the clock skew: a shard is then always
 //! written before its entry was first seen at zero, which is at least the
@@ -26,9 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use dfs_core::time::now_ns;
-use dfs_proto::{
-    ChunkRecord, ChunkState, DeleteShardsRequest, GcReport, ListShardsRequest, ShardKey,
-};
+use dfs_proto::{ChunkRecord, DeleteShardsRequest, GcReport, ListShardsRequest, ShardKey};
 
 use super::servers::LIST_PAGE;
 use super::Maintenance;
@@ -44,8 +44,11 @@ const MARK_PAGE: usize = 1000;
 pub struct GcOptions {
     pub grace: Duration,
     pub clock_skew: Duration,
-    /// Also delete orphan shards older than the grace period.
-    pub orphans: bool,
+    /// Also delete orphan shards written longer ago than this (plus the
+    /// skew). It must exceed any client's time from uploading a chunk to
+    /// committing it: a shard uploaded and not yet committed is an orphan
+    /// until its commit lands.
+    pub orphan_grace: Option<Duration>,
 }
 
 fn nanos(d: Duration) -> i64 {
@@ -68,6 +71,10 @@ impl Maintenance {
         let grace_ns = nanos(options.grace);
         let skew_ns = nanos(options.clock_skew);
         let mut unreachable: HashSet<u32> = HashSet::new();
+        // Servers that failed a delete in this run: their dead chunks wait
+        // for the next run (kept across pages, so a dead server costs one
+        // failed connection, not one per page).
+        let mut failed: HashSet<u32> = HashSet::new();
         let mut cursor = Vec::new();
         loop {
             let after = cursor.clone();
@@ -89,6 +96,14 @@ impl Maintenance {
                 let before = rec.dead_since_ns.saturating_sub(skew_ns);
                 let mut used = HashSet::new();
                 for (index, &server) in rec.shard_servers.iter().enumerate() {
+                    if view.is_gone(server) {
+                        // Its copies died with it; if it ever comes back,
+                        // they are orphans for the sweep.
+                        continue;
+                    }
+                    if !view.is_up(server) {
+                        failed.insert(server);
+                    }
                     used.insert(server);
                     batches.entry((server, before)).or_default().push(ShardKey {
                         fingerprint: dead.fingerprint.clone(),
@@ -97,7 +112,6 @@ impl Maintenance {
                 }
                 servers_of.push((dead.fingerprint.clone(), used));
             }
-            let mut failed: HashSet<u32> = HashSet::new();
             for ((server, before), shards) in batches {
                 if failed.contains(&server) {
                     continue;
@@ -149,8 +163,10 @@ impl Maintenance {
             }
             cursor = mark.next_fingerprint;
         }
-        if options.orphans {
-            let cut = now_ns().saturating_sub(grace_ns).saturating_sub(skew_ns);
+        if let Some(orphan_grace) = options.orphan_grace {
+            let cut = now_ns()
+                .saturating_sub(nanos(orphan_grace))
+                .saturating_sub(skew_ns);
             for (id, status) in view.up_servers() {
                 let Some(address) = status.record.as_ref().map(|r| r.address.clone()) else {
                     continue;
@@ -210,12 +226,11 @@ impl Maintenance {
                 .map_err(|e| e.to_string())?;
             let mut orphans = Vec::new();
             for shard in &page.shards {
-                let claimed = match records.get(&shard.fingerprint) {
-                    None => false,
-                    // Dead entries' shards are the mark step's business.
-                    Some(rec) if rec.state() == ChunkState::Dead => true,
-                    Some(rec) => rec.shard_servers.get(shard.index as usize) == Some(&server),
-                };
+                // A dead entry's own shards are the mark step's business;
+                // any other copy is an orphan like one of a live entry.
+                let claimed = records.get(&shard.fingerprint).is_some_and(|rec| {
+                    rec.shard_servers.get(shard.index as usize) == Some(&server)
+                });
                 if claimed {
                     continue;
                 }

@@ -29,7 +29,7 @@ pub use repair::ServerView;
 pub use servers::{tcp_connector, ShardConnector};
 
 /// Damaged shards by fingerprint: (shard index, server id).
-type Reported = BTreeMap<Vec<u8>, BTreeSet<(u32, u32)>>;
+pub(crate) type Reported = BTreeMap<Vec<u8>, BTreeSet<(u32, u32)>>;
 
 /// When the background work runs.
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +77,9 @@ pub struct Maintenance {
     purge_wake: Arc<tokio::sync::Notify>,
     scan_lock: tokio::sync::Mutex<()>,
     gc_lock: tokio::sync::Mutex<()>,
+    /// When this metadata server started: heartbeat ages and lease ages
+    /// only mean something once it has been up long enough to receive them.
+    started: Instant,
 }
 
 /// Most damaged shards kept waiting for repair (reports past it are
@@ -102,6 +105,7 @@ impl Maintenance {
             purge_wake,
             scan_lock: tokio::sync::Mutex::new(()),
             gc_lock: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
         })
     }
 
@@ -131,9 +135,14 @@ impl Maintenance {
     }
 
     async fn view(&self) -> Result<ServerView> {
+        // Right after a restart every heartbeat looks old (the servers had
+        // nobody to send them to): nobody is gone before this server has
+        // been up for `rebuild_after` itself.
+        let trust_ages = self.started.elapsed() >= self.config.rebuild_after;
         Ok(ServerView::new(
             self.servers().await?,
             self.config.rebuild_after,
+            trust_ages,
         ))
     }
 
@@ -215,7 +224,7 @@ impl Maintenance {
                     let request = gc::GcOptions {
                         grace: self.config.gc_grace,
                         clock_skew: self.config.clock_skew,
-                        orphans: true,
+                        orphan_grace: Some(self.config.gc_grace),
                     };
                     match self.gc(request).await {
                         Ok(report) => tracing::info!(
@@ -237,6 +246,10 @@ impl Maintenance {
     /// Removes files that were unlinked while open by a client that has
     /// not renewed their lease for `unlinked_timeout` (it died).
     pub async fn expire_unlinked(&self) -> Result<u64> {
+        // Leases could not be renewed while this server was down.
+        if self.started.elapsed() < self.config.unlinked_timeout {
+            return Ok(0);
+        }
         let cut = now_ns().saturating_sub(
             i64::try_from(self.config.unlinked_timeout.as_nanos()).unwrap_or(i64::MAX),
         );

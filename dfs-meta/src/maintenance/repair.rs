@@ -52,7 +52,13 @@ pub struct ServerView {
 }
 
 impl ServerView {
-    pub fn new(list: Vec<ServerStatus>, rebuild_after: std::time::Duration) -> Self {
+    /// `trust_ages`: heartbeat ages say whether a server is gone (false
+    /// right after the metadata server started).
+    pub fn new(
+        list: Vec<ServerStatus>,
+        rebuild_after: std::time::Duration,
+        trust_ages: bool,
+    ) -> Self {
         let mut candidates = Vec::new();
         let mut by_id = HashMap::new();
         for status in list {
@@ -72,7 +78,11 @@ impl ServerView {
         Self {
             by_id,
             ring: Ring::new(candidates),
-            rebuild_after_ms: i64::try_from(rebuild_after.as_millis()).unwrap_or(i64::MAX),
+            rebuild_after_ms: if trust_ages {
+                i64::try_from(rebuild_after.as_millis()).unwrap_or(i64::MAX)
+            } else {
+                i64::MAX
+            },
         }
     }
 
@@ -131,6 +141,11 @@ pub enum Outcome {
     /// shards did not verify); the next scan tries again.
     Failed(String),
 }
+
+/// What a scan learned about one chunk: shards on servers not up, shards
+/// readable, shards needed, the repair outcome (if one was needed), and the
+/// servers a listing found without their shard.
+type ChunkResult = (usize, usize, usize, Option<Outcome>, Vec<u32>);
 
 /// A chunk in a scan: fingerprint, record, shards to rebuild, and how
 /// many shards sit on servers that are not up (but not gone).
@@ -262,14 +277,23 @@ impl Maintenance {
             }
         }
 
-        let expected = rec.shard_servers.clone();
+        let expected = rec.clone();
         let key = keys::hash(fp.as_bytes());
         let updated = self
             .txn("repair_commit", move |t| {
                 let Some(mut current) = get_record::<ChunkRecord>(t, &key)? else {
                     return Ok(false);
                 };
-                if current.state() != ChunkState::Live || current.shard_servers != expected {
+                // Unchanged: still live, same servers and same encoding (a
+                // dead entry uploaded again may have been encoded otherwise).
+                if current.state() != ChunkState::Live
+                    || current.shard_servers != expected.shard_servers
+                    || current.codec != expected.codec
+                    || current.layout != expected.layout
+                    || current.stored_len != expected.stored_len
+                    || current.shard_len != expected.shard_len
+                    || current.raw_len != expected.raw_len
+                {
                     return Ok(false);
                 }
                 if current.shard_servers != new_servers {
@@ -314,15 +338,25 @@ impl Maintenance {
         // Servers registered (restarted) since their shards were last
         // reconciled; recorded in the store, so a restart of the metadata
         // server does not list every server again.
+        // One server per scan, so only one listing is held in memory.
         let mut listings: HashMap<u32, HashSet<Vec<u8>>> = HashMap::new();
         let mut reconciling: Vec<(u32, i64)> = Vec::new();
-        for (id, status) in view.up_servers() {
+        let mut restarted: Vec<(u32, &ServerStatus)> = view
+            .up_servers()
+            .filter(|(_, s)| {
+                s.record
+                    .as_ref()
+                    .is_some_and(|r| r.reconciled_ns != r.registered_ns)
+            })
+            .collect();
+        restarted.sort_by_key(|(id, _)| *id);
+        restarted.truncate(1);
+        // Servers whose reconciliation could not be completed this scan.
+        let mut unclean: HashSet<u32> = HashSet::new();
+        for (id, status) in restarted {
             let Some(rec) = status.record.as_ref() else {
                 continue;
             };
-            if rec.reconciled_ns == rec.registered_ns {
-                continue;
-            }
             let listed = match self.pool.client(id, &rec.address) {
                 Ok(mut client) => servers::list_all(&mut client).await,
                 Err(e) => Err(e),
@@ -365,7 +399,13 @@ impl Maintenance {
             let mut chunks: Vec<ChunkFaults> = Vec::new();
             let mut to_confirm: BTreeMap<u32, Vec<(usize, usize)>> = BTreeMap::new();
             for (key, value) in rows {
-                let rec = ChunkRecord::decode(value.as_slice())?;
+                let rec = match ChunkRecord::decode(value.as_slice()) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        tracing::error!(key = ?key, error = %e, "undecodable index entry; skipped");
+                        continue;
+                    }
+                };
                 if rec.state() != ChunkState::Live {
                     continue;
                 }
@@ -412,31 +452,42 @@ impl Maintenance {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(server_id = server, error = %e, "cannot confirm missing shards")
+                        tracing::warn!(server_id = server, error = %e, "cannot confirm missing shards");
+                        unclean.insert(server);
                     }
                 }
             }
 
             let view_ref = &view;
-            let results: Vec<(usize, usize, usize, Option<Outcome>)> =
-                stream::iter(chunks.into_iter().map(|(fp, rec, faults, unavailable)| async move {
+            let results: Vec<ChunkResult> = stream::iter(chunks.into_iter().map(
+                |(fp, rec, faults, unavailable)| async move {
                     let total = rec.shard_servers.len();
                     let need = erasure::shards_needed(&rec.layout.unwrap_or_default());
                     let lost_shards = faults.len() + unavailable;
                     let readable = total.saturating_sub(lost_shards);
                     if faults.is_empty() {
-                        return (unavailable, readable, need, None);
+                        return (unavailable, readable, need, None, Vec::new());
                     }
+                    let absent_on: Vec<u32> = faults
+                        .iter()
+                        .filter(|(_, &f)| f == Fault::Absent)
+                        .map(|(&i, _)| rec.shard_servers[i])
+                        .collect();
                     let outcome = self.repair_chunk(view_ref, &fp, &rec, faults).await;
                     if let Outcome::Failed(why) = &outcome {
                         tracing::warn!(error = %why, "repair failed; retrying on the next scan");
                     }
-                    (unavailable, readable, need, Some(outcome))
-                }))
-                .buffer_unordered(REPAIR_PARALLELISM)
-                .collect()
-                .await;
-            for (unavailable, readable, need, outcome) in results {
+                    (unavailable, readable, need, Some(outcome), absent_on)
+                },
+            ))
+            .buffer_unordered(REPAIR_PARALLELISM)
+            .collect()
+            .await;
+            for (unavailable, readable, need, outcome, absent_on) in results {
+                if matches!(outcome, Some(Outcome::Unreadable | Outcome::Failed(_))) {
+                    // A gap found by the listing is still open: list again.
+                    unclean.extend(absent_on);
+                }
                 let lost = match &outcome {
                     Some(Outcome::Unreadable) => true,
                     None => readable < need,
@@ -470,6 +521,13 @@ impl Maintenance {
             summary.shards_rebuilt = 0;
         }
         for (id, registered_ns) in reconciling {
+            if unclean.contains(&id) {
+                tracing::warn!(
+                    server_id = id,
+                    "reconciliation incomplete; listing the server again next scan"
+                );
+                continue;
+            }
             self.txn("reconciled", move |t| {
                 registry::mark_reconciled(t, id, registered_ns)
             })
@@ -489,13 +547,43 @@ impl Maintenance {
         if reported.is_empty() {
             return Ok(());
         }
-        let view = self.view().await?;
         let mut retry = BTreeMap::new();
-        for (fingerprint, shards) in reported {
+        let outcome = self.repair_reports(reported, &mut retry).await;
+        // Whatever was not repaired (including after an error) waits for
+        // the next round.
+        let mut pending = self.reported.lock();
+        for (fp, shards) in retry {
+            pending.entry(fp).or_default().extend(shards);
+        }
+        outcome
+    }
+
+    async fn repair_reports(
+        &self,
+        reported: super::Reported,
+        retry: &mut super::Reported,
+    ) -> Result<()> {
+        let view = match self.view().await {
+            Ok(v) => v,
+            Err(e) => {
+                retry.extend(reported);
+                return Err(e);
+            }
+        };
+        let mut queue = reported.into_iter();
+        while let Some((fingerprint, shards)) = queue.next() {
             let key = keys::hash(&fingerprint);
-            let rec = self
+            let rec = match self
                 .txn("repair_lookup", move |t| get_record::<ChunkRecord>(t, &key))
-                .await?;
+                .await
+            {
+                Ok(rec) => rec,
+                Err(e) => {
+                    retry.insert(fingerprint, shards);
+                    retry.extend(queue);
+                    return Err(e);
+                }
+            };
             let Some(rec) = rec.filter(|r| r.state() == ChunkState::Live) else {
                 continue; // collected meanwhile
             };
@@ -518,10 +606,6 @@ impl Maintenance {
                     retry.insert(fingerprint, shards);
                 }
             }
-        }
-        let mut pending = self.reported.lock();
-        for (fp, shards) in retry {
-            pending.entry(fp).or_default().extend(shards);
         }
         Ok(())
     }

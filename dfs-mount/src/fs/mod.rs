@@ -324,7 +324,10 @@ impl Dfs {
         let files: Vec<Arc<OpenFile>> = self.open_files.lock().values().cloned().collect();
         let mut inos = Vec::new();
         for of in files {
-            if of.state.lock().await.unlinked_kept {
+            // A state busy (a long flush) may be a kept one: renewing an
+            // inode that is not kept changes nothing, so include it.
+            let kept = of.state.try_lock().map_or(true, |st| st.unlinked_kept);
+            if kept {
                 inos.push(of.ino);
             }
         }

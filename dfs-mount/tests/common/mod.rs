@@ -209,8 +209,10 @@ impl TestCluster {
             .stderr(log_file(self.dir.path(), "meta"))
             .spawn()
             .expect("spawn dfs-meta");
-        wait_for_line(&mut child, "dfs-meta listening", Duration::from_secs(30))
-            .expect("dfs-meta did not come up");
+        if let Err(e) = wait_for_line(&mut child, "dfs-meta listening", Duration::from_secs(30)) {
+            let _ = child.kill();
+            panic!("dfs-meta did not come up: {e}\n{}", self.log("meta"));
+        }
         self.meta = Proc {
             child: Some(child),
             name: "meta".into(),
