@@ -142,6 +142,30 @@ fn aborted_transaction_applies_nothing(store: &dyn MetaStore) {
     .expect("txn");
 }
 
+/// A conflict that the body itself reports (as a read inside it would) runs
+/// the body again on a fresh transaction; what the failed attempt wrote is
+/// not applied.
+fn conflict_in_body_is_retried(store: &dyn MetaStore) {
+    let mut attempts = 0;
+    let value = transact(store, |t| {
+        attempts += 1;
+        t.set(b"retry/attempt", &[attempts]);
+        if attempts == 1 {
+            t.set(b"retry/only-first", b"x");
+            return Err(StoreError::Conflict);
+        }
+        Ok::<_, StoreError>(attempts)
+    })
+    .expect("retried transaction");
+    assert_eq!(value, 2);
+    transact(store, |t| {
+        assert_eq!(t.get(b"retry/attempt")?, Some(vec![2]));
+        assert_eq!(t.get(b"retry/only-first")?, None);
+        Ok::<_, StoreError>(())
+    })
+    .expect("read back");
+}
+
 fn atomic_add_counts(store: &dyn MetaStore) {
     transact(store, |t| {
         t.atomic_add(b"ctr", 5)?;
@@ -251,6 +275,10 @@ macro_rules! conformance {
                 super::aborted_transaction_applies_nothing(make().0.as_ref());
             }
             #[test]
+            fn conflict_in_body_is_retried() {
+                super::conflict_in_body_is_retried(make().0.as_ref());
+            }
+            #[test]
             fn atomic_add_counts() {
                 super::atomic_add_counts(make().0.as_ref());
             }
@@ -298,7 +326,7 @@ fn rocksdb_persists_across_reopen() {
 /// never touches anything else in the cluster.
 #[cfg(feature = "fdb")]
 mod fdb_support {
-    use super::super::{KeyValues, KvTxn, MetaStore, StoreError, Transaction};
+    use super::super::{BodyOutcome, KeyValues, KvTxn, MetaStore, StoreError, Transaction};
     use std::sync::Arc;
 
     pub struct Prefixed {
@@ -334,14 +362,15 @@ mod fdb_support {
         }
     }
 
+    /// The inner store's transaction, seen under the test's prefix.
     struct PrefixedTxn<'a> {
-        inner: Box<dyn Transaction + 'a>,
-        prefix: Vec<u8>,
+        inner: &'a mut dyn KvTxn,
+        prefix: &'a [u8],
     }
 
     impl PrefixedTxn<'_> {
         fn key(&self, k: &[u8]) -> Vec<u8> {
-            let mut out = self.prefix.clone();
+            let mut out = self.prefix.to_vec();
             out.extend_from_slice(k);
             out
         }
@@ -386,18 +415,24 @@ mod fdb_support {
         }
     }
 
-    impl Transaction for PrefixedTxn<'_> {
-        fn commit(self: Box<Self>) -> Result<(), StoreError> {
-            self.inner.commit()
-        }
-    }
-
     impl MetaStore for Prefixed {
+        /// Transactions go through the inner store's own retry loop
+        /// (`run`), which is what the suite tests.
         fn begin(&self) -> Result<Box<dyn Transaction + '_>, StoreError> {
-            Ok(Box::new(PrefixedTxn {
-                inner: self.inner.begin()?,
-                prefix: self.prefix.clone(),
-            }))
+            Err(StoreError::Io(
+                "the prefixed test store runs transactions through run() only".into(),
+            ))
+        }
+        fn run(
+            &self,
+            body: &mut dyn FnMut(&mut dyn KvTxn) -> BodyOutcome,
+        ) -> Result<bool, StoreError> {
+            self.inner.run(&mut |txn| {
+                body(&mut PrefixedTxn {
+                    inner: txn,
+                    prefix: &self.prefix,
+                })
+            })
         }
         fn name(&self) -> &'static str {
             "foundationdb (prefixed)"
@@ -445,6 +480,9 @@ mod foundationdb {
         dyn MetaStore,
     >| {
         super::aborted_transaction_applies_nothing(s.as_ref())
+    });
+    fdb_test!(conflict_in_body_is_retried, |s: Arc<dyn MetaStore>| {
+        super::conflict_in_body_is_retried(s.as_ref())
     });
     fdb_test!(atomic_add_counts, |s: Arc<dyn MetaStore>| {
         super::atomic_add_counts(s.as_ref())

@@ -3,22 +3,32 @@
 //! it at once: they hold no state of their own.
 //!
 //! `MetaStore` is synchronous (the service runs every transaction on a
-//! blocking thread), so each FoundationDB future is waited for in place.
-//! Errors: a read or commit that FoundationDB says can be retried without
-//! having committed becomes [`StoreError::Conflict`], which `transact`
-//! retries; a commit whose outcome is unknown (`commit_unknown_result`)
-//! becomes [`StoreError::CommitUnknown`] and is not retried blindly here.
+//! blocking thread), so each FoundationDB future is waited for in place
+//! (with `pollster`, which, unlike `futures::executor`, may be nested: the
+//! body's reads wait inside the wait for the retry loop).
 //!
-//! Not done yet (issue 5): keeping every transaction under FoundationDB's
-//! 5 s and 10 MB limits for huge chunk maps and directory removals.
+//! Retries go through the crate's retry loop (`Database::run`: FDB's
+//! `on_error`, with its backoff and its own judgement of what is
+//! retryable). A read error inside the body is kept and handed to that
+//! loop when the body asks for a retry. A commit whose outcome is unknown
+//! (`commit_unknown_result`) is not run again blindly: the next attempt
+//! sees `maybe_committed` and ends with [`StoreError::CommitUnknown`].
+//! The shared code keeps transactions small (purges and GC work in pieces
+//! of 1,000 entries, chunk-map commits in groups of at most 64 MiB of
+//! file data), and every backend refuses at commit what is past
+//! FoundationDB's size limits.
 
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
-use foundationdb::options::{MutationType, StreamingMode};
-use foundationdb::{Database, FdbError, RangeOption};
-use futures::executor::block_on;
+use foundationdb::options::{MutationType, StreamingMode, TransactionOption};
+use foundationdb::{Database, FdbBindingError, FdbError, RangeOption, RetryableTransaction};
+use pollster::block_on;
 
-use super::{KeyValues, KvTxn, MetaStore, StoreError, Transaction};
+use super::{BodyOutcome, KeyValues, KvTxn, MetaStore, StoreError, Transaction, MAX_ATTEMPTS};
+
+/// FoundationDB's `not_committed`: a conflict, retryable.
+const NOT_COMMITTED: i32 = 1020;
 
 /// The client network thread, started once per process and kept for its
 /// whole life (committed transactions need nothing from it at exit).
@@ -56,23 +66,46 @@ impl FdbStore {
     }
 }
 
-/// Read errors: anything FoundationDB calls retryable is a conflict
-/// (nothing was committed); the rest is an I/O error.
-fn read_error(e: FdbError) -> StoreError {
-    if e.is_retryable() {
-        StoreError::Conflict
-    } else {
-        StoreError::Io(format!("FoundationDB: {e}"))
+/// The transaction a body works on: the plain one of [`MetaStore::begin`],
+/// or the retry loop's.
+enum Handle {
+    Plain(foundationdb::Transaction),
+    Retryable(RetryableTransaction),
+}
+
+impl std::ops::Deref for Handle {
+    type Target = foundationdb::Transaction;
+    fn deref(&self) -> &foundationdb::Transaction {
+        match self {
+            Handle::Plain(t) => t,
+            Handle::Retryable(t) => t,
+        }
     }
 }
 
 pub struct FdbTxn {
-    trx: foundationdb::Transaction,
+    trx: Handle,
+    /// The last retryable read error, for the retry loop's `on_error`.
+    retry_error: Option<FdbError>,
+}
+
+impl FdbTxn {
+    /// Read errors: anything FoundationDB calls retryable is a conflict
+    /// (nothing was committed) and is kept for the retry loop; the rest is
+    /// an I/O error.
+    fn read_error(&mut self, e: FdbError) -> StoreError {
+        if e.is_retryable() {
+            self.retry_error = Some(e);
+            StoreError::Conflict
+        } else {
+            StoreError::Io(format!("FoundationDB: {e}"))
+        }
+    }
 }
 
 impl KvTxn for FdbTxn {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = block_on(self.trx.get(key, false)).map_err(read_error)?;
+        let value = block_on(self.trx.get(key, false)).map_err(|e| self.read_error(e))?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -95,8 +128,8 @@ impl KvTxn for FdbTxn {
         }
         let mut iteration = 1;
         loop {
-            let values =
-                block_on(self.trx.get_range(&option, iteration, false)).map_err(read_error)?;
+            let values = block_on(self.trx.get_range(&option, iteration, false))
+                .map_err(|e| self.read_error(e))?;
             for kv in &values {
                 out.push((kv.key().to_vec(), kv.value().to_vec()));
             }
@@ -138,19 +171,44 @@ impl KvTxn for FdbTxn {
     }
 }
 
+/// A commit's error, as the rest of dfs sees it.
+fn commit_error(e: FdbError) -> StoreError {
+    match e.code() {
+        // transaction_too_large, key_too_large, value_too_large
+        2101..=2103 => StoreError::TooLarge(format!("FoundationDB commit: {e}")),
+        _ if e.is_retryable_not_committed() => StoreError::Conflict,
+        _ if e.is_maybe_committed() => StoreError::CommitUnknown(e.to_string()),
+        _ => StoreError::Io(format!("FoundationDB commit: {e}")),
+    }
+}
+
 impl Transaction for FdbTxn {
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        match block_on(self.trx.commit()) {
-            Ok(_) => Ok(()),
-            // transaction_too_large, key_too_large, value_too_large
-            Err(e) if matches!(e.code(), 2101..=2103) => {
-                Err(StoreError::TooLarge(format!("FoundationDB commit: {e}")))
+        let trx = match self.trx {
+            Handle::Plain(t) => t,
+            Handle::Retryable(_) => {
+                return Err(StoreError::Io(
+                    "a retry-loop transaction is committed by the loop".into(),
+                ))
             }
-            Err(e) if e.is_retryable_not_committed() => Err(StoreError::Conflict),
-            Err(e) if e.is_retryable() => Err(StoreError::CommitUnknown(e.to_string())),
-            Err(e) => Err(StoreError::Io(format!("FoundationDB commit: {e}"))),
-        }
+        };
+        block_on(trx.commit())
+            .map(|_| ())
+            .map_err(|e| commit_error(FdbError::from(e)))
     }
+}
+
+/// Why the body ended a run early, carried through the crate's loop.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    #[error("transaction body aborted")]
+    Aborted,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+fn stop(reason: impl Into<Stop>) -> FdbBindingError {
+    FdbBindingError::new_custom_error(Box::new(reason.into()))
 }
 
 impl MetaStore for FdbStore {
@@ -159,7 +217,66 @@ impl MetaStore for FdbStore {
             .db
             .create_trx()
             .map_err(|e| StoreError::Io(format!("FoundationDB: {e}")))?;
-        Ok(Box::new(FdbTxn { trx }))
+        Ok(Box::new(FdbTxn {
+            trx: Handle::Plain(trx),
+            retry_error: None,
+        }))
+    }
+
+    fn run(&self, body: &mut dyn FnMut(&mut dyn KvTxn) -> BodyOutcome) -> Result<bool, StoreError> {
+        // The crate's closure is `Fn` and is called again on every retry.
+        let body = RefCell::new(body);
+        let aborted = Cell::new(false);
+        let outcome = block_on(self.db.run(|trx, maybe_committed| {
+            let attempt = (|| {
+                if bool::from(maybe_committed) {
+                    // The last commit may have been applied: running the
+                    // body again could apply it twice.
+                    return Err(stop(StoreError::CommitUnknown(
+                        "FoundationDB could not tell whether the commit happened".into(),
+                    )));
+                }
+                trx.set_option(TransactionOption::RetryLimit(MAX_ATTEMPTS as i32))
+                    .map_err(FdbBindingError::from)?;
+                let mut txn = FdbTxn {
+                    trx: Handle::Retryable(trx),
+                    retry_error: None,
+                };
+                match (body.borrow_mut())(&mut txn) {
+                    BodyOutcome::Commit => Ok(()),
+                    // The read's own error, so `on_error` judges it; a
+                    // conflict the body found by itself is `not_committed`.
+                    BodyOutcome::Retry => Err(FdbBindingError::from(
+                        txn.retry_error
+                            .unwrap_or_else(|| FdbError::from_code(NOT_COMMITTED)),
+                    )),
+                    BodyOutcome::Abort => {
+                        aborted.set(true);
+                        Err(stop(Stop::Aborted))
+                    }
+                }
+                // `txn` (a reference to the transaction) is dropped here:
+                // the loop refuses to commit while one is kept.
+            })();
+            async move { attempt }
+        }));
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(_) if aborted.get() => Ok(false),
+            Err(FdbBindingError::CustomError(e)) => match e.downcast::<Stop>() {
+                Ok(reason) => match *reason {
+                    Stop::Store(e) => Err(e),
+                    Stop::Aborted => Ok(false),
+                },
+                Err(e) => Err(StoreError::Io(format!("FoundationDB: {e}"))),
+            },
+            Err(e) => Err(match e.get_fdb_error() {
+                // Out of retries on conflicts.
+                Some(fdb) if fdb.is_retryable_not_committed() => StoreError::Conflict,
+                Some(fdb) => commit_error(fdb),
+                None => StoreError::Io(format!("FoundationDB: {e}")),
+            }),
+        }
     }
 
     fn name(&self) -> &'static str {

@@ -91,19 +91,55 @@ pub trait Transaction: KvTxn {
     fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
+/// What a transaction body asks of [`MetaStore::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyOutcome {
+    /// Commit what the body did.
+    Commit,
+    /// A read found a conflict: start again on a fresh transaction.
+    Retry,
+    /// The body failed: apply nothing.
+    Abort,
+}
+
 pub trait MetaStore: Send + Sync + 'static {
     fn begin(&self) -> Result<Box<dyn Transaction + '_>, StoreError>;
     /// A short name for logs and status output ("rocksdb", "memory", ...).
     fn name(&self) -> &'static str;
+
+    /// Runs `body` on a transaction and commits it, starting again on
+    /// conflicts. `Ok(true)`: committed; `Ok(false)`: the body aborted.
+    /// Backends with a retry loop of their own (FoundationDB's, with its
+    /// backoff and error classification) override it; this one is for the
+    /// embedded stores.
+    fn run(&self, body: &mut dyn FnMut(&mut dyn KvTxn) -> BodyOutcome) -> Result<bool, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let mut txn = self.begin()?;
+            let outcome = match body(txn.as_mut()) {
+                BodyOutcome::Commit => txn.commit(),
+                BodyOutcome::Retry => Err(StoreError::Conflict),
+                BodyOutcome::Abort => return Ok(false),
+            };
+            match outcome {
+                Ok(()) => return Ok(true),
+                Err(StoreError::Conflict) if attempt + 1 < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(u64::from(attempt.min(20))));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// How many times a conflicting transaction is retried before giving up.
-const MAX_ATTEMPTS: u32 = 50;
+pub const MAX_ATTEMPTS: u32 = 50;
 
 /// Runs `body` in a transaction and commits it, retrying on conflicts
-/// (at commit, or reported by a read in `body`) with a growing backoff. Any
-/// other error from `body` aborts the transaction: nothing it wrote is
-/// applied.
+/// (at commit, or reported by a read in `body`) through the backend's retry
+/// loop ([`MetaStore::run`]). Any other error from `body` aborts the
+/// transaction: nothing it wrote is applied.
 pub fn transact<T, E>(
     store: &dyn MetaStore,
     mut body: impl FnMut(&mut dyn KvTxn) -> Result<T, E>,
@@ -111,20 +147,31 @@ pub fn transact<T, E>(
 where
     E: From<StoreError> + ConflictError,
 {
-    let mut attempt = 0;
-    loop {
-        let mut txn = store.begin()?;
-        let outcome = match body(txn.as_mut()) {
-            Ok(value) => txn.commit().map(|()| value).map_err(E::from),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Err(e) if e.is_conflict() && attempt + 1 < MAX_ATTEMPTS => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(u64::from(attempt.min(20))));
+    let mut result: Option<Result<T, E>> = None;
+    let committed = store
+        .run(&mut |txn| match body(txn) {
+            Ok(value) => {
+                result = Some(Ok(value));
+                BodyOutcome::Commit
             }
-            other => return other,
-        }
+            Err(e) if e.is_conflict() => {
+                result = Some(Err(e));
+                BodyOutcome::Retry
+            }
+            Err(e) => {
+                result = Some(Err(e));
+                BodyOutcome::Abort
+            }
+        })
+        .map_err(E::from)?;
+    match result {
+        // Committed: the last run of the body succeeded. Aborted: it failed.
+        Some(Ok(value)) if committed => Ok(value),
+        Some(Err(e)) if !committed => Err(e),
+        // Neither can happen with a backend that keeps the contract.
+        _ => Err(E::from(StoreError::Io(
+            "transaction ended without an outcome from its body".into(),
+        ))),
     }
 }
 
