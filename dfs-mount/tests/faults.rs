@@ -12,8 +12,9 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ struct Counters {
 
 struct Writer {
     dir: PathBuf,
+    /// Where each file's bytes are staged before `dd` copies them in.
+    staging: PathBuf,
     acked: Mutex<Vec<Written>>,
     unacked: Mutex<Vec<Written>>,
     stop: AtomicBool,
@@ -67,19 +70,30 @@ fn content(w: &Written) -> Vec<u8> {
     random_bytes(w.len, w.seed)
 }
 
+/// Writes one file through `dd` (in 256 KiB pieces, so a kill has
+/// something to interrupt, then fsync): acknowledged when `dd` succeeds.
+///
+/// Not from this process: a file with unsynced data open here would be
+/// inherited by every process the test starts, and the kernel sends FUSE a
+/// FLUSH when the child closes it at exec. While the metadata server is
+/// down that flush waits for it, so starting the metadata server again
+/// would wait on itself until the client's retries gave up.
 fn write_one(w: &Writer, file: &Written) -> std::io::Result<()> {
-    let data = content(file);
-    let mut f = fs::File::create(w.dir.join(&file.name))?;
+    let staged = w.staging.join(&file.name);
+    fs::write(&staged, content(file))?;
     w.writing.store(true, Ordering::SeqCst);
-    let result = (|| {
-        // In pieces, so a kill has something to interrupt.
-        for piece in data.chunks(256 * 1024) {
-            f.write_all(piece)?;
-        }
-        f.sync_all()
-    })();
+    let status = Command::new("dd")
+        .arg(format!("if={}", staged.display()))
+        .arg(format!("of={}", w.dir.join(&file.name).display()))
+        .args(["bs=256K", "conv=fsync", "status=none"])
+        .stderr(Stdio::null())
+        .status();
     w.writing.store(false, Ordering::SeqCst);
-    result
+    let _ = fs::remove_file(&staged);
+    match status? {
+        s if s.success() => Ok(()),
+        s => Err(std::io::Error::other(format!("dd: {s}"))),
+    }
 }
 
 fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -226,8 +240,11 @@ fn acknowledged_data_survives_injected_faults() {
     // write racing the remount fails instead of landing on the local disk.
     fs::create_dir(mnt.join("data")).expect("data dir");
 
+    let staging = mount_root.path().join("staging");
+    fs::create_dir(&staging).expect("staging dir");
     let writer = Arc::new(Writer {
         dir: mnt.join("data"),
+        staging,
         acked: Mutex::new(Vec::new()),
         unacked: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),

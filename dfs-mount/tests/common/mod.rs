@@ -209,9 +209,34 @@ impl TestCluster {
             .stderr(log_file(self.dir.path(), "meta"))
             .spawn()
             .expect("spawn dfs-meta");
+        let started = Instant::now();
         if let Err(e) = wait_for_line(&mut child, "dfs-meta listening", Duration::from_secs(30)) {
+            // Whether it exited (and how) or hangs, and where.
+            let exit = child.try_wait();
+            let threads = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+                .map(|dir| {
+                    dir.flatten()
+                        .map(|t| {
+                            let p = t.path();
+                            let read =
+                                |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+                            format!(
+                                "{} {} {}",
+                                read("comm").trim(),
+                                read("wchan"),
+                                read("stack")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
             let _ = child.kill();
-            panic!("dfs-meta did not come up: {e}\n{}", self.log("meta"));
+            panic!(
+                "dfs-meta did not come up after {:?}: {e}; exit: {exit:?}\nthreads:\n{threads}\nlog:\n{}",
+                started.elapsed(),
+                self.log("meta")
+            );
         }
         self.meta = Proc {
             child: Some(child),
