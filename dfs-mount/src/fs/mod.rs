@@ -204,6 +204,21 @@ impl Dfs {
     /// commit. A shared state with nothing buffered is re-read when another
     /// client committed since (close-to-open consistency).
     pub async fn open(&self, ino: u64) -> Result<Arc<OpenFile>, DfsError> {
+        self.open_known(ino, None).await
+    }
+
+    /// Opens a file this client has just created (`data_version` from the
+    /// create's reply): its chunk map is empty by definition, so nothing is
+    /// read from the metadata server.
+    pub async fn open_created(
+        &self,
+        ino: u64,
+        data_version: u64,
+    ) -> Result<Arc<OpenFile>, DfsError> {
+        self.open_known(ino, Some(data_version)).await
+    }
+
+    async fn open_known(&self, ino: u64, created: Option<u64>) -> Result<Arc<OpenFile>, DfsError> {
         let of = {
             let mut files = self.open_files.lock();
             let of = files
@@ -222,7 +237,14 @@ impl Dfs {
         };
         let result = {
             let mut st = of.state.lock().await;
-            self.refresh(&mut st).await
+            match created {
+                Some(data_version) if !st.loaded => {
+                    st.loaded = true;
+                    st.data_version = data_version;
+                    Ok(())
+                }
+                _ => self.refresh(&mut st).await,
+            }
         };
         if let Err(e) = result {
             self.drop_open(&of).await;
@@ -696,6 +718,7 @@ impl Dfs {
                 mtime_ns,
                 truncate,
             };
+            let started = std::time::Instant::now();
             let result = self
                 .cluster
                 .meta
@@ -704,6 +727,13 @@ impl Dfs {
                     async move { c.commit_chunks(request).await }
                 })
                 .await;
+            tracing::debug!(
+                ino = st.ino,
+                chunks = request.chunks.len(),
+                commit_us = started.elapsed().as_micros() as u64,
+                ok = result.is_ok(),
+                "chunk map commit"
+            );
             match result {
                 Ok(inode) => break inode,
                 // Chunks referenced without their bytes (a shared copy)

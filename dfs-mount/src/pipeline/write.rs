@@ -112,6 +112,7 @@ impl Cluster {
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let datas: Vec<Bytes> = chunks.iter().map(|c| c.data.clone()).collect();
         let fps: Vec<Fingerprint> =
             cpu(move || datas.iter().map(|d| Fingerprint::of(d)).collect()).await?;
@@ -133,6 +134,7 @@ impl Cluster {
                 async move { c.lookup_chunks(request).await }
             })
             .await?;
+        let looked_up = started.elapsed();
         let mut records: HashMap<Fingerprint, ChunkRecord> = HashMap::new();
         let mut uploaded: HashSet<Fingerprint> = HashSet::new();
         let mut to_encode = Vec::new();
@@ -148,8 +150,17 @@ impl Cluster {
             }
         }
         let encoded = self.encode_all(policy, to_encode).await?;
+        let coded = started.elapsed();
         uploaded.extend(encoded.iter().map(|e| e.fp));
         records.extend(self.upload(encoded).await?);
+        tracing::debug!(
+            chunks = chunks.len(),
+            new = uploaded.len(),
+            hash_and_lookup_us = looked_up.as_micros() as u64,
+            encode_us = (coded - looked_up).as_micros() as u64,
+            upload_us = (started.elapsed() - coded).as_micros() as u64,
+            "chunks stored"
+        );
 
         chunks
             .into_iter()
