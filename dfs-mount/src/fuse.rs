@@ -43,6 +43,9 @@ struct FileHandleState {
 struct DirHandleState {
     entries: Vec<DirEntry>,
     parent: u64,
+    /// The directory as opendir saw it: what fstat on the open handle
+    /// answers (with no links) once the directory is removed.
+    attr: InodeRecord,
 }
 
 pub struct DfsFuse {
@@ -198,6 +201,27 @@ impl DfsFuse {
         Ok(self.dfs.overlay_attr(attr).await)
     }
 
+    /// The attributes of directory `ino` if this client has it open, with
+    /// no links: for a directory that no longer exists.
+    fn removed_open_dir(&self, ino: u64) -> Option<InodeRecord> {
+        let dirs = self.dirs.lock();
+        let handle = dirs.values().find(|d| d.attr.ino == ino)?;
+        Some(InodeRecord {
+            nlink: 0,
+            ..handle.attr.clone()
+        })
+    }
+
+    /// Remembers, for the attribute timeout, that `ino` has no
+    /// `security.capability` (the kernel asks before every write).
+    fn note_no_capability(&self, ino: u64) {
+        let mut known = self.no_capability.lock();
+        if known.len() >= NO_CAPABILITY_MAX {
+            known.clear();
+        }
+        known.insert(ino, std::time::Instant::now());
+    }
+
     async fn create_async(&self, req: CreateRequest) -> Result<InodeRecord, DfsError> {
         self.dfs
             .cluster
@@ -298,6 +322,7 @@ impl DfsFuse {
         Ok(DirHandleState {
             entries,
             parent: if attr.parent == 0 { ino } else { attr.parent },
+            attr,
         })
     }
 
@@ -363,7 +388,15 @@ impl Filesystem for DfsFuse {
         let _span = op_span("getattr", req, ino.0).entered();
         match self.rt.block_on(self.getattr_async(ino.0)) {
             Ok(attr) => reply.attr(&self.ttl, &to_file_attr(&attr)),
-            Err(e) => reply.error(fail("getattr", ino.0, &e)),
+            Err(e) => match self
+                .removed_open_dir(ino.0)
+                .filter(|_| e.errno == libc::ENOENT)
+            {
+                // Removed (rmdir, or renamed over) while open here: as on a
+                // local file system, the open directory has no links left.
+                Some(attr) => reply.attr(&Duration::ZERO, &to_file_attr(&attr)),
+                None => reply.error(fail("getattr", ino.0, &e)),
+            },
         }
     }
 
@@ -493,11 +526,7 @@ impl Filesystem for DfsFuse {
             Ok(r) => reply_xattr(reply, size, &r.value),
             Err(e) => {
                 if capability && e.errno == libc::ENODATA {
-                    let mut known = self.no_capability.lock();
-                    if known.len() >= NO_CAPABILITY_MAX {
-                        known.clear();
-                    }
-                    known.insert(ino.0, std::time::Instant::now());
+                    self.note_no_capability(ino.0);
                 }
                 reply.error(fail("getxattr", ino.0, &e))
             }
@@ -768,11 +797,14 @@ impl Filesystem for DfsFuse {
         let request = Self::new_request(req, parent, name, FileKind::Regular, mode & !umask);
         let result = self.rt.block_on(async {
             let attr = self.create_async(request).await?;
-            let file = self.dfs.open(attr.ino).await?;
+            let file = self.dfs.open_created(attr.ino, attr.data_version).await?;
             Ok::<_, DfsError>((attr, file))
         });
         match result {
             Ok((attr, file)) => {
+                // A new file has no extended attributes: the kernel's check
+                // for file capabilities before each write needs no RPC.
+                self.note_no_capability(attr.ino);
                 let fh = self.open_handle(attr.ino, file, flags);
                 reply.created(
                     &self.ttl,

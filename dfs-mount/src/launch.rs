@@ -58,12 +58,30 @@ pub fn main_with(args: LaunchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let is_remount = args
+        .options
+        .iter()
+        .flat_map(|list| list.split(','))
+        .any(|o| o == "remount");
     let mut options = MountOptions::default();
     for list in &args.options {
-        if let Err(e) = options.apply(list) {
+        let list: Vec<&str> = list.split(',').filter(|o| *o != "remount").collect();
+        if let Err(e) = options.apply(&list.join(",")) {
             eprintln!("dfs-mount: {e}");
             return ExitCode::from(2);
         }
+    }
+    if is_remount {
+        return match remount(&args.mountpoint, &options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "dfs-mount: cannot remount {}: {e}",
+                    args.mountpoint.display()
+                );
+                ExitCode::from(32)
+            }
+        };
     }
     let notify = std::env::var_os(NOTIFY_ENV).is_some();
     if !args.foreground && !notify {
@@ -205,4 +223,53 @@ pub fn mount_helper_main(args: impl Iterator<Item = String>) -> ExitCode {
         options,
         foreground,
     })
+}
+
+/// `mount -o remount,...` of a dfs mount: the client keeps running; the
+/// kernel changes the mount's flags (`ro`/`rw`, `nosuid`, `nodev`,
+/// `noexec`, `noatime`), which it enforces itself.
+fn remount(mountpoint: &std::path::Path, options: &MountOptions) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::fs::canonicalize(mountpoint).map_err(|e| e.to_string())?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
+    let is_fuse = mounts.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let (_, dir, kind) = (fields.next(), fields.next(), fields.next());
+        dir.map(|d| d.replace("\\040", " ")) == Some(target.to_string_lossy().into_owned())
+            && kind.is_some_and(|k| k == "fuse" || k.starts_with("fuse."))
+    });
+    if !is_fuse {
+        return Err("it is not a mounted dfs file system".into());
+    }
+    let mut flags = libc::MS_REMOUNT;
+    for (on, flag) in [
+        (options.read_only, libc::MS_RDONLY),
+        (options.nosuid, libc::MS_NOSUID),
+        (options.nodev, libc::MS_NODEV),
+        (options.noexec, libc::MS_NOEXEC),
+        (options.noatime, libc::MS_NOATIME),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    let target = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| "the mountpoint has a NUL byte".to_string())?;
+    // SAFETY: `target` is a valid NUL-terminated string that outlives the
+    // call; source, type and data may be null for a remount.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
 }

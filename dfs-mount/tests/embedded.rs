@@ -114,3 +114,68 @@ fn writes_around_a_huge_hole_store_only_the_written_bytes() {
     f.read_exact_at(&mut buf, 5 << 30).expect("read hole");
     assert!(buf.iter().all(|&x| x == 0));
 }
+
+#[test]
+fn remount_read_only_and_back_keeps_the_client_running() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &[]);
+    fs::write(m.path.join("kept"), b"before").expect("write");
+    let remount = |opts: &str| {
+        let out = std::process::Command::new(bin("dfs-mount"))
+            .arg(&source)
+            .arg(&m.path)
+            .args(["-o", opts])
+            .output()
+            .expect("run dfs-mount");
+        assert!(
+            out.status.success(),
+            "remount {opts}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    remount("remount,ro");
+    let err = fs::write(m.path.join("new"), b"x").expect_err("write on a read-only mount");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(fs::read(m.path.join("kept")).expect("read"), b"before");
+    remount("remount,rw");
+    fs::write(m.path.join("new"), b"after").expect("write after remount rw");
+    assert_eq!(fs::read(m.path.join("new")).expect("read"), b"after");
+
+    // A remount of something that is not a dfs mount is refused.
+    let out = std::process::Command::new(bin("dfs-mount"))
+        .arg(&source)
+        .arg(work.path())
+        .args(["-o", "remount,ro"])
+        .output()
+        .expect("run dfs-mount");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a mounted dfs file system"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_open_directory_that_is_removed_has_no_links() {
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &[]);
+    // rmdir while open.
+    fs::create_dir(m.path.join("gone")).expect("mkdir");
+    let open = fs::File::open(m.path.join("gone")).expect("open dir");
+    fs::remove_dir(m.path.join("gone")).expect("rmdir");
+    assert_eq!(open.metadata().expect("fstat").nlink(), 0);
+    // Renamed over while open (fstests generic/035).
+    fs::create_dir(m.path.join("a")).expect("mkdir a");
+    fs::create_dir(m.path.join("b")).expect("mkdir b");
+    let open_b = fs::File::open(m.path.join("b")).expect("open b");
+    fs::rename(m.path.join("a"), m.path.join("b")).expect("rename over");
+    let meta = open_b.metadata().expect("fstat");
+    assert_eq!(meta.nlink(), 0);
+    assert!(meta.is_dir());
+    // A directory that was never opened is simply gone.
+    assert!(fs::metadata(m.path.join("a")).is_err());
+}
