@@ -343,8 +343,12 @@ impl Filesystem for DfsFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                    | InitFlags::FUSE_PARALLEL_DIROPS
+                    // File handles (name_to_handle_at, NFS): see lookup.
+                    | InitFlags::FUSE_EXPORT_SUPPORT,
+        );
         Ok(())
     }
 
@@ -370,6 +374,21 @@ impl Filesystem for DfsFuse {
             name: name.as_bytes().to_vec(),
         };
         let result = self.rt.block_on(async {
+            // "." and ".." come from the kernel only when it decodes a file
+            // handle (open_by_handle_at, NFS export): inode numbers are
+            // global, so any inode can be found again from its number.
+            match name.as_bytes() {
+                b"." => return self.getattr_async(parent.0).await,
+                b".." => {
+                    let dir = self.getattr_async(parent.0).await?;
+                    if dir.kind() != FileKind::Directory {
+                        return Err(DfsError::new(libc::ENOTDIR, "not a directory"));
+                    }
+                    let up = if dir.parent == 0 { dir.ino } else { dir.parent };
+                    return self.getattr_async(up).await;
+                }
+                _ => {}
+            }
             let attr = self
                 .dfs
                 .cluster

@@ -884,17 +884,30 @@ impl Dfs {
 
     /// lseek's SEEK_DATA / SEEK_HOLE over committed chunks and buffered
     /// writes; `None` is ENXIO (no data at or after `offset`, or past EOF).
+    /// Holes are reported in whole 4 KiB blocks, as block file systems do
+    /// (tools and tests that probe the allocation unit expect one): a
+    /// smaller gap between data reads as zeros but counts as data.
     pub fn seek_data_or_hole(&self, st: &FileState, offset: u64, data: bool) -> Option<u64> {
+        const HOLE_UNIT: u64 = 4096;
         if offset >= st.size {
             return None;
         }
-        // Data extents in order: chunks and buffered ranges, merged.
+        // Data extents in order, widened to whole blocks: chunks and
+        // buffered ranges, merged.
+        let widen = |(s, e): (u64, u64)| {
+            (
+                s / HOLE_UNIT * HOLE_UNIT,
+                e.div_ceil(HOLE_UNIT).saturating_mul(HOLE_UNIT).min(st.size),
+            )
+        };
         let mut extents: Vec<(u64, u64)> = st
             .map
-            .overlapping(offset, st.size)
+            .overlapping(offset.saturating_sub(HOLE_UNIT), st.size)
             .iter()
             .map(|c| (c.offset, c.offset + u64::from(c.len)))
-            .chain(st.buffer.ranges().into_iter().filter(|&(_, e)| e > offset))
+            .chain(st.buffer.ranges())
+            .map(widen)
+            .filter(|&(_, e)| e > offset)
             .collect();
         extents.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::new();
