@@ -22,6 +22,28 @@ use crate::client::Connector;
 /// The address the embedded chunk server registers under.
 pub const LOCAL_SERVER_ADDRESS: &str = "local";
 
+/// How long a mount waits for the volume's previous client to let go of
+/// it: `umount` returns before that client has closed its stores, so
+/// `umount && mount` would otherwise fail on the RocksDB lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `open` again while it fails on a RocksDB lock held by another
+/// process, for up to [`LOCK_WAIT`].
+async fn while_locked<T, E: std::fmt::Display>(
+    mut open: impl FnMut() -> tokio::task::JoinHandle<Result<T, E>>,
+) -> Result<Result<T, E>, tokio::task::JoinError> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let result = open().await?;
+        match &result {
+            Err(e) if e.to_string().contains("LOCK") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            _ => return Ok(result),
+        }
+    }
+}
+
 pub struct Embedded {
     pub meta: RpcTransport,
     chunks: RpcTransport,
@@ -34,22 +56,25 @@ impl Embedded {
         std::fs::create_dir_all(&root)
             .with_context(|| format!("cannot create data directory {}", root.display()))?;
         let meta_path = root.join("meta");
-        let store = tokio::task::spawn_blocking(move || RocksStore::open(&meta_path))
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot open the metadata store under {} (is another dfs-mount using it?)",
-                    root.display()
-                )
-            })?;
+        let store = while_locked(|| {
+            let meta_path = meta_path.clone();
+            tokio::task::spawn_blocking(move || RocksStore::open(&meta_path))
+        })
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open the metadata store under {} (is another dfs-mount using it?)",
+                root.display()
+            )
+        })?;
         let chunk_dir = root.join("chunks");
-        let shard_store = {
+        let shard_store = while_locked(|| {
             let dir = chunk_dir.clone();
             tokio::task::spawn_blocking(move || {
                 dfs_server::store::open_with_limits(&dir, None, None)
             })
-            .await?
-        }
+        })
+        .await?
         .with_context(|| format!("cannot open the shard store under {}", chunk_dir.display()))?;
         let shard_store = Arc::new(shard_store);
         let uuid = dfs_server::identity::load_or_create(&chunk_dir)

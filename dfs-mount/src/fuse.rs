@@ -621,6 +621,22 @@ impl Filesystem for DfsFuse {
             // nothing.
             if zero {
                 self.dfs.punch_hole(&mut st, offset, length).await?;
+            } else {
+                // Nothing is reserved, but a request for more than the
+                // cluster has free could never be written: say so now.
+                let fs = self
+                    .dfs
+                    .cluster
+                    .meta
+                    .call("statfs", |mut c| async move { c.stat_fs(Empty {}).await })
+                    .await?;
+                let free = fs.capacity_bytes.saturating_sub(fs.used_bytes);
+                if fs.capacity_bytes > 0 && length > free {
+                    return Err(DfsError::new(
+                        libc::ENOSPC,
+                        format!("fallocate of {length} bytes: the cluster has {free} bytes free"),
+                    ));
+                }
             }
             let end = offset.saturating_add(length);
             if !keep_size && end > st.size {

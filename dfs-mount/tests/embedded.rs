@@ -179,3 +179,66 @@ fn an_open_directory_that_is_removed_has_no_links() {
     // A directory that was never opened is simply gone.
     assert!(fs::metadata(m.path.join("a")).is_err());
 }
+
+#[test]
+fn umount_then_mount_at_once_waits_for_the_old_client() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let mnt = work.path().join("mnt");
+    fs::create_dir(&mnt).expect("mountpoint");
+    for round in 0..3u8 {
+        let out = std::process::Command::new(bin("dfs-mount"))
+            .arg(&source)
+            .arg(&mnt)
+            .output()
+            .expect("run dfs-mount");
+        assert!(
+            out.status.success(),
+            "mount {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::write(mnt.join(format!("f{round}")), vec![round; 1 << 20]).expect("write");
+        // umount returns before the client has closed its stores.
+        let status = std::process::Command::new("umount")
+            .arg(&mnt)
+            .status()
+            .expect("umount");
+        assert!(status.success());
+    }
+    let m = TestMount::start_at(&source, &mnt, &[]);
+    for round in 0..3u8 {
+        assert_eq!(
+            fs::read(m.path.join(format!("f{round}"))).expect("read"),
+            vec![round; 1 << 20]
+        );
+    }
+}
+
+#[test]
+fn fallocate_beyond_the_free_space_is_enospc() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &[]);
+    let status = std::process::Command::new("fallocate")
+        .args(["-l", "100T"])
+        .arg(m.path.join("huge"))
+        .output()
+        .expect("fallocate");
+    assert!(!status.status.success());
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("No space left"),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(fs::metadata(m.path.join("huge")).expect("stat").len(), 0);
+    let ok = std::process::Command::new("fallocate")
+        .args(["-l", "1M"])
+        .arg(m.path.join("small"))
+        .status()
+        .expect("fallocate");
+    assert!(ok.success());
+    assert_eq!(
+        fs::metadata(m.path.join("small")).expect("stat").len(),
+        1 << 20
+    );
+}
