@@ -265,6 +265,21 @@ impl DfsFuse {
         }
     }
 
+    /// Clears set-user-ID and set-group-ID on `ino`, if set.
+    async fn drop_suid_sgid(&self, ino: u64) -> Result<(), DfsError> {
+        let attr = self.getattr_async(ino).await?;
+        let privileged = libc::S_ISUID | libc::S_ISGID;
+        if attr.mode & privileged == 0 {
+            return Ok(());
+        }
+        let request = SetAttrRequest {
+            ino,
+            mode: Some(attr.mode & !privileged & 0o7777),
+            ..Default::default()
+        };
+        self.setattr_async(ino, request, None).await.map(|_| ())
+    }
+
     async fn setattr_async(
         &self,
         ino: u64,
@@ -612,6 +627,7 @@ impl Filesystem for DfsFuse {
             reply.error(Errno::EOPNOTSUPP);
             return;
         }
+        let caller = req.uid();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
             let mut st = handle.file.state.lock().await;
@@ -641,6 +657,13 @@ impl Filesystem for DfsFuse {
             let end = offset.saturating_add(length);
             if !keep_size && end > st.size {
                 self.dfs.truncate(&mut st, end).await?;
+            }
+            drop(st);
+            // As a write does (the kernel asks for that one itself): a
+            // change by an unprivileged user drops set-user-ID and
+            // set-group-ID.
+            if caller != 0 {
+                self.drop_suid_sgid(ino.0).await?;
             }
             Ok::<_, DfsError>(())
         });

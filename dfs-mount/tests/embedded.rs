@@ -242,3 +242,36 @@ fn fallocate_beyond_the_free_space_is_enospc() {
         1 << 20
     );
 }
+
+#[test]
+fn fallocate_by_an_unprivileged_user_drops_setgid() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &["allow_other"]);
+    // The test's temporary directories are private to root: let nobody in.
+    for dir in [work.path(), m.path.parent().expect("parent"), &m.path] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let file = m.path.join("a");
+    fs::write(&file, b"").expect("create");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o2666)).expect("chmod");
+    let as_nobody = std::process::Command::new("su")
+        .args(["nobody", "-s", "/bin/sh", "-c"])
+        .arg(format!("fallocate -l 4096 '{}'", file.display()))
+        .status()
+        .expect("su");
+    assert!(as_nobody.success());
+    let mode = fs::metadata(&file).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o666, "mode {mode:o}");
+    // Root keeps them (CAP_FSETID).
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o4766)).expect("chmod");
+    let as_root = std::process::Command::new("fallocate")
+        .args(["-l", "8192"])
+        .arg(&file)
+        .status()
+        .expect("fallocate");
+    assert!(as_root.success());
+    let mode = fs::metadata(&file).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o4766, "mode {mode:o}");
+}
