@@ -46,6 +46,10 @@ struct DirHandleState {
     /// The directory as opendir saw it: what fstat on the open handle
     /// answers (with no links) once the directory is removed.
     attr: InodeRecord,
+    /// Whether `entries` were read: not at opendir but when a listing
+    /// starts (offset 0), so a listing after rewinddir sees names added
+    /// since opendir (POSIX).
+    loaded: bool,
 }
 
 pub struct DfsFuse {
@@ -201,6 +205,34 @@ impl DfsFuse {
         Ok(self.dfs.overlay_attr(attr).await)
     }
 
+    /// The open directory behind `fh`, its entries read when a listing
+    /// starts (offset 0: the first one, or one after rewinddir).
+    fn dir_for_listing(
+        &self,
+        ino: u64,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<Arc<DirHandleState>, DfsError> {
+        let dir = self
+            .dirs
+            .lock()
+            .get(&fh.0)
+            .cloned()
+            .ok_or_else(|| DfsError::new(libc::EBADF, "unknown directory handle"))?;
+        if offset != 0 && dir.loaded {
+            return Ok(dir);
+        }
+        let entries = self.rt.block_on(self.dfs.read_dir_all(ino, true))?;
+        let fresh = Arc::new(DirHandleState {
+            entries,
+            parent: dir.parent,
+            attr: dir.attr.clone(),
+            loaded: true,
+        });
+        self.dirs.lock().insert(fh.0, fresh.clone());
+        Ok(fresh)
+    }
+
     /// The attributes of directory `ino` if this client has it open, with
     /// no links: for a directory that no longer exists.
     fn removed_open_dir(&self, ino: u64) -> Option<InodeRecord> {
@@ -321,7 +353,8 @@ impl DfsFuse {
         self.getattr_async(ino).await
     }
 
-    async fn open_dir_async(&self, ino: u64, plus: bool) -> Result<DirHandleState, DfsError> {
+    /// Opens directory `ino`: its entries are read by the first readdir.
+    async fn open_dir_async(&self, ino: u64) -> Result<DirHandleState, DfsError> {
         let attr = self
             .dfs
             .cluster
@@ -333,11 +366,11 @@ impl DfsFuse {
         if attr.kind() != FileKind::Directory {
             return Err(DfsError::new(libc::ENOTDIR, "not a directory"));
         }
-        let entries = self.dfs.read_dir_all(ino, plus).await?;
         Ok(DirHandleState {
-            entries,
+            entries: Vec::new(),
             parent: if attr.parent == 0 { ino } else { attr.parent },
             attr,
+            loaded: false,
         })
     }
 
@@ -980,7 +1013,7 @@ impl Filesystem for DfsFuse {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _span = op_span("opendir", req, ino.0).entered();
-        match self.rt.block_on(self.open_dir_async(ino.0, true)) {
+        match self.rt.block_on(self.open_dir_async(ino.0)) {
             Ok(state) => {
                 let fh = self.fh();
                 self.dirs.lock().insert(fh, Arc::new(state));
@@ -999,9 +1032,12 @@ impl Filesystem for DfsFuse {
         mut reply: ReplyDirectory,
     ) {
         let _span = op_span("readdir", req, ino.0).entered();
-        let Some(dir) = self.dirs.lock().get(&fh.0).cloned() else {
-            reply.error(Errno::EBADF);
-            return;
+        let dir = match self.dir_for_listing(ino.0, fh, offset) {
+            Ok(dir) => dir,
+            Err(e) => {
+                reply.error(fail("readdir", ino.0, &e));
+                return;
+            }
         };
         // Offsets: 1 is ".", 2 is "..", 2 + i + 1 is entry i.
         let mut next = offset;
@@ -1038,9 +1074,12 @@ impl Filesystem for DfsFuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _span = op_span("readdirplus", req, ino.0).entered();
-        let Some(dir) = self.dirs.lock().get(&fh.0).cloned() else {
-            reply.error(Errno::EBADF);
-            return;
+        let dir = match self.dir_for_listing(ino.0, fh, offset) {
+            Ok(dir) => dir,
+            Err(e) => {
+                reply.error(fail("readdirplus", ino.0, &e));
+                return;
+            }
         };
         let mut next = offset;
         let dots = if offset < 2 {

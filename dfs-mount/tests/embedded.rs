@@ -275,3 +275,48 @@ fn fallocate_by_an_unprivileged_user_drops_setgid() {
     let mode = fs::metadata(&file).expect("stat").permissions().mode() & 0o7777;
     assert_eq!(mode, 0o4766, "mode {mode:o}");
 }
+
+/// Names created after opendir are listed after rewinddir (POSIX; fstests
+/// generic/471).
+#[test]
+#[allow(unsafe_code)]
+fn rewinddir_sees_names_created_after_opendir() {
+    use std::ffi::{CStr, CString};
+    use std::os::unix::ffi::OsStrExt;
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &[]);
+    let dir = m.path.join("d");
+    fs::create_dir(&dir).expect("mkdir");
+    let path = CString::new(dir.as_os_str().as_bytes()).expect("path");
+    let names = |stream: *mut libc::DIR| {
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: `stream` is a valid open DIR*; readdir's entry is
+            // read before the next call.
+            let entry = unsafe { libc::readdir(stream) };
+            if entry.is_null() {
+                break;
+            }
+            // SAFETY: d_name is a NUL-terminated string inside the entry.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+            out.push(name.to_string_lossy().into_owned());
+        }
+        out.retain(|n| n != "." && n != "..");
+        out.sort();
+        out
+    };
+    // SAFETY: `path` is a valid C string.
+    let stream = unsafe { libc::opendir(path.as_ptr()) };
+    assert!(!stream.is_null(), "opendir failed");
+    fs::write(dir.join("early"), b"").expect("create");
+    // SAFETY: `stream` is open.
+    unsafe { libc::rewinddir(stream) };
+    assert_eq!(names(stream), vec!["early".to_string()]);
+    fs::write(dir.join("late"), b"").expect("create");
+    // SAFETY: `stream` is open.
+    unsafe { libc::rewinddir(stream) };
+    assert_eq!(names(stream), vec!["early".to_string(), "late".to_string()]);
+    // SAFETY: `stream` is open and not used afterwards.
+    unsafe { libc::closedir(stream) };
+}
