@@ -39,6 +39,9 @@ pub enum MetaError {
     Busy(String),
     #[error("{} chunks are not in the dedup index", .0.len())]
     MissingChunks(Vec<Vec<u8>>),
+    /// The client's lock session lease ran out: its locks were given up.
+    #[error("lock session {0} expired; its locks were released")]
+    LockSessionExpired(u64),
     #[error("corrupt metadata record: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -60,6 +63,7 @@ impl From<MetaError> for DfsError {
             MetaError::NoXattr => DfsError::new(libc::ENODATA, message),
             MetaError::XattrTooBig => DfsError::new(libc::E2BIG, message),
             MetaError::TooManyLinks => DfsError::new(libc::EMLINK, message),
+            MetaError::LockSessionExpired(_) => DfsError::new(libc::ENOLCK, message),
             MetaError::Busy(_) => DfsError::retryable(libc::EAGAIN, message),
             MetaError::MissingChunks(missing) => {
                 let mut err = DfsError::new(libc::EAGAIN, message);

@@ -18,6 +18,9 @@
 //! | `V` | `VolumeConfig` |
 //! | `T ino(le64)` | empty: a removed file whose chunk map is still being purged |
 //! | `O ino(le64)` | time (le i64 ns): an unlinked inode kept while a client has it open |
+//! | `L ino(le64)` | `LockTableRecord`: the byte-range locks held on an inode |
+//! | `Q session(be64)` | `LockSessionRecord`: a client's lock lease |
+//! | `W session(be64) ino(le64)` | empty: the session holds locks on the inode |
 //!
 //! Values are protobuf messages from `dfs-proto` (`*Record`), which only
 //! change compatibly, so old stores stay readable.
@@ -34,6 +37,9 @@ pub const VOLUME: u8 = b'V';
 pub const TRASH: u8 = b'T';
 pub const XATTR: u8 = b'X';
 pub const UNLINKED_OPEN: u8 = b'O';
+pub const LOCK_TABLE: u8 = b'L';
+pub const LOCK_SESSION: u8 = b'Q';
+pub const LOCK_HELD: u8 = b'W';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -142,6 +148,43 @@ pub fn unlinked_open(ino: u64) -> Vec<u8> {
 /// The inode of an unlinked-open marker, or `None` for a malformed key.
 pub fn unlinked_open_ino(key: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+pub fn lock_table(ino: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(LOCK_TABLE);
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
+}
+
+pub fn lock_session(session: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(LOCK_SESSION);
+    k.extend_from_slice(&session.to_be_bytes());
+    k
+}
+
+/// The session of a `Q` key, or `None` for a malformed key.
+pub fn lock_session_id(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+pub fn lock_held_prefix(session: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(LOCK_HELD);
+    k.extend_from_slice(&session.to_be_bytes());
+    k
+}
+
+pub fn lock_held(session: u64, ino: u64) -> Vec<u8> {
+    let mut k = lock_held_prefix(session);
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
+}
+
+/// The inode of a `W` key, or `None` for a malformed key.
+pub fn lock_held_ino(key: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(key.get(9..17)?.try_into().ok()?))
 }
 
 pub fn counter(name: &str) -> Vec<u8> {

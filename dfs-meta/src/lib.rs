@@ -5,6 +5,7 @@
 pub mod chunkmap;
 pub mod error;
 pub mod keys;
+pub mod locks;
 pub mod maintenance;
 pub mod namespace;
 pub mod purge;

@@ -260,6 +260,9 @@ fn remove_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) -> Result<()> {
         txn.clear(&key);
     }
     txn.clear(&keys::inode(inode.ino));
+    // Locks left by clients (their `W` index entries go when the session
+    // ends, finding no table).
+    txn.clear(&keys::lock_table(inode.ino));
     txn.atomic_add(&keys::counter(COUNTER_INODES), -1)?;
     Ok(())
 }

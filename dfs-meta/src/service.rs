@@ -17,7 +17,7 @@ use crate::maintenance::{
 };
 use crate::registry::Liveness;
 use crate::store::{transact, KvTxn, MetaStore};
-use crate::{chunkmap, namespace, registry};
+use crate::{chunkmap, locks, namespace, registry};
 
 /// Inode numbers a metadata server reserves at a time.
 const INODE_BATCH: u64 = 1024;
@@ -31,6 +31,10 @@ pub struct MetaService {
     inodes: Arc<namespace::InodeAllocator>,
     /// Rebuilds, scrub repairs, garbage collection, fsck.
     maintenance: Arc<Maintenance>,
+    /// Wakes lock requests waiting on this server when a lock is released
+    /// (waiters also poll, for locks released through another server).
+    lock_released: Arc<tokio::sync::Notify>,
+    started: std::time::Instant,
 }
 
 impl MetaService {
@@ -63,6 +67,8 @@ impl MetaService {
             liveness,
             purge_wake,
             inodes: Arc::new(namespace::InodeAllocator::new(INODE_BATCH)),
+            lock_released: Arc::new(tokio::sync::Notify::new()),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -122,8 +128,100 @@ impl MetaService {
     }
 }
 
+/// How often a waiting lock request looks again for a release it was not
+/// woken for (one made through another metadata server).
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The longest a lock request waits on the server before answering.
+const LOCK_WAIT_MAX_MS: u32 = 10_000;
+
+impl MetaService {
+    fn lock_clock(&self, now_ns: i64) -> locks::LockClock {
+        locks::LockClock {
+            now_ns,
+            leases_trusted: self.started.elapsed() >= locks::LEASE,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Meta for MetaService {
+    async fn open_lock_session(
+        &self,
+        r: Request<LockSessionRequest>,
+    ) -> Result<Response<LockSessionReply>, Status> {
+        let r = r.into_inner();
+        self.run("open_lock_session", move |t, now| {
+            let (session, renewed) = locks::open_session(t, r.session, &r.host, now)?;
+            Ok(LockSessionReply {
+                session,
+                lease_ms: locks::LEASE.as_millis() as u64,
+                renewed,
+            })
+        })
+        .await
+    }
+
+    async fn end_lock_session(
+        &self,
+        r: Request<LockSessionRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let session = r.into_inner().session;
+        loop {
+            let done = self
+                .run("end_lock_session", move |t, _| {
+                    locks::end_session_step(t, session)
+                })
+                .await?
+                .into_inner();
+            if done {
+                break;
+            }
+        }
+        self.lock_released.notify_waiters();
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn set_lock(&self, r: Request<SetLockRequest>) -> Result<Response<SetLockReply>, Status> {
+        let r = r.into_inner();
+        let wait = std::time::Duration::from_millis(r.wait_ms.min(LOCK_WAIT_MAX_MS).into());
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the attempt, so a release between the
+            // attempt and the wait is not missed.
+            let released = self.lock_released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let request = r;
+            let services = self.clone();
+            let granted = self
+                .run("set_lock", move |t, now| {
+                    locks::set_lock(t, &request, services.lock_clock(now))
+                })
+                .await?
+                .into_inner();
+            if granted {
+                // Any change may have freed a range someone waits for.
+                self.lock_released.notify_waiters();
+                return Ok(Response::new(SetLockReply { granted }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(SetLockReply { granted }));
+            }
+            let _ = tokio::time::timeout((deadline - now).min(LOCK_POLL), released).await;
+        }
+    }
+
+    async fn get_lock(&self, r: Request<SetLockRequest>) -> Result<Response<GetLockReply>, Status> {
+        let r = r.into_inner();
+        let services = self.clone();
+        self.run("get_lock", move |t, now| {
+            locks::get_lock(t, &r, services.lock_clock(now))
+        })
+        .await
+    }
+
     async fn lookup(&self, r: Request<LookupRequest>) -> Result<Response<InodeRecord>, Status> {
         let r = r.into_inner();
         self.run("lookup", move |t, _| {

@@ -19,12 +19,14 @@ use dfs_proto::{
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
+use tracing::Instrument;
 
 use crate::fs::{Dfs, OpenFile};
+use crate::locks::Locks;
 
 const BLOCK_SIZE: u32 = 4096;
 const MAX_WRITE: u32 = 1024 * 1024;
@@ -64,6 +66,10 @@ pub struct DfsFuse {
     /// must drop privileges, which would otherwise be one metadata round
     /// trip per write call.
     no_capability: Mutex<HashMap<u64, std::time::Instant>>,
+    /// fcntl/flock locks, held in the metadata service for every client.
+    locks: Arc<Locks>,
+    /// Tells the kernel to drop cached pages (set once the session exists).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 /// The attribute the kernel looks up before every write.
@@ -171,14 +177,21 @@ fn time_ns(t: Option<TimeOrNow>) -> (Option<i64>, bool) {
 impl DfsFuse {
     pub fn new(dfs: Arc<Dfs>, rt: tokio::runtime::Handle, ttl: Duration) -> Self {
         Self {
-            dfs,
             rt,
             ttl,
             next_fh: AtomicU64::new(1),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             no_capability: Mutex::new(HashMap::new()),
+            locks: Locks::new(dfs.cluster.meta.clone()),
+            dfs,
+            notifier: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Where the mount puts the session's notifier once it exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     fn fh(&self) -> u64 {
@@ -395,7 +408,10 @@ impl Filesystem for DfsFuse {
             InitFlags::FUSE_DO_READDIRPLUS
                     | InitFlags::FUSE_PARALLEL_DIROPS
                     // File handles (name_to_handle_at, NFS): see lookup.
-                    | InitFlags::FUSE_EXPORT_SUPPORT,
+                    | InitFlags::FUSE_EXPORT_SUPPORT
+                    // fcntl and flock locks go to the cluster (locks.rs).
+                    | InitFlags::FUSE_POSIX_LOCKS
+                    | InitFlags::FUSE_FLOCK_LOCKS,
         );
         Ok(())
     }
@@ -413,6 +429,7 @@ impl Filesystem for DfsFuse {
                 tracing::error!(ino = h.ino, error = %e, "data not flushed at unmount");
             }
         }
+        self.rt.block_on(self.locks.end());
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -968,14 +985,19 @@ impl Filesystem for DfsFuse {
         req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let _span = op_span("flush", req, ino.0).entered();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
-            let mut st = handle.file.state.lock().await;
-            self.dfs.flush(&mut st).await
+            {
+                let mut st = handle.file.state.lock().await;
+                self.dfs.flush(&mut st).await?;
+            }
+            // A close releases the process's fcntl locks on the file, after
+            // its data is committed: the next holder sees it.
+            self.locks.release_owner(ino.0, lock_owner.0).await
         });
         reply_empty(result, "flush", ino.0, reply);
     }
@@ -989,7 +1011,12 @@ impl Filesystem for DfsFuse {
         reply: ReplyEmpty,
     ) {
         let _span = op_span("fsync", req, ino.0).entered();
-        self.flush(req, ino, fh, LockOwner(0), reply);
+        let result = self.rt.block_on(async {
+            let handle = self.file_handle(fh)?;
+            let mut st = handle.file.state.lock().await;
+            self.dfs.flush(&mut st).await
+        });
+        reply_empty(result, "fsync", ino.0, reply);
     }
 
     fn release(
@@ -998,7 +1025,7 @@ impl Filesystem for DfsFuse {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
@@ -1008,7 +1035,90 @@ impl Filesystem for DfsFuse {
             Some(h) => self.rt.block_on(self.dfs.release(&h.file)),
             None => Ok(()),
         };
+        // The last close of an open file description releases its flock
+        // (the kernel names the owner only when it took one).
+        let result = match lock_owner {
+            Some(owner) => result.and(self.rt.block_on(self.locks.release_owner(ino.0, owner.0))),
+            None => result,
+        };
         reply_empty(result, "release", ino.0, reply);
+    }
+
+    fn getlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let _span = op_span("getlk", req, ino.0).entered();
+        match self
+            .rt
+            .block_on(self.locks.get(ino.0, lock_owner.0, start, end, typ))
+        {
+            Ok(held) => reply.locked(held.start, held.end, held.typ, held.pid),
+            Err(e) => reply.error(fail("getlk", ino.0, &e)),
+        }
+    }
+
+    /// Answered from a task: F_SETLKW may wait for a long time, and must not
+    /// hold one of the FUSE threads meanwhile.
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let span = op_span("setlk", req, ino.0);
+        let file = self.files.lock().get(&fh.0).map(|h| h.file.clone());
+        let (dfs, locks, notifier) = (self.dfs.clone(), self.locks.clone(), self.notifier.clone());
+        let waiter = sleep.then_some(req.pid());
+        let ino = ino.0;
+        self.rt.spawn(
+            async move {
+                let result = async {
+                    // What was written under a lock is committed before the
+                    // lock changes hands.
+                    if let Some(file) = &file {
+                        let mut st = file.state.lock().await;
+                        dfs.flush(&mut st).await?;
+                    }
+                    locks
+                        .set(ino, lock_owner.0, start, end, typ, pid, waiter)
+                        .await?;
+                    // ... and what another client wrote under it is what a
+                    // reader holding it now sees.
+                    if typ != libc::F_UNLCK {
+                        if let Some(file) = &file {
+                            let mut st = file.state.lock().await;
+                            if dfs.refresh(&mut st).await? {
+                                if let Some(n) = notifier.get() {
+                                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                                        tracing::debug!(ino, error = %e, "cannot drop cached pages");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok::<_, DfsError>(())
+                }
+                .await;
+                reply_empty(result, "setlk", ino, reply);
+            }
+            .instrument(span),
+        );
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -13,5 +13,6 @@ pub mod embedded;
 pub mod fs;
 pub mod fuse;
 pub mod launch;
+pub mod locks;
 pub mod mount;
 pub mod pipeline;

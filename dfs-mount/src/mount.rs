@@ -173,6 +173,7 @@ pub fn run(req: MountRequest, ready: impl FnOnce(Result<(), String>)) -> anyhow:
         }
     };
     let fs = DfsFuse::new(dfs, runtime.handle().clone(), req.options.consistency.ttl());
+    let notifier = fs.notifier_slot();
     let mut session = match fuser::Session::new(fs, &mountpoint, &fuse_config(&req)) {
         Ok(s) => s,
         Err(e) => {
@@ -181,6 +182,7 @@ pub fn run(req: MountRequest, ready: impl FnOnce(Result<(), String>)) -> anyhow:
             bail!(msg);
         }
     };
+    notifier.set(session.notifier()).ok();
     let mut unmounter = session.unmount_callable();
     let background = session.spawn().context("cannot start the FUSE session")?;
     tracing::info!(mountpoint = %mountpoint.display(), source = %req.source_text, "mounted");

@@ -347,6 +347,30 @@ mod tests {
 
     #[tonic::async_trait]
     impl Meta for FakeMeta {
+        async fn open_lock_session(
+            &self,
+            _: Request<LockSessionRequest>,
+        ) -> Result<Response<LockSessionReply>, Status> {
+            unimplemented()
+        }
+        async fn end_lock_session(
+            &self,
+            _: Request<LockSessionRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
+        async fn set_lock(
+            &self,
+            _: Request<SetLockRequest>,
+        ) -> Result<Response<SetLockReply>, Status> {
+            unimplemented()
+        }
+        async fn get_lock(
+            &self,
+            _: Request<SetLockRequest>,
+        ) -> Result<Response<GetLockReply>, Status> {
+            unimplemented()
+        }
         async fn lookup(&self, _: Request<LookupRequest>) -> Result<Response<InodeRecord>, Status> {
             unimplemented()
         }

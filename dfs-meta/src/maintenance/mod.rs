@@ -208,6 +208,9 @@ impl Maintenance {
                 if let Err(e) = self.expire_unlinked().await {
                     tracing::warn!(error = %e, "expiring unlinked files of dead clients failed");
                 }
+                if let Err(e) = self.expire_lock_sessions().await {
+                    tracing::warn!(error = %e, "ending lock sessions of dead clients failed");
+                }
                 match self.repair_scan().await {
                     Ok(summary) => tracing::debug!(
                         scanned = summary.scanned,
@@ -276,6 +279,59 @@ impl Maintenance {
             self.purge_wake.notify_one();
         }
         Ok(total)
+    }
+}
+
+impl Maintenance {
+    /// Ends the lock sessions whose lease ran out (their clients died or
+    /// lost contact), releasing their locks.
+    pub async fn expire_lock_sessions(&self) -> Result<u64> {
+        // Leases could not be renewed while this server was down.
+        if self.started.elapsed() < crate::locks::LEASE {
+            return Ok(0);
+        }
+        let mut ended = 0;
+        let mut from = Vec::new();
+        loop {
+            let start = from.clone();
+            let (expired, next) = self
+                .txn("expired_lock_sessions", move |t| {
+                    crate::locks::expired_sessions(t, &start, now_ns(), 100)
+                })
+                .await?;
+            for session in expired {
+                // Renewed since it was listed: leave it.
+                loop {
+                    let done = self
+                        .txn("end_lock_session", move |t| {
+                            let (alive, _) = crate::locks::expired_sessions(
+                                t,
+                                &crate::keys::lock_session(session),
+                                now_ns(),
+                                1,
+                            )?;
+                            if alive.first() != Some(&session) {
+                                return Ok(true);
+                            }
+                            crate::locks::end_session_step(t, session)
+                        })
+                        .await?;
+                    if done {
+                        break;
+                    }
+                }
+                tracing::info!(
+                    session,
+                    "ended the lock session of a client that stopped renewing it"
+                );
+                ended += 1;
+            }
+            match next {
+                Some(key) => from = key,
+                None => break,
+            }
+        }
+        Ok(ended)
     }
 }
 

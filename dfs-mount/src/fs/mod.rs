@@ -243,7 +243,7 @@ impl Dfs {
                     st.data_version = data_version;
                     Ok(())
                 }
-                _ => self.refresh(&mut st).await,
+                _ => self.refresh(&mut st).await.map(|_| ()),
             }
         };
         if let Err(e) = result {
@@ -254,12 +254,13 @@ impl Dfs {
     }
 
     /// Loads the chunk map into a placeholder, or reloads a clean shared
-    /// state whose inode changed since.
-    async fn refresh(&self, st: &mut FileState) -> Result<(), DfsError> {
+    /// state whose inode changed since. Returns true when a map was
+    /// (re)loaded.
+    pub async fn refresh(&self, st: &mut FileState) -> Result<bool, DfsError> {
         if st.loaded {
             if !st.is_clean() || st.orphaned {
                 // Our own pending writes are what this client must see.
-                return Ok(());
+                return Ok(false);
             }
             let ino = st.ino;
             let attr = self
@@ -270,7 +271,7 @@ impl Dfs {
                 })
                 .await?;
             if attr.data_version == st.data_version {
-                return Ok(());
+                return Ok(false);
             }
             tracing::debug!(
                 ino,
@@ -283,7 +284,7 @@ impl Dfs {
         st.committed_size = size;
         st.data_version = version;
         st.loaded = true;
-        Ok(())
+        Ok(true)
     }
 
     /// Called on the last close of a handle: flushes, and forgets the
