@@ -34,6 +34,8 @@ pub enum MetaError {
     TooManyLinks,
     #[error("operation not permitted: {0}")]
     NotPermitted(String),
+    #[error("permission denied: {0}")]
+    AccessDenied(String),
     /// Background work on this object must finish first; retry shortly.
     #[error("busy: {0}")]
     Busy(String),
@@ -60,6 +62,7 @@ impl From<MetaError> for DfsError {
             MetaError::NameTooLong => DfsError::new(libc::ENAMETOOLONG, message),
             MetaError::Invalid(_) => DfsError::new(libc::EINVAL, message),
             MetaError::NotPermitted(_) => DfsError::new(libc::EPERM, message),
+            MetaError::AccessDenied(_) => DfsError::new(libc::EACCES, message),
             MetaError::NoXattr => DfsError::new(libc::ENODATA, message),
             MetaError::XattrTooBig => DfsError::new(libc::E2BIG, message),
             MetaError::TooManyLinks => DfsError::new(libc::EMLINK, message),

@@ -3,13 +3,14 @@
 
 use dfs_proto::{
     CreateRequest, DirEntry, DirentRecord, FileKind, InodeRecord, RenameRequest, SetAttrRequest,
+    XattrRequest,
 };
 use prost::Message;
 
-use crate::chunkmap;
 use crate::error::{MetaError, Result};
 use crate::keys;
 use crate::store::{decode_counter, KvTxn};
+use crate::{acl, chunkmap};
 
 pub const ROOT_INO: u64 = 1;
 /// Longest name one directory entry may have, as on Linux.
@@ -165,6 +166,30 @@ pub fn create(
         ));
     }
     let mut mode = req.mode & 0o7777;
+    // A default ACL on the parent replaces the umask: the new inode's ACL
+    // is it, limited by the mode asked for.
+    let inherited = match kind {
+        FileKind::Symlink => None,
+        _ => txn.get(&keys::xattr(req.parent, acl::DEFAULT))?,
+    };
+    let mut new_xattrs: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    match inherited.as_deref().map(acl::Acl::parse) {
+        Some(Ok(default)) => {
+            let access = default.masked_for_create(mode);
+            mode = (mode & !0o777) | access.mode_bits();
+            if !access.is_minimal() {
+                new_xattrs.push((acl::ACCESS, access.to_bytes()));
+            }
+            if kind == FileKind::Directory {
+                new_xattrs.push((acl::DEFAULT, default.to_bytes()));
+            }
+        }
+        Some(Err(e)) => {
+            tracing::warn!(parent = req.parent, error = %e, "ignoring an unreadable default ACL");
+            mode &= !req.umask;
+        }
+        None => mode &= !req.umask,
+    }
     let mut gid = req.gid;
     // A setgid directory hands its group down, and the bit to subdirectories.
     if parent.mode & S_ISGID != 0 {
@@ -199,6 +224,9 @@ pub fn create(
         data_version: 0,
     };
     put_inode(txn, &inode);
+    for (name, value) in new_xattrs {
+        txn.set(&keys::xattr(ino, name), &value);
+    }
     put_record(
         txn,
         &keys::dirent(req.parent, &req.name),
@@ -523,6 +551,19 @@ pub fn set_attr(txn: &mut dyn KvTxn, req: &SetAttrRequest, now_ns: i64) -> Resul
     let mut inode = get_inode(txn, req.ino)?;
     if let Some(mode) = req.mode {
         inode.mode = mode & 0o7777;
+        // chmod rewrites the access ACL's owner, mask and other entries.
+        let key = keys::xattr(req.ino, acl::ACCESS);
+        if let Some(value) = txn.get(&key)? {
+            match acl::Acl::parse(&value) {
+                Ok(mut access) => {
+                    access.chmod(inode.mode);
+                    txn.set(&key, &access.to_bytes());
+                }
+                Err(e) => {
+                    tracing::warn!(ino = req.ino, error = %e, "unreadable access ACL left as is")
+                }
+            }
+        }
     }
     if req.uid.is_some() || req.gid.is_some() {
         if let Some(uid) = req.uid {
@@ -613,14 +654,8 @@ fn check_xattr_name(name: &[u8]) -> Result<()> {
 
 /// Sets an extended attribute; `flags` as setxattr(2) (XATTR_CREATE fails
 /// on an existing name, XATTR_REPLACE on a missing one).
-pub fn set_xattr(
-    txn: &mut dyn KvTxn,
-    ino: u64,
-    name: &[u8],
-    value: &[u8],
-    flags: u32,
-    now_ns: i64,
-) -> Result<()> {
+pub fn set_xattr(txn: &mut dyn KvTxn, req: &XattrRequest, now_ns: i64) -> Result<()> {
+    let (ino, name, value, flags) = (req.ino, &req.name[..], &req.value[..], req.flags);
     check_xattr_name(name)?;
     if value.len() > dfs_proto::XATTR_SIZE_MAX {
         return Err(MetaError::XattrTooBig);
@@ -639,7 +674,36 @@ pub fn set_xattr(
     if !exists && flags & dfs_proto::XATTR_REPLACE != 0 {
         return Err(MetaError::NoXattr);
     }
-    txn.set(&key, value);
+    if name == acl::ACCESS || name == acl::DEFAULT {
+        let parsed = acl::Acl::parse(value)?;
+        if inode.kind() == FileKind::Symlink {
+            return Err(MetaError::NotPermitted(
+                "symbolic links have no ACLs".into(),
+            ));
+        }
+        if name == acl::DEFAULT {
+            if inode.kind() != FileKind::Directory {
+                return Err(MetaError::AccessDenied(
+                    "only directories have default ACLs".into(),
+                ));
+            }
+            txn.set(&key, &parsed.to_bytes());
+        } else {
+            // The mode carries what the ACL says of owner, mask and other;
+            // an ACL that says no more is not kept.
+            inode.mode = (inode.mode & !0o777) | parsed.mode_bits();
+            if req.kill_sgid {
+                inode.mode &= !S_ISGID;
+            }
+            if parsed.is_minimal() {
+                txn.clear(&key);
+            } else {
+                txn.set(&key, &parsed.to_bytes());
+            }
+        }
+    } else {
+        txn.set(&key, value);
+    }
     inode.ctime_ns = now_ns;
     put_inode(txn, &inode);
     Ok(())

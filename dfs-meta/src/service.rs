@@ -300,7 +300,7 @@ impl Meta for MetaService {
     async fn set_xattr(&self, r: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
         self.run("setxattr", move |t, now| {
-            namespace::set_xattr(t, r.ino, &r.name, &r.value, r.flags, now).map(|_| Empty {})
+            namespace::set_xattr(t, &r, now).map(|_| Empty {})
         })
         .await
     }

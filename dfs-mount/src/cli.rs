@@ -74,6 +74,9 @@ pub struct MountOptions {
     pub nodev: bool,
     pub nosuid: bool,
     pub noexec: bool,
+    /// POSIX ACLs enforced (`acl`, the default; `noacl`: mode bits only,
+    /// ACLs kept as plain extended attributes).
+    pub acl: bool,
     pub consistency: Consistency,
     pub cache_bytes: u64,
     pub readahead_bytes: u64,
@@ -98,6 +101,7 @@ impl Default for MountOptions {
             nodev: false,
             nosuid: false,
             noexec: false,
+            acl: true,
             consistency: Consistency::ReadOwn,
             cache_bytes: 256 << 20,
             readahead_bytes: 4 << 20,
@@ -164,6 +168,8 @@ impl MountOptions {
                 "suid" => self.nosuid = false,
                 "noexec" => self.noexec = true,
                 "exec" => self.noexec = false,
+                "acl" | "posixacl" => self.acl = true,
+                "noacl" => self.acl = false,
                 // The kernel checks permissions from mode bits always; the
                 // option is accepted for fstab compatibility.
                 "default_permissions" => {}

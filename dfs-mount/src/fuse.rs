@@ -70,6 +70,24 @@ pub struct DfsFuse {
     locks: Arc<Locks>,
     /// Tells the kernel to drop cached pages (set once the session exists).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// POSIX ACLs enforced by the kernel (mount option `acl`, the default).
+    posix_acl: bool,
+}
+
+/// The access ACL's extended attribute.
+const ACL_ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
+
+/// True when the process behind `req` has `gid` as its file-system group
+/// or a supplementary group (read from `/proc/PID/status`).
+fn caller_in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
 /// The attribute the kernel looks up before every write.
@@ -186,7 +204,14 @@ impl DfsFuse {
             locks: Locks::new(dfs.cluster.meta.clone()),
             dfs,
             notifier: Arc::new(std::sync::OnceLock::new()),
+            posix_acl: true,
         }
+    }
+
+    /// Turns kernel enforcement of POSIX ACLs on or off (`-o noacl`).
+    pub fn with_posix_acl(mut self, on: bool) -> Self {
+        self.posix_acl = on;
+        self
     }
 
     /// Where the mount puts the session's notifier once it exists.
@@ -297,6 +322,7 @@ impl DfsFuse {
         name: &OsStr,
         kind: FileKind,
         mode: u32,
+        umask: u32,
     ) -> CreateRequest {
         CreateRequest {
             parent: parent.0,
@@ -307,6 +333,10 @@ impl DfsFuse {
             gid: req.gid(),
             rdev: 0,
             symlink_target: Vec::new(),
+            // The metadata server applies it unless the parent's default
+            // ACL decides the permissions (the kernel leaves that to us:
+            // FUSE_DONT_MASK).
+            umask,
         }
     }
 
@@ -404,15 +434,28 @@ impl Filesystem for DfsFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_DO_READDIRPLUS
-                    | InitFlags::FUSE_PARALLEL_DIROPS
-                    // File handles (name_to_handle_at, NFS): see lookup.
-                    | InitFlags::FUSE_EXPORT_SUPPORT
-                    // fcntl and flock locks go to the cluster (locks.rs).
-                    | InitFlags::FUSE_POSIX_LOCKS
-                    | InitFlags::FUSE_FLOCK_LOCKS,
-        );
+        // One by one: a flag the kernel lacks must not cost the others.
+        let mut wanted = vec![
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            // File handles (name_to_handle_at, NFS): see lookup.
+            InitFlags::FUSE_EXPORT_SUPPORT,
+            // fcntl and flock locks go to the cluster (locks.rs).
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
+        ];
+        if self.posix_acl {
+            // The kernel enforces ACLs; the metadata server keeps them in
+            // step with the mode, and applies the umask itself because a
+            // default ACL replaces it.
+            wanted.push(InitFlags::FUSE_POSIX_ACL);
+            wanted.push(InitFlags::FUSE_DONT_MASK);
+        }
+        for flag in wanted {
+            if config.add_capabilities(flag).is_err() {
+                tracing::warn!(?flag, "the kernel does not offer this FUSE capability");
+            }
+        }
         Ok(())
     }
 
@@ -567,18 +610,32 @@ impl Filesystem for DfsFuse {
     ) {
         let _span = op_span("setxattr", req, ino.0).entered();
         self.no_capability.lock().remove(&ino.0);
-        let request = XattrRequest {
+        let mut request = XattrRequest {
             ino: ino.0,
             name: name.as_bytes().to_vec(),
             value: value.to_vec(),
             flags: flags as u32,
+            kill_sgid: false,
         };
-        let result = self
-            .rt
-            .block_on(self.dfs.cluster.meta.call("setxattr", |mut c| {
-                let request = request.clone();
-                async move { c.set_xattr(request).await }
-            }));
+        let result = self.rt.block_on(async {
+            // fuser cannot receive the kernel's FUSE_SETXATTR_ACL_KILL_SGID,
+            // so its rule is applied here: setting an access ACL clears
+            // set-group-ID unless the caller is in the file's group or root.
+            if name.as_bytes() == ACL_ACCESS_XATTR && req.uid() != 0 {
+                let attr = self.getattr_async(ino.0).await?;
+                if attr.mode & libc::S_ISGID != 0 {
+                    request.kill_sgid = !caller_in_group(req, attr.gid);
+                }
+            }
+            self.dfs
+                .cluster
+                .meta
+                .call("setxattr", |mut c| {
+                    let request = request.clone();
+                    async move { c.set_xattr(request).await }
+                })
+                .await
+        });
         reply_empty(result, "setxattr", ino.0, reply);
     }
 
@@ -799,7 +856,7 @@ impl Filesystem for DfsFuse {
         reply: ReplyEntry,
     ) {
         let _span = op_span("mknod", req, parent.0).entered();
-        let mut request = Self::new_request(req, parent, name, kind_from_mode(mode), mode & !umask);
+        let mut request = Self::new_request(req, parent, name, kind_from_mode(mode), mode, umask);
         request.rdev = rdev;
         let result = self.rt.block_on(self.create_async(request));
         self.reply_entry(result, "mknod", parent.0, reply);
@@ -815,7 +872,7 @@ impl Filesystem for DfsFuse {
         reply: ReplyEntry,
     ) {
         let _span = op_span("mkdir", req, parent.0).entered();
-        let request = Self::new_request(req, parent, name, FileKind::Directory, mode & !umask);
+        let request = Self::new_request(req, parent, name, FileKind::Directory, mode, umask);
         let result = self.rt.block_on(self.create_async(request));
         self.reply_entry(result, "mkdir", parent.0, reply);
     }
@@ -829,7 +886,7 @@ impl Filesystem for DfsFuse {
         reply: ReplyEntry,
     ) {
         let _span = op_span("symlink", req, parent.0).entered();
-        let mut request = Self::new_request(req, parent, link_name, FileKind::Symlink, 0o777);
+        let mut request = Self::new_request(req, parent, link_name, FileKind::Symlink, 0o777, 0);
         request.symlink_target = target.as_os_str().as_bytes().to_vec();
         let result = self.rt.block_on(self.create_async(request));
         self.reply_entry(result, "symlink", parent.0, reply);
@@ -902,7 +959,7 @@ impl Filesystem for DfsFuse {
         reply: ReplyCreate,
     ) {
         let _span = op_span("create", req, parent.0).entered();
-        let request = Self::new_request(req, parent, name, FileKind::Regular, mode & !umask);
+        let request = Self::new_request(req, parent, name, FileKind::Regular, mode, umask);
         let result = self.rt.block_on(async {
             let attr = self.create_async(request).await?;
             let file = self.dfs.open_created(attr.ino, attr.data_version).await?;
@@ -1036,11 +1093,15 @@ impl Filesystem for DfsFuse {
             None => Ok(()),
         };
         // The last close of an open file description releases its flock
-        // (the kernel names the owner only when it took one).
-        let result = match lock_owner {
-            Some(owner) => result.and(self.rt.block_on(self.locks.release_owner(ino.0, owner.0))),
-            None => result,
-        };
+        // (the kernel names the owner only when it took one) and its OFD
+        // locks (never named: found by the handle they came through).
+        let locks = self.rt.block_on(async {
+            if let Some(owner) = lock_owner {
+                self.locks.release_owner(ino.0, owner.0).await?;
+            }
+            self.locks.release_handle(ino.0, fh.0).await
+        });
+        let result = result.and(locks);
         reply_empty(result, "release", ino.0, reply);
     }
 
@@ -1096,7 +1157,7 @@ impl Filesystem for DfsFuse {
                         dfs.flush(&mut st).await?;
                     }
                     locks
-                        .set(ino, lock_owner.0, start, end, typ, pid, waiter)
+                        .set(ino, fh.0, lock_owner.0, start, end, typ, pid, waiter)
                         .await?;
                     // ... and what another client wrote under it is what a
                     // reader holding it now sees.

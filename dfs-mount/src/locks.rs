@@ -44,9 +44,11 @@ pub struct Locks {
     host: String,
     /// The lock session, opened with the first lock.
     session: tokio::sync::Mutex<Option<u64>>,
-    /// Lock owners that may hold locks, by inode: closing a file whose
-    /// owner never locked it costs no round trip.
-    owners: Mutex<HashMap<u64, HashSet<u64>>>,
+    /// Lock owners that may hold locks, by inode, with the file handles
+    /// they locked through: closing a file whose owner never locked it
+    /// costs no round trip, and the last close of a handle releases the
+    /// OFD locks taken through it (the kernel names no owner for those).
+    owners: Mutex<HashMap<u64, HashMap<u64, HashSet<u64>>>>,
 }
 
 fn kind_of(typ: i32) -> Result<LockKind, DfsError> {
@@ -116,15 +118,21 @@ impl Locks {
         renew_once(&self.meta, session, &self.host).await
     }
 
-    fn note_owner(&self, ino: u64, owner: u64) {
-        self.owners.lock().entry(ino).or_default().insert(owner);
+    fn note_owner(&self, ino: u64, owner: u64, fh: u64) {
+        self.owners
+            .lock()
+            .entry(ino)
+            .or_default()
+            .entry(owner)
+            .or_default()
+            .insert(fh);
     }
 
     fn forget_owner(&self, ino: u64, owner: u64) {
         let mut owners = self.owners.lock();
-        if let Some(set) = owners.get_mut(&ino) {
-            set.remove(&owner);
-            if set.is_empty() {
+        if let Some(of_ino) = owners.get_mut(&ino) {
+            of_ino.remove(&owner);
+            if of_ino.is_empty() {
                 owners.remove(&ino);
             }
         }
@@ -134,7 +142,21 @@ impl Locks {
         self.owners
             .lock()
             .get(&ino)
-            .is_some_and(|set| set.contains(&owner))
+            .is_some_and(|of_ino| of_ino.contains_key(&owner))
+    }
+
+    /// Owners of `ino` that locked through handle `fh`.
+    fn owners_of_handle(&self, ino: u64, fh: u64) -> Vec<u64> {
+        self.owners
+            .lock()
+            .get(&ino)
+            .map_or_else(Vec::new, |of_ino| {
+                of_ino
+                    .iter()
+                    .filter(|(_, handles)| handles.contains(&fh))
+                    .map(|(&owner, _)| owner)
+                    .collect()
+            })
     }
 
     /// One SetLock call; a session the server forgot (its lease ran out
@@ -171,6 +193,7 @@ impl Locks {
     pub async fn set(
         self: &Arc<Self>,
         ino: u64,
+        fh: u64,
         owner: u64,
         start: u64,
         end: u64,
@@ -186,7 +209,7 @@ impl Locks {
             ));
         }
         if kind != LockKind::LockUnlock {
-            self.note_owner(ino, owner);
+            self.note_owner(ino, owner, fh);
         }
         let mut request = SetLockRequest {
             session: 0,
@@ -284,8 +307,22 @@ impl Locks {
         if !self.owner_known(ino, owner) {
             return Ok(());
         }
-        self.set(ino, owner, 0, u64::MAX, libc::F_UNLCK, 0, None)
+        self.set(ino, 0, owner, 0, u64::MAX, libc::F_UNLCK, 0, None)
             .await
+    }
+
+    /// At the last close of handle `fh` (RELEASE): releases the locks of
+    /// the owners that locked through it and were not released since.
+    /// These are OFD locks (their owner is the open file description,
+    /// which the kernel does not name at release); fcntl owners that
+    /// locked through it were released by the FLUSH of their close.
+    pub async fn release_handle(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), DfsError> {
+        let mut result = Ok(());
+        for owner in self.owners_of_handle(ino, fh) {
+            let released = self.release_owner(ino, owner).await;
+            result = result.and(released);
+        }
+        result
     }
 
     /// Ends the session at unmount, releasing every lock of this mount.

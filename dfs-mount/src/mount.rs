@@ -172,7 +172,8 @@ pub fn run(req: MountRequest, ready: impl FnOnce(Result<(), String>)) -> anyhow:
             return Err(e);
         }
     };
-    let fs = DfsFuse::new(dfs, runtime.handle().clone(), req.options.consistency.ttl());
+    let fs = DfsFuse::new(dfs, runtime.handle().clone(), req.options.consistency.ttl())
+        .with_posix_acl(req.options.acl);
     let notifier = fs.notifier_slot();
     let mut session = match fuser::Session::new(fs, &mountpoint, &fuse_config(&req)) {
         Ok(s) => s,

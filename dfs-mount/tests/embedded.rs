@@ -276,6 +276,85 @@ fn fallocate_by_an_unprivileged_user_drops_setgid() {
     assert_eq!(mode, 0o4766, "mode {mode:o}");
 }
 
+/// POSIX ACLs: enforced by the kernel, kept in step with the mode, and
+/// inherited from a directory's default ACL instead of the umask.
+#[test]
+fn posix_acls_are_enforced_follow_chmod_and_are_inherited() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &["allow_other"]);
+    for dir in [work.path(), m.path.parent().expect("parent"), &m.path] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let nobody = |cmd: &str| {
+        std::process::Command::new("su")
+            .args(["nobody", "-s", "/bin/sh", "-c", cmd])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("su")
+            .success()
+    };
+    let mode = |p: &std::path::Path| fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    let file = m.path.join("f");
+    let f = file.display().to_string();
+    fs::write(&file, b"secret\n").expect("create");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(!nobody(&format!("cat {f}")), "mode 600 keeps nobody out");
+    sh(&format!("setfacl -m u:nobody:rw {f}"));
+    assert_eq!(mode(&file), 0o660, "the group bits show the mask");
+    assert!(
+        nobody(&format!("cat {f} >/dev/null")),
+        "the ACL lets nobody read"
+    );
+    assert!(nobody(&format!("echo more >> {f}")), "and write");
+    // chmod narrows the mask: nobody's entry stays but no longer grants write.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).expect("chmod");
+    assert!(sh(&format!("getfacl -c {f}")).contains("mask::r--"));
+    assert!(
+        !nobody(&format!("echo more >> {f}")),
+        "the mask limits the entry"
+    );
+    assert!(nobody(&format!("cat {f} >/dev/null")));
+    // An ACL no richer than the mode is not kept as an attribute.
+    sh(&format!("setfacl -b {f}"));
+    sh(&format!("setfacl -m u::rw,g::r,o::- {f}"));
+    assert_eq!(sh(&format!("getfattr -m - -d {f}")), "");
+
+    // Default ACL: new names get it, masked by the mode asked for, and no
+    // umask; subdirectories carry it on.
+    let dir = m.path.join("d");
+    let d = dir.display().to_string();
+    fs::create_dir(&dir).expect("mkdir");
+    sh(&format!("setfacl -d -m u:nobody:rwx,g::rwx,o::- {d}"));
+    sh(&format!("umask 077; touch {d}/new; mkdir {d}/sub"));
+    assert_eq!(
+        mode(&dir.join("new")),
+        0o660,
+        "umask ignored, mode 666 masks the ACL"
+    );
+    let acl = sh(&format!("getfacl -c {d}/new"));
+    assert!(
+        acl.contains("user:nobody:rwx") && acl.contains("mask::rw-"),
+        "{acl}"
+    );
+    let sub = sh(&format!("getfacl -c {d}/sub"));
+    assert!(sub.contains("default:user:nobody:rwx"), "{sub}");
+    // Without a default ACL the umask applies as usual.
+    sh(&format!("umask 027; touch {}/plain", m.path.display()));
+    assert_eq!(mode(&m.path.join("plain")), 0o640);
+
+    // setfacl by the owner who is not in the file's group drops setgid.
+    let owned = m.path.join("owned");
+    fs::write(&owned, b"").expect("create");
+    sh(&format!(
+        "chown nobody:root {0} && chmod 2770 {0}",
+        owned.display()
+    ));
+    assert!(nobody(&format!("setfacl -m u:root:r {}", owned.display())));
+    assert_eq!(mode(&owned) & 0o2000, 0, "setgid kept: {:o}", mode(&owned));
+}
+
 /// Names created after opendir are listed after rewinddir (POSIX; fstests
 /// generic/471).
 #[test]

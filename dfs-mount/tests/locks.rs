@@ -135,6 +135,22 @@ fn fcntl_locks_hold_across_clients() {
     fcntl_lock(&on_a, libc::F_SETLK, libc::F_WRLCK, 0, 1)
         .expect("the close on b released its locks");
     fcntl_lock(&on_a, libc::F_SETLK, libc::F_UNLCK, 0, 0).expect("unlock");
+
+    // OFD locks belong to the open file and go with its last close.
+    let ofd = open_rw(&a.path.join("db"));
+    fcntl_lock(&ofd, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 10).expect("OFD lock");
+    assert_eq!(
+        fcntl_lock(&on_b, libc::F_SETLK, libc::F_WRLCK, 0, 1),
+        Err(libc::EAGAIN)
+    );
+    drop(ofd);
+    // The kernel sends the release after close(2) returns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = fcntl_lock(&on_b, libc::F_SETLK, libc::F_WRLCK, 0, 1) {
+        assert_eq!(e, libc::EAGAIN);
+        assert!(Instant::now() < deadline, "an OFD lock outlived its file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
