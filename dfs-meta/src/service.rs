@@ -16,7 +16,7 @@ use crate::maintenance::{
     fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig, ShardConnector,
 };
 use crate::registry::Liveness;
-use crate::store::{transact, KvTxn, MetaStore};
+use crate::store::{read_only, transact, KvTxn, MetaStore};
 use crate::{chunkmap, locks, namespace, registry};
 
 /// Inode numbers a metadata server reserves at a time.
@@ -99,6 +99,34 @@ impl MetaService {
         MetaServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Runs `body`, which only reads, on a blocking thread: on a snapshot
+    /// that takes no lock where the store has one, so lookups do not queue
+    /// behind other requests' synced commits.
+    async fn read<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        let store = self.store.clone();
+        let mut body = body;
+        let span = tracing::debug_span!("meta", op);
+        let result = tokio::task::spawn_blocking(move || {
+            let now = now_ns();
+            read_only(store.as_ref(), |txn| body(txn, now))
+        })
+        .instrument(span)
+        .await
+        .map_err(|e| Status::internal(format!("{op} panicked: {e}")))?;
+        match result {
+            Ok(v) => Ok(Response::new(v)),
+            Err(e) => {
+                let err = DfsError::from(e);
+                tracing::debug!(op, errno = err.errno, error = %err.message, "meta request failed");
+                Err(err.into())
+            }
+        }
     }
 
     /// Runs `body` as one transaction on a blocking thread.
@@ -216,7 +244,7 @@ impl Meta for MetaService {
     async fn get_lock(&self, r: Request<SetLockRequest>) -> Result<Response<GetLockReply>, Status> {
         let r = r.into_inner();
         let services = self.clone();
-        self.run("get_lock", move |t, now| {
+        self.read("get_lock", move |t, now| {
             locks::get_lock(t, &r, services.lock_clock(now))
         })
         .await
@@ -224,7 +252,7 @@ impl Meta for MetaService {
 
     async fn lookup(&self, r: Request<LookupRequest>) -> Result<Response<InodeRecord>, Status> {
         let r = r.into_inner();
-        self.run("lookup", move |t, _| {
+        self.read("lookup", move |t, _| {
             namespace::lookup(t, r.parent, &r.name)
         })
         .await
@@ -232,7 +260,7 @@ impl Meta for MetaService {
 
     async fn get_attr(&self, r: Request<InoRequest>) -> Result<Response<InodeRecord>, Status> {
         let ino = r.into_inner().ino;
-        self.run("getattr", move |t, _| namespace::get_inode(t, ino))
+        self.read("getattr", move |t, _| namespace::get_inode(t, ino))
             .await
     }
 
@@ -307,7 +335,7 @@ impl Meta for MetaService {
 
     async fn get_xattr(&self, r: Request<XattrRequest>) -> Result<Response<XattrReply>, Status> {
         let r = r.into_inner();
-        self.run("getxattr", move |t, _| {
+        self.read("getxattr", move |t, _| {
             namespace::get_xattr(t, r.ino, &r.name).map(|value| XattrReply { value })
         })
         .await
@@ -315,7 +343,7 @@ impl Meta for MetaService {
 
     async fn list_xattr(&self, r: Request<InoRequest>) -> Result<Response<XattrListReply>, Status> {
         let ino = r.into_inner().ino;
-        self.run("listxattr", move |t, _| {
+        self.read("listxattr", move |t, _| {
             namespace::list_xattr(t, ino).map(|names| XattrListReply { names })
         })
         .await
@@ -390,7 +418,7 @@ impl Meta for MetaService {
 
     async fn read_dir(&self, r: Request<ReadDirRequest>) -> Result<Response<ReadDirReply>, Status> {
         let r = r.into_inner();
-        self.run("readdir", move |t, _| {
+        self.read("readdir", move |t, _| {
             let (entries, more) =
                 namespace::read_dir(t, r.ino, &r.after_name, r.limit as usize, r.plus)?;
             Ok(ReadDirReply { entries, more })
@@ -431,7 +459,7 @@ impl Meta for MetaService {
         r: Request<LookupChunksRequest>,
     ) -> Result<Response<LookupChunksReply>, Status> {
         let r = r.into_inner();
-        self.run("lookup_chunks", move |t, _| {
+        self.read("lookup_chunks", move |t, _| {
             let found = chunkmap::lookup_chunks(t, &r.fingerprints)?;
             Ok(LookupChunksReply {
                 known: found.iter().map(Option::is_some).collect(),
@@ -464,7 +492,7 @@ impl Meta for MetaService {
         r: Request<ChunkMapRequest>,
     ) -> Result<Response<ChunkMapReply>, Status> {
         let r = r.into_inner();
-        self.run("chunk_map", move |t, _| {
+        self.read("chunk_map", move |t, _| {
             chunkmap::chunk_map(t, r.ino, r.from_offset, r.limit as usize)
         })
         .await

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{decode_counter, transact, KvTxn, MemStore, MetaStore, RocksStore, StoreError};
+use super::{
+    decode_counter, read_only, transact, KvTxn, MemStore, MetaStore, RocksStore, StoreError,
+};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -142,6 +144,49 @@ fn aborted_transaction_applies_nothing(store: &dyn MetaStore) {
     .expect("txn");
 }
 
+/// A read-only view sees what was committed before it and nothing after,
+/// and a body that writes through one fails without writing.
+fn read_only_views(store: &dyn MetaStore) {
+    put_all(store, &[(b"ro-a", b"1"), (b"ro-b", b"1")]);
+    let view = store.snapshot().expect("snapshot");
+    transact(store, |t| {
+        t.set(b"ro-a", b"2");
+        t.set(b"ro-b", b"2");
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+    let has_views = view.is_some();
+    if let Some(mut view) = view {
+        assert_eq!(view.get(b"ro-a").expect("get"), Some(b"1".to_vec()));
+        let values: Vec<Vec<u8>> = view
+            .range(b"ro-", b"ro.", 0, false)
+            .expect("range")
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            values,
+            vec![b"1".to_vec(), b"1".to_vec()],
+            "a view is one point in time"
+        );
+        assert!(!view.wrote());
+    }
+    let now = read_only(store, |t| t.get(b"ro-b")).expect("read");
+    assert_eq!(now, Some(b"2".to_vec()), "a new view sees the last commit");
+    let writing: std::result::Result<(), StoreError> = read_only(store, |t| {
+        t.set(b"ro-c", b"1");
+        Ok(())
+    });
+    if has_views {
+        assert!(
+            writing.is_err(),
+            "a write through a read-only view must fail"
+        );
+        let after = read_only(store, |t| t.get(b"ro-c")).expect("read");
+        assert_eq!(after, None);
+    }
+}
+
 /// A conflict that the body itself reports (as a read inside it would) runs
 /// the body again on a fresh transaction; what the failed attempt wrote is
 /// not applied.
@@ -277,6 +322,10 @@ macro_rules! conformance {
             #[test]
             fn conflict_in_body_is_retried() {
                 super::conflict_in_body_is_retried(make().0.as_ref());
+            }
+            #[test]
+            fn read_only_views() {
+                super::read_only_views(make().0.as_ref());
             }
             #[test]
             fn atomic_add_counts() {

@@ -107,6 +107,14 @@ pub trait MetaStore: Send + Sync + 'static {
     /// A short name for logs and status output ("rocksdb", "memory", ...).
     fn name(&self) -> &'static str;
 
+    /// A consistent read-only view that takes no lock, for backends whose
+    /// transactions serialize on one (the embedded RocksDB store), so that
+    /// lookups do not wait for another request's synced commit. `None`:
+    /// read through an ordinary transaction.
+    fn snapshot(&self) -> Result<Option<Box<dyn ReadView + '_>>, StoreError> {
+        Ok(None)
+    }
+
     /// Runs `body` on a transaction and commits it, starting again on
     /// conflicts. `Ok(true)`: committed; `Ok(false)`: the body aborted.
     /// Backends with a retry loop of their own (FoundationDB's, with its
@@ -172,6 +180,36 @@ where
         _ => Err(E::from(StoreError::Io(
             "transaction ended without an outcome from its body".into(),
         ))),
+    }
+}
+
+/// A read-only view: a [`KvTxn`] whose writes are refused at the end.
+pub trait ReadView: KvTxn {
+    /// True when the body tried to write (a bug: the write is dropped).
+    fn wrote(&self) -> bool;
+}
+
+/// Runs a body that only reads: on a lock-free snapshot where the backend
+/// has one, otherwise as a transaction. A body that writes is a bug: its
+/// writes are dropped and the call fails.
+pub fn read_only<T, E>(
+    store: &dyn MetaStore,
+    mut body: impl FnMut(&mut dyn KvTxn) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<StoreError> + ConflictError,
+{
+    match store.snapshot().map_err(E::from)? {
+        Some(mut view) => {
+            let result = body(view.as_mut());
+            if view.wrote() {
+                return Err(E::from(StoreError::Io(
+                    "a read-only request tried to write (a bug); nothing was written".into(),
+                )));
+            }
+            result
+        }
+        None => transact(store, body),
     }
 }
 

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, MutexGuard};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
 use super::overlay::{Base, Overlay, OverlayTxn, Pending};
-use super::{KeyValues, MetaStore, StoreError, Transaction};
+use super::{KeyValues, KvTxn, MetaStore, ReadView, StoreError, Transaction};
 
 /// Memtable size of the metadata store (RocksDB's default is 64 MiB).
 const METADATA_MEMTABLE_BYTES: usize = 2 * 1024 * 1024;
@@ -68,44 +68,115 @@ impl Base for RocksBase<'_> {
         reverse: bool,
         skip: &dyn Fn(&[u8]) -> bool,
     ) -> Result<KeyValues, StoreError> {
-        let mut out = Vec::new();
-        // Bounds let RocksDB stop at the range's edge instead of stepping
-        // over every deleted or overwritten entry past it (chunk maps are
-        // rewritten constantly, and their old versions pile up).
-        let mut read = rocksdb::ReadOptions::default();
-        read.set_iterate_lower_bound(begin.to_vec());
-        read.set_iterate_upper_bound(end.to_vec());
-        let mut iter = self.db.raw_iterator_opt(read);
+        range_read(self.db, None, begin, end, limit, reverse, skip)
+    }
+}
+
+/// Key-value pairs in `[begin, end)` of the live database or of a snapshot.
+fn range_read(
+    db: &DB,
+    snapshot: Option<&rocksdb::Snapshot<'_>>,
+    begin: &[u8],
+    end: &[u8],
+    limit: usize,
+    reverse: bool,
+    skip: &dyn Fn(&[u8]) -> bool,
+) -> Result<KeyValues, StoreError> {
+    let mut out = Vec::new();
+    // Bounds let RocksDB stop at the range's edge instead of stepping
+    // over every deleted or overwritten entry past it (chunk maps are
+    // rewritten constantly, and their old versions pile up).
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_iterate_lower_bound(begin.to_vec());
+    read.set_iterate_upper_bound(end.to_vec());
+    if let Some(snapshot) = snapshot {
+        read.set_snapshot(snapshot);
+    }
+    let mut iter = db.raw_iterator_opt(read);
+    if reverse {
+        iter.seek_for_prev(end);
+        // seek_for_prev lands on `end` itself when it exists: step off it.
+        if iter.valid() && iter.key() == Some(end) {
+            iter.prev();
+        }
+    } else {
+        iter.seek(begin);
+    }
+    while iter.valid() {
+        let (Some(k), Some(v)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        if k < begin || k >= end {
+            break;
+        }
+        if !skip(k) {
+            out.push((k.to_vec(), v.to_vec()));
+            if limit != 0 && out.len() == limit {
+                break;
+            }
+        }
         if reverse {
-            iter.seek_for_prev(end);
-            // seek_for_prev lands on `end` itself when it exists: step off it.
-            if iter.valid() && iter.key() == Some(end) {
-                iter.prev();
-            }
+            iter.prev();
         } else {
-            iter.seek(begin);
+            iter.next();
         }
-        while iter.valid() {
-            let (Some(k), Some(v)) = (iter.key(), iter.value()) else {
-                break;
-            };
-            if k < begin || k >= end {
-                break;
-            }
-            if !skip(k) {
-                out.push((k.to_vec(), v.to_vec()));
-                if limit != 0 && out.len() == limit {
-                    break;
-                }
-            }
-            if reverse {
-                iter.prev();
-            } else {
-                iter.next();
-            }
-        }
-        iter.status().map_err(io)?;
-        Ok(out)
+    }
+    iter.status().map_err(io)?;
+    Ok(out)
+}
+
+/// A read-only view on a RocksDB snapshot: consistent like a transaction,
+/// but without the store's lock, so reads do not queue behind a commit.
+pub struct SnapshotView<'a> {
+    db: &'a DB,
+    snapshot: rocksdb::Snapshot<'a>,
+    wrote: bool,
+}
+
+impl KvTxn for SnapshotView<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.snapshot.get(key).map_err(io)
+    }
+
+    fn range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<KeyValues, StoreError> {
+        range_read(
+            self.db,
+            Some(&self.snapshot),
+            begin,
+            end,
+            limit,
+            reverse,
+            &|_| false,
+        )
+    }
+
+    fn set(&mut self, _key: &[u8], _value: &[u8]) {
+        self.wrote = true;
+    }
+
+    fn clear(&mut self, _key: &[u8]) {
+        self.wrote = true;
+    }
+
+    fn clear_range(&mut self, _begin: &[u8], _end: &[u8]) {
+        self.wrote = true;
+    }
+
+    fn atomic_add(&mut self, _key: &[u8], _delta: i64) -> Result<(), StoreError> {
+        self.wrote = true;
+        Ok(())
+    }
+}
+
+impl ReadView for SnapshotView<'_> {
+    fn wrote(&self) -> bool {
+        self.wrote
     }
 }
 
@@ -147,5 +218,13 @@ impl MetaStore for RocksStore {
     }
     fn name(&self) -> &'static str {
         "rocksdb"
+    }
+
+    fn snapshot(&self) -> Result<Option<Box<dyn ReadView + '_>>, StoreError> {
+        Ok(Some(Box::new(SnapshotView {
+            db: &self.db,
+            snapshot: self.db.snapshot(),
+            wrote: false,
+        })))
     }
 }

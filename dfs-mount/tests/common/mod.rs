@@ -56,8 +56,10 @@ fn wait_for_line(child: &mut Child, prefix: &str, timeout: Duration) -> Result<S
             }
         }
     });
-    rx.recv_timeout(timeout)
-        .map_err(|_| "timed out waiting for the process to come up".to_string())
+    rx.recv_timeout(timeout).map_err(|e| match e {
+        mpsc::RecvTimeoutError::Timeout => "timed out waiting for the process to come up".into(),
+        mpsc::RecvTimeoutError::Disconnected => "the process exited before it came up".into(),
+    })
 }
 
 /// A child process killed (SIGKILL, by PID) when dropped.
@@ -266,8 +268,14 @@ impl TestCluster {
             .stderr(log_file(self.dir.path(), &format!("server-{i}")))
             .spawn()
             .expect("spawn dfs-server");
-        wait_for_line(&mut child, "dfs-server listening", Duration::from_secs(30))
-            .expect("dfs-server did not come up");
+        if let Err(e) = wait_for_line(&mut child, "dfs-server listening", Duration::from_secs(30)) {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(self.dir.path().join(format!("server-{i}.log")));
+            panic!(
+                "dfs-server {i} did not come up: {e}\n{}",
+                log.unwrap_or_default()
+            );
+        }
         Proc {
             child: Some(child),
             name: format!("server-{i}"),
