@@ -44,6 +44,8 @@ pub enum MetaError {
     /// The client's lock session lease ran out: its locks were given up.
     #[error("lock session {0} expired; its locks were released")]
     LockSessionExpired(u64),
+    #[error("too many locks on inode {0}")]
+    TooManyLocks(u64),
     #[error("corrupt metadata record: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -67,6 +69,9 @@ impl From<MetaError> for DfsError {
             MetaError::XattrTooBig => DfsError::new(libc::E2BIG, message),
             MetaError::TooManyLinks => DfsError::new(libc::EMLINK, message),
             MetaError::LockSessionExpired(_) => DfsError::new(libc::ENOLCK, message),
+            // The client renews its session on ENOLCK and asks once more,
+            // which is harmless here: the second answer reaches the caller.
+            MetaError::TooManyLocks(_) => DfsError::new(libc::ENOLCK, message),
             MetaError::Busy(_) => DfsError::retryable(libc::EAGAIN, message),
             MetaError::MissingChunks(missing) => {
                 let mut err = DfsError::new(libc::EAGAIN, message);

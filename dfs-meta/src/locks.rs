@@ -32,8 +32,15 @@ pub const LEASE: Duration = Duration::from_secs(20);
 /// metadata servers (each stamps expiry times with its own clock).
 const CLOCK_SKEW: Duration = Duration::from_secs(2);
 
-/// Inodes released in one transaction when a session ends.
-const END_BATCH: usize = 500;
+/// Inodes released in one transaction when a session ends (each table is
+/// at most `MAX_LOCKS_PER_INODE` entries, so a batch stays far below the
+/// store's 10 MB transaction limit).
+const END_BATCH: usize = 50;
+
+/// Locks one inode may carry: their table is one value, and values are
+/// limited to 100 kB. Past it, new locks are refused (ENOLCK); unlocks
+/// always work.
+const MAX_LOCKS_PER_INODE: usize = 1_000;
 
 const SESSION_COUNTER: &str = "lock_sessions";
 
@@ -216,6 +223,9 @@ pub fn set_lock(txn: &mut dyn KvTxn, req: &SetLockRequest, clock: LockClock) -> 
         pid: req.pid,
     };
     apply(&mut locks, &new);
+    if kind != LockKind::LockUnlock && locks.len() > MAX_LOCKS_PER_INODE {
+        return Err(MetaError::TooManyLocks(req.ino));
+    }
     store_table(txn, req.ino, locks, &touched);
     Ok(true)
 }
@@ -252,22 +262,25 @@ pub fn get_lock(
 }
 
 /// Opens a session (`session` 0: a new one) or renews it. Returns the
-/// session id and whether it was still known (false: its lease had run
-/// out and it was ended; it starts again without locks it lost).
+/// session id and whether the session was renewed. A session that is
+/// unknown or whose lease ran out is not brought back (other clients may
+/// hold the locks it lost, and its remaining ones no longer count): a new
+/// session is opened instead, and `false` tells the client so.
 pub fn open_session(
     txn: &mut dyn KvTxn,
     session: u64,
     host: &str,
-    now_ns: i64,
+    clock: LockClock,
 ) -> Result<(u64, bool)> {
-    let (id, renewed) = if session == 0 {
+    let now_ns = clock.now_ns;
+    let renewable = session != 0 && session_alive(txn, session, clock)?;
+    let (id, renewed) = if renewable {
+        (session, true)
+    } else {
         let key = keys::counter(SESSION_COUNTER);
         let next = crate::store::decode_counter(txn.get(&key)?.as_deref()) + 1;
         txn.set(&key, &next.to_le_bytes());
-        (next as u64, true)
-    } else {
-        let known = txn.get(&keys::lock_session(session))?.is_some();
-        (session, known)
+        (next as u64, session == 0)
     };
     let record = LockSessionRecord {
         expires_ns: now_ns.saturating_add(lease_ns()),
@@ -413,8 +426,8 @@ mod tests {
     fn sessions_conflict_until_one_releases_or_expires() {
         let store = MemStore::default();
         let now = 1_000_000_000_000;
-        let (a, _) = run(&store, |t| open_session(t, 0, "a", now));
-        let (b, _) = run(&store, |t| open_session(t, 0, "b", now));
+        let (a, _) = run(&store, |t| open_session(t, 0, "a", LockClock::trusted(now)));
+        let (b, _) = run(&store, |t| open_session(t, 0, "b", LockClock::trusted(now)));
         assert_ne!(a, b);
         assert!(run(&store, |t| set_lock(
             t,
@@ -454,8 +467,11 @@ mod tests {
         )));
         // b's lease runs out: a takes the range, and b's locks are gone.
         let later = now + lease_ns() + CLOCK_SKEW.as_nanos() as i64 + 1;
-        let (a2, renewed) = run(&store, |t| open_session(t, a, "a", later));
-        assert_eq!((a2, renewed), (a, true));
+        let halfway = now + lease_ns() / 2;
+        let (a2, renewed) = run(&store, |t| {
+            open_session(t, a, "a", LockClock::trusted(halfway))
+        });
+        assert_eq!((a2, renewed), (a, true), "a live session is renewed");
         assert!(run(&store, |t| set_lock(
             t,
             &request(a, 1, 0, 300, W),
@@ -464,6 +480,19 @@ mod tests {
         assert!(store_is_clean_of(&store, b));
         let (expired, _) = run(&store, |t| expired_sessions(t, &[], later, 10));
         assert_eq!(expired, vec![b]);
+        // b comes back after its lease ran out: it gets a new session.
+        let (b2, renewed) = run(&store, |t| {
+            open_session(t, b, "b", LockClock::trusted(later))
+        });
+        assert!(
+            b2 != b && !renewed,
+            "an expired session must not be revived"
+        );
+        // An id nobody was given is not taken either.
+        let (c, renewed) = run(&store, |t| {
+            open_session(t, 999, "c", LockClock::trusted(later))
+        });
+        assert!(c != 999 && !renewed);
     }
 
     fn store_is_clean_of(store: &MemStore, session: u64) -> bool {
@@ -479,8 +508,8 @@ mod tests {
     fn ending_a_session_releases_its_locks() {
         let store = MemStore::default();
         let now = 5_000_000_000;
-        let (a, _) = run(&store, |t| open_session(t, 0, "a", now));
-        let (b, _) = run(&store, |t| open_session(t, 0, "b", now));
+        let (a, _) = run(&store, |t| open_session(t, 0, "a", LockClock::trusted(now)));
+        let (b, _) = run(&store, |t| open_session(t, 0, "b", LockClock::trusted(now)));
         assert!(run(&store, |t| set_lock(
             t,
             &request(a, 1, 0, 9, W),
@@ -503,7 +532,7 @@ mod tests {
     #[test]
     fn bad_ranges_and_kinds_are_refused() {
         let store = MemStore::default();
-        let (a, _) = run(&store, |t| open_session(t, 0, "a", 1));
+        let (a, _) = run(&store, |t| open_session(t, 0, "a", LockClock::trusted(1)));
         let mut bad = request(a, 1, 10, 9, W);
         assert!(transact(&store as &dyn MetaStore, |t| set_lock(
             t,

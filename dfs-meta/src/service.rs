@@ -179,8 +179,10 @@ impl Meta for MetaService {
         r: Request<LockSessionRequest>,
     ) -> Result<Response<LockSessionReply>, Status> {
         let r = r.into_inner();
+        let services = self.clone();
         self.run("open_lock_session", move |t, now| {
-            let (session, renewed) = locks::open_session(t, r.session, &r.host, now)?;
+            let (session, renewed) =
+                locks::open_session(t, r.session, &r.host, services.lock_clock(now))?;
             Ok(LockSessionReply {
                 session,
                 lease_ms: locks::LEASE.as_millis() as u64,

@@ -75,7 +75,7 @@ pub struct MountOptions {
     pub nosuid: bool,
     pub noexec: bool,
     /// POSIX ACLs enforced (`acl`, the default; `noacl`: mode bits only,
-    /// ACLs kept as plain extended attributes).
+    /// and setting an ACL is refused).
     pub acl: bool,
     pub consistency: Consistency,
     pub cache_bytes: u64,

@@ -454,6 +454,9 @@ impl Filesystem for DfsFuse {
         for flag in wanted {
             if config.add_capabilities(flag).is_err() {
                 tracing::warn!(?flag, "the kernel does not offer this FUSE capability");
+                if flag == InitFlags::FUSE_POSIX_ACL {
+                    self.posix_acl = false;
+                }
             }
         }
         Ok(())
@@ -609,6 +612,12 @@ impl Filesystem for DfsFuse {
         reply: ReplyEmpty,
     ) {
         let _span = op_span("setxattr", req, ino.0).entered();
+        if !self.posix_acl && name.as_bytes().starts_with(b"system.posix_acl_") {
+            // The metadata server would keep the mode in step with an ACL
+            // the kernel does not enforce here: refuse, as ext4 with noacl.
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
         self.no_capability.lock().remove(&ino.0);
         let mut request = XattrRequest {
             ino: ino.0,
@@ -1048,13 +1057,15 @@ impl Filesystem for DfsFuse {
         let _span = op_span("flush", req, ino.0).entered();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
-            {
+            let flushed = {
                 let mut st = handle.file.state.lock().await;
-                self.dfs.flush(&mut st).await?;
-            }
+                self.dfs.flush(&mut st).await
+            };
             // A close releases the process's fcntl locks on the file, after
-            // its data is committed: the next holder sees it.
-            self.locks.release_owner(ino.0, lock_owner.0).await
+            // its data is committed (the next holder sees it), and even when
+            // the data could not be committed.
+            let released = self.locks.release_owner(ino.0, lock_owner.0).await;
+            flushed.and(released)
         });
         reply_empty(result, "flush", ino.0, reply);
     }
@@ -1162,14 +1173,19 @@ impl Filesystem for DfsFuse {
                     // ... and what another client wrote under it is what a
                     // reader holding it now sees.
                     if typ != libc::F_UNLCK {
-                        if let Some(file) = &file {
-                            let mut st = file.state.lock().await;
-                            if dfs.refresh(&mut st).await? {
-                                if let Some(n) = notifier.get() {
-                                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
-                                        tracing::debug!(ino, error = %e, "cannot drop cached pages");
-                                    }
-                                }
+                        let reloaded = match &file {
+                            Some(file) => dfs.refresh(&mut *file.state.lock().await).await?,
+                            None => false,
+                        };
+                        // With the state unlocked: dropping pages waits for
+                        // pages under read, and reads need the state.
+                        if let (true, Some(n)) = (reloaded, notifier.get().cloned()) {
+                            let dropped = tokio::task::spawn_blocking(move || {
+                                n.inval_inode(INodeNo(ino), 0, 0)
+                            })
+                            .await;
+                            if let Ok(Err(e)) = dropped {
+                                tracing::debug!(ino, error = %e, "cannot drop cached pages");
                             }
                         }
                     }

@@ -105,17 +105,13 @@ impl Locks {
         tracing::info!(session = reply.session, "lock session opened");
         *session = Some(reply.session);
         let renew_every = Duration::from_millis(reply.lease_ms / 4).max(Duration::from_millis(250));
-        tokio::spawn(renew_lease(
-            Arc::downgrade(self),
-            reply.session,
-            renew_every,
-        ));
+        tokio::spawn(renew_lease(Arc::downgrade(self), renew_every));
         Ok(reply.session)
     }
 
     /// Renews the session now (after the server said it had expired).
     async fn reopen(&self, session: u64) -> Result<(), DfsError> {
-        renew_once(&self.meta, session, &self.host).await
+        renew_once(self, session).await
     }
 
     fn note_owner(&self, ino: u64, owner: u64, fh: u64) {
@@ -176,6 +172,7 @@ impl Locks {
                         "lock session had expired; renewing it"
                     );
                     self.reopen(request.session).await?;
+                    request.session = self.session().await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -225,6 +222,8 @@ impl Locks {
             let granted = self.try_set(request).await?;
             if kind == LockKind::LockUnlock && start == 0 && end >= TO_END {
                 self.forget_owner(ino, owner);
+            } else if granted && kind != LockKind::LockUnlock {
+                self.note_owner(ino, owner, fh);
             }
             return if granted {
                 Ok(())
@@ -235,6 +234,8 @@ impl Locks {
         request.wait_ms = WAIT_SLICE.as_millis() as u32;
         loop {
             if self.try_set(request).await? {
+                // Again: a close during the wait forgot the owner.
+                self.note_owner(ino, owner, fh);
                 return Ok(());
             }
             if signal_pending(tid) {
@@ -346,9 +347,13 @@ impl Locks {
     }
 }
 
-async fn renew_once(meta: &MetaRpc, session: u64, host: &str) -> Result<(), DfsError> {
-    let host = host.to_string();
-    let reply = meta
+/// Renews `session`. When its lease had run out, the server hands out a
+/// new session: the locks of the old one are lost (others may hold them
+/// now), which is logged, and later requests use the new one.
+async fn renew_once(locks: &Locks, session: u64) -> Result<(), DfsError> {
+    let host = locks.host.clone();
+    let reply = locks
+        .meta
         .call("renew_lock_session", |mut c| {
             let host = host.clone();
             async move {
@@ -360,25 +365,30 @@ async fn renew_once(meta: &MetaRpc, session: u64, host: &str) -> Result<(), DfsE
     if !reply.renewed {
         tracing::error!(
             session,
+            new_session = reply.session,
             "the lock lease ran out while the metadata service was unreachable: \
-             locks held through this mount may have been taken by other clients"
+             locks held through this mount were given up and may be held by others now"
         );
+        let mut current = locks.session.lock().await;
+        if *current == Some(session) {
+            *current = Some(reply.session);
+        }
     }
     Ok(())
 }
 
 /// Renews the session's lease until the mount (the `Locks`) is gone or the
 /// session ended.
-async fn renew_lease(locks: std::sync::Weak<Locks>, session: u64, every: Duration) {
+async fn renew_lease(locks: std::sync::Weak<Locks>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(locks) = locks.upgrade() else {
             return;
         };
-        if *locks.session.lock().await != Some(session) {
+        let Some(session) = *locks.session.lock().await else {
             return;
-        }
-        if let Err(e) = renew_once(&locks.meta, session, &locks.host).await {
+        };
+        if let Err(e) = renew_once(&locks, session).await {
             tracing::warn!(session, error = %e, "cannot renew the lock lease");
         }
     }
@@ -389,7 +399,8 @@ async fn renew_lease(locks: std::sync::Weak<Locks>, session: u64, every: Duratio
 pub fn signal_pending(tid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{tid}/status")) {
         Ok(status) => deliverable_signals(&status) != 0,
-        Err(_) => true,
+        // Gone; a status we may not read (hidepid) tells nothing.
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 

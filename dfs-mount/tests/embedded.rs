@@ -355,6 +355,29 @@ fn posix_acls_are_enforced_follow_chmod_and_are_inherited() {
     assert_eq!(mode(&owned) & 0o2000, 0, "setgid kept: {:o}", mode(&owned));
 }
 
+/// With `noacl` the kernel does not enforce ACLs, so setting one is
+/// refused rather than stored and half-applied to the mode.
+#[test]
+fn acls_are_refused_on_a_noacl_mount() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &["noacl"]);
+    let file = m.path.join("f");
+    fs::write(&file, b"x").expect("create");
+    let out = std::process::Command::new("setfacl")
+        .args(["-m", "u:nobody:rw"])
+        .arg(&file)
+        .output()
+        .expect("setfacl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sh(&format!("setfattr -n user.kept -v 1 {}", file.display()));
+}
+
 /// Names created after opendir are listed after rewinddir (POSIX; fstests
 /// generic/471).
 #[test]

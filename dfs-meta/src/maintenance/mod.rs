@@ -300,31 +300,21 @@ impl Maintenance {
                 })
                 .await?;
             for session in expired {
-                // Renewed since it was listed: leave it.
-                loop {
-                    let done = self
-                        .txn("end_lock_session", move |t| {
-                            let (alive, _) = crate::locks::expired_sessions(
-                                t,
-                                &crate::keys::lock_session(session),
-                                now_ns(),
-                                1,
-                            )?;
-                            if alive.first() != Some(&session) {
-                                return Ok(true);
-                            }
-                            crate::locks::end_session_step(t, session)
-                        })
-                        .await?;
-                    if done {
-                        break;
+                // One session that cannot be ended must not keep the
+                // sessions after it from expiring.
+                match self.end_expired_session(session).await {
+                    Ok(true) => {
+                        tracing::info!(
+                            session,
+                            "ended the lock session of a client that stopped renewing it"
+                        );
+                        ended += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(session, error = %e, "cannot end an expired lock session")
                     }
                 }
-                tracing::info!(
-                    session,
-                    "ended the lock session of a client that stopped renewing it"
-                );
-                ended += 1;
             }
             match next {
                 Some(key) => from = key,
@@ -332,6 +322,32 @@ impl Maintenance {
             }
         }
         Ok(ended)
+    }
+
+    /// Ends `session` if it is still expired (it may have been renewed
+    /// since it was listed), in bounded steps. True when it was ended.
+    async fn end_expired_session(&self, session: u64) -> Result<bool> {
+        loop {
+            let step = self
+                .txn("end_lock_session", move |t| {
+                    let (expired, _) = crate::locks::expired_sessions(
+                        t,
+                        &crate::keys::lock_session(session),
+                        now_ns(),
+                        1,
+                    )?;
+                    if expired.first() != Some(&session) {
+                        return Ok(None);
+                    }
+                    crate::locks::end_session_step(t, session).map(Some)
+                })
+                .await?;
+            match step {
+                None => return Ok(false),
+                Some(true) => return Ok(true),
+                Some(false) => {}
+            }
+        }
     }
 }
 
