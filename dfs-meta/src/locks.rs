@@ -319,17 +319,10 @@ pub fn expired_sessions(
     now_ns: i64,
     limit: usize,
 ) -> Result<(Vec<u64>, Option<Vec<u8>>)> {
-    let (begin, end) = keys::tag_range(keys::LOCK_SESSION);
-    let start = if from.is_empty() {
-        begin
-    } else {
-        from.to_vec()
-    };
-    let rows = txn.range(&start, &end, limit + 1, false)?;
-    let next = rows.get(limit).map(|(k, _)| k.clone());
+    let (rows, next) = crate::store::tag_page(txn, keys::LOCK_SESSION, from, limit)?;
     let cut = now_ns.saturating_sub(CLOCK_SKEW.as_nanos() as i64);
     let mut expired = Vec::new();
-    for (key, value) in rows.into_iter().take(limit) {
+    for (key, value) in rows {
         let Some(session) = keys::lock_session_id(&key) else {
             continue;
         };

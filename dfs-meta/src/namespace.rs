@@ -320,16 +320,9 @@ pub fn expire_unlinked(
     expired_before_ns: i64,
     limit: usize,
 ) -> Result<(u64, Option<Vec<u8>>)> {
-    let (begin, end) = keys::tag_range(keys::UNLINKED_OPEN);
-    let start = if from.is_empty() {
-        begin
-    } else {
-        from.to_vec()
-    };
-    let rows = txn.range(&start, &end, limit + 1, false)?;
-    let next = rows.get(limit).map(|(k, _)| k.clone());
+    let (rows, next) = crate::store::tag_page(txn, keys::UNLINKED_OPEN, from, limit)?;
     let mut removed = 0;
-    for (key, value) in rows.into_iter().take(limit) {
+    for (key, value) in rows {
         let renewed = crate::store::decode_counter(Some(&value));
         if renewed >= expired_before_ns {
             continue;

@@ -109,24 +109,7 @@ impl MetaService {
         op: &'static str,
         body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
     ) -> Result<Response<T>, Status> {
-        let store = self.store.clone();
-        let mut body = body;
-        let span = tracing::debug_span!("meta", op);
-        let result = tokio::task::spawn_blocking(move || {
-            let now = now_ns();
-            read_only(store.as_ref(), |txn| body(txn, now))
-        })
-        .instrument(span)
-        .await
-        .map_err(|e| Status::internal(format!("{op} panicked: {e}")))?;
-        match result {
-            Ok(v) => Ok(Response::new(v)),
-            Err(e) => {
-                let err = DfsError::from(e);
-                tracing::debug!(op, errno = err.errno, error = %err.message, "meta request failed");
-                Err(err.into())
-            }
-        }
+        self.execute(op, Access::Read, body).await
     }
 
     /// Runs `body` as one transaction on a blocking thread.
@@ -135,12 +118,24 @@ impl MetaService {
         op: &'static str,
         body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
     ) -> Result<Response<T>, Status> {
+        self.execute(op, Access::ReadWrite, body).await
+    }
+
+    async fn execute<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        access: Access,
+        mut body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
         let store = self.store.clone();
-        let mut body = body;
         let span = tracing::debug_span!("meta", op);
         let result = tokio::task::spawn_blocking(move || {
             let now = now_ns();
-            transact(store.as_ref(), |txn| body(txn, now))
+            let body = |txn: &mut dyn KvTxn| body(txn, now);
+            match access {
+                Access::Read => read_only(store.as_ref(), body),
+                Access::ReadWrite => transact(store.as_ref(), body),
+            }
         })
         .instrument(span)
         .await
@@ -154,6 +149,13 @@ impl MetaService {
             }
         }
     }
+}
+
+/// Whether a request's body may write.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    ReadWrite,
 }
 
 /// How often a waiting lock request looks again for a release it was not

@@ -36,7 +36,12 @@ async fn while_locked<T, E: std::fmt::Display>(
     loop {
         let result = open().await?;
         match &result {
-            Err(e) if e.to_string().contains("LOCK") && tokio::time::Instant::now() < deadline => {
+            // RocksDB says "IO error: While lock file: PATH/LOCK: ...": the
+            // phrase, not "LOCK" alone, which a user's path may contain.
+            Err(e)
+                if e.to_string().contains("While lock file")
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             _ => return Ok(result),

@@ -214,6 +214,16 @@ impl DfsFuse {
         self
     }
 
+    /// The cluster's capacity, use and file count (statfs, and fallocate's
+    /// check for room).
+    async fn cluster_space(&self) -> Result<dfs_proto::StatFsReply, DfsError> {
+        self.dfs
+            .cluster
+            .meta
+            .call("statfs", |mut c| async move { c.stat_fs(Empty {}).await })
+            .await
+    }
+
     /// Where the mount puts the session's notifier once it exists.
     pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
         self.notifier.clone()
@@ -756,12 +766,7 @@ impl Filesystem for DfsFuse {
             } else {
                 // Nothing is reserved, but a request for more than the
                 // cluster has free could never be written: say so now.
-                let fs = self
-                    .dfs
-                    .cluster
-                    .meta
-                    .call("statfs", |mut c| async move { c.stat_fs(Empty {}).await })
-                    .await?;
+                let fs = self.cluster_space().await?;
                 let free = fs.capacity_bytes.saturating_sub(fs.used_bytes);
                 if fs.capacity_bytes > 0 && length > free {
                     return Err(DfsError::new(
@@ -1335,12 +1340,7 @@ impl Filesystem for DfsFuse {
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let _span = op_span("statfs", req, ino.0).entered();
-        let result = self.rt.block_on(
-            self.dfs
-                .cluster
-                .meta
-                .call("statfs", |mut c| async move { c.stat_fs(Empty {}).await }),
-        );
+        let result = self.rt.block_on(self.cluster_space());
         match result {
             Ok(s) => {
                 let blocks = s.capacity_bytes / u64::from(BLOCK_SIZE);

@@ -213,6 +213,31 @@ where
     }
 }
 
+/// One page of the keys with tag byte `tag`: up to `limit` rows from `from`
+/// (a key; empty: the first), and the key the next page starts at (`None`:
+/// no rows left). For sweeps that go through a whole key family in
+/// bounded transactions.
+pub fn tag_page(
+    txn: &mut dyn KvTxn,
+    tag: u8,
+    from: &[u8],
+    limit: usize,
+) -> Result<(KeyValues, Option<Vec<u8>>), StoreError> {
+    let (begin, end) = crate::keys::tag_range(tag);
+    let start = if from.is_empty() {
+        begin
+    } else {
+        from.to_vec()
+    };
+    let mut rows = txn.range(&start, &end, limit + 1, false)?;
+    let next = if rows.len() > limit {
+        rows.pop().map(|(k, _)| k)
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
 /// Decodes the little-endian i64 used by [`KvTxn::atomic_add`].
 pub fn decode_counter(value: Option<&[u8]>) -> i64 {
     let mut bytes = [0u8; 8];
