@@ -115,6 +115,13 @@ pub trait MetaStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// True when [`MetaStore::snapshot`] reads this machine's memory or
+    /// disk without waiting for a lock or the network, so a point read may
+    /// run on an async worker instead of a blocking thread.
+    fn snapshot_is_local(&self) -> bool {
+        false
+    }
+
     /// Runs `body` on a transaction and commits it, starting again on
     /// conflicts. `Ok(true)`: committed; `Ok(false)`: the body aborted.
     /// Backends with a retry loop of their own (FoundationDB's, with its

@@ -227,4 +227,8 @@ impl MetaStore for RocksStore {
             wrote: false,
         })))
     }
+
+    fn snapshot_is_local(&self) -> bool {
+        true
+    }
 }
