@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::cache::ChunkCache;
 use crate::client::Cluster;
-use crate::pipeline::write::{RawChunk, StoredChunk};
+use crate::pipeline::write::{Fingerprinter, RawChunk, StoredChunk};
 use file::{ChunkMap, WriteBuffer};
 
 /// Bytes of one re-chunking window: large enough that most cut points in
@@ -607,6 +607,9 @@ impl Dfs {
     ) -> Result<CutGroup, DfsError> {
         let ranges = st.buffer.ranges();
         let mut group = CutGroup::default();
+        // Each window's chunks are fingerprinted on another core while the
+        // next window is cut.
+        let mut fingerprints = Fingerprinter::default();
         let mut i = 0;
         while i < ranges.len() {
             let (dirty_start, mut dirty_end) = ranges[i];
@@ -624,10 +627,7 @@ impl Dfs {
                 let base = pos;
                 for len in lens {
                     let at = (pos - base) as usize;
-                    group.raw.push(RawChunk {
-                        offset: pos,
-                        data: buf.slice(at..at + len),
-                    });
+                    group.raw.push(RawChunk::new(pos, buf.slice(at..at + len)));
                     group.bytes += len;
                     pos += len as u64;
                     // Dirty ranges the new chunks reached join this region.
@@ -647,7 +647,9 @@ impl Dfs {
                         break 'region;
                     }
                 }
+                fingerprints.start(&group.raw);
             }
+            fingerprints.start(&group.raw);
             group.replaced.push(ByteRange {
                 start,
                 end: pos.max(start + 1),
@@ -659,9 +661,11 @@ impl Dfs {
                 i += 1;
             }
             if group.bytes >= self.group_bytes() && (i < ranges.len() || pos < dirty_end) {
+                fingerprints.finish(&mut group.raw).await?;
                 return Ok(group);
             }
         }
+        fingerprints.finish(&mut group.raw).await?;
         group.finished = true;
         Ok(group)
     }
@@ -874,10 +878,7 @@ impl Dfs {
         let mut out = Vec::new();
         for len in chunker::cut_lengths(&data, true) {
             let at = (pos - start) as usize;
-            out.push(RawChunk {
-                offset: pos,
-                data: data.slice(at..at + len),
-            });
+            out.push(RawChunk::new(pos, data.slice(at..at + len)));
             pos += len as u64;
         }
         Ok(out)

@@ -19,6 +19,58 @@ use crate::client::Cluster;
 pub struct RawChunk {
     pub offset: u64,
     pub data: Bytes,
+    /// The fingerprint, when whoever cut the chunk already computed it.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl RawChunk {
+    pub fn new(offset: u64, data: Bytes) -> Self {
+        Self {
+            offset,
+            data,
+            fingerprint: None,
+        }
+    }
+}
+
+/// Fingerprints chunks on the blocking pool while the caller goes on (with
+/// cutting the next window of a flush, so both cores work), and hands the
+/// results back in order.
+#[derive(Default)]
+pub struct Fingerprinter {
+    /// Chunks before this index are being fingerprinted (or done).
+    started_to: usize,
+    running: Vec<(usize, tokio::task::JoinHandle<Vec<Fingerprint>>)>,
+}
+
+impl Fingerprinter {
+    /// Starts fingerprinting the chunks of `chunks` not started yet.
+    pub fn start(&mut self, chunks: &[RawChunk]) {
+        if self.started_to >= chunks.len() {
+            return;
+        }
+        let datas: Vec<Bytes> = chunks[self.started_to..]
+            .iter()
+            .map(|c| c.data.clone())
+            .collect();
+        let handle =
+            tokio::task::spawn_blocking(move || datas.iter().map(|d| Fingerprint::of(d)).collect());
+        self.running.push((self.started_to, handle));
+        self.started_to = chunks.len();
+    }
+
+    /// Waits for every fingerprint started and stores them in `chunks`.
+    pub async fn finish(self, chunks: &mut [RawChunk]) -> Result<(), DfsError> {
+        for (first, handle) in self.running {
+            let fps = handle
+                .await
+                .map_err(|e| DfsError::new(libc::EIO, format!("worker failed: {e}")))?;
+            for (chunk, fp) in chunks[first..].iter_mut().zip(fps) {
+                chunk.fingerprint = Some(fp);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A chunk ready for the commit: `uploaded` is set when this client wrote
@@ -113,9 +165,12 @@ impl Cluster {
             return Ok(Vec::new());
         }
         let started = std::time::Instant::now();
-        let datas: Vec<Bytes> = chunks.iter().map(|c| c.data.clone()).collect();
-        let fps: Vec<Fingerprint> =
-            cpu(move || datas.iter().map(|d| Fingerprint::of(d)).collect()).await?;
+        let fps: Vec<Fingerprint> = if chunks.iter().all(|c| c.fingerprint.is_some()) {
+            chunks.iter().filter_map(|c| c.fingerprint).collect()
+        } else {
+            let datas: Vec<Bytes> = chunks.iter().map(|c| c.data.clone()).collect();
+            cpu(move || datas.iter().map(|d| Fingerprint::of(d)).collect()).await?
+        };
 
         let mut unique: Vec<Fingerprint> = Vec::new();
         let mut seen = HashSet::new();
