@@ -37,9 +37,27 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A port nothing listens on, for a process the test starts (and may
+/// restart on the same port). Taken below Linux's ephemeral range
+/// (32768-60999): a port the kernel hands out for `:0` can meanwhile become
+/// the local port of some outgoing connection, and a server then failed to
+/// start with EADDRINUSE now and then. Counting from an offset of this test
+/// binary's PID, ports differ between the tests of one binary, and cargo
+/// runs test binaries one after the other.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(97);
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + base.wrapping_add(n) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// Waits for a line starting with `prefix` on the child's stdout.
