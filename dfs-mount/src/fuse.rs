@@ -381,7 +381,7 @@ impl DfsFuse {
         if let Some(size) = size {
             let file = self.dfs.open(ino).await?;
             let result = {
-                let mut st = file.state.lock().await;
+                let mut st = self.dfs.lock(&file).await;
                 self.dfs.truncate(&mut st, size).await
             };
             self.dfs.release(&file).await?;
@@ -390,7 +390,7 @@ impl DfsFuse {
             // Buffered writes would stamp their own mtime when committed
             // later, undoing an explicit utimens: commit them first.
             if let Some(file) = self.dfs.open_file(ino) {
-                let mut st = file.state.lock().await;
+                let mut st = self.dfs.lock(&file).await;
                 self.dfs.flush(&mut st).await?;
             }
         }
@@ -478,7 +478,7 @@ impl Filesystem for DfsFuse {
         let handles: Vec<Arc<FileHandleState>> = self.files.lock().values().cloned().collect();
         for h in handles {
             let result = self.rt.block_on(async {
-                let mut st = h.file.state.lock().await;
+                let mut st = self.dfs.lock(&h.file).await;
                 self.dfs.flush(&mut st).await
             });
             if let Err(e) = result {
@@ -756,7 +756,7 @@ impl Filesystem for DfsFuse {
         let caller = req.uid();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
-            let mut st = handle.file.state.lock().await;
+            let mut st = self.dfs.lock(&handle.file).await;
             // Space is never reserved ahead (chunks are deduplicated and
             // coded when written): allocating is growing the size, and
             // zeroing is punching a hole, which reads as zeros and costs
@@ -807,7 +807,7 @@ impl Filesystem for DfsFuse {
         }
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
-            let st = handle.file.state.lock().await;
+            let st = self.dfs.lock(&handle.file).await;
             let offset =
                 u64::try_from(offset).map_err(|_| DfsError::new(libc::ENXIO, "negative offset"))?;
             self.dfs
@@ -1011,7 +1011,7 @@ impl Filesystem for DfsFuse {
         let _span = op_span("read", req, ino.0).entered();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
-            let st = handle.file.state.lock().await;
+            let st = self.dfs.lock(&handle.file).await;
             let end = (offset + u64::from(size)).min(st.size);
             let data = self.dfs.read_range(&st, offset, end.max(offset)).await?;
             let sequential = handle.last_read_end.swap(end, Ordering::Relaxed) == offset;
@@ -1041,9 +1041,11 @@ impl Filesystem for DfsFuse {
         let _span = op_span("write", req, ino.0).entered();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
-            let mut st = handle.file.state.lock().await;
+            let mut st = self.dfs.lock_for_write(&handle.file).await;
             let offset = if handle.append { st.size } else { offset };
-            self.dfs.write(&mut st, offset, data).await
+            self.dfs.write(&mut st, offset, data).await?;
+            self.dfs.write_behind(&mut st).await;
+            Ok::<_, DfsError>(())
         });
         match result {
             Ok(()) => reply.written(data.len() as u32),
@@ -1063,7 +1065,7 @@ impl Filesystem for DfsFuse {
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
             let flushed = {
-                let mut st = handle.file.state.lock().await;
+                let mut st = self.dfs.lock(&handle.file).await;
                 self.dfs.flush(&mut st).await
             };
             // A close releases the process's fcntl locks on the file, after
@@ -1086,7 +1088,7 @@ impl Filesystem for DfsFuse {
         let _span = op_span("fsync", req, ino.0).entered();
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
-            let mut st = handle.file.state.lock().await;
+            let mut st = self.dfs.lock(&handle.file).await;
             self.dfs.flush(&mut st).await
         });
         reply_empty(result, "fsync", ino.0, reply);
@@ -1169,7 +1171,7 @@ impl Filesystem for DfsFuse {
                     // What was written under a lock is committed before the
                     // lock changes hands.
                     if let Some(file) = &file {
-                        let mut st = file.state.lock().await;
+                        let mut st = dfs.lock(file).await;
                         dfs.flush(&mut st).await?;
                     }
                     locks
@@ -1179,7 +1181,7 @@ impl Filesystem for DfsFuse {
                     // reader holding it now sees.
                     if typ != libc::F_UNLCK {
                         let reloaded = match &file {
-                            Some(file) => dfs.refresh(&mut *file.state.lock().await).await?,
+                            Some(file) => dfs.refresh(&mut *dfs.lock(file).await).await?,
                             None => false,
                         };
                         // With the state unlocked: dropping pages waits for

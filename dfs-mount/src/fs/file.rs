@@ -146,6 +146,15 @@ impl WriteBuffer {
         self.extents.clear();
         self.bytes = 0;
     }
+
+    /// Puts `older` (bytes a failed flush still holds) back under this
+    /// buffer: where both have bytes, this buffer's, written later, win.
+    pub fn put_back_under(&mut self, older: WriteBuffer) {
+        let newer = std::mem::replace(self, older);
+        for (offset, data) in newer.extents {
+            self.write(offset, &data);
+        }
+    }
 }
 
 /// The committed chunk map of a file, keyed by offset.
@@ -277,6 +286,22 @@ mod tests {
         assert_eq!(&out, b".456789.");
         b.drain_before(u64::MAX);
         assert!(b.is_empty() && b.bytes() == 0);
+    }
+
+    #[test]
+    fn put_back_under_keeps_the_newer_bytes() {
+        let mut older = WriteBuffer::default();
+        older.write(0, b"oooooooo");
+        older.write(20, b"OO");
+        let mut newer = WriteBuffer::default();
+        newer.write(4, b"nnnnnn"); // overlaps and extends the first extent
+        newer.write(30, b"N");
+        newer.put_back_under(older);
+        assert_eq!(newer.ranges(), vec![(0, 10), (20, 22), (30, 31)]);
+        assert_eq!(newer.bytes(), 13);
+        let mut out = vec![b'.'; 31];
+        newer.overlay(0, &mut out);
+        assert_eq!(&out, b"oooonnnnnn..........OO........N");
     }
 
     #[test]

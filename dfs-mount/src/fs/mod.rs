@@ -36,6 +36,12 @@ pub const FLUSH_THRESHOLD: usize = 64 * 1024 * 1024;
 /// so a flush goes in groups of this size, each its own commit, to bound
 /// memory, upload messages and transaction size.
 const FLUSH_GROUP_BYTES: usize = 64 * 1024 * 1024;
+/// A file's buffered writes are handed to a write-behind flush once they
+/// reach half a flush group (32 MiB by default): the writer goes on filling
+/// the buffer while the flush cuts, hashes and stores what it was given.
+fn write_behind_bytes(group_bytes: usize) -> usize {
+    group_bytes / 2
+}
 /// Bytes one hole-punching commit covers at most.
 const PUNCH_PIECE_BYTES: u64 = 32 * 1024 * 1024;
 /// `FileState::data_version` when this client cannot tell which version
@@ -71,6 +77,24 @@ pub struct FileState {
     /// Unlinked by this client while open: the metadata server keeps the
     /// inode (no name, no links) until the last close here forgets it.
     pub unlinked_kept: bool,
+    /// A flush running behind the writer, holding the buffered bytes and
+    /// the chunk map it was started with; see [`Dfs::lock`].
+    behind: Option<WriteBehind>,
+    /// The last write-behind flush failed: later flushes run in the
+    /// foreground, where the error reaches the writer, until one succeeds.
+    behind_failed: bool,
+}
+
+/// A flush of a file's buffered bytes running in the background while
+/// writes go on into a new buffer.
+struct WriteBehind {
+    /// The state the flush works on: the buffer and chunk map moved out of
+    /// the file's state. Kept here too, so that whatever happens to the
+    /// task (even a panic) nothing in it is lost.
+    state: Arc<tokio::sync::Mutex<FileState>>,
+    task: tokio::task::JoinHandle<Result<(), DfsError>>,
+    /// The modification time the flush commits.
+    mtime: Option<i64>,
 }
 
 impl FileState {
@@ -86,6 +110,8 @@ impl FileState {
             loaded: false,
             data_version: VERSION_UNKNOWN,
             unlinked_kept: false,
+            behind: None,
+            behind_failed: false,
         }
     }
 
@@ -109,7 +135,9 @@ struct CutGroup {
 
 pub struct OpenFile {
     pub ino: u64,
-    pub state: tokio::sync::Mutex<FileState>,
+    /// Locked through [`Dfs::lock`] (or [`Dfs::lock_for_write`]), which
+    /// first finishes a write-behind flush.
+    state: tokio::sync::Mutex<FileState>,
     pub opens: AtomicU64,
 }
 
@@ -144,6 +172,110 @@ impl Dfs {
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             dirty_bytes: AtomicUsize::new(0),
             open_files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Locks a file's state for anything but a plain write. A write-behind
+    /// flush in progress is waited for and its outcome applied first, so
+    /// the chunk map and the buffer are whole again.
+    pub async fn lock<'a>(&self, of: &'a OpenFile) -> tokio::sync::MutexGuard<'a, FileState> {
+        let mut st = of.state.lock().await;
+        self.settle(&mut st).await;
+        st
+    }
+
+    /// Locks a file's state for a write, which only adds to the buffer (and
+    /// to the size) and so goes on while a write-behind flush runs.
+    pub async fn lock_for_write<'a>(
+        &self,
+        of: &'a OpenFile,
+    ) -> tokio::sync::MutexGuard<'a, FileState> {
+        of.state.lock().await
+    }
+
+    /// Hands the buffered bytes to a flush in the background once there are
+    /// enough of them, so cutting, hashing and storing them overlaps the
+    /// writes that follow (the kernel sends one write at a time per file).
+    /// One runs per file: when the previous one is still busy, this waits
+    /// for it, which bounds the memory a fast writer holds. A failure is
+    /// not lost: the bytes go back into the buffer and the next foreground
+    /// flush (a later write, fsync or close) retries them and reports.
+    pub async fn write_behind(self: &Arc<Self>, st: &mut FileState) {
+        if st.buffer.bytes() < write_behind_bytes(self.group_bytes())
+            || st.behind_failed
+            || st.orphaned
+            || !st.loaded
+        {
+            return;
+        }
+        self.settle(st).await;
+        if st.behind_failed || st.orphaned {
+            return;
+        }
+        let mtime = st.pending_mtime;
+        let frozen = FileState {
+            ino: st.ino,
+            size: st.size,
+            committed_size: st.committed_size,
+            map: std::mem::take(&mut st.map),
+            buffer: std::mem::take(&mut st.buffer),
+            pending_mtime: mtime,
+            orphaned: false,
+            loaded: true,
+            data_version: st.data_version,
+            unlinked_kept: false,
+            behind: None,
+            behind_failed: false,
+        };
+        let state = Arc::new(tokio::sync::Mutex::new(frozen));
+        let dfs = Arc::clone(self);
+        let running = Arc::clone(&state);
+        let span = tracing::debug_span!("write_behind", ino = st.ino);
+        let task = tokio::spawn(
+            async move {
+                let mut frozen = running.lock().await;
+                dfs.flush(&mut frozen).await
+            }
+            .instrument(span),
+        );
+        st.behind = Some(WriteBehind { state, task, mtime });
+    }
+
+    /// Waits for a write-behind flush and folds its outcome into `st`: the
+    /// chunk map it committed to, and whatever it could not commit back
+    /// under the bytes written since.
+    async fn settle(&self, st: &mut FileState) {
+        let Some(behind) = st.behind.take() else {
+            return;
+        };
+        let outcome = match behind.task.await {
+            Ok(result) => result,
+            Err(e) => Err(DfsError::new(
+                libc::EIO,
+                format!("write-behind flush failed: {e}"),
+            )),
+        };
+        let mut frozen = behind.state.lock().await;
+        st.map = std::mem::take(&mut frozen.map);
+        st.committed_size = frozen.committed_size;
+        st.data_version = frozen.data_version;
+        st.orphaned |= frozen.orphaned;
+        if !frozen.buffer.is_empty() {
+            // Not committed (the flush failed, or the file is gone): the
+            // bytes stay buffered, under the ones written since.
+            let before = frozen.buffer.bytes() + st.buffer.bytes();
+            st.buffer.put_back_under(std::mem::take(&mut frozen.buffer));
+            self.track_dirty(before, st.buffer.bytes());
+            if st.pending_mtime.is_none() {
+                st.pending_mtime = behind.mtime;
+            }
+        } else if st.buffer.is_empty() && st.pending_mtime == behind.mtime {
+            // Nothing written since: the flush committed this time too.
+            st.pending_mtime = None;
+        }
+        if let Err(e) = outcome {
+            tracing::warn!(ino = st.ino, error = %e, "write-behind flush failed; the bytes stay buffered");
+            st.behind_failed = true;
         }
     }
 
@@ -236,7 +368,7 @@ impl Dfs {
             of
         };
         let result = {
-            let mut st = of.state.lock().await;
+            let mut st = self.lock(&of).await;
             match created {
                 Some(data_version) if !st.loaded => {
                     st.loaded = true;
@@ -257,6 +389,7 @@ impl Dfs {
     /// state whose inode changed since. Returns true when a map was
     /// (re)loaded.
     pub async fn refresh(&self, st: &mut FileState) -> Result<bool, DfsError> {
+        self.settle(st).await;
         if st.loaded {
             if !st.is_clean() || st.orphaned {
                 // Our own pending writes are what this client must see.
@@ -291,7 +424,7 @@ impl Dfs {
     /// state when nobody has the file open any more.
     pub async fn release(&self, of: &Arc<OpenFile>) -> Result<(), DfsError> {
         let result = {
-            let mut st = of.state.lock().await;
+            let mut st = self.lock(of).await;
             self.flush(&mut st).await
         };
         self.drop_open(of).await;
@@ -314,7 +447,7 @@ impl Dfs {
         if !last {
             return;
         }
-        let mut st = of.state.lock().await;
+        let mut st = self.lock(of).await;
         if !st.buffer.is_empty() {
             tracing::warn!(
                 ino = st.ino,
@@ -574,6 +707,15 @@ impl Dfs {
     /// and the file only grows to what a group covers. On return the data
     /// is durable in the cluster.
     pub async fn flush(&self, st: &mut FileState) -> Result<(), DfsError> {
+        self.settle(st).await;
+        let result = self.flush_buffer(st).await;
+        if result.is_ok() {
+            st.behind_failed = false;
+        }
+        result
+    }
+
+    async fn flush_buffer(&self, st: &mut FileState) -> Result<(), DfsError> {
         if st.is_clean() || st.orphaned {
             return Ok(());
         }
@@ -804,6 +946,7 @@ impl Dfs {
 
     /// Truncates (or extends with a hole) to `size`.
     pub async fn truncate(&self, st: &mut FileState, size: u64) -> Result<(), DfsError> {
+        self.settle(st).await;
         // Buffered bytes past the new end are gone; the rest is committed
         // first so the truncation below works on committed chunks only.
         let before = st.buffer.bytes();
@@ -971,7 +1114,7 @@ impl Dfs {
         share: bool,
     ) -> Result<u64, DfsError> {
         if Arc::ptr_eq(src, dst) {
-            let mut st = src.state.lock().await;
+            let mut st = self.lock(src).await;
             return self
                 .copy_range(&mut st, None, in_offset, out_offset, len, share)
                 .await;
@@ -981,8 +1124,8 @@ impl Dfs {
         } else {
             (dst, src)
         };
-        let mut a = first.state.lock().await;
-        let mut b = second.state.lock().await;
+        let mut a = self.lock(first).await;
+        let mut b = self.lock(second).await;
         let (s, d) = if src.ino < dst.ino {
             (&mut *a, &mut *b)
         } else {
