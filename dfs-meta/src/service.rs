@@ -148,7 +148,7 @@ impl MetaService {
             let _entered = span.enter();
             let now = now_ns();
             let result = read_only(store.as_ref(), |txn: &mut dyn KvTxn| body(txn, now));
-            return reply(op, result);
+            return to_response(op, result);
         }
         let result = tokio::task::spawn_blocking(move || {
             let now = now_ns();
@@ -161,11 +161,31 @@ impl MetaService {
         .instrument(span)
         .await
         .map_err(|e| Status::internal(format!("{op} panicked: {e}")))?;
-        reply(op, result)
+        to_response(op, result)
     }
 }
 
-fn reply<T>(op: &'static str, result: Result<T>) -> Result<Response<T>, Status> {
+/// A removed directory as a client still holding it open sees it.
+fn gone(dir: InodeRecord) -> InodeRecord {
+    InodeRecord { nlink: 0, ..dir }
+}
+
+/// A namespace change's reply, with the directories it modified (as they
+/// are after it) in the response metadata: see
+/// [`dfs_proto::CHANGED_DIRS_METADATA`].
+fn with_changed_dirs<T>(reply: Response<(T, Vec<InodeRecord>)>) -> Response<T> {
+    let (message, dirs) = reply.into_inner();
+    let mut response = Response::new(message);
+    for dir in dirs {
+        response.metadata_mut().append_bin(
+            CHANGED_DIRS_METADATA,
+            tonic::metadata::MetadataValue::from_bytes(&prost::Message::encode_to_vec(&dir)),
+        );
+    }
+    response
+}
+
+fn to_response<T>(op: &'static str, result: Result<T>) -> Result<Response<T>, Status> {
     match result {
         Ok(v) => Ok(Response::new(v)),
         Err(e) => {
@@ -310,19 +330,26 @@ impl Meta for MetaService {
             .await
             .map_err(|e| Status::internal(format!("inode allocation panicked: {e}")))?
             .map_err(|e| Status::from(DfsError::from(e)))?;
-        self.run("create", move |t, now| namespace::create(t, &r, ino, now))
-            .await
+        let reply = self
+            .run("create", move |t, now| {
+                let inode = namespace::create(t, &r, ino, now)?;
+                let parent = namespace::get_inode(t, r.parent)?;
+                Ok((inode, vec![parent]))
+            })
+            .await?;
+        Ok(with_changed_dirs(reply))
     }
 
     async fn unlink(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
         let reply = self
             .run("unlink", move |t, now| {
-                namespace::unlink(t, r.parent, &r.name, r.keep_ino, now).map(|_| Empty {})
+                namespace::unlink(t, r.parent, &r.name, r.keep_ino, now)?;
+                Ok((Empty {}, vec![namespace::get_inode(t, r.parent)?]))
             })
             .await?;
         self.purge_wake.notify_one();
-        Ok(reply)
+        Ok(with_changed_dirs(reply))
     }
 
     async fn forget_unlinked(&self, r: Request<InoRequest>) -> Result<Response<Empty>, Status> {
@@ -352,10 +379,13 @@ impl Meta for MetaService {
 
     async fn link(&self, r: Request<LinkRequest>) -> Result<Response<InodeRecord>, Status> {
         let r = r.into_inner();
-        self.run("link", move |t, now| {
-            namespace::link(t, r.ino, r.new_parent, &r.new_name, now)
-        })
-        .await
+        let reply = self
+            .run("link", move |t, now| {
+                let inode = namespace::link(t, r.ino, r.new_parent, &r.new_name, now)?;
+                Ok((inode, vec![namespace::get_inode(t, r.new_parent)?]))
+            })
+            .await?;
+        Ok(with_changed_dirs(reply))
     }
 
     async fn set_xattr(&self, r: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
@@ -431,22 +461,49 @@ impl Meta for MetaService {
         let r = r.into_inner();
         let reply = self
             .run("rmdir", move |t, now| {
-                namespace::rmdir(t, r.parent, &r.name, now).map(|_| Empty {})
+                let removed = namespace::lookup(t, r.parent, &r.name).ok();
+                namespace::rmdir(t, r.parent, &r.name, now)?;
+                let mut dirs = vec![namespace::get_inode(t, r.parent)?];
+                dirs.extend(removed.map(gone));
+                Ok((Empty {}, dirs))
             })
             .await?;
         self.purge_wake.notify_one();
-        Ok(reply)
+        Ok(with_changed_dirs(reply))
     }
 
     async fn rename(&self, r: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
         let reply = self
             .run("rename", move |t, now| {
-                namespace::rename(t, &r, now).map(|_| Empty {})
+                let target = namespace::lookup(t, r.new_parent, &r.new_name).ok();
+                namespace::rename(t, &r, now)?;
+                let mut dirs = vec![namespace::get_inode(t, r.parent)?];
+                // A directory the rename replaced is gone.
+                if let Some(old) = target
+                    .filter(|o| o.kind() == FileKind::Directory && r.flags & RENAME_EXCHANGE == 0)
+                {
+                    if namespace::get_inode(t, old.ino).is_err() {
+                        dirs.push(gone(old));
+                    }
+                }
+                if r.new_parent != r.parent {
+                    dirs.push(namespace::get_inode(t, r.new_parent)?);
+                }
+                // A directory that moved has a new ctime (and `..`). Its
+                // name is gone after a plain rename, hence `ok()`.
+                for (parent, name) in [(r.new_parent, &r.new_name), (r.parent, &r.name)] {
+                    if let Ok(moved) = namespace::lookup(t, parent, name) {
+                        if moved.kind() == FileKind::Directory {
+                            dirs.push(moved);
+                        }
+                    }
+                }
+                Ok((Empty {}, dirs))
             })
             .await?;
         self.purge_wake.notify_one();
-        Ok(reply)
+        Ok(with_changed_dirs(reply))
     }
 
     async fn read_dir(&self, r: Request<ReadDirRequest>) -> Result<Response<ReadDirReply>, Status> {

@@ -395,13 +395,15 @@ impl DfsFuse {
             }
         }
         if touches_meta {
-            let attr = self
-                .dfs
-                .cluster
-                .meta
+            let meta = &self.dfs.cluster.meta;
+            meta.forget_changed_dir(ino);
+            let attr = meta
                 .call("setattr", |mut c| async move { c.set_attr(request).await })
-                .await?;
-            return Ok(self.dfs.overlay_attr(attr).await);
+                .await;
+            // Also after: a create in this directory answered meanwhile
+            // may carry attributes from before the change.
+            meta.forget_changed_dir(ino);
+            return Ok(self.dfs.overlay_attr(attr?).await);
         }
         self.getattr_async(ino).await
     }
@@ -526,6 +528,12 @@ impl Filesystem for DfsFuse {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = op_span("getattr", req, ino.0).entered();
+        // A directory this client just changed: the kernel asks because it
+        // knows the change touched it, and the change's reply said how.
+        if let Some((attr, left)) = self.dfs.cluster.meta.changed_dir(ino.0, self.ttl) {
+            reply.attr(&left, &to_file_attr(&attr));
+            return;
+        }
         match self.rt.block_on(self.getattr_async(ino.0)) {
             Ok(attr) => reply.attr(&self.ttl, &to_file_attr(&attr)),
             Err(e) => match self
@@ -646,14 +654,16 @@ impl Filesystem for DfsFuse {
                     request.kill_sgid = !caller_in_group(req, attr.gid);
                 }
             }
-            self.dfs
-                .cluster
-                .meta
+            let meta = &self.dfs.cluster.meta;
+            meta.forget_changed_dir(ino.0);
+            let result = meta
                 .call("setxattr", |mut c| {
                     let request = request.clone();
                     async move { c.set_xattr(request).await }
                 })
-                .await
+                .await;
+            meta.forget_changed_dir(ino.0);
+            result
         });
         reply_empty(result, "setxattr", ino.0, reply);
     }
@@ -722,12 +732,13 @@ impl Filesystem for DfsFuse {
             name: name.as_bytes().to_vec(),
             ..Default::default()
         };
-        let result = self
-            .rt
-            .block_on(self.dfs.cluster.meta.call("removexattr", |mut c| {
-                let request = request.clone();
-                async move { c.remove_xattr(request).await }
-            }));
+        let meta = &self.dfs.cluster.meta;
+        meta.forget_changed_dir(ino.0);
+        let result = self.rt.block_on(meta.call("removexattr", |mut c| {
+            let request = request.clone();
+            async move { c.remove_xattr(request).await }
+        }));
+        meta.forget_changed_dir(ino.0);
         reply_empty(result, "removexattr", ino.0, reply);
     }
 

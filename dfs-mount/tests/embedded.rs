@@ -422,3 +422,78 @@ fn rewinddir_sees_names_created_after_opendir() {
     // SAFETY: `stream` is open and not used afterwards.
     unsafe { libc::closedir(stream) };
 }
+
+/// The kernel asks for a directory's attributes after each change in it;
+/// the client answers from the change's reply. Whatever answers, they must
+/// be the directory's attributes after the change.
+#[test]
+fn directory_attributes_follow_each_change_at_once() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", work.path().join("vol").display());
+    let m = TestMount::start(&source, &[]);
+    let (d, e) = (m.path.join("d"), m.path.join("e"));
+    fs::create_dir(&d).expect("mkdir d");
+    fs::create_dir(&e).expect("mkdir e");
+    let stamp = |p: &std::path::Path| {
+        let md = fs::metadata(p).expect("stat");
+        (
+            md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            md.nlink(),
+        )
+    };
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
+    let mut last = stamp(&d);
+    let step = |what: &str, expect_nlink: u64, last: &mut (i64, i64, u64)| {
+        let now = stamp(&d);
+        assert!(
+            now.0 > last.0,
+            "{what}: mtime of d did not advance: {last:?} -> {now:?}"
+        );
+        assert_eq!(now.2, expect_nlink, "{what}: nlink of d");
+        *last = now;
+    };
+    pause();
+    fs::write(d.join("f"), b"x").expect("create");
+    step("create", 2, &mut last);
+    pause();
+    fs::create_dir(d.join("s")).expect("mkdir");
+    step("mkdir", 3, &mut last);
+    let moved_before = stamp(&d.join("s"));
+    pause();
+    fs::rename(d.join("s"), d.join("t")).expect("rename within d");
+    step("rename", 3, &mut last);
+    assert!(
+        stamp(&d.join("t")).1 > moved_before.1,
+        "a renamed directory's ctime"
+    );
+    pause();
+    fs::rename(d.join("t"), e.join("t")).expect("rename to e");
+    step("rename out", 2, &mut last);
+    assert_eq!(stamp(&e).2, 3, "nlink of e after a directory moved in");
+    pause();
+    fs::remove_dir(e.join("t")).expect("rmdir");
+    assert_eq!(stamp(&e).2, 2, "nlink of e after rmdir");
+    fs::hard_link(d.join("f"), d.join("g")).expect("link");
+    step("link", 2, &mut last);
+    pause();
+    fs::remove_file(d.join("f")).expect("unlink");
+    step("unlink", 2, &mut last);
+    // Changes whose replies do not carry the directory: mode, xattrs.
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).expect("chmod");
+    assert_eq!(
+        fs::metadata(&d).expect("stat").permissions().mode() & 0o7777,
+        0o700
+    );
+    let ctime = stamp(&d).1;
+    pause();
+    sh(&format!(
+        "python3 -c 'import os; os.setxattr(\"{}\", \"user.k\", b\"v\")'",
+        d.display()
+    ));
+    assert!(
+        stamp(&d).1 > ctime,
+        "setxattr changes the directory's ctime"
+    );
+}

@@ -12,6 +12,14 @@ pub use v1::*;
 
 /// Largest message either side accepts: a batch of shards for one server.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Response metadata key (binary, one value per directory, each an encoded
+/// `InodeRecord`) under which the metadata server returns the directories a
+/// namespace change (create, link, unlink, rmdir, rename) modified, as they
+/// are after it. The kernel asks for their attributes right after such a
+/// change; a client answers from these instead of another round trip. In
+/// metadata, not in the reply message, so clients that do not know it
+/// ignore it.
+pub const CHANGED_DIRS_METADATA: &str = "dfs-changed-dirs-bin";
 /// `RenameRequest::flags`, with Linux's values.
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;

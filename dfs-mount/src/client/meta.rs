@@ -2,6 +2,7 @@
 //! restarting, a conflict) are retried with backoff for a bounded time,
 //! after which the caller gets EIO instead of a hang.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,13 @@ use std::time::{Duration, Instant};
 use dfs_core::error::DfsError;
 use dfs_core::rpc::RpcTransport;
 use dfs_proto::meta_client::MetaClient;
+use dfs_proto::InodeRecord;
+use parking_lot::Mutex;
+use prost::Message;
 use tonic::Response;
+
+/// Bound on remembered directory attributes (see `MetaRpc::changed_dir`).
+const CHANGED_DIRS_MAX: usize = 4096;
 
 #[derive(Clone)]
 pub struct MetaRpc {
@@ -20,6 +27,9 @@ pub struct MetaRpc {
     /// The server that answered last: calls start there, so a dead server
     /// listed first costs one failed attempt, not one per call.
     preferred: Arc<AtomicUsize>,
+    /// Directories this client's namespace changes modified, as the
+    /// metadata server returned them with the change, and when.
+    changed_dirs: Arc<Mutex<HashMap<u64, (InodeRecord, Instant)>>>,
 }
 
 impl MetaRpc {
@@ -39,6 +49,53 @@ impl MetaRpc {
             clients,
             retry_for_ms,
             preferred: Arc::new(AtomicUsize::new(0)),
+            changed_dirs: Arc::default(),
+        }
+    }
+
+    /// Directory `ino` as this client's last change to it left it, if that
+    /// was less than `ttl` ago, and how much of `ttl` is left. The kernel
+    /// asks for a directory's attributes right after each create, unlink or
+    /// rename in it (it knows they changed); this answers that without a
+    /// round trip. Within `ttl` it is what the kernel itself may cache, and
+    /// a later change by this client replaces or forgets it.
+    pub fn changed_dir(&self, ino: u64, ttl: Duration) -> Option<(InodeRecord, Duration)> {
+        let dirs = self.changed_dirs.lock();
+        let (attr, at) = dirs.get(&ino)?;
+        let left = ttl.checked_sub(at.elapsed())?;
+        (!left.is_zero()).then(|| (attr.clone(), left))
+    }
+
+    /// Forgets what `changed_dir` knows of `ino`: for changes whose reply
+    /// does not carry the directory (setattr, extended attributes).
+    pub fn forget_changed_dir(&self, ino: u64) {
+        self.changed_dirs.lock().remove(&ino);
+    }
+
+    fn note_changed_dirs(&self, metadata: &tonic::metadata::MetadataMap) {
+        let mut values = metadata
+            .get_all_bin(dfs_proto::CHANGED_DIRS_METADATA)
+            .iter()
+            .peekable();
+        if values.peek().is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut dirs = self.changed_dirs.lock();
+        if dirs.len() >= CHANGED_DIRS_MAX {
+            dirs.clear();
+        }
+        for value in values {
+            let decoded = value
+                .to_bytes()
+                .ok()
+                .and_then(|bytes| InodeRecord::decode(bytes).ok());
+            match decoded {
+                Some(dir) => {
+                    dirs.insert(dir.ino, (dir, now));
+                }
+                None => tracing::debug!("undecodable changed-directory metadata ignored"),
+            }
         }
     }
 
@@ -65,6 +122,7 @@ impl MetaRpc {
             match f(self.clients[index].clone()).await {
                 Ok(reply) => {
                     self.preferred.store(index, Ordering::Relaxed);
+                    self.note_changed_dirs(reply.metadata());
                     return Ok(reply.into_inner());
                 }
                 Err(status) => {
