@@ -128,6 +128,16 @@ impl InodeAllocator {
         }
     }
 
+    /// The next free inode number if the reserved batch has one: never
+    /// blocks, so it needs no blocking thread (1,023 creates in 1,024).
+    pub fn try_next(&self) -> Option<u64> {
+        let mut range = self.range.lock();
+        (range.0 < range.1).then(|| {
+            range.0 += 1;
+            range.0 - 1
+        })
+    }
+
     /// The next free inode number. Blocking (it may run a transaction):
     /// call it outside any other transaction.
     pub fn next(&self, store: &dyn crate::store::MetaStore) -> Result<u64> {
@@ -794,5 +804,16 @@ mod tests {
         let c = InodeAllocator::new(3);
         let n = c.next(&store).unwrap();
         assert!(seen.iter().all(|&s| s < n) && !seen.contains(&ROOT_INO));
+        // try_next hands out the rest of the batch without the store, then
+        // says the batch is spent.
+        assert_eq!(c.try_next(), Some(n + 1));
+        assert_eq!(c.try_next(), Some(n + 2));
+        assert_eq!(c.try_next(), None);
+        assert_eq!(c.next(&store).unwrap(), n + 3);
+        assert_eq!(
+            InodeAllocator::new(3).try_next(),
+            None,
+            "nothing reserved yet"
+        );
     }
 }

@@ -325,11 +325,16 @@ impl Meta for MetaService {
 
     async fn create(&self, r: Request<CreateRequest>) -> Result<Response<InodeRecord>, Status> {
         let r = r.into_inner();
-        let (store, inodes) = (self.store.clone(), self.inodes.clone());
-        let ino = tokio::task::spawn_blocking(move || inodes.next(store.as_ref()))
-            .await
-            .map_err(|e| Status::internal(format!("inode allocation panicked: {e}")))?
-            .map_err(|e| Status::from(DfsError::from(e)))?;
+        let ino = match self.inodes.try_next() {
+            Some(ino) => ino,
+            None => {
+                let (store, inodes) = (self.store.clone(), self.inodes.clone());
+                tokio::task::spawn_blocking(move || inodes.next(store.as_ref()))
+                    .await
+                    .map_err(|e| Status::internal(format!("inode allocation panicked: {e}")))?
+                    .map_err(|e| Status::from(DfsError::from(e)))?
+            }
+        };
         let reply = self
             .run("create", move |t, now| {
                 let inode = namespace::create(t, &r, ino, now)?;
