@@ -395,15 +395,13 @@ impl DfsFuse {
             }
         }
         if touches_meta {
-            let meta = &self.dfs.cluster.meta;
-            meta.forget_changed_dir(ino);
-            let attr = meta
+            let attr = self
+                .dfs
+                .cluster
+                .meta
                 .call("setattr", |mut c| async move { c.set_attr(request).await })
-                .await;
-            // Also after: a create in this directory answered meanwhile
-            // may carry attributes from before the change.
-            meta.forget_changed_dir(ino);
-            return Ok(self.dfs.overlay_attr(attr?).await);
+                .await?;
+            return Ok(self.dfs.overlay_attr(attr).await);
         }
         self.getattr_async(ino).await
     }
@@ -654,16 +652,14 @@ impl Filesystem for DfsFuse {
                     request.kill_sgid = !caller_in_group(req, attr.gid);
                 }
             }
-            let meta = &self.dfs.cluster.meta;
-            meta.forget_changed_dir(ino.0);
-            let result = meta
+            self.dfs
+                .cluster
+                .meta
                 .call("setxattr", |mut c| {
                     let request = request.clone();
                     async move { c.set_xattr(request).await }
                 })
-                .await;
-            meta.forget_changed_dir(ino.0);
-            result
+                .await
         });
         reply_empty(result, "setxattr", ino.0, reply);
     }
@@ -732,13 +728,12 @@ impl Filesystem for DfsFuse {
             name: name.as_bytes().to_vec(),
             ..Default::default()
         };
-        let meta = &self.dfs.cluster.meta;
-        meta.forget_changed_dir(ino.0);
-        let result = self.rt.block_on(meta.call("removexattr", |mut c| {
-            let request = request.clone();
-            async move { c.remove_xattr(request).await }
-        }));
-        meta.forget_changed_dir(ino.0);
+        let result = self
+            .rt
+            .block_on(self.dfs.cluster.meta.call("removexattr", |mut c| {
+                let request = request.clone();
+                async move { c.remove_xattr(request).await }
+            }));
         reply_empty(result, "removexattr", ino.0, reply);
     }
 

@@ -58,18 +58,12 @@ impl MetaRpc {
     /// asks for a directory's attributes right after each create, unlink or
     /// rename in it (it knows they changed); this answers that without a
     /// round trip. Within `ttl` it is what the kernel itself may cache, and
-    /// a later change by this client replaces or forgets it.
+    /// a later change by this client replaces it.
     pub fn changed_dir(&self, ino: u64, ttl: Duration) -> Option<(InodeRecord, Duration)> {
         let dirs = self.changed_dirs.lock();
         let (attr, at) = dirs.get(&ino)?;
         let left = ttl.checked_sub(at.elapsed())?;
         (!left.is_zero()).then(|| (attr.clone(), left))
-    }
-
-    /// Forgets what `changed_dir` knows of `ino`: for changes whose reply
-    /// does not carry the directory (setattr, extended attributes).
-    pub fn forget_changed_dir(&self, ino: u64) {
-        self.changed_dirs.lock().remove(&ino);
     }
 
     fn note_changed_dirs(&self, metadata: &tonic::metadata::MetadataMap) {
@@ -91,9 +85,14 @@ impl MetaRpc {
                 .ok()
                 .and_then(|bytes| InodeRecord::decode(bytes).ok());
             match decoded {
-                Some(dir) => {
-                    dirs.insert(dir.ino, (dir, now));
-                }
+                // Every change to a directory moves its ctime: a reply that
+                // overtook a later change's never replaces what it left.
+                Some(dir) => match dirs.get(&dir.ino) {
+                    Some((known, _)) if known.ctime_ns > dir.ctime_ns => {}
+                    _ => {
+                        dirs.insert(dir.ino, (dir, now));
+                    }
+                },
                 None => tracing::debug!("undecodable changed-directory metadata ignored"),
             }
         }
