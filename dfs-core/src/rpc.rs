@@ -53,6 +53,15 @@ where
     BoxCloneSyncService::new(svc.map_err(|e| TransportError(e.into())))
 }
 
+/// The largest HTTP/2 frame a dfs server or the mount accepts (the
+/// protocol's default is 16 KiB). A shard batch or a read reply then goes
+/// as one DATA frame instead of a train of 16 KiB ones: every frame that
+/// crosses the socket alone wakes the peer, and with nine chunk servers
+/// and a client sharing two cores those wake-ups were the cost of a small
+/// file's upload. 256 KiB keeps a big upload's frames short enough that a
+/// small request on the same connection is not held up behind one.
+pub const MAX_FRAME_BYTES: u32 = 256 * 1024;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -68,6 +68,7 @@ pub async fn serve(
     // then run at about 25 a second.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

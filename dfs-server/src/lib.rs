@@ -179,6 +179,7 @@ impl BoundServer {
 
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let result = tonic::transport::Server::builder()
+            .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
             .add_service(service::chunk_service_server(Arc::clone(&self.store)))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await

@@ -44,6 +44,8 @@ pub fn tcp_connector() -> Connector {
 }
 
 fn tcp_transport(address: &str) -> Result<RpcTransport, DfsError> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::{connect::HttpConnector, Client};
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     use tonic::codegen::http;
@@ -54,9 +56,10 @@ fn tcp_transport(address: &str) -> Result<RpcTransport, DfsError> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(3)));
-    let client: Client<HttpConnector, tonic::body::Body> = Client::builder(TokioExecutor::new())
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .http2_adaptive_window(true)
+        .http2_max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
         .timer(TokioTimer::new())
         // One HTTP/2 connection per server, kept while it works.
         .pool_idle_timeout(None)
@@ -73,7 +76,16 @@ fn tcp_transport(address: &str) -> Result<RpcTransport, DfsError> {
             uri.path_and_query = parts.uri.path_and_query().cloned();
             parts.uri = http::Uri::from_parts(uri)
                 .map_err(|e| transport_status(tonic::Status::internal(e.to_string())))?;
-            let request = http::Request::from_parts(parts, body);
+            // Every dfs call is unary and its request is encoded at once:
+            // sent whole, its DATA frame carries the end of the stream,
+            // instead of a last empty frame (one segment, one wake-up of
+            // the server, fewer per call).
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| transport_status(tonic::Status::internal(e.to_string())))?
+                .to_bytes();
+            let request = http::Request::from_parts(parts, Full::new(body));
             match tokio::time::timeout(RPC_TIMEOUT, client.request(request)).await {
                 Ok(Ok(response)) => Ok(response.map(tonic::body::Body::new)),
                 Ok(Err(e)) => Err(transport_status(tonic::Status::unavailable(error_chain(
