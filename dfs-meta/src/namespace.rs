@@ -258,37 +258,38 @@ pub fn create(
 /// Drops one link to `inode`; when none is left the inode and its chunk
 /// map go, and the chunks' reference counts drop with them, unless the
 /// caller keeps it open (`keep_ino`): then it stays, without links, until
-/// [`forget_unlinked`].
+/// [`forget_unlinked`]. True when the purge worker has the rest of a
+/// large file's chunk map to release (see [`remove_inode`]).
 fn drop_link(
     txn: &mut dyn KvTxn,
     mut inode: InodeRecord,
     keep_ino: u64,
     now_ns: i64,
-) -> Result<()> {
+) -> Result<bool> {
     let is_dir = inode.kind() == FileKind::Directory;
     inode.nlink = inode.nlink.saturating_sub(1);
     inode.ctime_ns = now_ns;
     if !is_dir && inode.nlink == 0 && keep_ino == inode.ino {
         txn.set(&keys::unlinked_open(inode.ino), &now_ns.to_le_bytes());
         put_inode(txn, &inode);
-        return Ok(());
+        return Ok(false);
     }
     if is_dir || inode.nlink == 0 {
-        remove_inode(txn, &inode)?;
-    } else {
-        put_inode(txn, &inode);
+        return remove_inode(txn, &inode);
     }
-    Ok(())
+    put_inode(txn, &inode);
+    Ok(false)
 }
 
-/// Removes an inode that has no links left.
-fn remove_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) -> Result<()> {
+/// Removes an inode that has no links left. True when part of its chunk
+/// map is left to the purge worker.
+fn remove_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) -> Result<bool> {
     // A small file's chunks go with it; a large one's are purged in
     // bounded transactions afterwards (`purge`): the name and inode go
     // now, so nobody ever sees a half-removed file.
-    if inode.kind() == FileKind::Regular
-        && !chunkmap::purge_some(txn, inode.ino, chunkmap::PURGE_BATCH)?
-    {
+    let purge_left = inode.kind() == FileKind::Regular
+        && !chunkmap::purge_some(txn, inode.ino, chunkmap::PURGE_BATCH)?;
+    if purge_left {
         txn.set(&keys::trash(inode.ino), &[]);
     }
     // Key by key, not a range clear: RocksDB range tombstones slow every
@@ -302,12 +303,9 @@ fn remove_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) -> Result<()> {
     // ends, finding no table).
     txn.clear(&keys::lock_table(inode.ino));
     txn.atomic_add(&keys::counter(COUNTER_INODES), -1)?;
-    Ok(())
+    Ok(purge_left)
 }
 
-/// Removes an inode kept by an unlink or rename while a client had it
-/// open, now that the client closed it. Repeating it, or calling it for an
-/// inode with links, changes nothing.
 /// Renews the leases of kept unlinked inodes (a client still has them
 /// open). Inodes without a marker are skipped: already forgotten.
 pub fn keep_unlinked(txn: &mut dyn KvTxn, inos: &[u64], now_ns: i64) -> Result<()> {
@@ -346,15 +344,19 @@ pub fn expire_unlinked(
     Ok((removed, next))
 }
 
-pub fn forget_unlinked(txn: &mut dyn KvTxn, ino: u64) -> Result<()> {
+/// Removes an inode kept by an unlink or rename while a client had it
+/// open, now that the client closed it. Repeating it, or calling it for an
+/// inode with links, changes nothing.
+/// True when part of the file's chunk map is left to the purge worker.
+pub fn forget_unlinked(txn: &mut dyn KvTxn, ino: u64) -> Result<bool> {
     let marker = keys::unlinked_open(ino);
     if txn.get(&marker)?.is_none() {
-        return Ok(());
+        return Ok(false);
     }
     txn.clear(&marker);
     match get_record::<InodeRecord>(txn, &keys::inode(ino))? {
         Some(inode) if inode.nlink == 0 => remove_inode(txn, &inode),
-        _ => Ok(()),
+        _ => Ok(false),
     }
 }
 
@@ -371,7 +373,7 @@ pub fn unlink(
     name: &[u8],
     keep_ino: u64,
     now_ns: i64,
-) -> Result<()> {
+) -> Result<bool> {
     let mut parent = get_dir(txn, parent_ino)?;
     let entry = lookup_entry(txn, parent_ino, name)?.ok_or(MetaError::NotFound)?;
     let inode = get_inode(txn, entry.ino)?;
@@ -379,11 +381,11 @@ pub fn unlink(
         return Err(MetaError::IsDir);
     }
     txn.clear(&keys::dirent(parent_ino, name));
-    drop_link(txn, inode, keep_ino, now_ns)?;
+    let purge_left = drop_link(txn, inode, keep_ino, now_ns)?;
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
     put_inode(txn, &parent);
-    Ok(())
+    Ok(purge_left)
 }
 
 pub fn rmdir(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) -> Result<()> {
@@ -428,7 +430,7 @@ fn is_within(txn: &mut dyn KvTxn, mut dir: u64, ancestor: u64) -> Result<bool> {
     ))
 }
 
-pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<()> {
+pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<bool> {
     check_name(&req.new_name)?;
     if req.name.len() > NAME_MAX {
         return Err(MetaError::NameTooLong);
@@ -446,7 +448,7 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<(
     if let Some(dst) = &dst_entry {
         if dst.ino == src.ino {
             // Same file under both names (or the same name): nothing to do.
-            return Ok(());
+            return Ok(false);
         }
         if noreplace {
             return Err(MetaError::Exists);
@@ -502,9 +504,10 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<(
         }
         adjust_dir(txn, req.parent, 0, now_ns)?;
         adjust_dir(txn, req.new_parent, 0, now_ns)?;
-        return Ok(());
+        return Ok(false);
     }
 
+    let mut purge_left = false;
     if let Some(dst) = dst {
         let dst_is_dir = dst.kind() == FileKind::Directory;
         match (src_is_dir, dst_is_dir) {
@@ -517,7 +520,7 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<(
             // The replaced directory's `..` no longer counts for new_parent.
             adjust_dir(txn, req.new_parent, -1, now_ns)?;
         }
-        drop_link(txn, dst, req.keep_ino, now_ns)?;
+        purge_left = drop_link(txn, dst, req.keep_ino, now_ns)?;
     }
     txn.clear(&keys::dirent(req.parent, &req.name));
     put_record(
@@ -537,7 +540,7 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<(
         adjust_dir(txn, req.parent, 0, now_ns)?;
         adjust_dir(txn, req.new_parent, 0, now_ns)?;
     }
-    Ok(())
+    Ok(purge_left)
 }
 
 /// Changes a directory's link count by `delta` and stamps its times.

@@ -88,7 +88,8 @@ mod tests {
         assert!(page.more && page.data_version == file.data_version);
         assert_eq!(run(&store, chunkmap::stats).logical_bytes, n as u64 * 100);
 
-        run(&store, |t| namespace::unlink(t, 1, b"big", 0, 2));
+        let purge_left = run(&store, |t| namespace::unlink(t, 1, b"big", 0, 2));
+        assert!(purge_left, "the unlink says the purge worker has work");
         // The name is gone at once; only the first batch was released.
         assert!(matches!(
             transact(&store, |t| namespace::lookup(t, 1, b"big")),
@@ -111,6 +112,26 @@ mod tests {
         )?))
         .is_empty());
         assert_eq!(purge_pending(&store).unwrap(), 0, "nothing left to do");
+    }
+
+    #[test]
+    fn removing_a_small_file_leaves_the_purge_worker_nothing() {
+        let store = MemStore::default();
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+        big_file_named(&store, b"small", 2, 3);
+        big_file_named(&store, b"other", 3, 3);
+        let rename = dfs_proto::RenameRequest {
+            parent: 1,
+            name: b"other".to_vec(),
+            new_parent: 1,
+            new_name: b"small".to_vec(),
+            ..Default::default()
+        };
+        assert!(!run(&store, |t| namespace::rename(t, &rename, 2)));
+        assert!(!run(&store, |t| namespace::unlink(t, 1, b"small", 0, 3)));
+        let (b, e) = keys::tag_range(keys::TRASH);
+        assert!(run(&store, |t| Ok(t.range(&b, &e, 0, false)?)).is_empty());
+        assert_eq!(run(&store, chunkmap::stats).chunks, 0);
     }
 
     fn big_file(store: &MemStore, n: usize) -> u64 {

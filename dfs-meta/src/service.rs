@@ -231,6 +231,18 @@ impl MetaService {
             leases_trusted: self.started.elapsed() >= locks::LEASE,
         }
     }
+
+    /// Wakes the purge worker when the change left a removed file's chunk
+    /// map for it to release (a large file); then the reply as usual. A
+    /// wake costs the worker a transaction over the whole trash range, so
+    /// not on every unlink or rename.
+    fn wake_purge_if<T>(&self, reply: Response<(bool, (T, Vec<InodeRecord>))>) -> Response<T> {
+        let (purge_left, reply) = reply.into_inner();
+        if purge_left {
+            self.purge_wake.notify_one();
+        }
+        with_changed_dirs(Response::new(reply))
+    }
 }
 
 #[tonic::async_trait]
@@ -365,23 +377,26 @@ impl Meta for MetaService {
         let r = r.into_inner();
         let reply = self
             .run("unlink", move |t, now| {
-                namespace::unlink(t, r.parent, &r.name, r.keep_ino, now)?;
-                Ok((Empty {}, vec![namespace::get_inode(t, r.parent)?]))
+                let purge_left = namespace::unlink(t, r.parent, &r.name, r.keep_ino, now)?;
+                let dirs = vec![namespace::get_inode(t, r.parent)?];
+                Ok((purge_left, (Empty {}, dirs)))
             })
             .await?;
-        self.purge_wake.notify_one();
-        Ok(with_changed_dirs(reply))
+        Ok(self.wake_purge_if(reply))
     }
 
     async fn forget_unlinked(&self, r: Request<InoRequest>) -> Result<Response<Empty>, Status> {
         let ino = r.into_inner().ino;
         let reply = self
             .run("forget_unlinked", move |t, _| {
-                namespace::forget_unlinked(t, ino).map(|_| Empty {})
+                namespace::forget_unlinked(t, ino).map(|purge_left| (purge_left, Empty {}))
             })
             .await?;
-        self.purge_wake.notify_one();
-        Ok(reply)
+        let (purge_left, reply) = reply.into_inner();
+        if purge_left {
+            self.purge_wake.notify_one();
+        }
+        Ok(Response::new(reply))
     }
 
     async fn keep_unlinked(
@@ -495,7 +510,7 @@ impl Meta for MetaService {
                 Ok((Empty {}, dirs))
             })
             .await?;
-        self.purge_wake.notify_one();
+        // A directory has no chunk map: nothing for the purge worker.
         Ok(with_changed_dirs(reply))
     }
 
@@ -504,7 +519,7 @@ impl Meta for MetaService {
         let reply = self
             .run("rename", move |t, now| {
                 let target = namespace::lookup(t, r.new_parent, &r.new_name).ok();
-                namespace::rename(t, &r, now)?;
+                let purge_left = namespace::rename(t, &r, now)?;
                 let mut dirs = vec![namespace::get_inode(t, r.parent)?];
                 // A directory the rename replaced is gone.
                 if let Some(old) = target
@@ -526,11 +541,10 @@ impl Meta for MetaService {
                         }
                     }
                 }
-                Ok((Empty {}, dirs))
+                Ok((purge_left, (Empty {}, dirs)))
             })
             .await?;
-        self.purge_wake.notify_one();
-        Ok(with_changed_dirs(reply))
+        Ok(self.wake_purge_if(reply))
     }
 
     async fn read_dir(&self, r: Request<ReadDirRequest>) -> Result<Response<ReadDirReply>, Status> {
