@@ -11,14 +11,77 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use bytes::{Bytes, BytesMut};
 use dfs_proto::MappedChunk;
 
 /// Byte ranges written but not yet committed, as non-overlapping extents
 /// keyed by offset.
 #[derive(Default, Debug)]
 pub struct WriteBuffer {
-    extents: BTreeMap<u64, Vec<u8>>,
+    extents: BTreeMap<u64, Extent>,
     bytes: usize,
+}
+
+/// One run of buffered bytes. Open while writes grow it in place; sealed
+/// once a flush cuts chunks from it, which are then slices of its bytes,
+/// not copies. A write into a sealed extent opens it again, copying it
+/// only while a flush still holds slices of it.
+#[derive(Debug)]
+enum Extent {
+    Open(BytesMut),
+    Sealed(Bytes),
+}
+
+impl Extent {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Extent::Open(bytes) => bytes,
+            Extent::Sealed(bytes) => bytes,
+        }
+    }
+
+    fn open(&mut self) -> &mut BytesMut {
+        let bytes = match std::mem::replace(self, Extent::Open(BytesMut::new())) {
+            Extent::Open(bytes) => bytes,
+            Extent::Sealed(bytes) => bytes
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..])),
+        };
+        *self = Extent::Open(bytes);
+        match self {
+            Extent::Open(bytes) => bytes,
+            Extent::Sealed(_) => unreachable!("the extent was opened just above"),
+        }
+    }
+
+    /// Its bytes, shared from now on.
+    fn seal(&mut self) -> Bytes {
+        let bytes = match std::mem::replace(self, Extent::Sealed(Bytes::new())) {
+            Extent::Open(bytes) => bytes.freeze(),
+            Extent::Sealed(bytes) => bytes,
+        };
+        *self = Extent::Sealed(bytes.clone());
+        bytes
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Extent::Open(bytes) => bytes.truncate(len),
+            Extent::Sealed(bytes) => bytes.truncate(len),
+        }
+    }
+
+    /// Keeps `[0, at)`, returns the rest.
+    fn split_off(&mut self, at: usize) -> Extent {
+        match self {
+            Extent::Open(bytes) => Extent::Open(bytes.split_off(at)),
+            Extent::Sealed(bytes) => Extent::Sealed(bytes.split_off(at)),
+        }
+    }
 }
 
 impl WriteBuffer {
@@ -40,7 +103,7 @@ impl WriteBuffer {
         let nothing_after = self.extents.range(offset..end).next().is_none();
         if let Some((&start, last)) = self.extents.range_mut(..=offset).next_back() {
             if start + last.len() as u64 == offset && nothing_after {
-                last.extend_from_slice(data);
+                last.open().extend_from_slice(data);
                 self.bytes += data.len();
                 return;
             }
@@ -66,15 +129,30 @@ impl WriteBuffer {
                 pieces.push((s, v));
             }
         }
-        let mut merged = vec![0u8; (merged_end - merged_start) as usize];
+        let mut merged = BytesMut::zeroed((merged_end - merged_start) as usize);
         for (s, v) in pieces {
             let at = (s - merged_start) as usize;
-            merged[at..at + v.len()].copy_from_slice(&v);
+            merged[at..at + v.len()].copy_from_slice(v.as_slice());
         }
         let at = (offset - merged_start) as usize;
         merged[at..at + data.len()].copy_from_slice(data);
         self.bytes += merged.len();
-        self.extents.insert(merged_start, merged);
+        self.extents.insert(merged_start, Extent::Open(merged));
+    }
+
+    /// `[start, end)` without a copy, when one extent holds all of it: the
+    /// bytes a reader of the file sees there, whatever was committed
+    /// before. The extent is sealed (see [`Extent`]).
+    pub fn shared(&mut self, start: u64, end: u64) -> Option<Bytes> {
+        let (&s, extent) = self.extents.range_mut(..=start).next_back()?;
+        if s + (extent.len() as u64) < end || end < start {
+            return None;
+        }
+        Some(
+            extent
+                .seal()
+                .slice((start - s) as usize..(end - s) as usize),
+        )
     }
 
     /// Copies buffered bytes that fall in `[start, start + out.len())` over `out`.
@@ -92,7 +170,7 @@ impl WriteBuffer {
             let from = s.max(start);
             let to = e.min(end);
             out[(from - start) as usize..(to - start) as usize]
-                .copy_from_slice(&v[(from - s) as usize..(to - s) as usize]);
+                .copy_from_slice(&v.as_slice()[(from - s) as usize..(to - s) as usize]);
         }
     }
 
@@ -152,7 +230,7 @@ impl WriteBuffer {
     pub fn put_back_under(&mut self, older: WriteBuffer) {
         let newer = std::mem::replace(self, older);
         for (offset, data) in newer.extents {
-            self.write(offset, &data);
+            self.write(offset, data.as_slice());
         }
     }
 }
@@ -302,6 +380,38 @@ mod tests {
         let mut out = vec![b'.'; 31];
         newer.overlay(0, &mut out);
         assert_eq!(&out, b"oooonnnnnn..........OO........N");
+    }
+
+    #[test]
+    fn shared_windows_are_slices_and_later_writes_never_change_them() {
+        let mut b = WriteBuffer::default();
+        b.write(100, b"0123456789");
+        assert_eq!(b.shared(99, 105), None, "starts before the extent");
+        assert_eq!(b.shared(105, 111), None, "ends past it");
+        let window = b.shared(102, 108).unwrap();
+        assert_eq!(&window[..], b"234567");
+        // Writes into and after the sealed extent: the window keeps the
+        // bytes it was cut with, the buffer has the new ones.
+        b.write(104, b"ab");
+        b.write(110, b"XY");
+        assert_eq!(&window[..], b"234567");
+        let mut out = vec![b'.'; 13];
+        b.overlay(100, &mut out);
+        assert_eq!(&out, b"0123ab6789XY.");
+        assert_eq!(b.bytes(), 12);
+        // Truncating and draining a sealed extent.
+        let whole = b.shared(100, 112).unwrap();
+        b.truncate(111);
+        b.drain_before(103);
+        assert_eq!(b.ranges(), vec![(103, 111)]);
+        assert_eq!(b.bytes(), 8);
+        assert_eq!(&whole[..], b"0123ab6789XY");
+        drop((window, whole));
+        // No slice left: the write reopens the extent in place.
+        b.write(111, b"Z");
+        let mut out = vec![b'.'; 9];
+        b.overlay(103, &mut out);
+        assert_eq!(&out, b"3ab6789XZ");
     }
 
     #[test]

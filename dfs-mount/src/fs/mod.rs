@@ -743,7 +743,7 @@ impl Dfs {
     /// done or the group's byte budget is spent at an old chunk boundary.
     async fn cut_group(
         &self,
-        st: &FileState,
+        st: &mut FileState,
         new_size: u64,
         mut previous_end: u64,
     ) -> Result<CutGroup, DfsError> {
@@ -761,7 +761,12 @@ impl Dfs {
             'region: loop {
                 let window_end = new_size.min(pos + CHUNK_WINDOW + u64::from(chunker::MAX_CHUNK));
                 let at_eof = window_end == new_size;
-                let buf = Bytes::from(self.read_range(st, pos, window_end).await?);
+                // A window the buffer holds whole (a file written in
+                // order) is cut straight from it.
+                let buf = match st.buffer.shared(pos, window_end) {
+                    Some(bytes) => bytes,
+                    None => Bytes::from(self.read_range(st, pos, window_end).await?),
+                };
                 let lens = chunker::cut_lengths(&buf, at_eof);
                 if lens.is_empty() {
                     break 'region;
