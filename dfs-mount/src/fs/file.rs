@@ -388,7 +388,7 @@ mod tests {
         b.write(100, b"0123456789");
         assert_eq!(b.shared(99, 105), None, "starts before the extent");
         assert_eq!(b.shared(105, 111), None, "ends past it");
-        let window = b.shared(102, 108).unwrap();
+        let window = b.shared(102, 108).expect("one extent holds it");
         assert_eq!(&window[..], b"234567");
         // Writes into and after the sealed extent: the window keeps the
         // bytes it was cut with, the buffer has the new ones.
@@ -400,7 +400,7 @@ mod tests {
         assert_eq!(&out, b"0123ab6789XY.");
         assert_eq!(b.bytes(), 12);
         // Truncating and draining a sealed extent.
-        let whole = b.shared(100, 112).unwrap();
+        let whole = b.shared(100, 112).expect("one extent holds it");
         b.truncate(111);
         b.drain_before(103);
         assert_eq!(b.ranges(), vec![(103, 111)]);
