@@ -919,7 +919,10 @@ impl Dfs {
         };
         for s in stored.iter().filter(|s| !s.data.is_empty()) {
             if let Ok(fp) = Fingerprint::from_slice(&s.mapped.fingerprint) {
-                self.cache.insert(fp, s.data.clone()).await;
+                // A copy: the chunk is a slice of a write-buffer extent (up
+                // to 64 MiB) or window, which a cached slice would keep
+                // whole while the cache counts only the chunk.
+                self.cache.insert(fp, Bytes::copy_from_slice(&s.data)).await;
             }
         }
         for r in &replaced {
