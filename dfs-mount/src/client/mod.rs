@@ -83,7 +83,9 @@ fn tcp_transport(address: &str) -> Result<RpcTransport, DfsError> {
             let body = body
                 .collect()
                 .await
-                .map_err(|e| transport_status(tonic::Status::internal(e.to_string())))?
+                // Encoding failed (a message over the size limit): its
+                // status as it is.
+                .map_err(transport_status)?
                 .to_bytes();
             let request = http::Request::from_parts(parts, Full::new(body));
             match tokio::time::timeout(RPC_TIMEOUT, client.request(request)).await {
