@@ -347,6 +347,7 @@ pub fn expire_unlinked(
 /// Removes an inode kept by an unlink or rename while a client had it
 /// open, now that the client closed it. Repeating it, or calling it for an
 /// inode with links, changes nothing.
+///
 /// True when part of the file's chunk map is left to the purge worker.
 pub fn forget_unlinked(txn: &mut dyn KvTxn, ino: u64) -> Result<bool> {
     let marker = keys::unlinked_open(ino);

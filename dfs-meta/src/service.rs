@@ -233,15 +233,15 @@ impl MetaService {
     }
 
     /// Wakes the purge worker when the change left a removed file's chunk
-    /// map for it to release (a large file); then the reply as usual. A
-    /// wake costs the worker a transaction over the whole trash range, so
-    /// not on every unlink or rename.
-    fn wake_purge_if<T>(&self, reply: Response<(bool, (T, Vec<InodeRecord>))>) -> Response<T> {
+    /// map for it to release (a large file), and strips that flag from the
+    /// reply. A wake costs the worker a transaction over the whole trash
+    /// range, so not on every unlink or rename.
+    fn wake_purge_if<T>(&self, reply: Response<(bool, T)>) -> Response<T> {
         let (purge_left, reply) = reply.into_inner();
         if purge_left {
             self.purge_wake.notify_one();
         }
-        with_changed_dirs(Response::new(reply))
+        Response::new(reply)
     }
 }
 
@@ -382,7 +382,7 @@ impl Meta for MetaService {
                 Ok((purge_left, (Empty {}, dirs)))
             })
             .await?;
-        Ok(self.wake_purge_if(reply))
+        Ok(with_changed_dirs(self.wake_purge_if(reply)))
     }
 
     async fn forget_unlinked(&self, r: Request<InoRequest>) -> Result<Response<Empty>, Status> {
@@ -392,11 +392,7 @@ impl Meta for MetaService {
                 namespace::forget_unlinked(t, ino).map(|purge_left| (purge_left, Empty {}))
             })
             .await?;
-        let (purge_left, reply) = reply.into_inner();
-        if purge_left {
-            self.purge_wake.notify_one();
-        }
-        Ok(Response::new(reply))
+        Ok(self.wake_purge_if(reply))
     }
 
     async fn keep_unlinked(
@@ -544,7 +540,7 @@ impl Meta for MetaService {
                 Ok((purge_left, (Empty {}, dirs)))
             })
             .await?;
-        Ok(self.wake_purge_if(reply))
+        Ok(with_changed_dirs(self.wake_purge_if(reply)))
     }
 
     async fn read_dir(&self, r: Request<ReadDirRequest>) -> Result<Response<ReadDirReply>, Status> {

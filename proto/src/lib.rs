@@ -15,10 +15,10 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Response metadata key (binary, one value per directory, each an encoded
 /// `InodeRecord`) under which the metadata server returns the directories a
 /// change (create, link, unlink, rmdir, rename; setattr and xattr changes
-/// of a directory) modified, as they are after it. The kernel asks for their attributes right after such a
-/// change; a client answers from these instead of another round trip. In
-/// metadata, not in the reply message, so clients that do not know it
-/// ignore it.
+/// of a directory) modified, as they are after it. The kernel asks for
+/// their attributes right after such a change; a client answers from these
+/// instead of another round trip. In metadata, not in the reply message,
+/// so clients that do not know it ignore it.
 pub const CHANGED_DIRS_METADATA: &str = "dfs-changed-dirs-bin";
 /// `RenameRequest::flags`, with Linux's values.
 pub const RENAME_NOREPLACE: u32 = 1;
