@@ -7,6 +7,7 @@
 //! in this process.
 
 pub mod chunks;
+mod h2_transport;
 pub mod meta;
 
 use std::collections::HashMap;
@@ -28,78 +29,13 @@ pub type Connector = Arc<dyn Fn(&str) -> Result<RpcTransport, DfsError> + Send +
 /// Longest a single RPC may take before it fails as unavailable.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A TCP connector: HTTP/2 connections to `host:port`, made on first use
-/// and again after one breaks.
-///
-/// A hyper client called directly, not a `tonic::transport::Channel`: a
-/// channel hands every request to a buffer task before the connection's
-/// task, and on this machine that hop cost a quarter of a create's latency
-/// (open(O_CREAT) 841/854 us with a channel, 612/627 us without; per
-/// second creates +40-47%, renames +24-30%, unlinks +15-31%, alternating
-/// runs of one build). Failures map to the statuses the retry logic expects:
+/// A TCP connector: one HTTP/2 connection per server, made on first use and
+/// again after one breaks (see [`h2_transport`] for why it drives `h2`
+/// itself). Failures map to the statuses the retry logic expects:
 /// connection errors are `Unavailable`, a server that does not answer
 /// within `RPC_TIMEOUT` is `DeadlineExceeded`.
 pub fn tcp_connector() -> Connector {
-    Arc::new(tcp_transport)
-}
-
-fn tcp_transport(address: &str) -> Result<RpcTransport, DfsError> {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::{connect::HttpConnector, Client};
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
-    use tonic::codegen::http;
-
-    let authority: http::uri::Authority = address
-        .parse()
-        .map_err(|e| DfsError::new(libc::EINVAL, format!("bad server address {address}: {e}")))?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(3)));
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .http2_adaptive_window(true)
-        .http2_max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
-        .timer(TokioTimer::new())
-        // One HTTP/2 connection per server, kept while it works.
-        .pool_idle_timeout(None)
-        .build(connector);
-    let service = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
-        let client = client.clone();
-        let authority = authority.clone();
-        async move {
-            // tonic gives the path; the origin is this server's.
-            let (mut parts, body) = request.into_parts();
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(authority);
-            uri.path_and_query = parts.uri.path_and_query().cloned();
-            parts.uri = http::Uri::from_parts(uri)
-                .map_err(|e| transport_status(tonic::Status::internal(e.to_string())))?;
-            // Every dfs call is unary and its request is encoded at once:
-            // sent whole, its DATA frame carries the end of the stream,
-            // instead of a last empty frame (one segment, one wake-up of
-            // the server, fewer per call).
-            let body = body
-                .collect()
-                .await
-                // Encoding failed (a message over the size limit): its
-                // status as it is.
-                .map_err(transport_status)?
-                .to_bytes();
-            let request = http::Request::from_parts(parts, Full::new(body));
-            match tokio::time::timeout(RPC_TIMEOUT, client.request(request)).await {
-                Ok(Ok(response)) => Ok(response.map(tonic::body::Body::new)),
-                Ok(Err(e)) => Err(transport_status(tonic::Status::unavailable(error_chain(
-                    &e,
-                )))),
-                Err(_) => Err(transport_status(tonic::Status::deadline_exceeded(format!(
-                    "no answer within {RPC_TIMEOUT:?}"
-                )))),
-            }
-        }
-    });
-    Ok(dfs_core::rpc::boxed_transport(service))
+    Arc::new(h2_transport::h2_transport)
 }
 
 /// A status as a transport error: tonic hands a `Status` it finds there to
