@@ -919,6 +919,11 @@ impl Dfs {
         };
         for s in stored.iter().filter(|s| !s.data.is_empty()) {
             if let Ok(fp) = Fingerprint::from_slice(&s.mapped.fingerprint) {
+                // Same fingerprint, same bytes: a chunk written again (a
+                // repeated block, a copied file) is not copied again.
+                if self.cache.contains(&fp) {
+                    continue;
+                }
                 // A copy: the chunk is a slice of a write-buffer extent (up
                 // to 64 MiB) or window, which a cached slice would keep
                 // whole while the cache counts only the chunk.
