@@ -16,6 +16,31 @@ fn namespace_operations_behave_like_a_local_disk() {
 }
 
 #[test]
+fn terminal_probes_get_enotty_without_a_warning_each() {
+    use std::io::IsTerminal;
+    let data = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", data.path().join("vol").display());
+    let m = TestMount::start(&source, &[]);
+    let path = m.path.join("plain");
+    fs::write(&path, b"not a terminal").expect("write");
+    let file = fs::File::open(&path).expect("open");
+    for _ in 0..3 {
+        assert!(!file.is_terminal());
+    }
+    // stty's TCGETS: the errno a regular file gives.
+    let out = std::process::Command::new("stty")
+        .arg("-F")
+        .arg(&path)
+        .output()
+        .expect("stty");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Inappropriate ioctl"), "{err}");
+    let log = fs::read_to_string(m.path.with_extension("log")).unwrap_or_default();
+    assert!(!log.contains("ioctl"), "ioctls logged:\n{log}");
+}
+
+#[test]
 fn tree_copy_reads_back_identical_and_survives_remount() {
     let work = tempfile::tempdir().expect("tempdir");
     let tree = work.path().join("tree");
