@@ -120,6 +120,42 @@ fn an_open_on_one_client_sees_what_another_client_closed() {
 }
 
 #[test]
+fn a_name_another_client_creates_shows_within_the_entry_timeout() {
+    let cluster = TestCluster::start(1, 3);
+    let a = TestMount::start(&cluster.meta_addr(), &[]);
+    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    let strong = TestMount::start(&cluster.meta_addr(), &["consistency=strong"]);
+    // Both look the name up before it exists (a keeps that answer for its
+    // entry timeout, 1 s; strong keeps nothing).
+    assert!(!a.path.join("late").exists());
+    assert!(!strong.path.join("late").exists());
+    fs::write(b.path.join("late"), b"from b").expect("create on b");
+    assert_eq!(
+        fs::read(strong.path.join("late")).expect("strong sees it at once"),
+        b"from b"
+    );
+    let created = Instant::now();
+    while !a.path.join("late").exists() {
+        assert!(
+            created.elapsed() < Duration::from_secs(10),
+            "a never saw the file b created"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(a.path.join("late")).expect("read on a"), b"from b");
+    // A name this client looked up in vain and then creates is there at
+    // once.
+    let mine = a.path.join("mine");
+    assert!(!mine.exists());
+    fs::write(&mine, b"from a").expect("create on a");
+    assert_eq!(fs::read(&mine).expect("read back"), b"from a");
+    fs::remove_file(&mine).expect("unlink");
+    assert!(!mine.exists());
+    fs::write(&mine, b"again").expect("create again");
+    assert_eq!(fs::read(&mine).expect("read back"), b"again");
+}
+
+#[test]
 fn scattered_writes_flush_in_bounded_groups_without_losing_any() {
     let work = tempfile::tempdir().expect("tempdir");
     let source = format!("local:{}", work.path().join("vol").display());
