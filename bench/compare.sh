@@ -30,7 +30,11 @@
 #      kernel caches are dropped before the stat phase (as juicefs bench does
 #      before its own): otherwise stat measures the kernel's attribute cache,
 #      i.e. each file system's cache timeouts, not the file system.
-#   4. Peak RSS (VmHWM) of each client, read before unmounting. dfs: the
+#   4. CPU seconds (user + system) each file system's processes spent in
+#      each step (juicefs bench p1, p4, cp + tar, metadata), from
+#      /proc/PID/stat: on a small machine a workload can be bound by the
+#      CPU the whole system needs per operation, not by waiting.
+#   5. Peak RSS (VmHWM) of each client, read before unmounting. dfs: the
 #      `dfs-mount` process. JuiceFS: `juicefs mount` runs as a supervisor
 #      that starts the process serving FUSE; the row "client peak RSS" is the
 #      larger of the two (the serving one), "all client processes" their sum.
@@ -137,6 +141,31 @@ free_port() {
 }
 
 vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+
+# CPU time (user + system, clock ticks) the given processes have used, all
+# their threads, 0 for one that is gone. The command name in field 2 may
+# hold spaces, so fields are counted from the closing parenthesis.
+cpu_ticks() {
+  local pid sum=0 stat rest
+  local -a f
+  for pid in "$@"; do
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    rest=${stat##*) }
+    read -r -a f <<<"$rest"
+    sum=$((sum + f[11] + f[12]))
+  done
+  echo "$sum"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# The processes that make up FS (client and servers), for cpu_ticks.
+fs_pids() {
+  if [[ $1 == dfs ]]; then
+    echo "$DFS_MOUNT_PID $DFS_META_PID ${DFS_SERVER_PIDS[*]}"
+  else
+    echo "$JFS_PID ${JFS_CHILD_PIDS[*]} $REDIS_PID"
+  fi
+}
 
 apt_install() {
   log "installing $* (apt-get)"
@@ -587,12 +616,25 @@ meta_ops() {
   done
 }
 
+# timed_cpu FS KEY COMMAND...: runs COMMAND, recording the CPU seconds
+# FS's processes spent meanwhile as RES[FS|KEY].
+timed_cpu() {
+  local fs=$1 key=$2 before after
+  shift 2
+  # shellcheck disable=SC2046 # one PID per word
+  before=$(cpu_ticks $(fs_pids "$fs"))
+  "$@"
+  # shellcheck disable=SC2046
+  after=$(cpu_ticks $(fs_pids "$fs"))
+  RES[$fs|$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t / hz }')
+}
+
 run_workloads() {
   local fs=$1 mnt=$2
-  juicefs_bench "$fs" "$mnt" 1
-  juicefs_bench "$fs" "$mnt" 4
-  copy_tree "$fs" "$mnt"
-  meta_ops "$fs" "$mnt"
+  timed_cpu "$fs" cpu_bench1 juicefs_bench "$fs" "$mnt" 1
+  timed_cpu "$fs" cpu_bench4 juicefs_bench "$fs" "$mnt" 4
+  timed_cpu "$fs" cpu_tree copy_tree "$fs" "$mnt"
+  timed_cpu "$fs" cpu_meta meta_ops "$fs" "$mnt"
 }
 
 # ---------------------------------------------------------------- report
@@ -616,6 +658,10 @@ ROWS=(
   "meta_stat|stat ops/s|rate"
   "meta_rename|rename ops/s|rate"
   "meta_unlink|unlink ops/s|rate"
+  "cpu_bench1|CPU s, juicefs bench p1|time"
+  "cpu_bench4|CPU s, juicefs bench p4|time"
+  "cpu_tree|CPU s, cp -r + tar c|time"
+  "cpu_meta|CPU s, metadata ops|time"
   "rss|client peak RSS MiB|mem"
   "rss_all|  all client processes MiB|mem"
   "rss_servers|server side peak RSS MiB|mem"
@@ -655,6 +701,8 @@ report() {
   done
   echo
   echo "ratio: dfs/juicefs for rates; juicefs/dfs for times (s) and memory (MiB): above 1, dfs is better"
+  echo "CPU s: user + system time of each file system's own processes during the step (dfs: dfs-mount,"
+  echo "  dfs-meta, nine dfs-server; JuiceFS: juicefs mount processes, redis-server), not the tools driving it"
   if ((${#JFS_BENCH_ARGS[@]})); then
     echo "rows p1/p4: juicefs bench -p 1 / -p 4 ${JFS_BENCH_ARGS[*]} (NOT the defaults)"
   else
