@@ -184,15 +184,6 @@ pub fn to_file_attr(r: &InodeRecord) -> FileAttr {
     }
 }
 
-/// What a negative entry carries: inode number 0 is how FUSE says "no
-/// such name, and you may cache that"; the kernel ignores the rest.
-fn negative_entry_attr() -> FileAttr {
-    to_file_attr(&InodeRecord {
-        ino: 0,
-        ..Default::default()
-    })
-}
-
 fn time_ns(t: Option<TimeOrNow>) -> (Option<i64>, bool) {
     match t {
         None => (None, false),
@@ -530,19 +521,7 @@ impl Filesystem for DfsFuse {
                 .await?;
             Ok(self.dfs.overlay_attr(attr).await)
         });
-        match result {
-            // A name that does not exist, as a negative entry the kernel
-            // keeps for the entry timeout, like a positive one: the next
-            // stat or open of the name (a compiler searching its include
-            // path, rsync checking a target before it renames onto it)
-            // gets its answer without a round trip. Our own creates
-            // replace the entry; another client's new file shows here
-            // within the timeout, as a removal does for positive entries.
-            Err(e) if e.errno == libc::ENOENT && !self.ttl.is_zero() => {
-                reply.entry(&self.ttl, &negative_entry_attr(), Generation(0));
-            }
-            result => self.reply_entry(result, "lookup", parent.0, reply),
-        }
+        self.reply_entry(result, "lookup", parent.0, reply);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
