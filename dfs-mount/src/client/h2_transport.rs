@@ -102,6 +102,15 @@ impl Live {
         self.ended.get().is_none()
     }
 
+    /// Takes the connection out of use: it can open no more streams (the
+    /// server sent GOAWAY, or its stream ids ran out). Requests already on
+    /// it finish there; the next one opens a new connection.
+    fn retire(&self, why: &dyn std::error::Error) {
+        let _ = self
+            .ended
+            .set(format!("no new requests: {}", error_chain(why)));
+    }
+
     /// `error`, with why the connection ended if it has: a request on a
     /// connection that ended learns only that its stream broke.
     fn explain(&self, error: impl Into<BoxError>) -> BoxError {
@@ -156,16 +165,26 @@ impl H2Connection {
         head: http::Request<()>,
         body: Bytes,
     ) -> Result<http::Response<tonic::body::Body>, BoxError> {
-        let live = self.live().await?;
-        let mut sender = live
-            .sender
-            .clone()
-            .ready()
-            .await
-            .map_err(|e| live.explain(e))?;
-        let (response, mut stream) = sender
-            .send_request(head, false)
-            .map_err(|e| live.explain(e))?;
+        // A connection that refuses new streams is retired and the request
+        // tried once more on a new one: nothing of it was sent.
+        let mut attempts = 0;
+        let (live, response, mut stream) = loop {
+            attempts += 1;
+            let live = self.live().await?;
+            let opened = match live.sender.clone().ready().await {
+                Ok(mut sender) => sender.send_request(clone_head(&head), false),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok((response, stream)) => break (live, response, stream),
+                Err(e) => {
+                    live.retire(&e);
+                    if attempts == 2 {
+                        return Err(live.explain(e));
+                    }
+                }
+            }
+        };
         // Queued whole: h2 sends it as the server's flow-control window
         // allows, from the connection's task.
         stream.send_data(body, true).map_err(|e| live.explain(e))?;
@@ -239,6 +258,17 @@ impl H2Connection {
         });
         Ok(Live { sender, ended })
     }
+}
+
+/// A request's head, for a second try (`http::Request` is not `Clone`;
+/// extensions are not sent on the wire anyway).
+fn clone_head(head: &http::Request<()>) -> http::Request<()> {
+    let mut copy = http::Request::new(());
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
+    copy
 }
 
 /// Pings the server every `keepalive_interval`; returns (ending the
