@@ -81,8 +81,9 @@ fn transport_with(address: &str, timing: Timing) -> Result<RpcTransport, DfsErro
 struct H2Connection {
     authority: http::uri::Authority,
     timing: Timing,
-    /// The live connection's request handle; `None` before the first
-    /// request and after the connection ended.
+    /// The last connection's request handle; `None` before the first
+    /// request. Kept after that connection ended or was retired (its
+    /// `ended` is then set) until the next request replaces it.
     current: parking_lot::Mutex<Option<Live>>,
     /// Held while connecting, so that requests arriving together open one
     /// connection, not one each.
