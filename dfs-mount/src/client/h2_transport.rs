@@ -17,6 +17,7 @@
 //! in turn.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,12 +66,7 @@ fn transport_with(address: &str, timing: Timing) -> Result<RpcTransport, DfsErro
     let authority: http::uri::Authority = address
         .parse()
         .map_err(|e| DfsError::new(libc::EINVAL, format!("bad server address {address}: {e}")))?;
-    let conn = Arc::new(H2Connection {
-        authority,
-        timing,
-        current: parking_lot::Mutex::new(None),
-        connecting: tokio::sync::Mutex::new(()),
-    });
+    let conn = Arc::new(H2Connection::new(authority, timing));
     let service = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
         let conn = conn.clone();
         async move { conn.call(request).await }
@@ -88,6 +84,11 @@ struct H2Connection {
     /// Held while connecting, so that requests arriving together open one
     /// connection, not one each.
     connecting: tokio::sync::Mutex<()>,
+    /// Connect attempts ended so far, and why the last one failed (`None`
+    /// when it succeeded): requests that queued behind a failed attempt
+    /// share its error instead of each making one more.
+    connects_finished: AtomicU64,
+    last_connect_error: parking_lot::Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -124,6 +125,17 @@ impl Live {
 }
 
 impl H2Connection {
+    fn new(authority: http::uri::Authority, timing: Timing) -> Self {
+        Self {
+            authority,
+            timing,
+            current: parking_lot::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            connects_finished: AtomicU64::new(0),
+            last_connect_error: parking_lot::Mutex::new(None),
+        }
+    }
+
     async fn call(
         &self,
         request: http::Request<tonic::body::Body>,
@@ -198,13 +210,28 @@ impl H2Connection {
         if let Some(live) = self.current.lock().as_ref().filter(|l| l.is_open()) {
             return Ok(live.clone());
         }
+        let finished_before = self.connects_finished.load(Ordering::Acquire);
         let _connecting = self.connecting.lock().await;
         if let Some(live) = self.current.lock().as_ref().filter(|l| l.is_open()) {
             return Ok(live.clone());
         }
-        let live = self.connect().await?;
-        *self.current.lock() = Some(live.clone());
-        Ok(live)
+        // An attempt ended while this request waited its turn and left no
+        // connection: its failure is this request's too. Otherwise every
+        // request queued behind a server that drops connects (a partition,
+        // a powered-off machine) would wait out one more connect timeout,
+        // in turn, before the caller could go to another server.
+        if self.connects_finished.load(Ordering::Acquire) != finished_before {
+            if let Some(why) = self.last_connect_error.lock().clone() {
+                return Err(format!("{why} (a connect attempt this request waited for)").into());
+            }
+        }
+        let result = self.connect().await;
+        *self.last_connect_error.lock() = result.as_ref().err().map(|e| error_chain(&**e));
+        if let Ok(live) = &result {
+            *self.current.lock() = Some(live.clone());
+        }
+        self.connects_finished.fetch_add(1, Ordering::Release);
+        result
     }
 
     async fn connect(&self) -> Result<Live, BoxError> {
@@ -559,6 +586,48 @@ mod tests {
             started.elapsed()
         );
         silent.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_queued_behind_a_connect_that_fails_share_its_failure() {
+        // A listener whose accept queue is full: the kernel drops further
+        // connects (SYNs), as a partitioned or powered-off server does.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = socket.local_addr().unwrap();
+        let _listener = socket.listen(0).unwrap();
+        let mut fillers = Vec::new();
+        let probe = Duration::from_millis(300);
+        let black_holed = loop {
+            match tokio::time::timeout(probe, tokio::net::TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => fillers.push(stream),
+                Ok(Err(e)) => panic!("connect to a full listener failed at once: {e}"),
+                Err(_) => break true,
+            }
+            if fillers.len() > 16 {
+                break false;
+            }
+        };
+        assert!(black_holed, "the kernel accepted every connect");
+
+        let timing = Timing {
+            connect: Duration::from_millis(500),
+            ..TIMING
+        };
+        let conn = H2Connection::new(address.to_string().parse().unwrap(), timing);
+        let waiting = (0..8).map(|_| conn.live());
+        for result in futures::future::join_all(waiting).await {
+            let err = result
+                .err()
+                .expect("a black-holed server cannot be connected to");
+            assert!(err.to_string().contains("no connection within"), "{err}");
+        }
+        // One attempt for all eight, not eight in turn (4 s).
+        assert_eq!(conn.connects_finished.load(Ordering::Acquire), 1);
+
+        // The next request, arriving after that failure, tries again.
+        assert!(conn.live().await.is_err());
+        assert_eq!(conn.connects_finished.load(Ordering::Acquire), 2);
     }
 
     #[tokio::test]
