@@ -24,29 +24,102 @@ pub struct LaunchArgs {
 }
 
 fn init_logging(options: &MountOptions, background_child: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match (&options.log, background_child) {
+    let to_stderr = || {
+        // Colours only for a person at a terminal, never into a file.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        (BoxMakeWriter::new(std::io::stderr), ansi)
+    };
+    let (writer, ansi) = match (&options.log, background_child) {
         (Some(path), _) => match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
         {
-            Ok(file) => builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init(),
+            Ok(file) => (BoxMakeWriter::new(std::sync::Mutex::new(file)), false),
             Err(e) => {
                 eprintln!("dfs-mount: cannot open log file {}: {e}", path.display());
-                builder.with_writer(std::io::stderr).init();
+                to_stderr()
             }
         },
-        // Colours only for a person at a terminal, never into a file.
-        _ => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-            .init(),
+        _ => to_stderr(),
+    };
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(writer)
+        .with_filter(tracing_subscriber::filter::FilterExt::and(
+            filter,
+            NoRepliesToEndedRequests,
+        ));
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// Drops fuser's "Failed to send FUSE reply: No such file or directory"
+/// errors. The kernel answers a reply with ENOENT when the request it is
+/// for no longer exists: the caller was interrupted by a signal and the
+/// request ended (or, for a FUSE_INTERRUPT, which fuser answers with
+/// ENOSYS itself, the interrupted request had been answered first). Go
+/// programs interrupt requests all the time (preemption signals), which
+/// filled logs with errors about replies nobody was waiting for. Other
+/// failures to send a reply are still logged.
+struct NoRepliesToEndedRequests;
+
+impl<S> tracing_subscriber::layer::Filter<S> for NoRepliesToEndedRequests {
+    fn enabled(
+        &self,
+        _meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        // Only fuser's events, which come through `log`, are looked into.
+        let target = event.metadata().target();
+        if target != "log" && !target.starts_with("fuser") {
+            return true;
+        }
+        let mut fields = ReplyFailure {
+            target: target.to_string(),
+            message: String::new(),
+        };
+        event.record(&mut fields);
+        !(fields.target.starts_with("fuser")
+            && fields.message.starts_with("Failed to send FUSE reply")
+            && fields.message.contains("(os error 2)"))
+    }
+}
+
+/// The target (a `log` record's, when the event came through `log`) and
+/// message of an event.
+struct ReplyFailure {
+    target: String,
+    message: String,
+}
+
+impl tracing::field::Visit for ReplyFailure {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "log.target" => self.target = value.to_string(),
+            "message" => self.message = value.to_string(),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
     }
 }
 
@@ -271,5 +344,55 @@ fn remount(mountpoint: &std::path::Path, options: &MountOptions) -> Result<(), S
         Ok(())
     } else {
         Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    use super::NoRepliesToEndedRequests;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn replies_to_ended_requests_are_not_logged_other_reply_failures_are() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .with_filter(NoRepliesToEndedRequests);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        // As fuser logs, through `log`, handed to tracing.
+        let _ = tracing_log::LogTracer::init();
+        tracing::subscriber::with_default(subscriber, || {
+            let gone = std::io::Error::from_raw_os_error(libc::ENOENT);
+            log::error!(target: "fuser::reply", "Failed to send FUSE reply: {gone}");
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {gone}");
+            let bad = std::io::Error::from_raw_os_error(libc::EINVAL);
+            log::error!(target: "fuser::reply", "Failed to send FUSE reply: {bad}");
+            tracing::error!(target: "dfs_mount::fuse", "lookup failed: {gone}");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("Invalid argument"), "{text}");
+        assert!(lines[1].contains("lookup failed"), "{text}");
     }
 }
