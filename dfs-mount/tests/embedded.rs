@@ -41,6 +41,41 @@ fn terminal_probes_get_enotty_without_a_warning_each() {
 }
 
 #[test]
+fn poll_finds_files_ready_without_a_warning() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let source = format!("local:{}", data.path().join("vol").display());
+    let m = TestMount::start(&source, &[]);
+    let path = m.path.join("polled");
+    fs::write(&path, b"ready").expect("write");
+    // Twice: the first poll reaches the mount, which tells the kernel it
+    // need not ask again.
+    let script = "import select, sys\n\
+        f = open(sys.argv[1], 'r+')\n\
+        for _ in range(2):\n\
+        \x20   p = select.poll()\n\
+        \x20   p.register(f, select.POLLIN | select.POLLOUT)\n\
+        \x20   [(fd, events)] = p.poll(5000)\n\
+        \x20   print(events & (select.POLLIN | select.POLLOUT))\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ready = (libc::POLLIN | libc::POLLOUT).to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{ready}\n{ready}\n")
+    );
+    let log = fs::read_to_string(m.path.with_extension("log")).unwrap_or_default();
+    assert!(!log.contains("poll"), "poll logged:\n{log}");
+}
+
+#[test]
 fn tree_copy_reads_back_identical_and_survives_remount() {
     let work = tempfile::tempdir().expect("tempdir");
     let tree = work.path().join("tree");
