@@ -23,7 +23,7 @@ pub struct LaunchArgs {
     pub foreground: bool,
 }
 
-fn init_logging(options: &MountOptions, background_child: bool) {
+fn init_logging(options: &MountOptions) {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -36,8 +36,8 @@ fn init_logging(options: &MountOptions, background_child: bool) {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         (BoxMakeWriter::new(std::io::stderr), ansi)
     };
-    let (writer, ansi) = match (&options.log, background_child) {
-        (Some(path), _) => match std::fs::OpenOptions::new()
+    let (writer, ansi) = match &options.log {
+        Some(path) => match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
@@ -48,7 +48,7 @@ fn init_logging(options: &MountOptions, background_child: bool) {
                 to_stderr()
             }
         },
-        _ => to_stderr(),
+        None => to_stderr(),
     };
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
@@ -100,7 +100,7 @@ impl<S> tracing_subscriber::layer::Filter<S> for NoBenignFuserLines {
         if target != "log" && !target.starts_with("fuser") {
             return true;
         }
-        let mut fields = ReplyFailure {
+        let mut fields = EventText {
             target: target.to_string(),
             message: String::new(),
         };
@@ -115,12 +115,12 @@ impl<S> tracing_subscriber::layer::Filter<S> for NoBenignFuserLines {
 
 /// The target (a `log` record's, when the event came through `log`) and
 /// message of an event.
-struct ReplyFailure {
+struct EventText {
     target: String,
     message: String,
 }
 
-impl tracing::field::Visit for ReplyFailure {
+impl tracing::field::Visit for EventText {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         match field.name() {
             "log.target" => self.target = value.to_string(),
@@ -173,7 +173,7 @@ pub fn main_with(args: LaunchArgs) -> ExitCode {
     if !args.foreground && !notify {
         return spawn_background(&args);
     }
-    init_logging(&options, notify);
+    init_logging(&options);
     let request = MountRequest {
         source,
         source_text: args.source.clone(),

@@ -49,28 +49,20 @@ fn poll_finds_files_ready_without_a_warning() {
     fs::write(&path, b"ready").expect("write");
     // Twice: the first poll reaches the mount, which tells the kernel it
     // need not ask again.
-    let script = "import select, sys\n\
-        f = open(sys.argv[1], 'r+')\n\
-        for _ in range(2):\n\
-        \x20   p = select.poll()\n\
-        \x20   p.register(f, select.POLLIN | select.POLLOUT)\n\
-        \x20   [(fd, events)] = p.poll(5000)\n\
-        \x20   print(events & (select.POLLIN | select.POLLOUT))\n";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(&path)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sh(&format!(
+        "python3 - '{}' <<'EOF'
+import select, sys
+f = open(sys.argv[1], 'r+')
+for _ in range(2):
+    p = select.poll()
+    p.register(f, select.POLLIN | select.POLLOUT)
+    [(fd, events)] = p.poll(5000)
+    print(events & (select.POLLIN | select.POLLOUT))
+EOF",
+        path.display()
+    ));
     let ready = (libc::POLLIN | libc::POLLOUT).to_string();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{ready}\n{ready}\n")
-    );
+    assert_eq!(out, format!("{ready}\n{ready}\n"));
     let log = fs::read_to_string(m.path.with_extension("log")).unwrap_or_default();
     assert!(!log.contains("poll"), "poll logged:\n{log}");
 }

@@ -466,6 +466,14 @@ mod tests {
         (stop, task)
     }
 
+    /// A request for a reply of `len` bytes from `Fake`.
+    fn reply_of(len: u32) -> ShardKey {
+        ShardKey {
+            fingerprint: vec![1],
+            index: len,
+        }
+    }
+
     fn client(address: SocketAddr, timing: Timing) -> ChunksClient<RpcTransport> {
         ChunksClient::new(transport_with(&address.to_string(), timing).unwrap())
             .max_decoding_message_size(64 << 20)
@@ -479,20 +487,14 @@ mod tests {
         let (_stop, _server) = serve(listener);
         let mut client = client(address, TIMING);
 
-        let small = client.get_shard(ShardKey {
-            fingerprint: vec![1],
-            index: 100,
-        });
+        let small = client.get_shard(reply_of(100));
         assert_eq!(small.await.unwrap().into_inner().data, pattern(100));
 
         // 20 MiB each way: past the server's 1 MiB window for what the
         // mount sends and the mount's 8 MiB window for what it receives,
         // so both sides must hand window back while the call runs.
         let big = 20 << 20;
-        let reply = client.get_shard(ShardKey {
-            fingerprint: vec![1],
-            index: big as u32,
-        });
+        let reply = client.get_shard(reply_of(big as u32));
         assert_eq!(reply.await.unwrap().into_inner().data, pattern(big));
         let upload = PutShardsRequest {
             shards: vec![Shard {
@@ -505,14 +507,7 @@ mod tests {
         // Several calls at once share the one connection.
         let calls = (0..16u32).map(|i| {
             let mut client = client.clone();
-            async move {
-                client
-                    .get_shard(ShardKey {
-                        fingerprint: vec![1],
-                        index: i * 1000,
-                    })
-                    .await
-            }
+            async move { client.get_shard(reply_of(i * 1000)).await }
         });
         for (i, reply) in futures::future::join_all(calls)
             .await
@@ -534,10 +529,7 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let (stop, server) = serve(listener);
         let mut client = client(address, TIMING);
-        let key = ShardKey {
-            fingerprint: vec![1],
-            index: 10,
-        };
+        let key = reply_of(10);
         client.get_shard(key.clone()).await.unwrap();
 
         stop.send(()).unwrap();
@@ -571,13 +563,7 @@ mod tests {
         };
         let mut client = client(address, timing);
         let started = std::time::Instant::now();
-        let status = client
-            .get_shard(ShardKey {
-                fingerprint: vec![1],
-                index: 10,
-            })
-            .await
-            .unwrap_err();
+        let status = client.get_shard(reply_of(10)).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
         assert!(status.message().contains("ping"), "{status}");
         assert!(
@@ -636,10 +622,7 @@ mod tests {
         let address = listener.local_addr().unwrap();
         drop(listener);
         let status = client(address, TIMING)
-            .get_shard(ShardKey {
-                fingerprint: vec![1],
-                index: 10,
-            })
+            .get_shard(reply_of(10))
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
