@@ -78,20 +78,9 @@ mod tests {
     use crate::Fingerprint;
     use rand::{Rng, SeedableRng};
 
-    /// Deterministic pseudo-random bytes (xorshift64) that no dependency
-    /// update can change, so the snapshot below stays meaningful.
-    fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut s = seed;
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            out.extend_from_slice(&s.to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    // Deterministic bytes no dependency update can change, so the snapshot
+    // below stays meaningful.
+    use crate::xorshift::xorshift_bytes;
 
     fn chunks_of(data: &[u8], lens: &[usize]) -> Vec<(usize, Fingerprint)> {
         let mut off = 0;

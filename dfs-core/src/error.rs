@@ -292,6 +292,23 @@ impl From<FingerprintError> for DfsError {
     }
 }
 
+/// `error: cause: cause…` on one line. Transport errors (tonic, hyper, h2)
+/// hide the useful part (connection refused, reset, DNS failure) in their
+/// sources. A cause whose text the line already ends with is not repeated.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -13,8 +13,11 @@ pub mod error;
 pub mod fingerprint;
 pub mod placement;
 pub mod rpc;
+pub mod shard_key;
+pub mod shutdown;
 pub mod size;
 pub mod time;
+pub mod xorshift;
 
 pub use chunker::{cut_lengths, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
 pub use codec::{compress, decompress, CodecError, CodecPolicy, UnknownCodec};

@@ -86,16 +86,9 @@ fn main() -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(dfs_meta::serve(args.listen, service, shutdown_signal()))
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    runtime.block_on(dfs_meta::serve(
+        args.listen,
+        service,
+        dfs_core::shutdown::shutdown_signal(),
+    ))
 }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use dfs_core::xorshift::XorShift;
 
 /// A file the writer tried to write: `seed` and `len` say its content.
 #[derive(Clone, Debug)]
@@ -47,23 +48,6 @@ struct Writer {
     /// Set while a file's bytes are being written (before its fsync).
     writing: AtomicBool,
     counters: Counters,
-}
-
-/// A small deterministic generator (the test must not depend on `rand`'s
-/// stream staying the same across versions).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn content(w: &Written) -> Vec<u8> {

@@ -10,25 +10,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use common::*;
-
-/// A small deterministic generator, so a failure replays from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-}
+use dfs_core::xorshift::XorShift;
 
 fn compare(local: &Path, dfs: &Path, context: &str) {
     let want = fs::read(local).expect("read local");
@@ -44,7 +26,7 @@ fn compare(local: &Path, dfs: &Path, context: &str) {
 }
 
 fn run_model(seed: u64, mnt: &Path, local: &Path, steps: usize) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let names = ["f0", "f1", "f2"];
     for name in names {
         fs::write(local.join(name), b"").expect("create local");
@@ -77,7 +59,7 @@ fn run_model(seed: u64, mnt: &Path, local: &Path, steps: usize) {
                     };
                     let max_len = if rng.below(3) == 0 { 400_000 } else { 3000 };
                     let len = 1 + rng.below(max_len) as usize;
-                    let data = random_bytes(len, rng.next());
+                    let data = random_bytes(len, rng.next_u64());
                     for f in [&mut lf, &mut df] {
                         f.seek(SeekFrom::Start(offset)).expect("seek");
                         f.write_all(&data).expect("write");
@@ -109,7 +91,7 @@ fn run_model(seed: u64, mnt: &Path, local: &Path, steps: usize) {
             }
             _ => {
                 // Replace the file whole, as editors and build tools do.
-                let data = random_bytes(rng.below(200_000) as usize, rng.next());
+                let data = random_bytes(rng.below(200_000) as usize, rng.next_u64());
                 fs::write(&lp, &data).expect("write local");
                 fs::write(&dp, &data).expect("write dfs");
             }

@@ -6,6 +6,7 @@
 //! server recognises us by our UUID, so re-registering keeps our server id).
 //! The id is published in a [`SharedServerId`] for the scrubber's reports.
 
+use dfs_core::error::error_chain;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,22 +82,6 @@ enum HeartbeatError {
     },
     #[error("cannot read local usage: {0}")]
     Store(#[from] StoreError),
-}
-
-/// `err: cause: cause…` on one line; tonic's transport errors hide the
-/// useful part (connection refused, DNS failure) in their sources.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn meta_url(addr: &str) -> String {

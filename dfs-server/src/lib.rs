@@ -212,7 +212,7 @@ impl BoundServer {
                 // on every attempt; serving shards still works.
                 tracing::warn!(
                     meta = %meta_addr,
-                    err = %heartbeat::error_chain(&err),
+                    err = %dfs_core::error::error_chain(&err),
                     "bad metadata server address; scrubber not started"
                 );
                 return None;

@@ -31,8 +31,10 @@ use dfs_proto::{ReportBadShardsRequest, ShardKey};
 use tokio::time::Instant;
 
 use crate::error::StoreError;
-use crate::heartbeat::{error_chain, SharedServerId};
-use crate::store::{split_key, ShardStore, KEY_LEN};
+use crate::heartbeat::SharedServerId;
+use crate::store::ShardStore;
+use dfs_core::error::error_chain;
+use dfs_core::shard_key::{split_key, KEY_LEN};
 
 /// Default time for one pass over every shard (`--scrub-period`).
 pub const DEFAULT_SCRUB_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -304,7 +306,7 @@ mod tests {
 
     use dfs_core::fingerprint::Fingerprint;
 
-    use crate::store::shard_key;
+    use dfs_core::shard_key::shard_key;
 
     fn fp(n: u16) -> Fingerprint {
         let mut b = [0u8; 32];

@@ -18,7 +18,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::StoreError;
-use crate::store::{split_key, ShardCheck, ShardStore, KEY_LEN};
+use crate::store::{ShardCheck, ShardStore};
+use dfs_core::shard_key::{split_key, KEY_LEN};
 
 /// Most shards one `ListShards` reply lists; a limit of 0 or more means this.
 /// Keeps a reply well under the message limit and one request from holding

@@ -51,6 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use dfs_core::fingerprint::Fingerprint;
+use dfs_core::shard_key::{shard_key, split_key, KEY_LEN};
 use rocksdb::{
     BlockBasedOptions, DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
@@ -63,8 +64,6 @@ pub const VALUE_VERSION: u8 = 2;
 pub const VALUE_HEADER_LEN: usize = 13;
 /// The first format: version + crc32c, no write time.
 const V1_HEADER_LEN: usize = 5;
-/// Length of a key: fingerprint + shard index.
-pub const KEY_LEN: usize = 33;
 /// Values at least this large go to blob files.
 const MIN_BLOB_SIZE: u64 = 4096;
 /// Name of the RocksDB directory inside the data directory.
@@ -181,21 +180,6 @@ impl std::fmt::Debug for ShardStore {
             .field("usage", &self.usage())
             .finish_non_exhaustive()
     }
-}
-
-/// The key of one shard.
-pub fn shard_key(fp: &Fingerprint, index: u8) -> [u8; KEY_LEN] {
-    let mut key = [0u8; KEY_LEN];
-    key[..32].copy_from_slice(&fp.0);
-    key[32] = index;
-    key
-}
-
-/// The fingerprint and shard index a key names.
-pub fn split_key(key: &[u8; KEY_LEN]) -> (Fingerprint, u8) {
-    let mut fp = [0u8; 32];
-    fp.copy_from_slice(&key[..32]);
-    (Fingerprint(fp), key[32])
 }
 
 /// Encodes a payload as a stored value written now.

@@ -170,7 +170,7 @@ impl Maintenance {
                 tracing::warn!("too many damaged shards waiting for repair; dropping reports");
                 break;
             }
-            tracing::warn!(server_id, chunk = %hex(&s.fingerprint), shard = s.index, "damaged shard reported");
+            tracing::warn!(server_id, chunk = %hex::encode(&s.fingerprint), shard = s.index, "damaged shard reported");
             if reported
                 .entry(s.fingerprint)
                 .or_default()
@@ -349,8 +349,4 @@ impl Maintenance {
             }
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -28,7 +28,8 @@ use dfs_core::rpc::{BoxError, RpcTransport};
 use http_body_util::BodyExt;
 use tonic::codegen::http;
 
-use super::{error_chain, transport_status, RPC_TIMEOUT};
+use super::{transport_status, RPC_TIMEOUT};
+use dfs_core::error::error_chain;
 
 /// Flow-control windows the mount grants servers: large enough that a read
 /// reply never waits for a window update on loopback or a LAN. Windows are

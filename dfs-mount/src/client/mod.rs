@@ -44,18 +44,6 @@ fn transport_status(status: tonic::Status) -> dfs_core::rpc::BoxError {
     Box::new(status)
 }
 
-/// `error: cause: cause…`: hyper's errors say little without their causes.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[derive(Clone)]
 pub struct ServerConn {
     pub id: u32,

@@ -506,16 +506,7 @@ pub fn sh(cmd: &str) -> String {
 /// Deterministic pseudo-random bytes (xorshift), no two calls alike for
 /// different seeds.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    dfs_core::xorshift::XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).bytes(len)
 }
 
 /// Builds a tree of mixed files under `root`: text that compresses, random
