@@ -94,11 +94,16 @@ struct Stats {
     files: u64,
     unreferenced_chunks: u64,
     unreferenced_bytes: u64,
+    /// Chunks kept inline in the metadata store, and their stored bytes
+    /// (part of stored_bytes, not of raw_bytes).
+    inline_chunks: u64,
+    inline_bytes: u64,
     /// logical / unique: how much dedup saves.
     dedup_ratio: f64,
     /// unique / stored: how much compression saves.
     compression_ratio: f64,
-    /// raw / stored: what redundancy costs.
+    /// raw / stored on chunk servers (stored less inline): what
+    /// redundancy costs.
     redundancy_overhead: f64,
 }
 
@@ -215,9 +220,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 files: s.files,
                 unreferenced_chunks: s.unreferenced_chunks,
                 unreferenced_bytes: s.unreferenced_bytes,
+                inline_chunks: s.inline_chunks,
+                inline_bytes: s.inline_bytes,
                 dedup_ratio: ratio(s.logical_bytes, s.unique_bytes),
                 compression_ratio: ratio(s.unique_bytes, s.stored_bytes),
-                redundancy_overhead: ratio(s.raw_bytes, s.stored_bytes),
+                // Of the bytes the chunk servers hold: inline ones are not.
+                redundancy_overhead: ratio(
+                    s.raw_bytes,
+                    s.stored_bytes.saturating_sub(s.inline_bytes),
+                ),
             };
             if json {
                 println!("{}", serde_json::to_string(&stats)?);
@@ -234,6 +245,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "raw bytes       {:>16}  (redundancy {:.2}x)",
                     stats.raw_bytes, stats.redundancy_overhead
+                );
+                println!(
+                    "inline bytes    {:>16}  in {} chunks kept in the metadata store",
+                    stats.inline_bytes, stats.inline_chunks
                 );
                 println!("chunks          {:>16}", stats.chunks);
                 println!("files           {:>16}", stats.files);

@@ -77,6 +77,9 @@ fn scheme(layout: &Layout) -> Result<Scheme, ErasureError> {
         replicas: layout.replicas,
         reason,
     };
+    if layout.inline {
+        return Err(invalid("an inline chunk has no shards"));
+    }
     if layout.parity_shards == 0 {
         // The proto says replicated chunks have data_shards == 1; 0 is
         // accepted as "unset". More would mean striping without redundancy,
@@ -300,6 +303,7 @@ mod tests {
             data_shards: k,
             parity_shards: m,
             replicas: 1,
+            inline: false,
         }
     }
 
@@ -403,6 +407,7 @@ mod tests {
             data_shards: 1,
             parity_shards: 0,
             replicas: 3,
+            inline: false,
         };
         assert_eq!(shard_count(&layout), 3);
         assert_eq!(shards_needed(&layout), 1);
@@ -434,6 +439,7 @@ mod tests {
             data_shards: 0,
             parity_shards: 0,
             replicas: 2,
+            inline: false,
         };
         assert_eq!(encode(&unset, b"ab").unwrap().len(), 2);
     }
@@ -506,11 +512,13 @@ mod tests {
                 data_shards: 1,
                 parity_shards: 0,
                 replicas: 0,
+                inline: false,
             },
             Layout {
                 data_shards: 4,
                 parity_shards: 0,
                 replicas: 1,
+                inline: false,
             },
         ] {
             assert!(matches!(

@@ -1,5 +1,5 @@
 //! What dfs clients and servers share: content-defined chunking, chunk
-//! fingerprints, compression, erasure coding, shard placement, the error
+//! fingerprints, compression, inline chunks, erasure coding, shard placement, the error
 //! type that crosses processes, timestamps, and the RPC transport type.
 //!
 //! Everything here that decides how bytes are cut, named, encoded or placed
@@ -11,6 +11,7 @@ pub mod codec;
 pub mod erasure;
 pub mod error;
 pub mod fingerprint;
+pub mod inline;
 pub mod placement;
 pub mod rpc;
 pub mod shard_key;

@@ -5,13 +5,16 @@
 //! caller's transaction. A chunk the client believes known but that is
 //! missing or marked dead (garbage collection got there first) fails the
 //! commit with `MissingChunks`, and the client uploads it and commits again:
-//! this closes the race between dedup and GC described in DESIGN.md.
+//! this closes the race between dedup and GC described in doc/design.md.
 
 use dfs_proto::{
     ChunkMapReply, ChunkRecord, ChunkRefRecord, ChunkState, CommitChunksRequest, DeadChunk,
     FileKind, GcMarkReply, InodeRecord, MappedChunk, StatsReply,
 };
 use prost::Message;
+
+use dfs_core::fingerprint::Fingerprint;
+use dfs_core::inline;
 
 use crate::error::{MetaError, Result};
 use crate::keys;
@@ -29,10 +32,6 @@ const FINGERPRINT_LEN: usize = 32;
 fn decref(txn: &mut dyn KvTxn, fingerprint: &[u8]) -> Result<()> {
     txn.atomic_add(&keys::refs(fingerprint), -1)?;
     Ok(())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Chunk-map entries one transaction removes at most. Each also rewrites
@@ -98,6 +97,7 @@ fn validate(req: &CommitChunksRequest) -> Result<()> {
         }
     }
     let mut prev_end = 0u64;
+    let mut inline_bytes = 0usize;
     for (i, c) in req.chunks.iter().enumerate() {
         if c.fingerprint.len() != FINGERPRINT_LEN {
             return bad(format!(
@@ -134,7 +134,20 @@ fn validate(req: &CommitChunksRequest) -> Result<()> {
                 req.new_size
             ));
         }
-        if let Some(up) = &c.uploaded {
+        if let Some(up) = c.uploaded.as_ref().filter(|up| up.is_inline()) {
+            inline::check_shape(up, inline::MAX_INLINE_BYTES)
+                .map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
+            if up.raw_len != c.len {
+                return bad(format!("chunk {i}: inline record of another length"));
+            }
+            inline_bytes += up.inline_data.len();
+            if inline_bytes > inline::MAX_INLINE_PER_COMMIT {
+                return bad(format!(
+                    "more than {} inline bytes in one commit",
+                    inline::MAX_INLINE_PER_COMMIT
+                ));
+            }
+        } else if let Some(up) = &c.uploaded {
             let layout = up.layout.unwrap_or_default();
             let shards = if layout.parity_shards == 0 {
                 layout.replicas
@@ -150,6 +163,33 @@ fn validate(req: &CommitChunksRequest) -> Result<()> {
         prev_end = end;
     }
     Ok(())
+}
+
+/// Decodes every inline chunk of a commit and checks it is the chunk its
+/// fingerprint names, so no client can make the index hand out bytes that
+/// are not the chunk (dedup poisoning) through an inline entry. Run before
+/// the transaction: it is CPU work (decompression and SHA-256, a few
+/// microseconds per KiB) that should not hold the store.
+pub fn verify_inline(req: &CommitChunksRequest) -> Result<()> {
+    for (i, c) in req.chunks.iter().enumerate() {
+        let Some(up) = c.uploaded.as_ref().filter(|up| up.is_inline()) else {
+            continue;
+        };
+        let fp = Fingerprint::from_slice(&c.fingerprint)
+            .map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
+        inline::decode(&fp, up).map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Raw bytes of inline chunks a commit carries: past a little, verifying
+/// them is worth a blocking thread.
+pub fn inline_raw_bytes(req: &CommitChunksRequest) -> usize {
+    req.chunks
+        .iter()
+        .filter_map(|c| c.uploaded.as_ref().filter(|up| up.is_inline()))
+        .map(|up| up.raw_len as usize)
+        .sum()
 }
 
 pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Result<InodeRecord> {
@@ -411,6 +451,9 @@ pub fn lookup_chunks(
         .collect()
 }
 
+/// Inline bytes after which a chunk-map page ends.
+const CHUNK_MAP_INLINE_PAGE: usize = 4 * 1024 * 1024;
+
 pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Result<ChunkMapReply> {
     let inode = get_inode(txn, ino)?;
     let limit = limit.clamp(1, 20_000);
@@ -425,9 +468,16 @@ pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Resu
     // Entries at or past the size are dead (a truncation still releasing
     // them): a live chunk always ends by the size.
     let rows = txn.range(&begin, &keys::chunk(ino, inode.size), limit + 1, false)?;
-    let more = rows.len() > limit;
+    let mut more = rows.len() > limit;
     let mut chunks = Vec::with_capacity(rows.len().min(limit));
+    let mut inline_bytes = 0usize;
     for (key, value) in rows.into_iter().take(limit) {
+        // Inline chunks carry their bytes: a page ends once it holds a few
+        // MiB of them (the reader asks for the next one).
+        if inline_bytes >= CHUNK_MAP_INLINE_PAGE {
+            more = true;
+            break;
+        }
         let r = ChunkRefRecord::decode(value.as_slice())?;
         let offset =
             keys::chunk_offset(&key).ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
@@ -435,9 +485,10 @@ pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Resu
             get_record::<ChunkRecord>(txn, &keys::hash(&r.fingerprint))?.ok_or_else(|| {
                 MetaError::Corrupt(format!(
                     "chunk {} of inode {ino} has no index entry",
-                    hex(&r.fingerprint)
+                    hex::encode(&r.fingerprint)
                 ))
             })?;
+        inline_bytes += chunk.inline_data.len();
         chunks.push(MappedChunk {
             offset,
             len: r.len,
@@ -488,8 +539,182 @@ pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
             out.logical_bytes += refs as u64 * u64::from(rec.raw_len);
             out.unique_bytes += u64::from(rec.raw_len);
             out.stored_bytes += u64::from(rec.stored_len);
+            if rec.is_inline() {
+                out.inline_chunks += 1;
+                out.inline_bytes += u64::from(rec.stored_len);
+            }
         }
         cursor = next;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::namespace;
+    use crate::store::{transact, MemStore, MetaStore};
+    use dfs_core::codec::{compress, CodecPolicy};
+    use dfs_proto::{ByteRange, CreateRequest, NewChunk};
+
+    fn run<T>(store: &dyn MetaStore, f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> T {
+        transact(store, f).unwrap()
+    }
+
+    fn file(store: &dyn MetaStore, name: &[u8], ino: u64) -> u64 {
+        let req = CreateRequest {
+            parent: 1,
+            name: name.to_vec(),
+            kind: FileKind::Regular as i32,
+            mode: 0o644,
+            ..Default::default()
+        };
+        run(store, |t| namespace::create(t, &req, ino, 1)).ino
+    }
+
+    /// A whole-file commit of `raw` as one inline chunk.
+    fn inline_commit(ino: u64, raw: &[u8]) -> CommitChunksRequest {
+        let (codec, stored) = compress(CodecPolicy::Lz4, raw);
+        CommitChunksRequest {
+            ino,
+            replaced: vec![ByteRange {
+                start: 0,
+                end: u64::MAX,
+            }],
+            chunks: vec![NewChunk {
+                offset: 0,
+                len: raw.len() as u32,
+                fingerprint: Fingerprint::of(raw).to_vec(),
+                uploaded: Some(inline::record(raw.len() as u32, codec, stored)),
+            }],
+            new_size: raw.len() as u64,
+            mtime_ns: 1,
+            truncate: false,
+        }
+    }
+
+    #[test]
+    fn inline_chunks_are_stored_counted_shared_and_collected() {
+        let store = MemStore::default();
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+        let raw = b"pub fn answer() -> u32 { 42 }\n".repeat(100);
+        let (a, b) = (file(&store, b"a.rs", 2), file(&store, b"b.rs", 3));
+        for ino in [a, b] {
+            let req = inline_commit(ino, &raw);
+            verify_inline(&req).unwrap();
+            run(&store, |t| commit(t, &req, 1));
+        }
+        // The chunk map carries the bytes; they decode to the file.
+        let map = run(&store, |t| chunk_map(t, b, 0, 100));
+        let rec = map.chunks[0].chunk.clone().unwrap();
+        assert!(rec.is_inline() && rec.shard_servers.is_empty());
+        assert_eq!(inline::decode(&Fingerprint::of(&raw), &rec).unwrap(), raw);
+        // One entry, two references, counted apart from shard bytes.
+        let totals = run(&store, stats);
+        assert_eq!((totals.chunks, totals.inline_chunks), (1, 1));
+        assert_eq!(totals.logical_bytes, 2 * raw.len() as u64);
+        assert_eq!(totals.inline_bytes, u64::from(rec.stored_len));
+        // Removing both files lets GC collect the entry like any other.
+        for name in [&b"a.rs"[..], b"b.rs"] {
+            run(&store, |t| namespace::unlink(t, 1, name, 0, 2));
+        }
+        let mark = run(&store, |t| gc_mark(t, &[], 100, 0, 10));
+        assert_eq!(mark.dead.len(), 1);
+        let dead: Vec<Vec<u8>> = mark.dead.iter().map(|d| d.fingerprint.clone()).collect();
+        assert_eq!(run(&store, |t| gc_finish(t, &dead)), 1);
+        let totals = run(&store, stats);
+        assert_eq!((totals.chunks, totals.unreferenced_chunks), (0, 0));
+    }
+
+    #[test]
+    fn inline_bytes_that_are_not_the_chunk_are_refused() {
+        // A client naming a popular fingerprint with other bytes (dedup
+        // poisoning through an inline entry) is refused before any write.
+        let mut req = inline_commit(2, b"what the file really holds");
+        req.chunks[0].fingerprint = Fingerprint::of(b"somebody else's chunk").to_vec();
+        assert!(matches!(verify_inline(&req), Err(MetaError::Invalid(_))));
+        // Malformed records fail validation inside the commit too.
+        let store = MemStore::default();
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+        let ino = file(&store, b"f", 2);
+        let mut too_big = inline_commit(ino, &[9u8; 100]);
+        let up = too_big.chunks[0].uploaded.as_mut().unwrap();
+        up.inline_data = vec![0u8; inline::MAX_INLINE_BYTES + 1];
+        up.stored_len = up.inline_data.len() as u32;
+        assert!(matches!(
+            transact(&store, |t| commit(t, &too_big, 1)),
+            Err(MetaError::Invalid(_))
+        ));
+        let mut wrong_len = inline_commit(ino, &[9u8; 100]);
+        wrong_len.chunks[0].uploaded.as_mut().unwrap().raw_len = 99;
+        assert!(matches!(
+            transact(&store, |t| commit(t, &wrong_len, 1)),
+            Err(MetaError::Invalid(_))
+        ));
+        assert_eq!(run(&store, stats).chunks, 0, "nothing was written");
+    }
+
+    #[test]
+    fn a_chunk_map_page_stops_after_a_few_mib_of_inline_bytes() {
+        let store = MemStore::default();
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+        let ino = file(&store, b"f", 2);
+        // Incompressible 8 KiB chunks, each its own inline entry: 1,000 of
+        // them hold ~8 MiB, two pages' worth.
+        let n = 1000u64;
+        let len = 8 * 1024u64;
+        let chunks: Vec<NewChunk> = (0..n)
+            .map(|i| {
+                let raw: Vec<u8> = (0..len)
+                    .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 97) >> 7) as u8)
+                    .collect();
+                NewChunk {
+                    offset: i * len,
+                    len: len as u32,
+                    fingerprint: Fingerprint::of(&raw).to_vec(),
+                    uploaded: Some(inline::record(len as u32, dfs_proto::Codec::None, raw)),
+                }
+            })
+            .collect();
+        // Two commits: each may carry at most MAX_INLINE_PER_COMMIT.
+        let half = (n / 2) as usize;
+        for (k, part) in [&chunks[..half], &chunks[half..]].into_iter().enumerate() {
+            let start = part[0].offset;
+            let end = start + part.len() as u64 * len;
+            let req = CommitChunksRequest {
+                ino,
+                replaced: vec![ByteRange { start, end }],
+                chunks: part.to_vec(),
+                new_size: end,
+                mtime_ns: 1 + k as i64,
+                truncate: false,
+            };
+            run(&store, |t| commit(t, &req, 1));
+        }
+        let first = run(&store, |t| chunk_map(t, ino, 0, 10_000));
+        assert!(first.more);
+        let got: usize = first
+            .chunks
+            .iter()
+            .map(|c| c.chunk.as_ref().unwrap().inline_data.len())
+            .sum();
+        assert!((CHUNK_MAP_INLINE_PAGE..CHUNK_MAP_INLINE_PAGE + 8192 + 1).contains(&got));
+        let next_from = first
+            .chunks
+            .last()
+            .map(|c| c.offset + u64::from(c.len))
+            .unwrap();
+        let second = run(&store, |t| chunk_map(t, ino, next_from, 10_000));
+        assert!(!second.more);
+        // The next page starts at the chunk covering its offset, as readers
+        // expect (they key chunks by offset).
+        let offsets: std::collections::BTreeSet<u64> = first
+            .chunks
+            .iter()
+            .chain(&second.chunks)
+            .map(|c| c.offset)
+            .collect();
+        assert_eq!(offsets.len(), n as usize);
+    }
 }

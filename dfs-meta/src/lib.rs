@@ -25,7 +25,9 @@ pub use registry::Liveness;
 pub use service::MetaService;
 
 /// Settings of a new volume: Reed-Solomon `data_shards + parity_shards`,
-/// with chunks smaller than `replicate_below_bytes` kept as replicas.
+/// with chunks stored in at most `inline_max_bytes` kept inline in the
+/// metadata store and those smaller than `replicate_below_bytes` as
+/// replicas.
 pub fn default_volume(data_shards: u32, parity_shards: u32) -> VolumeConfig {
     VolumeConfig {
         data_shards,
@@ -34,6 +36,7 @@ pub fn default_volume(data_shards: u32, parity_shards: u32) -> VolumeConfig {
         chunk_min: 32 * 1024,
         chunk_avg: 64 * 1024,
         chunk_max: 128 * 1024,
+        inline_max_bytes: dfs_core::inline::DEFAULT_INLINE_MAX,
     }
 }
 

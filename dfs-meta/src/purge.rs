@@ -178,6 +178,7 @@ mod tests {
                     data_shards: 1,
                     parity_shards: 0,
                     replicas: 1,
+                    inline: false,
                 }),
                 shard_servers: vec![1],
                 shard_len: len,
@@ -441,6 +442,7 @@ mod tests {
                     data_shards: 6,
                     parity_shards: 3,
                     replicas: 0,
+                    inline: false,
                 });
                 up.shard_servers = (1..=9).collect();
             }

@@ -73,6 +73,68 @@ fn a_dead_metadata_server_listed_first_is_skipped() {
     assert!(fs::read(m.path.join("f")).expect("read") == data);
 }
 
+/// Small files are kept inline in the metadata store: counted apart by
+/// `dfs stats`, and read back with every chunk server stopped. A bigger,
+/// incompressible file beside them still goes to the servers.
+#[test]
+fn small_files_live_in_the_metadata_store() {
+    let local = tempfile::tempdir().expect("tempdir");
+    let lp = local.path();
+    let mut cluster = TestCluster::start(1, 3);
+    let mut m = TestMount::start(&cluster.meta_addr(), &[]);
+    fs::create_dir(lp.join("src")).expect("mkdir");
+    fs::create_dir(m.path.join("src")).expect("mkdir");
+    let files = 60u64;
+    for i in 0..files {
+        // Source-like text of 1-20 KiB, and a few incompressible files of
+        // up to 8 KiB: each stores in 8 KiB or less.
+        let data = if i % 10 == 9 {
+            random_bytes(1 + (i as usize * 131) % 8192, i)
+        } else {
+            format!("fn item_{i}() -> u64 {{ {i} * 3 }} // a line of code\n")
+                .repeat(20 + i as usize * 7)
+                .into_bytes()
+        };
+        fs::write(lp.join(format!("src/f{i}.rs")), &data).expect("write local");
+        fs::write(m.path.join(format!("src/f{i}.rs")), &data).expect("write");
+    }
+    fs::write(
+        m.path.join("f1-copy.rs"),
+        fs::read(lp.join("src/f1.rs")).expect("read"),
+    )
+    .expect("write a copy");
+    fs::write(m.path.join("big.bin"), random_bytes(1 << 20, 3)).expect("write big");
+    let stats = cluster.stats();
+    eprintln!("figures: dfs stats {stats}");
+    assert_eq!(u(&stats, "inline_chunks"), files, "{stats}");
+    assert!(u(&stats, "inline_bytes") > 0);
+    assert!(
+        u(&stats, "logical_bytes") > u(&stats, "unique_bytes"),
+        "the copy shares its inline chunk"
+    );
+    assert!(
+        u(&stats, "chunks") > files,
+        "the big file's chunks went to the chunk servers"
+    );
+    m.unmount();
+    let (ok, fsck) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(ok, "fsck: {fsck}");
+    assert_eq!(u(&fsck, "lost_chunks"), 0, "{fsck}");
+    assert!(u(&fsck, "healthy_chunks") > files, "{fsck}");
+
+    for i in 0..cluster.servers.len() {
+        cluster.servers[i].stop();
+    }
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    sh(&format!(
+        "diff -r {}/src {}/src && cmp {}/src/f1.rs {}/f1-copy.rs",
+        lp.display(),
+        m.path.display(),
+        lp.display(),
+        m.path.display()
+    ));
+}
+
 #[test]
 fn cluster_end_to_end() {
     let local = tempfile::tempdir().expect("tempdir");
@@ -175,7 +237,11 @@ fn cluster_end_to_end() {
     // Space figures are consistent: erasure coding stores 9/6 of the stored bytes.
     std::thread::sleep(Duration::from_secs(3)); // one heartbeat carries usage
     let stats = cluster.stats();
-    let (stored, raw) = (u(&stats, "stored_bytes"), u(&stats, "raw_bytes"));
+    // Inline chunks live in the metadata store, not on the servers.
+    let (stored, raw) = (
+        u(&stats, "stored_bytes") - u(&stats, "inline_bytes"),
+        u(&stats, "raw_bytes"),
+    );
     eprintln!("figures: dfs stats {stats}");
     assert!(
         raw >= stored * 14 / 10,

@@ -30,3 +30,11 @@ pub const XATTR_REPLACE: u32 = 2;
 pub const XATTR_SIZE_MAX: usize = 65536;
 /// Longest extended attribute name, as Linux's VFS allows.
 pub const XATTR_NAME_MAX: usize = 255;
+
+impl ChunkRecord {
+    /// Whether the chunk's stored bytes live in this record (in the
+    /// metadata store) rather than as shards on chunk servers.
+    pub fn is_inline(&self) -> bool {
+        self.layout.is_some_and(|l| l.inline)
+    }
+}

@@ -2,7 +2,9 @@
 //!
 //! Walks every chunk-map entry (counting references per chunk), every
 //! dedup entry (comparing the stored count, and checking each shard is
-//! present on an up server, and with `verify` that its checksum holds), and
+//! present on an up server, and with `verify` that its checksum holds;
+//! an inline entry's bytes are decoded and checked against its
+//! fingerprint), and
 //! every shard the servers list (those no entry points at are orphans).
 //! Each page is its own transaction, so on a volume being written the
 //! reference counts can differ transiently; on an idle volume every figure
@@ -11,18 +13,21 @@
 use std::collections::{HashMap, HashSet};
 
 use dfs_core::erasure;
+use dfs_core::fingerprint::Fingerprint;
+use dfs_core::inline;
 use dfs_core::time::now_ns;
 use dfs_proto::{
     ChunkRecord, ChunkRefRecord, ChunkState, FsckProblem, FsckReport, ShardHealth, ShardKey,
 };
 use prost::Message;
 
-use super::servers::{self, shard_store_key};
+use super::servers;
 use super::Maintenance;
 use crate::error::Result;
 use crate::keys;
 use crate::namespace;
 use crate::store::decode_counter;
+use dfs_core::shard_key::wire_shard_key;
 
 /// Rows read per transaction (each index row also reads its count: far
 /// under FoundationDB's 5 s).
@@ -50,10 +55,6 @@ fn problem(report: &mut FsckReport, kind: &str, detail: String) {
             detail,
         });
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Maintenance {
@@ -109,7 +110,7 @@ impl Maintenance {
                 .zip(health)
                 .map(|(s, health)| {
                     (
-                        shard_store_key(&s.fingerprint, s.index),
+                        wire_shard_key(&s.fingerprint, s.index),
                         Listed {
                             written_ns: s.written_ns,
                             len: s.len,
@@ -184,7 +185,7 @@ impl Maintenance {
                         problem(
                             &mut report,
                             "corrupt_entry",
-                            format!("index entry of chunk {}: {e}", hex(&fp)),
+                            format!("index entry of chunk {}: {e}", hex::encode(&fp)),
                         );
                         continue;
                     }
@@ -193,7 +194,7 @@ impl Maintenance {
                 for (index, server) in rec.shard_servers.iter().enumerate() {
                     if let Some(l) = held
                         .get_mut(server)
-                        .and_then(|m| m.get_mut(&shard_store_key(&fp, index as u32)))
+                        .and_then(|m| m.get_mut(&wire_shard_key(&fp, index as u32)))
                     {
                         l.claimed = true;
                     }
@@ -213,9 +214,30 @@ impl Maintenance {
                         "refcount",
                         format!(
                             "chunk {}: stored count {stored}, chunk maps reference it {actual} times",
-                            hex(&fp)
+                            hex::encode(&fp)
                         ),
                     );
+                }
+                if rec.is_inline() {
+                    // No shards: the bytes are in the entry, as safe as the
+                    // metadata store. With `verify`, decoded and checked.
+                    let checked = match Fingerprint::from_slice(&fp) {
+                        Ok(id) if options.verify => inline::decode(&id, &rec).map(|_| ()),
+                        Ok(_) => inline::check_shape(&rec, inline::MAX_INLINE_BYTES),
+                        Err(e) => Err(inline::InlineError::Malformed(e.to_string())),
+                    };
+                    match checked {
+                        Ok(()) => report.healthy_chunks += 1,
+                        Err(e) => {
+                            report.lost_chunks += 1;
+                            problem(
+                                &mut report,
+                                "lost_chunk",
+                                format!("inline chunk {}: {e}", hex::encode(&fp)),
+                            );
+                        }
+                    }
+                    continue;
                 }
                 let layout = rec.layout.unwrap_or_default();
                 let need = erasure::shards_needed(&layout);
@@ -225,7 +247,7 @@ impl Maintenance {
                     report.shards_checked += 1;
                     let listed = held
                         .get(&server)
-                        .and_then(|m| m.get(&shard_store_key(&fp, index as u32)));
+                        .and_then(|m| m.get(&wire_shard_key(&fp, index as u32)));
                     match listed {
                         Some(l) if l.health == ShardHealth::Corrupt => {
                             report.corrupt_shards += 1;
@@ -245,7 +267,7 @@ impl Maintenance {
                     problem(
                         &mut report,
                         "under_protected",
-                        format!("chunk {}: {}", hex(&fp), bad_here.join(", ")),
+                        format!("chunk {}: {}", hex::encode(&fp), bad_here.join(", ")),
                     );
                 } else {
                     report.lost_chunks += 1;
@@ -254,7 +276,7 @@ impl Maintenance {
                         "lost_chunk",
                         format!(
                             "chunk {}: {good} of {need} needed shards readable ({})",
-                            hex(&fp),
+                            hex::encode(&fp),
                             bad_here.join(", ")
                         ),
                     );
@@ -269,7 +291,7 @@ impl Maintenance {
                     "missing_entry",
                     format!(
                         "chunk {}: referenced {n} times but has no live index entry",
-                        hex(fp)
+                        hex::encode(fp)
                     ),
                 );
             }
@@ -295,7 +317,7 @@ impl Maintenance {
                 format!(
                     "server {server}: shard {} of chunk {} ({len} bytes) is not in the index",
                     index.first().copied().unwrap_or(0),
-                    hex(fp)
+                    hex::encode(fp)
                 ),
             );
         }

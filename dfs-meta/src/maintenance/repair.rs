@@ -31,12 +31,13 @@ use dfs_proto::{ChunkRecord, ChunkState, ServerState, ServerStatus, ShardHealth,
 use futures::stream::{self, StreamExt};
 use prost::Message;
 
-use super::servers::{self, shard_store_key};
+use super::servers;
 use super::Maintenance;
 use crate::error::Result;
 use crate::keys;
 use crate::namespace::{get_record, put_record};
 use crate::registry;
+use dfs_core::shard_key::wire_shard_key;
 
 /// Index entries read per transaction during a scan.
 const SCAN_PAGE: usize = 1000;
@@ -365,7 +366,7 @@ impl Maintenance {
                 Ok(shards) => {
                     let keys = shards
                         .into_iter()
-                        .map(|s| shard_store_key(&s.fingerprint, s.index))
+                        .map(|s| wire_shard_key(&s.fingerprint, s.index))
                         .collect();
                     listings.insert(id, keys);
                     reconciling.push((id, rec.registered_ns));
@@ -410,6 +411,10 @@ impl Maintenance {
                     continue;
                 }
                 summary.scanned += 1;
+                if rec.is_inline() {
+                    // Kept by the metadata store itself: nothing to rebuild.
+                    continue;
+                }
                 let fingerprint = key[1..].to_vec();
                 let mut faults = BTreeMap::new();
                 let mut unavailable = 0;
@@ -420,7 +425,7 @@ impl Maintenance {
                         unavailable += 1;
                     } else if listings
                         .get(&server)
-                        .is_some_and(|l| !l.contains(&shard_store_key(&fingerprint, index as u32)))
+                        .is_some_and(|l| !l.contains(&wire_shard_key(&fingerprint, index as u32)))
                     {
                         to_confirm
                             .entry(server)

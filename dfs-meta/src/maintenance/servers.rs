@@ -148,11 +148,3 @@ pub async fn put(
         .map_err(DfsError::from)
         .map(|_| ())
 }
-
-/// The store key of a shard on a chunk server: fingerprint ‖ index byte.
-pub fn shard_store_key(fingerprint: &[u8], index: u32) -> Vec<u8> {
-    let mut key = Vec::with_capacity(fingerprint.len() + 1);
-    key.extend_from_slice(fingerprint);
-    key.push(index as u8);
-    key
-}

@@ -1,4 +1,5 @@
-//! The read pipeline for one chunk: fetch shards in parallel (data shards
+//! The read pipeline for one chunk: an inline chunk's bytes came with the
+//! chunk map and are only decoded; otherwise fetch shards in parallel (data shards
 //! first, parity only when some fail), decode from any k of k+m,
 //! decompress, and verify the SHA-256 fingerprint. A shard a server reports
 //! corrupt is rewritten from the others once the chunk is verified.
@@ -10,6 +11,7 @@ use dfs_core::codec;
 use dfs_core::erasure;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
+use dfs_core::inline;
 use dfs_proto::{ChunkRecord, Codec, PutShardsRequest, Shard};
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -47,6 +49,13 @@ impl Cluster {
         fp: Fingerprint,
         rec: &ChunkRecord,
     ) -> Result<Bytes, DfsError> {
+        if rec.is_inline() {
+            // The bytes came with the chunk map.
+            return inline::decode(&fp, rec).map(Bytes::from).map_err(|e| {
+                tracing::error!(chunk = %fp, error = %e, "inline chunk unreadable");
+                DfsError::new(libc::EIO, format!("chunk {fp}: {e}"))
+            });
+        }
         let layout = rec.layout.unwrap_or_default();
         let total = rec.shard_servers.len();
         let need = if layout.parity_shards == 0 {

@@ -1,7 +1,9 @@
 //! The write pipeline for a batch of chunks that content-defined chunking
-//! has already cut: fingerprint, one batched dedup lookup, then for unknown
-//! chunks only: compression, erasure coding, placement and upload, with
-//! each server receiving one batch.
+//! has already cut: fingerprint; small chunks compressed at once, and those
+//! that store in a few KiB go inline (their bytes ride in the commit, with
+//! no lookup and no upload); one batched dedup lookup for the rest, then
+//! for unknown chunks only: compression, erasure coding, placement and
+//! upload, with each server receiving one batch.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,7 +12,8 @@ use dfs_core::codec::{self, CodecPolicy};
 use dfs_core::erasure;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
-use dfs_proto::{ChunkRecord, Layout, LookupChunksRequest, MappedChunk, Shard};
+use dfs_core::inline;
+use dfs_proto::{ChunkRecord, Codec, Layout, LookupChunksRequest, MappedChunk, Shard};
 
 use crate::client::chunks::ServerBatch;
 use crate::client::Cluster;
@@ -93,12 +96,22 @@ struct Encoded {
 /// How many upload rounds are tried when servers fail mid-upload.
 const UPLOAD_ROUNDS: usize = 4;
 
+/// Chunks up to this many times the volume's inline limit are compressed
+/// before the dedup lookup, to see whether they go inline (source files
+/// compress 2-4x with LZ4); bigger ones rarely would.
+const INLINE_PROBE_RATIO: usize = 4;
+
+/// Raw bytes of small chunks compressed in place rather than on a blocking
+/// thread (a thread handoff costs more than compressing a small file).
+const INLINE_PROBE_IN_PLACE: usize = 256 * 1024;
+
 pub fn layout_for(volume: &dfs_proto::VolumeConfig, stored_len: usize) -> Layout {
     if volume.parity_shards == 0 {
         return Layout {
             data_shards: 1,
             parity_shards: 0,
             replicas: 1,
+            inline: false,
         };
     }
     if stored_len < volume.replicate_below_bytes as usize {
@@ -107,13 +120,28 @@ pub fn layout_for(volume: &dfs_proto::VolumeConfig, stored_len: usize) -> Layout
             data_shards: 1,
             parity_shards: 0,
             replicas: volume.parity_shards + 1,
+            inline: false,
         };
     }
     Layout {
         data_shards: volume.data_shards,
         parity_shards: volume.parity_shards,
         replicas: 0,
+        inline: false,
     }
+}
+
+/// Whether stored bytes of `stored_len` go inline into the metadata store,
+/// taking them from `budget` (the inline bytes this commit may still carry)
+/// when they do.
+fn take_inline(volume: &dfs_proto::VolumeConfig, stored_len: usize, budget: &mut usize) -> bool {
+    let fits = stored_len <= volume.inline_max_bytes as usize
+        && stored_len <= inline::MAX_INLINE_BYTES
+        && stored_len <= *budget;
+    if fits {
+        *budget -= stored_len;
+    }
+    fits
 }
 
 fn encode(
@@ -121,8 +149,29 @@ fn encode(
     policy: CodecPolicy,
     fp: Fingerprint,
     raw: &[u8],
+    inline_budget: &mut usize,
 ) -> Result<Encoded, DfsError> {
     let (codec, stored) = codec::compress(policy, raw);
+    encode_compressed(volume, fp, raw.len(), codec, stored, inline_budget)
+}
+
+/// Places compressed bytes in a layout: inline when small enough and the
+/// budget allows, else replicas or Reed-Solomon shards.
+fn encode_compressed(
+    volume: &dfs_proto::VolumeConfig,
+    fp: Fingerprint,
+    raw_len: usize,
+    codec: Codec,
+    stored: Vec<u8>,
+    inline_budget: &mut usize,
+) -> Result<Encoded, DfsError> {
+    if take_inline(volume, stored.len(), inline_budget) {
+        return Ok(Encoded {
+            fp,
+            record: inline::record(raw_len as u32, codec, stored),
+            shards: Vec::new(),
+        });
+    }
     let layout = layout_for(volume, stored.len());
     let shards = erasure::encode(&layout, &stored)
         .map_err(|e| DfsError::new(libc::EIO, format!("erasure coding failed: {e}")))?;
@@ -130,16 +179,12 @@ fn encode(
     Ok(Encoded {
         fp,
         record: ChunkRecord {
-            refcount: 0,
-            raw_len: raw.len() as u32,
+            raw_len: raw_len as u32,
             stored_len: stored.len() as u32,
             codec: codec as i32,
             layout: Some(layout),
-            shard_servers: Vec::new(),
             shard_len,
-            state: 0,
-            zero_since_ns: 0,
-            dead_since_ns: 0,
+            ..ChunkRecord::default()
         },
         shards,
     })
@@ -172,39 +217,49 @@ impl Cluster {
             cpu(move || datas.iter().map(|d| Fingerprint::of(d)).collect()).await?
         };
 
-        let mut unique: Vec<Fingerprint> = Vec::new();
+        let mut unique: Vec<(Fingerprint, Bytes)> = Vec::new();
         let mut seen = HashSet::new();
-        for fp in &fps {
+        for (fp, chunk) in fps.iter().zip(&chunks) {
             if seen.insert(*fp) {
-                unique.push(*fp);
+                unique.push((*fp, chunk.data.clone()));
             }
         }
-        let request = LookupChunksRequest {
-            fingerprints: unique.iter().map(Fingerprint::to_vec).collect(),
-        };
-        let reply = self
-            .meta
-            .call("lookup_chunks", |mut c| {
-                let request = request.clone();
-                async move { c.lookup_chunks(request).await }
-            })
+        // Small chunks are compressed first: those that go inline need no
+        // dedup lookup (the commit creates their entry, or adds a reference
+        // to the one that exists), so a small file is one request.
+        let mut inline_budget = inline::CLIENT_INLINE_PER_COMMIT;
+        let (inlined, unique) = self
+            .encode_inline(policy, unique, &mut inline_budget)
             .await?;
-        let looked_up = started.elapsed();
         let mut records: HashMap<Fingerprint, ChunkRecord> = HashMap::new();
         let mut uploaded: HashSet<Fingerprint> = HashSet::new();
+        for e in inlined {
+            uploaded.insert(e.fp);
+            records.insert(e.fp, e.record);
+        }
         let mut to_encode = Vec::new();
-        for (i, fp) in unique.iter().enumerate() {
-            match (reply.known.get(i), reply.records.get(i)) {
-                (Some(true), Some(rec)) => {
-                    records.insert(*fp, rec.clone());
-                }
-                _ => {
-                    let pos = fps.iter().position(|f| f == fp).unwrap_or_default();
-                    to_encode.push((*fp, chunks[pos].data.clone()));
+        if !unique.is_empty() {
+            let request = LookupChunksRequest {
+                fingerprints: unique.iter().map(|(fp, _)| fp.to_vec()).collect(),
+            };
+            let reply = self
+                .meta
+                .call("lookup_chunks", |mut c| {
+                    let request = request.clone();
+                    async move { c.lookup_chunks(request).await }
+                })
+                .await?;
+            for (i, (fp, data)) in unique.into_iter().enumerate() {
+                match (reply.known.get(i), reply.records.get(i)) {
+                    (Some(true), Some(rec)) => {
+                        records.insert(fp, rec.clone());
+                    }
+                    _ => to_encode.push((fp, data)),
                 }
             }
         }
-        let encoded = self.encode_all(policy, to_encode).await?;
+        let looked_up = started.elapsed();
+        let encoded = self.encode_all(policy, to_encode, inline_budget).await?;
         let coded = started.elapsed();
         uploaded.extend(encoded.iter().map(|e| e.fp));
         records.extend(self.upload(encoded).await?);
@@ -259,7 +314,9 @@ impl Cluster {
                     .map(|fp| (fp, s.data.clone()))
             })
             .collect();
-        let encoded = self.encode_all(policy, raw).await?;
+        let encoded = self
+            .encode_all(policy, raw, inline::CLIENT_INLINE_PER_COMMIT)
+            .await?;
         let records: HashMap<Fingerprint, ChunkRecord> =
             self.upload(encoded).await?.into_iter().collect();
         for s in stored.iter_mut() {
@@ -274,10 +331,60 @@ impl Cluster {
         Ok(())
     }
 
+    /// Compresses the chunks small enough that they may go inline (at most
+    /// `INLINE_PROBE_RATIO` times the inline limit raw) and encodes those
+    /// that do; returns them and the chunks left for the dedup lookup.
+    async fn encode_inline(
+        &self,
+        policy: CodecPolicy,
+        chunks: Vec<(Fingerprint, Bytes)>,
+        budget: &mut usize,
+    ) -> Result<(Vec<Encoded>, Vec<(Fingerprint, Bytes)>), DfsError> {
+        let volume = self.volume;
+        let probe_max = volume.inline_max_bytes as usize * INLINE_PROBE_RATIO;
+        let (probed, rest): (Vec<_>, Vec<_>) = chunks
+            .into_iter()
+            .partition(|(_, data)| data.len() <= probe_max);
+        if probed.is_empty() {
+            return Ok((Vec::new(), rest));
+        }
+        let compress = move |probed: Vec<(Fingerprint, Bytes)>| {
+            probed
+                .into_iter()
+                .map(|(fp, data)| {
+                    let (codec, stored) = codec::compress(policy, &data);
+                    (fp, data, codec, stored)
+                })
+                .collect::<Vec<_>>()
+        };
+        // A few small files' worth is quicker in place than on a thread.
+        let probed_bytes: usize = probed.iter().map(|(_, d)| d.len()).sum();
+        let compressed = if probed_bytes <= INLINE_PROBE_IN_PLACE {
+            compress(probed)
+        } else {
+            cpu(move || compress(probed)).await?
+        };
+        let mut inlined = Vec::new();
+        let mut left = rest;
+        for (fp, data, codec, stored) in compressed {
+            if take_inline(&volume, stored.len(), budget) {
+                inlined.push(Encoded {
+                    fp,
+                    record: inline::record(data.len() as u32, codec, stored),
+                    shards: Vec::new(),
+                });
+            } else {
+                left.push((fp, data));
+            }
+        }
+        Ok((inlined, left))
+    }
+
     async fn encode_all(
         &self,
         policy: CodecPolicy,
         raw: Vec<(Fingerprint, Bytes)>,
+        inline_budget: usize,
     ) -> Result<Vec<Encoded>, DfsError> {
         // Two halves, one per core; more tasks would only add copying.
         let volume = self.volume;
@@ -285,16 +392,17 @@ impl Cluster {
         let mut first = raw;
         let second = first.split_off(mid);
         let (v1, v2) = (volume, volume);
+        let (mut budget1, mut budget2) = (inline_budget / 2, inline_budget - inline_budget / 2);
         let a = cpu(move || {
             first
                 .into_iter()
-                .map(|(fp, d)| encode(&v1, policy, fp, &d))
+                .map(|(fp, d)| encode(&v1, policy, fp, &d, &mut budget1))
                 .collect::<Result<Vec<_>, _>>()
         });
         let b = cpu(move || {
             second
                 .into_iter()
-                .map(|(fp, d)| encode(&v2, policy, fp, &d))
+                .map(|(fp, d)| encode(&v2, policy, fp, &d, &mut budget2))
                 .collect::<Result<Vec<_>, _>>()
         });
         let (a, b) = futures::join!(a, b);
@@ -313,6 +421,11 @@ impl Cluster {
         encoded: Vec<Encoded>,
     ) -> Result<Vec<(Fingerprint, ChunkRecord)>, DfsError> {
         let mut excluded: Vec<u32> = Vec::new();
+        // Inline chunks have nothing to upload: their bytes go in the commit.
+        let (inlined, encoded): (Vec<Encoded>, Vec<Encoded>) =
+            encoded.into_iter().partition(|e| e.record.is_inline());
+        let mut done: Vec<(Fingerprint, ChunkRecord)> =
+            inlined.into_iter().map(|e| (e.fp, e.record)).collect();
         // Each chunk with the shard indices still to store.
         let mut pending: Vec<(Encoded, Vec<usize>)> = encoded
             .into_iter()
@@ -321,7 +434,6 @@ impl Cluster {
                 (e, all)
             })
             .collect();
-        let mut done = Vec::with_capacity(pending.len());
         let mut last_error: Option<DfsError> = None;
         for _round in 0..UPLOAD_ROUNDS {
             if pending.is_empty() {
