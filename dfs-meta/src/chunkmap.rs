@@ -17,9 +17,9 @@ use dfs_core::fingerprint::Fingerprint;
 use dfs_core::inline;
 
 use crate::error::{MetaError, Result};
+use crate::inodes::{get_inode, put_inode};
 use crate::keys;
-use crate::namespace::{get_inode, get_record, put_inode, put_record};
-use crate::store::{decode_counter, KvTxn};
+use crate::store::{decode_counter, get_record, put_record, KvTxn};
 
 /// Largest chunk a client may commit (FastCDC's maximum).
 pub const MAX_CHUNK_LEN: u32 = 128 * 1024;

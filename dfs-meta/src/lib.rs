@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod chunkmap;
 pub mod error;
+pub mod inodes;
 pub mod keys;
 pub mod locks;
 pub mod maintenance;

@@ -22,8 +22,8 @@ use dfs_proto::{
 
 use crate::error::{MetaError, Result};
 use crate::keys;
-use crate::namespace::{get_record, put_record};
 use crate::store::KvTxn;
+use crate::store::{get_record, put_record};
 
 /// How long a session's locks count after its last renewal.
 pub const LEASE: Duration = Duration::from_secs(20);

@@ -8,8 +8,9 @@ use dfs_proto::{
 use prost::Message;
 
 use crate::error::{MetaError, Result};
+use crate::inodes::{get_inode, put_inode};
 use crate::keys;
-use crate::store::{decode_counter, KvTxn};
+use crate::store::{decode_counter, get_record, put_record, KvTxn};
 use crate::{acl, chunkmap};
 
 pub const ROOT_INO: u64 = 1;
@@ -20,25 +21,6 @@ pub use dfs_proto::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 const S_ISGID: u32 = 0o2000;
 const COUNTER_NEXT_INO: &str = "next_ino";
 pub const COUNTER_INODES: &str = "inodes";
-
-pub fn get_record<M: Message + Default>(txn: &mut dyn KvTxn, key: &[u8]) -> Result<Option<M>> {
-    match txn.get(key)? {
-        Some(bytes) => Ok(Some(M::decode(bytes.as_slice())?)),
-        None => Ok(None),
-    }
-}
-
-pub fn put_record<M: Message>(txn: &mut dyn KvTxn, key: &[u8], record: &M) {
-    txn.set(key, &record.encode_to_vec());
-}
-
-pub fn get_inode(txn: &mut dyn KvTxn, ino: u64) -> Result<InodeRecord> {
-    get_record(txn, &keys::inode(ino))?.ok_or(MetaError::NotFound)
-}
-
-pub fn put_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) {
-    put_record(txn, &keys::inode(inode.ino), inode);
-}
 
 fn get_dir(txn: &mut dyn KvTxn, ino: u64) -> Result<InodeRecord> {
     let dir = get_inode(txn, ino)?;

@@ -64,7 +64,7 @@ pub async fn purge_worker(store: Arc<dyn MetaStore>, wake: Arc<tokio::sync::Noti
 mod tests {
     use super::*;
     use crate::store::MemStore;
-    use crate::{chunkmap, namespace};
+    use crate::{chunkmap, inodes, namespace};
     use dfs_proto::{
         ByteRange, ChunkRecord, CommitChunksRequest, CreateRequest, FileKind, Layout, NewChunk,
     };
@@ -82,7 +82,7 @@ mod tests {
         let store = MemStore::default();
         let n = 2 * PURGE_BATCH + 500;
         let ino = big_file(&store, n);
-        let file = run(&store, |t| namespace::get_inode(t, ino));
+        let file = run(&store, |t| inodes::get_inode(t, ino));
         assert_eq!(file.data_version, 1, "a commit bumps the data version");
         let page = run(&store, |t| chunkmap::chunk_map(t, ino, 0, 10));
         assert!(page.more && page.data_version == file.data_version);
@@ -271,7 +271,7 @@ mod tests {
             transact(&store, |t| namespace::lookup(t, 1, b"big")),
             Err(MetaError::NotFound)
         ));
-        let kept = run(&store, |t| namespace::get_inode(t, ino));
+        let kept = run(&store, |t| inodes::get_inode(t, ino));
         assert_eq!((kept.nlink, kept.size), (0, 1_000));
         let append = CommitChunksRequest {
             ino,
@@ -290,14 +290,14 @@ mod tests {
         run(&store, |t| namespace::forget_unlinked(t, ino));
         run(&store, |t| namespace::forget_unlinked(t, ino));
         assert!(matches!(
-            transact(&store, |t| namespace::get_inode(t, ino)),
+            transact(&store, |t| inodes::get_inode(t, ino)),
             Err(MetaError::NotFound)
         ));
         assert_eq!(run(&store, chunkmap::stats).logical_bytes, 0);
         // Forgetting a linked inode (never kept) leaves it alone.
         let other = big_file_named(&store, b"other", 3, 1);
         run(&store, |t| namespace::forget_unlinked(t, other));
-        assert_eq!(run(&store, |t| namespace::get_inode(t, other)).nlink, 1);
+        assert_eq!(run(&store, |t| inodes::get_inode(t, other)).nlink, 1);
     }
 
     #[test]
@@ -334,12 +334,12 @@ mod tests {
         assert_eq!(removed, 2);
         for ino in dead {
             assert!(matches!(
-                transact(&store, |t| namespace::get_inode(t, ino)),
+                transact(&store, |t| inodes::get_inode(t, ino)),
                 Err(MetaError::NotFound)
             ));
         }
         for &ino in &live {
-            assert_eq!(run(&store, |t| namespace::get_inode(t, ino)).nlink, 0);
+            assert_eq!(run(&store, |t| inodes::get_inode(t, ino)).nlink, 0);
         }
         assert_eq!(run(&store, chunkmap::stats).logical_bytes, 11 * 200);
     }

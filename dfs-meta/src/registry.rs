@@ -12,8 +12,8 @@ use dfs_proto::{
 
 use crate::error::{MetaError, Result};
 use crate::keys;
-use crate::namespace::{get_record, put_record};
 use crate::store::{decode_counter, KvTxn};
+use crate::store::{get_record, put_record};
 
 const COUNTER_NEXT_SERVER: &str = "next_server";
 

@@ -17,7 +17,7 @@ use crate::maintenance::{
 };
 use crate::registry::Liveness;
 use crate::store::{read_only, transact, KvTxn, MetaStore};
-use crate::{chunkmap, locks, namespace, registry};
+use crate::{chunkmap, inodes, locks, namespace, registry};
 
 /// Inode numbers a metadata server reserves at a time.
 const INODE_BATCH: u64 = 1024;
@@ -338,7 +338,7 @@ impl Meta for MetaService {
 
     async fn get_attr(&self, r: Request<InoRequest>) -> Result<Response<InodeRecord>, Status> {
         let ino = r.into_inner().ino;
-        self.point_read("getattr", move |t, _| namespace::get_inode(t, ino))
+        self.point_read("getattr", move |t, _| inodes::get_inode(t, ino))
             .await
     }
 
@@ -369,7 +369,7 @@ impl Meta for MetaService {
         let reply = self
             .run("create", move |t, now| {
                 let inode = namespace::create(t, &r, ino, now)?;
-                let parent = namespace::get_inode(t, r.parent)?;
+                let parent = inodes::get_inode(t, r.parent)?;
                 Ok((inode, vec![parent]))
             })
             .await?;
@@ -381,7 +381,7 @@ impl Meta for MetaService {
         let reply = self
             .run("unlink", move |t, now| {
                 let purge_left = namespace::unlink(t, r.parent, &r.name, r.keep_ino, now)?;
-                let dirs = vec![namespace::get_inode(t, r.parent)?];
+                let dirs = vec![inodes::get_inode(t, r.parent)?];
                 Ok((purge_left, (Empty {}, dirs)))
             })
             .await?;
@@ -417,7 +417,7 @@ impl Meta for MetaService {
         let reply = self
             .run("link", move |t, now| {
                 let inode = namespace::link(t, r.ino, r.new_parent, &r.new_name, now)?;
-                Ok((inode, vec![namespace::get_inode(t, r.new_parent)?]))
+                Ok((inode, vec![inodes::get_inode(t, r.new_parent)?]))
             })
             .await?;
         Ok(with_changed_dirs(reply))
@@ -428,7 +428,7 @@ impl Meta for MetaService {
         let reply = self
             .run("setxattr", move |t, now| {
                 namespace::set_xattr(t, &r, now)?;
-                Ok((Empty {}, changed_if_dir(&namespace::get_inode(t, r.ino)?)))
+                Ok((Empty {}, changed_if_dir(&inodes::get_inode(t, r.ino)?)))
             })
             .await?;
         Ok(with_changed_dirs(reply))
@@ -455,7 +455,7 @@ impl Meta for MetaService {
         let reply = self
             .run("removexattr", move |t, now| {
                 namespace::remove_xattr(t, r.ino, &r.name, now)?;
-                Ok((Empty {}, changed_if_dir(&namespace::get_inode(t, r.ino)?)))
+                Ok((Empty {}, changed_if_dir(&inodes::get_inode(t, r.ino)?)))
             })
             .await?;
         Ok(with_changed_dirs(reply))
@@ -504,7 +504,7 @@ impl Meta for MetaService {
             .run("rmdir", move |t, now| {
                 let removed = namespace::lookup(t, r.parent, &r.name).ok();
                 namespace::rmdir(t, r.parent, &r.name, now)?;
-                let mut dirs = vec![namespace::get_inode(t, r.parent)?];
+                let mut dirs = vec![inodes::get_inode(t, r.parent)?];
                 dirs.extend(removed.map(gone));
                 Ok((Empty {}, dirs))
             })
@@ -519,17 +519,17 @@ impl Meta for MetaService {
             .run("rename", move |t, now| {
                 let target = namespace::lookup(t, r.new_parent, &r.new_name).ok();
                 let purge_left = namespace::rename(t, &r, now)?;
-                let mut dirs = vec![namespace::get_inode(t, r.parent)?];
+                let mut dirs = vec![inodes::get_inode(t, r.parent)?];
                 // A directory the rename replaced is gone.
                 if let Some(old) = target
                     .filter(|o| o.kind() == FileKind::Directory && r.flags & RENAME_EXCHANGE == 0)
                 {
-                    if namespace::get_inode(t, old.ino).is_err() {
+                    if inodes::get_inode(t, old.ino).is_err() {
                         dirs.push(gone(old));
                     }
                 }
                 if r.new_parent != r.parent {
-                    dirs.push(namespace::get_inode(t, r.new_parent)?);
+                    dirs.push(inodes::get_inode(t, r.new_parent)?);
                 }
                 // A directory that moved has a new ctime (and `..`). Its
                 // name is gone after a plain rename, hence `ok()`.

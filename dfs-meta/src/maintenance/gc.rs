@@ -35,7 +35,7 @@ use super::Maintenance;
 use crate::chunkmap;
 use crate::error::{MetaError, Result};
 use crate::keys;
-use crate::namespace::get_record;
+use crate::store::get_record;
 
 /// Index entries one mark transaction looks at.
 const MARK_PAGE: usize = 1000;

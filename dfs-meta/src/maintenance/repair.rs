@@ -35,8 +35,8 @@ use super::servers;
 use super::Maintenance;
 use crate::error::Result;
 use crate::keys;
-use crate::namespace::{get_record, put_record};
 use crate::registry;
+use crate::store::{get_record, put_record};
 use dfs_core::shard_key::wire_shard_key;
 
 /// Index entries read per transaction during a scan.

@@ -245,6 +245,22 @@ pub fn tag_page(
     Ok((rows, next))
 }
 
+/// Reads the protobuf record stored under `key`, if any.
+pub fn get_record<M: prost::Message + Default>(
+    txn: &mut dyn KvTxn,
+    key: &[u8],
+) -> crate::error::Result<Option<M>> {
+    match txn.get(key)? {
+        Some(bytes) => Ok(Some(M::decode(bytes.as_slice())?)),
+        None => Ok(None),
+    }
+}
+
+/// Stores `record` under `key`.
+pub fn put_record<M: prost::Message>(txn: &mut dyn KvTxn, key: &[u8], record: &M) {
+    txn.set(key, &record.encode_to_vec());
+}
+
 /// Decodes the little-endian i64 used by [`KvTxn::atomic_add`].
 pub fn decode_counter(value: Option<&[u8]>) -> i64 {
     let mut bytes = [0u8; 8];
