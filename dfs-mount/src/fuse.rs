@@ -12,10 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use dfs_core::error::DfsError;
 use dfs_core::time::{ns_to_system_time, system_time_to_ns};
-use dfs_proto::{
-    CreateRequest, DirEntry, Empty, FileKind, InoRequest, InodeRecord, LinkRequest, LookupRequest,
-    RemoveRequest, RenameRequest, SetAttrRequest, XattrRequest,
-};
+use dfs_proto::{CreateRequest, DirEntry, FileKind, InodeRecord, RenameRequest, SetAttrRequest};
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags,
@@ -26,6 +23,7 @@ use fuser::{
 use parking_lot::Mutex;
 use tracing::Instrument;
 
+use crate::fs::namespace::{Caller, Fallocate};
 use crate::fs::{Dfs, OpenFile};
 use crate::locks::Locks;
 
@@ -34,6 +32,9 @@ const MAX_WRITE: u32 = 1024 * 1024;
 /// Most bytes one copy_file_range request copies (it may copy less; the
 /// caller asks again for the rest). Below 4 GiB: the reply is a u32.
 const COPY_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Entries one readdirplus reply offers at most (a reply buffer of the
+/// kernel's holds far fewer; it asks again for the rest).
+const READDIRPLUS_PAGE: usize = 1024;
 
 struct FileHandleState {
     ino: u64,
@@ -74,9 +75,6 @@ pub struct DfsFuse {
     /// POSIX ACLs enforced by the kernel (mount option `acl`, the default).
     posix_acl: bool,
 }
-
-/// The access ACL's extended attribute.
-const ACL_ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
 
 /// True when the process behind `req` has `gid` as its file-system group
 /// or a supplementary group (read from `/proc/PID/status`).
@@ -202,7 +200,7 @@ impl DfsFuse {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             no_capability: Mutex::new(HashMap::new()),
-            locks: Locks::new(dfs.cluster.meta.clone()),
+            locks: dfs.locks(),
             dfs,
             notifier: Arc::new(std::sync::OnceLock::new()),
             posix_acl: true,
@@ -213,16 +211,6 @@ impl DfsFuse {
     pub fn with_posix_acl(mut self, on: bool) -> Self {
         self.posix_acl = on;
         self
-    }
-
-    /// The cluster's capacity, use and file count (statfs, and fallocate's
-    /// check for room).
-    async fn cluster_space(&self) -> Result<dfs_proto::StatFsReply, DfsError> {
-        self.dfs
-            .cluster
-            .meta
-            .call("statfs", |mut c| async move { c.stat_fs(Empty {}).await })
-            .await
     }
 
     /// Where the mount puts the session's notifier once it exists.
@@ -240,18 +228,6 @@ impl DfsFuse {
             .get(&fh.0)
             .cloned()
             .ok_or_else(|| DfsError::new(libc::EBADF, "unknown file handle"))
-    }
-
-    async fn getattr_async(&self, ino: u64) -> Result<InodeRecord, DfsError> {
-        let attr = self
-            .dfs
-            .cluster
-            .meta
-            .call("getattr", |mut c| async move {
-                c.get_attr(InoRequest { ino }).await
-            })
-            .await?;
-        Ok(self.dfs.overlay_attr(attr).await)
     }
 
     /// The open directory behind `fh`, its entries read when a listing
@@ -303,17 +279,6 @@ impl DfsFuse {
         known.insert(ino, std::time::Instant::now());
     }
 
-    async fn create_async(&self, req: CreateRequest) -> Result<InodeRecord, DfsError> {
-        self.dfs
-            .cluster
-            .meta
-            .call("create", |mut c| {
-                let req = req.clone();
-                async move { c.create(req).await }
-            })
-            .await
-    }
-
     fn reply_entry(
         &self,
         result: Result<InodeRecord, DfsError>,
@@ -351,75 +316,9 @@ impl DfsFuse {
         }
     }
 
-    /// Clears set-user-ID and set-group-ID on `ino`, if set.
-    async fn drop_suid_sgid(&self, ino: u64) -> Result<(), DfsError> {
-        let attr = self.getattr_async(ino).await?;
-        let privileged = libc::S_ISUID | libc::S_ISGID;
-        if attr.mode & privileged == 0 {
-            return Ok(());
-        }
-        let request = SetAttrRequest {
-            ino,
-            mode: Some(attr.mode & !privileged & 0o7777),
-            ..Default::default()
-        };
-        self.setattr_async(ino, request, None).await.map(|_| ())
-    }
-
-    async fn setattr_async(
-        &self,
-        ino: u64,
-        request: SetAttrRequest,
-        size: Option<u64>,
-    ) -> Result<InodeRecord, DfsError> {
-        let touches_meta = request.mode.is_some()
-            || request.uid.is_some()
-            || request.gid.is_some()
-            || request.atime_ns.is_some()
-            || request.mtime_ns.is_some()
-            || request.atime_now
-            || request.mtime_now;
-        if let Some(size) = size {
-            let file = self.dfs.open(ino).await?;
-            let result = {
-                let mut st = self.dfs.lock(&file).await;
-                self.dfs.truncate(&mut st, size).await
-            };
-            self.dfs.release(&file).await?;
-            result?;
-        } else if touches_meta {
-            // Buffered writes would stamp their own mtime when committed
-            // later, undoing an explicit utimens: commit them first.
-            if let Some(file) = self.dfs.open_file(ino) {
-                let mut st = self.dfs.lock(&file).await;
-                self.dfs.flush(&mut st).await?;
-            }
-        }
-        if touches_meta {
-            let attr = self
-                .dfs
-                .cluster
-                .meta
-                .call("setattr", |mut c| async move { c.set_attr(request).await })
-                .await?;
-            return Ok(self.dfs.overlay_attr(attr).await);
-        }
-        self.getattr_async(ino).await
-    }
-
     /// Opens directory `ino`: its entries are read by the first readdir.
     async fn open_dir_async(&self, ino: u64) -> Result<DirHandleState, DfsError> {
-        let attr = self
-            .dfs
-            .cluster
-            .meta
-            .call("getattr", |mut c| async move {
-                c.get_attr(InoRequest { ino }).await
-            })
-            .await?;
-        if attr.kind() != FileKind::Directory {
-            return Err(DfsError::new(libc::ENOTDIR, "not a directory"));
-        }
+        let attr = self.dfs.open_dir(ino).await?;
         Ok(DirHandleState {
             entries: Vec::new(),
             parent: if attr.parent == 0 { ino } else { attr.parent },
@@ -451,7 +350,7 @@ impl Filesystem for DfsFuse {
             InitFlags::FUSE_PARALLEL_DIROPS,
             // File handles (name_to_handle_at, NFS): see lookup.
             InitFlags::FUSE_EXPORT_SUPPORT,
-            // fcntl and flock locks go to the cluster (locks.rs).
+            // fcntl and flock locks are kept by the metadata service (locks.rs).
             InitFlags::FUSE_POSIX_LOCKS,
             InitFlags::FUSE_FLOCK_LOCKS,
         ];
@@ -491,37 +390,7 @@ impl Filesystem for DfsFuse {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = op_span("lookup", req, parent.0).entered();
-        let request = LookupRequest {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
-        };
-        let result = self.rt.block_on(async {
-            // "." and ".." come from the kernel only when it decodes a file
-            // handle (open_by_handle_at, NFS export): inode numbers are
-            // global, so any inode can be found again from its number.
-            match name.as_bytes() {
-                b"." => return self.getattr_async(parent.0).await,
-                b".." => {
-                    let dir = self.getattr_async(parent.0).await?;
-                    if dir.kind() != FileKind::Directory {
-                        return Err(DfsError::new(libc::ENOTDIR, "not a directory"));
-                    }
-                    let up = if dir.parent == 0 { dir.ino } else { dir.parent };
-                    return self.getattr_async(up).await;
-                }
-                _ => {}
-            }
-            let attr = self
-                .dfs
-                .cluster
-                .meta
-                .call("lookup", |mut c| {
-                    let request = request.clone();
-                    async move { c.lookup(request).await }
-                })
-                .await?;
-            Ok(self.dfs.overlay_attr(attr).await)
-        });
+        let result = self.rt.block_on(self.dfs.lookup(parent.0, name.as_bytes()));
         self.reply_entry(result, "lookup", parent.0, reply);
     }
 
@@ -529,11 +398,11 @@ impl Filesystem for DfsFuse {
         let _span = op_span("getattr", req, ino.0).entered();
         // A directory this client just changed: the kernel asks because it
         // knows the change touched it, and the change's reply said how.
-        if let Some((attr, left)) = self.dfs.cluster.meta.changed_dir(ino.0, self.ttl) {
+        if let Some((attr, left)) = self.dfs.changed_dir(ino.0, self.ttl) {
             reply.attr(&left, &to_file_attr(&attr));
             return;
         }
-        match self.rt.block_on(self.getattr_async(ino.0)) {
+        match self.rt.block_on(self.dfs.getattr(ino.0)) {
             Ok(attr) => reply.attr(&self.ttl, &to_file_attr(&attr)),
             Err(e) => match self
                 .removed_open_dir(ino.0)
@@ -578,7 +447,7 @@ impl Filesystem for DfsFuse {
             atime_now,
             mtime_now,
         };
-        match self.rt.block_on(self.setattr_async(ino.0, request, size)) {
+        match self.rt.block_on(self.dfs.setattr(ino.0, request, size)) {
             // Not cached: the kernel applies a setattr reply even when a
             // concurrent create or rename in the same directory changed the
             // inode after it (rsync sets a directory's times while files
@@ -598,23 +467,9 @@ impl Filesystem for DfsFuse {
         reply: ReplyEntry,
     ) {
         let _span = op_span("link", req, ino.0).entered();
-        let request = LinkRequest {
-            ino: ino.0,
-            new_parent: newparent.0,
-            new_name: newname.as_bytes().to_vec(),
-        };
-        let result = self.rt.block_on(async {
-            let attr = self
-                .dfs
-                .cluster
-                .meta
-                .call("link", |mut c| {
-                    let request = request.clone();
-                    async move { c.link(request).await }
-                })
-                .await?;
-            Ok(self.dfs.overlay_attr(attr).await)
-        });
+        let result = self
+            .rt
+            .block_on(self.dfs.link(ino.0, newparent.0, newname.as_bytes()));
         self.reply_entry(result, "link", ino.0, reply);
     }
 
@@ -636,32 +491,18 @@ impl Filesystem for DfsFuse {
             return;
         }
         self.no_capability.lock().remove(&ino.0);
-        let mut request = XattrRequest {
-            ino: ino.0,
-            name: name.as_bytes().to_vec(),
-            value: value.to_vec(),
-            flags: flags as u32,
-            kill_sgid: false,
+        let in_group = |gid| caller_in_group(req, gid);
+        let caller = Caller {
+            uid: req.uid(),
+            in_group: &in_group,
         };
-        let result = self.rt.block_on(async {
-            // fuser cannot receive the kernel's FUSE_SETXATTR_ACL_KILL_SGID,
-            // so its rule is applied here: setting an access ACL clears
-            // set-group-ID unless the caller is in the file's group or root.
-            if name.as_bytes() == ACL_ACCESS_XATTR && req.uid() != 0 {
-                let attr = self.getattr_async(ino.0).await?;
-                if attr.mode & libc::S_ISGID != 0 {
-                    request.kill_sgid = !caller_in_group(req, attr.gid);
-                }
-            }
-            self.dfs
-                .cluster
-                .meta
-                .call("setxattr", |mut c| {
-                    let request = request.clone();
-                    async move { c.set_xattr(request).await }
-                })
-                .await
-        });
+        let result = self.rt.block_on(self.dfs.setxattr(
+            ino.0,
+            name.as_bytes(),
+            value,
+            flags as u32,
+            &caller,
+        ));
         reply_empty(result, "setxattr", ino.0, reply);
     }
 
@@ -678,19 +519,9 @@ impl Filesystem for DfsFuse {
             reply.error(Errno::ENODATA);
             return;
         }
-        let request = XattrRequest {
-            ino: ino.0,
-            name: name.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        let result = self
-            .rt
-            .block_on(self.dfs.cluster.meta.call("getxattr", |mut c| {
-                let request = request.clone();
-                async move { c.get_xattr(request).await }
-            }));
+        let result = self.rt.block_on(self.dfs.getxattr(ino.0, name.as_bytes()));
         match result {
-            Ok(r) => reply_xattr(reply, size, &r.value),
+            Ok(value) => reply_xattr(reply, size, &value),
             Err(e) => {
                 if capability && e.errno == libc::ENODATA {
                     self.note_no_capability(ino.0);
@@ -702,16 +533,12 @@ impl Filesystem for DfsFuse {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _span = op_span("listxattr", req, ino.0).entered();
-        let result =
-            self.rt
-                .block_on(self.dfs.cluster.meta.call("listxattr", |mut c| async move {
-                    c.list_xattr(InoRequest { ino: ino.0 }).await
-                }));
+        let result = self.rt.block_on(self.dfs.listxattr(ino.0));
         match result {
-            Ok(r) => {
+            Ok(names) => {
                 // The kernel wants the names NUL-terminated, back to back.
                 let mut list = Vec::new();
-                for name in r.names {
+                for name in names {
                     list.extend_from_slice(&name);
                     list.push(0);
                 }
@@ -724,17 +551,9 @@ impl Filesystem for DfsFuse {
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = op_span("removexattr", req, ino.0).entered();
         self.no_capability.lock().remove(&ino.0);
-        let request = XattrRequest {
-            ino: ino.0,
-            name: name.as_bytes().to_vec(),
-            ..Default::default()
-        };
         let result = self
             .rt
-            .block_on(self.dfs.cluster.meta.call("removexattr", |mut c| {
-                let request = request.clone();
-                async move { c.remove_xattr(request).await }
-            }));
+            .block_on(self.dfs.removexattr(ino.0, name.as_bytes()));
         reply_empty(result, "removexattr", ino.0, reply);
     }
 
@@ -794,40 +613,17 @@ impl Filesystem for DfsFuse {
             reply.error(Errno::EOPNOTSUPP);
             return;
         }
-        let caller = req.uid();
+        let range = Fallocate {
+            offset,
+            length,
+            keep_size,
+            zero,
+        };
         let result = self.rt.block_on(async {
             let handle = self.file_handle(fh)?;
-            let mut st = self.dfs.lock(&handle.file).await;
-            // Space is never reserved ahead (chunks are deduplicated and
-            // coded when written): allocating is growing the size, and
-            // zeroing is punching a hole, which reads as zeros and costs
-            // nothing.
-            if zero {
-                self.dfs.punch_hole(&mut st, offset, length).await?;
-            } else {
-                // Nothing is reserved, but a request for more than the
-                // cluster has free could never be written: say so now.
-                let fs = self.cluster_space().await?;
-                let free = fs.capacity_bytes.saturating_sub(fs.used_bytes);
-                if fs.capacity_bytes > 0 && length > free {
-                    return Err(DfsError::new(
-                        libc::ENOSPC,
-                        format!("fallocate of {length} bytes: the cluster has {free} bytes free"),
-                    ));
-                }
-            }
-            let end = offset.saturating_add(length);
-            if !keep_size && end > st.size {
-                self.dfs.truncate(&mut st, end).await?;
-            }
-            drop(st);
-            // As a write does (the kernel asks for that one itself): a
-            // change by an unprivileged user drops set-user-ID and
-            // set-group-ID.
-            if caller != 0 {
-                self.drop_suid_sgid(ino.0).await?;
-            }
-            Ok::<_, DfsError>(())
+            self.dfs
+                .fallocate(&handle.file, ino.0, range, req.uid())
+                .await
         });
         reply_empty(result, "fallocate", ino.0, reply);
     }
@@ -893,7 +689,7 @@ impl Filesystem for DfsFuse {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let _span = op_span("readlink", req, ino.0).entered();
-        match self.rt.block_on(self.getattr_async(ino.0)) {
+        match self.rt.block_on(self.dfs.getattr(ino.0)) {
             Ok(attr) if attr.kind() == FileKind::Symlink => reply.data(&attr.symlink_target),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(fail("readlink", ino.0, &e)),
@@ -913,7 +709,7 @@ impl Filesystem for DfsFuse {
         let _span = op_span("mknod", req, parent.0).entered();
         let mut request = Self::new_request(req, parent, name, kind_from_mode(mode), mode, umask);
         request.rdev = rdev;
-        let result = self.rt.block_on(self.create_async(request));
+        let result = self.rt.block_on(self.dfs.create(request));
         self.reply_entry(result, "mknod", parent.0, reply);
     }
 
@@ -928,7 +724,7 @@ impl Filesystem for DfsFuse {
     ) {
         let _span = op_span("mkdir", req, parent.0).entered();
         let request = Self::new_request(req, parent, name, FileKind::Directory, mode, umask);
-        let result = self.rt.block_on(self.create_async(request));
+        let result = self.rt.block_on(self.dfs.create(request));
         self.reply_entry(result, "mkdir", parent.0, reply);
     }
 
@@ -943,7 +739,7 @@ impl Filesystem for DfsFuse {
         let _span = op_span("symlink", req, parent.0).entered();
         let mut request = Self::new_request(req, parent, link_name, FileKind::Symlink, 0o777, 0);
         request.symlink_target = target.as_os_str().as_bytes().to_vec();
-        let result = self.rt.block_on(self.create_async(request));
+        let result = self.rt.block_on(self.dfs.create(request));
         self.reply_entry(result, "symlink", parent.0, reply);
     }
 
@@ -955,17 +751,7 @@ impl Filesystem for DfsFuse {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = op_span("rmdir", req, parent.0).entered();
-        let request = RemoveRequest {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
-            keep_ino: 0,
-        };
-        let result = self
-            .rt
-            .block_on(self.dfs.cluster.meta.call("rmdir", |mut c| {
-                let request = request.clone();
-                async move { c.rmdir(request).await }
-            }));
+        let result = self.rt.block_on(self.dfs.rmdir(parent.0, name.as_bytes()));
         reply_empty(result, "rmdir", parent.0, reply);
     }
 
@@ -1016,7 +802,7 @@ impl Filesystem for DfsFuse {
         let _span = op_span("create", req, parent.0).entered();
         let request = Self::new_request(req, parent, name, FileKind::Regular, mode, umask);
         let result = self.rt.block_on(async {
-            let attr = self.create_async(request).await?;
+            let attr = self.dfs.create(request).await?;
             let file = self.dfs.open_created(attr.ino, attr.data_version).await?;
             Ok::<_, DfsError>((attr, file))
         });
@@ -1318,8 +1104,8 @@ impl Filesystem for DfsFuse {
         };
         let mut next = offset;
         let dots = if offset < 2 {
-            let this = self.rt.block_on(self.getattr_async(ino.0));
-            let parent = self.rt.block_on(self.getattr_async(dir.parent));
+            let this = self.rt.block_on(self.dfs.getattr(ino.0));
+            let parent = self.rt.block_on(self.dfs.getattr(dir.parent));
             match (this, parent) {
                 (Ok(a), Ok(b)) => Some((a, b)),
                 (Err(e), _) | (_, Err(e)) => {
@@ -1330,6 +1116,18 @@ impl Filesystem for DfsFuse {
         } else {
             None
         };
+        // The entries' attributes with this client's buffered writes laid
+        // over them, in one trip to the runtime for a page of them (the
+        // kernel asks again from where a reply stops).
+        let first = offset.saturating_sub(2) as usize;
+        let page = dir
+            .entries
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .take(READDIRPLUS_PAGE)
+            .map_while(|e| e.attr.clone());
+        let attrs = self.rt.block_on(self.dfs.overlay_attrs(page.collect()));
         loop {
             let full = match (next, &dots) {
                 (0, Some((this, _))) => {
@@ -1347,14 +1145,15 @@ impl Filesystem for DfsFuse {
                     let Some(e) = dir.entries.get((n - 2) as usize) else {
                         break;
                     };
-                    let Some(attr) = &e.attr else { break };
-                    let attr = self.rt.block_on(self.dfs.overlay_attr(attr.clone()));
+                    let Some(attr) = attrs.get((n - 2) as usize - first) else {
+                        break;
+                    };
                     reply.add(
                         INodeNo(e.ino),
                         n + 1,
                         OsStr::from_bytes(&e.name),
                         &self.ttl,
-                        &to_file_attr(&attr),
+                        &to_file_attr(attr),
                         Generation(attr.generation),
                     )
                 }
@@ -1383,7 +1182,7 @@ impl Filesystem for DfsFuse {
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let _span = op_span("statfs", req, ino.0).entered();
-        let result = self.rt.block_on(self.cluster_space());
+        let result = self.rt.block_on(self.dfs.statfs());
         match result {
             Ok(s) => {
                 let blocks = s.capacity_bytes / u64::from(BLOCK_SIZE);

@@ -1,6 +1,6 @@
-//! One open file on this client: its chunk map as last committed, the
-//! bytes written since (the write buffer), and the flush that turns those
-//! bytes into chunks.
+//! The arithmetic of one open file, without I/O: its chunk map as last
+//! committed and the bytes written since (the write buffer), with what the
+//! flush (`fs/flush.rs`) asks of them.
 //!
 //! Flush re-chunks only around what changed: each dirty region starts at
 //! the beginning of the old chunk it falls in and ends at the first cut

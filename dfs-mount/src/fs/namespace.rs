@@ -1,0 +1,406 @@
+//! Names, attributes and extended attributes: the metadata operations of
+//! the file system core, with the policies that go with them (what a
+//! setattr commits first, what an unprivileged change drops, when
+//! fallocate says ENOSPC). `crate::fuse` only decodes kernel requests into
+//! these calls and encodes their replies.
+
+use std::sync::Arc;
+
+use dfs_core::error::DfsError;
+use dfs_proto::{
+    CreateRequest, DirEntry, Empty, FileKind, InoRequest, InodeRecord, LinkRequest, LookupRequest,
+    ReadDirRequest, RemoveRequest, SetAttrRequest, StatFsReply, XattrRequest,
+};
+
+use super::{Dfs, OpenFile};
+use crate::locks::Locks;
+
+/// The access ACL's extended attribute.
+const ACL_ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
+
+/// Who asks for a change, as far as the policies below care.
+pub struct Caller<'a> {
+    pub uid: u32,
+    /// Whether the caller has this group as its file-system group or a
+    /// supplementary one.
+    pub in_group: &'a dyn Fn(u32) -> bool,
+}
+
+/// What a `fallocate` asks for, decoded from its mode.
+#[derive(Clone, Copy, Debug)]
+pub struct Fallocate {
+    pub offset: u64,
+    pub length: u64,
+    /// Leave the size as it is (FALLOC_FL_KEEP_SIZE).
+    pub keep_size: bool,
+    /// Punch a hole or zero the range (both read as zeros afterwards).
+    pub zero: bool,
+}
+
+impl Dfs {
+    /// A client of the byte-range locks the metadata service keeps.
+    pub fn locks(&self) -> Arc<Locks> {
+        Locks::new(self.cluster.meta.clone())
+    }
+
+    /// Directory `ino` as a change this client made just left it, and for
+    /// how much longer of `ttl` that answer holds (see
+    /// `client::meta::MetaClient::changed_dir`).
+    pub fn changed_dir(
+        &self,
+        ino: u64,
+        ttl: std::time::Duration,
+    ) -> Option<(InodeRecord, std::time::Duration)> {
+        self.cluster.meta.changed_dir(ino, ttl)
+    }
+
+    /// The cluster's capacity, use and file count.
+    pub async fn statfs(&self) -> Result<StatFsReply, DfsError> {
+        self.cluster
+            .meta
+            .call("statfs", |mut c| async move { c.stat_fs(Empty {}).await })
+            .await
+    }
+
+    /// [`Dfs::overlay_attr`] for many attributes at once (a directory
+    /// listing).
+    pub async fn overlay_attrs(&self, attrs: Vec<InodeRecord>) -> Vec<InodeRecord> {
+        let mut out = Vec::with_capacity(attrs.len());
+        for attr in attrs {
+            out.push(self.overlay_attr(attr).await);
+        }
+        out
+    }
+
+    /// An inode's attributes as the metadata server has them, without what
+    /// this client has buffered.
+    pub async fn stored_attr(&self, ino: u64) -> Result<InodeRecord, DfsError> {
+        self.cluster
+            .meta
+            .call("getattr", |mut c| async move {
+                c.get_attr(InoRequest { ino }).await
+            })
+            .await
+    }
+
+    /// An inode's attributes as this client sees them (its buffered writes
+    /// laid over what the metadata server has).
+    pub async fn getattr(&self, ino: u64) -> Result<InodeRecord, DfsError> {
+        let attr = self.stored_attr(ino).await?;
+        Ok(self.overlay_attr(attr).await)
+    }
+
+    /// `name` in directory `parent`. "." and ".." come from the kernel
+    /// only when it decodes a file handle (open_by_handle_at, NFS export):
+    /// inode numbers are global, so any inode can be found from its number.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<InodeRecord, DfsError> {
+        match name {
+            b"." => return self.getattr(parent).await,
+            b".." => {
+                let dir = self.getattr(parent).await?;
+                if dir.kind() != FileKind::Directory {
+                    return Err(DfsError::new(libc::ENOTDIR, "not a directory"));
+                }
+                let up = if dir.parent == 0 { dir.ino } else { dir.parent };
+                return self.getattr(up).await;
+            }
+            _ => {}
+        }
+        let request = LookupRequest {
+            parent,
+            name: name.to_vec(),
+        };
+        let attr = self
+            .cluster
+            .meta
+            .call("lookup", |mut c| {
+                let request = request.clone();
+                async move { c.lookup(request).await }
+            })
+            .await?;
+        Ok(self.overlay_attr(attr).await)
+    }
+
+    /// Creates a file, directory, symlink or node.
+    pub async fn create(&self, request: CreateRequest) -> Result<InodeRecord, DfsError> {
+        self.cluster
+            .meta
+            .call("create", |mut c| {
+                let request = request.clone();
+                async move { c.create(request).await }
+            })
+            .await
+    }
+
+    /// A new name for `ino` (a hard link).
+    pub async fn link(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> Result<InodeRecord, DfsError> {
+        let request = LinkRequest {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+        };
+        let attr = self
+            .cluster
+            .meta
+            .call("link", |mut c| {
+                let request = request.clone();
+                async move { c.link(request).await }
+            })
+            .await?;
+        Ok(self.overlay_attr(attr).await)
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), DfsError> {
+        let request = RemoveRequest {
+            parent,
+            name: name.to_vec(),
+            keep_ino: 0,
+        };
+        self.cluster
+            .meta
+            .call("rmdir", |mut c| {
+                let request = request.clone();
+                async move { c.rmdir(request).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Directory `ino`'s attributes, for opening it (ENOTDIR otherwise).
+    pub async fn open_dir(&self, ino: u64) -> Result<InodeRecord, DfsError> {
+        let attr = self.stored_attr(ino).await?;
+        if attr.kind() != FileKind::Directory {
+            return Err(DfsError::new(libc::ENOTDIR, "not a directory"));
+        }
+        Ok(attr)
+    }
+
+    /// Changes attributes, and with `size` the file's length. Buffered
+    /// writes are committed first: they would otherwise stamp their own
+    /// mtime when committed later, undoing an explicit utimens.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        request: SetAttrRequest,
+        size: Option<u64>,
+    ) -> Result<InodeRecord, DfsError> {
+        let touches_meta = request.mode.is_some()
+            || request.uid.is_some()
+            || request.gid.is_some()
+            || request.atime_ns.is_some()
+            || request.mtime_ns.is_some()
+            || request.atime_now
+            || request.mtime_now;
+        if let Some(size) = size {
+            let file = self.open(ino).await?;
+            let result = {
+                let mut st = self.lock(&file).await;
+                self.truncate(&mut st, size).await
+            };
+            self.release(&file).await?;
+            result?;
+        } else if touches_meta {
+            if let Some(file) = self.open_file(ino) {
+                let mut st = self.lock(&file).await;
+                self.flush(&mut st).await?;
+            }
+        }
+        if touches_meta {
+            let attr = self
+                .cluster
+                .meta
+                .call("setattr", |mut c| async move { c.set_attr(request).await })
+                .await?;
+            return Ok(self.overlay_attr(attr).await);
+        }
+        self.getattr(ino).await
+    }
+
+    /// Clears set-user-ID and set-group-ID on `ino`, if set: what a change
+    /// of the contents by an unprivileged user does.
+    pub async fn drop_suid_sgid(&self, ino: u64) -> Result<(), DfsError> {
+        let attr = self.getattr(ino).await?;
+        let privileged = libc::S_ISUID | libc::S_ISGID;
+        if attr.mode & privileged == 0 {
+            return Ok(());
+        }
+        let request = SetAttrRequest {
+            ino,
+            mode: Some(attr.mode & !privileged & 0o7777),
+            ..Default::default()
+        };
+        self.setattr(ino, request, None).await.map(|_| ())
+    }
+
+    /// `fallocate(2)` on an open file. Space is never reserved ahead
+    /// (chunks are deduplicated and coded when written): allocating grows
+    /// the size, and zeroing punches a hole, which reads as zeros and costs
+    /// nothing. A request for more than the cluster has free could never
+    /// be written, so it fails with ENOSPC at once.
+    pub async fn fallocate(
+        &self,
+        file: &Arc<OpenFile>,
+        ino: u64,
+        range: Fallocate,
+        caller_uid: u32,
+    ) -> Result<(), DfsError> {
+        let mut st = self.lock(file).await;
+        if range.zero {
+            self.punch_hole(&mut st, range.offset, range.length).await?;
+        } else {
+            let fs = self.statfs().await?;
+            let free = fs.capacity_bytes.saturating_sub(fs.used_bytes);
+            if fs.capacity_bytes > 0 && range.length > free {
+                return Err(DfsError::new(
+                    libc::ENOSPC,
+                    format!(
+                        "fallocate of {} bytes: the cluster has {free} bytes free",
+                        range.length
+                    ),
+                ));
+            }
+        }
+        let end = range.offset.saturating_add(range.length);
+        if !range.keep_size && end > st.size {
+            self.truncate(&mut st, end).await?;
+        }
+        drop(st);
+        // As a write does (the kernel asks for that one itself).
+        if caller_uid != 0 {
+            self.drop_suid_sgid(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets an extended attribute. fuser cannot receive the kernel's
+    /// FUSE_SETXATTR_ACL_KILL_SGID, so its rule is applied here: setting
+    /// an access ACL clears set-group-ID unless the caller is in the file's
+    /// group or root.
+    pub async fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        caller: &Caller<'_>,
+    ) -> Result<(), DfsError> {
+        let mut request = XattrRequest {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+            kill_sgid: false,
+        };
+        if name == ACL_ACCESS_XATTR && caller.uid != 0 {
+            let attr = self.getattr(ino).await?;
+            if attr.mode & libc::S_ISGID != 0 {
+                request.kill_sgid = !(caller.in_group)(attr.gid);
+            }
+        }
+        self.cluster
+            .meta
+            .call("setxattr", |mut c| {
+                let request = request.clone();
+                async move { c.set_xattr(request).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, DfsError> {
+        let request = XattrRequest {
+            ino,
+            name: name.to_vec(),
+            ..Default::default()
+        };
+        self.cluster
+            .meta
+            .call("getxattr", |mut c| {
+                let request = request.clone();
+                async move { c.get_xattr(request).await }
+            })
+            .await
+            .map(|r| r.value)
+    }
+
+    /// The names of `ino`'s extended attributes.
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, DfsError> {
+        self.cluster
+            .meta
+            .call("listxattr", |mut c| async move {
+                c.list_xattr(InoRequest { ino }).await
+            })
+            .await
+            .map(|r| r.names)
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), DfsError> {
+        let request = XattrRequest {
+            ino,
+            name: name.to_vec(),
+            ..Default::default()
+        };
+        self.cluster
+            .meta
+            .call("removexattr", |mut c| {
+                let request = request.clone();
+                async move { c.remove_xattr(request).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn read_dir_all(&self, ino: u64, plus: bool) -> Result<Vec<DirEntry>, DfsError> {
+        let mut entries = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let request = ReadDirRequest {
+                ino,
+                after_name: after.clone(),
+                limit: 1000,
+                plus,
+            };
+            let reply = self
+                .cluster
+                .meta
+                .call("readdir", |mut c| {
+                    let request = request.clone();
+                    async move { c.read_dir(request).await }
+                })
+                .await?;
+            if let Some(last) = reply.entries.last() {
+                after = last.name.clone();
+            }
+            entries.extend(reply.entries);
+            if !reply.more {
+                return Ok(entries);
+            }
+        }
+    }
+
+    /// Attributes as this client sees them: buffered writes change size and
+    /// mtime before they are committed.
+    pub async fn overlay_attr(&self, mut attr: InodeRecord) -> InodeRecord {
+        if attr.kind() != FileKind::Regular {
+            return attr;
+        }
+        if let Some(of) = self.open_file(attr.ino) {
+            let st = of.state.lock().await;
+            if !st.loaded {
+                // A placeholder whose load failed knows nothing yet.
+                return attr;
+            }
+            attr.size = st.size;
+            if let Some(m) = st.pending_mtime {
+                attr.mtime_ns = m;
+                attr.ctime_ns = attr.ctime_ns.max(m);
+            }
+        }
+        attr
+    }
+}

@@ -1,0 +1,316 @@
+//! Open files: registering a handle's state, loading its chunk map
+//! (close-to-open), reloading it when another client committed, the last
+//! close, and the leases that keep a file unlinked while open alive.
+
+use super::*;
+
+impl Dfs {
+    pub fn open_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.open_files.lock().get(&ino).cloned()
+    }
+
+    /// The whole chunk map, read in pages. Pages are separate transactions:
+    /// if the file's data version changes between them (a commit landed),
+    /// the read starts over, so the map is never a mix of two versions.
+    pub(super) async fn fetch_chunk_map(&self, ino: u64) -> Result<(ChunkMap, u64, u64), DfsError> {
+        const ATTEMPTS: usize = 20;
+        'attempt: for _ in 0..ATTEMPTS {
+            let mut map = ChunkMap::default();
+            let mut from = 0u64;
+            let mut version = None;
+            loop {
+                let reply = self
+                    .cluster
+                    .meta
+                    .call("chunk_map", |mut c| async move {
+                        c.get_chunk_map(ChunkMapRequest {
+                            ino,
+                            from_offset: from,
+                            limit: 10_000,
+                        })
+                        .await
+                    })
+                    .await?;
+                if *version.get_or_insert(reply.data_version) != reply.data_version {
+                    tracing::debug!(
+                        ino,
+                        "file changed while its chunk map was read; reading again"
+                    );
+                    continue 'attempt;
+                }
+                let (size, more) = (reply.size, reply.more);
+                for c in reply.chunks {
+                    from = c.offset + u64::from(c.len);
+                    map.chunks.insert(c.offset, c);
+                }
+                if !more {
+                    return Ok((map, size, reply.data_version));
+                }
+            }
+        }
+        Err(DfsError::retryable(
+            libc::EAGAIN,
+            format!("inode {ino} keeps changing while its chunk map is read"),
+        ))
+    }
+
+    /// Opens `ino` for I/O. All handles of one inode on this client share
+    /// one state (and its buffered writes). The entry is registered before
+    /// the chunk map is read, and read under its lock, so an open racing a
+    /// last close either shares the closing state (already flushed) or
+    /// starts after it is gone; never from a map older than that close's
+    /// commit. A shared state with nothing buffered is re-read when another
+    /// client committed since (close-to-open consistency).
+    pub async fn open(&self, ino: u64) -> Result<Arc<OpenFile>, DfsError> {
+        self.open_known(ino, None).await
+    }
+
+    /// Opens a file this client has just created (`data_version` from the
+    /// create's reply): its chunk map is empty by definition, so nothing is
+    /// read from the metadata server.
+    pub async fn open_created(
+        &self,
+        ino: u64,
+        data_version: u64,
+    ) -> Result<Arc<OpenFile>, DfsError> {
+        self.open_known(ino, Some(data_version)).await
+    }
+
+    pub(super) async fn open_known(
+        &self,
+        ino: u64,
+        created: Option<u64>,
+    ) -> Result<Arc<OpenFile>, DfsError> {
+        let of = {
+            let mut files = self.open_files.lock();
+            let of = files
+                .entry(ino)
+                .or_insert_with(|| {
+                    Arc::new(OpenFile {
+                        ino,
+                        state: tokio::sync::Mutex::new(FileState::placeholder(ino)),
+                        opens: AtomicU64::new(0),
+                    })
+                })
+                .clone();
+            // Open counts change only under the map's lock.
+            of.opens.fetch_add(1, Ordering::SeqCst);
+            of
+        };
+        let result = {
+            let mut st = self.lock(&of).await;
+            match created {
+                Some(data_version) if !st.loaded => {
+                    st.loaded = true;
+                    st.data_version = data_version;
+                    Ok(())
+                }
+                _ => self.refresh(&mut st).await.map(|_| ()),
+            }
+        };
+        if let Err(e) = result {
+            self.drop_open(&of).await;
+            return Err(e);
+        }
+        Ok(of)
+    }
+
+    /// Loads the chunk map into a placeholder, or reloads a clean shared
+    /// state whose inode changed since. Returns true when a map was
+    /// (re)loaded.
+    pub async fn refresh(&self, st: &mut FileState) -> Result<bool, DfsError> {
+        self.settle(st).await;
+        if st.loaded {
+            if !st.is_clean() || st.orphaned {
+                // Our own pending writes are what this client must see.
+                return Ok(false);
+            }
+            let ino = st.ino;
+            let attr = self
+                .cluster
+                .meta
+                .call("getattr", |mut c| async move {
+                    c.get_attr(dfs_proto::InoRequest { ino }).await
+                })
+                .await?;
+            if attr.data_version == st.data_version {
+                return Ok(false);
+            }
+            tracing::debug!(
+                ino,
+                "file changed on another client; reloading its chunk map"
+            );
+        }
+        let (map, size, version) = self.fetch_chunk_map(st.ino).await?;
+        st.map = map;
+        st.size = size;
+        st.committed_size = size;
+        st.data_version = version;
+        st.loaded = true;
+        Ok(true)
+    }
+
+    /// Called on the last close of a handle: flushes, and forgets the
+    /// state when nobody has the file open any more.
+    pub async fn release(&self, of: &Arc<OpenFile>) -> Result<(), DfsError> {
+        let result = {
+            let mut st = self.lock(of).await;
+            self.flush(&mut st).await
+        };
+        self.drop_open(of).await;
+        result
+    }
+
+    /// Drops one open of `of`; the last one removes the state. Bytes still
+    /// buffered then (a flush that failed, a file unlinked elsewhere) are
+    /// gone with it and leave the dirty count, and an inode this client
+    /// kept alive after unlinking it is released.
+    pub(super) async fn drop_open(&self, of: &Arc<OpenFile>) {
+        let last = {
+            let mut files = self.open_files.lock();
+            let last = of.opens.fetch_sub(1, Ordering::SeqCst) == 1;
+            if last && files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, of)) {
+                files.remove(&of.ino);
+            }
+            last
+        };
+        if !last {
+            return;
+        }
+        let mut st = self.lock(of).await;
+        if !st.buffer.is_empty() {
+            tracing::warn!(
+                ino = st.ino,
+                bytes = st.buffer.bytes(),
+                orphaned = st.orphaned,
+                "last close drops bytes that were never committed"
+            );
+        }
+        self.track_dirty(st.buffer.bytes(), 0);
+        st.buffer.clear();
+        if std::mem::take(&mut st.unlinked_kept) {
+            let ino = st.ino;
+            let result = self
+                .cluster
+                .meta
+                .call("forget", |mut c| async move {
+                    c.forget_unlinked(dfs_proto::InoRequest { ino }).await
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(ino, error = %e, "cannot release an unlinked file's inode");
+            }
+        }
+    }
+
+    /// Renews the leases of files this client unlinked while it has them
+    /// open: the metadata server removes kept inodes whose lease ran out
+    /// (their client died), so a live client renews them every minute.
+    pub async fn renew_unlinked_leases(&self) {
+        let files: Vec<Arc<OpenFile>> = self.open_files.lock().values().cloned().collect();
+        let mut inos = Vec::new();
+        for of in files {
+            // A state busy (a long flush) may be a kept one: renewing an
+            // inode that is not kept changes nothing, so include it.
+            let kept = of.state.try_lock().map_or(true, |st| st.unlinked_kept);
+            if kept {
+                inos.push(of.ino);
+            }
+        }
+        if inos.is_empty() {
+            return;
+        }
+        let count = inos.len();
+        let result = self
+            .cluster
+            .meta
+            .call("keep_unlinked", |mut c| {
+                let inos = inos.clone();
+                async move {
+                    c.keep_unlinked(dfs_proto::KeepUnlinkedRequest { inos })
+                        .await
+                }
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(files = count, error = %e, "cannot renew the leases of unlinked open files");
+        }
+    }
+
+    /// The open state of the inode `name` in `parent` names, if this client
+    /// has it open: removing its last link must then keep the inode until
+    /// the last close, as a local file system does. The state is returned
+    /// with one more open, so a close racing the unlink cannot forget it
+    /// before it is marked; the caller drops that open after marking. Costs
+    /// a lookup only while this client has files open.
+    pub(super) async fn open_state_named(&self, parent: u64, name: &[u8]) -> Option<Arc<OpenFile>> {
+        if self.open_files.lock().is_empty() {
+            return None;
+        }
+        let request = dfs_proto::LookupRequest {
+            parent,
+            name: name.to_vec(),
+        };
+        let attr = self
+            .cluster
+            .meta
+            .call("lookup", |mut c| {
+                let request = request.clone();
+                async move { c.lookup(request).await }
+            })
+            .await
+            .ok()?;
+        let files = self.open_files.lock();
+        let of = files.get(&attr.ino)?;
+        of.opens.fetch_add(1, Ordering::SeqCst);
+        Some(of.clone())
+    }
+
+    /// After an unlink or rename that sent `keep_ino`: marks the state so
+    /// its last close releases the kept inode, then drops the extra open
+    /// [`Self::open_state_named`] took (which may be that last close).
+    pub(super) async fn finish_keep(&self, kept: Option<Arc<OpenFile>>, removed: bool) {
+        let Some(of) = kept else { return };
+        if removed {
+            of.state.lock().await.unlinked_kept = true;
+        }
+        self.drop_open(&of).await;
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), DfsError> {
+        let kept = self.open_state_named(parent, name).await;
+        let request = dfs_proto::RemoveRequest {
+            parent,
+            name: name.to_vec(),
+            keep_ino: kept.as_ref().map_or(0, |of| of.ino),
+        };
+        let result = self
+            .cluster
+            .meta
+            .call("unlink", |mut c| {
+                let request = request.clone();
+                async move { c.unlink(request).await }
+            })
+            .await;
+        self.finish_keep(kept, result.is_ok()).await;
+        result.map(|_| ())
+    }
+
+    pub async fn rename(&self, mut request: dfs_proto::RenameRequest) -> Result<(), DfsError> {
+        let kept = self
+            .open_state_named(request.new_parent, &request.new_name)
+            .await;
+        request.keep_ino = kept.as_ref().map_or(0, |of| of.ino);
+        let result = self
+            .cluster
+            .meta
+            .call("rename", |mut c| {
+                let request = request.clone();
+                async move { c.rename(request).await }
+            })
+            .await;
+        let replaced = result.is_ok() && request.flags & dfs_proto::RENAME_EXCHANGE == 0;
+        self.finish_keep(kept, replaced).await;
+        result.map(|_| ())
+    }
+}

@@ -1,0 +1,78 @@
+//! Reads: committed chunks with the write buffer laid over them, through
+//! the chunk cache, and readahead for sequential readers.
+
+use super::*;
+
+impl Dfs {
+    /// Reads `[start, end)` of the file as this client sees it: committed
+    /// chunks, zeros in holes, buffered writes on top.
+    pub async fn read_range(
+        &self,
+        st: &FileState,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, DfsError> {
+        let mut out = vec![0u8; end.saturating_sub(start) as usize];
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let chunks = st.map.overlapping(start, end);
+        let datas: Vec<(MappedChunk, Bytes)> =
+            stream::iter(chunks.into_iter().map(|c| async move {
+                let data = self.chunk_data(&c).await?;
+                Ok::<_, DfsError>((c, data))
+            }))
+            .buffered(READ_PARALLELISM)
+            .try_collect()
+            .await?;
+        for (c, data) in datas {
+            let c_end = c.offset + data.len() as u64;
+            let from = c.offset.max(start);
+            let to = c_end.min(end);
+            if from < to {
+                out[(from - start) as usize..(to - start) as usize]
+                    .copy_from_slice(&data[(from - c.offset) as usize..(to - c.offset) as usize]);
+            }
+        }
+        st.buffer.overlay(start, &mut out);
+        Ok(out)
+    }
+
+    pub async fn chunk_data(&self, c: &MappedChunk) -> Result<Bytes, DfsError> {
+        let fp = Fingerprint::from_slice(&c.fingerprint)
+            .map_err(|e| DfsError::new(libc::EIO, format!("bad fingerprint in chunk map: {e}")))?;
+        let rec = c
+            .chunk
+            .clone()
+            .ok_or_else(|| DfsError::new(libc::EIO, format!("chunk {fp} has no index entry")))?;
+        let data = self.cache.get_or_fetch(&self.cluster, fp, rec).await?;
+        if data.len() != c.len as usize {
+            return Err(DfsError::new(
+                libc::EIO,
+                format!("chunk {fp} is {} bytes, the map says {}", data.len(), c.len),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Starts fetching the chunks after `offset` into the cache.
+    pub fn readahead(&self, st: &FileState, offset: u64) {
+        let end = (offset + self.readahead_bytes).min(st.committed_size);
+        for c in st.map.overlapping(offset, end) {
+            let (Ok(fp), Some(rec)) = (Fingerprint::from_slice(&c.fingerprint), c.chunk.clone())
+            else {
+                continue;
+            };
+            if self.cache.contains(&fp) {
+                continue;
+            }
+            let cache = self.cache.clone();
+            let cluster = self.cluster.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cache.get_or_fetch(&cluster, fp, rec).await {
+                    tracing::debug!(chunk = %fp, error = %e, "readahead failed");
+                }
+            });
+        }
+    }
+}
