@@ -20,7 +20,10 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 cargo clippy --release -p dfs-meta --features fdb --all-targets -- -D warnings
 # Integration tests mount FUSE file systems and start whole clusters: run
 # them one at a time on a small machine.
-cargo test --release --workspace -- --test-threads=2
+cargo test --release --workspace -- --test-threads=2 --skip the_core_matches_a_model
+# The in-process reference-model test on its own, its figures (cases run,
+# operations applied, faults injected) in the log.
+cargo test --release -p dfs-mount --test core_model -- --nocapture
 # pjdfstest and fsx on a fresh mount (root only: pjdfstest switches users).
 scripts/posix-suites.sh
 # The packages, installed and used as an administrator would (root only:
