@@ -22,9 +22,13 @@ use dfs_core::xorshift::XorShift;
 use dfs_mount::cache::ChunkCache;
 use dfs_mount::client::{Cluster, Connector, MetaRpc};
 use dfs_mount::embedded::Embedded;
+use dfs_mount::fs::namespace::Caller;
 use dfs_mount::fs::{Dfs, OpenFile};
 use dfs_proto::meta_client::MetaClient;
-use dfs_proto::{CreateRequest, FileKind, FsckRequest, GcRequest, RenameRequest};
+use dfs_proto::{
+    CreateRequest, FileKind, FsckRequest, GcRequest, RenameRequest, SetAttrRequest,
+    RENAME_EXCHANGE, RENAME_NOREPLACE,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tower::ServiceExt;
@@ -51,9 +55,25 @@ enum Op {
     },
     Fsync(u8),
     Reopen(u8),
+    /// `flags`: 0, RENAME_NOREPLACE or RENAME_EXCHANGE.
     Rename {
         from: u8,
         to: u8,
+        flags: u32,
+    },
+    SetXattr {
+        file: u8,
+        key: u8,
+        len: u8,
+        seed: u64,
+    },
+    RemoveXattr {
+        file: u8,
+        key: u8,
+    },
+    Chmod {
+        file: u8,
+        mode: u32,
     },
     Unlink(u8),
     Punch {
@@ -82,7 +102,12 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(file, size)| Op::Truncate { file, size }),
         2 => name.clone().prop_map(Op::Fsync),
         2 => name.clone().prop_map(Op::Reopen),
-        2 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Rename { from, to }),
+        3 => (name.clone(), name.clone(), prop_oneof![Just(0), Just(RENAME_NOREPLACE), Just(RENAME_EXCHANGE)])
+            .prop_map(|(from, to, flags)| Op::Rename { from, to, flags }),
+        2 => (name.clone(), 0..3u8, any::<u8>(), any::<u64>())
+            .prop_map(|(file, key, len, seed)| Op::SetXattr { file, key, len, seed }),
+        1 => (name.clone(), 0..3u8).prop_map(|(file, key)| Op::RemoveXattr { file, key }),
+        1 => (name.clone(), 0..0o1000u32).prop_map(|(file, mode)| Op::Chmod { file, mode }),
         1 => name.clone().prop_map(Op::Unlink),
         1 => (name.clone(), 0..MAX_OFFSET, 1..MAX_LEN)
             .prop_map(|(file, offset, len)| Op::Punch { file, offset, len }),
@@ -201,6 +226,9 @@ struct Case<'a> {
     dir: u64,
     dir_name: Vec<u8>,
     model: BTreeMap<u8, Vec<u8>>,
+    /// Each file's extended attributes and permission bits, by name.
+    xattrs: BTreeMap<u8, BTreeMap<Vec<u8>, Vec<u8>>>,
+    modes: BTreeMap<u8, u32>,
     open: BTreeMap<u8, (u64, Arc<OpenFile>)>,
     /// fsck's findings when the case started.
     damage_before: Damage,
@@ -234,9 +262,24 @@ impl<'a> Case<'a> {
             dir,
             dir_name,
             model: BTreeMap::new(),
+            xattrs: BTreeMap::new(),
+            modes: BTreeMap::new(),
             open: BTreeMap::new(),
             damage_before,
         })
+    }
+
+    /// What the model holds, to tell whether an operation changed it.
+    fn snapshot(&self) -> impl PartialEq {
+        (
+            self.model.clone(),
+            self.xattrs.clone(),
+            self.modes.clone(),
+            self.open
+                .iter()
+                .map(|(&f, (ino, _))| (f, *ino))
+                .collect::<Vec<_>>(),
+        )
     }
 
     fn handle(&self, file: u8) -> Option<Arc<OpenFile>> {
@@ -266,6 +309,8 @@ impl<'a> Case<'a> {
                     .map_err(err("open created"))?;
                 self.open.insert(file, (attr.ino, of));
                 self.model.insert(file, Vec::new());
+                self.xattrs.insert(file, BTreeMap::new());
+                self.modes.insert(file, 0o644);
             }
             Op::Write {
                 file,
@@ -320,8 +365,38 @@ impl<'a> Case<'a> {
                 let of = dfs.open(ino).await.map_err(err("reopen"))?;
                 self.open.insert(file, (ino, of));
             }
-            Op::Rename { from, to } => {
+            Op::Rename { from, to, flags } => {
                 if from == to || !self.model.contains_key(&from) {
+                    return Ok(());
+                }
+                let target_exists = self.model.contains_key(&to);
+                let request = RenameRequest {
+                    parent: self.dir,
+                    name: name(from),
+                    new_parent: self.dir,
+                    new_name: name(to),
+                    flags,
+                    ..Default::default()
+                };
+                let refused = match flags {
+                    RENAME_NOREPLACE if target_exists => Some(libc::EEXIST),
+                    RENAME_EXCHANGE if !target_exists => Some(libc::ENOENT),
+                    _ => None,
+                };
+                if let Some(errno) = refused {
+                    return match dfs.rename(request).await {
+                        Err(e) if e.errno == errno => Ok(()),
+                        other => Err(format!(
+                            "rename with flags {flags}: {other:?}, not errno {errno}"
+                        )),
+                    };
+                }
+                if flags == RENAME_EXCHANGE {
+                    dfs.rename(request).await.map_err(err("rename exchange"))?;
+                    swap(&mut self.open, from, to);
+                    swap(&mut self.model, from, to);
+                    swap(&mut self.xattrs, from, to);
+                    swap(&mut self.modes, from, to);
                     return Ok(());
                 }
                 // The replaced file is closed first (a file unlinked while
@@ -329,21 +404,58 @@ impl<'a> Case<'a> {
                 if let Some((_, of)) = self.open.remove(&to) {
                     dfs.release(&of).await.map_err(err("close replaced"))?;
                 }
-                dfs.rename(RenameRequest {
-                    parent: self.dir,
-                    name: name(from),
-                    new_parent: self.dir,
-                    new_name: name(to),
+                dfs.rename(request).await.map_err(err("rename"))?;
+                move_entry(&mut self.open, from, to);
+                move_entry(&mut self.model, from, to);
+                move_entry(&mut self.xattrs, from, to);
+                move_entry(&mut self.modes, from, to);
+            }
+            Op::SetXattr {
+                file,
+                key,
+                len,
+                seed,
+            } => {
+                let Some((ino, _)) = self.open.get(&file) else {
+                    return Ok(());
+                };
+                let key = format!("user.k{key}").into_bytes();
+                let value = XorShift(seed | 1).bytes(usize::from(len));
+                let in_group = |_gid| true;
+                let caller = Caller {
+                    uid: 0,
+                    in_group: &in_group,
+                };
+                dfs.setxattr(*ino, &key, &value, 0, &caller)
+                    .await
+                    .map_err(err("setxattr"))?;
+                self.xattrs.entry(file).or_default().insert(key, value);
+            }
+            Op::RemoveXattr { file, key } => {
+                let Some((ino, _)) = self.open.get(&file) else {
+                    return Ok(());
+                };
+                let key = format!("user.k{key}").into_bytes();
+                let had = self.xattrs.entry(file).or_default().remove(&key).is_some();
+                match dfs.removexattr(*ino, &key).await {
+                    Ok(()) if had => {}
+                    Err(e) if !had && e.errno == libc::ENODATA => {}
+                    other => return Err(format!("removexattr (set: {had}): {other:?}")),
+                }
+            }
+            Op::Chmod { file, mode } => {
+                let Some((ino, _)) = self.open.get(&file) else {
+                    return Ok(());
+                };
+                let request = SetAttrRequest {
+                    ino: *ino,
+                    mode: Some(mode),
                     ..Default::default()
-                })
-                .await
-                .map_err(err("rename"))?;
-                if let Some(handle) = self.open.remove(&from) {
-                    self.open.insert(to, handle);
-                }
-                if let Some(bytes) = self.model.remove(&from) {
-                    self.model.insert(to, bytes);
-                }
+                };
+                dfs.setattr(*ino, request, None)
+                    .await
+                    .map_err(err("chmod"))?;
+                self.modes.insert(file, mode);
             }
             Op::Unlink(file) => {
                 let Some((_, of)) = self.open.remove(&file) else {
@@ -354,6 +466,8 @@ impl<'a> Case<'a> {
                     .await
                     .map_err(err("unlink"))?;
                 self.model.remove(&file);
+                self.xattrs.remove(&file);
+                self.modes.remove(&file);
             }
             Op::Punch { file, offset, len } => {
                 let Some(of) = self.handle(file) else {
@@ -449,9 +563,39 @@ impl<'a> Case<'a> {
             ));
         }
         for (file, want) in &self.model {
-            let of = self
-                .handle(*file)
+            let (ino, of) = self
+                .open
+                .get(file)
+                .cloned()
                 .ok_or_else(|| format!("step {step}: f{file} has no handle"))?;
+            let attr = self.dfs.getattr(ino).await.map_err(err("getattr"))?;
+            let mode = self.modes.get(file).copied().unwrap_or_default();
+            if attr.mode & 0o7777 != mode {
+                return Err(format!(
+                    "step {step}: f{file} has mode {:o}, the model {mode:o}",
+                    attr.mode & 0o7777
+                ));
+            }
+            let xattrs = self.xattrs.get(file).cloned().unwrap_or_default();
+            let names = self.dfs.listxattr(ino).await.map_err(err("listxattr"))?;
+            let mut names_sorted = names.clone();
+            names_sorted.sort();
+            if names_sorted != xattrs.keys().cloned().collect::<Vec<_>>() {
+                return Err(format!(
+                    "step {step}: f{file} lists xattrs {:?}, the model {:?}",
+                    lossy(&names_sorted),
+                    lossy(&xattrs.keys().cloned().collect::<Vec<_>>())
+                ));
+            }
+            for (key, value) in &xattrs {
+                let got = self.dfs.getxattr(ino, key).await.map_err(err("getxattr"))?;
+                if got != *value {
+                    return Err(format!(
+                        "step {step}: f{file} xattr {} differs",
+                        String::from_utf8_lossy(key)
+                    ));
+                }
+            }
             let st = self.dfs.lock(&of).await;
             let got = self
                 .dfs
@@ -487,6 +631,26 @@ impl<'a> Case<'a> {
             .rmdir(1, &self.dir_name)
             .await
             .map_err(err("rmdir at end"))
+    }
+}
+
+/// Swaps the entries of `a` and `b` (either may be absent).
+fn swap<V>(map: &mut BTreeMap<u8, V>, a: u8, b: u8) {
+    let va = map.remove(&a);
+    let vb = map.remove(&b);
+    if let Some(v) = va {
+        map.insert(b, v);
+    }
+    if let Some(v) = vb {
+        map.insert(a, v);
+    }
+}
+
+/// Moves the entry of `from` to `to`, replacing what `to` had.
+fn move_entry<V>(map: &mut BTreeMap<u8, V>, from: u8, to: u8) {
+    map.remove(&to);
+    if let Some(v) = map.remove(&from) {
+        map.insert(to, v);
     }
 }
 
@@ -549,11 +713,11 @@ async fn run_case(rig: &Rig, n: u64, ops: &[Op], fault_period: u64) -> Outcome {
     let mut case = Case::start(rig, n).await?;
     let before = case.damage_before;
     for (step, op) in ops.iter().enumerate() {
-        let before = (case.model.clone(), case.open.len());
+        let state_before = case.snapshot();
         case.apply(op)
             .await
             .map_err(|e| format!("step {step} ({op:?}): {e}"))?;
-        if (case.model.clone(), case.open.len()) != before
+        if case.snapshot() != state_before
             || matches!(op, Op::Fsync(_) | Op::Reopen(_) | Op::Restart)
         {
             rig.applied.fetch_add(1, Ordering::Relaxed);
