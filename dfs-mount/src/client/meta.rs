@@ -105,6 +105,22 @@ impl MetaRpc {
             .store(retry_for.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Like [`Self::call`] for one request message: `f` gets a client and
+    /// a copy of `request` on every attempt.
+    pub async fn send<Req, T, F, Fut>(
+        &self,
+        op: &'static str,
+        request: &Req,
+        f: F,
+    ) -> Result<T, DfsError>
+    where
+        Req: Clone,
+        F: Fn(MetaClient<RpcTransport>, Req) -> Fut,
+        Fut: Future<Output = Result<Response<T>, tonic::Status>>,
+    {
+        self.call(op, |c| f(c, request.clone())).await
+    }
+
     /// Calls `f` with a client, retrying retryable errors with backoff.
     pub async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, DfsError>
     where

@@ -288,9 +288,8 @@ impl Dfs {
             let result = self
                 .cluster
                 .meta
-                .call("commit", |mut c| {
-                    let request = request.clone();
-                    async move { c.commit_chunks(request).await }
+                .send("commit", &request, |mut c, request| async move {
+                    c.commit_chunks(request).await
                 })
                 .await;
             tracing::debug!(

@@ -113,9 +113,8 @@ impl Dfs {
         let attr = self
             .cluster
             .meta
-            .call("lookup", |mut c| {
-                let request = request.clone();
-                async move { c.lookup(request).await }
+            .send("lookup", &request, |mut c, request| async move {
+                c.lookup(request).await
             })
             .await?;
         Ok(self.overlay_attr(attr).await)
@@ -125,9 +124,8 @@ impl Dfs {
     pub async fn create(&self, request: CreateRequest) -> Result<InodeRecord, DfsError> {
         self.cluster
             .meta
-            .call("create", |mut c| {
-                let request = request.clone();
-                async move { c.create(request).await }
+            .send("create", &request, |mut c, request| async move {
+                c.create(request).await
             })
             .await
     }
@@ -147,9 +145,8 @@ impl Dfs {
         let attr = self
             .cluster
             .meta
-            .call("link", |mut c| {
-                let request = request.clone();
-                async move { c.link(request).await }
+            .send("link", &request, |mut c, request| async move {
+                c.link(request).await
             })
             .await?;
         Ok(self.overlay_attr(attr).await)
@@ -163,9 +160,8 @@ impl Dfs {
         };
         self.cluster
             .meta
-            .call("rmdir", |mut c| {
-                let request = request.clone();
-                async move { c.rmdir(request).await }
+            .send("rmdir", &request, |mut c, request| async move {
+                c.rmdir(request).await
             })
             .await
             .map(|_| ())
@@ -304,9 +300,8 @@ impl Dfs {
         }
         self.cluster
             .meta
-            .call("setxattr", |mut c| {
-                let request = request.clone();
-                async move { c.set_xattr(request).await }
+            .send("setxattr", &request, |mut c, request| async move {
+                c.set_xattr(request).await
             })
             .await
             .map(|_| ())
@@ -320,9 +315,8 @@ impl Dfs {
         };
         self.cluster
             .meta
-            .call("getxattr", |mut c| {
-                let request = request.clone();
-                async move { c.get_xattr(request).await }
+            .send("getxattr", &request, |mut c, request| async move {
+                c.get_xattr(request).await
             })
             .await
             .map(|r| r.value)
@@ -347,9 +341,8 @@ impl Dfs {
         };
         self.cluster
             .meta
-            .call("removexattr", |mut c| {
-                let request = request.clone();
-                async move { c.remove_xattr(request).await }
+            .send("removexattr", &request, |mut c, request| async move {
+                c.remove_xattr(request).await
             })
             .await
             .map(|_| ())
@@ -368,9 +361,8 @@ impl Dfs {
             let reply = self
                 .cluster
                 .meta
-                .call("readdir", |mut c| {
-                    let request = request.clone();
-                    async move { c.read_dir(request).await }
+                .send("readdir", &request, |mut c, request| async move {
+                    c.read_dir(request).await
                 })
                 .await?;
             if let Some(last) = reply.entries.last() {

@@ -254,9 +254,8 @@ impl Dfs {
         let attr = self
             .cluster
             .meta
-            .call("lookup", |mut c| {
-                let request = request.clone();
-                async move { c.lookup(request).await }
+            .send("lookup", &request, |mut c, request| async move {
+                c.lookup(request).await
             })
             .await
             .ok()?;
@@ -287,9 +286,8 @@ impl Dfs {
         let result = self
             .cluster
             .meta
-            .call("unlink", |mut c| {
-                let request = request.clone();
-                async move { c.unlink(request).await }
+            .send("unlink", &request, |mut c, request| async move {
+                c.unlink(request).await
             })
             .await;
         self.finish_keep(kept, result.is_ok()).await;
@@ -304,9 +302,8 @@ impl Dfs {
         let result = self
             .cluster
             .meta
-            .call("rename", |mut c| {
-                let request = request.clone();
-                async move { c.rename(request).await }
+            .send("rename", &request, |mut c, request| async move {
+                c.rename(request).await
             })
             .await;
         let replaced = result.is_ok() && request.flags & dfs_proto::RENAME_EXCHANGE == 0;

@@ -244,9 +244,8 @@ impl Cluster {
             };
             let reply = self
                 .meta
-                .call("lookup_chunks", |mut c| {
-                    let request = request.clone();
-                    async move { c.lookup_chunks(request).await }
+                .send("lookup_chunks", &request, |mut c, request| async move {
+                    c.lookup_chunks(request).await
                 })
                 .await?;
             for (i, (fp, data)) in unique.into_iter().enumerate() {
