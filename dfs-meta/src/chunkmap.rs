@@ -175,6 +175,14 @@ pub fn verify_inline(req: &CommitChunksRequest) -> Result<()> {
         let Some(up) = c.uploaded.as_ref().filter(|up| up.is_inline()) else {
             continue;
         };
+        // Decoding allocates the raw length: bound it before, as the
+        // commit's own validation does later.
+        if up.raw_len != c.len || c.len > MAX_CHUNK_LEN {
+            return Err(MetaError::Invalid(format!(
+                "chunk {i}: inline record of {} raw bytes for a chunk of {}",
+                up.raw_len, c.len
+            )));
+        }
         let fp = Fingerprint::from_slice(&c.fingerprint)
             .map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
         inline::decode(&fp, up).map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
@@ -634,6 +642,11 @@ mod tests {
         let mut req = inline_commit(2, b"what the file really holds");
         req.chunks[0].fingerprint = Fingerprint::of(b"somebody else's chunk").to_vec();
         assert!(matches!(verify_inline(&req), Err(MetaError::Invalid(_))));
+        // A raw length that would make decoding allocate gigabytes is
+        // refused before decoding.
+        let mut huge = inline_commit(2, b"small");
+        huge.chunks[0].uploaded.as_mut().unwrap().raw_len = u32::MAX;
+        assert!(matches!(verify_inline(&huge), Err(MetaError::Invalid(_))));
         // Malformed records fail validation inside the commit too.
         let store = MemStore::default();
         run(&store, |t| namespace::init_root(t, 1).map(|_| ()));

@@ -32,9 +32,11 @@ const MAX_WRITE: u32 = 1024 * 1024;
 /// Most bytes one copy_file_range request copies (it may copy less; the
 /// caller asks again for the rest). Below 4 GiB: the reply is a u32.
 const COPY_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Entries one readdirplus reply offers at most (a reply buffer of the
-/// kernel's holds far fewer; it asks again for the rest).
-const READDIRPLUS_PAGE: usize = 1024;
+/// Entries whose attributes one readdirplus reply prepares. A reply buffer
+/// (a page or a few) holds 25-100 entries of ~160 bytes; preparing many
+/// more would be thrown away, fewer ends the reply early (the kernel asks
+/// again from where it stopped).
+const READDIRPLUS_PAGE: usize = 128;
 
 struct FileHandleState {
     ino: u64,
@@ -200,7 +202,7 @@ impl DfsFuse {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             no_capability: Mutex::new(HashMap::new()),
-            locks: dfs.locks(),
+            locks: dfs.new_lock_client(),
             dfs,
             notifier: Arc::new(std::sync::OnceLock::new()),
             posix_acl: true,

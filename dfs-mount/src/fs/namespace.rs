@@ -39,7 +39,7 @@ pub struct Fallocate {
 
 impl Dfs {
     /// A client of the byte-range locks the metadata service keeps.
-    pub fn locks(&self) -> Arc<Locks> {
+    pub fn new_lock_client(&self) -> Arc<Locks> {
         Locks::new(self.cluster.meta.clone())
     }
 

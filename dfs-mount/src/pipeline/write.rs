@@ -93,6 +93,17 @@ struct Encoded {
     shards: Vec<Vec<u8>>,
 }
 
+impl Encoded {
+    /// A chunk kept inline: its bytes go in the commit, no shards.
+    fn inline(fp: Fingerprint, raw_len: usize, codec: Codec, stored: Vec<u8>) -> Self {
+        Self {
+            fp,
+            record: inline::record(raw_len as u32, codec, stored),
+            shards: Vec::new(),
+        }
+    }
+}
+
 /// How many upload rounds are tried when servers fail mid-upload.
 const UPLOAD_ROUNDS: usize = 4;
 
@@ -144,33 +155,42 @@ fn take_inline(volume: &dfs_proto::VolumeConfig, stored_len: usize, budget: &mut
     fits
 }
 
+/// A chunk not in the index yet, with its compressed bytes when they were
+/// already computed (small chunks are compressed before the lookup).
+struct Unstored {
+    fp: Fingerprint,
+    data: Bytes,
+    compressed: Option<(Codec, Vec<u8>)>,
+}
+
+impl Unstored {
+    fn new(fp: Fingerprint, data: Bytes) -> Self {
+        Self {
+            fp,
+            data,
+            compressed: None,
+        }
+    }
+}
+
+/// Compresses a chunk (unless that was done already) and places it in a
+/// layout: inline when small enough and the budget allows, else replicas
+/// or Reed-Solomon shards.
 fn encode(
     volume: &dfs_proto::VolumeConfig,
     policy: CodecPolicy,
-    fp: Fingerprint,
-    raw: &[u8],
+    chunk: Unstored,
     inline_budget: &mut usize,
 ) -> Result<Encoded, DfsError> {
-    let (codec, stored) = codec::compress(policy, raw);
-    encode_compressed(volume, fp, raw.len(), codec, stored, inline_budget)
-}
-
-/// Places compressed bytes in a layout: inline when small enough and the
-/// budget allows, else replicas or Reed-Solomon shards.
-fn encode_compressed(
-    volume: &dfs_proto::VolumeConfig,
-    fp: Fingerprint,
-    raw_len: usize,
-    codec: Codec,
-    stored: Vec<u8>,
-    inline_budget: &mut usize,
-) -> Result<Encoded, DfsError> {
+    let Unstored {
+        fp,
+        data,
+        compressed,
+    } = chunk;
+    let raw_len = data.len();
+    let (codec, stored) = compressed.unwrap_or_else(|| codec::compress(policy, &data));
     if take_inline(volume, stored.len(), inline_budget) {
-        return Ok(Encoded {
-            fp,
-            record: inline::record(raw_len as u32, codec, stored),
-            shards: Vec::new(),
-        });
+        return Ok(Encoded::inline(fp, raw_len, codec, stored));
     }
     let layout = layout_for(volume, stored.len());
     let shards = erasure::encode(&layout, &stored)
@@ -217,11 +237,11 @@ impl Cluster {
             cpu(move || datas.iter().map(|d| Fingerprint::of(d)).collect()).await?
         };
 
-        let mut unique: Vec<(Fingerprint, Bytes)> = Vec::new();
+        let mut unique: Vec<Unstored> = Vec::new();
         let mut seen = HashSet::new();
         for (fp, chunk) in fps.iter().zip(&chunks) {
             if seen.insert(*fp) {
-                unique.push((*fp, chunk.data.clone()));
+                unique.push(Unstored::new(*fp, chunk.data.clone()));
             }
         }
         // Small chunks are compressed first: those that go inline need no
@@ -240,7 +260,7 @@ impl Cluster {
         let mut to_encode = Vec::new();
         if !unique.is_empty() {
             let request = LookupChunksRequest {
-                fingerprints: unique.iter().map(|(fp, _)| fp.to_vec()).collect(),
+                fingerprints: unique.iter().map(|u| u.fp.to_vec()).collect(),
             };
             let reply = self
                 .meta
@@ -248,12 +268,12 @@ impl Cluster {
                     c.lookup_chunks(request).await
                 })
                 .await?;
-            for (i, (fp, data)) in unique.into_iter().enumerate() {
+            for (i, chunk) in unique.into_iter().enumerate() {
                 match (reply.known.get(i), reply.records.get(i)) {
                     (Some(true), Some(rec)) => {
-                        records.insert(fp, rec.clone());
+                        records.insert(chunk.fp, rec.clone());
                     }
-                    _ => to_encode.push((fp, data)),
+                    _ => to_encode.push(chunk),
                 }
             }
         }
@@ -302,7 +322,7 @@ impl Cluster {
         missing: &[Vec<u8>],
     ) -> Result<(), DfsError> {
         let mut seen = HashSet::new();
-        let raw: Vec<(Fingerprint, Bytes)> = stored
+        let raw: Vec<Unstored> = stored
             .iter()
             .filter(|s| {
                 missing.contains(&s.mapped.fingerprint) && seen.insert(s.mapped.fingerprint.clone())
@@ -310,7 +330,7 @@ impl Cluster {
             .filter_map(|s| {
                 Fingerprint::from_slice(&s.mapped.fingerprint)
                     .ok()
-                    .map(|fp| (fp, s.data.clone()))
+                    .map(|fp| Unstored::new(fp, s.data.clone()))
             })
             .collect();
         let encoded = self
@@ -336,28 +356,27 @@ impl Cluster {
     async fn encode_inline(
         &self,
         policy: CodecPolicy,
-        chunks: Vec<(Fingerprint, Bytes)>,
+        chunks: Vec<Unstored>,
         budget: &mut usize,
-    ) -> Result<(Vec<Encoded>, Vec<(Fingerprint, Bytes)>), DfsError> {
+    ) -> Result<(Vec<Encoded>, Vec<Unstored>), DfsError> {
         let volume = self.volume;
         let probe_max = volume.inline_max_bytes as usize * INLINE_PROBE_RATIO;
-        let (probed, rest): (Vec<_>, Vec<_>) = chunks
-            .into_iter()
-            .partition(|(_, data)| data.len() <= probe_max);
+        let (probed, rest): (Vec<_>, Vec<_>) =
+            chunks.into_iter().partition(|u| u.data.len() <= probe_max);
         if probed.is_empty() {
             return Ok((Vec::new(), rest));
         }
-        let compress = move |probed: Vec<(Fingerprint, Bytes)>| {
+        let compress = move |probed: Vec<Unstored>| {
             probed
                 .into_iter()
-                .map(|(fp, data)| {
-                    let (codec, stored) = codec::compress(policy, &data);
-                    (fp, data, codec, stored)
+                .map(|u| Unstored {
+                    compressed: Some(codec::compress(policy, &u.data)),
+                    ..u
                 })
                 .collect::<Vec<_>>()
         };
         // A few small files' worth is quicker in place than on a thread.
-        let probed_bytes: usize = probed.iter().map(|(_, d)| d.len()).sum();
+        let probed_bytes: usize = probed.iter().map(|u| u.data.len()).sum();
         let compressed = if probed_bytes <= INLINE_PROBE_IN_PLACE {
             compress(probed)
         } else {
@@ -365,15 +384,13 @@ impl Cluster {
         };
         let mut inlined = Vec::new();
         let mut left = rest;
-        for (fp, data, codec, stored) in compressed {
-            if take_inline(&volume, stored.len(), budget) {
-                inlined.push(Encoded {
-                    fp,
-                    record: inline::record(data.len() as u32, codec, stored),
-                    shards: Vec::new(),
-                });
-            } else {
-                left.push((fp, data));
+        for chunk in compressed {
+            match chunk.compressed {
+                Some((codec, stored)) if take_inline(&volume, stored.len(), budget) => {
+                    inlined.push(Encoded::inline(chunk.fp, chunk.data.len(), codec, stored));
+                }
+                // Compressed already: the encoding after the lookup reuses it.
+                _ => left.push(chunk),
             }
         }
         Ok((inlined, left))
@@ -382,7 +399,7 @@ impl Cluster {
     async fn encode_all(
         &self,
         policy: CodecPolicy,
-        raw: Vec<(Fingerprint, Bytes)>,
+        raw: Vec<Unstored>,
         inline_budget: usize,
     ) -> Result<Vec<Encoded>, DfsError> {
         // Two halves, one per core; more tasks would only add copying.
@@ -395,13 +412,13 @@ impl Cluster {
         let a = cpu(move || {
             first
                 .into_iter()
-                .map(|(fp, d)| encode(&v1, policy, fp, &d, &mut budget1))
+                .map(|u| encode(&v1, policy, u, &mut budget1))
                 .collect::<Result<Vec<_>, _>>()
         });
         let b = cpu(move || {
             second
                 .into_iter()
-                .map(|(fp, d)| encode(&v2, policy, fp, &d, &mut budget2))
+                .map(|u| encode(&v2, policy, u, &mut budget2))
                 .collect::<Result<Vec<_>, _>>()
         });
         let (a, b) = futures::join!(a, b);
