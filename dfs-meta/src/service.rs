@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use dfs_core::error::DfsError;
+use dfs_core::rpc::Connector;
 use dfs_core::time::now_ns;
 use dfs_proto::meta_server::{Meta, MetaServer};
 use dfs_proto::*;
@@ -12,12 +13,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::{MetaError, Result};
-use crate::maintenance::{
-    fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig, ShardConnector,
-};
+use crate::maintenance::{fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig};
 use crate::registry::Liveness;
 use crate::store::{read_only, transact, KvTxn, MetaStore};
-use crate::{chunkmap, inodes, locks, namespace, registry};
+use crate::{chunkmap, inodes, locks, namespace, registry, xattrs};
 
 /// Inode numbers a metadata server reserves at a time.
 const INODE_BATCH: u64 = 1024;
@@ -31,7 +30,7 @@ pub struct MetaService {
     liveness: Liveness,
     /// Wakes the purge worker after a removal.
     purge_wake: Arc<tokio::sync::Notify>,
-    inodes: Arc<namespace::InodeAllocator>,
+    inodes: Arc<inodes::InodeAllocator>,
     /// Rebuilds, scrub repairs, garbage collection, fsck.
     maintenance: Arc<Maintenance>,
     /// Wakes lock requests waiting on this server when a lock is released
@@ -49,7 +48,7 @@ impl MetaService {
         volume: VolumeConfig,
         liveness: Liveness,
         maintenance: MaintenanceConfig,
-        connector: ShardConnector,
+        connector: Connector,
     ) -> Result<Self> {
         let now = now_ns();
         transact(store.as_ref(), |txn| {
@@ -69,7 +68,7 @@ impl MetaService {
             store,
             liveness,
             purge_wake,
-            inodes: Arc::new(namespace::InodeAllocator::new(INODE_BATCH)),
+            inodes: Arc::new(inodes::InodeAllocator::new(INODE_BATCH)),
             lock_released: Arc::new(tokio::sync::Notify::new()),
             started: std::time::Instant::now(),
         })
@@ -427,7 +426,7 @@ impl Meta for MetaService {
         let r = r.into_inner();
         let reply = self
             .run("setxattr", move |t, now| {
-                namespace::set_xattr(t, &r, now)?;
+                xattrs::set_xattr(t, &r, now)?;
                 Ok((Empty {}, changed_if_dir(&inodes::get_inode(t, r.ino)?)))
             })
             .await?;
@@ -437,7 +436,7 @@ impl Meta for MetaService {
     async fn get_xattr(&self, r: Request<XattrRequest>) -> Result<Response<XattrReply>, Status> {
         let r = r.into_inner();
         self.point_read("getxattr", move |t, _| {
-            namespace::get_xattr(t, r.ino, &r.name).map(|value| XattrReply { value })
+            xattrs::get_xattr(t, r.ino, &r.name).map(|value| XattrReply { value })
         })
         .await
     }
@@ -445,7 +444,7 @@ impl Meta for MetaService {
     async fn list_xattr(&self, r: Request<InoRequest>) -> Result<Response<XattrListReply>, Status> {
         let ino = r.into_inner().ino;
         self.read("listxattr", move |t, _| {
-            namespace::list_xattr(t, ino).map(|names| XattrListReply { names })
+            xattrs::list_xattr(t, ino).map(|names| XattrListReply { names })
         })
         .await
     }
@@ -454,7 +453,7 @@ impl Meta for MetaService {
         let r = r.into_inner();
         let reply = self
             .run("removexattr", move |t, now| {
-                namespace::remove_xattr(t, r.ino, &r.name, now)?;
+                xattrs::remove_xattr(t, r.ino, &r.name, now)?;
                 Ok((Empty {}, changed_if_dir(&inodes::get_inode(t, r.ino)?)))
             })
             .await?;

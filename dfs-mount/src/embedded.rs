@@ -90,7 +90,7 @@ impl Embedded {
         // The metadata service reaches the in-process chunk server for
         // garbage collection and repairs.
         let to_chunks = chunks.clone();
-        let connector: dfs_meta::maintenance::ShardConnector =
+        let connector: dfs_core::rpc::Connector =
             Arc::new(move |_address: &str| Ok(to_chunks.clone()));
         let service = MetaService::open(
             Arc::new(store),

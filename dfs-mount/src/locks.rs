@@ -94,13 +94,7 @@ impl Locks {
         let host = self.host.clone();
         let reply = self
             .meta
-            .call("open_lock_session", |mut c| {
-                let host = host.clone();
-                async move {
-                    c.open_lock_session(LockSessionRequest { session: 0, host })
-                        .await
-                }
-            })
+            .open_lock_session(LockSessionRequest { session: 0, host })
             .await?;
         tracing::info!(session = reply.session, "lock session opened");
         *session = Some(reply.session);
@@ -160,10 +154,7 @@ impl Locks {
     async fn try_set(self: &Arc<Self>, mut request: SetLockRequest) -> Result<bool, DfsError> {
         request.session = self.session().await?;
         for attempt in 0..2 {
-            let result = self
-                .meta
-                .call("set_lock", |mut c| async move { c.set_lock(request).await })
-                .await;
+            let result = self.meta.set_lock(request).await;
             match result {
                 Ok(reply) => return Ok(reply.granted),
                 Err(e) if e.errno == libc::ENOLCK && attempt == 0 => {
@@ -284,10 +275,7 @@ impl Locks {
             pid: 0,
             wait_ms: 0,
         };
-        let reply = self
-            .meta
-            .call("get_lock", |mut c| async move { c.get_lock(request).await })
-            .await?;
+        let reply = self.meta.get_lock(request).await?;
         if reply.kind() == LockKind::LockUnlock {
             return Ok(none);
         }
@@ -333,12 +321,9 @@ impl Locks {
         };
         let result = self
             .meta
-            .call("end_lock_session", |mut c| async move {
-                c.end_lock_session(LockSessionRequest {
-                    session,
-                    host: String::new(),
-                })
-                .await
+            .end_lock_session(LockSessionRequest {
+                session,
+                host: String::new(),
             })
             .await;
         if let Err(e) = result {
@@ -354,13 +339,7 @@ async fn renew_once(locks: &Locks, session: u64) -> Result<(), DfsError> {
     let host = locks.host.clone();
     let reply = locks
         .meta
-        .call("renew_lock_session", |mut c| {
-            let host = host.clone();
-            async move {
-                c.open_lock_session(LockSessionRequest { session, host })
-                    .await
-            }
-        })
+        .open_lock_session(LockSessionRequest { session, host })
         .await?;
     if !reply.renewed {
         tracing::error!(

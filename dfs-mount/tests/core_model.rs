@@ -1,10 +1,11 @@
-//! The file-system core in process, without FUSE: the embedded mode's real
+//! The file-system core in process, without FUSE, called as the FUSE
+//! adapter calls it (`Handles`, one method per kernel request): the embedded mode's real
 //! metadata service and chunk server, reached through their RPC transports
 //! with faults injected into the metadata calls, driven by random sequences
 //! of namespace and data operations (proptest, which shrinks a failure to
 //! a short sequence) and checked against a plain model after every step:
-//! the directory's names, every file's bytes through its handle, and the
-//! volume's reference counts (`fsck`: every chunk's stored count equals
+//! the directory's names and kinds, every file's links, mode, xattrs and
+//! bytes through its handle, and the volume's reference counts (`fsck`: every chunk's stored count equals
 //! the references from chunk maps, no chunk missing or lost).
 //!
 //! `DFS_MODEL_CASES` sets the number of cases (default below); the test
@@ -22,8 +23,9 @@ use dfs_core::xorshift::XorShift;
 use dfs_mount::cache::ChunkCache;
 use dfs_mount::client::{Cluster, Connector, MetaRpc};
 use dfs_mount::embedded::Embedded;
-use dfs_mount::fs::namespace::Caller;
-use dfs_mount::fs::{Dfs, OpenFile};
+use dfs_mount::fs::handles::Handles;
+use dfs_mount::fs::namespace::{Caller, Fallocate};
+use dfs_mount::fs::Dfs;
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{
     CreateRequest, FileKind, FsckRequest, GcRequest, RenameRequest, SetAttrRequest,
@@ -34,8 +36,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tower::ServiceExt;
 
 const DEFAULT_CASES: u32 = 3000;
-/// Names a case's files take ("f0".."f3").
-const NAMES: u8 = 4;
+/// Names a case's files and directories take ("f0".."f4").
+const NAMES: u8 = 5;
 const MAX_OFFSET: u32 = 320 * 1024;
 const MAX_LEN: u32 = 200 * 1024;
 
@@ -76,6 +78,13 @@ enum Op {
         mode: u32,
     },
     Unlink(u8),
+    Mkdir(u8),
+    Rmdir(u8),
+    /// A hard link `to` of the file named `from`.
+    Link {
+        from: u8,
+        to: u8,
+    },
     Punch {
         file: u8,
         offset: u32,
@@ -109,6 +118,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (name.clone(), 0..3u8).prop_map(|(file, key)| Op::RemoveXattr { file, key }),
         1 => (name.clone(), 0..0o1000u32).prop_map(|(file, mode)| Op::Chmod { file, mode }),
         1 => name.clone().prop_map(Op::Unlink),
+        1 => name.clone().prop_map(Op::Mkdir),
+        1 => name.clone().prop_map(Op::Rmdir),
+        2 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Link { from, to }),
         1 => (name.clone(), 0..MAX_OFFSET, 1..MAX_LEN)
             .prop_map(|(file, offset, len)| Op::Punch { file, offset, len }),
         2 => (name.clone(), name, 0..MAX_OFFSET, 0..MAX_OFFSET, 1..MAX_LEN).prop_map(
@@ -193,18 +205,17 @@ impl Rig {
     }
 
     /// A client core as a mount builds it, over the faulty transport.
-    async fn client(&self) -> Result<Arc<Dfs>, DfsError> {
+    async fn client(&self) -> Result<Arc<Handles>, DfsError> {
         let meta = faulty(self.embedded.meta.clone(), self.faults.clone());
         // Two transports to the same service: a failed call is tried again
         // at once on the other, so faults cost no back-off sleep.
         let rpc = MetaRpc::new(vec![meta.clone(), meta], Duration::from_secs(10));
         let connector: Connector = self.embedded.connector();
         let cluster = Cluster::connect(rpc, connector).await?;
-        Ok(Arc::new(Dfs::new(
-            cluster,
-            ChunkCache::new(0),
-            CodecPolicy::Lz4,
-            0,
+        let dfs = Dfs::new(cluster, ChunkCache::new(0), CodecPolicy::Lz4, 0);
+        Ok(Arc::new(Handles::new(
+            Arc::new(dfs),
+            Duration::from_secs(1),
         )))
     }
 
@@ -218,18 +229,36 @@ fn name(i: u8) -> Vec<u8> {
     format!("f{i}").into_bytes()
 }
 
+/// What a name in the case's directory is, in the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    /// A regular file, by its id in `Case::files` (hard links share one).
+    File(u32),
+    /// An empty directory.
+    Dir,
+}
+
+/// A regular file in the model, and the handle the case keeps open on it.
+#[derive(Clone)]
+struct FileModel {
+    bytes: Vec<u8>,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    mode: u32,
+    ino: u64,
+    fh: u64,
+}
+
 /// One case: its files live in their own directory; at the end they are
 /// removed and garbage collected, so the volume stays small.
 struct Case<'a> {
     rig: &'a Rig,
-    dfs: Arc<Dfs>,
+    /// The core as the FUSE adapter calls it: handles over `Dfs`.
+    core: Arc<Handles>,
     dir: u64,
     dir_name: Vec<u8>,
-    model: BTreeMap<u8, Vec<u8>>,
-    /// Each file's extended attributes and permission bits, by name.
-    xattrs: BTreeMap<u8, BTreeMap<Vec<u8>, Vec<u8>>>,
-    modes: BTreeMap<u8, u32>,
-    open: BTreeMap<u8, (u64, Arc<OpenFile>)>,
+    names: BTreeMap<u8, Entry>,
+    files: BTreeMap<u32, FileModel>,
+    next_id: u32,
     /// fsck's findings when the case started.
     damage_before: Damage,
 }
@@ -240,77 +269,167 @@ fn err(context: &str) -> impl Fn(DfsError) -> String + '_ {
     move |e| format!("{context}: {} (errno {})", e.message, e.errno)
 }
 
+/// Fails unless `result` is the error `errno`.
+fn expect_errno<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, DfsError>,
+    errno: i32,
+) -> Outcome {
+    match result {
+        Err(e) if e.errno == errno => Ok(()),
+        other => Err(format!("{what}: {other:?}, not errno {errno}")),
+    }
+}
+
+/// Handles are opened read-write, as `open(O_RDWR)` would.
+const OPEN_FLAGS: i32 = libc::O_RDWR;
+
 impl<'a> Case<'a> {
     async fn start(rig: &'a Rig, n: u64) -> Result<Case<'a>, String> {
         let (damage_before, _) = fsck(rig).await?;
-        let dfs = rig.client().await.map_err(err("client"))?;
+        let core = rig.client().await.map_err(err("client"))?;
         let dir_name = format!("case-{n}").into_bytes();
-        let dir = dfs
-            .create(CreateRequest {
-                parent: 1,
-                name: dir_name.clone(),
-                kind: FileKind::Directory as i32,
-                mode: 0o755,
-                ..Default::default()
-            })
+        let dir = core
+            .dfs()
+            .create(directory(1, dir_name.clone()))
             .await
             .map_err(err("mkdir"))?
             .ino;
         Ok(Case {
             rig,
-            dfs,
+            core,
             dir,
             dir_name,
-            model: BTreeMap::new(),
-            xattrs: BTreeMap::new(),
-            modes: BTreeMap::new(),
-            open: BTreeMap::new(),
+            names: BTreeMap::new(),
+            files: BTreeMap::new(),
+            next_id: 0,
             damage_before,
         })
     }
 
     /// What the model holds, to tell whether an operation changed it.
     fn snapshot(&self) -> impl PartialEq {
-        (
-            self.model.clone(),
-            self.xattrs.clone(),
-            self.modes.clone(),
-            self.open
-                .iter()
-                .map(|(&f, (ino, _))| (f, *ino))
-                .collect::<Vec<_>>(),
-        )
+        let files: Vec<_> = self
+            .files
+            .iter()
+            .map(|(id, f)| (*id, f.bytes.clone(), f.xattrs.clone(), f.mode))
+            .collect();
+        (self.names.clone(), files)
     }
 
-    fn handle(&self, file: u8) -> Option<Arc<OpenFile>> {
-        self.open.get(&file).map(|(_, of)| of.clone())
+    /// The file behind name `i`, if it is one.
+    fn file(&self, i: u8) -> Option<FileModel> {
+        match self.names.get(&i)? {
+            Entry::File(id) => self.files.get(id).cloned(),
+            Entry::Dir => None,
+        }
+    }
+
+    fn file_mut(&mut self, i: u8) -> Option<&mut FileModel> {
+        match self.names.get(&i)? {
+            Entry::File(id) => self.files.get_mut(id),
+            Entry::Dir => None,
+        }
+    }
+
+    fn links(&self, id: u32) -> usize {
+        self.names
+            .values()
+            .filter(|e| **e == Entry::File(id))
+            .count()
+    }
+
+    /// A close(2) and the handle's release, as the kernel sends them.
+    async fn close(&self, f: &FileModel) -> Outcome {
+        self.core
+            .close(f.fh, f.ino, f.fh)
+            .await
+            .map_err(err("close"))?;
+        self.core
+            .release(f.fh, f.ino, None)
+            .await
+            .map_err(err("release"))
+    }
+
+    /// Name `i` goes away; a file whose last name it was is closed first
+    /// (a file unlinked while open is the FUSE tests' business).
+    async fn drop_name(&mut self, i: u8) -> Outcome {
+        if let Some(Entry::File(id)) = self.names.get(&i).copied() {
+            if self.links(id) == 1 {
+                if let Some(f) = self.files.remove(&id) {
+                    self.close(&f).await?;
+                }
+            }
+        }
+        self.names.remove(&i);
+        Ok(())
     }
 
     async fn apply(&mut self, op: &Op) -> Outcome {
-        let dfs = self.dfs.clone();
+        let core = self.core.clone();
+        let dfs = core.dfs().clone();
         match *op {
-            Op::Create(file) => {
-                if self.model.contains_key(&file) {
+            Op::Create(i) => {
+                if self.names.contains_key(&i) {
                     return Ok(());
                 }
-                let attr = dfs
-                    .create(CreateRequest {
-                        parent: self.dir,
-                        name: name(file),
-                        kind: FileKind::Regular as i32,
-                        mode: 0o644,
-                        ..Default::default()
-                    })
+                let request = CreateRequest {
+                    parent: self.dir,
+                    name: name(i),
+                    kind: FileKind::Regular as i32,
+                    mode: 0o644,
+                    ..Default::default()
+                };
+                let (attr, fh) = core
+                    .create_open(request, OPEN_FLAGS)
                     .await
                     .map_err(err("create"))?;
-                let of = dfs
-                    .open_created(attr.ino, attr.data_version)
-                    .await
-                    .map_err(err("open created"))?;
-                self.open.insert(file, (attr.ino, of));
-                self.model.insert(file, Vec::new());
-                self.xattrs.insert(file, BTreeMap::new());
-                self.modes.insert(file, 0o644);
+                let id = self.next_id;
+                self.next_id += 1;
+                let file = FileModel {
+                    bytes: Vec::new(),
+                    xattrs: BTreeMap::new(),
+                    mode: 0o644,
+                    ino: attr.ino,
+                    fh,
+                };
+                self.files.insert(id, file);
+                self.names.insert(i, Entry::File(id));
+            }
+            Op::Mkdir(i) => {
+                let made = dfs.create(directory(self.dir, name(i))).await;
+                if self.names.contains_key(&i) {
+                    return expect_errno("mkdir over a name", made, libc::EEXIST);
+                }
+                made.map_err(err("mkdir"))?;
+                self.names.insert(i, Entry::Dir);
+            }
+            Op::Rmdir(i) => {
+                let Some(entry) = self.names.get(&i).copied() else {
+                    return Ok(());
+                };
+                let removed = dfs.rmdir(self.dir, &name(i)).await;
+                if entry != Entry::Dir {
+                    return expect_errno("rmdir of a file", removed, libc::ENOTDIR);
+                }
+                removed.map_err(err("rmdir"))?;
+                self.names.remove(&i);
+            }
+            Op::Link { from, to } => {
+                let Some(entry) = self.names.get(&from).copied() else {
+                    return Ok(());
+                };
+                let ino = match entry {
+                    Entry::File(id) => self.files.get(&id).map(|f| f.ino).unwrap_or_default(),
+                    // A directory has no hard links.
+                    Entry::Dir => return Ok(()),
+                };
+                let linked = dfs.link(ino, self.dir, &name(to)).await;
+                if self.names.contains_key(&to) {
+                    return expect_errno("link over a name", linked, libc::EEXIST);
+                }
+                linked.map_err(err("link"))?;
+                self.names.insert(to, entry);
             }
             Op::Write {
                 file,
@@ -319,57 +438,66 @@ impl<'a> Case<'a> {
                 seed,
                 text,
             } => {
-                let Some(of) = self.handle(file) else {
+                let Some(f) = self.file(file) else {
                     return Ok(());
                 };
                 let data = content(len, seed, text);
                 self.rig
                     .written
                     .fetch_add(u64::from(len), Ordering::Relaxed);
-                {
-                    let mut st = dfs.lock_for_write(&of).await;
-                    dfs.write(&mut st, u64::from(offset), &data)
-                        .await
-                        .map_err(err("write"))?;
-                    dfs.write_behind(&mut st).await;
+                core.write(f.fh, u64::from(offset), &data)
+                    .await
+                    .map_err(err("write"))?;
+                if let Some(f) = self.file_mut(file) {
+                    let end = offset as usize + data.len();
+                    if f.bytes.len() < end {
+                        f.bytes.resize(end, 0);
+                    }
+                    f.bytes[offset as usize..end].copy_from_slice(&data);
                 }
-                let bytes = self.model.entry(file).or_default();
-                let end = offset as usize + data.len();
-                if bytes.len() < end {
-                    bytes.resize(end, 0);
-                }
-                bytes[offset as usize..end].copy_from_slice(&data);
             }
             Op::Truncate { file, size } => {
-                let Some(of) = self.handle(file) else {
+                let Some(f) = self.file(file) else {
                     return Ok(());
                 };
-                let mut st = dfs.lock(&of).await;
-                dfs.truncate(&mut st, u64::from(size))
+                // ftruncate(2): a setattr with a size, as the kernel sends it.
+                let request = SetAttrRequest {
+                    ino: f.ino,
+                    ..Default::default()
+                };
+                dfs.setattr(f.ino, request, Some(u64::from(size)))
                     .await
                     .map_err(err("truncate"))?;
-                self.model.entry(file).or_default().resize(size as usize, 0);
+                if let Some(f) = self.file_mut(file) {
+                    f.bytes.resize(size as usize, 0);
+                }
             }
             Op::Fsync(file) => {
-                let Some(of) = self.handle(file) else {
+                let Some(f) = self.file(file) else {
                     return Ok(());
                 };
-                let mut st = dfs.lock(&of).await;
-                dfs.flush(&mut st).await.map_err(err("fsync"))?;
+                core.fsync(f.fh).await.map_err(err("fsync"))?;
             }
             Op::Reopen(file) => {
-                let Some((ino, of)) = self.open.remove(&file) else {
+                let Some(f) = self.file(file) else {
                     return Ok(());
                 };
-                dfs.release(&of).await.map_err(err("close"))?;
-                let of = dfs.open(ino).await.map_err(err("reopen"))?;
-                self.open.insert(file, (ino, of));
+                self.close(&f).await?;
+                let fh = core.open(f.ino, OPEN_FLAGS).await.map_err(err("reopen"))?;
+                if let Some(f) = self.file_mut(file) {
+                    f.fh = fh;
+                }
             }
             Op::Rename { from, to, flags } => {
-                if from == to || !self.model.contains_key(&from) {
+                let Some(source) = self.names.get(&from).copied() else {
+                    return Ok(());
+                };
+                let target = self.names.get(&to).copied();
+                // Renaming a name onto a link of the same file never reaches
+                // the file system: the kernel answers it.
+                if from == to || target == Some(source) && matches!(source, Entry::File(_)) {
                     return Ok(());
                 }
-                let target_exists = self.model.contains_key(&to);
                 let request = RenameRequest {
                     parent: self.dir,
                     name: name(from),
@@ -378,37 +506,29 @@ impl<'a> Case<'a> {
                     flags,
                     ..Default::default()
                 };
-                let refused = match flags {
-                    RENAME_NOREPLACE if target_exists => Some(libc::EEXIST),
-                    RENAME_EXCHANGE if !target_exists => Some(libc::ENOENT),
+                let refused = match (flags, source, target) {
+                    (RENAME_NOREPLACE, _, Some(_)) => Some(libc::EEXIST),
+                    (RENAME_EXCHANGE, _, None) => Some(libc::ENOENT),
+                    (RENAME_EXCHANGE, _, Some(_)) => None,
+                    (_, Entry::File(_), Some(Entry::Dir)) => Some(libc::EISDIR),
+                    (_, Entry::Dir, Some(Entry::File(_))) => Some(libc::ENOTDIR),
                     _ => None,
                 };
                 if let Some(errno) = refused {
-                    return match dfs.rename(request).await {
-                        Err(e) if e.errno == errno => Ok(()),
-                        other => Err(format!(
-                            "rename with flags {flags}: {other:?}, not errno {errno}"
-                        )),
-                    };
+                    let what = format!("rename {source:?} to {target:?} with flags {flags}");
+                    return expect_errno(&what, dfs.rename(request).await, errno);
                 }
                 if flags == RENAME_EXCHANGE {
                     dfs.rename(request).await.map_err(err("rename exchange"))?;
-                    swap(&mut self.open, from, to);
-                    swap(&mut self.model, from, to);
-                    swap(&mut self.xattrs, from, to);
-                    swap(&mut self.modes, from, to);
+                    swap(&mut self.names, from, to);
                     return Ok(());
                 }
-                // The replaced file is closed first (a file unlinked while
-                // open is the FUSE tests' business).
-                if let Some((_, of)) = self.open.remove(&to) {
-                    dfs.release(&of).await.map_err(err("close replaced"))?;
+                if target.is_some() {
+                    self.drop_name(to).await?;
                 }
                 dfs.rename(request).await.map_err(err("rename"))?;
-                move_entry(&mut self.open, from, to);
-                move_entry(&mut self.model, from, to);
-                move_entry(&mut self.xattrs, from, to);
-                move_entry(&mut self.modes, from, to);
+                self.names.remove(&from);
+                self.names.insert(to, source);
             }
             Op::SetXattr {
                 file,
@@ -416,7 +536,7 @@ impl<'a> Case<'a> {
                 len,
                 seed,
             } => {
-                let Some((ino, _)) = self.open.get(&file) else {
+                let Some(f) = self.file(file) else {
                     return Ok(());
                 };
                 let key = format!("user.k{key}").into_bytes();
@@ -426,61 +546,72 @@ impl<'a> Case<'a> {
                     uid: 0,
                     in_group: &in_group,
                 };
-                dfs.setxattr(*ino, &key, &value, 0, &caller)
+                core.setxattr(f.ino, &key, &value, 0, &caller, true)
                     .await
                     .map_err(err("setxattr"))?;
-                self.xattrs.entry(file).or_default().insert(key, value);
+                if let Some(f) = self.file_mut(file) {
+                    f.xattrs.insert(key, value);
+                }
             }
             Op::RemoveXattr { file, key } => {
-                let Some((ino, _)) = self.open.get(&file) else {
+                let Some(f) = self.file(file) else {
                     return Ok(());
                 };
                 let key = format!("user.k{key}").into_bytes();
-                let had = self.xattrs.entry(file).or_default().remove(&key).is_some();
-                match dfs.removexattr(*ino, &key).await {
+                let had = f.xattrs.contains_key(&key);
+                match core.removexattr(f.ino, &key).await {
                     Ok(()) if had => {}
                     Err(e) if !had && e.errno == libc::ENODATA => {}
                     other => return Err(format!("removexattr (set: {had}): {other:?}")),
                 }
+                if let Some(f) = self.file_mut(file) {
+                    f.xattrs.remove(&key);
+                }
             }
             Op::Chmod { file, mode } => {
-                let Some((ino, _)) = self.open.get(&file) else {
+                let Some(f) = self.file(file) else {
                     return Ok(());
                 };
                 let request = SetAttrRequest {
-                    ino: *ino,
+                    ino: f.ino,
                     mode: Some(mode),
                     ..Default::default()
                 };
-                dfs.setattr(*ino, request, None)
+                dfs.setattr(f.ino, request, None)
                     .await
                     .map_err(err("chmod"))?;
-                self.modes.insert(file, mode);
+                if let Some(f) = self.file_mut(file) {
+                    f.mode = mode;
+                }
             }
-            Op::Unlink(file) => {
-                let Some((_, of)) = self.open.remove(&file) else {
+            Op::Unlink(i) => {
+                let Some(entry) = self.names.get(&i).copied() else {
                     return Ok(());
                 };
-                dfs.release(&of).await.map_err(err("close"))?;
-                dfs.unlink(self.dir, &name(file))
+                if entry == Entry::Dir {
+                    let unlinked = dfs.unlink(self.dir, &name(i)).await;
+                    return expect_errno("unlink of a directory", unlinked, libc::EISDIR);
+                }
+                self.drop_name(i).await?;
+                dfs.unlink(self.dir, &name(i))
                     .await
                     .map_err(err("unlink"))?;
-                self.model.remove(&file);
-                self.xattrs.remove(&file);
-                self.modes.remove(&file);
             }
             Op::Punch { file, offset, len } => {
-                let Some(of) = self.handle(file) else {
+                let Some(f) = self.file(file) else {
                     return Ok(());
                 };
-                let mut st = dfs.lock(&of).await;
-                dfs.punch_hole(&mut st, u64::from(offset), u64::from(len))
+                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                let range = Fallocate::from_mode(u64::from(offset), u64::from(len), mode)
+                    .map_err(err("fallocate mode"))?;
+                core.fallocate(f.fh, f.ino, range, 0)
                     .await
                     .map_err(err("punch hole"))?;
-                let bytes = self.model.entry(file).or_default();
-                let end = (offset as usize + len as usize).min(bytes.len());
-                if (offset as usize) < end {
-                    bytes[offset as usize..end].fill(0);
+                if let Some(f) = self.file_mut(file) {
+                    let end = (offset as usize + len as usize).min(f.bytes.len());
+                    if (offset as usize) < end {
+                        f.bytes[offset as usize..end].fill(0);
+                    }
                 }
             }
             Op::Copy {
@@ -490,51 +621,51 @@ impl<'a> Case<'a> {
                 offset_out,
                 len,
             } => {
-                let (Some(src), Some(dst)) = (self.handle(from), self.handle(to)) else {
+                let (Some(src), Some(dst)) = (self.file(from), self.file(to)) else {
                     return Ok(());
                 };
-                if from == to {
+                if src.ino == dst.ino {
                     return Ok(());
                 }
-                let copied = dfs
+                let copied = core
                     .copy_file_range(
-                        &src,
-                        &dst,
+                        src.fh,
                         u64::from(offset_in),
+                        dst.fh,
                         u64::from(offset_out),
                         u64::from(len),
                     )
                     .await
                     .map_err(err("copy_file_range"))? as usize;
-                let source = self.model.get(&from).cloned().unwrap_or_default();
-                let want = source
+                let want = src
+                    .bytes
                     .len()
                     .saturating_sub(offset_in as usize)
                     .min(len as usize);
                 if copied != want {
                     return Err(format!("copy_file_range copied {copied} bytes, not {want}"));
                 }
-                if copied > 0 {
-                    let piece = &source[offset_in as usize..offset_in as usize + copied];
-                    let bytes = self.model.entry(to).or_default();
+                if let (true, Some(f)) = (copied > 0, self.file_mut(to)) {
+                    let piece = &src.bytes[offset_in as usize..offset_in as usize + copied];
                     let end = offset_out as usize + copied;
-                    if bytes.len() < end {
-                        bytes.resize(end, 0);
+                    if f.bytes.len() < end {
+                        f.bytes.resize(end, 0);
                     }
-                    bytes[offset_out as usize..end].copy_from_slice(piece);
+                    f.bytes[offset_out as usize..end].copy_from_slice(piece);
                 }
             }
             Op::Restart => {
                 // Every handle closed (its bytes committed), then a new
                 // client that knows nothing of the old one's state.
-                for (_, of) in self.open.values() {
-                    dfs.release(of).await.map_err(err("close for restart"))?;
+                for f in self.files.values() {
+                    self.close(f).await?;
                 }
-                self.dfs = self.rig.client().await.map_err(err("client"))?;
-                for (ino, of) in self.open.values_mut() {
-                    *of = self
-                        .dfs
-                        .open(*ino)
+                core.shut_down().await;
+                self.core = self.rig.client().await.map_err(err("client"))?;
+                for f in self.files.values_mut() {
+                    f.fh = self
+                        .core
+                        .open(f.ino, OPEN_FLAGS)
                         .await
                         .map_err(err("open after restart"))?;
                 }
@@ -543,94 +674,115 @@ impl<'a> Case<'a> {
         Ok(())
     }
 
-    /// The directory lists exactly the model's names, every file reads as
-    /// the model says, and the volume's reference counts add up.
+    /// The directory lists exactly the model's names with their kinds,
+    /// every file has the model's links, mode, xattrs and bytes (read
+    /// through its handle), and the volume's reference counts add up.
     async fn check(&self, step: usize) -> Outcome {
-        let listed: Vec<Vec<u8>> = self
-            .dfs
+        let dfs = self.core.dfs();
+        let listed: Vec<(Vec<u8>, bool)> = dfs
             .read_dir_all(self.dir, false)
             .await
             .map_err(err("readdir"))?
             .into_iter()
-            .map(|e| e.name)
+            .map(|e| (e.name.clone(), e.kind() == FileKind::Directory))
             .collect();
-        let expected: Vec<Vec<u8>> = self.model.keys().map(|&f| name(f)).collect();
+        let expected: Vec<(Vec<u8>, bool)> = self
+            .names
+            .iter()
+            .map(|(&i, e)| (name(i), *e == Entry::Dir))
+            .collect();
         if listed != expected {
             return Err(format!(
-                "step {step}: the directory lists {:?}, the model {:?}",
+                "step {step}: the directory lists {:?}, the model {:?} (name, is a directory)",
                 lossy(&listed),
                 lossy(&expected)
             ));
         }
-        for (file, want) in &self.model {
-            let (ino, of) = self
-                .open
-                .get(file)
-                .cloned()
-                .ok_or_else(|| format!("step {step}: f{file} has no handle"))?;
-            let attr = self.dfs.getattr(ino).await.map_err(err("getattr"))?;
-            let mode = self.modes.get(file).copied().unwrap_or_default();
-            if attr.mode & 0o7777 != mode {
+        for (id, f) in &self.files {
+            let label = format!("file {id} (ino {})", f.ino);
+            let attr = dfs.getattr(f.ino).await.map_err(err("getattr"))?;
+            if attr.mode & 0o7777 != f.mode || attr.nlink as usize != self.links(*id) {
                 return Err(format!(
-                    "step {step}: f{file} has mode {:o}, the model {mode:o}",
-                    attr.mode & 0o7777
+                    "step {step}: {label} has mode {:o} and {} links, the model {:o} and {}",
+                    attr.mode & 0o7777,
+                    attr.nlink,
+                    f.mode,
+                    self.links(*id)
                 ));
             }
-            let xattrs = self.xattrs.get(file).cloned().unwrap_or_default();
-            let names = self.dfs.listxattr(ino).await.map_err(err("listxattr"))?;
-            let mut names_sorted = names.clone();
-            names_sorted.sort();
-            if names_sorted != xattrs.keys().cloned().collect::<Vec<_>>() {
+            let list = self.core.listxattr(f.ino).await.map_err(err("listxattr"))?;
+            let mut names: Vec<Vec<u8>> = list
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect();
+            names.sort();
+            let want: Vec<Vec<u8>> = f.xattrs.keys().cloned().collect();
+            if names != want {
                 return Err(format!(
-                    "step {step}: f{file} lists xattrs {:?}, the model {:?}",
-                    lossy(&names_sorted),
-                    lossy(&xattrs.keys().cloned().collect::<Vec<_>>())
+                    "step {step}: {label} lists xattrs {:?}, the model {:?}",
+                    lossy_names(&names),
+                    lossy_names(&want)
                 ));
             }
-            for (key, value) in &xattrs {
-                let got = self.dfs.getxattr(ino, key).await.map_err(err("getxattr"))?;
+            for (key, value) in &f.xattrs {
+                let got = self
+                    .core
+                    .getxattr(f.ino, key)
+                    .await
+                    .map_err(err("getxattr"))?;
                 if got != *value {
                     return Err(format!(
-                        "step {step}: f{file} xattr {} differs",
+                        "step {step}: {label} xattr {} differs",
                         String::from_utf8_lossy(key)
                     ));
                 }
             }
-            let st = self.dfs.lock(&of).await;
-            let got = self
-                .dfs
-                .read_range(&st, 0, st.size)
-                .await
-                .map_err(err("read"))?;
-            if got != *want {
+            // Asks for more than the model holds: a longer file shows.
+            let asked = (f.bytes.len() + 4096) as u32;
+            let got = self.core.read(f.fh, 0, asked).await.map_err(err("read"))?;
+            if got != f.bytes {
                 let first = got
                     .iter()
-                    .zip(want)
+                    .zip(&f.bytes)
                     .position(|(a, b)| a != b)
-                    .unwrap_or(got.len().min(want.len()));
+                    .unwrap_or(got.len().min(f.bytes.len()));
                 return Err(format!(
-                    "step {step}: f{file} reads {} bytes, the model has {}; first difference at {first}",
+                    "step {step}: {label} reads {} bytes, the model has {}; first difference at {first}",
                     got.len(),
-                    want.len()
+                    f.bytes.len()
                 ));
             }
         }
         fsck_clean(self.rig, step, self.damage_before).await
     }
 
-    /// Removes the case's files and directory.
+    /// Removes the case's files, directories and its own directory.
     async fn finish(mut self) -> Outcome {
-        for (file, (_, of)) in std::mem::take(&mut self.open) {
-            self.dfs.release(&of).await.map_err(err("close at end"))?;
-            self.dfs
-                .unlink(self.dir, &name(file))
-                .await
-                .map_err(err("unlink at end"))?;
+        let dfs = self.core.dfs().clone();
+        for i in self.names.keys().copied().collect::<Vec<_>>() {
+            let entry = self.names.get(&i).copied();
+            self.drop_name(i).await?;
+            match entry {
+                Some(Entry::Dir) => dfs.rmdir(self.dir, &name(i)).await,
+                _ => dfs.unlink(self.dir, &name(i)).await,
+            }
+            .map_err(err("remove at end"))?;
         }
-        self.dfs
-            .rmdir(1, &self.dir_name)
+        self.core.shut_down().await;
+        dfs.rmdir(1, &self.dir_name)
             .await
             .map_err(err("rmdir at end"))
+    }
+}
+
+fn directory(parent: u64, name: Vec<u8>) -> CreateRequest {
+    CreateRequest {
+        parent,
+        name,
+        kind: FileKind::Directory as i32,
+        mode: 0o755,
+        ..Default::default()
     }
 }
 
@@ -646,15 +798,14 @@ fn swap<V>(map: &mut BTreeMap<u8, V>, a: u8, b: u8) {
     }
 }
 
-/// Moves the entry of `from` to `to`, replacing what `to` had.
-fn move_entry<V>(map: &mut BTreeMap<u8, V>, from: u8, to: u8) {
-    map.remove(&to);
-    if let Some(v) = map.remove(&from) {
-        map.insert(to, v);
-    }
+fn lossy(names: &[(Vec<u8>, bool)]) -> Vec<(String, bool)> {
+    names
+        .iter()
+        .map(|(n, dir)| (String::from_utf8_lossy(n).into_owned(), *dir))
+        .collect()
 }
 
-fn lossy(names: &[Vec<u8>]) -> Vec<String> {
+fn lossy_names(names: &[Vec<u8>]) -> Vec<String> {
     names
         .iter()
         .map(|n| String::from_utf8_lossy(n).into_owned())

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dfs_core::rpc::Connector;
 use dfs_core::time::now_ns;
 use dfs_proto::{RepairStatus, ServerStatus, ShardKey};
 
@@ -26,7 +27,7 @@ use crate::registry::{self, Liveness};
 use crate::store::{transact, KvTxn, MetaStore};
 
 pub use repair::ServerView;
-pub use servers::{tcp_connector, ShardConnector};
+pub use servers::tcp_connector;
 
 /// Damaged shards by fingerprint: (shard index, server id).
 pub(crate) type Reported = BTreeMap<Vec<u8>, BTreeSet<(u32, u32)>>;
@@ -91,7 +92,7 @@ impl Maintenance {
         store: Arc<dyn MetaStore>,
         liveness: Liveness,
         config: MaintenanceConfig,
-        connector: ShardConnector,
+        connector: Connector,
         purge_wake: Arc<tokio::sync::Notify>,
     ) -> Arc<Self> {
         Arc::new(Self {

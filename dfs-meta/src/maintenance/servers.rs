@@ -7,16 +7,12 @@ use std::time::Duration;
 
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
-use dfs_core::rpc::{boxed_transport, RpcTransport};
+use dfs_core::rpc::{boxed_transport, Connector, RpcTransport};
 use dfs_proto::chunks_client::ChunksClient;
 use dfs_proto::{
     CheckShardsRequest, ListShardsRequest, PutShardsRequest, Shard, ShardHealth, ShardInfo,
     ShardKey, MAX_MESSAGE_BYTES,
 };
-
-/// Turns a server's registered address into a transport: TCP for a
-/// cluster, the in-process service for an embedded volume.
-pub type ShardConnector = Arc<dyn Fn(&str) -> Result<RpcTransport, DfsError> + Send + Sync>;
 
 /// Shards listed or checked per request.
 pub const LIST_PAGE: u32 = 1000;
@@ -24,7 +20,7 @@ pub const LIST_PAGE: u32 = 1000;
 /// Connects lazily over TCP (`http://ADDRESS`), failing a connect after
 /// 5 s and a call after 60 s, so a dead server never stalls the work for
 /// long.
-pub fn tcp_connector() -> ShardConnector {
+pub fn tcp_connector() -> Connector {
     Arc::new(|address: &str| {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| {
@@ -42,12 +38,12 @@ pub fn tcp_connector() -> ShardConnector {
 /// One client per chunk server, made on first use and replaced when the
 /// server registers at a new address.
 pub struct ServerPool {
-    connector: ShardConnector,
+    connector: Connector,
     clients: parking_lot::Mutex<HashMap<u32, (String, ChunksClient<RpcTransport>)>>,
 }
 
 impl ServerPool {
-    pub fn new(connector: ShardConnector) -> Self {
+    pub fn new(connector: Connector) -> Self {
         Self {
             connector,
             clients: parking_lot::Mutex::new(HashMap::new()),

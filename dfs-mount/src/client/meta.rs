@@ -11,7 +11,13 @@ use std::time::{Duration, Instant};
 use dfs_core::error::DfsError;
 use dfs_core::rpc::RpcTransport;
 use dfs_proto::meta_client::MetaClient;
-use dfs_proto::InodeRecord;
+use dfs_proto::{
+    ChunkMapReply, ChunkMapRequest, CommitChunksRequest, CreateRequest, Empty, GetLockReply,
+    InoRequest, InodeRecord, KeepUnlinkedRequest, LinkRequest, ListServersReply, LockSessionReply,
+    LockSessionRequest, LookupChunksReply, LookupChunksRequest, LookupRequest, ReadDirReply,
+    ReadDirRequest, RemoveRequest, RenameRequest, SetAttrRequest, SetLockReply, SetLockRequest,
+    StatFsReply, VolumeConfig, XattrListReply, XattrReply, XattrRequest,
+};
 use parking_lot::Mutex;
 use prost::Message;
 use tonic::Response;
@@ -105,24 +111,9 @@ impl MetaRpc {
             .store(retry_for.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Like [`Self::call`] for one request message: `f` gets a client and
-    /// a copy of `request` on every attempt.
-    pub async fn send<Req, T, F, Fut>(
-        &self,
-        op: &'static str,
-        request: &Req,
-        f: F,
-    ) -> Result<T, DfsError>
-    where
-        Req: Clone,
-        F: Fn(MetaClient<RpcTransport>, Req) -> Fut,
-        Fut: Future<Output = Result<Response<T>, tonic::Status>>,
-    {
-        self.call(op, |c| f(c, request.clone())).await
-    }
-
     /// Calls `f` with a client, retrying retryable errors with backoff.
-    pub async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, DfsError>
+    /// Only the typed methods below call it: one per RPC.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, DfsError>
     where
         F: Fn(MetaClient<RpcTransport>) -> Fut,
         Fut: Future<Output = Result<Response<T>, tonic::Status>>,
@@ -163,4 +154,51 @@ impl MetaRpc {
             }
         }
     }
+}
+
+/// One typed method per metadata RPC the client makes, each sent through
+/// [`MetaRpc::call`] (retries, fail-over, changed directories) with the
+/// request as is on every attempt and named after the RPC in logs.
+macro_rules! metadata_rpcs {
+    ($($method:ident($request:ty) -> $reply:ty;)*) => {
+        impl MetaRpc {
+            $(
+                pub async fn $method(&self, request: $request) -> Result<$reply, DfsError> {
+                    self.call(stringify!($method), |mut c| {
+                        let request = request.clone();
+                        async move { c.$method(request).await }
+                    })
+                    .await
+                }
+            )*
+        }
+    };
+}
+
+metadata_rpcs! {
+    lookup(LookupRequest) -> InodeRecord;
+    get_attr(InoRequest) -> InodeRecord;
+    set_attr(SetAttrRequest) -> InodeRecord;
+    create(CreateRequest) -> InodeRecord;
+    unlink(RemoveRequest) -> Empty;
+    rmdir(RemoveRequest) -> Empty;
+    rename(RenameRequest) -> Empty;
+    forget_unlinked(InoRequest) -> Empty;
+    keep_unlinked(KeepUnlinkedRequest) -> Empty;
+    link(LinkRequest) -> InodeRecord;
+    set_xattr(XattrRequest) -> Empty;
+    get_xattr(XattrRequest) -> XattrReply;
+    list_xattr(InoRequest) -> XattrListReply;
+    remove_xattr(XattrRequest) -> Empty;
+    read_dir(ReadDirRequest) -> ReadDirReply;
+    stat_fs(Empty) -> StatFsReply;
+    get_volume_config(Empty) -> VolumeConfig;
+    lookup_chunks(LookupChunksRequest) -> LookupChunksReply;
+    commit_chunks(CommitChunksRequest) -> InodeRecord;
+    get_chunk_map(ChunkMapRequest) -> ChunkMapReply;
+    list_servers(Empty) -> ListServersReply;
+    open_lock_session(LockSessionRequest) -> LockSessionReply;
+    end_lock_session(LockSessionRequest) -> Empty;
+    set_lock(SetLockRequest) -> SetLockReply;
+    get_lock(SetLockRequest) -> GetLockReply;
 }

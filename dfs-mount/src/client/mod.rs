@@ -23,8 +23,7 @@ use parking_lot::RwLock;
 
 pub use meta::MetaRpc;
 
-/// Makes a transport to a server from its registered address.
-pub type Connector = Arc<dyn Fn(&str) -> Result<RpcTransport, DfsError> + Send + Sync>;
+pub use dfs_core::rpc::Connector;
 
 /// Longest a single RPC may take before it fails as unavailable.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,11 +70,7 @@ const TOPOLOGY_TTL: Duration = Duration::from_secs(3);
 
 impl Cluster {
     pub async fn connect(meta: MetaRpc, connector: Connector) -> Result<Arc<Self>, DfsError> {
-        let volume = meta
-            .call("volume", |mut c| async move {
-                c.get_volume_config(Empty {}).await
-            })
-            .await?;
+        let volume = meta.get_volume_config(Empty {}).await?;
         let cluster = Arc::new(Self {
             meta,
             volume,
@@ -94,12 +89,7 @@ impl Cluster {
     /// Fetches the server list and rebuilds the placement ring over the
     /// servers that are up.
     pub async fn refresh_topology(&self) -> Result<(), DfsError> {
-        let list = self
-            .meta
-            .call("list_servers", |mut c| async move {
-                c.list_servers(Empty {}).await
-            })
-            .await?;
+        let list = self.meta.list_servers(Empty {}).await?;
         let mut servers = HashMap::new();
         let mut candidates = Vec::new();
         let mut full = 0;

@@ -285,16 +285,11 @@ impl Dfs {
                 truncate,
             };
             let started = std::time::Instant::now();
-            let result = self
-                .cluster
-                .meta
-                .send("commit", &request, |mut c, request| async move {
-                    c.commit_chunks(request).await
-                })
-                .await;
+            let chunks = request.chunks.len();
+            let result = self.cluster.meta.commit_chunks(request).await;
             tracing::debug!(
                 ino = st.ino,
-                chunks = request.chunks.len(),
+                chunks,
                 commit_us = started.elapsed().as_micros() as u64,
                 ok = result.is_ok(),
                 "chunk map commit"

@@ -3,6 +3,8 @@
 //! to the kernel). This file holds the shared state (open files, dirty
 //! bytes) and how a file's state is locked; the operations live by what
 //! they do:
+//! - `handles`: the mount's numbered file and directory handles and the
+//!   operations that go through one (one method per kernel request);
 //! - `open`: open files, loading and reloading chunk maps, last close,
 //!   leases of files unlinked while open, unlink and rename;
 //! - `flush`: writes into the buffer, write-behind, flush and commit;
@@ -13,6 +15,7 @@
 
 pub mod file;
 mod flush;
+pub mod handles;
 pub mod namespace;
 mod open;
 mod ranges;

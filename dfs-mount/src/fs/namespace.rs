@@ -56,10 +56,7 @@ impl Dfs {
 
     /// The cluster's capacity, use and file count.
     pub async fn statfs(&self) -> Result<StatFsReply, DfsError> {
-        self.cluster
-            .meta
-            .call("statfs", |mut c| async move { c.stat_fs(Empty {}).await })
-            .await
+        self.cluster.meta.stat_fs(Empty {}).await
     }
 
     /// [`Dfs::overlay_attr`] for many attributes at once (a directory
@@ -75,12 +72,7 @@ impl Dfs {
     /// An inode's attributes as the metadata server has them, without what
     /// this client has buffered.
     pub async fn stored_attr(&self, ino: u64) -> Result<InodeRecord, DfsError> {
-        self.cluster
-            .meta
-            .call("getattr", |mut c| async move {
-                c.get_attr(InoRequest { ino }).await
-            })
-            .await
+        self.cluster.meta.get_attr(InoRequest { ino }).await
     }
 
     /// An inode's attributes as this client sees them (its buffered writes
@@ -110,24 +102,13 @@ impl Dfs {
             parent,
             name: name.to_vec(),
         };
-        let attr = self
-            .cluster
-            .meta
-            .send("lookup", &request, |mut c, request| async move {
-                c.lookup(request).await
-            })
-            .await?;
+        let attr = self.cluster.meta.lookup(request).await?;
         Ok(self.overlay_attr(attr).await)
     }
 
     /// Creates a file, directory, symlink or node.
     pub async fn create(&self, request: CreateRequest) -> Result<InodeRecord, DfsError> {
-        self.cluster
-            .meta
-            .send("create", &request, |mut c, request| async move {
-                c.create(request).await
-            })
-            .await
+        self.cluster.meta.create(request).await
     }
 
     /// A new name for `ino` (a hard link).
@@ -142,13 +123,7 @@ impl Dfs {
             new_parent,
             new_name: new_name.to_vec(),
         };
-        let attr = self
-            .cluster
-            .meta
-            .send("link", &request, |mut c, request| async move {
-                c.link(request).await
-            })
-            .await?;
+        let attr = self.cluster.meta.link(request).await?;
         Ok(self.overlay_attr(attr).await)
     }
 
@@ -158,13 +133,7 @@ impl Dfs {
             name: name.to_vec(),
             keep_ino: 0,
         };
-        self.cluster
-            .meta
-            .send("rmdir", &request, |mut c, request| async move {
-                c.rmdir(request).await
-            })
-            .await
-            .map(|_| ())
+        self.cluster.meta.rmdir(request).await.map(|_| ())
     }
 
     /// Directory `ino`'s attributes, for opening it (ENOTDIR otherwise).
@@ -207,11 +176,7 @@ impl Dfs {
             }
         }
         if touches_meta {
-            let attr = self
-                .cluster
-                .meta
-                .call("setattr", |mut c| async move { c.set_attr(request).await })
-                .await?;
+            let attr = self.cluster.meta.set_attr(request).await?;
             return Ok(self.overlay_attr(attr).await);
         }
         self.getattr(ino).await
@@ -298,13 +263,7 @@ impl Dfs {
                 request.kill_sgid = !(caller.in_group)(attr.gid);
             }
         }
-        self.cluster
-            .meta
-            .send("setxattr", &request, |mut c, request| async move {
-                c.set_xattr(request).await
-            })
-            .await
-            .map(|_| ())
+        self.cluster.meta.set_xattr(request).await.map(|_| ())
     }
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, DfsError> {
@@ -313,22 +272,14 @@ impl Dfs {
             name: name.to_vec(),
             ..Default::default()
         };
-        self.cluster
-            .meta
-            .send("getxattr", &request, |mut c, request| async move {
-                c.get_xattr(request).await
-            })
-            .await
-            .map(|r| r.value)
+        self.cluster.meta.get_xattr(request).await.map(|r| r.value)
     }
 
     /// The names of `ino`'s extended attributes.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, DfsError> {
         self.cluster
             .meta
-            .call("listxattr", |mut c| async move {
-                c.list_xattr(InoRequest { ino }).await
-            })
+            .list_xattr(InoRequest { ino })
             .await
             .map(|r| r.names)
     }
@@ -339,13 +290,7 @@ impl Dfs {
             name: name.to_vec(),
             ..Default::default()
         };
-        self.cluster
-            .meta
-            .send("removexattr", &request, |mut c, request| async move {
-                c.remove_xattr(request).await
-            })
-            .await
-            .map(|_| ())
+        self.cluster.meta.remove_xattr(request).await.map(|_| ())
     }
 
     pub async fn read_dir_all(&self, ino: u64, plus: bool) -> Result<Vec<DirEntry>, DfsError> {
@@ -358,13 +303,7 @@ impl Dfs {
                 limit: 1000,
                 plus,
             };
-            let reply = self
-                .cluster
-                .meta
-                .send("readdir", &request, |mut c, request| async move {
-                    c.read_dir(request).await
-                })
-                .await?;
+            let reply = self.cluster.meta.read_dir(request).await?;
             if let Some(last) = reply.entries.last() {
                 after = last.name.clone();
             }

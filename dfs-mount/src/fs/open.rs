@@ -22,13 +22,10 @@ impl Dfs {
                 let reply = self
                     .cluster
                     .meta
-                    .call("chunk_map", |mut c| async move {
-                        c.get_chunk_map(ChunkMapRequest {
-                            ino,
-                            from_offset: from,
-                            limit: 10_000,
-                        })
-                        .await
+                    .get_chunk_map(ChunkMapRequest {
+                        ino,
+                        from_offset: from,
+                        limit: 10_000,
                     })
                     .await?;
                 if *version.get_or_insert(reply.data_version) != reply.data_version {
@@ -129,9 +126,7 @@ impl Dfs {
             let attr = self
                 .cluster
                 .meta
-                .call("getattr", |mut c| async move {
-                    c.get_attr(dfs_proto::InoRequest { ino }).await
-                })
+                .get_attr(dfs_proto::InoRequest { ino })
                 .await?;
             if attr.data_version == st.data_version {
                 return Ok(false);
@@ -193,9 +188,7 @@ impl Dfs {
             let result = self
                 .cluster
                 .meta
-                .call("forget", |mut c| async move {
-                    c.forget_unlinked(dfs_proto::InoRequest { ino }).await
-                })
+                .forget_unlinked(dfs_proto::InoRequest { ino })
                 .await;
             if let Err(e) = result {
                 tracing::warn!(ino, error = %e, "cannot release an unlinked file's inode");
@@ -224,13 +217,7 @@ impl Dfs {
         let result = self
             .cluster
             .meta
-            .call("keep_unlinked", |mut c| {
-                let inos = inos.clone();
-                async move {
-                    c.keep_unlinked(dfs_proto::KeepUnlinkedRequest { inos })
-                        .await
-                }
-            })
+            .keep_unlinked(dfs_proto::KeepUnlinkedRequest { inos })
             .await;
         if let Err(e) = result {
             tracing::warn!(files = count, error = %e, "cannot renew the leases of unlinked open files");
@@ -251,14 +238,7 @@ impl Dfs {
             parent,
             name: name.to_vec(),
         };
-        let attr = self
-            .cluster
-            .meta
-            .send("lookup", &request, |mut c, request| async move {
-                c.lookup(request).await
-            })
-            .await
-            .ok()?;
+        let attr = self.cluster.meta.lookup(request).await.ok()?;
         let files = self.open_files.lock();
         let of = files.get(&attr.ino)?;
         of.opens.fetch_add(1, Ordering::SeqCst);
@@ -283,13 +263,7 @@ impl Dfs {
             name: name.to_vec(),
             keep_ino: kept.as_ref().map_or(0, |of| of.ino),
         };
-        let result = self
-            .cluster
-            .meta
-            .send("unlink", &request, |mut c, request| async move {
-                c.unlink(request).await
-            })
-            .await;
+        let result = self.cluster.meta.unlink(request).await;
         self.finish_keep(kept, result.is_ok()).await;
         result.map(|_| ())
     }
@@ -299,14 +273,9 @@ impl Dfs {
             .open_state_named(request.new_parent, &request.new_name)
             .await;
         request.keep_ino = kept.as_ref().map_or(0, |of| of.ino);
-        let result = self
-            .cluster
-            .meta
-            .send("rename", &request, |mut c, request| async move {
-                c.rename(request).await
-            })
-            .await;
-        let replaced = result.is_ok() && request.flags & dfs_proto::RENAME_EXCHANGE == 0;
+        let exchange = request.flags & dfs_proto::RENAME_EXCHANGE != 0;
+        let result = self.cluster.meta.rename(request).await;
+        let replaced = result.is_ok() && !exchange;
         self.finish_keep(kept, replaced).await;
         result.map(|_| ())
     }

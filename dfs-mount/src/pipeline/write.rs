@@ -262,12 +262,7 @@ impl Cluster {
             let request = LookupChunksRequest {
                 fingerprints: unique.iter().map(|u| u.fp.to_vec()).collect(),
             };
-            let reply = self
-                .meta
-                .send("lookup_chunks", &request, |mut c, request| async move {
-                    c.lookup_chunks(request).await
-                })
-                .await?;
+            let reply = self.meta.lookup_chunks(request).await?;
             for (i, chunk) in unique.into_iter().enumerate() {
                 match (reply.known.get(i), reply.records.get(i)) {
                     (Some(true), Some(rec)) => {
