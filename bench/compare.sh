@@ -598,6 +598,9 @@ setup_seaweedfs() {
     -master.volumeSizeLimitMB=1024 -metricsPort=0
   SW_SERVER_PID=$LAST_PID
   local filer=127.0.0.1:${ports[filer]}
+  # weed's address syntax HOST:PORT.GRPCPORT: without it a client assumes
+  # PORT + 10000 for gRPC.
+  local filer_grpc=$filer.${ports[filer_grpc]}
   for ((i = 0; i < 600; i++)); do
     curl -sf "http://$filer/?pretty=y" >/dev/null 2>&1 && break
     alive "$SW_SERVER_PID" || { tail -n 20 "$LOGS/weed-server.err" >&2; die "weed server exited"; }
@@ -607,7 +610,7 @@ setup_seaweedfs() {
 
   SW_MNT=$RUN/mnt-seaweedfs
   mkdir -p "$SW_MNT"
-  start_bg weed-mount "$WEED" mount -filer="$filer" -filer.path=/ -dir="$SW_MNT" -cacheDir="$dir/cache"
+  start_bg weed-mount "$WEED" mount -filer="$filer_grpc" -filer.path=/ -dir="$SW_MNT" -cacheDir="$dir/cache"
   SW_MOUNT_PID=$LAST_PID
   for ((i = 0; i < 600; i++)); do
     is_mounted "$SW_MNT" && break

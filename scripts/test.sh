@@ -23,7 +23,7 @@ fi
 cargo build --release --workspace --all-targets
 cargo clippy --release --workspace --all-targets -- -D warnings
 # The FoundationDB backend is compiled (not linked: that needs libfdb_c) on
-# every run so it cannot rot; its tests run when FDB_CLUSTER_FILE is set.
+# every run so it cannot rot; scripts/fdb-tests.sh links and runs it.
 cargo clippy --release -p dfs-meta --features fdb --all-targets -- -D warnings
 # Integration tests mount FUSE file systems and start whole clusters: run
 # them one at a time on a small machine.
@@ -31,6 +31,10 @@ cargo test --release --workspace -- --test-threads=2 --skip the_core_matches_a_m
 # The in-process reference-model test on its own, its figures (cases run,
 # operations applied, faults injected) in the log.
 cargo test --release -p dfs-mount --test core_model -- --nocapture
+# On a real FoundationDB (from ../shared/fdb, when this machine has it): the
+# store's conformance suite, the cluster tests with dfs-meta on it, two
+# dfs-meta over one database, SIGTERM with the database gone.
+scripts/fdb-tests.sh
 # pjdfstest and fsx on a fresh mount (root only: pjdfstest switches users).
 scripts/posix-suites.sh
 # The packages, installed and used as an administrator would (root only:

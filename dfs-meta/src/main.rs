@@ -11,7 +11,9 @@ struct Args {
     /// Address to serve the metadata API on.
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
-    /// Where the metadata lives: rocksdb:PATH (or fdb:CLUSTER_FILE when built with FoundationDB).
+    /// Where the metadata lives: rocksdb:PATH, or fdb:CLUSTER_FILE[#PREFIX]
+    /// when built with FoundationDB (PREFIX: the volume's part of the key
+    /// space, for a database several volumes share).
     #[arg(long)]
     store: String,
     /// Erasure coding of a new volume, K data + M parity shards.
@@ -86,9 +88,17 @@ fn main() -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(dfs_meta::serve(
+    let served = runtime.block_on(dfs_meta::serve(
         args.listen,
         service,
         dfs_core::shutdown::shutdown_signal(),
-    ))
+    ));
+    // Store work still running on blocking threads (a transaction waiting
+    // for a database that stopped answering) is not waited for past this:
+    // SIGTERM ends the process promptly whatever the store's state.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    served
 }
+
+/// How long, after the server stopped, blocking store work may still run.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -36,7 +36,9 @@ pub fn boot_id() -> u64 {
 /// Who this server is, as told to the metadata server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    /// `HOST:PORT` of the metadata server (an `http://` prefix is accepted).
+    /// `HOST:PORT` of the metadata server (an `http://` prefix is
+    /// accepted), or several, comma-separated: metadata servers sharing
+    /// one FoundationDB database, tried in turn when one is unreachable.
     pub meta_addr: String,
     /// The server's persistent UUID (`<data>/server.id`).
     pub uuid: String,
@@ -82,6 +84,8 @@ enum HeartbeatError {
     },
     #[error("cannot read local usage: {0}")]
     Store(#[from] StoreError),
+    #[error("no metadata server address given")]
+    NoMetaServer,
 }
 
 fn meta_url(addr: &str) -> String {
@@ -109,20 +113,51 @@ type MetaRpc = MetaClient<RpcTransport>;
 /// scrubber's reports): they need no reconnect loop of their own. Fails
 /// only on an address that is not a valid URI.
 pub fn lazy_meta_transport(meta_addr: &str) -> Result<RpcTransport, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(meta_url(meta_addr))?
+    let first = meta_addresses(meta_addr).next().unwrap_or_default();
+    let channel = Endpoint::from_shared(meta_url(first))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(RPC_TIMEOUT)
         .connect_lazy();
     Ok(boxed_transport(channel))
 }
 
+/// The metadata servers of a `--meta` list, in order.
+fn meta_addresses(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|a| !a.is_empty())
+}
+
+/// Registers through the first metadata server of the list, starting at
+/// `first` (the one after the last that failed), that answers.
+async fn connect_and_register_any(
+    reg: &Registration,
+    store: &Arc<ShardStore>,
+    first: usize,
+) -> Result<(MetaRpc, u32, usize), HeartbeatError> {
+    let addresses: Vec<&str> = meta_addresses(&reg.meta_addr).collect();
+    let count = addresses.len().max(1);
+    let mut last_error = None;
+    for i in 0..count {
+        let index = (first + i) % count;
+        let addr = addresses.get(index).copied().unwrap_or(&reg.meta_addr);
+        match connect_and_register(addr, reg, store).await {
+            Ok((client, id)) => return Ok((client, id, index)),
+            Err(e) => {
+                tracing::debug!(meta = addr, error = %error_chain(&e), "metadata server did not take the registration");
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.unwrap_or(HeartbeatError::NoMetaServer))
+}
+
 async fn connect_and_register(
+    addr: &str,
     reg: &Registration,
     store: &Arc<ShardStore>,
 ) -> Result<(MetaRpc, u32), HeartbeatError> {
-    let url = meta_url(&reg.meta_addr);
+    let url = meta_url(addr);
     let connect_err = |source| HeartbeatError::Connect {
-        addr: reg.meta_addr.clone(),
+        addr: addr.to_string(),
         source,
     };
     let channel = Endpoint::from_shared(url)
@@ -203,7 +238,7 @@ pub async fn register_and_heartbeat_sharing(
     interval: Duration,
     server_id: SharedServerId,
 ) {
-    heartbeat_loop(reg, store, interval, MetaLink::Tcp, server_id).await
+    heartbeat_loop(reg, store, interval, MetaLink::Tcp { next: 0 }, server_id).await
 }
 
 /// Registers once through an already-made transport (an in-process
@@ -238,21 +273,34 @@ pub async fn heartbeat_via(
 
 /// How the heartbeat task reaches the metadata server.
 enum MetaLink {
-    /// Dial `Registration::meta_addr` over TCP.
-    Tcp,
+    /// Dial `Registration::meta_addr` over TCP (each in turn, for a list),
+    /// starting with the one at this index.
+    Tcp { next: usize },
     /// Use this transport (in-process service).
     Transport(RpcTransport),
 }
 
 impl MetaLink {
     async fn connect_and_register(
-        &self,
+        &mut self,
         reg: Registration,
         store: Arc<ShardStore>,
     ) -> Result<(MetaRpc, u32), HeartbeatError> {
         match self {
-            MetaLink::Tcp => connect_and_register(&reg, &store).await,
+            MetaLink::Tcp { next } => {
+                let (client, id, index) = connect_and_register_any(&reg, &store, *next).await?;
+                *next = index;
+                Ok((client, id))
+            }
             MetaLink::Transport(t) => register(MetaClient::new(t.clone()), reg, store).await,
+        }
+    }
+
+    /// The metadata server just failed: the next registration starts with
+    /// the one after it.
+    fn skip_current(&mut self) {
+        if let MetaLink::Tcp { next } = self {
+            *next += 1;
         }
     }
 }
@@ -261,7 +309,7 @@ async fn heartbeat_loop(
     reg: Registration,
     store: Arc<ShardStore>,
     interval: Duration,
-    link: MetaLink,
+    mut link: MetaLink,
     shared_id: SharedServerId,
 ) {
     let mut backoff = INITIAL_BACKOFF;
@@ -298,6 +346,7 @@ async fn heartbeat_loop(
             if let Err(err) = send_heartbeat(&mut client, server_id, &store).await {
                 let err = error_chain(&err);
                 tracing::warn!(meta = %reg.meta_addr, server_id, %err, "heartbeat failed; registering again");
+                link.skip_current();
                 break;
             }
         }

@@ -20,8 +20,10 @@ struct Cli {
     #[arg(long, value_name = "HOST:PORT", help_heading = "Network")]
     advertise: Option<String>,
 
-    /// Metadata server to register with; without it the server runs standalone.
-    #[arg(long, value_name = "ADDR", help_heading = "Network")]
+    /// Metadata server to register with, or several, comma-separated (dfs-meta
+    /// processes sharing one FoundationDB database: tried in turn when one is
+    /// unreachable); without it the server runs standalone.
+    #[arg(long, value_name = "ADDR[,ADDR...]", help_heading = "Network")]
     meta: Option<String>,
 
     /// Data directory (created if missing): holds `shards/` and `server.id`.

@@ -52,17 +52,52 @@ fn ensure_network() -> Result<(), StoreError> {
         .map_err(StoreError::Open)
 }
 
+/// Longest a transaction may run, from its first read to its commit. Past
+/// it FoundationDB fails the transaction (`transaction_timed_out`), so no
+/// request, and no shutdown waiting for one, hangs on a database that is
+/// gone; FoundationDB itself refuses transactions older than 5 s.
+const TRANSACTION_TIMEOUT_MS: i32 = 6_000;
+
 pub struct FdbStore {
     db: Database,
+    /// Put before every key: the volume's own part of the key space, so
+    /// several volumes (or test runs) can share one database.
+    prefix: Vec<u8>,
 }
 
 impl FdbStore {
-    pub fn open(cluster_file: &str) -> Result<Self, StoreError> {
+    /// Opens the database of `cluster_file`; the volume's keys live under
+    /// `prefix` (empty: the whole key space).
+    pub fn open(cluster_file: &str, prefix: &[u8]) -> Result<Self, StoreError> {
         ensure_network()?;
         let db = Database::from_path(cluster_file).map_err(|e| {
             StoreError::Open(format!("FoundationDB cluster file {cluster_file}: {e}"))
         })?;
-        Ok(Self { db })
+        if prefix.first() == Some(&0xff) {
+            return Err(StoreError::Open(
+                "a key prefix may not start with 0xff (FoundationDB's system keys)".into(),
+            ));
+        }
+        Ok(Self {
+            db,
+            prefix: prefix.to_vec(),
+        })
+    }
+
+    /// Removes every key under the prefix (tests clean up with it).
+    pub fn wipe(&self) -> Result<(), StoreError> {
+        super::transact(self, |t| {
+            t.clear_range(b"", &[0xff]);
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    fn txn(&self, trx: Handle) -> FdbTxn<'_> {
+        FdbTxn {
+            trx,
+            retry_error: None,
+            prefix: &self.prefix,
+        }
     }
 }
 
@@ -83,13 +118,18 @@ impl std::ops::Deref for Handle {
     }
 }
 
-pub struct FdbTxn {
+pub struct FdbTxn<'a> {
     trx: Handle,
     /// The last retryable read error, for the retry loop's `on_error`.
     retry_error: Option<FdbError>,
+    prefix: &'a [u8],
 }
 
-impl FdbTxn {
+impl FdbTxn<'_> {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        [self.prefix, key].concat()
+    }
+
     /// Read errors: anything FoundationDB calls retryable is a conflict
     /// (nothing was committed) and is kept for the retry loop; the rest is
     /// an I/O error.
@@ -103,9 +143,10 @@ impl FdbTxn {
     }
 }
 
-impl KvTxn for FdbTxn {
+impl KvTxn for FdbTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = block_on(self.trx.get(key, false)).map_err(|e| self.read_error(e))?;
+        let key = self.key(key);
+        let value = block_on(self.trx.get(&key, false)).map_err(|e| self.read_error(e))?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -120,7 +161,7 @@ impl KvTxn for FdbTxn {
         if begin >= end {
             return Ok(out);
         }
-        let mut option = RangeOption::from((begin.to_vec(), end.to_vec()));
+        let mut option = RangeOption::from((self.key(begin), self.key(end)));
         option.reverse = reverse;
         option.mode = StreamingMode::WantAll;
         if limit != 0 {
@@ -130,8 +171,9 @@ impl KvTxn for FdbTxn {
         loop {
             let values = block_on(self.trx.get_range(&option, iteration, false))
                 .map_err(|e| self.read_error(e))?;
+            let skip = self.prefix.len();
             for kv in &values {
-                out.push((kv.key().to_vec(), kv.value().to_vec()));
+                out.push((kv.key()[skip..].to_vec(), kv.value().to_vec()));
             }
             if limit != 0 && out.len() >= limit {
                 out.truncate(limit);
@@ -151,22 +193,22 @@ impl KvTxn for FdbTxn {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {
-        self.trx.set(key, value);
+        self.trx.set(&self.key(key), value);
     }
 
     fn clear(&mut self, key: &[u8]) {
-        self.trx.clear(key);
+        self.trx.clear(&self.key(key));
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
         if begin < end {
-            self.trx.clear_range(begin, end);
+            self.trx.clear_range(&self.key(begin), &self.key(end));
         }
     }
 
     fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
         self.trx
-            .atomic_op(key, &delta.to_le_bytes(), MutationType::Add);
+            .atomic_op(&self.key(key), &delta.to_le_bytes(), MutationType::Add);
         Ok(())
     }
 }
@@ -182,7 +224,7 @@ fn commit_error(e: FdbError) -> StoreError {
     }
 }
 
-impl Transaction for FdbTxn {
+impl Transaction for FdbTxn<'_> {
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
         let trx = match self.trx {
             Handle::Plain(t) => t,
@@ -217,10 +259,9 @@ impl MetaStore for FdbStore {
             .db
             .create_trx()
             .map_err(|e| StoreError::Io(format!("FoundationDB: {e}")))?;
-        Ok(Box::new(FdbTxn {
-            trx: Handle::Plain(trx),
-            retry_error: None,
-        }))
+        trx.set_option(TransactionOption::Timeout(TRANSACTION_TIMEOUT_MS))
+            .map_err(|e| StoreError::Io(format!("FoundationDB: {e}")))?;
+        Ok(Box::new(self.txn(Handle::Plain(trx))))
     }
 
     fn run(&self, body: &mut dyn FnMut(&mut dyn KvTxn) -> BodyOutcome) -> Result<bool, StoreError> {
@@ -238,10 +279,9 @@ impl MetaStore for FdbStore {
                 }
                 trx.set_option(TransactionOption::RetryLimit(MAX_ATTEMPTS as i32))
                     .map_err(FdbBindingError::from)?;
-                let mut txn = FdbTxn {
-                    trx: Handle::Retryable(trx),
-                    retry_error: None,
-                };
+                trx.set_option(TransactionOption::Timeout(TRANSACTION_TIMEOUT_MS))
+                    .map_err(FdbBindingError::from)?;
+                let mut txn = self.txn(Handle::Retryable(trx));
                 match (body.borrow_mut())(&mut txn) {
                     BodyOutcome::Commit => Ok(()),
                     // The read's own error, so `on_error` judges it; a

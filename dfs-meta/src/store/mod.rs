@@ -216,7 +216,61 @@ where
             }
             result
         }
-        None => transact(store, body),
+        // No lock-free view: an ordinary transaction whose writes are
+        // refused, as a view's are.
+        None => {
+            let mut wrote = false;
+            let result = transact(store, |txn| {
+                let mut guarded = NoWrites {
+                    inner: txn,
+                    wrote: false,
+                };
+                let result = body(&mut guarded);
+                wrote |= guarded.wrote;
+                result
+            });
+            if wrote {
+                return Err(E::from(StoreError::Io(
+                    "a read-only request tried to write (a bug); nothing was written".into(),
+                )));
+            }
+            result
+        }
+    }
+}
+
+/// A transaction seen through [`read_only`]: reads pass, writes are
+/// dropped and remembered.
+struct NoWrites<'a> {
+    inner: &'a mut dyn KvTxn,
+    wrote: bool,
+}
+
+impl KvTxn for NoWrites<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<KeyValues, StoreError> {
+        self.inner.range(begin, end, limit, reverse)
+    }
+    fn set(&mut self, _key: &[u8], _value: &[u8]) {
+        self.wrote = true;
+    }
+    fn clear(&mut self, _key: &[u8]) {
+        self.wrote = true;
+    }
+    fn clear_range(&mut self, _begin: &[u8], _end: &[u8]) {
+        self.wrote = true;
+    }
+    fn atomic_add(&mut self, _key: &[u8], _delta: i64) -> Result<(), StoreError> {
+        self.wrote = true;
+        Ok(())
     }
 }
 
@@ -271,7 +325,8 @@ pub fn decode_counter(value: Option<&[u8]>) -> i64 {
     i64::from_le_bytes(bytes)
 }
 
-/// Opens a store from a `--store` specification: `rocksdb:PATH` or `memory:`.
+/// Opens a store from a `--store` specification: `rocksdb:PATH`, `memory:`,
+/// or (built with the `fdb` feature) `fdb:CLUSTER_FILE[#PREFIX]`.
 pub fn open_store(spec: &str) -> Result<std::sync::Arc<dyn MetaStore>, StoreError> {
     match spec.split_once(':') {
         Some(("rocksdb", path)) if !path.is_empty() => Ok(std::sync::Arc::new(RocksStore::open(
@@ -279,13 +334,21 @@ pub fn open_store(spec: &str) -> Result<std::sync::Arc<dyn MetaStore>, StoreErro
         )?)),
         Some(("memory", _)) => Ok(std::sync::Arc::new(MemStore::default())),
         #[cfg(feature = "fdb")]
-        Some(("fdb", cluster_file)) => Ok(std::sync::Arc::new(FdbStore::open(cluster_file)?)),
+        Some(("fdb", rest)) if !rest.is_empty() => {
+            // fdb:CLUSTER_FILE, or fdb:CLUSTER_FILE#PREFIX for a volume
+            // that shares its database.
+            let (cluster_file, prefix) = rest.split_once('#').unwrap_or((rest, ""));
+            Ok(std::sync::Arc::new(FdbStore::open(
+                cluster_file,
+                prefix.as_bytes(),
+            )?))
+        }
         #[cfg(not(feature = "fdb"))]
         Some(("fdb", _)) => Err(StoreError::Open(
             "this dfs-meta was built without FoundationDB support (cargo feature `fdb`)".into(),
         )),
         _ => Err(StoreError::Open(format!(
-            "unknown store `{spec}`: expected rocksdb:PATH or memory:"
+            "unknown store `{spec}`: expected rocksdb:PATH, fdb:CLUSTER_FILE[#PREFIX] or memory:"
         ))),
     }
 }

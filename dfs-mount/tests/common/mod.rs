@@ -37,6 +37,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The `dfs-meta` to run: `DFS_TEST_META_BIN` (one built with FoundationDB
+/// support, for `DFS_TEST_META_STORE=fdb`), else the workspace's.
+pub fn meta_bin() -> PathBuf {
+    match std::env::var_os("DFS_TEST_META_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => bin("dfs-meta"),
+    }
+}
+
 /// A port nothing listens on, for a process the test starts (and may
 /// restart on the same port). Taken below Linux's ephemeral range
 /// (32768-60999): a port the kernel hands out for `:0` can meanwhile become
@@ -61,7 +70,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits for a line starting with `prefix` on the child's stdout.
-fn wait_for_line(child: &mut Child, prefix: &str, timeout: Duration) -> Result<String, String> {
+pub fn wait_for_line(child: &mut Child, prefix: &str, timeout: Duration) -> Result<String, String> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
     let prefix = prefix.to_string();
@@ -146,6 +155,10 @@ pub struct TestCluster {
     pub specs: Vec<ServerSpec>,
     /// More `dfs-meta` arguments (e.g. `--rebuild-after`).
     pub meta_args: Vec<String>,
+    /// The port of a second `dfs-meta` over the same store, which chunk
+    /// servers turn to when the first is unreachable (FoundationDB only:
+    /// see [`TestCluster::start_shared`]).
+    pub second_meta_port: Option<u16>,
 }
 
 impl TestCluster {
@@ -169,6 +182,30 @@ impl TestCluster {
         racks_per_zone: usize,
         extra_args: impl Fn(usize) -> Vec<String>,
         meta_args: Vec<String>,
+    ) -> Self {
+        Self::start_cluster(zones, racks_per_zone, extra_args, meta_args, None)
+    }
+
+    /// Like [`TestCluster::start`], with chunk servers that know a second
+    /// metadata server (`second_meta_port`, started by the caller with
+    /// [`TestCluster::spawn_meta_at`]) sharing the store.
+    pub fn start_shared(zones: usize, racks_per_zone: usize) -> Self {
+        let second = free_port();
+        Self::start_cluster(
+            zones,
+            racks_per_zone,
+            |_| Vec::new(),
+            Vec::new(),
+            Some(second),
+        )
+    }
+
+    fn start_cluster(
+        zones: usize,
+        racks_per_zone: usize,
+        extra_args: impl Fn(usize) -> Vec<String>,
+        meta_args: Vec<String>,
+        second_meta_port: Option<u16>,
     ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("dfs-test-")
@@ -196,6 +233,7 @@ impl TestCluster {
             specs,
             meta_args,
             meta_port,
+            second_meta_port,
             dir,
         };
         cluster.start_meta();
@@ -211,12 +249,40 @@ impl TestCluster {
         format!("127.0.0.1:{}", self.meta_port)
     }
 
+    /// The metadata store of this cluster: RocksDB in the test's directory,
+    /// or, with `DFS_TEST_META_STORE=fdb`, FoundationDB (`FDB_CLUSTER_FILE`)
+    /// under a key prefix of this cluster's own.
+    pub fn meta_store(&self) -> String {
+        match std::env::var("DFS_TEST_META_STORE").as_deref() {
+            Ok("fdb") => {
+                let cluster_file = std::env::var("FDB_CLUSTER_FILE")
+                    .expect("DFS_TEST_META_STORE=fdb needs FDB_CLUSTER_FILE");
+                let name = self
+                    .dir
+                    .path()
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                format!("fdb:{cluster_file}#dfs-test/{name}/")
+            }
+            _ => format!("rocksdb:{}", self.dir.path().join("meta").display()),
+        }
+    }
+
     pub fn start_meta(&mut self) {
-        let store = format!("rocksdb:{}", self.dir.path().join("meta").display());
-        let mut child = Command::new(bin("dfs-meta"))
+        self.meta = self.spawn_meta_at(self.meta_port, "meta");
+    }
+
+    /// Starts a `dfs-meta` on this cluster's store, listening on `port`,
+    /// its log in `NAME.log`.
+    pub fn spawn_meta_at(&self, port: u16, name: &str) -> Proc {
+        let store = self.meta_store();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(meta_bin())
             .args([
                 "--listen",
-                &self.meta_addr(),
+                &listen,
                 "--store",
                 &store,
                 "--suspect-after",
@@ -226,7 +292,7 @@ impl TestCluster {
             ])
             .args(&self.meta_args)
             .stdout(Stdio::piped())
-            .stderr(log_file(self.dir.path(), "meta"))
+            .stderr(log_file(self.dir.path(), name))
             .spawn()
             .expect("spawn dfs-meta");
         let started = Instant::now();
@@ -255,30 +321,26 @@ impl TestCluster {
             panic!(
                 "dfs-meta did not come up after {:?}: {e}; exit: {exit:?}\nthreads:\n{threads}\nlog:\n{}",
                 started.elapsed(),
-                self.log("meta")
+                self.log(name)
             );
         }
-        self.meta = Proc {
+        Proc {
             child: Some(child),
-            name: "meta".into(),
-        };
+            name: name.into(),
+        }
     }
 
     fn spawn_server(&self, i: usize) -> Proc {
         let s = &self.specs[i];
         let listen = format!("127.0.0.1:{}", s.port);
         let data = s.data.display().to_string();
+        let meta = match self.second_meta_port {
+            Some(port) => format!("{},127.0.0.1:{port}", self.meta_addr()),
+            None => self.meta_addr(),
+        };
         let mut child = Command::new(bin("dfs-server"))
             .args([
-                "--listen",
-                &listen,
-                "--meta",
-                &self.meta_addr(),
-                "--data",
-                &data,
-                "--zone",
-                &s.zone,
-                "--rack",
+                "--listen", &listen, "--meta", &meta, "--data", &data, "--zone", &s.zone, "--rack",
                 &s.rack,
             ])
             .args(&s.extra_args)

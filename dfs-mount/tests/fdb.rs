@@ -1,0 +1,267 @@
+//! What only a FoundationDB store can show: two `dfs-meta` processes over
+//! one database serving one volume, a client failing over when one dies
+//! mid-write, and `dfs-meta` stopping promptly on SIGTERM when the database
+//! is gone. Run by `scripts/fdb-tests.sh` with `DFS_TEST_META_STORE=fdb`
+//! (and `DFS_FDB_DIST`, to start a private database); each test says so
+//! and passes without doing anything otherwise.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn on_fdb(test: &str) -> bool {
+    let yes = std::env::var("DFS_TEST_META_STORE").as_deref() == Ok("fdb");
+    if !yes {
+        eprintln!("{test}: DFS_TEST_META_STORE is not fdb: not run (scripts/fdb-tests.sh runs it)");
+    }
+    yes
+}
+
+/// A file the writer closed successfully: its bytes must survive.
+struct Acknowledged {
+    path: PathBuf,
+    seed: u64,
+    len: usize,
+}
+
+/// Writes files into `dir` until `stop`, each fsynced and closed before it
+/// counts as acknowledged; failures are counted, not fatal (a metadata
+/// server may be dying under it).
+fn write_until(
+    dir: &Path,
+    stop: &AtomicBool,
+    acked: &Mutex<Vec<Acknowledged>>,
+    failed: &Mutex<Vec<String>>,
+) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let len = [3_000usize, 40_000, 300_000][(i % 3) as usize];
+        let seed = 1000 + i;
+        let path = dir.join(format!("file-{i}"));
+        let result = (|| {
+            let mut f = fs::File::create(&path)?;
+            f.write_all(&random_bytes(len, seed))?;
+            f.sync_all()
+        })();
+        match result {
+            Ok(()) => acked
+                .lock()
+                .expect("acked")
+                .push(Acknowledged { path, seed, len }),
+            Err(e) => failed
+                .lock()
+                .expect("failed")
+                .push(format!("file-{i}: {e}")),
+        }
+        i += 1;
+    }
+}
+
+#[test]
+fn two_metadata_servers_share_a_volume_and_clients_fail_over() {
+    if !on_fdb("two_metadata_servers_share_a_volume_and_clients_fail_over") {
+        return;
+    }
+    let mut cluster = TestCluster::start_shared(3, 3);
+    let second = cluster.second_meta_port.expect("second port");
+    let _meta2 = cluster.spawn_meta_at(second, "meta2");
+    let both = format!("{},127.0.0.1:{second}", cluster.meta_addr());
+    let mount = TestMount::start(&both, &[]);
+    // A second client that only knows the second server sees the first
+    // client's names: one namespace.
+    let other = TestMount::start(&format!("127.0.0.1:{second}"), &[]);
+
+    let dir = mount.path.join("work");
+    fs::create_dir(&dir).expect("mkdir");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (dir, stop, acked, failed) = (dir.clone(), stop.clone(), acked.clone(), failed.clone());
+        std::thread::spawn(move || write_until(&dir, &stop, &acked, &failed))
+    };
+    let wait_for_files = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.lock().expect("acked").len() < n {
+            assert!(Instant::now() < deadline, "the writer made no progress");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for_files(20);
+    // The first metadata server dies mid-write: the client and the chunk
+    // servers go on through the second.
+    cluster.meta.kill();
+    let killed_at = acked.lock().expect("acked").len();
+    wait_for_files(killed_at + 40);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+
+    let acked = acked.lock().expect("acked");
+    let failed = failed.lock().expect("failed");
+    eprintln!(
+        "figures: fdb failover: {} files acknowledged ({killed_at} before the kill), {} failed",
+        acked.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "writes failed across the fail-over: {failed:?}"
+    );
+    for file in acked.iter() {
+        let got = fs::read(&file.path).expect("read back");
+        assert!(
+            got == random_bytes(file.len, file.seed),
+            "{} differs",
+            file.path.display()
+        );
+        let name = file.path.file_name().expect("name");
+        let seen = other.path.join("work").join(name);
+        assert_eq!(
+            fs::metadata(&seen).map(|m| m.len()).ok(),
+            Some(file.len as u64),
+            "the other client does not see {}",
+            seen.display()
+        );
+    }
+    // The surviving server's view of the volume is whole.
+    let out = Command::new(bin("dfs"))
+        .args(["fsck", "--verify", "--orphan-grace", "0", "--json"])
+        .args(["--meta", &format!("127.0.0.1:{second}")])
+        .output()
+        .expect("dfs fsck");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fsck JSON");
+    assert_eq!(report["clean"], true, "fsck: {report}");
+}
+
+/// A private FoundationDB (its own data directory and port) that a test may
+/// kill: `start.sh` from `DFS_FDB_DIST`.
+struct PrivateFdb {
+    dir: tempfile::TempDir,
+    port: u16,
+    pid: Option<u32>,
+    cluster_file: String,
+}
+
+impl PrivateFdb {
+    fn start() -> Option<Self> {
+        let Ok(dist) = std::env::var("DFS_FDB_DIST") else {
+            eprintln!("DFS_FDB_DIST is not set: no private FoundationDB to kill; not run");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("dfs-fdb-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let mut fdb = Self {
+            dir,
+            port: free_port(),
+            pid: None,
+            cluster_file: String::new(),
+        };
+        fdb.run_start_sh(&dist);
+        Some(fdb)
+    }
+
+    /// Starts (or restarts, on the same data) the database.
+    fn run_start_sh(&mut self, dist: &str) {
+        let out = Command::new(format!("{dist}/start.sh"))
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("start.sh");
+        assert!(out.status.success(), "start.sh failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+        };
+        self.cluster_file = field("FDB_CLUSTER_FILE").expect("cluster file");
+        self.pid = field("FDB_PID").and_then(|p| p.parse().ok());
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            // Not our child (start.sh started it): wait until it is gone.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for PrivateFdb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn dfs_meta_stops_promptly_on_sigterm_when_the_database_is_gone() {
+    if !on_fdb("dfs_meta_stops_promptly_on_sigterm_when_the_database_is_gone") {
+        return;
+    }
+    let Some(mut fdb) = PrivateFdb::start() else {
+        return;
+    };
+    let port = free_port();
+    let log = fdb.dir.path().join("meta.log");
+    let mut meta = Command::new(meta_bin())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--store", &format!("fdb:{}", fdb.cluster_file)])
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn dfs-meta");
+    wait_for_line(&mut meta, "dfs-meta listening", Duration::from_secs(30)).expect("dfs-meta up");
+    let mut meta = Proc {
+        child: Some(meta),
+        name: "meta".into(),
+    };
+    fdb.kill();
+    // A request in flight that the database will never answer.
+    let mut asking = Command::new(bin("dfs"))
+        .args(["stats", "--meta", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dfs stats");
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = meta.child.as_ref().map(|c| c.id()).expect("pid");
+    let asked = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = asked + Duration::from_secs(15);
+    let mut exited = false;
+    while Instant::now() < deadline {
+        if let Some(Ok(Some(_))) = meta.child.as_mut().map(|c| c.try_wait()) {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = asked.elapsed();
+    let _ = asking.kill();
+    let _ = asking.wait();
+    meta.kill();
+    eprintln!("figures: dfs-meta exited {took:?} after SIGTERM with the database gone");
+    assert!(
+        exited,
+        "dfs-meta still running {took:?} after SIGTERM with FoundationDB gone; log:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+}
