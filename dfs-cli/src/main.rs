@@ -98,6 +98,10 @@ struct Stats {
     /// (part of stored_bytes, not of raw_bytes).
     inline_chunks: u64,
     inline_bytes: u64,
+    /// The longest metadata transaction of the answering dfs-meta since it
+    /// started, in milliseconds, and the request that ran it.
+    longest_transaction_ms: f64,
+    longest_transaction_op: String,
     /// logical / unique: how much dedup saves.
     dedup_ratio: f64,
     /// unique / stored: how much compression saves.
@@ -222,6 +226,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 unreferenced_bytes: s.unreferenced_bytes,
                 inline_chunks: s.inline_chunks,
                 inline_bytes: s.inline_bytes,
+                longest_transaction_ms: s.longest_transaction_us as f64 / 1000.0,
+                longest_transaction_op: s.longest_transaction_op,
                 dedup_ratio: ratio(s.logical_bytes, s.unique_bytes),
                 compression_ratio: ratio(s.unique_bytes, s.stored_bytes),
                 // Of the bytes the chunk servers hold: inline ones are not.
@@ -255,6 +261,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "unreferenced    {:>16}  chunks, {} bytes (awaiting GC)",
                     stats.unreferenced_chunks, stats.unreferenced_bytes
+                );
+                println!(
+                    "longest txn     {:>14.1}ms  ({}, since this dfs-meta started)",
+                    stats.longest_transaction_ms, stats.longest_transaction_op
                 );
             }
         }

@@ -88,17 +88,36 @@ fn main() -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let served = runtime.block_on(dfs_meta::serve(
-        args.listen,
-        service,
-        dfs_core::shutdown::shutdown_signal(),
-    ));
+    let served = runtime.block_on(async {
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            dfs_core::shutdown::shutdown_signal().await;
+            let _ = signalled_tx.send(());
+        };
+        let server = dfs_meta::serve(args.listen, service, shutdown);
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result,
+            Ok(()) = signalled_rx => {
+                // Requests in flight get a moment to finish; one waiting on
+                // a store that stopped answering does not hold the exit.
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("requests still in flight at shutdown were abandoned");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    });
     // Store work still running on blocking threads (a transaction waiting
-    // for a database that stopped answering) is not waited for past this:
-    // SIGTERM ends the process promptly whatever the store's state.
+    // for a database that stopped answering) is not waited for past this
+    // either: SIGTERM ends the process promptly whatever the store's state.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     served
 }
 
-/// How long, after the server stopped, blocking store work may still run.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long, after SIGTERM, requests in flight and then blocking store work
+/// may still run.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);

@@ -91,7 +91,12 @@ pub fn create(
 ) -> Result<InodeRecord> {
     check_name(&req.name)?;
     let mut parent = get_dir(txn, req.parent)?;
-    if lookup_entry(txn, req.parent, &req.name)?.is_some() {
+    if let Some(existing) = lookup_entry(txn, req.parent, &req.name)? {
+        // This very create again (its reply was lost, or its commit's
+        // outcome unknown): what it made is the answer.
+        if req.create_id != 0 && existing.create_id == req.create_id {
+            return get_inode(txn, existing.ino);
+        }
         return Err(MetaError::Exists);
     }
     let kind = req.kind();
@@ -173,6 +178,7 @@ pub fn create(
         &DirentRecord {
             ino,
             kind: kind as i32,
+            create_id: req.create_id,
         },
     );
     if is_dir {
@@ -568,6 +574,7 @@ pub fn link(
         &DirentRecord {
             ino,
             kind: inode.kind,
+            create_id: 0,
         },
     );
     inode.nlink += 1;
@@ -619,4 +626,40 @@ pub fn read_dir(
 
 pub fn inode_count(txn: &mut dyn KvTxn) -> Result<u64> {
     Ok(decode_counter(txn.get(&keys::counter(COUNTER_INODES))?.as_deref()).max(0) as u64)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{transact, MemStore};
+
+    #[test]
+    fn a_create_sent_again_finds_its_own_name() {
+        let store = MemStore::default();
+        transact(&store, |t| init_root(t, 1)).unwrap();
+        let request = CreateRequest {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            kind: FileKind::Regular as i32,
+            mode: 0o644,
+            create_id: 7,
+            ..Default::default()
+        };
+        let first = transact(&store, |t| create(t, &request, 100, 1)).unwrap();
+        // A retry after an unknown commit: the same id finds the same file.
+        let again = transact(&store, |t| create(t, &request, 101, 2)).unwrap();
+        assert_eq!((again.ino, again.nlink), (first.ino, 1));
+        // Another create of the name, or one without an id, is refused.
+        for create_id in [8, 0] {
+            let other = CreateRequest {
+                create_id,
+                ..request.clone()
+            };
+            let result = transact(&store, |t| create(t, &other, 102, 3));
+            assert!(matches!(result, Err(MetaError::Exists)), "{result:?}");
+        }
+        let listed = transact(&store, |t| read_dir(t, ROOT_INO, b"", 10, false)).unwrap();
+        assert_eq!(listed.0.len(), 1, "one name, not a duplicate");
+    }
 }

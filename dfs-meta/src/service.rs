@@ -37,7 +37,13 @@ pub struct MetaService {
     /// (waiters also poll, for locks released through another server).
     lock_released: Arc<tokio::sync::Notify>,
     started: std::time::Instant,
+    /// The longest transaction so far, for `dfs stats`.
+    longest: Arc<parking_lot::Mutex<(std::time::Duration, &'static str)>>,
 }
+
+/// A transaction over this is logged: FoundationDB refuses any older than
+/// 5 s, and a request that slow is felt by whoever waits on it.
+const SLOW_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl MetaService {
     /// Opens the volume on `store`, creating the root directory and the
@@ -71,6 +77,7 @@ impl MetaService {
             inodes: Arc::new(inodes::InodeAllocator::new(INODE_BATCH)),
             lock_released: Arc::new(tokio::sync::Notify::new()),
             started: std::time::Instant::now(),
+            longest: Arc::new(parking_lot::Mutex::new((std::time::Duration::ZERO, ""))),
         })
     }
 
@@ -149,9 +156,12 @@ impl MetaService {
             // alternating runs). Larger reads stay on the blocking pool.
             let _entered = span.enter();
             let now = now_ns();
+            let started = std::time::Instant::now();
             let result = read_only(store.as_ref(), |txn: &mut dyn KvTxn| body(txn, now));
+            self.note_duration(op, started.elapsed());
             return to_response(op, result);
         }
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let now = now_ns();
             let body = |txn: &mut dyn KvTxn| body(txn, now);
@@ -163,7 +173,24 @@ impl MetaService {
         .instrument(span)
         .await
         .map_err(|e| Status::internal(format!("{op} panicked: {e}")))?;
+        self.note_duration(op, started.elapsed());
         to_response(op, result)
+    }
+
+    /// Keeps the longest transaction, and logs any slow one.
+    fn note_duration(&self, op: &'static str, took: std::time::Duration) {
+        if took > SLOW_TRANSACTION {
+            tracing::warn!(
+                op,
+                ms = took.as_millis() as u64,
+                store = self.store.name(),
+                "slow metadata transaction"
+            );
+        }
+        let mut longest = self.longest.lock();
+        if took > longest.0 {
+            *longest = (took, op);
+        }
     }
 }
 
@@ -692,5 +719,11 @@ impl Meta for MetaService {
             Ok(stats)
         })
         .await
+        .map(|mut reply| {
+            let (took, op) = *self.longest.lock();
+            reply.get_mut().longest_transaction_us = took.as_micros() as u64;
+            reply.get_mut().longest_transaction_op = op.to_string();
+            reply
+        })
     }
 }

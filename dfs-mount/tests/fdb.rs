@@ -1,6 +1,7 @@
 //! What only a FoundationDB store can show: two `dfs-meta` processes over
 //! one database serving one volume, a client failing over when one dies
-//! mid-write, and `dfs-meta` stopping promptly on SIGTERM when the database
+//! mid-write, the database itself killed (SIGKILL) during writes and
+//! restarted, and `dfs-meta` stopping promptly on SIGTERM when the database
 //! is gone. Run by `scripts/fdb-tests.sh` with `DFS_TEST_META_STORE=fdb`
 //! (and `DFS_FDB_DIST`, to start a private database); each test says so
 //! and passes without doing anything otherwise.
@@ -23,6 +24,23 @@ fn on_fdb(test: &str) -> bool {
         eprintln!("{test}: DFS_TEST_META_STORE is not fdb: not run (scripts/fdb-tests.sh runs it)");
     }
     yes
+}
+
+/// The longest transaction the dfs-meta at `meta` ran, in ms, and its
+/// request (`dfs stats`).
+fn longest_transaction(meta: &str) -> (f64, String) {
+    let out = Command::new(bin("dfs"))
+        .args(["stats", "--json", "--meta", meta])
+        .output()
+        .expect("dfs stats");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    (
+        stats["longest_transaction_ms"].as_f64().unwrap_or(f64::MAX),
+        stats["longest_transaction_op"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
 }
 
 /// A file the writer closed successfully: its bytes must survive.
@@ -88,19 +106,12 @@ fn two_metadata_servers_share_a_volume_and_clients_fail_over() {
         let (dir, stop, acked, failed) = (dir.clone(), stop.clone(), acked.clone(), failed.clone());
         std::thread::spawn(move || write_until(&dir, &stop, &acked, &failed))
     };
-    let wait_for_files = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acked.lock().expect("acked").len() < n {
-            assert!(Instant::now() < deadline, "the writer made no progress");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait_for_files(20);
+    wait_for_acked(&acked, 20, Duration::from_secs(60));
     // The first metadata server dies mid-write: the client and the chunk
     // servers go on through the second.
     cluster.meta.kill();
     let killed_at = acked.lock().expect("acked").len();
-    wait_for_files(killed_at + 40);
+    wait_for_acked(&acked, killed_at + 40, Duration::from_secs(60));
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
 
@@ -139,6 +150,12 @@ fn two_metadata_servers_share_a_volume_and_clients_fail_over() {
         .expect("dfs fsck");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fsck JSON");
     assert_eq!(report["clean"], true, "fsck: {report}");
+    // FoundationDB refuses transactions past 5 s: stay far from it.
+    let (ms, op) = longest_transaction(&format!("127.0.0.1:{second}"));
+    eprintln!(
+        "figures: fdb failover: longest transaction of the surviving dfs-meta {ms:.1} ms ({op})"
+    );
+    assert!(ms < 1000.0, "a {ms:.0} ms transaction ({op})");
 }
 
 /// A private FoundationDB (its own data directory and port) that a test may
@@ -189,6 +206,11 @@ impl PrivateFdb {
         self.pid = field("FDB_PID").and_then(|p| p.parse().ok());
     }
 
+    fn restart(&mut self) {
+        let dist = std::env::var("DFS_FDB_DIST").expect("DFS_FDB_DIST");
+        self.run_start_sh(&dist);
+    }
+
     fn kill(&mut self) {
         if let Some(pid) = self.pid.take() {
             let _ = Command::new("kill")
@@ -207,6 +229,77 @@ impl Drop for PrivateFdb {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits until the writer has `n` files acknowledged.
+fn wait_for_acked(acked: &Mutex<Vec<Acknowledged>>, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while acked.lock().expect("acked").len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the writer made no progress: {} of {n} files",
+            acked.lock().expect("acked").len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_database_killed_during_writes_and_restarted_loses_nothing_acknowledged() {
+    if !on_fdb("the_database_killed_during_writes_and_restarted_loses_nothing_acknowledged") {
+        return;
+    }
+    let Some(mut fdb) = PrivateFdb::start() else {
+        return;
+    };
+    let store = format!("fdb:{}#dfs-kill-test/", fdb.cluster_file);
+    let cluster = TestCluster::start_on_store(3, 3, store);
+    let mount = TestMount::start(&cluster.meta_addr(), &[]);
+    let dir = mount.path.join("work");
+    fs::create_dir(&dir).expect("mkdir");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (dir, stop, acked, failed) = (dir.clone(), stop.clone(), acked.clone(), failed.clone());
+        std::thread::spawn(move || write_until(&dir, &stop, &acked, &failed))
+    };
+    wait_for_acked(&acked, 20, Duration::from_secs(60));
+    let outage = Instant::now();
+    fdb.kill();
+    let killed_at = acked.lock().expect("acked").len();
+    std::thread::sleep(Duration::from_secs(2));
+    fdb.restart();
+    let down_for = outage.elapsed();
+    wait_for_acked(&acked, killed_at + 30, Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+
+    let acked = acked.lock().expect("acked");
+    let failed = failed.lock().expect("failed");
+    eprintln!(
+        "figures: fdbserver killed: down {down_for:?}, {} files acknowledged ({killed_at} before the kill), {} writes failed",
+        acked.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "writes failed while the database restarted (the mount should ride it out): {failed:?}"
+    );
+    for file in acked.iter() {
+        let got = fs::read(&file.path).expect("read back");
+        assert!(
+            got == random_bytes(file.len, file.seed),
+            "{} differs",
+            file.path.display()
+        );
+    }
+    let (_, report) = cluster.dfs_json(&["fsck", "--verify", "--orphan-grace", "0"]);
+    assert_eq!(report["clean"], true, "fsck: {report}");
+    // Transactions in flight when the database died waited for their
+    // timeout: reported, not judged.
+    let (ms, op) = longest_transaction(&cluster.meta_addr());
+    eprintln!("figures: fdbserver killed: longest transaction {ms:.1} ms ({op})");
 }
 
 #[test]

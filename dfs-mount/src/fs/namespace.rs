@@ -106,8 +106,13 @@ impl Dfs {
         Ok(self.overlay_attr(attr).await)
     }
 
-    /// Creates a file, directory, symlink or node.
-    pub async fn create(&self, request: CreateRequest) -> Result<InodeRecord, DfsError> {
+    /// Creates a file, directory, symlink or node. The request carries an
+    /// id of its own, the same on every retry, so that a retry of a create
+    /// that happened answers with its inode instead of EEXIST.
+    pub async fn create(&self, mut request: CreateRequest) -> Result<InodeRecord, DfsError> {
+        if request.create_id == 0 {
+            request.create_id = rand::random::<u64>() | 1;
+        }
         self.cluster.meta.create(request).await
     }
 

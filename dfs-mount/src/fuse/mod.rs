@@ -133,6 +133,8 @@ impl DfsFuse {
             // ACL decides the permissions (the kernel leaves that to us:
             // FUSE_DONT_MASK).
             umask,
+            // The core gives each create an id of its own.
+            create_id: 0,
         }
     }
 

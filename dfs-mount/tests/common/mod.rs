@@ -159,6 +159,8 @@ pub struct TestCluster {
     /// servers turn to when the first is unreachable (FoundationDB only:
     /// see [`TestCluster::start_shared`]).
     pub second_meta_port: Option<u16>,
+    /// A `--store` to use instead of [`TestCluster::meta_store`]'s choice.
+    pub store: Option<String>,
 }
 
 impl TestCluster {
@@ -200,12 +202,42 @@ impl TestCluster {
         )
     }
 
+    /// Like [`TestCluster::start`], with dfs-meta on `store`.
+    pub fn start_on_store(zones: usize, racks_per_zone: usize, store: String) -> Self {
+        Self::start_cluster_on(
+            zones,
+            racks_per_zone,
+            |_| Vec::new(),
+            Vec::new(),
+            None,
+            Some(store),
+        )
+    }
+
     fn start_cluster(
         zones: usize,
         racks_per_zone: usize,
         extra_args: impl Fn(usize) -> Vec<String>,
         meta_args: Vec<String>,
         second_meta_port: Option<u16>,
+    ) -> Self {
+        Self::start_cluster_on(
+            zones,
+            racks_per_zone,
+            extra_args,
+            meta_args,
+            second_meta_port,
+            None,
+        )
+    }
+
+    fn start_cluster_on(
+        zones: usize,
+        racks_per_zone: usize,
+        extra_args: impl Fn(usize) -> Vec<String>,
+        meta_args: Vec<String>,
+        second_meta_port: Option<u16>,
+        store: Option<String>,
     ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("dfs-test-")
@@ -234,6 +266,7 @@ impl TestCluster {
             meta_args,
             meta_port,
             second_meta_port,
+            store,
             dir,
         };
         cluster.start_meta();
@@ -253,6 +286,9 @@ impl TestCluster {
     /// or, with `DFS_TEST_META_STORE=fdb`, FoundationDB (`FDB_CLUSTER_FILE`)
     /// under a key prefix of this cluster's own.
     pub fn meta_store(&self) -> String {
+        if let Some(store) = &self.store {
+            return store.clone();
+        }
         match std::env::var("DFS_TEST_META_STORE").as_deref() {
             Ok("fdb") => {
                 let cluster_file = std::env::var("FDB_CLUSTER_FILE")
