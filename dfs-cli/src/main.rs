@@ -102,6 +102,10 @@ struct Stats {
     /// started, in milliseconds, and the request that ran it.
     longest_transaction_ms: f64,
     longest_transaction_op: String,
+    /// Transactions of the answering dfs-meta since it started, and how
+    /// many times their bodies ran again after a conflict.
+    transactions: u64,
+    transaction_retries: u64,
     /// logical / unique: how much dedup saves.
     dedup_ratio: f64,
     /// unique / stored: how much compression saves.
@@ -228,6 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 inline_bytes: s.inline_bytes,
                 longest_transaction_ms: s.longest_transaction_us as f64 / 1000.0,
                 longest_transaction_op: s.longest_transaction_op,
+                transactions: s.transactions,
+                transaction_retries: s.transaction_retries,
                 dedup_ratio: ratio(s.logical_bytes, s.unique_bytes),
                 compression_ratio: ratio(s.unique_bytes, s.stored_bytes),
                 // Of the bytes the chunk servers hold: inline ones are not.
@@ -265,6 +271,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "longest txn     {:>14.1}ms  ({}, since this dfs-meta started)",
                     stats.longest_transaction_ms, stats.longest_transaction_op
+                );
+                println!(
+                    "transactions    {:>16}  ({} retried after a conflict)",
+                    stats.transactions, stats.transaction_retries
                 );
             }
         }

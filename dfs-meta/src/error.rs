@@ -104,6 +104,9 @@ impl crate::store::ConflictError for MetaError {
     fn is_conflict(&self) -> bool {
         matches!(self, MetaError::Store(StoreError::Conflict))
     }
+    fn is_store_trouble(&self) -> bool {
+        matches!(self, MetaError::Store(e) if e.is_store_trouble())
+    }
 }
 
 impl From<prost::DecodeError> for MetaError {

@@ -130,7 +130,12 @@ pub fn list(txn: &mut dyn KvTxn, liveness: &Liveness, now_ns: i64) -> Result<Vec
     let mut out = Vec::new();
     for (_, value) in txn.range(&begin, &end, 0, false)? {
         let record: ServerRecord = prost::Message::decode(value.as_slice())?;
-        let age_ns = now_ns.saturating_sub(record.last_heartbeat_ns).max(0);
+        // Heartbeats sent while the store failed could not be recorded:
+        // the server's age counts from the store's last failure at most.
+        let heard_ns = record
+            .last_heartbeat_ns
+            .max(crate::store::last_store_trouble_ns());
+        let age_ns = now_ns.saturating_sub(heard_ns).max(0);
         let age = Duration::from_nanos(age_ns as u64);
         out.push(ServerStatus {
             state: liveness.state(age) as i32,

@@ -723,6 +723,9 @@ impl Meta for MetaService {
             let (took, op) = *self.longest.lock();
             reply.get_mut().longest_transaction_us = took.as_micros() as u64;
             reply.get_mut().longest_transaction_op = op.to_string();
+            let (transactions, retries) = crate::store::transaction_counts();
+            reply.get_mut().transactions = transactions;
+            reply.get_mut().transaction_retries = retries;
             reply
         })
     }

@@ -55,12 +55,36 @@ pub const MAX_TRANSACTION_BYTES: usize = 10_000_000;
 /// at commit or by a read inside the transaction body.
 pub trait ConflictError {
     fn is_conflict(&self) -> bool;
+    /// The store itself failed (unreachable, timed out, outcome unknown),
+    /// as opposed to the request.
+    fn is_store_trouble(&self) -> bool {
+        false
+    }
 }
 
 impl ConflictError for StoreError {
     fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict)
     }
+    fn is_store_trouble(&self) -> bool {
+        matches!(self, StoreError::Io(_) | StoreError::CommitUnknown(_))
+    }
+}
+
+/// When a transaction of this process last failed because of the store
+/// itself (ns since the epoch; 0: never). Chunk servers' heartbeats could
+/// not be recorded then: their age counts from here, not from their last
+/// recorded heartbeat, so an outage of the metadata store does not mark
+/// every chunk server down (see `registry::list`).
+static LAST_STORE_TROUBLE_NS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub fn last_store_trouble_ns() -> i64 {
+    LAST_STORE_TROUBLE_NS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn note_store_trouble() {
+    let now = dfs_core::time::now_ns();
+    LAST_STORE_TROUBLE_NS.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Key-value pairs in key order, as range reads return them.
@@ -151,6 +175,22 @@ pub trait MetaStore: Send + Sync + 'static {
 /// How many times a conflicting transaction is retried before giving up.
 pub const MAX_ATTEMPTS: u32 = 50;
 
+/// Transactions run through [`transact`] by this process, and the runs of
+/// their bodies (one more than the transaction's retries), for `dfs stats`.
+static TRANSACTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static BODY_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Transactions run by this process so far, and how many times their
+/// bodies ran again (conflicts, or reads the store asked to retry).
+pub fn transaction_counts() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let transactions = TRANSACTIONS.load(Relaxed);
+    (
+        transactions,
+        BODY_RUNS.load(Relaxed).saturating_sub(transactions),
+    )
+}
+
 /// Runs `body` in a transaction and commits it, retrying on conflicts
 /// (at commit, or reported by a read in `body`) through the backend's retry
 /// loop ([`MetaStore::run`]). Any other error from `body` aborts the
@@ -163,22 +203,36 @@ where
     E: From<StoreError> + ConflictError,
 {
     let mut result: Option<Result<T, E>> = None;
+    TRANSACTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let committed = store
-        .run(&mut |txn| match body(txn) {
-            Ok(value) => {
-                result = Some(Ok(value));
-                BodyOutcome::Commit
-            }
-            Err(e) if e.is_conflict() => {
-                result = Some(Err(e));
-                BodyOutcome::Retry
-            }
-            Err(e) => {
-                result = Some(Err(e));
-                BodyOutcome::Abort
+        .run(&mut |txn| {
+            BODY_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match body(txn) {
+                Ok(value) => {
+                    result = Some(Ok(value));
+                    BodyOutcome::Commit
+                }
+                Err(e) if e.is_conflict() => {
+                    result = Some(Err(e));
+                    BodyOutcome::Retry
+                }
+                Err(e) => {
+                    result = Some(Err(e));
+                    BodyOutcome::Abort
+                }
             }
         })
-        .map_err(E::from)?;
+        .map_err(|e| {
+            if e.is_store_trouble() {
+                note_store_trouble();
+            }
+            E::from(e)
+        })?;
+    if let Some(Err(e)) = &result {
+        if e.is_store_trouble() {
+            note_store_trouble();
+        }
+    }
     match result {
         // Committed: the last run of the body succeeded. Aborted: it failed.
         Some(Ok(value)) if committed => Ok(value),
