@@ -10,9 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
-dist=${DFS_FDB_DIST:-$PWD/../shared/fdb}
-if [[ ! -x $dist/start.sh ]]; then
-  echo "FoundationDB tests: NOT RUN, $dist/start.sh is absent (no FoundationDB build on this machine)"
+# Where the build may be: DFS_FDB_DIST, beside the repository (../shared),
+# or where this project's machines keep shared files (a clone elsewhere,
+# as CI makes, still finds it).
+dist=""
+for candidate in ${DFS_FDB_DIST:-} "$PWD/../shared/fdb" /work/shared/fdb; do
+  if [[ -x $candidate/start.sh ]]; then
+    dist=$(cd "$candidate" && pwd)
+    break
+  fi
+done
+if [[ -z $dist ]]; then
+  echo "FoundationDB tests: NOT RUN, no FoundationDB build (start.sh) in \$DFS_FDB_DIST, ../shared/fdb or /work/shared/fdb"
   exit 0
 fi
 command -v xz >/dev/null || {
