@@ -83,6 +83,43 @@ fn write_until(
     }
 }
 
+/// The writer of [`write_until`] on its own thread: its stop flag, the
+/// files it acknowledged and the failures it met, and the thread.
+type Writer = (
+    Arc<AtomicBool>,
+    Arc<Mutex<Vec<Acknowledged>>>,
+    Arc<Mutex<Vec<String>>>,
+    std::thread::JoinHandle<()>,
+);
+
+fn start_writer(dir: &Path) -> Writer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (dir, stop, acked, failed) = (
+            dir.to_path_buf(),
+            stop.clone(),
+            acked.clone(),
+            failed.clone(),
+        );
+        std::thread::spawn(move || write_until(&dir, &stop, &acked, &failed))
+    };
+    (stop, acked, failed, writer)
+}
+
+/// Every acknowledged file reads back as written.
+fn assert_read_back(acked: &[Acknowledged]) {
+    for file in acked {
+        let got = fs::read(&file.path).expect("read back");
+        assert!(
+            got == random_bytes(file.len, file.seed),
+            "{} differs",
+            file.path.display()
+        );
+    }
+}
+
 #[test]
 fn two_metadata_servers_share_a_volume_and_clients_fail_over() {
     if !on_fdb("two_metadata_servers_share_a_volume_and_clients_fail_over") {
@@ -99,13 +136,7 @@ fn two_metadata_servers_share_a_volume_and_clients_fail_over() {
 
     let dir = mount.path.join("work");
     fs::create_dir(&dir).expect("mkdir");
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let (dir, stop, acked, failed) = (dir.clone(), stop.clone(), acked.clone(), failed.clone());
-        std::thread::spawn(move || write_until(&dir, &stop, &acked, &failed))
-    };
+    let (stop, acked, failed, writer) = start_writer(&dir);
     wait_for_acked(&acked, 20, Duration::from_secs(60));
     // The first metadata server dies mid-write: the client and the chunk
     // servers go on through the second.
@@ -126,13 +157,8 @@ fn two_metadata_servers_share_a_volume_and_clients_fail_over() {
         failed.is_empty(),
         "writes failed across the fail-over: {failed:?}"
     );
+    assert_read_back(&acked);
     for file in acked.iter() {
-        let got = fs::read(&file.path).expect("read back");
-        assert!(
-            got == random_bytes(file.len, file.seed),
-            "{} differs",
-            file.path.display()
-        );
         let name = file.path.file_name().expect("name");
         let seen = other.path.join("work").join(name);
         assert_eq!(
@@ -327,13 +353,7 @@ fn the_database_killed_during_writes_and_restarted_loses_nothing_acknowledged() 
     let mount = TestMount::start(&cluster.meta_addr(), &["retry_timeout=120"]);
     let dir = mount.path.join("work");
     fs::create_dir(&dir).expect("mkdir");
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let (dir, stop, acked, failed) = (dir.clone(), stop.clone(), acked.clone(), failed.clone());
-        std::thread::spawn(move || write_until(&dir, &stop, &acked, &failed))
-    };
+    let (stop, acked, failed, writer) = start_writer(&dir);
     wait_for_acked(&acked, 20, Duration::from_secs(60));
     let outage = Instant::now();
     fdb.kill();
@@ -356,14 +376,7 @@ fn the_database_killed_during_writes_and_restarted_loses_nothing_acknowledged() 
         failed.is_empty(),
         "writes failed while the database restarted (the mount should ride it out): {failed:?}"
     );
-    for file in acked.iter() {
-        let got = fs::read(&file.path).expect("read back");
-        assert!(
-            got == random_bytes(file.len, file.seed),
-            "{} differs",
-            file.path.display()
-        );
-    }
+    assert_read_back(&acked);
     let (_, report) = cluster.dfs_json(&["fsck", "--verify", "--orphan-grace", "0"]);
     assert_eq!(report["clean"], true, "fsck: {report}");
     let bytes: usize = acked.iter().map(|f| f.len).sum();
