@@ -13,8 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
-CARGO_DEB_VERSION=3.6.4
-CARGO_RPM_VERSION=0.21.1
+# shellcheck source=packaging/tools.sh
+. packaging/tools.sh
 FSTAB_MARK="# dfs-package-test"
 
 if [ "$(id -u)" != 0 ]; then
@@ -23,8 +23,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Tools: packagers from crates.io, rpm to inspect rpms, systemd-analyze.
-command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
-command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm --version "$CARGO_RPM_VERSION"
+install_packagers
 missing=()
 command -v rpm >/dev/null || missing+=(rpm)
 command -v systemd-analyze >/dev/null || missing+=(systemd)

@@ -55,10 +55,31 @@ echo "FoundationDB up: cluster file $FDB_CLUSTER_FILE, fdbserver PID $FDB_PID"
 cargo build --release -p dfs-meta --features fdb --bin dfs-meta
 mkdir -p "$CARGO_TARGET_DIR/fdb-bin"
 cp "$CARGO_TARGET_DIR/release/dfs-meta" "$CARGO_TARGET_DIR/fdb-bin/dfs-meta"
+
+echo "== the dfs-meta-fdb package (deb and rpm) from that build"
+# shellcheck source=packaging/tools.sh
+. packaging/tools.sh
+install_packagers
+pkg_out=$CARGO_TARGET_DIR/packages-fdb
+rm -rf "$pkg_out" && mkdir -p "$pkg_out"
+cargo deb -p dfs-meta --no-build --strip -o "$pkg_out/" >/dev/null
+cargo generate-rpm -p dfs-meta -o "$pkg_out/"
+scripts/check-fdb-package.sh "$pkg_out" "$data/pkg"
+
 cargo build --release -p dfs-meta --bin dfs-meta
 
 echo "== MetaStore conformance suite on FoundationDB"
-cargo test --release -p dfs-meta --features fdb --lib store::conformance::foundationdb -- --test-threads=2
+# With --nocapture for the figures (key and value sizes, concurrent reads).
+set +e
+cargo test --release -p dfs-meta --features fdb --lib store::conformance::foundationdb \
+  -- --test-threads=2 --nocapture 2>&1 |
+  grep -E '^(test |figures:|thread |failures|---- )|panicked|FAILED|test result'
+status=${PIPESTATUS[0]}
+set -e
+if [[ $status != 0 ]]; then
+  echo "FoundationDB tests: conformance FAILED" >&2
+  exit 1
+fi
 
 echo "== integration tests with dfs-meta on FoundationDB"
 export DFS_TEST_META_STORE=fdb DFS_TEST_META_BIN=$CARGO_TARGET_DIR/fdb-bin/dfs-meta DFS_FDB_DIST=$dist

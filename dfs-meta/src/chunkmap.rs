@@ -19,7 +19,7 @@ use dfs_core::inline;
 use crate::error::{MetaError, Result};
 use crate::inodes::{get_inode, put_inode};
 use crate::keys;
-use crate::store::{decode_counter, get_record, put_record, KvTxn};
+use crate::store::{decode_counter, get_record, get_records, put_record, KvTxn};
 
 /// Largest chunk a client may commit (FastCDC's maximum).
 pub const MAX_CHUNK_LEN: u32 = 128 * 1024;
@@ -210,11 +210,18 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
     }
     // Resolve the new chunks first: decrements below may bring a chunk to
     // zero that this same commit references again, which is fine.
+    // One read of every dedup record, all in flight at once.
+    let hash_keys: Vec<Vec<u8>> = req
+        .chunks
+        .iter()
+        .map(|c| keys::hash(&c.fingerprint))
+        .collect();
+    let live: Vec<bool> = get_records::<ChunkRecord>(txn, &hash_keys)?
+        .iter()
+        .map(|r| matches!(r, Some(r) if r.state() == ChunkState::Live))
+        .collect();
     let mut missing = Vec::new();
-    for c in &req.chunks {
-        let key = keys::hash(&c.fingerprint);
-        let existing = get_record::<ChunkRecord>(txn, &key)?;
-        let live = matches!(&existing, Some(r) if r.state() == ChunkState::Live);
+    for (c, &live) in req.chunks.iter().zip(&live) {
         if !live && c.uploaded.is_none() {
             missing.push(c.fingerprint.clone());
         }
@@ -278,12 +285,13 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
             }
         }
     }
-    for c in &req.chunks {
-        let key = keys::hash(&c.fingerprint);
-        let existing = get_record::<ChunkRecord>(txn, &key)?;
-        match (existing, &c.uploaded) {
-            (Some(r), _) if r.state() == ChunkState::Live => {}
-            (_, Some(up)) => {
+    // Chunks this commit recorded: live for their later occurrences.
+    let mut created = std::collections::HashSet::new();
+    for (i, c) in req.chunks.iter().enumerate() {
+        let live = live[i] || created.contains(c.fingerprint.as_slice());
+        match (live, &c.uploaded) {
+            (true, _) => {}
+            (false, Some(up)) => {
                 let rec = ChunkRecord {
                     refcount: 0,
                     state: ChunkState::Live as i32,
@@ -291,7 +299,8 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
                     dead_since_ns: 0,
                     ..up.clone()
                 };
-                put_record(txn, &key, &rec);
+                put_record(txn, &hash_keys[i], &rec);
+                created.insert(c.fingerprint.as_slice());
             }
             (_, None) => return Err(MetaError::MissingChunks(vec![c.fingerprint.clone()])),
         }
@@ -450,13 +459,11 @@ pub fn lookup_chunks(
     txn: &mut dyn KvTxn,
     fingerprints: &[Vec<u8>],
 ) -> Result<Vec<Option<ChunkRecord>>> {
-    fingerprints
-        .iter()
-        .map(|fp| {
-            let rec = get_record::<ChunkRecord>(txn, &keys::hash(fp))?;
-            Ok(rec.filter(|r| r.state() == ChunkState::Live))
-        })
-        .collect()
+    let hash_keys: Vec<Vec<u8>> = fingerprints.iter().map(|fp| keys::hash(fp)).collect();
+    Ok(get_records::<ChunkRecord>(txn, &hash_keys)?
+        .into_iter()
+        .map(|rec| rec.filter(|r| r.state() == ChunkState::Live))
+        .collect())
 }
 
 /// Inline bytes after which a chunk-map page ends.

@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     let (k, m) = dfs_meta::parse_ec(&args.ec).context("bad --ec")?;
     let store = dfs_meta::store::open_store(&args.store)
         .with_context(|| format!("cannot open store {}", args.store))?;
+    let service_store_name = store.name();
     let liveness = dfs_meta::Liveness {
         suspect_after: Duration::from_secs(args.suspect_after),
         down_after: Duration::from_secs(args.down_after.max(args.suspect_after)),
@@ -92,6 +93,7 @@ fn main() -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?
     .inject_unknown_create_commits(args.inject_unknown_commit_every);
+    tracing::info!(listen = %args.listen, store = %args.store, backend = service_store_name, "dfs-meta serving");
     let runtime = tokio::runtime::Runtime::new()?;
     let served = runtime.block_on(async {
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();

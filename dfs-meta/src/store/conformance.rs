@@ -292,6 +292,84 @@ fn transaction_size_limits(store: &dyn MetaStore) {
     })));
 }
 
+fn get_many_in_order_with_own_writes(store: &dyn MetaStore) {
+    put_all(
+        store,
+        &[(b"m1", b"one"), (b"m2", b"two"), (b"m3", b"three")],
+    );
+    transact(store, |t| {
+        t.set(b"m2", b"changed");
+        t.clear(b"m3");
+        t.set(b"m4", b"new");
+        let wanted: Vec<Vec<u8>> = [&b"m4"[..], b"m3", b"absent", b"m1", b"m2", b"m1"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        let got = t.get_many(&wanted)?;
+        let expected: Vec<Option<Vec<u8>>> = vec![
+            Some(b"new".to_vec()),
+            None,
+            None,
+            Some(b"one".to_vec()),
+            Some(b"changed".to_vec()),
+            Some(b"one".to_vec()),
+        ];
+        assert_eq!(got, expected);
+        assert!(t.get_many(&[])?.is_empty());
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}
+
+/// The largest key and values dfs-meta itself writes, from the limits it
+/// enforces (names, extended attributes, symlink targets, inline chunks),
+/// written and read back in one transaction: they must fit every backend,
+/// FoundationDB's 10 kB keys and 100 kB values first. Returns the sizes.
+fn largest_records_fit(store: &dyn MetaStore) -> (usize, usize) {
+    use dfs_proto::{ChunkRecord, InodeRecord, XATTR_NAME_MAX, XATTR_SIZE_MAX};
+    use prost::Message;
+    let name = vec![b'n'; crate::namespace::NAME_MAX];
+    let xattr_name = vec![b'x'; XATTR_NAME_MAX];
+    let keys = [
+        crate::keys::dirent(u64::MAX, &name),
+        crate::keys::xattr(u64::MAX, &xattr_name),
+    ];
+    let inode = InodeRecord {
+        symlink_target: vec![b's'; 4096],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let inline_chunk = ChunkRecord {
+        raw_len: u32::MAX,
+        stored_len: u32::MAX,
+        inline_data: vec![0xa5; dfs_core::inline::MAX_INLINE_BYTES],
+        state: 1,
+        zero_since_ns: i64::MAX,
+        dead_since_ns: i64::MAX,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let values = [vec![0x5a; XATTR_SIZE_MAX], inode, inline_chunk];
+    transact(store, |t| {
+        for (i, v) in values.iter().enumerate() {
+            t.set(&keys[i % keys.len()], v);
+            assert_eq!(t.get(&keys[i % keys.len()])?.as_ref(), Some(v));
+        }
+        for k in &keys {
+            t.set(k, b"last");
+        }
+        Ok::<_, StoreError>(())
+    })
+    .expect("the largest records dfs-meta writes");
+    let key = keys.iter().map(Vec::len).max().unwrap_or(0);
+    let value = values.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(
+        key < 10_000 && value < 100_000,
+        "key {key} B, value {value} B"
+    );
+    (key, value)
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -341,6 +419,14 @@ macro_rules! conformance {
             #[test]
             fn large_values_and_binary_keys() {
                 super::large_values_and_binary_keys(make().0.as_ref());
+            }
+            #[test]
+            fn get_many_in_order_with_own_writes() {
+                super::get_many_in_order_with_own_writes(make().0.as_ref());
+            }
+            #[test]
+            fn largest_records_fit() {
+                super::largest_records_fit(make().0.as_ref());
             }
         }
     };
@@ -467,4 +553,66 @@ mod foundationdb {
     fdb_test!(transaction_size_limits, |s: Arc<dyn MetaStore>| {
         super::transaction_size_limits(s.as_ref())
     });
+    fdb_test!(get_many_in_order_with_own_writes, |s: Arc<
+        dyn MetaStore,
+    >| {
+        super::get_many_in_order_with_own_writes(s.as_ref())
+    });
+
+    /// Figures, printed (run with --nocapture): the largest key and value
+    /// dfs-meta writes, and what concurrent reads inside one transaction
+    /// save against reading one key after another, for the ~2,000 dedup
+    /// records a 64 MiB flush commit reads.
+    #[test]
+    fn figures_key_value_sizes_and_concurrent_reads() {
+        let Some(store) = fdb_support::store() else {
+            return;
+        };
+        let (key, value) = super::largest_records_fit(store.as_ref());
+        println!(
+            "figures: largest key dfs-meta writes {key} B (FoundationDB allows 10,000), largest value {value} B (allows 100,000)"
+        );
+        const KEYS: usize = 2_000;
+        let keys: Vec<Vec<u8>> = (0..KEYS)
+            .map(|i| [&b"H"[..], &[0x11; 28], &(i as u32).to_be_bytes()].concat())
+            .collect();
+        for batch in keys.chunks(500) {
+            transact(store.as_ref(), |t| {
+                for k in batch {
+                    t.set(k, &[0x42; 150]);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .expect("write the records");
+        }
+        let mut one_by_one = Vec::new();
+        let mut concurrent = Vec::new();
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            transact(store.as_ref(), |t| {
+                for k in &keys {
+                    assert!(t.get(k)?.is_some());
+                }
+                Ok::<_, StoreError>(())
+            })
+            .expect("sequential reads");
+            one_by_one.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = std::time::Instant::now();
+            transact(store.as_ref(), |t| {
+                assert!(t.get_many(&keys)?.iter().all(Option::is_some));
+                Ok::<_, StoreError>(())
+            })
+            .expect("concurrent reads");
+            concurrent.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "figures: {KEYS} reads of 150 B in one transaction: one after another {:.1} ms, all in flight at once {:.1} ms (median of 3)",
+            median(&mut one_by_one),
+            median(&mut concurrent)
+        );
+    }
 }

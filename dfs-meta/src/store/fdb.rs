@@ -150,6 +150,16 @@ impl KvTxn for FdbTxn<'_> {
         Ok(value.map(|v| v.to_vec()))
     }
 
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        // All reads in flight at once: one round trip's wait, not one per
+        // key (the client batches them to the storage servers).
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.key(k)).collect();
+        let reads = keys.iter().map(|k| self.trx.get(k, false));
+        let values =
+            block_on(futures::future::try_join_all(reads)).map_err(|e| self.read_error(e))?;
+        Ok(values.into_iter().map(|v| v.map(|v| v.to_vec())).collect())
+    }
+
     fn range(
         &mut self,
         begin: &[u8],

@@ -93,6 +93,12 @@ pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 /// One transaction's view: reads see the transaction's own writes.
 pub trait KvTxn {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values of `keys`, in their order. Backends whose reads are
+    /// network round trips (FoundationDB) issue them all at once; a chunk
+    /// commit reads one dedup record per chunk, up to ~2,000 of them.
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Key-value pairs with `begin <= key < end`, in key order (descending
     /// when `reverse`), at most `limit` of them (0 means no limit).
     fn range(
@@ -304,6 +310,9 @@ impl KvTxn for NoWrites<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(key)
     }
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.inner.get_many(keys)
+    }
     fn range(
         &mut self,
         begin: &[u8],
@@ -362,6 +371,21 @@ pub fn get_record<M: prost::Message + Default>(
         Some(bytes) => Ok(Some(M::decode(bytes.as_slice())?)),
         None => Ok(None),
     }
+}
+
+/// The protobuf records stored under `keys`, read at once (see
+/// [`KvTxn::get_many`]), in their order.
+pub fn get_records<M: prost::Message + Default>(
+    txn: &mut dyn KvTxn,
+    keys: &[Vec<u8>],
+) -> crate::error::Result<Vec<Option<M>>> {
+    txn.get_many(keys)?
+        .into_iter()
+        .map(|value| match value {
+            Some(bytes) => Ok(Some(M::decode(bytes.as_slice())?)),
+            None => Ok(None),
+        })
+        .collect()
 }
 
 /// Stores `record` under `key`.
