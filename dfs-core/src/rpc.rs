@@ -126,6 +126,12 @@ mod tests {
                     data: r.into_inner().fingerprint,
                 }))
             }
+            async fn get_shards(
+                &self,
+                _: Req<dfs_proto::GetShardsRequest>,
+            ) -> Result<Resp<dfs_proto::GetShardsReply>, Status> {
+                Err(Status::unimplemented("not in this fake"))
+            }
             async fn delete_shards(
                 &self,
                 _: Req<DeleteShardsRequest>,

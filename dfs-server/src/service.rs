@@ -11,8 +11,8 @@ use dfs_core::fingerprint::Fingerprint;
 use dfs_proto::chunks_server::{Chunks, ChunksServer};
 use dfs_proto::{
     CheckShardsReply, CheckShardsRequest, DeleteShardsReply, DeleteShardsRequest, Empty,
-    GetShardReply, ListShardsReply, ListShardsRequest, PutShardsRequest, ServerUsage, Shard,
-    ShardHealth, ShardInfo, ShardKey,
+    GetShardReply, GetShardsReply, GetShardsRequest, ListShardsReply, ListShardsRequest,
+    PutShardsRequest, ServerUsage, Shard, ShardHealth, ShardInfo, ShardKey, ShardRead,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -124,6 +124,35 @@ where
     }
 }
 
+/// Most shards one `GetShards` request may name: with shards of at most
+/// ~64 KiB (a 128 KiB chunk as 2 replicas) a reply stays under 64 MiB.
+pub const MAX_GET_SHARDS: usize = 1_000;
+
+/// One read of a `GetShards` request, as its reply carries it.
+fn shard_read(result: Result<Vec<u8>, StoreError>) -> ShardRead {
+    match result {
+        Ok(data) => ShardRead {
+            data,
+            ..Default::default()
+        },
+        Err(err) => {
+            if !matches!(
+                err,
+                StoreError::NotFound { .. } | StoreError::Corrupt { .. }
+            ) {
+                tracing::warn!(%err, "shard read failed");
+            }
+            let err = DfsError::from(err);
+            ShardRead {
+                data: Vec::new(),
+                errno: err.errno,
+                error: err.message,
+                retryable: err.retryable,
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Chunks for ChunkService {
     async fn put_shards(
@@ -175,6 +204,39 @@ impl Chunks for ChunkService {
             let data = blocking(move || store.get(&fp, index)).await?;
             tracing::debug!(len = data.len(), "get shard");
             Ok(Response::new(GetShardReply { data }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_shards(
+        &self,
+        request: Request<GetShardsRequest>,
+    ) -> Result<Response<GetShardsReply>, Status> {
+        let wanted = request.into_inner().shards;
+        if wanted.len() > MAX_GET_SHARDS {
+            return Err(invalid(format!(
+                "{} shards asked in one request, at most {MAX_GET_SHARDS}",
+                wanted.len()
+            )));
+        }
+        let span = tracing::info_span!("get_shards", shards = wanted.len());
+        let store = Arc::clone(&self.store);
+        async move {
+            let mut keys = Vec::with_capacity(wanted.len());
+            for k in &wanted {
+                keys.push(parse_key(&k.fingerprint, k.index)?);
+            }
+            // One blocking task for the whole request: a failed read is
+            // that shard's answer, not the request's.
+            let shards = blocking(move || {
+                Ok(keys
+                    .iter()
+                    .map(|(fp, index)| shard_read(store.get(fp, *index)))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+            Ok(Response::new(GetShardsReply { shards }))
         }
         .instrument(span)
         .await
@@ -529,5 +591,70 @@ mod tests {
         assert_eq!(err.errno, libc::EBADMSG);
         assert!(!err.retryable);
         assert!(err.message.contains("corrupt"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn get_shards_answers_each_read_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(ShardStore::open(dir.path()).expect("open"));
+        store
+            .put_batch(&[
+                (Fingerprint([1; 32]), 0, b"first"),
+                (Fingerprint([2; 32]), 5, b"second"),
+                (Fingerprint([3; 32]), 1, b"to be damaged"),
+            ])
+            .expect("put");
+        let damaged = Fingerprint([3; 32]);
+        let mut raw = store
+            .raw_get_value(&damaged, 1)
+            .expect("raw")
+            .expect("present");
+        raw[0] ^= 0xff;
+        store.raw_put_value(&damaged, 1, &raw).expect("raw put");
+
+        let (url, _stop) = start(store).await;
+        let mut client = ChunksClient::connect(url).await.expect("connect");
+        let key = |b: u8, index: u32| ShardKey {
+            fingerprint: vec![b; 32],
+            index,
+        };
+        let reads = client
+            .get_shards(GetShardsRequest {
+                shards: vec![key(2, 5), key(9, 0), key(3, 1), key(1, 0), key(2, 5)],
+            })
+            .await
+            .expect("get_shards")
+            .into_inner()
+            .shards;
+        let answers: Vec<(i32, &[u8])> =
+            reads.iter().map(|r| (r.errno, r.data.as_slice())).collect();
+        assert_eq!(
+            answers,
+            vec![
+                (0, &b"second"[..]),
+                (libc::ENOENT, &b""[..]),
+                (libc::EBADMSG, &b""[..]),
+                (0, &b"first"[..]),
+                (0, &b"second"[..]),
+            ]
+        );
+        assert!(reads[2].error.contains("corrupt"), "{}", reads[2].error);
+        assert!(!reads[1].retryable && !reads[2].retryable);
+
+        // A bad key fails the whole request, as in GetShard.
+        let status = client
+            .get_shards(GetShardsRequest {
+                shards: vec![key(1, 0), key(1, 300)],
+            })
+            .await
+            .expect_err("index out of range");
+        assert_eq!(DfsError::from(status).errno, libc::EINVAL);
+        let status = client
+            .get_shards(GetShardsRequest {
+                shards: vec![key(1, 0); MAX_GET_SHARDS + 1],
+            })
+            .await
+            .expect_err("too many");
+        assert_eq!(DfsError::from(status).errno, libc::EINVAL);
     }
 }

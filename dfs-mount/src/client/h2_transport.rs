@@ -418,6 +418,12 @@ mod tests {
             let len = r.into_inner().index as usize;
             Ok(Response::new(GetShardReply { data: pattern(len) }))
         }
+        async fn get_shards(
+            &self,
+            _: Request<dfs_proto::GetShardsRequest>,
+        ) -> Result<Response<dfs_proto::GetShardsReply>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
         async fn delete_shards(
             &self,
             _: Request<DeleteShardsRequest>,

@@ -63,6 +63,7 @@ pub struct Cluster {
     pub volume: VolumeConfig,
     connector: Connector,
     topology: RwLock<Topology>,
+    shard_reads: chunks::ShardReadQueues,
 }
 
 /// How long a fetched server list is trusted before it is fetched again.
@@ -81,6 +82,7 @@ impl Cluster {
                 full: 0,
                 refreshed: Instant::now() - TOPOLOGY_TTL * 2,
             }),
+            shard_reads: chunks::ShardReadQueues::default(),
         });
         cluster.refresh_topology().await?;
         Ok(cluster)

@@ -137,7 +137,7 @@ impl Cluster {
     }
 
     fn fetch_shard(
-        &self,
+        self: &Arc<Self>,
         fp: Fingerprint,
         rec: &ChunkRecord,
         index: usize,
@@ -152,7 +152,7 @@ impl Cluster {
     /// a time is left out, then every pair (9 of 6+3 make 36 tries of a
     /// chunk of at most 128 KiB).
     async fn recover_by_elimination(
-        &self,
+        self: &Arc<Self>,
         fp: Fingerprint,
         rec: &ChunkRecord,
         corrupt: &mut Vec<usize>,
