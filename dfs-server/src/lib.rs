@@ -17,6 +17,7 @@ pub mod identity;
 pub mod scrub;
 pub mod service;
 pub mod store;
+pub mod volumes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -177,6 +178,10 @@ impl BoundServer {
             }
         }
 
+        background.push(tokio::spawn(compact_volumes_periodically(Arc::clone(
+            &self.store,
+        ))));
+
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let result = tonic::transport::Server::builder()
             .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
@@ -248,6 +253,29 @@ fn announce(addr: SocketAddr) {
     // Stdout may be closed by a supervisor; that must not stop the server.
     let _ = writeln!(out, "dfs-server listening on {addr}");
     let _ = out.flush();
+}
+
+/// How often the volume files are looked at for space to reclaim.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
+/// A closed volume is compacted once this fraction of it is deleted shards.
+const COMPACTION_DEAD_FRACTION: f64 = 0.5;
+
+/// Reclaims the space of deleted shards in volume files, in the background.
+async fn compact_volumes_periodically(store: Arc<ShardStore>) {
+    let mut tick = tokio::time::interval(COMPACTION_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.compact_volumes(COMPACTION_DEAD_FRACTION))
+            .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(freed)) => tracing::info!(freed, "volume compaction reclaimed space"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "volume compaction failed"),
+            Err(e) => tracing::warn!(error = %e, "volume compaction task failed"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,15 @@
 //!         ‖ written (8 bytes, LE i64: ns since the epoch, this server's clock) ‖ payload
 //! ```
 //!
+//! Payloads of 4 KiB or more (`volumes::MIN_VOLUME_PAYLOAD`) in a put of
+//! 64 KiB or more live in volume files (`volumes.rs`), written once; their
+//! value is a pointer, version 3:
+//!
+//! ```text
+//! value = 3 (1 byte) ‖ crc32c(written ‖ payload) (4) ‖ written (8, LE i64)
+//!         ‖ volume (4, LE u32) ‖ offset (8, LE u64) ‖ payload length (4, LE u32)
+//! ```
+//!
 //! Version 1 (still read, never written) had no `written` field and its
 //! crc32c covered the payload only. The write time lets garbage collection
 //! delete only the shards written before a chunk was declared dead, never
@@ -16,15 +25,18 @@
 //! Keys are 33 bytes; the shards of one chunk are adjacent in key order.
 //! The checksum covers the payload only; the version byte is checked
 //! separately, and a value with an unknown version is treated as corrupt.
-//! Values of 4 KiB or more live in RocksDB blob files, so compactions move
-//! small index entries rather than whole shards. Shards are already
+//! Inline values of 4 KiB or more (a small put's, or written before volume
+//! files) live in RocksDB blob files, so compactions move small index
+//! entries rather than whole shards. Shards are already
 //! compressed by the client, so RocksDB compression is off.
 //!
 //! # Durability
 //!
 //! Every write ([`ShardStore::put_batch`], [`ShardStore::delete`]) is one
 //! RocksDB write batch with `sync = true`: once it returns, the write is in
-//! the fsynced write-ahead log and survives a crash or power loss.
+//! the fsynced write-ahead log and survives a crash or power loss. A put
+//! appends and syncs its volume payloads first, then writes the pointers:
+//! a pointer never names bytes that are not on disk.
 //!
 //! # Integrity
 //!
@@ -45,7 +57,7 @@
 //! exactly in memory: counted by a full scan at open, then updated by every
 //! write under one writer lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -57,6 +69,75 @@ use rocksdb::{
 };
 
 use crate::error::StoreError;
+use crate::volumes::{
+    Volumes, DEFAULT_VOLUME_BYTES, MIN_VOLUME_PAYLOAD, VOLUMES_DIR, VOLUME_HEADER_LEN,
+};
+
+/// A put of fewer payload bytes keeps them inline (see `put_batch`).
+const MIN_VOLUME_BATCH: u64 = 64 * 1024;
+/// Payloads one compaction step moves under the write lock.
+const COMPACTION_GROUP: usize = 256;
+/// The value format of a pointer to a payload in a volume file.
+const POINTER_VERSION: u8 = 3;
+/// Bytes of a pointer value.
+const POINTER_LEN: usize = 29;
+
+/// Where a payload lives in a volume, and the checksum that vouches for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pointer {
+    crc: u32,
+    written_ns: i64,
+    volume: u32,
+    offset: u64,
+    len: u32,
+}
+
+impl Pointer {
+    fn encode(&self) -> [u8; POINTER_LEN] {
+        let mut v = [0u8; POINTER_LEN];
+        v[0] = POINTER_VERSION;
+        v[1..5].copy_from_slice(&self.crc.to_le_bytes());
+        v[5..13].copy_from_slice(&self.written_ns.to_le_bytes());
+        v[13..17].copy_from_slice(&self.volume.to_le_bytes());
+        v[17..25].copy_from_slice(&self.offset.to_le_bytes());
+        v[25..29].copy_from_slice(&self.len.to_le_bytes());
+        v
+    }
+
+    /// The pointer in `value`, if it is one (of the right length).
+    fn decode(value: &[u8]) -> Option<Pointer> {
+        if value.len() != POINTER_LEN || value[0] != POINTER_VERSION {
+            return None;
+        }
+        let u32_at =
+            |i: usize| u32::from_le_bytes([value[i], value[i + 1], value[i + 2], value[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&value[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        Some(Pointer {
+            crc: u32_at(1),
+            written_ns: u64_at(5) as i64,
+            volume: u32_at(13),
+            offset: u64_at(17),
+            len: u32_at(25),
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values replaced whole: a panic cannot leave them torn.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The checksum of a payload written at `written_ns`, as values and
+/// pointers store it.
+fn payload_crc(payload: &[u8], written_ns: i64) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&written_ns.to_le_bytes()), payload)
+}
 
 /// The value format written.
 pub const VALUE_VERSION: u8 = 2;
@@ -130,6 +211,13 @@ pub struct ShardStore {
     /// Serialises writers so that the existence checks and counter updates
     /// of one write are not interleaved with another's.
     write_lock: Mutex<()>,
+    volumes: Volumes,
+    /// Bytes of each volume no pointer refers to (deleted or replaced
+    /// shards, appends a crash cut short): what compaction can reclaim.
+    dead: Mutex<HashMap<u32, u64>>,
+    /// Volumes compaction emptied, removed at its next run (a reader that
+    /// found an old pointer just before may still be reading them).
+    drained: Mutex<Vec<u32>>,
     shard_count: AtomicU64,
     shard_bytes: AtomicU64,
     sync_write: WriteOptions,
@@ -239,9 +327,9 @@ pub fn decode_value_with_time(value: &[u8]) -> Result<(&[u8], i64), String> {
 
 /// Describes a stored value for a listing; never fails, so that a corrupt
 /// value is listed like any other (the orphan sweep and fsck must see every key).
-fn listed(key: &[u8; KEY_LEN], value: &[u8]) -> ListedShard {
+fn listed(store: &ShardStore, key: &[u8; KEY_LEN], value: &[u8]) -> ListedShard {
     let (fingerprint, index) = split_key(key);
-    let (len, written_ns, corrupt) = match decode_value_with_time(value) {
+    let (len, written_ns, corrupt) = match store.load(value) {
         Ok((payload, written)) => (payload.len() as u64, written, None),
         Err(reason) => (payload_len(value), 0, Some(reason)),
     };
@@ -256,6 +344,9 @@ fn listed(key: &[u8; KEY_LEN], value: &[u8]) -> ListedShard {
 
 /// Payload bytes a stored value accounts for in the usage counters.
 fn payload_len(value: &[u8]) -> u64 {
+    if let Some(pointer) = Pointer::decode(value) {
+        return u64::from(pointer.len);
+    }
     let header = if value.first() == Some(&1) {
         V1_HEADER_LEN
     } else {
@@ -294,17 +385,37 @@ impl ShardStore {
 
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);
+        let volumes_dir = data_dir.join(VOLUMES_DIR);
+        let volumes =
+            Volumes::open(&volumes_dir, DEFAULT_VOLUME_BYTES).map_err(|e| StoreError::Open {
+                path: volumes_dir.clone(),
+                reason: format!("cannot open volume files: {e}"),
+            })?;
 
         let store = ShardStore {
             db,
             data_dir: data_dir.to_path_buf(),
             write_lock: Mutex::new(()),
+            volumes,
+            dead: Mutex::new(HashMap::new()),
+            drained: Mutex::new(Vec::new()),
             shard_count: AtomicU64::new(0),
             shard_bytes: AtomicU64::new(0),
             sync_write,
             limits: SpaceLimits::default(),
         };
-        let usage = store.scan_usage()?;
+        let (usage, live) = store.scan_usage()?;
+        let sizes = store
+            .volumes
+            .list()
+            .map_err(|e| StoreError::io("listing volume files", e))?;
+        *lock(&store.dead) = sizes
+            .into_iter()
+            .map(|(id, size)| {
+                let used = live.get(&id).copied().unwrap_or(0);
+                (id, size.saturating_sub(VOLUME_HEADER_LEN + used))
+            })
+            .collect();
         store
             .shard_count
             .store(usage.shard_count, Ordering::Relaxed);
@@ -355,22 +466,27 @@ impl ShardStore {
         &self.data_dir
     }
 
-    /// Counts every stored value (a full scan; used at open).
-    fn scan_usage(&self) -> Result<Usage, StoreError> {
+    /// Counts every stored value, and the payload bytes pointers keep in
+    /// each volume (a full scan; used at open).
+    fn scan_usage(&self) -> Result<(Usage, HashMap<u32, u64>), StoreError> {
         let mut read = ReadOptions::default();
         read.fill_cache(false);
         let mut it = self.db.raw_iterator_opt(read);
         it.seek_to_first();
         let mut usage = Usage::default();
+        let mut live: HashMap<u32, u64> = HashMap::new();
         while it.valid() {
             if let Some(value) = it.value() {
                 usage.shard_count += 1;
                 usage.shard_bytes += payload_len(value);
+                if let Some(p) = Pointer::decode(value) {
+                    *live.entry(p.volume).or_default() += u64::from(p.len);
+                }
             }
             it.next();
         }
         it.status().map_err(StoreError::from_db)?;
-        Ok(usage)
+        Ok((usage, live))
     }
 
     fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -380,23 +496,18 @@ impl ShardStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Payload length of the value stored under `key`, if any.
-    fn stored_len(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .db
-            .get_pinned(key)
-            .map_err(StoreError::from_db)?
-            .map(|v| payload_len(&v)))
-    }
-
     /// Writes values (already encoded) in one synced batch and updates the counters.
     fn write_values(&self, values: BTreeMap<[u8; KEY_LEN], Vec<u8>>) -> Result<(), StoreError> {
         let _guard = self.lock_writes();
         let mut batch = WriteBatch::default();
         let (mut added_count, mut added_bytes, mut removed_bytes) = (0u64, 0u64, 0u64);
+        let mut replaced = Vec::new();
         for (key, value) in &values {
-            match self.stored_len(key)? {
-                Some(old) => removed_bytes += old,
+            match self.db.get_pinned(key).map_err(StoreError::from_db)? {
+                Some(old) => {
+                    removed_bytes += payload_len(&old);
+                    replaced.extend(Pointer::decode(&old));
+                }
                 None => added_count += 1,
             }
             added_bytes += payload_len(value);
@@ -406,6 +517,7 @@ impl ShardStore {
         self.db
             .write_opt(batch, &self.sync_write)
             .map_err(StoreError::from_db)?;
+        self.note_dead(&replaced);
         self.shard_count.fetch_add(added_count, Ordering::Relaxed);
         self.shard_bytes.fetch_add(added_bytes, Ordering::Relaxed);
         self.shard_bytes.fetch_sub(removed_bytes, Ordering::Relaxed);
@@ -417,11 +529,105 @@ impl ShardStore {
     /// A key that already exists is overwritten; when a batch names one key
     /// twice, the last one wins.
     pub fn put_batch(&self, shards: &[(Fingerprint, u8, &[u8])]) -> Result<(), StoreError> {
-        let values: BTreeMap<[u8; KEY_LEN], Vec<u8>> = shards
+        let written_ns = dfs_core::time::now_ns();
+        // The last payload for a key wins, as in one write batch.
+        let payloads: BTreeMap<[u8; KEY_LEN], &[u8]> = shards
             .iter()
-            .map(|(fp, index, payload)| (shard_key(fp, *index), encode_value(payload)))
+            .map(|(fp, index, payload)| (shard_key(fp, *index), *payload))
             .collect();
-        self.write_values(values)
+        let _guard = self.lock_writes();
+        let (mut added_count, mut added_bytes, mut removed_bytes) = (0u64, 0u64, 0u64);
+        let mut replaced = Vec::new();
+        for (key, payload) in &payloads {
+            match self.db.get_pinned(key).map_err(StoreError::from_db)? {
+                Some(old) => {
+                    removed_bytes += payload_len(&old);
+                    replaced.extend(Pointer::decode(&old));
+                }
+                None => added_count += 1,
+            }
+            added_bytes += payload.len() as u64;
+        }
+        self.check_space(added_bytes.saturating_sub(removed_bytes))?;
+        // Large payloads to the active volume, synced, before any pointer
+        // to them is written; unless the batch is small (a small file's
+        // shards): then one synced write of the batch costs less than a
+        // volume sync and then a log sync.
+        let in_volume = |p: &[u8]| p.len() >= MIN_VOLUME_PAYLOAD && added_bytes >= MIN_VOLUME_BATCH;
+        let large: Vec<&[u8]> = payloads
+            .values()
+            .copied()
+            .filter(|p| in_volume(p))
+            .collect();
+        let mut placed = self
+            .volumes
+            .append(&large)
+            .map_err(|e| volume_write_error(&e))?
+            .into_iter();
+        let mut batch = WriteBatch::default();
+        for (key, payload) in &payloads {
+            if in_volume(payload) {
+                let (volume, offset) = placed.next().ok_or_else(|| {
+                    StoreError::io("volume append", std::io::Error::other("payload not placed"))
+                })?;
+                let pointer = Pointer {
+                    crc: payload_crc(payload, written_ns),
+                    written_ns,
+                    volume,
+                    offset,
+                    len: payload.len() as u32,
+                };
+                batch.put(key, pointer.encode());
+            } else {
+                batch.put(key, encode_value_at(payload, written_ns));
+            }
+        }
+        self.db
+            .write_opt(batch, &self.sync_write)
+            .map_err(StoreError::from_db)?;
+        self.note_dead(&replaced);
+        self.shard_count.fetch_add(added_count, Ordering::Relaxed);
+        self.shard_bytes.fetch_add(added_bytes, Ordering::Relaxed);
+        self.shard_bytes.fetch_sub(removed_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts the payloads of replaced or deleted pointers as dead space
+    /// of their volumes.
+    fn note_dead(&self, gone: &[Pointer]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut dead = lock(&self.dead);
+        for p in gone {
+            *dead.entry(p.volume).or_default() += u64::from(p.len);
+        }
+    }
+
+    /// A stored value's payload and write time after its checks: inline
+    /// values decoded, pointers followed into their volume.
+    fn load(&self, value: &[u8]) -> Result<(Vec<u8>, i64), String> {
+        let Some(pointer) = Pointer::decode(value) else {
+            return decode_value_with_time(value)
+                .map(|(payload, written)| (payload.to_vec(), written));
+        };
+        let payload = self
+            .volumes
+            .read(pointer.volume, pointer.offset, pointer.len as usize)
+            .map_err(|e| {
+                format!(
+                    "volume {} unreadable at offset {} ({} bytes): {e}",
+                    pointer.volume, pointer.offset, pointer.len
+                )
+            })?;
+        let actual = payload_crc(&payload, pointer.written_ns);
+        if actual != pointer.crc {
+            return Err(format!(
+                "crc32c mismatch: stored {:08x}, computed {actual:08x}",
+                pointer.crc
+            ));
+        }
+        Ok((payload, pointer.written_ns))
     }
 
     /// Reads a shard's payload after checking its version and checksum.
@@ -434,8 +640,8 @@ impl ShardStore {
                 fingerprint: fp.to_string(),
                 index,
             })?;
-        match decode_value(&value) {
-            Ok(payload) => Ok(payload.to_vec()),
+        match self.load(&value) {
+            Ok((payload, _)) => Ok(payload),
             Err(reason) => {
                 tracing::error!(fingerprint = %fp, shard = index, %reason, "corrupt shard");
                 Err(StoreError::Corrupt {
@@ -451,14 +657,17 @@ impl ShardStore {
     pub fn delete(&self, fp: &Fingerprint, index: u8) -> Result<bool, StoreError> {
         let key = shard_key(fp, index);
         let _guard = self.lock_writes();
-        let Some(old) = self.stored_len(&key)? else {
+        let Some(old) = self.db.get_pinned(key).map_err(StoreError::from_db)? else {
             return Ok(false);
         };
+        let (len, pointer) = (payload_len(&old), Pointer::decode(&old));
+        drop(old);
         self.db
             .delete_opt(key, &self.sync_write)
             .map_err(StoreError::from_db)?;
+        self.note_dead(&Vec::from_iter(pointer));
         self.shard_count.fetch_sub(1, Ordering::Relaxed);
-        self.shard_bytes.fetch_sub(old, Ordering::Relaxed);
+        self.shard_bytes.fetch_sub(len, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -474,17 +683,24 @@ impl ShardStore {
         let _guard = self.lock_writes();
         let mut batch = WriteBatch::default();
         let (mut count, mut bytes) = (0u64, 0u64);
+        let mut gone = Vec::new();
         for (fp, index) in shards {
             let key = shard_key(fp, *index);
             let Some(value) = self.db.get_pinned(key).map_err(StoreError::from_db)? else {
                 continue;
             };
             // A corrupt value is deleted too: it holds nothing worth keeping
-            // once the chunk is dead.
-            let written = decode_value_with_time(&value).map_or(0, |(_, w)| w);
+            // once the chunk is dead. (A pointer's time is taken as it is:
+            // checking it would mean reading the payload.)
+            let pointer = Pointer::decode(&value);
+            let written = match pointer {
+                Some(p) => p.written_ns,
+                None => decode_value_with_time(&value).map_or(0, |(_, w)| w),
+            };
             if written < before_ns {
                 count += 1;
                 bytes += payload_len(&value);
+                gone.extend(pointer);
                 batch.delete(key);
             }
         }
@@ -492,6 +708,7 @@ impl ShardStore {
             self.db
                 .write_opt(batch, &self.sync_write)
                 .map_err(StoreError::from_db)?;
+            self.note_dead(&gone);
             self.shard_count.fetch_sub(count, Ordering::Relaxed);
             self.shard_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -534,7 +751,7 @@ impl ShardStore {
         while it.valid() && page.len() < limit {
             if let (Some(key), Some(value)) = (it.key(), it.value()) {
                 match <&[u8; KEY_LEN]>::try_from(key) {
-                    Ok(key) => page.push(listed(key, value)),
+                    Ok(key) => page.push(listed(self, key, value)),
                     // Only this file writes keys, all of KEY_LEN; another
                     // length cannot be named in a reply, so it is skipped loudly.
                     Err(_) => {
@@ -571,7 +788,7 @@ impl ShardStore {
         if !verify {
             return Ok(ShardCheck::Present);
         }
-        Ok(match decode_value(&value) {
+        Ok(match self.load(&value) {
             Ok(_) => ShardCheck::Good,
             Err(reason) => {
                 tracing::warn!(fingerprint = %fp, shard = index, %reason, "corrupt shard found by check");
@@ -631,6 +848,114 @@ impl ShardStore {
             .map_err(|e| StoreError::io(format!("statvfs {}", self.data_dir.display()), e))
     }
 
+    /// Reclaims the space of closed volumes that hold mostly deleted
+    /// shards (dead bytes at least `min_dead_fraction` of the volume): their
+    /// live payloads are appended to the active volume as they are (same
+    /// checksum and write time) and repointed, a group at a time under the
+    /// write lock, and the emptied volume is removed at the next run (a
+    /// reader that found an old pointer just before may still be reading
+    /// it). Returns the bytes of the volume files removed by this run.
+    pub fn compact_volumes(&self, min_dead_fraction: f64) -> Result<u64, StoreError> {
+        let list_err = |e| StoreError::io("listing volume files", e);
+        let sizes: HashMap<u32, u64> = self.volumes.list().map_err(list_err)?.into_iter().collect();
+        let mut freed = 0;
+        let drained = std::mem::take(&mut *lock(&self.drained));
+        for id in &drained {
+            self.volumes
+                .remove(*id)
+                .map_err(|e| StoreError::io(format!("removing volume {id}"), e))?;
+            lock(&self.dead).remove(id);
+            freed += sizes.get(id).copied().unwrap_or(0);
+            tracing::info!(volume = id, "compacted volume removed");
+        }
+        let active = self.volumes.active_id();
+        let candidates: Vec<u32> = {
+            let dead = lock(&self.dead);
+            sizes
+                .iter()
+                .filter(|(id, size)| {
+                    let body = size.saturating_sub(VOLUME_HEADER_LEN);
+                    let dead = dead.get(id).copied().unwrap_or(0);
+                    **id != active
+                        && !drained.contains(id)
+                        && dead as f64 >= min_dead_fraction * body as f64
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Ok(freed);
+        }
+        let mut moving: Vec<([u8; KEY_LEN], Pointer)> = Vec::new();
+        let mut read = ReadOptions::default();
+        read.fill_cache(false);
+        let mut it = self.db.raw_iterator_opt(read);
+        it.seek_to_first();
+        while it.valid() {
+            if let (Some(key), Some(value)) = (it.key(), it.value()) {
+                if let (Ok(key), Some(p)) = (<[u8; KEY_LEN]>::try_from(key), Pointer::decode(value))
+                {
+                    if candidates.contains(&p.volume) {
+                        moving.push((key, p));
+                    }
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(StoreError::from_db)?;
+        drop(it);
+        let mut stuck = Vec::new();
+        for group in moving.chunks(COMPACTION_GROUP) {
+            let _guard = self.lock_writes();
+            let mut still = Vec::with_capacity(group.len());
+            let mut payloads = Vec::with_capacity(group.len());
+            for (key, p) in group {
+                let current = self.db.get_pinned(key).map_err(StoreError::from_db)?;
+                if current.as_deref().and_then(Pointer::decode) != Some(*p) {
+                    continue; // deleted or replaced meanwhile
+                }
+                match self.volumes.read(p.volume, p.offset, p.len as usize) {
+                    Ok(payload) => {
+                        still.push((key, *p));
+                        payloads.push(payload);
+                    }
+                    Err(e) => {
+                        tracing::error!(volume = p.volume, offset = p.offset, error = %e, "unreadable payload; its volume is kept");
+                        stuck.push(p.volume);
+                    }
+                }
+            }
+            let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            let placed = self
+                .volumes
+                .append(&refs)
+                .map_err(|e| volume_write_error(&e))?;
+            let mut batch = WriteBatch::default();
+            for ((key, p), (volume, offset)) in still.iter().zip(placed) {
+                batch.put(
+                    key,
+                    Pointer {
+                        volume,
+                        offset,
+                        ..*p
+                    }
+                    .encode(),
+                );
+            }
+            self.db
+                .write_opt(batch, &self.sync_write)
+                .map_err(StoreError::from_db)?;
+        }
+        let mut drained = lock(&self.drained);
+        for id in candidates {
+            if !stuck.contains(&id) {
+                tracing::info!(volume = id, "volume compacted; removed at the next run");
+                drained.push(id);
+            }
+        }
+        Ok(freed)
+    }
+
     /// For fault-injection tests: bypass checksumming. Stores `value` as the
     /// raw stored value (header included) of the shard.
     pub fn raw_put_value(
@@ -651,11 +976,37 @@ impl ShardStore {
         fp: &Fingerprint,
         index: u8,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
+        let Some(value) = self
             .db
             .get_pinned(shard_key(fp, index))
             .map_err(StoreError::from_db)?
-            .map(|v| v.to_vec()))
+        else {
+            return Ok(None);
+        };
+        // A payload in a volume is shown as the inline value it stands for
+        // (its checksum unchecked), so tests corrupt it the same way.
+        let Some(p) = Pointer::decode(&value) else {
+            return Ok(Some(value.to_vec()));
+        };
+        let payload = self
+            .volumes
+            .read(p.volume, p.offset, p.len as usize)
+            .map_err(|e| StoreError::io(format!("reading volume {}", p.volume), e))?;
+        let mut image = encode_value_at(&payload, p.written_ns);
+        image[1..5].copy_from_slice(&p.crc.to_le_bytes());
+        Ok(Some(image))
+    }
+}
+
+/// A failed append to a volume file, as the store reports it.
+fn volume_write_error(e: &std::io::Error) -> StoreError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        StoreError::NoSpace(format!("writing a volume file: {e}"))
+    } else {
+        StoreError::io(
+            "writing a volume file",
+            std::io::Error::new(e.kind(), e.to_string()),
+        )
     }
 }
 
@@ -776,6 +1127,134 @@ mod tests {
             store.get(&fp(3), 6),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn large_payloads_live_in_volumes_and_compaction_reclaims_deleted_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let big = |n: u8| vec![n; MIN_VOLUME_BATCH as usize + usize::from(n)];
+        let small = vec![7u8; 100];
+        let (b1, b2, b3) = (big(1), big(2), big(3));
+        store
+            .put_batch(&[(fp(1), 0, &b1), (fp(2), 0, &b2), (fp(3), 0, &small)])
+            .expect("put");
+        store.put_batch(&[(fp(4), 0, &b3)]).expect("put");
+        let value = store
+            .db
+            .get(shard_key(&fp(1), 0))
+            .expect("db")
+            .expect("present");
+        assert_eq!(value.len(), POINTER_LEN, "a large payload is a pointer");
+        let value = store
+            .db
+            .get(shard_key(&fp(3), 0))
+            .expect("db")
+            .expect("present");
+        assert_eq!(value[0], VALUE_VERSION, "a small payload stays inline");
+        // So do the shards of a small put (a small file's), whatever their size.
+        let mid = vec![9u8; MIN_VOLUME_PAYLOAD * 2];
+        store.put_batch(&[(fp(5), 0, &mid)]).expect("put");
+        let value = store
+            .db
+            .get(shard_key(&fp(5), 0))
+            .expect("db")
+            .expect("present");
+        assert_eq!(value[0], VALUE_VERSION, "a small put stays inline");
+        assert!(store.delete(&fp(5), 0).expect("delete"));
+        assert_eq!(store.get(&fp(2), 0).expect("get"), b2);
+        assert_eq!(store.get(&fp(3), 0).expect("get"), small);
+        assert_eq!(
+            store.check(&fp(1), 0, true).expect("check"),
+            ShardCheck::Good
+        );
+        let (listed, _) = store.list_after(None, 10).expect("list");
+        assert!(listed
+            .iter()
+            .all(|l| l.corrupt.is_none() && l.written_ns > 0));
+        assert_eq!(listed[0].len, b1.len() as u64);
+
+        // Deleting and overwriting leave dead bytes in volume 1; once it is
+        // closed, compaction moves what is live and removes the file.
+        assert!(store.delete(&fp(1), 0).expect("delete"));
+        store.put_batch(&[(fp(2), 0, &b3)]).expect("overwrite");
+        assert_eq!(
+            lock(&store.dead).get(&1).copied(),
+            Some((b1.len() + b2.len()) as u64)
+        );
+        drop(store);
+        // Reopened with volume 1 closed: its dead bytes are counted again.
+        std::fs::File::create(dir.path().join(VOLUMES_DIR).join("00000002.vol"))
+            .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, b"DFSVOL01", 0))
+            .expect("start volume 2");
+        let store = open(dir.path());
+        assert_eq!(store.volumes.active_id(), 2);
+        assert_eq!(
+            lock(&store.dead).get(&1).copied(),
+            Some((b1.len() + b2.len()) as u64)
+        );
+        let before = store.usage();
+        assert_eq!(store.compact_volumes(0.4).expect("compact"), 0);
+        assert_eq!(store.get(&fp(4), 0).expect("moved"), b3);
+        assert_eq!(store.get(&fp(2), 0).expect("moved"), b3);
+        let pointer = Pointer::decode(
+            &store
+                .db
+                .get(shard_key(&fp(4), 0))
+                .expect("db")
+                .expect("present"),
+        )
+        .expect("pointer");
+        assert_eq!(pointer.volume, 2);
+        let freed = store.compact_volumes(0.4).expect("compact again");
+        assert!(
+            freed > (b1.len() + b2.len()) as u64,
+            "volume 1 removed: {freed}"
+        );
+        assert!(!dir.path().join(VOLUMES_DIR).join("00000001.vol").exists());
+        assert_eq!(store.usage(), before);
+        assert_eq!(store.scan_usage().expect("scan").0, before);
+        assert_eq!(store.get(&fp(2), 0).expect("get"), b3);
+    }
+
+    #[test]
+    fn a_damaged_volume_payload_is_corrupt_and_unreferenced_bytes_are_dead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let payload = vec![5u8; 2 * MIN_VOLUME_BATCH as usize];
+        store.put_batch(&[(fp(1), 2, &payload)]).expect("put");
+        let p = Pointer::decode(
+            &store
+                .db
+                .get(shard_key(&fp(1), 2))
+                .expect("db")
+                .expect("present"),
+        )
+        .expect("pointer");
+        store
+            .volumes
+            .raw_overwrite(p.volume, p.offset + 100, &[0xff])
+            .expect("damage");
+        assert!(matches!(
+            store.get(&fp(1), 2),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.check(&fp(1), 2, true).expect("check"),
+            ShardCheck::Corrupt(_)
+        ));
+        let (listed, _) = store.list_after(None, 10).expect("list");
+        assert!(listed[0].corrupt.is_some());
+        // Bytes appended but never pointed to (a crash between the append
+        // and the pointers) are dead space after a restart.
+        store
+            .volumes
+            .append(&[&[1u8; 1000][..]])
+            .expect("orphan append");
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(lock(&store.dead).get(&1).copied(), Some(1000));
+        assert_eq!(store.usage().shard_bytes, payload.len() as u64);
     }
 
     #[test]
