@@ -137,6 +137,10 @@ impl Volumes {
     /// unreferenced bytes (which count as dead space, see
     /// `ShardStore::open`). The caller serializes appends.
     pub fn append(&self, payloads: &[&[u8]]) -> io::Result<Vec<(u32, u64)>> {
+        if payloads.is_empty() {
+            // Nothing to sync: a small put must not pay for a volume flush.
+            return Ok(Vec::new());
+        }
         let mut active = lock(&self.active);
         let total: u64 = payloads.iter().map(|p| p.len() as u64).sum();
         if active.len > VOLUME_HEADER_LEN && active.len + total > self.limit {
@@ -209,6 +213,7 @@ mod tests {
     fn appends_read_back_and_roll_over_at_the_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let volumes = Volumes::open(dir.path(), 100).expect("open");
+        assert!(volumes.append(&[]).expect("nothing to append").is_empty());
         let a = vec![1u8; 60];
         let b = vec![2u8; 30];
         let placed = volumes.append(&[&a, &b]).expect("append");
