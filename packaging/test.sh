@@ -160,6 +160,11 @@ echo "== mounting from /etc/fstab"
 echo "127.0.0.1:$meta_port $mnt dfs _netdev,nofail,consistency=read-own,noatime,log=$work/mount.log 0 0 $FSTAB_MARK" >>/etc/fstab
 mount "$mnt"
 findmnt "$mnt"
+# A network mount is nosuid,nodev unless fstab says otherwise.
+mount_flags=$(findmnt -no OPTIONS "$mnt")
+for want in nosuid nodev; do
+  grep -qw "$want" <<<"$mount_flags" || { echo "a cluster mount without $want by default: $mount_flags"; exit 1; }
+done
 # An unknown option fails clearly, naming the option.
 if msg=$(mount -t dfs -o bogus_option "127.0.0.1:$meta_port" "$work" 2>&1); then
   echo "a mount with an unknown option succeeded"; exit 1

@@ -149,7 +149,7 @@ pub fn main_with(args: LaunchArgs) -> ExitCode {
         .iter()
         .flat_map(|list| list.split(','))
         .any(|o| o == "remount");
-    let mut options = MountOptions::default();
+    let mut options = MountOptions::for_source(&source);
     for list in &args.options {
         let list: Vec<&str> = list.split(',').filter(|o| *o != "remount").collect();
         if let Err(e) = options.apply(&list.join(",")) {
