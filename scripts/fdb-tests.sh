@@ -68,32 +68,31 @@ scripts/check-fdb-package.sh "$pkg_out" "$data/pkg"
 
 cargo build --release -p dfs-meta --bin dfs-meta
 
+# Runs a test command with --nocapture output cut down to the verdicts, the
+# figures and what explains a failure; fails the script when it failed.
+run_with_figures() { # NAME COMMAND...
+  local name=$1 status
+  shift
+  set +e
+  "$@" 2>&1 |
+    grep -E '^(test |figures:|thread |  left|  right|failures|---- )|panicked|FAILED|test result|writes failed|differs'
+  status=${PIPESTATUS[0]}
+  set -e
+  if [[ $status != 0 ]]; then
+    echo "FoundationDB tests: $name FAILED" >&2
+    exit 1
+  fi
+}
+
 echo "== MetaStore conformance suite on FoundationDB"
-# With --nocapture for the figures (key and value sizes, concurrent reads).
-set +e
-cargo test --release -p dfs-meta --features fdb --lib store::conformance::foundationdb \
-  -- --test-threads=2 --nocapture 2>&1 |
-  grep -E '^(test |figures:|thread |failures|---- )|panicked|FAILED|test result'
-status=${PIPESTATUS[0]}
-set -e
-if [[ $status != 0 ]]; then
-  echo "FoundationDB tests: conformance FAILED" >&2
-  exit 1
-fi
+# Its figures: key and value sizes, concurrent reads in one transaction.
+run_with_figures conformance cargo test --release -p dfs-meta --features fdb \
+  --lib store::conformance::foundationdb -- --test-threads=2 --nocapture
 
 echo "== integration tests with dfs-meta on FoundationDB"
 export DFS_TEST_META_STORE=fdb DFS_TEST_META_BIN=$CARGO_TARGET_DIR/fdb-bin/dfs-meta DFS_FDB_DIST=$dist
 cargo test --release -p dfs-mount --test cluster --test locks --test open_files \
   --test reference_model --test faults -- --test-threads=2
 echo "== FoundationDB's own faults and figures (two dfs-meta, fdbserver killed, SIGTERM, conflicts)"
-# With --nocapture for the figures; the filter keeps them and the verdicts.
-set +e
-cargo test --release -p dfs-mount --test fdb -- --test-threads=1 --nocapture 2>&1 |
-  grep -E '^(test |figures:|thread |  left|  right|failures|---- )|panicked|FAILED|test result|writes failed|differs'
-status=${PIPESTATUS[0]}
-set -e
-if [[ $status != 0 ]]; then
-  echo "FoundationDB tests: tests/fdb.rs FAILED" >&2
-  exit 1
-fi
+run_with_figures tests/fdb.rs cargo test --release -p dfs-mount --test fdb -- --test-threads=1 --nocapture
 echo "FoundationDB tests: passed"

@@ -133,6 +133,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What one write does to the usage counters.
+#[derive(Default)]
+struct UsageChange {
+    added_count: u64,
+    added_bytes: u64,
+    removed_bytes: u64,
+    /// Pointers the write replaces: their payloads become dead space.
+    replaced: Vec<Pointer>,
+}
+
+impl UsageChange {
+    /// Payload bytes the write adds on balance (what space checks ask for).
+    fn growth(&self) -> u64 {
+        self.added_bytes.saturating_sub(self.removed_bytes)
+    }
+}
+
 /// The checksum of a payload written at `written_ns`, as values and
 /// pointers store it.
 fn payload_crc(payload: &[u8], written_ns: i64) -> u32 {
@@ -500,28 +517,43 @@ impl ShardStore {
     fn write_values(&self, values: BTreeMap<[u8; KEY_LEN], Vec<u8>>) -> Result<(), StoreError> {
         let _guard = self.lock_writes();
         let mut batch = WriteBatch::default();
-        let (mut added_count, mut added_bytes, mut removed_bytes) = (0u64, 0u64, 0u64);
-        let mut replaced = Vec::new();
+        let mut change = UsageChange::default();
         for (key, value) in &values {
-            match self.db.get_pinned(key).map_err(StoreError::from_db)? {
-                Some(old) => {
-                    removed_bytes += payload_len(&old);
-                    replaced.extend(Pointer::decode(&old));
-                }
-                None => added_count += 1,
-            }
-            added_bytes += payload_len(value);
+            self.count_put(&mut change, key, payload_len(value))?;
             batch.put(key, value);
         }
-        self.check_space(added_bytes.saturating_sub(removed_bytes))?;
+        self.check_space(change.growth())?;
         self.db
             .write_opt(batch, &self.sync_write)
             .map_err(StoreError::from_db)?;
-        self.note_dead(&replaced);
-        self.shard_count.fetch_add(added_count, Ordering::Relaxed);
-        self.shard_bytes.fetch_add(added_bytes, Ordering::Relaxed);
-        self.shard_bytes.fetch_sub(removed_bytes, Ordering::Relaxed);
+        self.apply_change(&change);
         Ok(())
+    }
+
+    /// Counts a put of `len` payload bytes under `key` into `change`: a
+    /// new shard, or one replacing what is stored (whose volume payload,
+    /// if any, becomes dead space).
+    fn count_put(&self, change: &mut UsageChange, key: &[u8], len: u64) -> Result<(), StoreError> {
+        match self.db.get_pinned(key).map_err(StoreError::from_db)? {
+            Some(old) => {
+                change.removed_bytes += payload_len(&old);
+                change.replaced.extend(Pointer::decode(&old));
+            }
+            None => change.added_count += 1,
+        }
+        change.added_bytes += len;
+        Ok(())
+    }
+
+    /// Applies a committed write's change to the counters and dead space.
+    fn apply_change(&self, change: &UsageChange) {
+        self.note_dead(&change.replaced);
+        self.shard_count
+            .fetch_add(change.added_count, Ordering::Relaxed);
+        self.shard_bytes
+            .fetch_add(change.added_bytes, Ordering::Relaxed);
+        self.shard_bytes
+            .fetch_sub(change.removed_bytes, Ordering::Relaxed);
     }
 
     /// Stores shards in one synced write: all of them or none.
@@ -536,19 +568,12 @@ impl ShardStore {
             .map(|(fp, index, payload)| (shard_key(fp, *index), *payload))
             .collect();
         let _guard = self.lock_writes();
-        let (mut added_count, mut added_bytes, mut removed_bytes) = (0u64, 0u64, 0u64);
-        let mut replaced = Vec::new();
+        let mut change = UsageChange::default();
         for (key, payload) in &payloads {
-            match self.db.get_pinned(key).map_err(StoreError::from_db)? {
-                Some(old) => {
-                    removed_bytes += payload_len(&old);
-                    replaced.extend(Pointer::decode(&old));
-                }
-                None => added_count += 1,
-            }
-            added_bytes += payload.len() as u64;
+            self.count_put(&mut change, key, payload.len() as u64)?;
         }
-        self.check_space(added_bytes.saturating_sub(removed_bytes))?;
+        self.check_space(change.growth())?;
+        let added_bytes = change.added_bytes;
         // Large payloads to the active volume, synced, before any pointer
         // to them is written; unless the batch is small (a small file's
         // shards): then one synced write of the batch costs less than a
@@ -585,10 +610,7 @@ impl ShardStore {
         self.db
             .write_opt(batch, &self.sync_write)
             .map_err(StoreError::from_db)?;
-        self.note_dead(&replaced);
-        self.shard_count.fetch_add(added_count, Ordering::Relaxed);
-        self.shard_bytes.fetch_add(added_bytes, Ordering::Relaxed);
-        self.shard_bytes.fetch_sub(removed_bytes, Ordering::Relaxed);
+        self.apply_change(&change);
         Ok(())
     }
 
