@@ -36,7 +36,9 @@ grep -qx "dfs-server = $version" <<<"$rpm_requires" || fail "rpm Requires: $rpm_
 rm -rf "$work" && mkdir -p "$work"
 dpkg-deb -x "$deb" "$work/root"
 bin=$work/root/usr/bin/dfs-meta-fdb
-ldd "$bin" | grep -q 'libfdb_c.so' || fail "the packaged dfs-meta-fdb does not link libfdb_c"
+# No `ldd | grep -q`: grep quitting early kills ldd with SIGPIPE, which
+# pipefail reports as a failure.
+[[ $(ldd "$bin") == *libfdb_c.so* ]] || fail "the packaged dfs-meta-fdb does not link libfdb_c"
 grep -q '^ExecStart=/usr/bin/dfs-meta-fdb ' "$work/root/usr/lib/systemd/system/dfs-meta.service.d/foundationdb.conf" ||
   fail "the drop-in does not run /usr/bin/dfs-meta-fdb"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -48,6 +50,6 @@ for _ in $(seq 100); do
   kill -0 "$meta_pid" 2>/dev/null || { cat "$work/meta.log" >&2; fail "the packaged dfs-meta-fdb exited"; }
   sleep 0.2
 done
-grep 'dfs-meta serving' "$work/meta.log" | grep -q foundationdb || { cat "$work/meta.log" >&2; fail "not serving from FoundationDB"; }
+[[ $(grep 'dfs-meta serving' "$work/meta.log") == *foundationdb* ]] || { cat "$work/meta.log" >&2; fail "not serving from FoundationDB"; }
 [[ -s $work/stats ]] || fail "dfs stats got no answer from the packaged dfs-meta-fdb"
 echo "dfs-meta-fdb $version: deb and rpm file lists and dependencies as expected; the packaged binary served a volume on FoundationDB (dfs stats answered)"
