@@ -54,7 +54,8 @@
 #
 # dfs runs its full pipeline: one dfs-meta on RocksDB, nine dfs-server on
 # 127.0.0.1 in 3 zones x 3 racks, Reed-Solomon 6+3, the client's default
-# compression (LZ4) and dedup, mounted with `dfs-mount --foreground`. The
+# compression (LZ4) and dedup, mutual TLS on every connection (a CA made
+# for the run), mounted with `dfs-mount --foreground`. The
 # binaries come from ${CARGO_TARGET_DIR:-/var/tmp/dfs-target}/release (built
 # when missing, or always with --build).
 #
@@ -453,6 +454,14 @@ setup_dfs() {
   STEP="starting dfs (dfs-meta, nine dfs-server, dfs-mount)"
   local dir=$RUN/dfs
   mkdir -p "$dir"
+  # Mutual TLS on every connection, as a cluster runs by default: a CA and
+  # one certificate per role, found by every dfs program through DFS_TLS_DIR.
+  "$BIN/dfs" ca init "$dir/tls" >/dev/null
+  local role
+  for role in meta server client admin; do
+    "$BIN/dfs" ca issue --role "$role" "bench-$role" --ca "$dir/tls" >/dev/null
+  done
+  export DFS_TLS_DIR=$dir/tls
   start_bg dfs-meta "${DFS_META_BIN:-$BIN/dfs-meta}" --listen 127.0.0.1:0 --store "${DFS_STORE:-rocksdb:$dir/meta}" --ec 6+3
   DFS_META_PID=$LAST_PID
   wait_line "$DFS_META_PID" "$LOGS/dfs-meta.out" "dfs-meta listening on " 60
@@ -882,7 +891,7 @@ report() {
   cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
   echo "dfs vs JuiceFS and SeaweedFS (bench/compare.sh), $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine: $(nproc) cores ($cpu), $mem memory, Linux $(uname -r)"
-  echo "dfs: $dfs_rev$dirty; 1 dfs-meta (RocksDB) + 9 dfs-server on loopback, 3 zones x 3 racks, RS 6+3, LZ4, dedup"
+  echo "dfs: $dfs_rev$dirty; 1 dfs-meta (RocksDB) + 9 dfs-server on loopback, 3 zones x 3 racks, RS 6+3, LZ4, dedup, mutual TLS"
   if wanted juicefs; then
     echo "JuiceFS: $("$JUICEFS" version 2>/dev/null | awk '{ print $3 }'), Redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (appendonly, everysec), --storage file, --compress lz4"
   fi

@@ -66,6 +66,7 @@ work=$(mktemp -d /tmp/dfs-pkgtest.XXXXXX)
 mnt=$work/mnt
 started_pids=()
 installed=()
+tls_made=""
 cleanup() {
   set +e
   if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt" || umount -l "$mnt"; fi
@@ -81,6 +82,7 @@ cleanup() {
     kill -9 "$pid" 2>/dev/null
   done
   for p in "${installed[@]}"; do dpkg -P "$p" >/dev/null; done
+  if [ -n "$tls_made" ]; then rm -rf /etc/dfs/tls; rmdir /etc/dfs 2>/dev/null; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -120,6 +122,21 @@ server_port=$(free_port)
 sed -i "s|^DFS_META_LISTEN=.*|DFS_META_LISTEN=127.0.0.1:$meta_port|; s|^DFS_META_STORE=.*|DFS_META_STORE=rocksdb:/var/lib/dfs/pkgtest/meta|" /etc/dfs/meta.conf
 sed -i "s|^DFS_SERVER_LISTEN=.*|DFS_SERVER_LISTEN=127.0.0.1:$server_port|; s|^DFS_SERVER_META=.*|DFS_SERVER_META=127.0.0.1:$meta_port|; s|^DFS_SERVER_DATA=.*|DFS_SERVER_DATA=/var/lib/dfs/pkgtest/server|" /etc/dfs/server.conf
 install -d -o dfs -g dfs /var/lib/dfs/pkgtest
+
+# Certificates as the README has an administrator make them: a CA (kept
+# aside, as its key should be), one pair per role in /etc/dfs/tls, the
+# services' keys readable by their user only.
+echo "== cluster certificates (dfs ca)"
+if [ -e /etc/dfs/tls ]; then
+  echo "using the certificates already in /etc/dfs/tls"
+else
+  tls_made=1
+  /usr/bin/dfs ca init "$work/ca"
+  for role in meta server client admin; do
+    /usr/bin/dfs ca issue --role "$role" "pkgtest-$role" --ca "$work/ca" --out /etc/dfs/tls
+  done
+  chown dfs:dfs /etc/dfs/tls/meta.key /etc/dfs/tls/server.key
+fi
 
 # Runs a unit the way systemd would: its environment file, its user, its
 # ExecStart with ${VAR} and $VAR expanded.

@@ -41,6 +41,12 @@ bin=$work/root/usr/bin/dfs-meta-fdb
 [[ $(ldd "$bin") == *libfdb_c.so* ]] || fail "the packaged dfs-meta-fdb does not link libfdb_c"
 grep -q '^ExecStart=/usr/bin/dfs-meta-fdb ' "$work/root/usr/lib/systemd/system/dfs-meta.service.d/foundationdb.conf" ||
   fail "the drop-in does not run /usr/bin/dfs-meta-fdb"
+# Certificates for the packaged binary and the dfs that asks it.
+"$CARGO_TARGET_DIR/release/dfs" ca init "$work/tls" >/dev/null
+for role in meta admin; do
+  "$CARGO_TARGET_DIR/release/dfs" ca issue --role "$role" "check-$role" --ca "$work/tls" >/dev/null
+done
+export DFS_TLS_DIR=$work/tls
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$bin" --listen "127.0.0.1:$port" --store "fdb:$FDB_CLUSTER_FILE#dfs-package-check/$$/" >"$work/meta.log" 2>&1 &
 meta_pid=$!

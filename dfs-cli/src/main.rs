@@ -1,5 +1,6 @@
 //! `dfs`: the administrator's command. Talks to a metadata server.
 
+mod ca;
 mod gc;
 
 use std::process::ExitCode;
@@ -16,6 +17,8 @@ use serde::Serialize;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: dfs_core::tls::TlsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,6 +76,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster's certificate authority: make it, issue certificates.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Chunk servers with their state and usage.
     Status {
         /// HOST:PORT of a metadata server.
@@ -182,21 +188,28 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
-async fn connect(meta: &str) -> anyhow::Result<MetaClient<tonic::transport::Channel>> {
-    connect_for(meta, Duration::from_secs(30)).await
+async fn connect(
+    meta: &str,
+    tls: &dfs_core::tls::TlsArgs,
+) -> anyhow::Result<MetaClient<tonic::transport::Channel>> {
+    connect_for(meta, Duration::from_secs(30), tls).await
 }
 
 /// Like `connect`, for a request that may run for up to `timeout`.
 async fn connect_for(
     meta: &str,
     timeout: Duration,
+    tls: &dfs_core::tls::TlsArgs,
 ) -> anyhow::Result<MetaClient<tonic::transport::Channel>> {
+    let security = tls
+        .security(dfs_core::tls::Role::Admin, "dfs")
+        .context("cannot set up TLS (an admin certificate, or --plaintext)")?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{meta}"))
         .with_context(|| format!("bad metadata server address `{meta}` (expected HOST:PORT)"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout);
     let channel = endpoint
-        .connect()
+        .connect_with_connector(security.connector(dfs_core::tls::Role::Meta))
         .await
         .with_context(|| format!("cannot reach the metadata server at {meta}"))?;
     Ok(MetaClient::new(channel).max_decoding_message_size(dfs_proto::MAX_MESSAGE_BYTES))
@@ -212,8 +225,9 @@ fn state_name(s: ServerState) -> &'static str {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Ca(command) => ca::run(command)?,
         Command::Stats { meta, json } => {
-            let s = connect(&meta)
+            let s = connect(&meta, &cli.tls)
                 .await?
                 .stats(Empty {})
                 .await
@@ -291,7 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "--grace ({grace}s) must be at least --clock-skew ({clock_skew}s), or shards \
                  written just before a chunk died could outlive it"
             );
-            let report: gc::GcJson = connect_for(&meta, LONG_REQUEST)
+            let report: gc::GcJson = connect_for(&meta, LONG_REQUEST, &cli.tls)
                 .await?
                 .gc(GcRequest {
                     grace_ns: secs_to_ns(grace),
@@ -315,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             orphan_grace,
             json,
         } => {
-            let report: gc::FsckJson = connect_for(&meta, LONG_REQUEST)
+            let report: gc::FsckJson = connect_for(&meta, LONG_REQUEST, &cli.tls)
                 .await?
                 .fsck(FsckRequest {
                     verify,
@@ -335,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Status { meta, json } => {
-            let reply = connect(&meta)
+            let reply = connect(&meta, &cli.tls)
                 .await?
                 .list_servers(Empty {})
                 .await

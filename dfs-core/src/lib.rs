@@ -18,6 +18,7 @@ pub mod shard_key;
 pub mod shutdown;
 pub mod size;
 pub mod time;
+pub mod tls;
 pub mod xorshift;
 
 pub use chunker::{cut_lengths, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};

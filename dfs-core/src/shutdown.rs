@@ -1,28 +1,37 @@
 //! How a daemon learns it should stop.
 
-/// Completes on Ctrl-C or SIGTERM (what `systemctl stop` sends). A signal
-/// that cannot be listened for is logged and never completes, so the other
-/// still works.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+use std::future::Future;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM (what `systemctl stop` sends).
+/// The handlers are installed when this is called, not when the future is
+/// first polled: a daemon calls it before it announces that it listens, so
+/// a SIGTERM sent right after the announcement stops it cleanly instead of
+/// killing it. Call it inside a tokio runtime. A signal that cannot be
+/// listened for is logged and never completes, so the other still works.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+        Ok(sig) => Some(sig),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for {name}");
+            None
         }
     };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
+    let interrupt = listen(SignalKind::interrupt(), "Ctrl-C");
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    async move {
+        let wait = |sig: Option<tokio::signal::unix::Signal>| async move {
+            match sig {
+                Some(mut sig) => {
+                    sig.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(interrupt) => tracing::info!("Ctrl-C received; shutting down"),
+            () = wait(terminate) => tracing::info!("SIGTERM received; shutting down"),
         }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
-        () = term => tracing::info!("SIGTERM received; shutting down"),
     }
 }

@@ -3,6 +3,7 @@
 //! store behind the [`store::MetaStore`] trait.
 
 pub mod acl;
+pub mod caps;
 pub mod chunkmap;
 pub mod error;
 pub mod inodes;
@@ -59,6 +60,7 @@ pub fn parse_ec(s: &str) -> anyhow::Result<(u32, u32)> {
 pub async fn serve(
     listen: SocketAddr,
     service: MetaService,
+    security: dfs_core::tls::Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -68,12 +70,12 @@ pub async fn serve(
     service.start_background();
     println!("dfs-meta listening on {bound}");
     tracing::info!(%bound, "metadata server up");
-    // Without TCP_NODELAY a small reply can wait for the client's delayed
-    // ACK (40 ms): creates in one directory, which the kernel serializes,
-    // then run at about 25 a second.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Connections come handshaken (TLS unless --plaintext) and with
+    // TCP_NODELAY; every request is checked against the caller's role.
+    let incoming = security.incoming(listener);
     tonic::transport::Server::builder()
         .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
+        .layer(dfs_core::tls::AuthorizeLayer)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

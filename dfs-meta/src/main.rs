@@ -52,6 +52,8 @@ struct Args {
     /// commit's outcome were unknown (FoundationDB's commit_unknown_result).
     #[arg(long, default_value_t = 0, hide = true)]
     inject_unknown_commit_every: u64,
+    #[command(flatten)]
+    tls: dfs_core::tls::TlsArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let security = args
+        .tls
+        .security(dfs_core::tls::Role::Meta, "dfs-meta")
+        .context("cannot set up TLS")?;
     let (k, m) = dfs_meta::parse_ec(&args.ec).context("bad --ec")?;
     let store = dfs_meta::store::open_store(&args.store)
         .with_context(|| format!("cannot open store {}", args.store))?;
@@ -89,19 +95,22 @@ fn main() -> anyhow::Result<()> {
         dfs_meta::default_volume(k, m),
         liveness,
         maintenance,
-        dfs_meta::tcp_connector(),
+        dfs_meta::tcp_connector(security.clone()),
     )
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?
     .inject_unknown_create_commits(args.inject_unknown_commit_every);
-    tracing::info!(listen = %args.listen, store = %args.store, backend = service_store_name, "dfs-meta serving");
+    tracing::info!(listen = %args.listen, store = %args.store, backend = service_store_name, transport = security.describe(), "dfs-meta serving");
     let runtime = tokio::runtime::Runtime::new()?;
     let served = runtime.block_on(async {
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        // Installed before the ready line: a SIGTERM right after it stops
+        // the server cleanly.
+        let signal = dfs_core::shutdown::shutdown_signal();
         let shutdown = async move {
-            dfs_core::shutdown::shutdown_signal().await;
+            signal.await;
             let _ = signalled_tx.send(());
         };
-        let server = dfs_meta::serve(args.listen, service, shutdown);
+        let server = dfs_meta::serve(args.listen, service, security, shutdown);
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result,

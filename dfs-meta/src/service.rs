@@ -16,7 +16,7 @@ use crate::error::{MetaError, Result};
 use crate::maintenance::{fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig};
 use crate::registry::Liveness;
 use crate::store::{read_only, transact, KvTxn, MetaStore, StoreError};
-use crate::{chunkmap, inodes, locks, namespace, registry, xattrs};
+use crate::{caps, chunkmap, inodes, locks, namespace, registry, xattrs};
 
 /// Inode numbers a metadata server reserves at a time.
 const INODE_BATCH: u64 = 1024;
@@ -384,9 +384,14 @@ impl Meta for MetaService {
     }
 
     async fn set_attr(&self, r: Request<SetAttrRequest>) -> Result<Response<InodeRecord>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         let reply = self
             .run("setattr", move |t, now| {
+                if caps.unprivileged && r.mode.is_some() {
+                    let kind = inodes::get_inode(t, r.ino)?.kind();
+                    caps::check_mode(&caps, kind, r.mode)?;
+                }
                 let inode = namespace::set_attr(t, &r, now)?;
                 let dirs = changed_if_dir(&inode);
                 Ok((inode, dirs))
@@ -396,7 +401,9 @@ impl Meta for MetaService {
     }
 
     async fn create(&self, r: Request<CreateRequest>) -> Result<Response<InodeRecord>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
+        caps::check_create(&caps, &r).map_err(|e| Status::from(DfsError::from(e)))?;
         let ino = match self.inodes.try_next() {
             Some(ino) => ino,
             None => {
@@ -478,7 +485,9 @@ impl Meta for MetaService {
     }
 
     async fn set_xattr(&self, r: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
+        caps::check_xattr(&caps, &r).map_err(|e| Status::from(DfsError::from(e)))?;
         let reply = self
             .run("setxattr", move |t, now| {
                 xattrs::set_xattr(t, &r, now)?;
@@ -505,7 +514,9 @@ impl Meta for MetaService {
     }
 
     async fn remove_xattr(&self, r: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
+        caps::check_xattr(&caps, &r).map_err(|e| Status::from(DfsError::from(e)))?;
         let reply = self
             .run("removexattr", move |t, now| {
                 xattrs::remove_xattr(t, r.ino, &r.name, now)?;

@@ -89,6 +89,11 @@ pub struct MountOptions {
     pub log: Option<PathBuf>,
     /// How long metadata requests are retried while the cluster is unreachable.
     pub retry_for: Duration,
+    /// `tls=DIR`: where the cluster's ca.crt and this client's client.crt
+    /// and client.key are (default: $DFS_TLS_DIR, else /etc/dfs/tls).
+    pub tls_dir: Option<PathBuf>,
+    /// `plaintext`: no TLS to the cluster (an explicit, logged opt-out).
+    pub plaintext: bool,
 }
 
 impl Default for MountOptions {
@@ -111,6 +116,8 @@ impl Default for MountOptions {
             fsname: None,
             log: None,
             retry_for: Duration::from_secs(30),
+            tls_dir: None,
+            plaintext: false,
         }
     }
 }
@@ -228,6 +235,8 @@ impl MountOptions {
                 }
                 "fsname" => self.fsname = Some(need(value)?.to_string()),
                 "log" => self.log = Some(PathBuf::from(need(value)?)),
+                "tls" => self.tls_dir = Some(PathBuf::from(need(value)?)),
+                "plaintext" => self.plaintext = true,
                 other => return Err(format!("unknown mount option `{other}`")),
             }
         }

@@ -93,12 +93,20 @@ pub async fn connect(
 ) -> anyhow::Result<(Arc<Dfs>, Option<crate::embedded::Embedded>)> {
     let (meta, connector, embedded) = match &req.source {
         Source::Cluster(addrs) => {
-            let connector = tcp_connector();
+            let security = dfs_core::tls::Security::configure(
+                req.options.tls_dir.as_deref(),
+                dfs_core::tls::Role::Client,
+                req.options.plaintext,
+                "dfs-mount",
+            )
+            .context("cannot set up TLS (a client certificate, or -o plaintext)")?;
+            let to_meta = tcp_connector(security.clone(), dfs_core::tls::Role::Meta);
             let transports = addrs
                 .iter()
-                .map(|a| connector(a).map_err(|e| anyhow::anyhow!("{}", e.message)))
+                .map(|a| to_meta(a).map_err(|e| anyhow::anyhow!("{}", e.message)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            (MetaRpc::new(transports, CONNECT_TIMEOUT), connector, None)
+            let to_servers = tcp_connector(security, dfs_core::tls::Role::Server);
+            (MetaRpc::new(transports, CONNECT_TIMEOUT), to_servers, None)
         }
         Source::Local(path) => {
             let embedded = crate::embedded::Embedded::start(path).await?;

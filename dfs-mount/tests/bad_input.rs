@@ -21,7 +21,7 @@ fn run(cmd: &mut Command) -> (bool, String, Duration) {
 fn mount_with_no_metadata_server_fails_with_a_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port(); // nothing listens there
-    let (ok, err, took) = run(Command::new(bin("dfs-mount"))
+    let (ok, err, took) = run(dfs_cmd("dfs-mount")
         .arg(format!("127.0.0.1:{port}"))
         .arg(dir.path()));
     assert!(!ok);
@@ -33,7 +33,7 @@ fn mount_with_no_metadata_server_fails_with_a_message() {
 #[test]
 fn unknown_mount_option_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ok, err, _) = run(Command::new(bin("dfs-mount"))
+    let (ok, err, _) = run(dfs_cmd("dfs-mount")
         .arg("local:/tmp/never")
         .arg(dir.path())
         .args(["-o", "rw,frobnicate"]));
@@ -42,7 +42,7 @@ fn unknown_mount_option_is_rejected() {
         err.contains("unknown mount option `frobnicate`"),
         "message: {err}"
     );
-    let (ok, err, _) = run(Command::new(bin("mount.dfs"))
+    let (ok, err, _) = run(dfs_cmd("mount.dfs")
         .arg("local:/tmp/never")
         .arg(dir.path())
         .args(["-o", "consistency=sometimes"]));
@@ -54,7 +54,7 @@ fn unknown_mount_option_is_rejected() {
 fn missing_mountpoint_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nope");
-    let (ok, err, _) = run(Command::new(bin("dfs-mount"))
+    let (ok, err, _) = run(dfs_cmd("dfs-mount")
         .arg(format!("local:{}", dir.path().join("vol").display()))
         .arg(&missing));
     assert!(!ok);
@@ -66,7 +66,7 @@ fn server_with_unusable_data_directory_fails_fast() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").expect("write");
-    let (ok, err, took) = run(Command::new(bin("dfs-server")).args([
+    let (ok, err, took) = run(dfs_cmd("dfs-server").args([
         "--listen",
         &format!("127.0.0.1:{}", free_port()),
         "--meta",
@@ -84,12 +84,8 @@ fn server_with_unusable_data_directory_fails_fast() {
 
 #[test]
 fn meta_with_bad_store_spec_fails() {
-    let (ok, err, _) = run(Command::new(bin("dfs-meta")).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "floppy:/x",
-    ]));
+    let (ok, err, _) =
+        run(dfs_cmd("dfs-meta").args(["--listen", "127.0.0.1:0", "--store", "floppy:/x"]));
     assert!(!ok);
     assert!(err.contains("unknown store"), "message: {err}");
 }

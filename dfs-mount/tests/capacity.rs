@@ -125,7 +125,7 @@ fn a_full_server_is_left_out_and_a_full_cluster_answers_enospc() {
     }
     let held_before: u64 = server_bytes(&cluster).iter().sum();
     let gc = |grace: &str| -> serde_json::Value {
-        let out = std::process::Command::new(bin("dfs"))
+        let out = dfs_cmd("dfs")
             .args(["gc", "--meta", &cluster.meta_addr(), "--json"])
             .args(["--grace", grace, "--clock-skew", "0"])
             .output()

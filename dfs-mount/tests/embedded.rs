@@ -107,7 +107,7 @@ fn a_second_mount_of_the_same_local_volume_is_refused_clearly() {
     let _first = TestMount::start(&source, &[]);
     let other = work.path().join("mnt2");
     fs::create_dir(&other).expect("mkdir");
-    let out = std::process::Command::new(bin("dfs-mount"))
+    let out = dfs_cmd("dfs-mount")
         .arg(&source)
         .arg(&other)
         .output()
@@ -174,7 +174,7 @@ fn remount_read_only_and_back_keeps_the_client_running() {
     let m = TestMount::start(&source, &[]);
     fs::write(m.path.join("kept"), b"before").expect("write");
     let remount = |opts: &str| {
-        let out = std::process::Command::new(bin("dfs-mount"))
+        let out = dfs_cmd("dfs-mount")
             .arg(&source)
             .arg(&m.path)
             .args(["-o", opts])
@@ -195,7 +195,7 @@ fn remount_read_only_and_back_keeps_the_client_running() {
     assert_eq!(fs::read(m.path.join("new")).expect("read"), b"after");
 
     // A remount of something that is not a dfs mount is refused.
-    let out = std::process::Command::new(bin("dfs-mount"))
+    let out = dfs_cmd("dfs-mount")
         .arg(&source)
         .arg(work.path())
         .args(["-o", "remount,ro"])
@@ -239,7 +239,7 @@ fn umount_then_mount_at_once_waits_for_the_old_client() {
     let mnt = work.path().join("mnt");
     fs::create_dir(&mnt).expect("mountpoint");
     for round in 0..3u8 {
-        let out = std::process::Command::new(bin("dfs-mount"))
+        let out = dfs_cmd("dfs-mount")
             .arg(&source)
             .arg(&mnt)
             .output()

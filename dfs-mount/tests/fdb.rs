@@ -29,7 +29,7 @@ fn on_fdb(test: &str) -> bool {
 /// The longest transaction the dfs-meta at `meta` ran, in ms, and its
 /// request (`dfs stats`).
 fn longest_transaction(meta: &str) -> (f64, String) {
-    let out = Command::new(bin("dfs"))
+    let out = dfs_cmd("dfs")
         .args(["stats", "--json", "--meta", meta])
         .output()
         .expect("dfs stats");
@@ -174,7 +174,7 @@ fn two_metadata_servers_share_a_volume_and_clients_fail_over() {
         acked.len()
     );
     // The surviving server's view of the volume is whole.
-    let out = Command::new(bin("dfs"))
+    let out = dfs_cmd("dfs")
         .args(["fsck", "--verify", "--orphan-grace", "0", "--json"])
         .args(["--meta", &format!("127.0.0.1:{second}")])
         .output()
@@ -191,7 +191,7 @@ fn two_metadata_servers_share_a_volume_and_clients_fail_over() {
 
 /// `transactions` and `transaction_retries` of the dfs-meta at `meta`.
 fn transaction_counts(meta: &str) -> (u64, u64) {
-    let out = Command::new(bin("dfs"))
+    let out = dfs_cmd("dfs")
         .args(["stats", "--json", "--meta", meta])
         .output()
         .expect("dfs stats");
@@ -400,7 +400,7 @@ fn dfs_meta_stops_promptly_on_sigterm_when_the_database_is_gone() {
     };
     let port = free_port();
     let log = fdb.dir.path().join("meta.log");
-    let mut meta = Command::new(meta_bin())
+    let mut meta = meta_cmd()
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--store", &format!("fdb:{}", fdb.cluster_file)])
         .stdout(Stdio::piped())
@@ -414,7 +414,7 @@ fn dfs_meta_stops_promptly_on_sigterm_when_the_database_is_gone() {
     };
     fdb.kill();
     // A request in flight that the database will never answer.
-    let mut asking = Command::new(bin("dfs"))
+    let mut asking = dfs_cmd("dfs")
         .args(["stats", "--meta", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

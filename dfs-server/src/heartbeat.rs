@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dfs_core::rpc::{boxed_transport, RpcTransport};
+use dfs_core::tls::{Role, Security};
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{HeartbeatRequest, RegisterServerRequest};
 use tonic::transport::Endpoint;
@@ -88,12 +89,14 @@ enum HeartbeatError {
     NoMetaServer,
 }
 
+/// The URI tonic dials for `addr`: TLS is the connector's business (see
+/// `dfs_core::tls`), so an `https://` prefix means the same as none.
 fn meta_url(addr: &str) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
+    let bare = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
+    format!("http://{bare}")
 }
 
 async fn local_stats(store: &Arc<ShardStore>) -> Result<(Usage, Capacity), HeartbeatError> {
@@ -112,12 +115,15 @@ type MetaRpc = MetaClient<RpcTransport>;
 /// after a failure, for callers that only speak now and then (the
 /// scrubber's reports): they need no reconnect loop of their own. Fails
 /// only on an address that is not a valid URI.
-pub fn lazy_meta_transport(meta_addr: &str) -> Result<RpcTransport, tonic::transport::Error> {
+pub fn lazy_meta_transport(
+    meta_addr: &str,
+    security: &Security,
+) -> Result<RpcTransport, tonic::transport::Error> {
     let first = meta_addresses(meta_addr).next().unwrap_or_default();
     let channel = Endpoint::from_shared(meta_url(first))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(RPC_TIMEOUT)
-        .connect_lazy();
+        .connect_with_connector_lazy(security.connector(Role::Meta));
     Ok(boxed_transport(channel))
 }
 
@@ -132,6 +138,7 @@ async fn connect_and_register_any(
     reg: &Registration,
     store: &Arc<ShardStore>,
     first: usize,
+    security: &Security,
 ) -> Result<(MetaRpc, u32, usize), HeartbeatError> {
     let addresses: Vec<&str> = meta_addresses(&reg.meta_addr).collect();
     let count = addresses.len().max(1);
@@ -139,7 +146,7 @@ async fn connect_and_register_any(
     for i in 0..count {
         let index = (first + i) % count;
         let addr = addresses.get(index).copied().unwrap_or(&reg.meta_addr);
-        match connect_and_register(addr, reg, store).await {
+        match connect_and_register(addr, reg, store, security).await {
             Ok((client, id)) => return Ok((client, id, index)),
             Err(e) => {
                 tracing::debug!(meta = addr, error = %error_chain(&e), "metadata server did not take the registration");
@@ -154,6 +161,7 @@ async fn connect_and_register(
     addr: &str,
     reg: &Registration,
     store: &Arc<ShardStore>,
+    security: &Security,
 ) -> Result<(MetaRpc, u32), HeartbeatError> {
     let url = meta_url(addr);
     let connect_err = |source| HeartbeatError::Connect {
@@ -164,7 +172,7 @@ async fn connect_and_register(
         .map_err(connect_err)?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(RPC_TIMEOUT)
-        .connect()
+        .connect_with_connector(security.connector(Role::Meta))
         .await
         .map_err(connect_err)?;
     register(
@@ -226,8 +234,13 @@ async fn send_heartbeat(
 
 /// Registers with the metadata server and heartbeats every `interval`,
 /// forever. Run it as a task and abort it on shutdown.
-pub async fn register_and_heartbeat(reg: Registration, store: Arc<ShardStore>, interval: Duration) {
-    register_and_heartbeat_sharing(reg, store, interval, SharedServerId::default()).await
+pub async fn register_and_heartbeat(
+    reg: Registration,
+    store: Arc<ShardStore>,
+    interval: Duration,
+    security: Security,
+) {
+    register_and_heartbeat_sharing(reg, store, interval, SharedServerId::default(), security).await
 }
 
 /// [`register_and_heartbeat`], publishing the server id in `server_id` at
@@ -237,8 +250,16 @@ pub async fn register_and_heartbeat_sharing(
     store: Arc<ShardStore>,
     interval: Duration,
     server_id: SharedServerId,
+    security: Security,
 ) {
-    heartbeat_loop(reg, store, interval, MetaLink::Tcp { next: 0 }, server_id).await
+    heartbeat_loop(
+        reg,
+        store,
+        interval,
+        MetaLink::Tcp { next: 0, security },
+        server_id,
+    )
+    .await
 }
 
 /// Registers once through an already-made transport (an in-process
@@ -275,7 +296,7 @@ pub async fn heartbeat_via(
 enum MetaLink {
     /// Dial `Registration::meta_addr` over TCP (each in turn, for a list),
     /// starting with the one at this index.
-    Tcp { next: usize },
+    Tcp { next: usize, security: Security },
     /// Use this transport (in-process service).
     Transport(RpcTransport),
 }
@@ -287,8 +308,9 @@ impl MetaLink {
         store: Arc<ShardStore>,
     ) -> Result<(MetaRpc, u32), HeartbeatError> {
         match self {
-            MetaLink::Tcp { next } => {
-                let (client, id, index) = connect_and_register_any(&reg, &store, *next).await?;
+            MetaLink::Tcp { next, security } => {
+                let (client, id, index) =
+                    connect_and_register_any(&reg, &store, *next, security).await?;
                 *next = index;
                 Ok((client, id))
             }
@@ -299,7 +321,7 @@ impl MetaLink {
     /// The metadata server just failed: the next registration starts with
     /// the one after it.
     fn skip_current(&mut self) {
-        if let MetaLink::Tcp { next } = self {
+        if let MetaLink::Tcp { next, .. } = self {
             *next += 1;
         }
     }
@@ -574,7 +596,7 @@ mod tests {
         let scrubber = tokio::spawn(crate::scrub::run(
             Arc::clone(&store),
             Duration::from_millis(100),
-            lazy_meta_transport(&addr.to_string()).expect("transport"),
+            lazy_meta_transport(&addr.to_string(), &Security::Plaintext).expect("transport"),
             server_id.clone(),
         ));
         let heartbeat = tokio::spawn(register_and_heartbeat_sharing(
@@ -582,6 +604,7 @@ mod tests {
             Arc::clone(&store),
             Duration::from_millis(50),
             server_id.clone(),
+            Security::Plaintext,
         ));
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -643,6 +666,7 @@ mod tests {
             reg.clone(),
             Arc::clone(&store),
             Duration::from_millis(50),
+            Security::Plaintext,
         ));
         tokio::time::sleep(Duration::from_millis(300)).await;
 

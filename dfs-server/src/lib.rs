@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use dfs_core::tls::Security;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 pub use error::StoreError;
@@ -143,8 +143,14 @@ impl BoundServer {
             .unwrap_or_else(|| self.local_addr.to_string())
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    /// Serves until `shutdown` completes, then lets in-flight requests
+    /// finish. `security` covers both the chunk service and the calls to
+    /// the metadata server.
+    pub async fn serve(
+        self,
+        security: Security,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let mut background = Vec::new();
         match &self.config.meta {
             Some(meta_addr) => {
@@ -168,8 +174,9 @@ impl BoundServer {
                     Arc::clone(&self.store),
                     self.config.heartbeat_interval,
                     server_id.clone(),
+                    security.clone(),
                 )));
-                if let Some(task) = self.start_scrubber(meta_addr, server_id) {
+                if let Some(task) = self.start_scrubber(meta_addr, server_id, &security) {
                     background.push(task);
                 }
             }
@@ -182,9 +189,12 @@ impl BoundServer {
             &self.store,
         ))));
 
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        // Handshaken connections (TLS unless --plaintext), with
+        // TCP_NODELAY; every request checked against the caller's role.
+        let incoming = security.incoming(self.listener);
         let result = tonic::transport::Server::builder()
             .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
+            .layer(dfs_core::tls::AuthorizeLayer)
             .add_service(service::chunk_service_server(Arc::clone(&self.store)))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
@@ -204,13 +214,14 @@ impl BoundServer {
         &self,
         meta_addr: &str,
         server_id: SharedServerId,
+        security: &Security,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let period = self.config.scrub_period;
         if period.is_zero() {
             tracing::info!("scrubbing disabled (--scrub-period 0)");
             return None;
         }
-        let meta = match heartbeat::lazy_meta_transport(meta_addr) {
+        let meta = match heartbeat::lazy_meta_transport(meta_addr, security) {
             Ok(meta) => meta,
             Err(err) => {
                 // The heartbeat task reports the same address as unusable
@@ -235,16 +246,21 @@ impl BoundServer {
 ///
 /// Prints `dfs-server listening on ADDR` to stdout once bound (ADDR with the
 /// real port when listening on port 0); tests and scripts wait for it.
-pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServerConfig,
+    security: Security,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let server = BoundServer::bind(config).await?;
     announce(server.local_addr());
     tracing::info!(
         addr = %server.local_addr(),
         server_uuid = %server.uuid(),
         data = %server.config.data.display(),
+        transport = security.describe(),
         "chunk server ready"
     );
-    server.serve(shutdown).await
+    server.serve(security, shutdown).await
 }
 
 fn announce(addr: SocketAddr) {
@@ -299,7 +315,7 @@ mod tests {
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server.serve(async {
+        let serving = tokio::spawn(server.serve(Security::Plaintext, async {
             let _ = stopped.await;
         }));
 
@@ -377,6 +393,7 @@ mod tests {
         std::fs::write(&file, b"x").expect("write");
         let err = run(
             ServerConfig::new(localhost0(), &file),
+            Security::Plaintext,
             std::future::pending(),
         )
         .await

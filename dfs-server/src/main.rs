@@ -67,6 +67,8 @@ struct Cli {
         help_heading = "Storage"
     )]
     scrub_period: u64,
+    #[command(flatten, next_help_heading = "Security")]
+    tls: dfs_core::tls::TlsArgs,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -108,10 +110,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dfs_server::run(
-        cli.into(),
-        dfs_core::shutdown::shutdown_signal(),
-    )) {
+    let security = match cli.tls.security(dfs_core::tls::Role::Server, "dfs-server") {
+        Ok(security) => security,
+        Err(e) => {
+            eprintln!("dfs-server: cannot set up TLS: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Signal handlers first: a SIGTERM right after the ready line stops the
+    // server cleanly.
+    let shutdown = {
+        let _in_runtime = runtime.enter();
+        dfs_core::shutdown::shutdown_signal()
+    };
+    match runtime.block_on(dfs_server::run(cli.into(), security, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dfs-server: {e:#}");

@@ -13,7 +13,7 @@ fn bad_data_dir_exits_nonzero_with_one_line() {
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").expect("write");
     let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--data"])
+        .args(["--listen", "127.0.0.1:0", "--plaintext", "--data"])
         .arg(&file)
         .env("RUST_LOG", "off")
         .output()
@@ -28,10 +28,38 @@ fn bad_data_dir_exits_nonzero_with_one_line() {
 }
 
 #[test]
+fn without_certificates_it_says_how_to_make_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--meta", "127.0.0.1:1", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--tls-dir")
+        .arg(dir.path().join("tls"))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("ca.crt") && stderr.contains("dfs ca issue --role server"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--plaintext"), "{stderr}");
+}
+
+#[test]
 fn announces_its_port_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--meta", "127.0.0.1:1", "--data"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--meta",
+            "127.0.0.1:1",
+            "--plaintext",
+            "--data",
+        ])
         .arg(dir.path())
         .args(["--zone", "z", "--rack", "r", "--heartbeat-ms", "100"])
         // A scrubber running (and failing to report) must not hold up shutdown.

@@ -17,11 +17,11 @@ use dfs_proto::{
 /// Shards listed or checked per request.
 pub const LIST_PAGE: u32 = 1000;
 
-/// Connects lazily over TCP (`http://ADDRESS`), failing a connect after
-/// 5 s and a call after 60 s, so a dead server never stalls the work for
-/// long.
-pub fn tcp_connector() -> Connector {
-    Arc::new(|address: &str| {
+/// Connects lazily over TCP (`http://ADDRESS`, TLS as `security` says,
+/// expecting a chunk server's certificate), failing a connect after 5 s
+/// and a call after 60 s, so a dead server never stalls the work for long.
+pub fn tcp_connector(security: dfs_core::tls::Security) -> Connector {
+    Arc::new(move |address: &str| {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| {
                 DfsError::new(
@@ -31,7 +31,9 @@ pub fn tcp_connector() -> Connector {
             })?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60));
-        Ok(boxed_transport(endpoint.connect_lazy()))
+        Ok(boxed_transport(endpoint.connect_with_connector_lazy(
+            security.connector(dfs_core::tls::Role::Server),
+        )))
     })
 }
 

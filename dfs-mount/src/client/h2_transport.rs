@@ -25,6 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dfs_core::error::DfsError;
 use dfs_core::rpc::{BoxError, RpcTransport};
+use dfs_core::tls::{Role, Security};
 use http_body_util::BodyExt;
 use tonic::codegen::http;
 
@@ -58,16 +59,26 @@ const TIMING: Timing = Timing {
 };
 
 /// A transport to `address` (`host:port`), connecting on first use and again
-/// after the connection breaks.
-pub fn h2_transport(address: &str) -> Result<RpcTransport, DfsError> {
-    transport_with(address, TIMING)
+/// after the connection breaks; over TLS (as `security` says) to a peer
+/// whose certificate has role `peer`.
+pub fn h2_transport(
+    address: &str,
+    security: &Security,
+    peer: Role,
+) -> Result<RpcTransport, DfsError> {
+    transport_with(address, TIMING, security.clone(), peer)
 }
 
-fn transport_with(address: &str, timing: Timing) -> Result<RpcTransport, DfsError> {
+fn transport_with(
+    address: &str,
+    timing: Timing,
+    security: Security,
+    peer: Role,
+) -> Result<RpcTransport, DfsError> {
     let authority: http::uri::Authority = address
         .parse()
         .map_err(|e| DfsError::new(libc::EINVAL, format!("bad server address {address}: {e}")))?;
-    let conn = Arc::new(H2Connection::new(authority, timing));
+    let conn = Arc::new(H2Connection::new(authority, timing, security, peer));
     let service = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
         let conn = conn.clone();
         async move { conn.call(request).await }
@@ -78,6 +89,8 @@ fn transport_with(address: &str, timing: Timing) -> Result<RpcTransport, DfsErro
 struct H2Connection {
     authority: http::uri::Authority,
     timing: Timing,
+    security: Security,
+    peer: Role,
     /// The last connection's request handle; `None` before the first
     /// request. Kept after that connection ended or was retired (its
     /// `ended` is then set) until the next request replaces it.
@@ -126,10 +139,17 @@ impl Live {
 }
 
 impl H2Connection {
-    fn new(authority: http::uri::Authority, timing: Timing) -> Self {
+    fn new(
+        authority: http::uri::Authority,
+        timing: Timing,
+        security: Security,
+        peer: Role,
+    ) -> Self {
         Self {
             authority,
             timing,
+            security,
+            peer,
             current: parking_lot::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             connects_finished: AtomicU64::new(0),
@@ -238,7 +258,9 @@ impl H2Connection {
     async fn connect(&self) -> Result<Live, BoxError> {
         let address = self.authority.as_str();
         let limit = self.timing.connect;
-        let tcp = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(address)).await {
+        // TCP (with TCP_NODELAY) and, unless plaintext, the TLS handshake.
+        let tcp = match tokio::time::timeout(limit, self.security.connect(address, self.peer)).await
+        {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => {
@@ -249,7 +271,6 @@ impl H2Connection {
                 .into())
             }
         };
-        tcp.set_nodelay(true)?;
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -482,9 +503,17 @@ mod tests {
     }
 
     fn client(address: SocketAddr, timing: Timing) -> ChunksClient<RpcTransport> {
-        ChunksClient::new(transport_with(&address.to_string(), timing).unwrap())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+        ChunksClient::new(
+            transport_with(
+                &address.to_string(),
+                timing,
+                Security::Plaintext,
+                Role::Meta,
+            )
+            .unwrap(),
+        )
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,7 +636,12 @@ mod tests {
             connect: Duration::from_millis(500),
             ..TIMING
         };
-        let conn = H2Connection::new(address.to_string().parse().unwrap(), timing);
+        let conn = H2Connection::new(
+            address.to_string().parse().unwrap(),
+            timing,
+            Security::Plaintext,
+            Role::Meta,
+        );
         let waiting = (0..8).map(|_| conn.live());
         for result in futures::future::join_all(waiting).await {
             let err = result

@@ -33,8 +33,8 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// itself). Failures map to the statuses the retry logic expects:
 /// connection errors are `Unavailable`, a server that does not answer
 /// within `RPC_TIMEOUT` is `DeadlineExceeded`.
-pub fn tcp_connector() -> Connector {
-    Arc::new(h2_transport::h2_transport)
+pub fn tcp_connector(security: dfs_core::tls::Security, peer: dfs_core::tls::Role) -> Connector {
+    Arc::new(move |address: &str| h2_transport::h2_transport(address, &security, peer))
 }
 
 /// A status as a transport error: tonic hands a `Status` it finds there to

@@ -37,6 +37,78 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// What dfs programs read their TLS directory from.
+pub const TLS_DIR_ENV: &str = "DFS_TLS_DIR";
+
+/// The cluster CA and the certificates of every role that test processes
+/// use (through `DFS_TLS_DIR`), made once by the `dfs` under test beside
+/// the binaries and reused while complete.
+pub fn tls_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = bin_dir().join("test-tls");
+        let roles = ["meta", "server", "client", "admin"];
+        let complete = |d: &Path| {
+            d.join("ca.crt").exists()
+                && roles.iter().all(|r| {
+                    d.join(format!("{r}.crt")).exists() && d.join(format!("{r}.key")).exists()
+                })
+        };
+        if complete(&dir) {
+            return dir;
+        }
+        // Made aside and renamed into place: another test binary running
+        // at the same time finds it whole or not at all.
+        let tmp = bin_dir().join(format!("test-tls.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let run = |args: &[&str]| {
+            let out = Command::new(bin("dfs"))
+                .args(args)
+                .output()
+                .expect("run dfs ca");
+            assert!(
+                out.status.success(),
+                "dfs {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let tmp_s = tmp.display().to_string();
+        run(&["ca", "init", &tmp_s]);
+        for role in roles {
+            run(&[
+                "ca",
+                "issue",
+                "--role",
+                role,
+                &format!("test-{role}"),
+                "--ca",
+                &tmp_s,
+            ]);
+        }
+        let _ = fs::remove_dir_all(&dir);
+        if fs::rename(&tmp, &dir).is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        assert!(complete(&dir), "no test certificates in {}", dir.display());
+        dir
+    })
+    .clone()
+}
+
+/// `Command::new(bin(name))` with the test cluster's certificates.
+pub fn dfs_cmd(name: &str) -> Command {
+    let mut cmd = Command::new(bin(name));
+    cmd.env(TLS_DIR_ENV, tls_dir());
+    cmd
+}
+
+/// The `dfs-meta` under test ([`meta_bin`]) with the test certificates.
+pub fn meta_cmd() -> Command {
+    let mut cmd = Command::new(meta_bin());
+    cmd.env(TLS_DIR_ENV, tls_dir());
+    cmd
+}
+
 /// The `dfs-meta` to run: `DFS_TEST_META_BIN` (one built with FoundationDB
 /// support, for `DFS_TEST_META_STORE=fdb`), else the workspace's.
 pub fn meta_bin() -> PathBuf {
@@ -315,7 +387,7 @@ impl TestCluster {
     pub fn spawn_meta_at(&self, port: u16, name: &str) -> Proc {
         let store = self.meta_store();
         let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(meta_bin())
+        let mut child = meta_cmd()
             .args([
                 "--listen",
                 &listen,
@@ -374,7 +446,7 @@ impl TestCluster {
             Some(port) => format!("{},127.0.0.1:{port}", self.meta_addr()),
             None => self.meta_addr(),
         };
-        let mut child = Command::new(bin("dfs-server"))
+        let mut child = dfs_cmd("dfs-server")
             .args([
                 "--listen", &listen, "--meta", &meta, "--data", &data, "--zone", &s.zone, "--rack",
                 &s.rack,
@@ -413,7 +485,7 @@ impl TestCluster {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        let out = Command::new(bin("dfs"))
+        let out = dfs_cmd("dfs")
             .args(["status", "--meta", &self.meta_addr(), "--json"])
             .output()
             .expect("dfs status");
@@ -426,7 +498,7 @@ impl TestCluster {
     }
 
     pub fn stats(&self) -> serde_json::Value {
-        let out = Command::new(bin("dfs"))
+        let out = dfs_cmd("dfs")
             .args(["stats", "--meta", &self.meta_addr(), "--json"])
             .output()
             .expect("dfs stats");
@@ -441,7 +513,7 @@ impl TestCluster {
     /// Runs `dfs ARGS --meta ADDR --json`; returns whether it exited 0, and
     /// its JSON output.
     pub fn dfs_json(&self, args: &[&str]) -> (bool, serde_json::Value) {
-        let out = Command::new(bin("dfs"))
+        let out = dfs_cmd("dfs")
             .args(args)
             .args(["--meta", &self.meta_addr(), "--json"])
             .output()
@@ -506,7 +578,7 @@ impl TestMount {
     }
 
     pub fn start_at(source: &str, path: &Path, options: &[&str]) -> Self {
-        let mut cmd = Command::new(bin("dfs-mount"));
+        let mut cmd = dfs_cmd("dfs-mount");
         cmd.arg(source).arg(path).arg("--foreground");
         for o in options {
             cmd.arg("-o").arg(o);

@@ -1,0 +1,103 @@
+//! `dfs ca init|issue`: the cluster's certificate authority (see
+//! `dfs_core::tls::ca` for the files and what goes in a certificate).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use dfs_core::tls::{ca, identity::normalize_subtree, Identity, Role};
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Makes a new cluster CA in DIR: ca.crt (give it to every host) and
+    /// ca.key (keep it on this machine, readable only by you).
+    Init {
+        /// Where the CA goes (created if missing).
+        #[arg(default_value = dfs_core::tls::DEFAULT_TLS_DIR)]
+        dir: PathBuf,
+    },
+    /// Signs a certificate for one process (or one role on a host):
+    /// writes OUT/ROLE.crt and OUT/ROLE.key, and OUT/ca.crt when missing.
+    Issue {
+        /// What the holder may do: meta, server, client or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The holder's name (a host name, say), shown in logs and refusals.
+        name: String,
+        /// The CA's directory.
+        #[arg(long, default_value = dfs_core::tls::DEFAULT_TLS_DIR)]
+        ca: PathBuf,
+        /// Where to write the pair [default: the CA's directory].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// File name of the pair, without .crt/.key [default: the role,
+        /// which is what each program looks for].
+        #[arg(long)]
+        file: Option<String>,
+        /// Client only: confine it to this directory of the volume.
+        #[arg(long, value_name = "PATH")]
+        subtree: Option<String>,
+        /// Client only: no changes at all.
+        #[arg(long)]
+        read_only: bool,
+        /// Client only: no set-user-ID/set-group-ID bits, device nodes or
+        /// security.*/trusted.* xattrs.
+        #[arg(long)]
+        unprivileged: bool,
+        /// Extra host names or IP addresses to put in the certificate (for
+        /// tools that check them; dfs checks the role).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("unknown role `{s}` (meta, server, client or admin)"))
+}
+
+pub fn run(command: CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Init { dir } => {
+            let cert = ca::init(&dir).context("cannot make the CA")?;
+            println!(
+                "CA made: {} (and ca.key beside it, mode 0600)",
+                cert.display()
+            );
+        }
+        CaCommand::Issue {
+            role,
+            name,
+            ca: ca_dir,
+            out,
+            file,
+            subtree,
+            read_only,
+            unprivileged,
+            hosts,
+        } => {
+            let mut identity = Identity::new(role, &name);
+            if let Some(path) = subtree {
+                identity.caps.subtree = Some(normalize_subtree(&path).with_context(|| {
+                    format!("--subtree {path}: must be an absolute path without `..`")
+                })?);
+            }
+            identity.caps.read_only = read_only;
+            identity.caps.unprivileged = unprivileged;
+            anyhow::ensure!(
+                role == Role::Client || identity.caps == Default::default(),
+                "--subtree, --read-only and --unprivileged are for client certificates"
+            );
+            let out = out.unwrap_or_else(|| ca_dir.clone());
+            let stem = file.unwrap_or_else(|| role.as_str().to_string());
+            let (cert, key) = ca::issue(&ca_dir, &identity, &out, &stem, &hosts)
+                .context("cannot issue the certificate")?;
+            println!(
+                "issued {identity}: {} and {} (valid {} days)",
+                cert.display(),
+                key.display(),
+                ca::LEAF_DAYS
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The cluster's certificate authority: `dfs ca init DIR` makes it, `dfs ca
+//! issue` signs one certificate per process (or per role on a host) with
+//! its identity. The CA key signs nothing else and should stay on the
+//! operator's machine; hosts get `ca.crt` and their own pair.
+//!
+//! Files: `DIR/ca.crt`, `DIR/ca.key`; an issued pair is `OUT/STEM.crt` and
+//! `OUT/STEM.key` (STEM defaults to the role, which is what each program
+//! looks for in its TLS directory), with `ca.crt` copied beside them.
+//! Keys are written mode 0600.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use super::identity::Identity;
+use super::{TlsError, CA_CERT, CA_KEY};
+
+/// How long a cluster CA is valid.
+const CA_DAYS: i64 = 10 * 365;
+/// How long an issued certificate is valid (rotate before: `dfs ca issue`
+/// again and restart the process).
+pub const LEAF_DAYS: i64 = 825;
+
+fn rcgen_err(what: &str) -> impl Fn(rcgen::Error) -> TlsError + '_ {
+    move |e| TlsError::Issue(format!("{what}: {e}"))
+}
+
+/// Creates a new CA in `dir` (made if missing). Refuses to replace one.
+pub fn init(dir: &Path) -> Result<PathBuf, TlsError> {
+    let cert_path = dir.join(CA_CERT);
+    let key_path = dir.join(CA_KEY);
+    if cert_path.exists() || key_path.exists() {
+        return Err(TlsError::Issue(format!(
+            "{} already holds a CA; remove it first to make a new one (every certificate it issued stops working)",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| TlsError::io(dir, e))?;
+    let key = KeyPair::generate().map_err(rcgen_err("cannot make a key"))?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "dfs cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(CA_DAYS);
+    let cert = params
+        .self_signed(&key)
+        .map_err(rcgen_err("cannot sign the CA"))?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    write_public(&cert_path, cert.pem().as_bytes())?;
+    Ok(cert_path)
+}
+
+/// Signs a certificate for `identity` with the CA in `ca_dir`, writing
+/// `out/STEM.crt` and `out/STEM.key` (and `out/ca.crt` when missing).
+/// Returns the two paths.
+pub fn issue(
+    ca_dir: &Path,
+    identity: &Identity,
+    out: &Path,
+    stem: &str,
+    extra_names: &[String],
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    let ca_cert_path = ca_dir.join(CA_CERT);
+    let ca_key_path = ca_dir.join(CA_KEY);
+    let ca_pem =
+        std::fs::read_to_string(&ca_cert_path).map_err(|e| TlsError::io(&ca_cert_path, e))?;
+    let ca_key_pem =
+        std::fs::read_to_string(&ca_key_path).map_err(|e| TlsError::io(&ca_key_path, e))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(rcgen_err("bad CA key"))?;
+    // rcgen signs with a CA it holds as params: rebuilt from the CA's
+    // certificate, it has the same subject and key, which is all a
+    // signature names.
+    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
+        .map_err(rcgen_err("bad CA certificate"))?
+        .self_signed(&ca_key)
+        .map_err(rcgen_err("cannot load the CA"))?;
+
+    let key = KeyPair::generate().map_err(rcgen_err("cannot make a key"))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("{} {}", identity.role, identity.name),
+    );
+    let mut names = vec![
+        SanType::DnsName(
+            identity
+                .role
+                .dns_name()
+                .try_into()
+                .map_err(rcgen_err("bad DNS name"))?,
+        ),
+        SanType::URI(
+            identity
+                .to_uri()
+                .try_into()
+                .map_err(rcgen_err("bad identity URI"))?,
+        ),
+    ];
+    for extra in extra_names {
+        names.push(match extra.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                extra
+                    .clone()
+                    .try_into()
+                    .map_err(rcgen_err("bad host name"))?,
+            ),
+        });
+    }
+    params.subject_alt_names = names;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    // Every process both serves and calls (a chunk server calls dfs-meta).
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(LEAF_DAYS);
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .map_err(rcgen_err("cannot sign the certificate"))?;
+
+    std::fs::create_dir_all(out).map_err(|e| TlsError::io(out, e))?;
+    let cert_path = out.join(format!("{stem}.crt"));
+    let key_path = out.join(format!("{stem}.key"));
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    write_public(&cert_path, cert.pem().as_bytes())?;
+    let out_ca = out.join(CA_CERT);
+    if !out_ca.exists() {
+        write_public(&out_ca, ca_pem.as_bytes())?;
+    }
+    Ok((cert_path, key_path))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| TlsError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| TlsError::io(path, e))
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    std::fs::write(path, bytes).map_err(|e| TlsError::io(path, e))
+}

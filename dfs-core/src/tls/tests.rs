@@ -1,0 +1,220 @@
+//! Certificates made by [`super::ca`], served and dialled over loopback.
+
+use super::*;
+use crate::error::DfsError;
+use dfs_proto::chunks_client::ChunksClient;
+use dfs_proto::chunks_server::{Chunks, ChunksServer};
+use dfs_proto::{
+    CheckShardsReply, CheckShardsRequest, DeleteShardsReply, DeleteShardsRequest, Empty,
+    GetShardReply, GetShardsReply, GetShardsRequest, ListShardsReply, ListShardsRequest,
+    PutShardsRequest, ServerUsage, ShardKey,
+};
+use tonic::{Request, Response, Status};
+
+/// Answers `Usage`, `PutShards` and `DeleteShards`; `GetShard` says which
+/// identity called.
+struct Echo;
+
+#[tonic::async_trait]
+impl Chunks for Echo {
+    async fn put_shards(&self, _: Request<PutShardsRequest>) -> Result<Response<Empty>, Status> {
+        Ok(Response::new(Empty {}))
+    }
+    async fn get_shard(
+        &self,
+        request: Request<ShardKey>,
+    ) -> Result<Response<GetShardReply>, Status> {
+        // The handler sees who called (for caps finer than a role).
+        let name = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.as_ref())
+            .map(|i| i.to_uri())
+            .unwrap_or_default();
+        Ok(Response::new(GetShardReply {
+            data: name.into_bytes(),
+        }))
+    }
+    async fn get_shards(
+        &self,
+        _: Request<GetShardsRequest>,
+    ) -> Result<Response<GetShardsReply>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn delete_shards(
+        &self,
+        _: Request<DeleteShardsRequest>,
+    ) -> Result<Response<DeleteShardsReply>, Status> {
+        Ok(Response::new(DeleteShardsReply::default()))
+    }
+    async fn list_shards(
+        &self,
+        _: Request<ListShardsRequest>,
+    ) -> Result<Response<ListShardsReply>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn check_shards(
+        &self,
+        _: Request<CheckShardsRequest>,
+    ) -> Result<Response<CheckShardsReply>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn usage(&self, _: Request<Empty>) -> Result<Response<ServerUsage>, Status> {
+        Ok(Response::new(ServerUsage::default()))
+    }
+}
+
+fn cluster_ca(dir: &Path) {
+    ca::init(dir).unwrap();
+    for role in Role::ALL {
+        ca::issue(
+            dir,
+            &Identity::new(role, &format!("{role}-1")),
+            dir,
+            role.as_str(),
+            &[],
+        )
+        .unwrap();
+    }
+}
+
+async fn serve(security: Security) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let incoming = security.incoming(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(AuthorizeLayer)
+            .add_service(ChunksServer::new(Echo))
+            .serve_with_incoming(incoming),
+    );
+    address
+}
+
+async fn client(
+    security: &Security,
+    address: &str,
+) -> Result<ChunksClient<tonic::transport::Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_with_connector(security.connector(Role::Server))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(ChunksClient::new(channel))
+}
+
+#[tokio::test]
+async fn roles_reach_only_their_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster_ca(dir.path());
+    let server = Security::Tls(Arc::new(Tls::load(dir.path(), Role::Server).unwrap()));
+    let address = serve(server).await;
+
+    let as_client = Security::Tls(Arc::new(Tls::load(dir.path(), Role::Client).unwrap()));
+    let mut c = client(&as_client, &address).await.unwrap();
+    let reply = c.get_shard(ShardKey::default()).await.unwrap().into_inner();
+    assert_eq!(reply.data, b"dfs://client/client-1");
+    let refused = c
+        .delete_shards(DeleteShardsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(DfsError::from(refused).errno, libc::EACCES);
+
+    let as_meta = Security::Tls(Arc::new(Tls::load(dir.path(), Role::Meta).unwrap()));
+    let mut m = client(&as_meta, &address).await.unwrap();
+    m.delete_shards(DeleteShardsRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn strangers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster_ca(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    cluster_ca(other.path());
+    let address = serve(Security::Tls(Arc::new(
+        Tls::load(dir.path(), Role::Server).unwrap(),
+    )))
+    .await;
+
+    // A client of another cluster's CA: the server refuses its certificate.
+    let stranger = Security::Tls(Arc::new(Tls::load(other.path(), Role::Client).unwrap()));
+    let result = match client(&stranger, &address).await {
+        Ok(mut c) => c
+            .usage(Empty {})
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    assert!(result.is_err(), "a certificate from another CA was let in");
+
+    // No TLS at all.
+    let result = match client(&Security::Plaintext, &address).await {
+        Ok(mut c) => c
+            .usage(Empty {})
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    assert!(result.is_err(), "a plaintext client was let in");
+
+    // A dfs-meta certificate answering where a chunk server was expected:
+    // the caller refuses it by name.
+    let meta_address = serve(Security::Tls(Arc::new(
+        Tls::load(dir.path(), Role::Meta).unwrap(),
+    )))
+    .await;
+    let as_client = Security::Tls(Arc::new(Tls::load(dir.path(), Role::Client).unwrap()));
+    assert!(client(&as_client, &meta_address).await.is_err());
+}
+
+#[test]
+fn loading_checks_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Tls::load(dir.path(), Role::Client).unwrap_err().to_string();
+    assert!(err.contains("dfs ca issue"), "{err}");
+    cluster_ca(dir.path());
+    // A server certificate is not a client's.
+    std::fs::copy(dir.path().join("server.crt"), dir.path().join("client.crt")).unwrap();
+    std::fs::copy(dir.path().join("server.key"), dir.path().join("client.key")).unwrap();
+    let err = Tls::load(dir.path(), Role::Client).unwrap_err().to_string();
+    assert!(
+        err.contains("is a server certificate; this program needs a client one"),
+        "{err}"
+    );
+    // Keys are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second CA in the same place is refused.
+    assert!(ca::init(dir.path()).is_err());
+}
+
+#[test]
+fn issued_certificates_carry_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    ca::init(dir.path()).unwrap();
+    let mut id = Identity::new(Role::Client, "web");
+    id.caps.subtree = Some("/srv/www".into());
+    id.caps.read_only = true;
+    ca::issue(
+        dir.path(),
+        &id,
+        dir.path(),
+        "web",
+        &["10.0.0.5".into(), "host.example".into()],
+    )
+    .unwrap();
+    let pem = std::fs::read(dir.path().join("web.crt")).unwrap();
+    let der = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(Identity::from_certificate(&der).unwrap(), id);
+}
