@@ -48,6 +48,11 @@ pub enum CaCommand {
         /// tools that check them; dfs checks the role).
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+        /// Certify this existing private key instead of making a new one:
+        /// renewing a chunk server's certificate must keep its key, which
+        /// its registration is bound to.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
 }
 
@@ -74,6 +79,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             read_only,
             unprivileged,
             hosts,
+            key,
         } => {
             let mut identity = Identity::new(role, &name);
             if let Some(path) = subtree {
@@ -89,8 +95,28 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             );
             let out = out.unwrap_or_else(|| ca_dir.clone());
             let stem = file.unwrap_or_else(|| role.as_str().to_string());
-            let (cert, key) = ca::issue(&ca_dir, &identity, &out, &stem, &hosts)
-                .context("cannot issue the certificate")?;
+            // The key is read before anything is written: issuing writes
+            // OUT/STEM.key, which may be the very file given.
+            let kept = match &key {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read --key {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let scratch = tempfile_for_key(kept.as_deref())?;
+            let (cert, key) = ca::issue(
+                &ca_dir,
+                &identity,
+                &out,
+                &stem,
+                &hosts,
+                scratch
+                    .as_ref()
+                    .map(|d| d.path().join("key.pem"))
+                    .as_deref(),
+            )
+            .context("cannot issue the certificate")?;
             println!(
                 "issued {identity}: {} and {} (valid {} days)",
                 cert.display(),
@@ -100,4 +126,15 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A private directory holding a copy of the key to certify, if any.
+fn tempfile_for_key(pem: Option<&[u8]>) -> anyhow::Result<Option<tempfile::TempDir>> {
+    let Some(pem) = pem else {
+        return Ok(None);
+    };
+    let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let path = dir.path().join("key.pem");
+    std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(dir))
 }

@@ -172,8 +172,14 @@ impl From<Status> for DfsError {
         } else {
             format!("rpc failed: {:?}: {}", s.code(), s.message())
         };
+        // tonic's own limits (a message over the size a service decodes)
+        // say so, rather than a bare I/O error.
+        let errno = match s.code() {
+            Code::OutOfRange | Code::ResourceExhausted => libc::EMSGSIZE,
+            _ => libc::EIO,
+        };
         DfsError {
-            errno: libc::EIO,
+            errno,
             retryable,
             message,
             missing_chunks: Vec::new(),
@@ -335,10 +341,17 @@ mod tests {
             Status::internal("boom"),
             Status::not_found("route"),
             Status::unimplemented("old server"),
-            Status::resource_exhausted("message too large"),
         ] {
             let e = DfsError::from(s);
             assert_eq!((e.errno, e.retryable), (libc::EIO, false), "{e}");
+        }
+        // tonic's size limits: the request was too big, and will stay so.
+        for s in [
+            Status::resource_exhausted("message too large"),
+            Status::out_of_range("decoded message length too large"),
+        ] {
+            let e = DfsError::from(s);
+            assert_eq!((e.errno, e.retryable), (libc::EMSGSIZE, false), "{e}");
         }
         // Garbage details fall back to the code.
         let s = Status::with_details(Code::Unavailable, "x", Bytes::from_static(&[0xff; 3]));

@@ -68,6 +68,15 @@ where
 /// small request on the same connection is not held up behind one.
 pub const MAX_FRAME_BYTES: u32 = 256 * 1024;
 
+/// Requests one HTTP/2 connection may have in flight on a dfs server: a
+/// mount keeps a few per FUSE thread and two shard reads per server; a
+/// peer opening thousands is refused more streams, not served.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Bytes of request headers a dfs server accepts (gRPC metadata: ours
+/// are a few hundred bytes).
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

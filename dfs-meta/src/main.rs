@@ -6,7 +6,7 @@ use clap::Parser;
 
 /// dfs metadata server.
 #[derive(Parser, Debug)]
-#[command(name = "dfs-meta", version)]
+#[command(name = "dfs-meta", version, args_override_self = true)]
 struct Args {
     /// Address to serve the metadata API on.
     #[arg(long, default_value = "127.0.0.1:7000")]
@@ -39,6 +39,11 @@ struct Args {
     /// automatic garbage collection deletes it.
     #[arg(long, default_value_t = 3600)]
     gc_grace: u64,
+    /// The shortest grace period, in seconds, a `dfs gc` request may ask
+    /// for (for unreferenced chunks and orphan shards); shorter ones are
+    /// refused, so no caller can make GC delete uploads not yet committed.
+    #[arg(long, default_value_t = 600)]
+    min_gc_grace: u64,
     /// Largest difference, in seconds, between this server's clock and the
     /// chunk servers'.
     #[arg(long, default_value_t = 60)]
@@ -82,6 +87,12 @@ fn main() -> anyhow::Result<()> {
         args.gc_grace,
         args.clock_skew
     );
+    anyhow::ensure!(
+        args.gc_grace >= args.min_gc_grace,
+        "--gc-grace ({}) must be at least --min-gc-grace ({})",
+        args.gc_grace,
+        args.min_gc_grace
+    );
     let maintenance = dfs_meta::MaintenanceConfig {
         rebuild_after: Duration::from_secs(args.rebuild_after),
         repair_interval: Duration::from_secs(args.repair_interval),
@@ -89,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         gc_grace: Duration::from_secs(args.gc_grace),
         clock_skew: Duration::from_secs(args.clock_skew),
         unlinked_timeout: Duration::from_secs(args.unlinked_timeout),
+        min_gc_grace: Duration::from_secs(args.min_gc_grace),
     };
     let service = dfs_meta::MetaService::open(
         store,

@@ -45,7 +45,18 @@ impl Liveness {
     }
 }
 
-pub fn register(txn: &mut dyn KvTxn, req: &RegisterServerRequest, now_ns: i64) -> Result<u32> {
+/// Registers (or registers again) the server `req` names. `key_id` is the
+/// caller's certificate key ([`dfs_core::tls::identity::public_key_id`];
+/// `None` over plaintext or in-process): the first registration with one
+/// binds the id to it, and a later one with another key is refused, so a
+/// certificate of some other server cannot take over a live server's id
+/// (and the shards rebuilt for it).
+pub fn register(
+    txn: &mut dyn KvTxn,
+    req: &RegisterServerRequest,
+    now_ns: i64,
+    key_id: Option<&[u8; 32]>,
+) -> Result<u32> {
     if req.uuid.is_empty() || req.uuid.len() > 128 {
         return Err(MetaError::Invalid(
             "server uuid must be 1 to 128 bytes".into(),
@@ -74,6 +85,7 @@ pub fn register(txn: &mut dyn KvTxn, req: &RegisterServerRequest, now_ns: i64) -
         }
     };
     let old = get_record::<ServerRecord>(txn, &keys::server(id))?.unwrap_or_default();
+    check_key(&old, key_id)?;
     let record = ServerRecord {
         id,
         uuid: req.uuid.clone(),
@@ -94,14 +106,46 @@ pub fn register(txn: &mut dyn KvTxn, req: &RegisterServerRequest, now_ns: i64) -
         },
         reconciled_ns: old.reconciled_ns,
         boot_id: req.boot_id,
+        key_id: match key_id {
+            Some(key) if old.key_id.is_empty() => key.to_vec(),
+            _ => old.key_id,
+        },
     };
     put_record(txn, &keys::server(id), &record);
     Ok(id)
 }
 
-pub fn heartbeat(txn: &mut dyn KvTxn, req: &HeartbeatRequest, now_ns: i64) -> Result<()> {
+/// Refuses a caller whose certificate key is not the one `record` is
+/// bound to. Callers without a key (plaintext, in-process) are not checked:
+/// there is nothing to check them by.
+fn check_key(record: &ServerRecord, key_id: Option<&[u8; 32]>) -> Result<()> {
+    match key_id {
+        Some(key) if !record.key_id.is_empty() && record.key_id != key.as_slice() => {
+            Err(MetaError::AccessDenied(format!(
+                "chunk server {} ({}) registered with another certificate key; \
+                 a reissued certificate must keep the key (`dfs ca issue --key`)",
+                record.id, record.uuid
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the caller (by its certificate key) is server `id`.
+pub fn check_server_key(txn: &mut dyn KvTxn, id: u32, key_id: Option<&[u8; 32]>) -> Result<()> {
+    let rec = get_record::<ServerRecord>(txn, &keys::server(id))?.ok_or(MetaError::NotFound)?;
+    check_key(&rec, key_id)
+}
+
+pub fn heartbeat(
+    txn: &mut dyn KvTxn,
+    req: &HeartbeatRequest,
+    now_ns: i64,
+    key_id: Option<&[u8; 32]>,
+) -> Result<()> {
     let key = keys::server(req.server_id);
     let mut rec = get_record::<ServerRecord>(txn, &key)?.ok_or(MetaError::NotFound)?;
+    check_key(&rec, key_id)?;
     rec.capacity_bytes = req.capacity_bytes;
     rec.used_bytes = req.used_bytes;
     rec.shard_count = req.shard_count;
@@ -181,7 +225,7 @@ mod tests {
                 .unwrap_or_default()
         };
         let reg = |now, boot| {
-            transact(&store, |t| register(t, &req(boot), now)).expect("register");
+            transact(&store, |t| register(t, &req(boot), now, None)).expect("register");
         };
         reg(100, 7);
         assert_eq!(record(&store).registered_ns, 100);
@@ -197,6 +241,39 @@ mod tests {
         // A stale mark (an older registration) does not count.
         transact(&store, |t| mark_reconciled(t, 1, 100)).expect("mark");
         assert_eq!(record(&store).reconciled_ns, 100);
+    }
+
+    #[test]
+    fn an_id_stays_with_the_key_it_first_registered_with() {
+        use crate::store::{transact, MemStore};
+        let store = MemStore::default();
+        let req = RegisterServerRequest {
+            uuid: "u-7".into(),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        let (mine, theirs) = ([1u8; 32], [2u8; 32]);
+        let id = transact(&store, |t| register(t, &req, 1, Some(&mine))).expect("first");
+        // The same key again (a restart, a reissued certificate): fine.
+        assert_eq!(
+            transact(&store, |t| register(t, &req, 2, Some(&mine))).expect("again"),
+            id
+        );
+        // Another certificate claiming the id: refused, record unchanged.
+        let taken = transact(&store, |t| register(t, &req, 3, Some(&theirs)));
+        assert!(
+            matches!(taken, Err(MetaError::AccessDenied(_))),
+            "{taken:?}"
+        );
+        let beat = HeartbeatRequest {
+            server_id: id,
+            ..Default::default()
+        };
+        assert!(transact(&store, |t| heartbeat(t, &beat, 4, Some(&theirs))).is_err());
+        transact(&store, |t| heartbeat(t, &beat, 4, Some(&mine))).expect("own heartbeat");
+        assert!(transact(&store, |t| check_server_key(t, id, Some(&theirs))).is_err());
+        // Plaintext and in-process callers carry no key to check.
+        transact(&store, |t| check_server_key(t, id, None)).expect("no key");
     }
 
     #[test]

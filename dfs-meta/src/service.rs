@@ -121,7 +121,7 @@ impl MetaService {
 
     pub fn into_server(self) -> MetaServer<Self> {
         MetaServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_META_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
@@ -531,6 +531,24 @@ impl Meta for MetaService {
         if r.grace_ns < 0 || r.clock_skew_ns < 0 || r.orphan_grace_ns < 0 {
             return Err(DfsError::new(libc::EINVAL, "negative grace period or clock skew").into());
         }
+        // Below it, GC could delete the shards of an upload whose commit is
+        // still on its way, whoever asks.
+        let min = self.maintenance.config().min_gc_grace;
+        let shortest = if r.orphans {
+            r.grace_ns.min(r.orphan_grace_ns)
+        } else {
+            r.grace_ns
+        };
+        if (shortest as u128) < min.as_nanos() {
+            return Err(DfsError::new(
+                libc::EINVAL,
+                format!(
+                    "grace periods under {} s are refused by this cluster (dfs-meta --min-gc-grace)",
+                    min.as_secs()
+                ),
+            )
+            .into());
+        }
         let options = GcOptions {
             grace: std::time::Duration::from_nanos(r.grace_ns as u64),
             clock_skew: std::time::Duration::from_nanos(r.clock_skew_ns as u64),
@@ -554,7 +572,16 @@ impl Meta for MetaService {
         &self,
         r: Request<ReportBadShardsRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let key_id = caller_key(&r);
         let r = r.into_inner();
+        // Only the server itself reports its shards damaged.
+        if key_id.is_some() {
+            let id = r.server_id;
+            self.point_read("report_bad_shards", move |t, _| {
+                registry::check_server_key(t, id, key_id.as_ref())
+            })
+            .await?;
+        }
         Self::reply(
             "report_bad_shards",
             self.maintenance
@@ -621,9 +648,11 @@ impl Meta for MetaService {
         .await
     }
 
+    // statfs, list_servers and stats only read: on a snapshot, never
+    // queued behind other requests' synced commits.
     async fn stat_fs(&self, _r: Request<Empty>) -> Result<Response<StatFsReply>, Status> {
         let liveness = self.liveness;
-        self.run("statfs", move |t, now| {
+        self.read("statfs", move |t, now| {
             let mut reply = StatFsReply {
                 files: namespace::inode_count(t)?,
                 ..Default::default()
@@ -654,6 +683,7 @@ impl Meta for MetaService {
         r: Request<LookupChunksRequest>,
     ) -> Result<Response<LookupChunksReply>, Status> {
         let r = r.into_inner();
+        at_most("fingerprints per LookupChunks", r.fingerprints.len())?;
         self.read("lookup_chunks", move |t, _| {
             let found = chunkmap::lookup_chunks(t, &r.fingerprints)?;
             Ok(LookupChunksReply {
@@ -669,6 +699,8 @@ impl Meta for MetaService {
         r: Request<CommitChunksRequest>,
     ) -> Result<Response<InodeRecord>, Status> {
         let r = r.into_inner();
+        at_most("chunks per CommitChunks", r.chunks.len())?;
+        at_most("replaced ranges per CommitChunks", r.replaced.len())?;
         let span = tracing::debug_span!("commit", ino = r.ino, chunks = r.chunks.len());
         let truncate = r.truncate;
         // Inline chunks are checked against their fingerprints before the
@@ -710,11 +742,12 @@ impl Meta for MetaService {
         &self,
         r: Request<RegisterServerRequest>,
     ) -> Result<Response<RegisterServerReply>, Status> {
+        let key_id = caller_key(&r);
         let r = r.into_inner();
         let reply = self
             .run("register", move |t, now| {
                 Ok(RegisterServerReply {
-                    server_id: registry::register(t, &r, now)?,
+                    server_id: registry::register(t, &r, now, key_id.as_ref())?,
                 })
             })
             .await?;
@@ -726,9 +759,10 @@ impl Meta for MetaService {
     }
 
     async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Result<Response<Empty>, Status> {
+        let key_id = caller_key(&r);
         let r = r.into_inner();
         self.run("heartbeat", move |t, now| {
-            registry::heartbeat(t, &r, now).map(|_| Empty {})
+            registry::heartbeat(t, &r, now, key_id.as_ref()).map(|_| Empty {})
         })
         .await
     }
@@ -736,7 +770,7 @@ impl Meta for MetaService {
     async fn list_servers(&self, _r: Request<Empty>) -> Result<Response<ListServersReply>, Status> {
         let liveness = self.liveness;
         let repair = Some(self.maintenance.status());
-        self.run("list_servers", move |t, now| {
+        self.read("list_servers", move |t, now| {
             Ok(ListServersReply {
                 servers: registry::list(t, &liveness, now)?,
                 repair,
@@ -747,7 +781,7 @@ impl Meta for MetaService {
 
     async fn stats(&self, _r: Request<Empty>) -> Result<Response<StatsReply>, Status> {
         let liveness = self.liveness;
-        self.run("stats", move |t, now| {
+        self.read("stats", move |t, now| {
             let mut stats = chunkmap::stats(t)?;
             stats.files = namespace::inode_count(t)?;
             stats.raw_bytes = registry::list(t, &liveness, now)?
@@ -768,4 +802,22 @@ impl Meta for MetaService {
             reply
         })
     }
+}
+
+/// Refuses a request carrying more than [`MAX_CHUNKS_PER_REQUEST`] of
+/// something (a client's requests stay far below it).
+fn at_most(what: &str, count: usize) -> Result<(), Status> {
+    if count > MAX_CHUNKS_PER_REQUEST {
+        return Err(DfsError::new(
+            libc::E2BIG,
+            format!("{count} {what}: at most {MAX_CHUNKS_PER_REQUEST}"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The certificate key of the caller of `r` (TLS connections only).
+fn caller_key<T>(r: &Request<T>) -> Option<[u8; 32]> {
+    dfs_core::tls::PeerInfo::of(r).and_then(|p| p.key_id)
 }

@@ -125,7 +125,13 @@ impl Tally {
 
 #[test]
 fn attacks_are_refused_and_the_volume_stays_intact() {
-    let cluster = TestCluster::start(3, 3);
+    // The default minimum GC grace, not the tests' zero.
+    let cluster = TestCluster::start_full(
+        3,
+        3,
+        |_| Vec::new(),
+        vec!["--min-gc-grace".into(), "600".into()],
+    );
     cluster.wait_servers_up(9);
     let meta = cluster.meta_addr();
     // Data an attacker would like to reach, written through a real mount.
@@ -142,6 +148,17 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
     let server = status["servers"][0]["address"]
         .as_str()
         .expect("address")
+        .to_string();
+    // That server's id and uuid (its data directory's `server.id`).
+    let server_id = status["servers"][0]["id"].as_u64().expect("id") as u32;
+    let spec = cluster
+        .specs
+        .iter()
+        .find(|s| server.ends_with(&format!(":{}", s.port)))
+        .expect("the server's spec");
+    let server_uuid = std::fs::read_to_string(spec.data.join("server.id"))
+        .expect("server.id")
+        .trim()
         .to_string();
 
     let certs = tempfile::tempdir().expect("tempdir");
@@ -315,6 +332,44 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
             as_server.gc(GcRequest::default()).await,
             EACCES,
         );
+        // Another chunk server's certificate (its own key) taking over a
+        // live server's id, keeping it alive, or reporting its shards bad.
+        t.expect_refused(
+            "server: register with a live server's uuid",
+            as_server
+                .register_server(RegisterServerRequest {
+                    uuid: server_uuid.clone(),
+                    address: "127.0.0.1:9".into(),
+                    zone: "zone-0".into(),
+                    rack: "rack-0-0".into(),
+                    ..RegisterServerRequest::default()
+                })
+                .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "server: heartbeat for another server",
+            as_server
+                .heartbeat(HeartbeatRequest {
+                    server_id,
+                    ..HeartbeatRequest::default()
+                })
+                .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "server: report another server's shards bad",
+            as_server
+                .report_bad_shards(ReportBadShardsRequest {
+                    server_id,
+                    shards: vec![ShardKey {
+                        fingerprint: vec![7; 32],
+                        index: 0,
+                    }],
+                })
+                .await,
+            EACCES,
+        );
         let mut server_to_server = ChunksClient::new(
             channel(&server_cert, &server, Role::Server)
                 .await
@@ -343,6 +398,18 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                 })
                 .await,
             EACCES,
+        );
+        t.expect_refused(
+            "admin: gc with zero grace",
+            as_admin
+                .gc(GcRequest {
+                    grace_ns: 0,
+                    clock_skew_ns: 0,
+                    orphans: true,
+                    orphan_grace_ns: 0,
+                })
+                .await,
+            libc::EINVAL,
         );
         t.expect_refused(
             "admin: commit chunks",
@@ -461,6 +528,68 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
             })
             .await,
             EPERM,
+        );
+
+        // Oversized requests and requests with too many entries, from
+        // certificates that may make them: refused before they are read.
+        t.expect_refused(
+            "client: a 20 MiB xattr request",
+            as_client
+                .set_xattr(XattrRequest {
+                    ino: 1,
+                    name: b"user.big".to_vec(),
+                    value: vec![0; 20 << 20],
+                    ..XattrRequest::default()
+                })
+                .await,
+            libc::EMSGSIZE,
+        );
+        t.expect_refused(
+            "client: 20,000 fingerprints in one lookup",
+            as_client
+                .lookup_chunks(LookupChunksRequest {
+                    fingerprints: vec![vec![1; 32]; 20_000],
+                })
+                .await,
+            libc::E2BIG,
+        );
+        t.expect_refused(
+            "client: an 80 MiB shard upload",
+            client_to_server
+                .put_shards(PutShardsRequest {
+                    shards: vec![Shard {
+                        fingerprint: vec![3; 32],
+                        index: 0,
+                        data: vec![0; 80 << 20],
+                    }],
+                })
+                .await,
+            libc::EMSGSIZE,
+        );
+        let mut meta_to_server = ChunksClient::new(
+            channel(
+                &issue(certs.path(), "meta", "m", &[]),
+                &server,
+                Role::Server,
+            )
+            .await
+            .expect("meta"),
+        );
+        t.expect_refused(
+            "meta: 20,000 shards in one delete",
+            meta_to_server
+                .delete_shards(DeleteShardsRequest {
+                    shards: vec![
+                        ShardKey {
+                            fingerprint: vec![4; 32],
+                            index: 0
+                        };
+                        20_000
+                    ],
+                    written_before_ns: 1,
+                })
+                .await,
+            libc::EINVAL,
         );
 
         // A certificate confined to a subtree (not enforced yet): refused whole.

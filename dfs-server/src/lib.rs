@@ -194,6 +194,8 @@ impl BoundServer {
         let incoming = security.incoming(self.listener);
         let result = tonic::transport::Server::builder()
             .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
+            .max_concurrent_streams(dfs_core::rpc::MAX_CONCURRENT_STREAMS)
+            .http2_max_header_list_size(dfs_core::rpc::MAX_HEADER_LIST_BYTES)
             .layer(dfs_core::tls::AuthorizeLayer)
             .add_service(service::chunk_service_server(Arc::clone(&self.store)))
             .serve_with_incoming_shutdown(incoming, shutdown)

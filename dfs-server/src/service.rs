@@ -27,6 +27,9 @@ use dfs_core::shard_key::{split_key, KEY_LEN};
 pub const MAX_LIST_SHARDS: u32 = 10_000;
 /// Most keys one `CheckShards` request may name.
 pub const MAX_CHECK_SHARDS: usize = 10_000;
+/// Most keys one `DeleteShards` request may name (garbage collection sends
+/// at most 1,000).
+pub const MAX_DELETE_SHARDS: usize = 10_000;
 
 /// The chunk service over one shard store.
 #[derive(Debug, Clone)]
@@ -40,11 +43,12 @@ impl ChunkService {
     }
 }
 
-/// The tonic server for [`ChunkService`], accepting messages up to
-/// [`dfs_proto::MAX_MESSAGE_BYTES`] either way.
+/// The tonic server for [`ChunkService`], accepting requests up to
+/// [`dfs_proto::MAX_SHARD_REQUEST_BYTES`] and sending replies up to
+/// [`dfs_proto::MAX_MESSAGE_BYTES`].
 pub fn chunk_service_server(store: Arc<ShardStore>) -> ChunksServer<ChunkService> {
     ChunksServer::new(ChunkService::new(store))
-        .max_decoding_message_size(dfs_proto::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(dfs_proto::MAX_SHARD_REQUEST_BYTES)
         .max_encoding_message_size(dfs_proto::MAX_MESSAGE_BYTES)
 }
 
@@ -247,6 +251,13 @@ impl Chunks for ChunkService {
         request: Request<DeleteShardsRequest>,
     ) -> Result<Response<DeleteShardsReply>, Status> {
         let request = request.into_inner();
+        if request.shards.len() > MAX_DELETE_SHARDS {
+            return Err(DfsError::invalid(format!(
+                "at most {MAX_DELETE_SHARDS} shards per DeleteShards request, got {}",
+                request.shards.len()
+            ))
+            .into());
+        }
         let span = tracing::info_span!("delete_shards", shards = request.shards.len());
         let store = Arc::clone(&self.store);
         async move {

@@ -11,7 +11,19 @@ pub mod v1 {
 pub use v1::*;
 
 /// Largest message either side accepts: a batch of shards for one server.
+/// Replies are bounded by it; requests by the smaller limits below.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest request dfs-meta decodes: a chunk-map commit carries at most
+/// 4 MiB of inline bytes and the entries of one 64 MiB flush group (about
+/// 250 KB); anything bigger is refused before it is read into memory.
+pub const MAX_META_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Largest request a chunk server decodes: a client's `PutShards` is at
+/// most 32 MiB of shards (plus one shard that is bigger alone).
+pub const MAX_SHARD_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// Most chunks (and replaced ranges) one `CommitChunks` may carry, and
+/// fingerprints one `LookupChunks` may ask about: a 64 MiB flush group cut
+/// at the 32 KiB minimum is 2,048.
+pub const MAX_CHUNKS_PER_REQUEST: usize = 16_384;
 /// Response metadata key (binary, one value per directory, each an encoded
 /// `InodeRecord`) under which the metadata server returns the directories a
 /// change (create, link, unlink, rmdir, rename; setattr and xattr changes

@@ -183,6 +183,7 @@ mod tests {
         PeerInfo {
             remote: None,
             identity: Some(Arc::new(Identity::new(role, "t"))),
+            key_id: None,
         }
     }
 
@@ -229,6 +230,7 @@ mod tests {
         let ro = PeerInfo {
             remote: None,
             identity: Some(Arc::new(ro)),
+            key_id: None,
         };
         for path in [
             "/dfs.v1.Meta/Lookup",
@@ -255,6 +257,7 @@ mod tests {
         let sub = PeerInfo {
             remote: None,
             identity: Some(Arc::new(sub)),
+            key_id: None,
         };
         assert!(refusal("/dfs.v1.Meta/Lookup", Some(&sub)).is_some());
         // Plaintext (no identity, by opt-out) is not checked; a request
@@ -262,6 +265,7 @@ mod tests {
         let plain = PeerInfo {
             remote: None,
             identity: None,
+            key_id: None,
         };
         assert!(refusal("/dfs.v1.Meta/Gc", Some(&plain)).is_none());
         assert_eq!(

@@ -64,6 +64,8 @@ pub fn init(dir: &Path) -> Result<PathBuf, TlsError> {
 
 /// Signs a certificate for `identity` with the CA in `ca_dir`, writing
 /// `out/STEM.crt` and `out/STEM.key` (and `out/ca.crt` when missing).
+/// With `reuse_key`, the certificate is for that existing key (a renewal
+/// that keeps a chunk server's registration); otherwise a new key is made.
 /// Returns the two paths.
 pub fn issue(
     ca_dir: &Path,
@@ -71,6 +73,7 @@ pub fn issue(
     out: &Path,
     stem: &str,
     extra_names: &[String],
+    reuse_key: Option<&Path>,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
     let ca_cert_path = ca_dir.join(CA_CERT);
     let ca_key_path = ca_dir.join(CA_KEY);
@@ -87,7 +90,13 @@ pub fn issue(
         .self_signed(&ca_key)
         .map_err(rcgen_err("cannot load the CA"))?;
 
-    let key = KeyPair::generate().map_err(rcgen_err("cannot make a key"))?;
+    let key = match reuse_key {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| TlsError::io(path, e))?;
+            KeyPair::from_pem(&pem).map_err(rcgen_err("not a usable private key"))?
+        }
+        None => KeyPair::generate().map_err(rcgen_err("cannot make a key"))?,
+    };
     let mut params = CertificateParams::default();
     params.distinguished_name.push(
         DnType::CommonName,

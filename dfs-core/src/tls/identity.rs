@@ -183,6 +183,17 @@ impl Identity {
     }
 }
 
+/// SHA-256 of a certificate's public key (its SubjectPublicKeyInfo): what
+/// stays the same when a certificate is reissued for the same key (`dfs ca
+/// issue --key`), and what a chunk server's registration is bound to.
+pub fn public_key_id(der: &[u8]) -> Result<[u8; 32], IdentityError> {
+    use sha2::Digest;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    Ok(sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw).into())
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_uri())

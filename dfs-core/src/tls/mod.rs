@@ -347,6 +347,7 @@ impl Security {
                             info: PeerInfo {
                                 remote: Some(remote),
                                 identity: None,
+                                key_id: None,
                             },
                         };
                         if tx.send(Ok(conn)).await.is_err() {
@@ -396,14 +397,16 @@ async fn accept_tls(
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "no client certificate"))?;
-    let identity = Identity::from_certificate(leaf)
-        .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?;
+    let refused = |e: IdentityError| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string());
+    let identity = Identity::from_certificate(leaf).map_err(refused)?;
+    let key_id = identity::public_key_id(leaf).map_err(refused)?;
     tracing::debug!(%remote, %identity, "peer connected");
     Ok(ServerConn {
         conn: Conn::Tls(Box::new(stream.into())),
         info: PeerInfo {
             remote: Some(remote),
             identity: Some(Arc::new(identity)),
+            key_id: Some(key_id),
         },
     })
 }
@@ -415,6 +418,16 @@ async fn accept_tls(
 pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     pub identity: Option<Arc<Identity>>,
+    /// [`identity::public_key_id`] of the peer's certificate (TLS only).
+    pub key_id: Option<[u8; 32]>,
+}
+
+impl PeerInfo {
+    /// The caller of `request`, when it came over a connection this module
+    /// accepted (`None`: in-process).
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&PeerInfo> {
+        request.extensions().get::<PeerInfo>()
+    }
 }
 
 /// A connection, encrypted or not.

@@ -73,6 +73,7 @@ fn cluster_ca(dir: &Path) {
             dir,
             role.as_str(),
             &[],
+            None,
         )
         .unwrap();
     }
@@ -209,12 +210,23 @@ fn issued_certificates_carry_the_identity() {
         dir.path(),
         "web",
         &["10.0.0.5".into(), "host.example".into()],
+        None,
     )
     .unwrap();
-    let pem = std::fs::read(dir.path().join("web.crt")).unwrap();
-    let der = CertificateDer::pem_slice_iter(&pem)
-        .next()
-        .unwrap()
-        .unwrap();
-    assert_eq!(Identity::from_certificate(&der).unwrap(), id);
+    let der = |stem: &str| {
+        let pem = std::fs::read(dir.path().join(format!("{stem}.crt"))).unwrap();
+        CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(Identity::from_certificate(&der("web")).unwrap(), id);
+    // Renewed for the same key: same key id, as a chunk server's
+    // registration needs; a new key is another id.
+    let old_key = dir.path().join("web.key");
+    ca::issue(dir.path(), &id, dir.path(), "renewed", &[], Some(&old_key)).unwrap();
+    ca::issue(dir.path(), &id, dir.path(), "other", &[], None).unwrap();
+    let key_id = |stem: &str| identity::public_key_id(&der(stem)).unwrap();
+    assert_eq!(key_id("web"), key_id("renewed"));
+    assert_ne!(key_id("web"), key_id("other"));
 }

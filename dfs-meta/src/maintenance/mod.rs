@@ -50,6 +50,10 @@ pub struct MaintenanceConfig {
     /// renews the lease; one not renewed for this long belonged to a
     /// client that died, and is removed.
     pub unlinked_timeout: Duration,
+    /// The shortest grace period (for unreferenced chunks and for orphan
+    /// shards) a `dfs gc` may ask for: shorter ones are refused, whoever
+    /// asks, so no request can delete an upload whose commit is on its way.
+    pub min_gc_grace: Duration,
 }
 
 impl Default for MaintenanceConfig {
@@ -61,6 +65,8 @@ impl Default for MaintenanceConfig {
             gc_grace: Duration::from_secs(3600),
             clock_skew: Duration::from_secs(60),
             unlinked_timeout: Duration::from_secs(600),
+            // In-process (tests, the embedded mode): no remote caller.
+            min_gc_grace: Duration::ZERO,
         }
     }
 }

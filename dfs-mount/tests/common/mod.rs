@@ -397,6 +397,10 @@ impl TestCluster {
                 "3",
                 "--down-after",
                 "6",
+                // Tests collect garbage at once (a test may ask again
+                // for the default minimum in its own arguments).
+                "--min-gc-grace",
+                "0",
             ])
             .args(&self.meta_args)
             .stdout(Stdio::piped())
