@@ -95,7 +95,9 @@
 # and JFS_MOUNT_OPTS (extra mount options, for experiments), JUICEFS (a
 # juicefs binary to use), BENCH_JUICEFS_ARGS (more `juicefs bench` arguments,
 # e.g. "--big-file-size 64M --small-file-count 10" for a quick check of the
-# script itself; the table says so when set).
+# script itself; the table says so when set), BENCH_NO_TLS_COST (skip the
+# second, plaintext dfs run: `juicefs bench -p 1` and the tree copy again
+# with --plaintext, printed as a table of what TLS costs, about 2 minutes).
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -444,9 +446,13 @@ tree_checksum() {
 
 # ---------------------------------------------------------------- dfs
 
+# --plaintext for every dfs program while dfs runs without TLS (the run
+# that measures what TLS costs); empty otherwise.
+DFS_TLS_FLAGS=()
+
 # How many chunk servers dfs-meta counts as up (0 while it cannot say).
 servers_up() {
-  "$BIN/dfs" status --meta "$DFS_META_ADDR" --json 2>/dev/null |
+  "$BIN/dfs" status --meta "$DFS_META_ADDR" --json "${DFS_TLS_FLAGS[@]}" 2>/dev/null |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["servers_up"])' 2>/dev/null || echo 0
 }
 
@@ -455,14 +461,20 @@ setup_dfs() {
   local dir=$RUN/dfs
   mkdir -p "$dir"
   # Mutual TLS on every connection, as a cluster runs by default: a CA and
-  # one certificate per role, found by every dfs program through DFS_TLS_DIR.
-  "$BIN/dfs" ca init "$dir/tls" >/dev/null
-  local role
-  for role in meta server client admin; do
-    "$BIN/dfs" ca issue --role "$role" "bench-$role" --ca "$dir/tls" >/dev/null
-  done
-  export DFS_TLS_DIR=$dir/tls
-  start_bg dfs-meta "${DFS_META_BIN:-$BIN/dfs-meta}" --listen 127.0.0.1:0 --store "${DFS_STORE:-rocksdb:$dir/meta}" --ec 6+3
+  # one certificate per role, found by every dfs program through
+  # DFS_TLS_DIR. DFS_PLAINTEXT=1: the same cluster without TLS.
+  if [[ -n ${DFS_PLAINTEXT:-} ]]; then
+    DFS_TLS_FLAGS=(--plaintext)
+  else
+    DFS_TLS_FLAGS=()
+    "$BIN/dfs" ca init "$dir/tls" >/dev/null
+    local role
+    for role in meta server client admin; do
+      "$BIN/dfs" ca issue --role "$role" "bench-$role" --ca "$dir/tls" >/dev/null
+    done
+    export DFS_TLS_DIR=$dir/tls
+  fi
+  start_bg dfs-meta "${DFS_META_BIN:-$BIN/dfs-meta}" --listen 127.0.0.1:0 --store "${DFS_STORE:-rocksdb:$dir/meta}" --ec 6+3 "${DFS_TLS_FLAGS[@]}"
   DFS_META_PID=$LAST_PID
   wait_line "$DFS_META_PID" "$LOGS/dfs-meta.out" "dfs-meta listening on " 60
   DFS_META_ADDR=$(sed -n 's/^dfs-meta listening on //p' "$LOGS/dfs-meta.out" | head -1)
@@ -473,7 +485,7 @@ setup_dfs() {
     for r in 0 1 2; do
       i=$((z * 3 + r))
       start_bg "dfs-server-$i" "$BIN/dfs-server" --listen 127.0.0.1:0 --meta "$DFS_META_ADDR" \
-        --data "$dir/server-$i" --zone "zone-$z" --rack "rack-$z-$r"
+        --data "$dir/server-$i" --zone "zone-$z" --rack "rack-$z-$r" "${DFS_TLS_FLAGS[@]}"
       DFS_SERVER_PIDS+=("$LAST_PID")
     done
   done
@@ -492,6 +504,7 @@ setup_dfs() {
   mkdir -p "$DFS_MNT"
   local opts=(-o "log=$LOGS/dfs-mount.log")
   [[ -z ${DFS_MOUNT_OPTS:-} ]] || opts+=(-o "$DFS_MOUNT_OPTS")
+  [[ -z ${DFS_PLAINTEXT:-} ]] || opts+=(-o plaintext)
   # In the foreground, with DFS_MOUNT_NOTIFY set, dfs-mount prints one line
   # when the mount is up (or why it is not) and is the process serving it.
   start_bg dfs-mount env DFS_MOUNT_NOTIFY=1 "$BIN/dfs-mount" "$DFS_META_ADDR" "$DFS_MNT" "${opts[@]}" --foreground
@@ -504,7 +517,7 @@ setup_dfs() {
 
 teardown_dfs() {
   STEP="stopping dfs"
-  [[ -z $DFS_MOUNT_PID ]] || timeout 30 "$BIN/dfs" stats --meta "$DFS_META_ADDR" --json >"$LOGS/dfs-stats.json" 2>/dev/null || true
+  [[ -z $DFS_MOUNT_PID ]] || timeout 30 "$BIN/dfs" stats --meta "$DFS_META_ADDR" --json "${DFS_TLS_FLAGS[@]}" >"$LOGS/dfs-stats.json" 2>/dev/null || true
   unmount "$DFS_MNT" $DFS_MOUNT_PID
   local pid
   for pid in "${DFS_SERVER_PIDS[@]}"; do stop_pid "$pid"; done
@@ -942,6 +955,31 @@ report() {
   else
     echo "rows p1/p4: juicefs bench -p 1 / -p 4 (1 GiB file and 100 x 128 KiB files per thread)"
   fi
+  if [[ -n ${RES[dfs-plain|cp]:-} ]]; then
+    echo
+    echo "what mutual TLS costs dfs: the same cluster with --plaintext, run after the others"
+    printf '%-28s %10s %10s  %s\n' workload "dfs (tls)" "plaintext" "TLS cost"
+    local tpair tkey tlabel tkind
+    for tpair in "bigw1|big write MiB/s p1|rate" "bigr1|big read MiB/s p1|rate" \
+      "smallw1|small write files/s p1|rate" "smallr1|small read files/s p1|rate" "stat1|stat files/s p1|rate" \
+      "cp|cp -r tree (s)|time" "tar|tar c tree (s)|time" \
+      "cpu_bench1:cpu_bench1_plain|CPU s, juicefs bench p1|time" "cpu_tree:cpu_tree_plain|CPU s, cp -r + tar c|time"; do
+      IFS='|' read -r tkey tlabel tkind <<<"$tpair"
+      local tls_key=${tkey%%:*} plain_key=${tkey##*:} t p cost=-
+      t=${RES[dfs|$tls_key]:-}
+      if [[ $tls_key == "$plain_key" ]]; then p=${RES[dfs-plain|$plain_key]:-}; else p=${RES[dfs|$plain_key]:-}; fi
+      # Cost: how much more time (or how many fewer per second) with TLS.
+      if [[ -n $t && -n $p ]]; then
+        if [[ $tkind == rate ]]; then
+          cost=$(awk -v t="$t" -v p="$p" 'BEGIN { if (t > 0) printf "%+.1f%%", (p / t - 1) * 100; else print "-" }')
+        else
+          cost=$(awk -v t="$t" -v p="$p" 'BEGIN { if (p > 0) printf "%+.1f%%", (t / p - 1) * 100; else print "-" }')
+        fi
+      fi
+      printf '%-28s %10s %10s  %s\n' "$tlabel" "${t:--}" "${p:--}" "$cost"
+    done
+    echo "TLS cost: extra time (or time per file/MiB) with TLS against without; negative: within noise the other way"
+  fi
   if [[ $META_STORE == fdb ]]; then
     echo
     echo "dfs with dfs-meta on FoundationDB (7.3.79 from ../shared/fdb, one fdbserver built at -O1 on the same two cores)"
@@ -1003,6 +1041,13 @@ if wanted seaweedfs; then
   STEP="reading SeaweedFS's peak RSS"
   sample_rss_seaweedfs
   teardown_seaweedfs
+fi
+if wanted dfs && [[ -z ${BENCH_NO_TLS_COST:-} ]]; then
+  # What TLS costs: the p1 bench and the tree copy again on a dfs without it.
+  DFS_PLAINTEXT=1 setup_dfs
+  timed_cpu dfs cpu_bench1_plain juicefs_bench dfs-plain "$DFS_MNT" 1
+  timed_cpu dfs cpu_tree_plain copy_tree dfs-plain "$DFS_MNT"
+  teardown_dfs
 fi
 if [[ $META_STORE == fdb ]]; then
   setup_fdb
