@@ -434,10 +434,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let plaintext = cli.tls.plaintext;
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dfs: {e:#}");
+            let message = format!("{e:#}");
+            eprintln!("dfs: {message}");
+            // A TLS server drops a plaintext client after its first bytes,
+            // which reads as a broken transport: say what it likely is.
+            if plaintext && message.contains("transport error") {
+                eprintln!(
+                    "dfs: hint: this dfs ran with --plaintext; a cluster with TLS (the default) drops such connections"
+                );
+            }
             ExitCode::FAILURE
         }
     }
