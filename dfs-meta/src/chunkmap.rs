@@ -9,7 +9,7 @@
 
 use dfs_proto::{
     ChunkMapReply, ChunkRecord, ChunkRefRecord, ChunkState, CommitChunksRequest, DeadChunk,
-    FileKind, GcMarkReply, InodeRecord, MappedChunk, StatsReply,
+    FileKind, GcMarkReply, InodeRecord, MappedChunk, Standing, StatsReply,
 };
 use prost::Message;
 
@@ -200,7 +200,16 @@ pub fn inline_raw_bytes(req: &CommitChunksRequest) -> usize {
         .sum()
 }
 
-pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Result<InodeRecord> {
+/// Commits `req` for the writer whose certificate is `owner` (empty: no
+/// certificate). An index entry another identity uploaded and dfs-meta has
+/// not checked is never referenced: the caller (`service`) checks it
+/// first, and a commit that still finds one is asked to retry.
+pub fn commit(
+    txn: &mut dyn KvTxn,
+    req: &CommitChunksRequest,
+    now_ns: i64,
+    owner: &[u8],
+) -> Result<InodeRecord> {
     validate(req)?;
     let mut inode = get_inode(txn, req.ino)?;
     match inode.kind() {
@@ -216,15 +225,26 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
         .iter()
         .map(|c| keys::hash(&c.fingerprint))
         .collect();
-    let live: Vec<bool> = get_records::<ChunkRecord>(txn, &hash_keys)?
+    let standing: Vec<Standing> = get_records::<ChunkRecord>(txn, &hash_keys)?
         .iter()
-        .map(|r| matches!(r, Some(r) if r.state() == ChunkState::Live))
+        .map(|r| {
+            r.as_ref()
+                .map_or(Standing::Absent, |r| r.standing_for(owner))
+        })
         .collect();
     let mut missing = Vec::new();
-    for (c, &live) in req.chunks.iter().zip(&live) {
-        if !live && c.uploaded.is_none() {
-            missing.push(c.fingerprint.clone());
+    let mut unchecked = Vec::new();
+    for (c, &standing) in req.chunks.iter().zip(&standing) {
+        match (standing, &c.uploaded) {
+            (Standing::Usable, _) | (Standing::Absent | Standing::Failed, Some(_)) => {}
+            (Standing::Unchecked, Some(_)) => unchecked.push(c.fingerprint.clone()),
+            (_, None) => missing.push(c.fingerprint.clone()),
         }
+    }
+    if !unchecked.is_empty() {
+        unchecked.sort();
+        unchecked.dedup();
+        return Err(MetaError::Unchecked(unchecked));
     }
     if !missing.is_empty() {
         missing.sort();
@@ -288,15 +308,21 @@ pub fn commit(txn: &mut dyn KvTxn, req: &CommitChunksRequest, now_ns: i64) -> Re
     // Chunks this commit recorded: live for their later occurrences.
     let mut created = std::collections::HashSet::new();
     for (i, c) in req.chunks.iter().enumerate() {
-        let live = live[i] || created.contains(c.fingerprint.as_slice());
-        match (live, &c.uploaded) {
+        let usable = standing[i] == Standing::Usable || created.contains(c.fingerprint.as_slice());
+        match (usable, &c.uploaded) {
             (true, _) => {}
+            // None yet, a dead one, or one found not to be the chunk: this
+            // upload becomes the entry (keeping the reference count).
             (false, Some(up)) => {
                 let rec = ChunkRecord {
                     refcount: 0,
                     state: ChunkState::Live as i32,
                     zero_since_ns: 0,
                     dead_since_ns: 0,
+                    owner: owner.to_vec(),
+                    // Inline bytes were checked against the fingerprint.
+                    verified: up.is_inline(),
+                    verification_failed: false,
                     ..up.clone()
                 };
                 put_record(txn, &hash_keys[i], &rec);
@@ -609,6 +635,105 @@ mod tests {
         }
     }
 
+    /// A whole-file commit of one 100 KiB chunk stored as replicas on
+    /// `servers` (nothing is uploaded: the index alone is under test).
+    fn sharded_commit(ino: u64, raw: &[u8], servers: Vec<u32>) -> CommitChunksRequest {
+        CommitChunksRequest {
+            ino,
+            replaced: vec![ByteRange {
+                start: 0,
+                end: u64::MAX,
+            }],
+            chunks: vec![NewChunk {
+                offset: 0,
+                len: raw.len() as u32,
+                fingerprint: Fingerprint::of(raw).to_vec(),
+                uploaded: Some(ChunkRecord {
+                    raw_len: raw.len() as u32,
+                    stored_len: raw.len() as u32,
+                    shard_len: raw.len() as u32,
+                    layout: Some(dfs_proto::Layout {
+                        data_shards: 1,
+                        parity_shards: 0,
+                        replicas: servers.len() as u32,
+                        inline: false,
+                    }),
+                    shard_servers: servers,
+                    ..ChunkRecord::default()
+                }),
+            }],
+            new_size: raw.len() as u64,
+            mtime_ns: 1,
+            truncate: false,
+        }
+    }
+
+    #[test]
+    fn only_the_uploader_dedups_against_an_unchecked_entry() {
+        let store = MemStore::default();
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+        let raw = vec![7u8; 100 << 10];
+        let fp = Fingerprint::of(&raw).to_vec();
+        let (mallory, victim) = (b"mallory-key-id!!".to_vec(), b"victim-key-id!!!".to_vec());
+        let (m, v) = (file(&store, b"m", 2), file(&store, b"v", 3));
+        // Mallory commits a record for shards it never stored.
+        run(&store, |t| {
+            commit(t, &sharded_commit(m, &raw, vec![1, 2]), 1, &mallory)
+        });
+        let entry = || {
+            run(&store, |t| lookup_chunks(t, std::slice::from_ref(&fp)))[0]
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(entry().owner, mallory);
+        assert_eq!(entry().standing_for(&mallory), Standing::Usable);
+        assert_eq!(entry().standing_for(&victim), Standing::Unchecked);
+        // The victim may not reference it without uploading...
+        let mut skip = sharded_commit(v, &raw, vec![3, 4]);
+        skip.chunks[0].uploaded = None;
+        assert!(matches!(
+            transact(&store, |t| commit(t, &skip, 2, &victim)),
+            Err(MetaError::MissingChunks(_))
+        ));
+        // ...nor, uploading, be bound to it before dfs-meta checks it.
+        let upload = sharded_commit(v, &raw, vec![3, 4]);
+        assert!(matches!(
+            transact(&store, |t| commit(t, &upload, 2, &victim)),
+            Err(MetaError::Unchecked(f)) if f == vec![fp.clone()]
+        ));
+        // Found not to be the chunk, it is replaced by the victim's upload,
+        // keeping Mallory's reference.
+        run(&store, |t| {
+            let mut rec = lookup_chunks(t, std::slice::from_ref(&fp))?[0].clone().unwrap();
+            rec.verification_failed = true;
+            put_record(t, &keys::hash(&fp), &rec);
+            Ok(())
+        });
+        assert_eq!(entry().standing_for(&mallory), Standing::Failed);
+        run(&store, |t| commit(t, &upload, 2, &victim));
+        let now = entry();
+        assert_eq!(
+            (now.owner.clone(), now.shard_servers.clone()),
+            (victim.clone(), vec![3, 4])
+        );
+        assert!(!now.verified && !now.verification_failed);
+        let refs = run(&store, |t| Ok(t.get(&keys::refs(&fp))?));
+        assert_eq!(decode_counter(refs.as_deref()), 2);
+        // Checked good, anyone dedups against it.
+        run(&store, |t| {
+            let mut rec = lookup_chunks(t, std::slice::from_ref(&fp))?[0].clone().unwrap();
+            rec.verified = true;
+            put_record(t, &keys::hash(&fp), &rec);
+            Ok(())
+        });
+        assert_eq!(entry().standing_for(&mallory), Standing::Usable);
+        let other = file(&store, b"o", 4);
+        let mut dedup = sharded_commit(other, &raw, vec![5, 6]);
+        dedup.chunks[0].uploaded = None;
+        run(&store, |t| commit(t, &dedup, 3, &mallory));
+        assert_eq!(entry().shard_servers, vec![3, 4]);
+    }
+
     #[test]
     fn inline_chunks_are_stored_counted_shared_and_collected() {
         let store = MemStore::default();
@@ -618,7 +743,7 @@ mod tests {
         for ino in [a, b] {
             let req = inline_commit(ino, &raw);
             verify_inline(&req).unwrap();
-            run(&store, |t| commit(t, &req, 1));
+            run(&store, |t| commit(t, &req, 1, &[]));
         }
         // The chunk map carries the bytes; they decode to the file.
         let map = run(&store, |t| chunk_map(t, b, 0, 100));
@@ -663,13 +788,13 @@ mod tests {
         up.inline_data = vec![0u8; inline::MAX_INLINE_BYTES + 1];
         up.stored_len = up.inline_data.len() as u32;
         assert!(matches!(
-            transact(&store, |t| commit(t, &too_big, 1)),
+            transact(&store, |t| commit(t, &too_big, 1, &[])),
             Err(MetaError::Invalid(_))
         ));
         let mut wrong_len = inline_commit(ino, &[9u8; 100]);
         wrong_len.chunks[0].uploaded.as_mut().unwrap().raw_len = 99;
         assert!(matches!(
-            transact(&store, |t| commit(t, &wrong_len, 1)),
+            transact(&store, |t| commit(t, &wrong_len, 1, &[])),
             Err(MetaError::Invalid(_))
         ));
         assert_eq!(run(&store, stats).chunks, 0, "nothing was written");
@@ -710,7 +835,7 @@ mod tests {
                 mtime_ns: 1 + k as i64,
                 truncate: false,
             };
-            run(&store, |t| commit(t, &req, 1));
+            run(&store, |t| commit(t, &req, 1, &[]));
         }
         let first = run(&store, |t| chunk_map(t, ino, 0, 10_000));
         assert!(first.more);

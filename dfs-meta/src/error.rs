@@ -41,6 +41,11 @@ pub enum MetaError {
     Busy(String),
     #[error("{} chunks are not in the dedup index", .0.len())]
     MissingChunks(Vec<Vec<u8>>),
+    /// The commit would use index entries another identity uploaded that
+    /// dfs-meta has not checked yet (`maintenance::verify`): the service
+    /// checks them and commits again; a client only sees it as a retry.
+    #[error("{} chunks are other clients' uploads not checked yet; retry", .0.len())]
+    Unchecked(Vec<Vec<u8>>),
     /// The client's lock session lease ran out: its locks were given up.
     #[error("lock session {0} expired; its locks were released")]
     LockSessionExpired(u64),
@@ -72,7 +77,9 @@ impl From<MetaError> for DfsError {
             // The client renews its session on ENOLCK and asks once more,
             // which is harmless here: the second answer reaches the caller.
             MetaError::TooManyLocks(_) => DfsError::new(libc::ENOLCK, message),
-            MetaError::Busy(_) => DfsError::retryable(libc::EAGAIN, message),
+            MetaError::Busy(_) | MetaError::Unchecked(_) => {
+                DfsError::retryable(libc::EAGAIN, message)
+            }
             MetaError::MissingChunks(missing) => {
                 let mut err = DfsError::new(libc::EAGAIN, message);
                 err.missing_chunks = missing;

@@ -160,7 +160,7 @@ mod tests {
             mtime_ns: 1,
             truncate: false,
         };
-        run(store, |t| chunkmap::commit(t, &request, 1).map(|_| ()));
+        run(store, |t| chunkmap::commit(t, &request, 1, &[]).map(|_| ()));
         file.ino
     }
 
@@ -204,7 +204,7 @@ mod tests {
             mtime_ns: 2,
             truncate: true,
         };
-        let inode = run(&store, |t| chunkmap::commit(t, &cut, 2));
+        let inode = run(&store, |t| chunkmap::commit(t, &cut, 2, &[]));
         assert_eq!(inode.size, 150);
         // Readers see exactly the two live chunks, never the dead tail.
         let map = run(&store, |t| chunkmap::chunk_map(t, ino, 0, 10_000));
@@ -227,7 +227,7 @@ mod tests {
             truncate: false,
         };
         assert_eq!(
-            run(&store, |t| chunkmap::commit(t, &grow_a_little, 3)).size,
+            run(&store, |t| chunkmap::commit(t, &grow_a_little, 3, &[])).size,
             1_150
         );
         let map = run(&store, |t| chunkmap::chunk_map(t, ino, 0, 10_000));
@@ -242,13 +242,13 @@ mod tests {
             truncate: false,
         };
         assert!(matches!(
-            transact(&store, |t| chunkmap::commit(t, &grow, 3)),
+            transact(&store, |t| chunkmap::commit(t, &grow, 3, &[])),
             Err(MetaError::Busy(_))
         ));
         assert_eq!(purge_pending(&store).unwrap(), 1);
         // Now it grows, and the hole has no stale entries in it.
         assert_eq!(
-            run(&store, |t| chunkmap::commit(t, &grow, 3)).size,
+            run(&store, |t| chunkmap::commit(t, &grow, 3, &[])).size,
             1_000_000
         );
         let map = run(&store, |t| chunkmap::chunk_map(t, ino, 0, 10_000));
@@ -284,7 +284,10 @@ mod tests {
             mtime_ns: 3,
             truncate: false,
         };
-        assert_eq!(run(&store, |t| chunkmap::commit(t, &append, 3)).size, 1_100);
+        assert_eq!(
+            run(&store, |t| chunkmap::commit(t, &append, 3, &[])).size,
+            1_100
+        );
         assert_eq!(run(&store, chunkmap::stats).logical_bytes, 1_100);
         // The last close forgets it: everything goes, and again is a no-op.
         run(&store, |t| namespace::forget_unlinked(t, ino));
@@ -401,10 +404,12 @@ mod tests {
             truncate: false,
         };
         assert!(matches!(
-            transact(&store, |t| chunkmap::commit(t, &reuse(false), 5)),
+            transact(&store, |t| chunkmap::commit(t, &reuse(false), 5, &[])),
             Err(MetaError::MissingChunks(_))
         ));
-        run(&store, |t| chunkmap::commit(t, &reuse(true), 5).map(|_| ()));
+        run(&store, |t| {
+            chunkmap::commit(t, &reuse(true), 5, &[]).map(|_| ())
+        });
         // Finishing removes the eight still dead, not the revived one.
         let removed = run(&store, |t| chunkmap::gc_finish(t, &dead));
         assert_eq!(removed, 8);
@@ -460,7 +465,9 @@ mod tests {
                 mtime_ns: 2,
                 truncate: false,
             };
-            run(&store, |t| chunkmap::commit(t, &request, 2).map(|_| ()));
+            run(&store, |t| {
+                chunkmap::commit(t, &request, 2, &[]).map(|_| ())
+            });
         }
         let commit_bytes = store.largest();
         // Removing it (one purge batch inline, the rest by the worker).

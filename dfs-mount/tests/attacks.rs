@@ -168,6 +168,11 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
     let read_only = issue(certs.path(), "client", "ro", &["--read-only"]);
     let unprivileged = issue(certs.path(), "client", "up", &["--unprivileged"]);
     let confined = issue(certs.path(), "client", "sub", &["--subtree", "/src"]);
+    let mallory = issue(certs.path(), "client", "mallory", &[]);
+    // Contents Mallory poisons, then the victim writes: one chunk each
+    // (below the smallest cut), too big to go inline, incompressible.
+    let poison_never_stored = random_bytes(24 << 10, 0x6d61);
+    let poison_garbage = random_bytes(24 << 10, 0x6d62);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut t = Tally::default();
@@ -592,6 +597,98 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
             libc::EINVAL,
         );
 
+        // Dedup poisoning: Mallory, a client with its own certificate,
+        // commits records for two chunks it expects others to write: one
+        // for shards it never stored, one for garbage it did store. Judged
+        // below, when the victim (another certificate) writes them.
+        let mut mal = MetaClient::new(channel(&mallory, &meta, Role::Meta).await.expect("mallory"));
+        let dir = mal
+            .create(CreateRequest {
+                parent: 1,
+                name: b".mallory".to_vec(),
+                kind: FileKind::Directory as i32,
+                mode: 0o755,
+                ..CreateRequest::default()
+            })
+            .await
+            .expect("mallory's directory")
+            .into_inner()
+            .ino;
+        let volume = mal
+            .get_volume_config(Empty {})
+            .await
+            .expect("volume")
+            .into_inner();
+        let servers = cluster.status()["servers"]
+            .as_array()
+            .expect("servers")
+            .iter()
+            .map(|s| {
+                let id = s["id"].as_u64().expect("id") as u32;
+                (id, s["address"].as_str().expect("address").to_string())
+            })
+            .collect::<Vec<_>>();
+        for (name, content, store_garbage) in [
+            ("never-stored", &poison_never_stored, false),
+            ("garbage", &poison_garbage, true),
+        ] {
+            let record = poisoned_record(&volume, content.len(), &servers);
+            let fp = dfs_core::Fingerprint::of(content).to_vec();
+            if store_garbage {
+                for (index, &server) in record.shard_servers.iter().enumerate() {
+                    let address = &servers
+                        .iter()
+                        .find(|(id, _)| *id == server)
+                        .expect("server")
+                        .1;
+                    let mut to = ChunksClient::new(
+                        channel(&mallory, address, Role::Server)
+                            .await
+                            .expect("to server"),
+                    );
+                    to.put_shards(PutShardsRequest {
+                        shards: vec![Shard {
+                            fingerprint: fp.clone(),
+                            index: index as u32,
+                            data: vec![0x5a; record.shard_len as usize],
+                        }],
+                    })
+                    .await
+                    .expect("garbage stored");
+                }
+            }
+            let ino = mal
+                .create(CreateRequest {
+                    parent: dir,
+                    name: name.as_bytes().to_vec(),
+                    kind: FileKind::Regular as i32,
+                    mode: 0o644,
+                    ..CreateRequest::default()
+                })
+                .await
+                .expect("mallory's file")
+                .into_inner()
+                .ino;
+            mal.commit_chunks(CommitChunksRequest {
+                ino,
+                replaced: vec![ByteRange {
+                    start: 0,
+                    end: u64::MAX,
+                }],
+                chunks: vec![NewChunk {
+                    offset: 0,
+                    len: content.len() as u32,
+                    fingerprint: fp,
+                    uploaded: Some(record),
+                }],
+                new_size: content.len() as u64,
+                mtime_ns: 1,
+                truncate: false,
+            })
+            .await
+            .expect("Mallory may commit to its own file");
+        }
+
         // A certificate confined to a subtree (not enforced yet): refused whole.
         let mut sub = MetaClient::new(channel(&confined, &meta, Role::Meta).await.expect("sub"));
         t.expect_refused(
@@ -604,6 +701,59 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
             EACCES,
         );
     });
+
+    // The victim writes the poisoned contents: its dedup must not skip the
+    // upload. Refused when each reads back whole through a fresh mount.
+    for (name, content) in [
+        ("never-stored", &poison_never_stored),
+        ("garbage", &poison_garbage),
+    ] {
+        std::fs::write(local.path().join(name), content).expect("local copy");
+        std::fs::write(m.path.join(name), content).expect("victim's write");
+    }
+    sh(&format!("sync -f {}", m.path.display()));
+    m.unmount();
+    let mut m = TestMount::start(&meta, &[]);
+    for (name, content) in [
+        ("never-stored", &poison_never_stored),
+        ("garbage", &poison_garbage),
+    ] {
+        t.tried += 1;
+        match std::fs::read(m.path.join(name)) {
+            Ok(got) if got == *content => t.refused += 1,
+            Ok(_) => t.let_through.push(format!(
+                "dedup poisoning ({name}): the victim's file reads other bytes"
+            )),
+            Err(e) => t
+                .let_through
+                .push(format!("dedup poisoning ({name}): the victim's file: {e}")),
+        }
+        // Mallory's own file now names the real chunk.
+        let theirs = std::fs::read(m.path.join(".mallory").join(name)).expect("mallory's file");
+        assert!(
+            theirs == *content,
+            "Mallory's {name} does not read as the chunk"
+        );
+    }
+    // The victim's entries are good: dfs-meta checks them when another
+    // identity (Mallory) looks them up, and then offers them for dedup.
+    let fingerprints: Vec<Vec<u8>> = [&poison_never_stored, &poison_garbage]
+        .iter()
+        .map(|c| dfs_core::Fingerprint::of(c).to_vec())
+        .collect();
+    let known = rt.block_on(async {
+        let mut mal = MetaClient::new(channel(&mallory, &meta, Role::Meta).await.expect("mallory"));
+        mal.lookup_chunks(LookupChunksRequest { fingerprints })
+            .await
+            .expect("lookup")
+            .into_inner()
+            .known
+    });
+    assert_eq!(
+        known,
+        vec![true, true],
+        "checked entries are offered to every identity"
+    );
 
     println!(
         "attacks: {} tried, {} refused{}",
@@ -620,7 +770,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
 
     // The volume is as it was: every file, and fsck reading every shard.
     let diff = std::process::Command::new("diff")
-        .arg("-r")
+        .args(["-r", "-x", ".mallory"])
         .arg(local.path())
         .arg(&m.path)
         .output()
@@ -633,6 +783,33 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
     m.unmount();
     let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
     assert!(clean, "fsck after the attacks: {report}");
+}
+
+/// A record of a chunk of `len` incompressible bytes, Reed-Solomon coded
+/// the way the volume codes it, on the first servers of `servers`: what an
+/// honest upload would commit, without (necessarily) the shards.
+fn poisoned_record(volume: &VolumeConfig, len: usize, servers: &[(u32, String)]) -> ChunkRecord {
+    let (data, parity) = (volume.data_shards, volume.parity_shards);
+    let shards = (data + parity) as usize;
+    assert!(
+        servers.len() >= shards,
+        "{} servers for {shards} shards",
+        servers.len()
+    );
+    ChunkRecord {
+        raw_len: len as u32,
+        stored_len: len as u32,
+        codec: Codec::None as i32,
+        layout: Some(Layout {
+            data_shards: data,
+            parity_shards: parity,
+            replicas: 0,
+            inline: false,
+        }),
+        shard_servers: servers[..shards].iter().map(|(id, _)| *id).collect(),
+        shard_len: len.div_ceil(data as usize) as u32,
+        ..ChunkRecord::default()
+    }
 }
 
 /// One request of the service at `peer` over `ch`: `Ok` if it was served.

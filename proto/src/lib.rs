@@ -49,4 +49,32 @@ impl ChunkRecord {
     pub fn is_inline(&self) -> bool {
         self.layout.is_some_and(|l| l.inline)
     }
+
+    /// How a writer whose certificate is `owner` (see `ChunkRecord.owner`)
+    /// may use this index entry.
+    pub fn standing_for(&self, owner: &[u8]) -> Standing {
+        if self.state() != ChunkState::Live {
+            Standing::Absent
+        } else if self.verification_failed {
+            Standing::Failed
+        } else if self.verified || self.is_inline() || self.owner == owner {
+            Standing::Usable
+        } else {
+            Standing::Unchecked
+        }
+    }
+}
+
+/// What an index entry is to one writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Dead (or none): the chunk must be uploaded.
+    Absent,
+    /// Checked, inline, or uploaded by this writer: dedup against it.
+    Usable,
+    /// Another identity's upload, not checked yet: dfs-meta reads it back
+    /// before anyone else may dedup against it.
+    Unchecked,
+    /// Checked and found not to be the chunk: the next upload replaces it.
+    Failed,
 }

@@ -13,6 +13,7 @@ pub mod fsck;
 pub mod gc;
 pub mod repair;
 pub mod servers;
+pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -618,7 +618,7 @@ impl Maintenance {
 
 /// Reconstructs every shard from the readable ones and checks that the
 /// chunk they encode matches its fingerprint.
-fn rebuild_and_verify(
+pub(super) fn rebuild_and_verify(
     fp: &Fingerprint,
     rec: &ChunkRecord,
     shards: Vec<Option<Vec<u8>>>,
