@@ -704,7 +704,9 @@ mod tests {
         // Found not to be the chunk, it is replaced by the victim's upload,
         // keeping Mallory's reference.
         run(&store, |t| {
-            let mut rec = lookup_chunks(t, std::slice::from_ref(&fp))?[0].clone().unwrap();
+            let mut rec = lookup_chunks(t, std::slice::from_ref(&fp))?[0]
+                .clone()
+                .unwrap();
             rec.verification_failed = true;
             put_record(t, &keys::hash(&fp), &rec);
             Ok(())
@@ -721,7 +723,9 @@ mod tests {
         assert_eq!(decode_counter(refs.as_deref()), 2);
         // Checked good, anyone dedups against it.
         run(&store, |t| {
-            let mut rec = lookup_chunks(t, std::slice::from_ref(&fp))?[0].clone().unwrap();
+            let mut rec = lookup_chunks(t, std::slice::from_ref(&fp))?[0]
+                .clone()
+                .unwrap();
             rec.verified = true;
             put_record(t, &keys::hash(&fp), &rec);
             Ok(())
