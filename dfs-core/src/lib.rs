@@ -15,6 +15,7 @@ pub mod inline;
 pub mod placement;
 pub mod rpc;
 pub mod shard_key;
+pub mod shard_token;
 pub mod shutdown;
 pub mod size;
 pub mod time;

@@ -169,6 +169,7 @@ mod tests {
         let mut client = ChunksClient::new(boxed_transport(ChunksServer::new(Fake)));
         let reply = client
             .get_shard(ShardKey {
+                token: Default::default(),
                 fingerprint: vec![1, 2, 3],
                 index: 0,
             })

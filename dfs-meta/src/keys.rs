@@ -16,6 +16,7 @@
 //! | `U uuid` | server id (be32) |
 //! | `N name` | counter (le i64, atomic add) |
 //! | `V` | `VolumeConfig` |
+//! | `K` | the volume's shard token secret (32 bytes; `dfs_core::shard_token`) |
 //! | `T ino(le64)` | empty: a removed file whose chunk map is still being purged |
 //! | `O ino(le64)` | time (le i64 ns): an unlinked inode kept while a client has it open |
 //! | `L ino(le64)` | `LockTableRecord`: the byte-range locks held on an inode |
@@ -34,6 +35,7 @@ pub const SERVER: u8 = b'S';
 pub const SERVER_UUID: u8 = b'U';
 pub const COUNTER: u8 = b'N';
 pub const VOLUME: u8 = b'V';
+pub const TOKEN_SECRET: u8 = b'K';
 pub const TRASH: u8 = b'T';
 pub const XATTR: u8 = b'X';
 pub const UNLINKED_OPEN: u8 = b'O';
@@ -195,6 +197,10 @@ pub fn counter(name: &str) -> Vec<u8> {
 
 pub fn volume() -> Vec<u8> {
     vec![VOLUME]
+}
+
+pub fn token_secret() -> Vec<u8> {
+    vec![TOKEN_SECRET]
 }
 
 /// The first key after every key that starts with `prefix`.

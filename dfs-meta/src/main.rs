@@ -53,6 +53,10 @@ struct Args {
     /// 60 s: keep this well above that.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     unlinked_timeout: u64,
+    /// Seconds a shard token (signed with each chunk map and each upload
+    /// grant) stays good; clients refresh expired ones.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    token_lifetime: u64,
     /// Test hook: every N-th create that committed is answered as if its
     /// commit's outcome were unknown (FoundationDB's commit_unknown_result).
     #[arg(long, default_value_t = 0, hide = true)]
@@ -110,7 +114,8 @@ fn main() -> anyhow::Result<()> {
         dfs_meta::tcp_connector(security.clone()),
     )
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?
-    .inject_unknown_create_commits(args.inject_unknown_commit_every);
+    .inject_unknown_create_commits(args.inject_unknown_commit_every)
+    .with_token_lifetime(Duration::from_secs(args.token_lifetime));
     tracing::info!(listen = %args.listen, store = %args.store, backend = service_store_name, transport = security.describe(), "dfs-meta serving");
     let runtime = tokio::runtime::Runtime::new()?;
     let served = runtime.block_on(async {

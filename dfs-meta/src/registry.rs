@@ -196,6 +196,17 @@ pub fn volume_config(txn: &mut dyn KvTxn) -> Result<VolumeConfig> {
         .ok_or_else(|| MetaError::Corrupt("volume record missing".into()))
 }
 
+/// The volume's shard token secret, made (from `fresh`) the first time a
+/// metadata server opens the store; every dfs-meta of the volume reads the
+/// same one.
+pub fn token_secret(txn: &mut dyn KvTxn, fresh: &[u8]) -> Result<Vec<u8>> {
+    if let Some(secret) = txn.get(&keys::token_secret())? {
+        return Ok(secret);
+    }
+    txn.set(&keys::token_secret(), fresh);
+    Ok(fresh.to_vec())
+}
+
 pub fn init_volume(txn: &mut dyn KvTxn, config: &VolumeConfig) -> Result<VolumeConfig> {
     if let Some(existing) = get_record::<VolumeConfig>(txn, &keys::volume())? {
         return Ok(existing);

@@ -41,9 +41,13 @@ impl ChunkCache {
         cluster: &Arc<Cluster>,
         fp: Fingerprint,
         rec: ChunkRecord,
+        tokens: Vec<Vec<u8>>,
     ) -> Result<Bytes, DfsError> {
         self.cache
-            .try_get_with(fp, async move { cluster.fetch_chunk(fp, &rec).await })
+            .try_get_with(
+                fp,
+                async move { cluster.fetch_chunk(fp, &rec, &tokens).await },
+            )
             .await
             .map_err(|e: Arc<DfsError>| (*e).clone())
     }

@@ -84,8 +84,11 @@ impl Embedded {
         let shard_store = Arc::new(shard_store);
         let uuid = dfs_server::identity::load_or_create(&chunk_dir)
             .context("cannot read the server identity")?;
+        // In process: no certificates, so no shard tokens to check.
         let chunks = boxed_transport(dfs_server::service::chunk_service_server(
             shard_store.clone(),
+            dfs_core::shard_token::Gate::default(),
+            dfs_server::service::DEFAULT_TOKEN_CLOCK_SKEW,
         ));
         // The metadata service reaches the in-process chunk server for
         // garbage collection and repairs.

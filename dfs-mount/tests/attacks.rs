@@ -125,12 +125,18 @@ impl Tally {
 
 #[test]
 fn attacks_are_refused_and_the_volume_stays_intact() {
-    // The default minimum GC grace, not the tests' zero.
+    // The default minimum GC grace, not the tests' zero; shard tokens
+    // that expire within the test (the mount refreshes its own).
     let cluster = TestCluster::start_full(
         3,
         3,
-        |_| Vec::new(),
-        vec!["--min-gc-grace".into(), "600".into()],
+        |_| vec!["--token-clock-skew".into(), "0".into()],
+        vec![
+            "--min-gc-grace".into(),
+            "600".into(),
+            "--token-lifetime".into(),
+            TOKEN_LIFETIME_SECS.to_string(),
+        ],
     );
     cluster.wait_servers_up(9);
     let meta = cluster.meta_addr();
@@ -174,6 +180,15 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
     let poison_never_stored = random_bytes(24 << 10, 0x6d61);
     let poison_garbage = random_bytes(24 << 10, 0x6d62);
 
+    let servers = cluster.status()["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| {
+            let id = s["id"].as_u64().expect("id") as u32;
+            (id, s["address"].as_str().expect("address").to_string())
+        })
+        .collect::<Vec<_>>();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut t = Tally::default();
     rt.block_on(async {
@@ -368,6 +383,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                 .report_bad_shards(ReportBadShardsRequest {
                     server_id,
                     shards: vec![ShardKey {
+                        token: Default::default(),
                         fingerprint: vec![7; 32],
                         index: 0,
                     }],
@@ -563,6 +579,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
             client_to_server
                 .put_shards(PutShardsRequest {
                     shards: vec![Shard {
+                        token: Default::default(),
                         fingerprint: vec![3; 32],
                         index: 0,
                         data: vec![0; 80 << 20],
@@ -586,6 +603,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                 .delete_shards(DeleteShardsRequest {
                     shards: vec![
                         ShardKey {
+                            token: Default::default(),
                             fingerprint: vec![4; 32],
                             index: 0
                         };
@@ -619,21 +637,24 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
             .await
             .expect("volume")
             .into_inner();
-        let servers = cluster.status()["servers"]
-            .as_array()
-            .expect("servers")
-            .iter()
-            .map(|s| {
-                let id = s["id"].as_u64().expect("id") as u32;
-                (id, s["address"].as_str().expect("address").to_string())
-            })
-            .collect::<Vec<_>>();
         for (name, content, store_garbage) in [
             ("never-stored", &poison_never_stored, false),
             ("garbage", &poison_garbage, true),
         ] {
             let record = poisoned_record(&volume, content.len(), &servers);
             let fp = dfs_core::Fingerprint::of(content).to_vec();
+            // Nobody stored the chunk yet: dfs-meta grants Mallory put
+            // tokens for it, as it would anyone about to upload it.
+            let grant = mal
+                .lookup_chunks(LookupChunksRequest {
+                    fingerprints: vec![fp.clone()],
+                })
+                .await
+                .expect("lookup")
+                .into_inner()
+                .grants
+                .pop()
+                .expect("a put grant");
             if store_garbage {
                 for (index, &server) in record.shard_servers.iter().enumerate() {
                     let address = &servers
@@ -646,8 +667,15 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                             .await
                             .expect("to server"),
                     );
+                    let token = grant
+                        .servers
+                        .iter()
+                        .position(|&id| id == server)
+                        .map(|i| grant.tokens[i].clone())
+                        .expect("a token for the server");
                     to.put_shards(PutShardsRequest {
                         shards: vec![Shard {
+                            token,
                             fingerprint: fp.clone(),
                             index: index as u32,
                             data: vec![0x5a; record.shard_len as usize],
@@ -755,6 +783,157 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
         "checked entries are offered to every identity"
     );
 
+    // Shard tokens: a chunk map's tokens read its shards from their own
+    // servers, nothing else does.
+    rt.block_on(async {
+        use libc::{EACCES, EKEYEXPIRED};
+        let mut mal = MetaClient::new(channel(&mallory, &meta, Role::Meta).await.expect("mallory"));
+        let ino = mal
+            .lookup(LookupRequest {
+                parent: 1,
+                name: b"never-stored".to_vec(),
+            })
+            .await
+            .expect("lookup")
+            .into_inner()
+            .ino;
+        let mapped = mal
+            .get_chunk_map(ChunkMapRequest {
+                ino,
+                ..ChunkMapRequest::default()
+            })
+            .await
+            .expect("chunk map")
+            .into_inner()
+            .chunks
+            .remove(0);
+        let fp = mapped.fingerprint.clone();
+        let rec = mapped.chunk.clone().expect("record");
+        assert_eq!(mapped.shard_tokens.len(), rec.shard_servers.len());
+        let address = |id: u32| {
+            servers
+                .iter()
+                .find(|(s, _)| *s == id)
+                .map(|(_, a)| a.clone())
+                .expect("server")
+        };
+        let to = |i: usize| {
+            let address = address(rec.shard_servers[i]);
+            let mallory = mallory.clone();
+            async move {
+                ChunksClient::new(
+                    channel(&mallory, &address, Role::Server)
+                        .await
+                        .expect("to server"),
+                )
+            }
+        };
+        let read = |i: usize, token: Vec<u8>| ShardKey {
+            fingerprint: fp.clone(),
+            index: i as u32,
+            token,
+        };
+        // The honest read works: the refusals below are the tokens'.
+        to(0)
+            .await
+            .get_shard(read(0, mapped.shard_tokens[0].clone()))
+            .await
+            .expect("a read with its token");
+        t.expect_refused(
+            "client: get a shard without a token",
+            to(0).await.get_shard(read(0, Vec::new())).await,
+            EACCES,
+        );
+        let mut forged = mapped.shard_tokens[0].clone();
+        forged[20] ^= 1;
+        t.expect_refused(
+            "client: get a shard with a forged token",
+            to(0).await.get_shard(read(0, forged)).await,
+            EACCES,
+        );
+        t.expect_refused(
+            "client: get a shard with another server's token",
+            to(1)
+                .await
+                .get_shard(read(1, mapped.shard_tokens[0].clone()))
+                .await,
+            EACCES,
+        );
+        let reads = to(2)
+            .await
+            .get_shards(GetShardsRequest {
+                shards: vec![read(2, mapped.shard_tokens[3].clone())],
+            })
+            .await
+            .expect("get_shards")
+            .into_inner()
+            .shards;
+        t.tried += 1;
+        if reads.len() == 1 && reads[0].errno == EACCES && reads[0].data.is_empty() {
+            t.refused += 1;
+        } else {
+            t.let_through.push(format!(
+                "client: batched read with another shard's token: {reads:?}"
+            ));
+        }
+        t.expect_refused(
+            "client: put a shard without a token",
+            to(0)
+                .await
+                .put_shards(PutShardsRequest {
+                    shards: vec![Shard {
+                        fingerprint: fp.clone(),
+                        index: 0,
+                        data: vec![0; rec.shard_len as usize],
+                        token: Vec::new(),
+                    }],
+                })
+                .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "client: put a shard with a read token",
+            to(0)
+                .await
+                .put_shards(PutShardsRequest {
+                    shards: vec![Shard {
+                        fingerprint: fp.clone(),
+                        index: 0,
+                        data: vec![0; rec.shard_len as usize],
+                        token: mapped.shard_tokens[0].clone(),
+                    }],
+                })
+                .await,
+            EACCES,
+        );
+        // A stored chunk gets no put token: nothing to overwrite it with.
+        let grants = mal
+            .lookup_chunks(LookupChunksRequest {
+                fingerprints: vec![fp.clone()],
+            })
+            .await
+            .expect("lookup")
+            .into_inner()
+            .grants;
+        t.tried += 1;
+        if grants.iter().all(|g| g.tokens.is_empty()) {
+            t.refused += 1;
+        } else {
+            t.let_through
+                .push("client: put tokens granted for a stored chunk".into());
+        }
+        // Past its lifetime (the servers here allow no clock skew).
+        tokio::time::sleep(std::time::Duration::from_secs(TOKEN_LIFETIME_SECS + 1)).await;
+        t.expect_refused(
+            "client: get a shard with an expired token",
+            to(0)
+                .await
+                .get_shard(read(0, mapped.shard_tokens[0].clone()))
+                .await,
+            EKEYEXPIRED,
+        );
+    });
+
     println!(
         "attacks: {} tried, {} refused{}",
         t.tried,
@@ -784,6 +963,9 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
     let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
     assert!(clean, "fsck after the attacks: {report}");
 }
+
+/// Seconds the cluster's shard tokens stay good.
+const TOKEN_LIFETIME_SECS: u64 = 4;
 
 /// A record of a chunk of `len` incompressible bytes, Reed-Solomon coded
 /// the way the volume codes it, on the first servers of `servers`: what an

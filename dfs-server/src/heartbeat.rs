@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dfs_core::rpc::{boxed_transport, RpcTransport};
+use dfs_core::shard_token::Gate;
 use dfs_core::tls::{Role, Security};
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{HeartbeatRequest, RegisterServerRequest};
@@ -52,14 +53,26 @@ pub struct Registration {
 /// The id the metadata server gave this server, shared between the heartbeat
 /// task, which sets it at every registration, and the scrubber, which names
 /// this server with it in its reports. Clones share one value.
-#[derive(Debug, Clone, Default)]
-pub struct SharedServerId(Arc<AtomicU32>);
+/// It also carries the key the server checks shard tokens with, which
+/// every registration hands out again.
+#[derive(Clone, Default)]
+pub struct SharedServerId {
+    id: Arc<AtomicU32>,
+    gate: Gate,
+}
+
+/// What a registration returned.
+pub struct Registered {
+    pub id: u32,
+    /// Empty from a metadata server that signs no shard tokens.
+    pub token_key: Vec<u8>,
+}
 
 impl SharedServerId {
     /// The id, or `None` before the first registration. The metadata server
     /// numbers servers from 1, so 0 stands for "none yet".
     pub fn get(&self) -> Option<u32> {
-        match self.0.load(Ordering::Acquire) {
+        match self.id.load(Ordering::Acquire) {
             0 => None,
             id => Some(id),
         }
@@ -67,7 +80,12 @@ impl SharedServerId {
 
     /// Publishes the id a registration returned.
     pub fn set(&self, id: u32) {
-        self.0.store(id, Ordering::Release);
+        self.id.store(id, Ordering::Release);
+    }
+
+    /// The shard token key, shared with the chunk service that checks it.
+    pub fn gate(&self) -> Gate {
+        self.gate.clone()
     }
 }
 
@@ -139,7 +157,7 @@ async fn connect_and_register_any(
     store: &Arc<ShardStore>,
     first: usize,
     security: &Security,
-) -> Result<(MetaRpc, u32, usize), HeartbeatError> {
+) -> Result<(MetaRpc, Registered, usize), HeartbeatError> {
     let addresses: Vec<&str> = meta_addresses(&reg.meta_addr).collect();
     let count = addresses.len().max(1);
     let mut last_error = None;
@@ -162,7 +180,7 @@ async fn connect_and_register(
     reg: &Registration,
     store: &Arc<ShardStore>,
     security: &Security,
-) -> Result<(MetaRpc, u32), HeartbeatError> {
+) -> Result<(MetaRpc, Registered), HeartbeatError> {
     let url = meta_url(addr);
     let connect_err = |source| HeartbeatError::Connect {
         addr: addr.to_string(),
@@ -189,7 +207,7 @@ async fn register(
     mut client: MetaRpc,
     reg: Registration,
     store: Arc<ShardStore>,
-) -> Result<(MetaRpc, u32), HeartbeatError> {
+) -> Result<(MetaRpc, Registered), HeartbeatError> {
     let (_, capacity) = local_stats(&store).await?;
     let reply = client
         .register_server(RegisterServerRequest {
@@ -206,8 +224,14 @@ async fn register(
             rpc: "RegisterServer",
             status,
         })?;
-    let server_id = reply.into_inner().server_id;
-    Ok((client, server_id))
+    let reply = reply.into_inner();
+    Ok((
+        client,
+        Registered {
+            id: reply.server_id,
+            token_key: reply.token_key,
+        },
+    ))
 }
 
 async fn send_heartbeat(
@@ -271,7 +295,7 @@ pub async fn register_via(
 ) -> Result<u32, String> {
     register(MetaClient::new(transport), reg.clone(), Arc::clone(store))
         .await
-        .map(|(_, id)| id)
+        .map(|(_, registered)| registered.id)
         .map_err(|e| error_chain(&e))
 }
 
@@ -306,7 +330,7 @@ impl MetaLink {
         &mut self,
         reg: Registration,
         store: Arc<ShardStore>,
-    ) -> Result<(MetaRpc, u32), HeartbeatError> {
+    ) -> Result<(MetaRpc, Registered), HeartbeatError> {
         match self {
             MetaLink::Tcp { next, security } => {
                 let (client, id, index) =
@@ -336,7 +360,7 @@ async fn heartbeat_loop(
 ) {
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        let (mut client, server_id) = match link
+        let (mut client, registered) = match link
             .connect_and_register(reg.clone(), Arc::clone(&store))
             .await
         {
@@ -350,7 +374,11 @@ async fn heartbeat_loop(
             }
         };
         backoff = INITIAL_BACKOFF;
+        let server_id = registered.id;
         shared_id.set(server_id);
+        if !registered.token_key.is_empty() {
+            shared_id.gate().set(&registered.token_key);
+        }
         tracing::info!(
             meta = %reg.meta_addr,
             server_id,
@@ -534,7 +562,10 @@ mod tests {
         ) -> Result<Response<RegisterServerReply>, Status> {
             let mut seen = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
             seen.registrations.push(request.into_inner());
-            Ok(Response::new(RegisterServerReply { server_id: 7 }))
+            Ok(Response::new(RegisterServerReply {
+                token_key: Default::default(),
+                server_id: 7,
+            }))
         }
         async fn heartbeat(
             &self,
@@ -616,6 +647,7 @@ mod tests {
                     assert_eq!(
                         report.shards,
                         vec![ShardKey {
+                            token: Default::default(),
                             fingerprint: vec![4; 32],
                             index: 1
                         }]

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// Time for one scrub pass over every shard; zero disables scrubbing.
     /// The scrubber only runs with a metadata server to report to.
     pub scrub_period: Duration,
+    /// Difference allowed between dfs-meta's clock, which dates shard
+    /// tokens, and this server's.
+    pub token_clock_skew: Duration,
 }
 
 impl ServerConfig {
@@ -76,6 +79,7 @@ impl ServerConfig {
             capacity: None,
             reserve: None,
             scrub_period: scrub::DEFAULT_SCRUB_PERIOD,
+            token_clock_skew: service::DEFAULT_TOKEN_CLOCK_SKEW,
         }
     }
 }
@@ -152,6 +156,10 @@ impl BoundServer {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let mut background = Vec::new();
+        // Learned at registration: no registration, no client with a
+        // certificate gets a shard (EAGAIN until then).
+        let server_id = SharedServerId::default();
+        let gate = server_id.gate();
         match &self.config.meta {
             Some(meta_addr) => {
                 let address = self.advertised_address();
@@ -168,7 +176,6 @@ impl BoundServer {
                     zone: self.config.zone.clone(),
                     rack: self.config.rack.clone(),
                 };
-                let server_id = SharedServerId::default();
                 background.push(tokio::spawn(heartbeat::register_and_heartbeat_sharing(
                     reg,
                     Arc::clone(&self.store),
@@ -197,7 +204,11 @@ impl BoundServer {
             .max_concurrent_streams(dfs_core::rpc::MAX_CONCURRENT_STREAMS)
             .http2_max_header_list_size(dfs_core::rpc::MAX_HEADER_LIST_BYTES)
             .layer(dfs_core::tls::AuthorizeLayer)
-            .add_service(service::chunk_service_server(Arc::clone(&self.store)))
+            .add_service(service::chunk_service_server(
+                Arc::clone(&self.store),
+                gate,
+                self.config.token_clock_skew,
+            ))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("chunk service failed");
@@ -331,11 +342,13 @@ mod tests {
             .put_shards(PutShardsRequest {
                 shards: vec![
                     Shard {
+                        token: Default::default(),
                         fingerprint: vec![1; 32],
                         index: 0,
                         data: b"first".to_vec(),
                     },
                     Shard {
+                        token: Default::default(),
                         fingerprint: vec![1; 32],
                         index: 8,
                         data: big.clone(),
@@ -347,6 +360,7 @@ mod tests {
 
         let got = client
             .get_shard(ShardKey {
+                token: Default::default(),
                 fingerprint: vec![1; 32],
                 index: 8,
             })
@@ -357,6 +371,7 @@ mod tests {
 
         let missing = client
             .get_shard(ShardKey {
+                token: Default::default(),
                 fingerprint: vec![2; 32],
                 index: 0,
             })

@@ -67,6 +67,15 @@ struct Cli {
         help_heading = "Storage"
     )]
     scrub_period: u64,
+    /// Seconds of difference allowed between dfs-meta's clock, which dates
+    /// shard tokens, and this server's.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        help_heading = "Security"
+    )]
+    token_clock_skew: u64,
     #[command(flatten, next_help_heading = "Security")]
     tls: dfs_core::tls::TlsArgs,
 }
@@ -88,6 +97,7 @@ impl From<Cli> for ServerConfig {
             capacity: cli.capacity,
             reserve: cli.reserve,
             scrub_period: Duration::from_secs(cli.scrub_period),
+            token_clock_skew: Duration::from_secs(cli.token_clock_skew),
         }
     }
 }

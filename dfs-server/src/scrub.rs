@@ -208,6 +208,7 @@ impl Scrubber {
                 .map(|key| {
                     let (fp, index) = split_key(key);
                     ShardKey {
+                        token: Default::default(),
                         fingerprint: fp.0.to_vec(),
                         index: u32::from(index),
                     }

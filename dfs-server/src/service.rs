@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
+use dfs_core::shard_token::{Gate, ServerKey, ShardOp, TokenError};
+use dfs_core::time::now_ns;
+use dfs_core::tls::{PeerInfo, Role};
 use dfs_proto::chunks_server::{Chunks, ChunksServer};
 use dfs_proto::{
     CheckShardsReply, CheckShardsRequest, DeleteShardsReply, DeleteShardsRequest, Empty,
@@ -35,19 +38,89 @@ pub const MAX_DELETE_SHARDS: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct ChunkService {
     store: Arc<ShardStore>,
+    /// The key shard tokens are checked with (set at registration).
+    gate: Gate,
+    /// Difference allowed between dfs-meta's clock (which set a token's
+    /// expiry) and this server's.
+    skew_ns: i64,
 }
 
+pub const DEFAULT_TOKEN_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl ChunkService {
+    /// A service that checks no tokens: for in-process callers, which are
+    /// never clients with certificates.
     pub fn new(store: Arc<ShardStore>) -> Self {
-        ChunkService { store }
+        Self::with_gate(store, Gate::default(), DEFAULT_TOKEN_CLOCK_SKEW)
     }
+
+    pub fn with_gate(store: Arc<ShardStore>, gate: Gate, skew: std::time::Duration) -> Self {
+        let skew_ns = i64::try_from(skew.as_nanos()).unwrap_or(i64::MAX);
+        ChunkService {
+            store,
+            gate,
+            skew_ns,
+        }
+    }
+
+    /// The key to check `request`'s shard tokens with: `None` when it
+    /// needs none (not a client with a certificate: dfs-meta, or a
+    /// plaintext or in-process caller).
+    fn token_key<T>(&self, request: &Request<T>) -> Result<Option<Checker>, Status> {
+        let client = PeerInfo::of(request)
+            .and_then(|peer| peer.identity.as_ref())
+            .is_some_and(|identity| identity.role == Role::Client);
+        if !client {
+            return Ok(None);
+        }
+        match self.gate.key() {
+            Some(key) => Ok(Some(Checker {
+                key,
+                skew_ns: self.skew_ns,
+            })),
+            None => Err(token_refused(TokenError::NoKey)),
+        }
+    }
+}
+
+/// Checks the tokens of one request.
+struct Checker {
+    key: Arc<ServerKey>,
+    skew_ns: i64,
+}
+
+fn check_token(
+    checker: Option<&Checker>,
+    op: ShardOp,
+    fingerprint: &[u8],
+    token: &[u8],
+) -> Result<(), TokenError> {
+    match checker {
+        None => Ok(()),
+        Some(c) => c.key.check(op, fingerprint, token, now_ns(), c.skew_ns),
+    }
+}
+
+fn token_refused(e: TokenError) -> Status {
+    let errno = e.errno();
+    let err = if errno == libc::EAGAIN {
+        DfsError::retryable(errno, e.to_string())
+    } else {
+        DfsError::new(errno, e.to_string())
+    };
+    err.into()
 }
 
 /// The tonic server for [`ChunkService`], accepting requests up to
 /// [`dfs_proto::MAX_SHARD_REQUEST_BYTES`] and sending replies up to
-/// [`dfs_proto::MAX_MESSAGE_BYTES`].
-pub fn chunk_service_server(store: Arc<ShardStore>) -> ChunksServer<ChunkService> {
-    ChunksServer::new(ChunkService::new(store))
+/// [`dfs_proto::MAX_MESSAGE_BYTES`]. Clients with certificates need shard
+/// tokens that check with the key in `gate`.
+pub fn chunk_service_server(
+    store: Arc<ShardStore>,
+    gate: Gate,
+    skew: std::time::Duration,
+) -> ChunksServer<ChunkService> {
+    ChunksServer::new(ChunkService::with_gate(store, gate, skew))
         .max_decoding_message_size(dfs_proto::MAX_SHARD_REQUEST_BYTES)
         .max_encoding_message_size(dfs_proto::MAX_MESSAGE_BYTES)
 }
@@ -157,13 +230,28 @@ fn shard_read(result: Result<Vec<u8>, StoreError>) -> ShardRead {
     }
 }
 
+/// A `GetShards` answer for a read whose token was refused.
+fn refused_read(e: &TokenError) -> ShardRead {
+    ShardRead {
+        data: Vec::new(),
+        errno: e.errno(),
+        error: e.to_string(),
+        retryable: e.errno() == libc::EAGAIN,
+    }
+}
+
 #[tonic::async_trait]
 impl Chunks for ChunkService {
     async fn put_shards(
         &self,
         request: Request<PutShardsRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let key = self.token_key(&request)?;
         let shards = request.into_inner().shards;
+        for shard in &shards {
+            check_token(key.as_ref(), ShardOp::Put, &shard.fingerprint, &shard.token)
+                .map_err(token_refused)?;
+        }
         let bytes: usize = shards.iter().map(|s| s.data.len()).sum();
         let span = tracing::info_span!("put_shards", shards = shards.len(), bytes);
         let store = Arc::clone(&self.store);
@@ -174,6 +262,7 @@ impl Chunks for ChunkService {
                 fingerprint,
                 index,
                 data,
+                token: _,
             } in shards
             {
                 let (fp, index) = parse_key(&fingerprint, index)?;
@@ -200,7 +289,15 @@ impl Chunks for ChunkService {
         &self,
         request: Request<ShardKey>,
     ) -> Result<Response<GetShardReply>, Status> {
+        let token_key = self.token_key(&request)?;
         let key = request.into_inner();
+        check_token(
+            token_key.as_ref(),
+            ShardOp::Get,
+            &key.fingerprint,
+            &key.token,
+        )
+        .map_err(token_refused)?;
         let (fp, index) = parse_key(&key.fingerprint, key.index)?;
         let span = tracing::info_span!("get_shard", fingerprint = %fp, shard = index);
         let store = Arc::clone(&self.store);
@@ -217,6 +314,7 @@ impl Chunks for ChunkService {
         &self,
         request: Request<GetShardsRequest>,
     ) -> Result<Response<GetShardsReply>, Status> {
+        let token_key = self.token_key(&request)?;
         let wanted = request.into_inner().shards;
         if wanted.len() > MAX_GET_SHARDS {
             return Err(invalid(format!(
@@ -229,14 +327,21 @@ impl Chunks for ChunkService {
         async move {
             let mut keys = Vec::with_capacity(wanted.len());
             for k in &wanted {
-                keys.push(parse_key(&k.fingerprint, k.index)?);
+                let parsed = parse_key(&k.fingerprint, k.index)?;
+                // A refused token is that shard's answer, not the request's.
+                let allowed =
+                    check_token(token_key.as_ref(), ShardOp::Get, &k.fingerprint, &k.token);
+                keys.push((parsed, allowed));
             }
             // One blocking task for the whole request: a failed read is
             // that shard's answer, not the request's.
             let shards = blocking(move || {
                 Ok(keys
                     .iter()
-                    .map(|(fp, index)| shard_read(store.get(fp, *index)))
+                    .map(|((fp, index), allowed)| match allowed {
+                        Ok(()) => shard_read(store.get(fp, *index)),
+                        Err(e) => refused_read(e),
+                    })
                     .collect::<Vec<_>>())
             })
             .await?;
@@ -382,7 +487,11 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(chunk_service_server(store))
+                .add_service(chunk_service_server(
+                    store,
+                    Gate::default(),
+                    DEFAULT_TOKEN_CLOCK_SKEW,
+                ))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
                     async {
@@ -404,6 +513,7 @@ mod tests {
 
         let status = client
             .get_shard(ShardKey {
+                token: Default::default(),
                 fingerprint: vec![1; 31],
                 index: 0,
             })
@@ -414,6 +524,7 @@ mod tests {
         let status = client
             .put_shards(PutShardsRequest {
                 shards: vec![Shard {
+                    token: Default::default(),
                     fingerprint: vec![1; 32],
                     index: 256,
                     data: vec![1],
@@ -533,6 +644,7 @@ mod tests {
         let mut client = ChunksClient::connect(url).await.expect("connect");
 
         let key = |n: u8, index: u32| ShardKey {
+            token: Default::default(),
             fingerprint: vec![n; 32],
             index,
         };
@@ -593,6 +705,7 @@ mod tests {
         let mut client = ChunksClient::connect(url).await.expect("connect");
         let status = client
             .get_shard(ShardKey {
+                token: Default::default(),
                 fingerprint: vec![9; 32],
                 index: 2,
             })
@@ -626,6 +739,7 @@ mod tests {
         let (url, _stop) = start(store).await;
         let mut client = ChunksClient::connect(url).await.expect("connect");
         let key = |b: u8, index: u32| ShardKey {
+            token: Default::default(),
             fingerprint: vec![b; 32],
             index,
         };

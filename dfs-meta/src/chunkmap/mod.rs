@@ -531,6 +531,7 @@ pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Resu
             })?;
         inline_bytes += chunk.inline_data.len();
         chunks.push(MappedChunk {
+            shard_tokens: Default::default(),
             offset,
             len: r.len,
             fingerprint: r.fingerprint,

@@ -89,6 +89,7 @@ impl Maintenance {
                 let keys: Vec<ShardKey> = listed
                     .iter()
                     .map(|s| ShardKey {
+                        token: Default::default(),
                         fingerprint: s.fingerprint.clone(),
                         index: s.index,
                     })

@@ -106,6 +106,7 @@ impl Maintenance {
                     }
                     used.insert(server);
                     batches.entry((server, before)).or_default().push(ShardKey {
+                        token: Default::default(),
                         fingerprint: dead.fingerprint.clone(),
                         index: index as u32,
                     });
@@ -236,6 +237,7 @@ impl Maintenance {
                 }
                 if shard.written_ns < cut {
                     orphans.push(ShardKey {
+                        token: Default::default(),
                         fingerprint: shard.fingerprint.clone(),
                         index: shard.index,
                     });

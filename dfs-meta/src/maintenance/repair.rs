@@ -191,6 +191,7 @@ impl Maintenance {
                         let mut client = self.pool.client(server, &address)?;
                         client
                             .get_shard(ShardKey {
+                                token: Default::default(),
                                 fingerprint: fp.to_vec(),
                                 index: index as u32,
                             })
@@ -439,6 +440,7 @@ impl Maintenance {
                 let keys: Vec<ShardKey> = wanted
                     .iter()
                     .map(|&(c, index)| ShardKey {
+                        token: Default::default(),
                         fingerprint: chunks[c].0.clone(),
                         index: index as u32,
                     })

@@ -134,6 +134,7 @@ pub async fn put(
         shards: shards
             .into_iter()
             .map(|(index, data)| Shard {
+                token: Default::default(),
                 fingerprint: fp.to_vec(),
                 index,
                 data,

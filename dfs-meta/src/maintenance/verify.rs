@@ -68,6 +68,7 @@ impl Maintenance {
                     let mut client = self.pool.client(server, &address)?;
                     client
                         .get_shard(ShardKey {
+                            token: Default::default(),
                             fingerprint: fp.to_vec(),
                             index: index as u32,
                         })

@@ -14,6 +14,10 @@ use tracing::Instrument;
 use super::{at_most, to_response, Access, MetaService, INLINE_VERIFY_IN_PLACE};
 use crate::chunkmap;
 use crate::error::MetaError;
+use crate::registry;
+use dfs_core::shard_token::ShardOp;
+use dfs_core::time::now_ns;
+use dfs_proto::{MappedChunk, PutGrant};
 
 /// Bytes of the uploader's public key id kept in `ChunkRecord.owner`:
 /// telling identities apart, not proving one (the certificate did that).
@@ -28,11 +32,74 @@ pub(super) fn owner_of<T>(request: &Request<T>) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// How long a shard token stays good: a chunk map (or an upload) older
+/// than this is refreshed by the client when a server refuses it.
+pub(super) const TOKEN_LIFETIME_NS: i64 = 10 * 60 * 1_000_000_000;
+/// The servers put tokens are granted for, as read at a time.
+pub(super) type ServerList = (std::time::Instant, Arc<Vec<u32>>);
+
+/// How long the list of servers put tokens are granted for is reused.
+const TOKEN_SERVERS_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the caller gets shard tokens: a client with a certificate.
+/// Chunk servers check tokens only from such clients (plaintext and
+/// in-process callers are not authenticated at all), so nobody else needs
+/// them.
+pub(super) fn wants_tokens<T>(request: &Request<T>) -> bool {
+    dfs_core::tls::PeerInfo::of(request)
+        .and_then(|peer| peer.identity.as_ref())
+        .is_some_and(|identity| identity.role == dfs_core::tls::Role::Client)
+}
+
 impl MetaService {
+    /// Adds to each mapped chunk stored as shards a read token per shard,
+    /// for the server that holds it.
+    pub(super) fn sign_reads(&self, chunks: &mut [MappedChunk]) {
+        let expires = now_ns().saturating_add(self.token_lifetime_ns);
+        for mapped in chunks {
+            let Some(rec) = mapped.chunk.as_ref().filter(|rec| !rec.is_inline()) else {
+                continue;
+            };
+            mapped.shard_tokens = rec
+                .shard_servers
+                .iter()
+                .map(|&id| {
+                    self.tokens
+                        .sign(id, ShardOp::Get, &mapped.fingerprint, expires)
+                })
+                .collect();
+        }
+    }
+
+    /// The registered servers that are not down: where a client may
+    /// upload. Read at most once a second.
+    async fn token_servers(&self) -> Result<Arc<Vec<u32>>, Status> {
+        if let Some((read, servers)) = self.token_servers.lock().as_ref() {
+            if read.elapsed() < TOKEN_SERVERS_FOR {
+                return Ok(servers.clone());
+            }
+        }
+        let liveness = self.liveness;
+        let servers: Vec<u32> = self
+            .read("token_servers", move |t, now| {
+                Ok(registry::list(t, &liveness, now)?
+                    .into_iter()
+                    .filter(|s| s.state() != dfs_proto::ServerState::Down)
+                    .filter_map(|s| s.record.map(|r| r.id))
+                    .collect())
+            })
+            .await?
+            .into_inner();
+        let servers = Arc::new(servers);
+        *self.token_servers.lock() = Some((std::time::Instant::now(), servers.clone()));
+        Ok(servers)
+    }
+
     /// `LookupChunks` for the writer `owner`.
     pub(super) async fn lookup_chunks_as(
         &self,
         owner: Vec<u8>,
+        signs: bool,
         r: LookupChunksRequest,
     ) -> Result<Response<LookupChunksReply>, Status> {
         let fingerprints = Arc::new(r.fingerprints);
@@ -68,7 +135,34 @@ impl MetaService {
             .zip(&known)
             .map(|(rec, &known)| rec.filter(|_| known).unwrap_or_default())
             .collect();
-        Ok(Response::new(LookupChunksReply { known, records }))
+        // Chunks to upload: a put token for each server that may take them.
+        let grants = if signs && known.iter().any(|k| !k) {
+            let servers = self.token_servers().await?;
+            let expires = now_ns().saturating_add(self.token_lifetime_ns);
+            fingerprints
+                .iter()
+                .zip(&known)
+                .map(|(fp, &known)| {
+                    if known {
+                        return PutGrant::default();
+                    }
+                    PutGrant {
+                        servers: servers.to_vec(),
+                        tokens: servers
+                            .iter()
+                            .map(|&id| self.tokens.sign(id, ShardOp::Put, fp, expires))
+                            .collect(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(LookupChunksReply {
+            known,
+            records,
+            grants,
+        }))
     }
 
     /// `CommitChunks` for the writer `owner`.

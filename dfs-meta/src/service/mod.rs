@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use dfs_core::error::DfsError;
 use dfs_core::rpc::Connector;
+use dfs_core::shard_token::Signer;
 use dfs_core::time::now_ns;
 use dfs_proto::meta_server::{Meta, MetaServer};
 use dfs_proto::*;
@@ -48,6 +49,11 @@ pub struct MetaService {
     /// of a create that happened is exercised. 0: off.
     unknown_create_every: u64,
     creates: Arc<std::sync::atomic::AtomicU64>,
+    /// Signs shard tokens (`service::chunks`).
+    tokens: Arc<Signer>,
+    token_lifetime_ns: i64,
+    /// The servers put tokens are granted for, and when they were read.
+    token_servers: Arc<parking_lot::Mutex<Option<chunks::ServerList>>>,
 }
 
 /// A transaction over this is logged: FoundationDB refuses any older than
@@ -66,10 +72,12 @@ impl MetaService {
         connector: Connector,
     ) -> Result<Self> {
         let now = now_ns();
-        transact(store.as_ref(), |txn| {
+        let fresh = dfs_core::shard_token::new_secret()
+            .map_err(|e| MetaError::Invalid(format!("token secret: {e}")))?;
+        let secret = transact(store.as_ref(), |txn| {
             registry::init_volume(txn, &volume)?;
             namespace::init_root(txn, now)?;
-            Ok::<_, MetaError>(())
+            registry::token_secret(txn, &fresh)
         })?;
         let purge_wake = Arc::new(tokio::sync::Notify::new());
         Ok(Self {
@@ -89,6 +97,9 @@ impl MetaService {
             longest: Arc::new(parking_lot::Mutex::new((std::time::Duration::ZERO, ""))),
             unknown_create_every: 0,
             creates: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            tokens: Arc::new(Signer::new(&secret)),
+            token_lifetime_ns: chunks::TOKEN_LIFETIME_NS,
+            token_servers: Arc::new(parking_lot::Mutex::new(None)),
         })
     }
 
@@ -119,6 +130,12 @@ impl MetaService {
     /// commit-outcome-unknown error (0: never). See `unknown_create_every`.
     pub fn inject_unknown_create_commits(mut self, n: u64) -> Self {
         self.unknown_create_every = n;
+        self
+    }
+
+    /// How long the shard tokens this server signs stay good.
+    pub fn with_token_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.token_lifetime_ns = i64::try_from(lifetime.as_nanos()).unwrap_or(i64::MAX);
         self
     }
 
@@ -697,7 +714,9 @@ impl Meta for MetaService {
         &self,
         r: Request<LookupChunksRequest>,
     ) -> Result<Response<LookupChunksReply>, Status> {
-        self.lookup_chunks_as(owner_of(&r), r.into_inner()).await
+        let signs = chunks::wants_tokens(&r);
+        self.lookup_chunks_as(owner_of(&r), signs, r.into_inner())
+            .await
     }
 
     async fn commit_chunks(
@@ -711,11 +730,17 @@ impl Meta for MetaService {
         &self,
         r: Request<ChunkMapRequest>,
     ) -> Result<Response<ChunkMapReply>, Status> {
+        let signs = chunks::wants_tokens(&r);
         let r = r.into_inner();
-        self.read("chunk_map", move |t, _| {
-            chunkmap::chunk_map(t, r.ino, r.from_offset, r.limit as usize)
-        })
-        .await
+        let mut reply = self
+            .read("chunk_map", move |t, _| {
+                chunkmap::chunk_map(t, r.ino, r.from_offset, r.limit as usize)
+            })
+            .await?;
+        if signs {
+            self.sign_reads(&mut reply.get_mut().chunks);
+        }
+        Ok(reply)
     }
 
     async fn register_server(
@@ -728,9 +753,17 @@ impl Meta for MetaService {
             .run("register", move |t, now| {
                 Ok(RegisterServerReply {
                     server_id: registry::register(t, &r, now, key_id.as_ref())?,
+                    token_key: Vec::new(),
                 })
             })
-            .await?;
+            .await
+            .map(|mut reply| {
+                // The key it checks shard tokens with: only for the
+                // certificate the id is bound to (register refused others).
+                let id = reply.get_ref().server_id;
+                reply.get_mut().token_key = self.tokens.key_bytes(id).to_vec();
+                reply
+            })?;
         tracing::info!(
             server_id = reply.get_ref().server_id,
             "chunk server registered"

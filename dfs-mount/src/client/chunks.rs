@@ -106,9 +106,11 @@ impl Cluster {
         server_id: u32,
         fp: &Fingerprint,
         index: u32,
+        token: Vec<u8>,
     ) -> Result<Vec<u8>, DfsError> {
         let (reply_to, reply) = oneshot::channel();
         let key = ShardKey {
+            token,
             fingerprint: fp.to_vec(),
             index,
         };
@@ -239,6 +241,7 @@ mod tests {
 
     fn shard(len: usize) -> Shard {
         Shard {
+            token: Default::default(),
             fingerprint: vec![0; 32],
             index: 0,
             data: vec![0; len],
@@ -260,6 +263,7 @@ mod tests {
 
     fn key(b: u8) -> ShardKey {
         ShardKey {
+            token: Default::default(),
             fingerprint: vec![b; 32],
             index: 0,
         }

@@ -497,6 +497,7 @@ mod tests {
     /// A request for a reply of `len` bytes from `Fake`.
     fn reply_of(len: u32) -> ShardKey {
         ShardKey {
+            token: Default::default(),
             fingerprint: vec![1],
             index: len,
         }

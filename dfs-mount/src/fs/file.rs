@@ -322,6 +322,7 @@ mod tests {
 
     fn chunk(offset: u64, len: u32) -> MappedChunk {
         MappedChunk {
+            shard_tokens: Default::default(),
             offset,
             len,
             fingerprint: vec![0; 32],

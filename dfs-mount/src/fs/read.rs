@@ -19,7 +19,7 @@ impl Dfs {
         let chunks = st.map.overlapping(start, end);
         let datas: Vec<(MappedChunk, Bytes)> =
             stream::iter(chunks.into_iter().map(|c| async move {
-                let data = self.chunk_data(&c).await?;
+                let data = self.chunk_data(st.ino, &c).await?;
                 Ok::<_, DfsError>((c, data))
             }))
             .buffered(READ_PARALLELISM)
@@ -38,14 +38,31 @@ impl Dfs {
         Ok(out)
     }
 
-    pub async fn chunk_data(&self, c: &MappedChunk) -> Result<Bytes, DfsError> {
+    /// The bytes of chunk `c` of inode `ino`.
+    pub async fn chunk_data(&self, ino: u64, c: &MappedChunk) -> Result<Bytes, DfsError> {
         let fp = Fingerprint::from_slice(&c.fingerprint)
             .map_err(|e| DfsError::new(libc::EIO, format!("bad fingerprint in chunk map: {e}")))?;
         let rec = c
             .chunk
             .clone()
             .ok_or_else(|| DfsError::new(libc::EIO, format!("chunk {fp} has no index entry")))?;
-        let data = self.cache.get_or_fetch(&self.cluster, fp, rec).await?;
+        let data = match self
+            .cache
+            .get_or_fetch(&self.cluster, fp, rec, c.shard_tokens.clone())
+            .await
+        {
+            Err(e) if e.errno == libc::EKEYEXPIRED => {
+                // The map's read tokens expired (or it came from this
+                // client's own upload, with none): the chunk's entry again,
+                // with fresh ones.
+                let fresh = self.fresh_chunk(ino, c).await?;
+                let rec = fresh.chunk.clone().unwrap_or_default();
+                self.cache
+                    .get_or_fetch(&self.cluster, fp, rec, fresh.shard_tokens)
+                    .await?
+            }
+            other => other?,
+        };
         if data.len() != c.len as usize {
             return Err(DfsError::new(
                 libc::EIO,
@@ -53,6 +70,31 @@ impl Dfs {
             ));
         }
         Ok(data)
+    }
+
+    /// Chunk `c` of `ino` as the metadata server maps it now, with fresh
+    /// read tokens. The same chunk, or EIO: a file changed by another
+    /// client is read again from its new map at the next open.
+    async fn fresh_chunk(&self, ino: u64, c: &MappedChunk) -> Result<MappedChunk, DfsError> {
+        let reply = self
+            .cluster
+            .meta
+            .get_chunk_map(dfs_proto::ChunkMapRequest {
+                ino,
+                from_offset: c.offset,
+                limit: 1,
+            })
+            .await?;
+        reply
+            .chunks
+            .into_iter()
+            .find(|m| m.offset == c.offset && m.fingerprint == c.fingerprint)
+            .ok_or_else(|| {
+                DfsError::new(
+                    libc::EIO,
+                    format!("inode {ino}: the chunk at {} changed while read", c.offset),
+                )
+            })
     }
 
     /// Starts fetching the chunks after `offset` into the cache.
@@ -68,8 +110,9 @@ impl Dfs {
             }
             let cache = self.cache.clone();
             let cluster = self.cluster.clone();
+            let tokens = c.shard_tokens.clone();
             tokio::spawn(async move {
-                if let Err(e) = cache.get_or_fetch(&cluster, fp, rec).await {
+                if let Err(e) = cache.get_or_fetch(&cluster, fp, rec, tokens).await {
                     tracing::debug!(chunk = %fp, error = %e, "readahead failed");
                 }
             });

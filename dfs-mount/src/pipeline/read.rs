@@ -42,12 +42,21 @@ fn is_corrupt(err: &DfsError) -> bool {
     err.errno == libc::EBADMSG
 }
 
+/// A server refused the read's token (expired, or none: a chunk map this
+/// client made itself from its own upload).
+pub fn is_token_refusal(err: &DfsError) -> bool {
+    err.errno == libc::EKEYEXPIRED || err.errno == libc::EACCES
+}
+
 impl Cluster {
     /// Reads and verifies one chunk.
+    /// `tokens`: the read token of each shard, by index (from the chunk
+    /// map; none without a client certificate).
     pub async fn fetch_chunk(
         self: &Arc<Self>,
         fp: Fingerprint,
         rec: &ChunkRecord,
+        tokens: &[Vec<u8>],
     ) -> Result<Bytes, DfsError> {
         if rec.is_inline() {
             // The bytes came with the chunk map.
@@ -78,9 +87,10 @@ impl Cluster {
         // Start with the first `need` shards (the data shards: no decoding
         // needed when they all answer); each failure starts the next one.
         while next < need {
-            in_flight.push(self.fetch_shard(fp, rec, next));
+            in_flight.push(self.fetch_shard(fp, rec, tokens, next));
             next += 1;
         }
+        let mut token_refused = false;
         while let Some((index, result)) = in_flight.next().await {
             match result {
                 Ok(data) if data.len() == rec.shard_len as usize => {
@@ -94,18 +104,19 @@ impl Cluster {
                     tracing::warn!(chunk = %fp, shard = index, len = data.len(), "shard has the wrong length");
                     corrupt.push(index);
                     if next < total {
-                        in_flight.push(self.fetch_shard(fp, rec, next));
+                        in_flight.push(self.fetch_shard(fp, rec, tokens, next));
                         next += 1;
                     }
                 }
                 Err(err) => {
+                    token_refused |= is_token_refusal(&err);
                     tracing::warn!(chunk = %fp, shard = index, server_id = rec.shard_servers[index], error = %err, "shard read failed");
                     if is_corrupt(&err) {
                         corrupt.push(index);
                     }
                     last_error = Some(err);
                     if next < total {
-                        in_flight.push(self.fetch_shard(fp, rec, next));
+                        in_flight.push(self.fetch_shard(fp, rec, tokens, next));
                         next += 1;
                     }
                 }
@@ -115,7 +126,12 @@ impl Cluster {
         if have < need {
             let detail = last_error.map(|e| e.message).unwrap_or_default();
             return Err(DfsError::new(
-                libc::EIO,
+                // The caller asks for fresh tokens and tries once more.
+                if token_refused {
+                    libc::EKEYEXPIRED
+                } else {
+                    libc::EIO
+                },
                 format!(
                     "chunk {fp}: only {have} of the {need} shards needed are readable ({detail})"
                 ),
@@ -127,11 +143,19 @@ impl Cluster {
                 // A shard passed its server's checksum yet decodes wrong:
                 // fetch everything and find a combination that verifies.
                 tracing::error!(chunk = %fp, error = %err, "chunk failed verification; trying other shards");
-                self.recover_by_elimination(fp, rec, &mut corrupt).await?
+                self.recover_by_elimination(fp, rec, tokens, &mut corrupt)
+                    .await?
             }
         };
         if !corrupt.is_empty() {
-            self.repair_shards(fp, rec.clone(), good, corrupt);
+            if tokens.is_empty() {
+                self.repair_shards(fp, rec.clone(), good, corrupt);
+            } else {
+                // A client with a certificate may only store chunks dfs-meta
+                // told it to upload: the servers' scrubbers and dfs-meta's
+                // repair rebuild these.
+                tracing::warn!(chunk = %fp, shards = ?corrupt, "bad shards left to the servers' scrub and repair");
+            }
         }
         Ok(Bytes::from(raw))
     }
@@ -140,10 +164,17 @@ impl Cluster {
         self: &Arc<Self>,
         fp: Fingerprint,
         rec: &ChunkRecord,
+        tokens: &[Vec<u8>],
         index: usize,
     ) -> impl std::future::Future<Output = (usize, Result<Vec<u8>, DfsError>)> + '_ {
         let server = rec.shard_servers[index];
-        async move { (index, self.get_shard(server, &fp, index as u32).await) }
+        let token = tokens.get(index).cloned().unwrap_or_default();
+        async move {
+            (
+                index,
+                self.get_shard(server, &fp, index as u32, token).await,
+            )
+        }
     }
 
     /// Finds a set of shards that decodes to the fingerprint when some
@@ -155,11 +186,12 @@ impl Cluster {
         self: &Arc<Self>,
         fp: Fingerprint,
         rec: &ChunkRecord,
+        tokens: &[Vec<u8>],
         corrupt: &mut Vec<usize>,
     ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), DfsError> {
         let total = rec.shard_servers.len();
         let mut fetched: Vec<Option<Vec<u8>>> = futures::future::join_all(
-            (0..total).map(|i| async move { self.fetch_shard(fp, rec, i).await.1.ok() }),
+            (0..total).map(|i| async move { self.fetch_shard(fp, rec, tokens, i).await.1.ok() }),
         )
         .await;
         for (index, shard) in fetched.iter_mut().enumerate() {
@@ -238,6 +270,7 @@ impl Cluster {
                 };
                 let request = PutShardsRequest {
                     shards: vec![Shard {
+                        token: Default::default(),
                         fingerprint: fp.to_vec(),
                         index: index as u32,
                         data: data.clone(),

@@ -13,7 +13,7 @@ use dfs_core::erasure;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::inline;
-use dfs_proto::{ChunkRecord, Codec, Layout, LookupChunksRequest, MappedChunk, Shard};
+use dfs_proto::{ChunkRecord, Codec, Layout, LookupChunksRequest, MappedChunk, PutGrant, Shard};
 
 use crate::client::chunks::ServerBatch;
 use crate::client::Cluster;
@@ -102,6 +102,27 @@ impl Encoded {
             shards: Vec::new(),
         }
     }
+}
+
+/// Put tokens from a dedup lookup: by chunk, by server.
+type PutGrants = HashMap<Fingerprint, HashMap<u32, Vec<u8>>>;
+
+/// The lookup's grants (by request position) keyed by chunk.
+fn put_grants(asked: &[Unstored], grants: &[PutGrant]) -> PutGrants {
+    asked
+        .iter()
+        .zip(grants)
+        .filter(|(_, grant)| !grant.servers.is_empty())
+        .map(|(chunk, grant)| {
+            let by_server = grant
+                .servers
+                .iter()
+                .copied()
+                .zip(grant.tokens.iter().cloned())
+                .collect();
+            (chunk.fp, by_server)
+        })
+        .collect()
 }
 
 /// How many upload rounds are tried when servers fail mid-upload.
@@ -258,11 +279,13 @@ impl Cluster {
             records.insert(e.fp, e.record);
         }
         let mut to_encode = Vec::new();
+        let mut grants = PutGrants::new();
         if !unique.is_empty() {
             let request = LookupChunksRequest {
                 fingerprints: unique.iter().map(|u| u.fp.to_vec()).collect(),
             };
             let reply = self.meta.lookup_chunks(request).await?;
+            grants = put_grants(&unique, &reply.grants);
             for (i, chunk) in unique.into_iter().enumerate() {
                 match (reply.known.get(i), reply.records.get(i)) {
                     (Some(true), Some(rec)) => {
@@ -276,7 +299,7 @@ impl Cluster {
         let encoded = self.encode_all(policy, to_encode, inline_budget).await?;
         let coded = started.elapsed();
         uploaded.extend(encoded.iter().map(|e| e.fp));
-        records.extend(self.upload(encoded).await?);
+        records.extend(self.upload(encoded, &grants).await?);
         tracing::debug!(
             chunks = chunks.len(),
             new = uploaded.len(),
@@ -296,6 +319,7 @@ impl Cluster {
                     .ok_or_else(|| DfsError::io("chunk record lost"))?;
                 Ok(StoredChunk {
                     mapped: MappedChunk {
+                        shard_tokens: Default::default(),
                         offset: c.offset,
                         len: c.data.len() as u32,
                         fingerprint: fp.to_vec(),
@@ -328,11 +352,25 @@ impl Cluster {
                     .map(|fp| Unstored::new(fp, s.data.clone()))
             })
             .collect();
+        // Put tokens for them (a client with a certificate needs one per
+        // chunk and server): the chunks are unknown now, so the lookup
+        // grants them.
+        let grants = if raw.is_empty() {
+            PutGrants::new()
+        } else {
+            let reply = self
+                .meta
+                .lookup_chunks(LookupChunksRequest {
+                    fingerprints: raw.iter().map(|u| u.fp.to_vec()).collect(),
+                })
+                .await?;
+            put_grants(&raw, &reply.grants)
+        };
         let encoded = self
             .encode_all(policy, raw, inline::CLIENT_INLINE_PER_COMMIT)
             .await?;
         let records: HashMap<Fingerprint, ChunkRecord> =
-            self.upload(encoded).await?.into_iter().collect();
+            self.upload(encoded, &grants).await?.into_iter().collect();
         for s in stored.iter_mut() {
             if let Some(rec) = Fingerprint::from_slice(&s.mapped.fingerprint)
                 .ok()
@@ -430,6 +468,7 @@ impl Cluster {
     async fn upload(
         &self,
         encoded: Vec<Encoded>,
+        grants: &PutGrants,
     ) -> Result<Vec<(Fingerprint, ChunkRecord)>, DfsError> {
         let mut excluded: Vec<u32> = Vec::new();
         // Inline chunks have nothing to upload: their bytes go in the commit.
@@ -486,15 +525,18 @@ impl Cluster {
                     }
                 }
                 for &index in todo.iter() {
-                    batches
-                        .entry(enc.record.shard_servers[index])
-                        .or_default()
-                        .shards
-                        .push(Shard {
-                            fingerprint: enc.fp.to_vec(),
-                            index: index as u32,
-                            data: enc.shards[index].clone(),
-                        });
+                    let server = enc.record.shard_servers[index];
+                    let token = grants
+                        .get(&enc.fp)
+                        .and_then(|by_server| by_server.get(&server))
+                        .cloned()
+                        .unwrap_or_default();
+                    batches.entry(server).or_default().shards.push(Shard {
+                        token,
+                        fingerprint: enc.fp.to_vec(),
+                        index: index as u32,
+                        data: enc.shards[index].clone(),
+                    });
                 }
             }
             let failures = self.put_batches(batches).await;
