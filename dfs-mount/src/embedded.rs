@@ -86,9 +86,7 @@ impl Embedded {
             .context("cannot read the server identity")?;
         // In process: no certificates, so no shard tokens to check.
         let chunks = boxed_transport(dfs_server::service::chunk_service_server(
-            shard_store.clone(),
-            dfs_core::shard_token::Gate::default(),
-            dfs_server::service::DEFAULT_TOKEN_CLOCK_SKEW,
+            dfs_server::service::ChunkService::new(shard_store.clone()),
         ));
         // The metadata service reaches the in-process chunk server for
         // garbage collection and repairs.

@@ -11,6 +11,7 @@
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line.
 
+pub mod damage;
 pub mod error;
 pub mod heartbeat;
 pub mod identity;
@@ -159,7 +160,11 @@ impl BoundServer {
         // Learned at registration: no registration, no client with a
         // certificate gets a shard (EAGAIN until then).
         let server_id = SharedServerId::default();
-        let gate = server_id.gate();
+        let mut service = service::ChunkService::with_gate(
+            Arc::clone(&self.store),
+            server_id.gate(),
+            self.config.token_clock_skew,
+        );
         match &self.config.meta {
             Some(meta_addr) => {
                 let address = self.advertised_address();
@@ -183,6 +188,16 @@ impl BoundServer {
                     server_id.clone(),
                     security.clone(),
                 )));
+                match heartbeat::lazy_meta_transport(meta_addr, &security) {
+                    Ok(meta) => {
+                        let (reports, reporter) = damage::reporter(meta, server_id.clone());
+                        service = service.reporting_damage(reports);
+                        background.push(tokio::spawn(reporter));
+                    }
+                    Err(err) => {
+                        tracing::warn!(meta = %meta_addr, err = %dfs_core::error::error_chain(&err), "bad metadata server address; damaged shards met by reads are left to the scrubber");
+                    }
+                }
                 if let Some(task) = self.start_scrubber(meta_addr, server_id, &security) {
                     background.push(task);
                 }
@@ -204,11 +219,7 @@ impl BoundServer {
             .max_concurrent_streams(dfs_core::rpc::MAX_CONCURRENT_STREAMS)
             .http2_max_header_list_size(dfs_core::rpc::MAX_HEADER_LIST_BYTES)
             .layer(dfs_core::tls::AuthorizeLayer)
-            .add_service(service::chunk_service_server(
-                Arc::clone(&self.store),
-                gate,
-                self.config.token_clock_skew,
-            ))
+            .add_service(service::chunk_service_server(service))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("chunk service failed");

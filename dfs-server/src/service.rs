@@ -20,6 +20,7 @@ use dfs_proto::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::damage::DamageReports;
 use crate::error::StoreError;
 use crate::store::{ShardCheck, ShardStore};
 use dfs_core::shard_key::{split_key, KEY_LEN};
@@ -43,6 +44,8 @@ pub struct ChunkService {
     /// Difference allowed between dfs-meta's clock (which set a token's
     /// expiry) and this server's.
     skew_ns: i64,
+    /// Corrupt shards met by reads go to dfs-meta from here.
+    damage: DamageReports,
 }
 
 pub const DEFAULT_TOKEN_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(30);
@@ -60,7 +63,14 @@ impl ChunkService {
             store,
             gate,
             skew_ns,
+            damage: DamageReports::default(),
         }
+    }
+
+    /// Reports corrupt shards its reads meet through `damage`.
+    pub fn reporting_damage(mut self, damage: DamageReports) -> Self {
+        self.damage = damage;
+        self
     }
 
     /// The key to check `request`'s shard tokens with: `None` when it
@@ -115,12 +125,8 @@ fn token_refused(e: TokenError) -> Status {
 /// [`dfs_proto::MAX_SHARD_REQUEST_BYTES`] and sending replies up to
 /// [`dfs_proto::MAX_MESSAGE_BYTES`]. Clients with certificates need shard
 /// tokens that check with the key in `gate`.
-pub fn chunk_service_server(
-    store: Arc<ShardStore>,
-    gate: Gate,
-    skew: std::time::Duration,
-) -> ChunksServer<ChunkService> {
-    ChunksServer::new(ChunkService::with_gate(store, gate, skew))
+pub fn chunk_service_server(service: ChunkService) -> ChunksServer<ChunkService> {
+    ChunksServer::new(service)
         .max_decoding_message_size(dfs_proto::MAX_SHARD_REQUEST_BYTES)
         .max_encoding_message_size(dfs_proto::MAX_MESSAGE_BYTES)
 }
@@ -302,7 +308,15 @@ impl Chunks for ChunkService {
         let span = tracing::info_span!("get_shard", fingerprint = %fp, shard = index);
         let store = Arc::clone(&self.store);
         async move {
-            let data = blocking(move || store.get(&fp, index)).await?;
+            let damage = self.damage.clone();
+            let data = blocking(move || {
+                let read = store.get(&fp, index);
+                if matches!(read, Err(StoreError::Corrupt { .. })) {
+                    damage.found(fp.as_bytes(), index);
+                }
+                read
+            })
+            .await?;
             tracing::debug!(len = data.len(), "get shard");
             Ok(Response::new(GetShardReply { data }))
         }
@@ -335,11 +349,18 @@ impl Chunks for ChunkService {
             }
             // One blocking task for the whole request: a failed read is
             // that shard's answer, not the request's.
+            let damage = self.damage.clone();
             let shards = blocking(move || {
                 Ok(keys
                     .iter()
                     .map(|((fp, index), allowed)| match allowed {
-                        Ok(()) => shard_read(store.get(fp, *index)),
+                        Ok(()) => {
+                            let read = store.get(fp, *index);
+                            if matches!(read, Err(StoreError::Corrupt { .. })) {
+                                damage.found(fp.as_bytes(), *index);
+                            }
+                            shard_read(read)
+                        }
                         Err(e) => refused_read(e),
                     })
                     .collect::<Vec<_>>())
@@ -487,11 +508,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(chunk_service_server(
-                    store,
-                    Gate::default(),
-                    DEFAULT_TOKEN_CLOCK_SKEW,
-                ))
+                .add_service(chunk_service_server(ChunkService::new(store)))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
                     async {

@@ -324,8 +324,15 @@ impl Security {
     ) -> tokio_stream::wrappers::ReceiverStream<io::Result<ServerConn>> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let security = self.clone();
+        // Handshakes in progress at once: a flood of connections that never
+        // finish theirs waits at accept (the kernel's backlog) instead of
+        // growing tasks and memory here; each holds a permit 10 s at most.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
+                    return;
+                };
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     () = tx.closed() => return,
@@ -358,7 +365,9 @@ impl Security {
                         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            match accept_tls(acceptor, tcp, remote).await {
+                            let accepted = accept_tls(acceptor, tcp, remote).await;
+                            drop(permit);
+                            match accepted {
                                 Ok(conn) => {
                                     let _ = tx.send(Ok(conn)).await;
                                 }
@@ -374,6 +383,9 @@ impl Security {
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 }
+
+/// TLS handshakes one listener runs at once.
+const MAX_HANDSHAKES: usize = 256;
 
 async fn accept_tls(
     acceptor: tokio_rustls::TlsAcceptor,

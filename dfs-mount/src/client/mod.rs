@@ -64,12 +64,27 @@ pub struct Cluster {
     connector: Connector,
     topology: RwLock<Topology>,
     shard_reads: chunks::ShardReadQueues,
+    /// dfs-meta has handed this client shard tokens: chunk servers want
+    /// them (a client with a certificate).
+    tokens_in_use: std::sync::atomic::AtomicBool,
 }
 
 /// How long a fetched server list is trusted before it is fetched again.
 const TOPOLOGY_TTL: Duration = Duration::from_secs(3);
 
 impl Cluster {
+    /// Whether reads and uploads need shard tokens here.
+    pub fn tokens_in_use(&self) -> bool {
+        self.tokens_in_use
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Called with every token dfs-meta hands out.
+    pub fn saw_tokens(&self) {
+        self.tokens_in_use
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub async fn connect(meta: MetaRpc, connector: Connector) -> Result<Arc<Self>, DfsError> {
         let volume = meta.get_volume_config(Empty {}).await?;
         let cluster = Arc::new(Self {
@@ -83,6 +98,7 @@ impl Cluster {
                 refreshed: Instant::now() - TOPOLOGY_TTL * 2,
             }),
             shard_reads: chunks::ShardReadQueues::default(),
+            tokens_in_use: std::sync::atomic::AtomicBool::new(false),
         });
         cluster.refresh_topology().await?;
         Ok(cluster)

@@ -35,6 +35,9 @@ impl Dfs {
                     );
                     continue 'attempt;
                 }
+                if reply.chunks.iter().any(|c| !c.shard_tokens.is_empty()) {
+                    self.cluster.saw_tokens();
+                }
                 let (size, more) = (reply.size, reply.more);
                 for c in reply.chunks {
                     from = c.offset + u64::from(c.len);

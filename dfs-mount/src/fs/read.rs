@@ -46,9 +46,21 @@ impl Dfs {
             .chunk
             .clone()
             .ok_or_else(|| DfsError::new(libc::EIO, format!("chunk {fp} has no index entry")))?;
+        // A map this client made from its own upload carries no read
+        // tokens: where servers want them, ask first rather than be refused.
+        let (rec, tokens) = if c.shard_tokens.is_empty()
+            && !rec.is_inline()
+            && self.cluster.tokens_in_use()
+            && !self.cache.contains(&fp)
+        {
+            let fresh = self.fresh_chunk(ino, c).await?;
+            (fresh.chunk.unwrap_or(rec), fresh.shard_tokens)
+        } else {
+            (rec, c.shard_tokens.clone())
+        };
         let data = match self
             .cache
-            .get_or_fetch(&self.cluster, fp, rec, c.shard_tokens.clone())
+            .get_or_fetch(&self.cluster, fp, rec, tokens)
             .await
         {
             Err(e) if e.errno == libc::EKEYEXPIRED => {
@@ -105,7 +117,11 @@ impl Dfs {
             else {
                 continue;
             };
-            if self.cache.contains(&fp) {
+            // Nothing to read with (a map from this client's own upload):
+            // the read itself fetches the tokens.
+            if self.cache.contains(&fp)
+                || (c.shard_tokens.is_empty() && !rec.is_inline() && self.cluster.tokens_in_use())
+            {
                 continue;
             }
             let cache = self.cache.clone();

@@ -152,9 +152,9 @@ impl Cluster {
                 self.repair_shards(fp, rec.clone(), good, corrupt);
             } else {
                 // A client with a certificate may only store chunks dfs-meta
-                // told it to upload: the servers' scrubbers and dfs-meta's
-                // repair rebuild these.
-                tracing::warn!(chunk = %fp, shards = ?corrupt, "bad shards left to the servers' scrub and repair");
+                // told it to upload: the servers report corrupt shards
+                // their reads meet, and dfs-meta rebuilds them.
+                tracing::warn!(chunk = %fp, shards = ?corrupt, "bad shards left to dfs-meta's repair");
             }
         }
         Ok(Bytes::from(raw))

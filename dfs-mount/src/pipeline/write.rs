@@ -286,6 +286,9 @@ impl Cluster {
             };
             let reply = self.meta.lookup_chunks(request).await?;
             grants = put_grants(&unique, &reply.grants);
+            if !grants.is_empty() {
+                self.saw_tokens();
+            }
             for (i, chunk) in unique.into_iter().enumerate() {
                 match (reply.known.get(i), reply.records.get(i)) {
                     (Some(true), Some(rec)) => {
