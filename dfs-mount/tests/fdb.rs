@@ -279,9 +279,16 @@ impl PrivateFdb {
         Some(fdb)
     }
 
-    /// Starts (or restarts, on the same data) the database.
+    /// Starts the database.
     fn run_start_sh(&mut self, dist: &str) {
-        let out = Command::new(format!("{dist}/start.sh"))
+        let mut start = Command::new(format!("{dist}/start.sh"));
+        self.start_with(&mut start);
+    }
+
+    /// Runs `command` with start.sh's arguments (data directory, port) and
+    /// takes the cluster file and fdbserver's pid from what it printed.
+    fn start_with(&mut self, command: &mut Command) {
+        let out = command
             .arg(self.dir.path())
             .arg(self.port.to_string())
             .stderr(Stdio::inherit())
@@ -312,22 +319,9 @@ impl PrivateFdb {
             "kill -KILL {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.05; done; sleep {}; exec \"$0\" \"$1\" \"$2\"",
             down_for.as_secs_f64()
         );
-        let out = Command::new("sh")
-            .args(["-c", &script, &format!("{dist}/start.sh")])
-            .arg(self.dir.path())
-            .arg(self.port.to_string())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("kill and start.sh");
-        assert!(out.status.success(), "start.sh failed");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |name: &str| {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                .map(str::to_string)
-        };
-        self.cluster_file = field("FDB_CLUSTER_FILE").expect("cluster file");
-        self.pid = field("FDB_PID").and_then(|p| p.parse().ok());
+        let mut kill_and_start = Command::new("sh");
+        kill_and_start.args(["-c", &script, &format!("{dist}/start.sh")]);
+        self.start_with(&mut kill_and_start);
     }
 
     fn kill(&mut self) {

@@ -162,6 +162,26 @@ pub struct ScanSummary {
 }
 
 impl Maintenance {
+    /// Reads shard `index` of chunk `fp` from server `server` at `address`.
+    pub(super) async fn read_shard(
+        &self,
+        server: u32,
+        address: &str,
+        fp: &Fingerprint,
+        index: usize,
+    ) -> std::result::Result<Vec<u8>, dfs_core::error::DfsError> {
+        let mut client = self.pool.client(server, address)?;
+        client
+            .get_shard(ShardKey {
+                token: Vec::new(),
+                fingerprint: fp.to_vec(),
+                index: index as u32,
+            })
+            .await
+            .map(|r| r.into_inner().data)
+            .map_err(dfs_core::error::DfsError::from)
+    }
+
     /// Rebuilds the `faults` of one chunk. Never changes anything if the
     /// rebuilt shards do not verify against the fingerprint.
     pub async fn repair_chunk(
@@ -186,22 +206,7 @@ impl Maintenance {
             .map(|index| {
                 let server = rec.shard_servers[index];
                 let address = view.address(server).unwrap_or_default().to_string();
-                async move {
-                    let result = async {
-                        let mut client = self.pool.client(server, &address)?;
-                        client
-                            .get_shard(ShardKey {
-                                token: Default::default(),
-                                fingerprint: fp.to_vec(),
-                                index: index as u32,
-                            })
-                            .await
-                            .map(|r| r.into_inner().data)
-                            .map_err(dfs_core::error::DfsError::from)
-                    }
-                    .await;
-                    (index, result)
-                }
+                async move { (index, self.read_shard(server, &address, &fp, index).await) }
             });
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; total];
         for (index, result) in futures::future::join_all(reads).await {

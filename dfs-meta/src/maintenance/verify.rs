@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use dfs_core::erasure;
 use dfs_core::fingerprint::Fingerprint;
-use dfs_proto::{ChunkRecord, ChunkState, ShardKey};
+use dfs_proto::{ChunkRecord, ChunkState};
 
 use super::repair::ServerView;
 use super::Maintenance;
@@ -64,19 +64,7 @@ impl Maintenance {
                 let Some(address) = address.filter(|_| up) else {
                     return (index, None);
                 };
-                let result = async {
-                    let mut client = self.pool.client(server, &address)?;
-                    client
-                        .get_shard(ShardKey {
-                            token: Default::default(),
-                            fingerprint: fp.to_vec(),
-                            index: index as u32,
-                        })
-                        .await
-                        .map(|r| r.into_inner().data)
-                        .map_err(dfs_core::error::DfsError::from)
-                }
-                .await;
+                let result = self.read_shard(server, &address, fp, index).await;
                 (index, Some(result))
             }
         });
