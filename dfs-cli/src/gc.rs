@@ -65,6 +65,7 @@ pub struct FsckJson {
     pub lost_chunks: u64,
     pub missing_entries: u64,
     pub refcount_mismatches: u64,
+    pub link_mismatches: u64,
     pub dead_chunks: u64,
     pub orphan_shards: u64,
     pub orphan_bytes: u64,
@@ -73,7 +74,8 @@ pub struct FsckJson {
     pub servers_unreachable: u64,
     pub problems: Vec<Problem>,
     /// True when nothing threatens data: no lost, under-protected or
-    /// corrupt chunk, no missing entry, no wrong count, every server
+    /// corrupt chunk, no missing entry, no wrong count, no directory
+    /// entry and back-reference that disagree, every server
     /// reachable. Orphans only waste space and do not count.
     pub clean: bool,
 }
@@ -84,6 +86,7 @@ impl From<dfs_proto::FsckReport> for FsckJson {
             && r.under_protected_chunks == 0
             && r.missing_entries == 0
             && r.refcount_mismatches == 0
+            && r.link_mismatches == 0
             && r.corrupt_shards == 0
             && r.servers_unreachable == 0;
         Self {
@@ -95,6 +98,7 @@ impl From<dfs_proto::FsckReport> for FsckJson {
             lost_chunks: r.lost_chunks,
             missing_entries: r.missing_entries,
             refcount_mismatches: r.refcount_mismatches,
+            link_mismatches: r.link_mismatches,
             dead_chunks: r.dead_chunks,
             orphan_shards: r.orphan_shards,
             orphan_bytes: r.orphan_bytes,
@@ -128,6 +132,7 @@ pub fn print_fsck(r: &FsckJson) {
     println!("corrupt shards          {:>12}", r.corrupt_shards);
     println!("missing index entries   {:>12}", r.missing_entries);
     println!("wrong reference counts  {:>12}", r.refcount_mismatches);
+    println!("entries without links   {:>12}", r.link_mismatches);
     println!("dead chunks (for gc)    {:>12}", r.dead_chunks);
     println!(
         "orphan shards           {:>12}  ({} bytes)",

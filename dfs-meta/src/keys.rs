@@ -8,6 +8,7 @@
 //! | --- | --- |
 //! | `I ino(le64)` | `InodeRecord` |
 //! | `D parent(le64) name` | `DirentRecord` |
+//! | `B ino(le64) parent(le64) name` | empty: a non-directory's link, so its directories can be found (subtree caps) |
 //! | `C ino(le64) offset(be64)` | `ChunkRefRecord` |
 //! | `X ino(le64) name` | extended attribute value |
 //! | `H fingerprint(32)` | `ChunkRecord` (dedup index) |
@@ -28,6 +29,7 @@
 
 pub const INODE: u8 = b'I';
 pub const DIRENT: u8 = b'D';
+pub const BACKREF: u8 = b'B';
 pub const CHUNK: u8 = b'C';
 pub const HASH: u8 = b'H';
 pub const REFS: u8 = b'R';
@@ -66,6 +68,34 @@ pub fn dirent(parent: u64, name: &[u8]) -> Vec<u8> {
 /// The name part of a dirent key.
 pub fn dirent_name(key: &[u8]) -> &[u8] {
     key.get(9..).unwrap_or_default()
+}
+
+/// Where a non-directory's links are listed (`B ino`).
+pub fn backref_prefix(ino: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(BACKREF);
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
+}
+
+/// The back-reference of the link `name` in `parent` to `ino`.
+pub fn backref(ino: u64, parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = backref_prefix(ino);
+    k.extend_from_slice(&parent.to_le_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+/// The inode, parent directory and name of a back-reference key.
+pub fn backref_parts(key: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let ino = u64::from_le_bytes(key.get(1..9)?.try_into().ok()?);
+    let parent = u64::from_le_bytes(key.get(9..17)?.try_into().ok()?);
+    Some((ino, parent, key.get(17..)?))
+}
+
+/// The parent of a dirent key.
+pub fn dirent_parent(key: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
 pub fn chunk_prefix(ino: u64) -> Vec<u8> {

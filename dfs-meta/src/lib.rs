@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod caps;
 pub mod chunkmap;
+pub mod confine;
 pub mod error;
 pub mod inodes;
 pub mod keys;

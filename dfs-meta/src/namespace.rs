@@ -172,9 +172,10 @@ pub fn create(
     for (name, value) in new_xattrs {
         txn.set(&keys::xattr(ino, name), &value);
     }
-    put_record(
+    put_dirent(
         txn,
-        &keys::dirent(req.parent, &req.name),
+        req.parent,
+        &req.name,
         &DirentRecord {
             ino,
             kind: kind as i32,
@@ -191,14 +192,35 @@ pub fn create(
     Ok(inode)
 }
 
-/// Drops one link to `inode`; when none is left the inode and its chunk
-/// map go, and the chunks' reference counts drop with them, unless the
-/// caller keeps it open (`keep_ino`): then it stays, without links, until
-/// [`forget_unlinked`]. True when the purge worker has the rest of a
-/// large file's chunk map to release (see [`remove_inode`]).
+/// Writes a directory entry and, for a non-directory, its back-reference
+/// (`B ino parent name`): the one way entries are made, so the two never
+/// part. Subtree caps find a file's directories through them.
+fn put_dirent(txn: &mut dyn KvTxn, parent: u64, name: &[u8], entry: &DirentRecord) {
+    put_record(txn, &keys::dirent(parent, name), entry);
+    if entry.kind() != FileKind::Directory {
+        txn.set(&keys::backref(entry.ino, parent, name), &[]);
+    }
+}
+
+/// Removes a directory entry and its back-reference.
+fn clear_dirent(txn: &mut dyn KvTxn, parent: u64, name: &[u8], entry: &DirentRecord) {
+    txn.clear(&keys::dirent(parent, name));
+    if entry.kind() != FileKind::Directory {
+        txn.clear(&keys::backref(entry.ino, parent, name));
+    }
+}
+
+/// Drops one link to `inode` (its entry in directory `from_dir`); when
+/// none is left the inode and its chunk map go, and the chunks' reference
+/// counts drop with them, unless the caller keeps it open (`keep_ino`):
+/// then it stays, without links, until [`forget_unlinked`], remembering
+/// `from_dir` as its parent (the directory a subtree cap judges it by).
+/// True when the purge worker has the rest of a large file's chunk map to
+/// release (see [`remove_inode`]).
 fn drop_link(
     txn: &mut dyn KvTxn,
     mut inode: InodeRecord,
+    from_dir: u64,
     keep_ino: u64,
     now_ns: i64,
 ) -> Result<bool> {
@@ -206,6 +228,7 @@ fn drop_link(
     inode.nlink = inode.nlink.saturating_sub(1);
     inode.ctime_ns = now_ns;
     if !is_dir && inode.nlink == 0 && keep_ino == inode.ino {
+        inode.parent = from_dir;
         txn.set(&keys::unlinked_open(inode.ino), &now_ns.to_le_bytes());
         put_inode(txn, &inode);
         return Ok(false);
@@ -317,8 +340,8 @@ pub fn unlink(
     if inode.kind() == FileKind::Directory {
         return Err(MetaError::IsDir);
     }
-    txn.clear(&keys::dirent(parent_ino, name));
-    let purge_left = drop_link(txn, inode, keep_ino, now_ns)?;
+    clear_dirent(txn, parent_ino, name, &entry);
+    let purge_left = drop_link(txn, inode, parent_ino, keep_ino, now_ns)?;
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
     put_inode(txn, &parent);
@@ -341,8 +364,8 @@ pub fn rmdir(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) -> 
     if !dir_is_empty(txn, inode.ino)? {
         return Err(MetaError::NotEmpty);
     }
-    txn.clear(&keys::dirent(parent_ino, name));
-    drop_link(txn, inode, 0, now_ns)?;
+    clear_dirent(txn, parent_ino, name, &entry);
+    drop_link(txn, inode, parent_ino, 0, now_ns)?;
     parent.nlink = parent.nlink.saturating_sub(1);
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
@@ -351,7 +374,7 @@ pub fn rmdir(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) -> 
 }
 
 /// True when `dir` is `ancestor` or lies below it.
-fn is_within(txn: &mut dyn KvTxn, mut dir: u64, ancestor: u64) -> Result<bool> {
+pub(crate) fn is_within(txn: &mut dyn KvTxn, mut dir: u64, ancestor: u64) -> Result<bool> {
     // Bounded walk: a cycle in stored parents would be corruption.
     for _ in 0..4096 {
         if dir == ancestor {
@@ -412,14 +435,11 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<b
                 "cannot move a directory into itself".into(),
             ));
         }
-        put_record(
-            txn,
-            &keys::dirent(req.new_parent, &req.new_name),
-            &src_entry,
-        );
-        if let Some(e) = &dst_entry {
-            put_record(txn, &keys::dirent(req.parent, &req.name), e);
-        }
+        let dst_entry = dst_entry.as_ref().ok_or(MetaError::NotFound)?;
+        clear_dirent(txn, req.parent, &req.name, &src_entry);
+        clear_dirent(txn, req.new_parent, &req.new_name, dst_entry);
+        put_dirent(txn, req.new_parent, &req.new_name, &src_entry);
+        put_dirent(txn, req.parent, &req.name, dst_entry);
         src.ctime_ns = now_ns;
         dst.ctime_ns = now_ns;
         if src_is_dir {
@@ -457,14 +477,13 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<b
             // The replaced directory's `..` no longer counts for new_parent.
             adjust_dir(txn, req.new_parent, -1, now_ns)?;
         }
-        purge_left = drop_link(txn, dst, req.keep_ino, now_ns)?;
+        if let Some(e) = &dst_entry {
+            clear_dirent(txn, req.new_parent, &req.new_name, e);
+        }
+        purge_left = drop_link(txn, dst, req.new_parent, req.keep_ino, now_ns)?;
     }
-    txn.clear(&keys::dirent(req.parent, &req.name));
-    put_record(
-        txn,
-        &keys::dirent(req.new_parent, &req.new_name),
-        &src_entry,
-    );
+    clear_dirent(txn, req.parent, &req.name, &src_entry);
+    put_dirent(txn, req.new_parent, &req.new_name, &src_entry);
     src.ctime_ns = now_ns;
     if src_is_dir {
         src.parent = req.new_parent;
@@ -568,9 +587,10 @@ pub fn link(
     if lookup_entry(txn, new_parent, new_name)?.is_some() {
         return Err(MetaError::Exists);
     }
-    put_record(
+    put_dirent(
         txn,
-        &keys::dirent(new_parent, new_name),
+        new_parent,
+        new_name,
         &DirentRecord {
             ino,
             kind: inode.kind,

@@ -173,7 +173,6 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
     let admin = issue(certs.path(), "admin", "a", &[]);
     let read_only = issue(certs.path(), "client", "ro", &["--read-only"]);
     let unprivileged = issue(certs.path(), "client", "up", &["--unprivileged"]);
-    let confined = issue(certs.path(), "client", "sub", &["--subtree", "/src"]);
     let mallory = issue(certs.path(), "client", "mallory", &[]);
     // Contents Mallory poisons, then the victim writes: one chunk each
     // (below the smallest cut), too big to go inline, incompressible.
@@ -716,18 +715,6 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
             .await
             .expect("Mallory may commit to its own file");
         }
-
-        // A certificate confined to a subtree (not enforced yet): refused whole.
-        let mut sub = MetaClient::new(channel(&confined, &meta, Role::Meta).await.expect("sub"));
-        t.expect_refused(
-            "subtree: read the root",
-            sub.read_dir(ReadDirRequest {
-                ino: 1,
-                ..ReadDirRequest::default()
-            })
-            .await,
-            EACCES,
-        );
     });
 
     // The victim writes the poisoned contents: its dedup must not skip the
@@ -782,6 +769,20 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
         vec![true, true],
         "checked entries are offered to every identity"
     );
+
+    subtree_attacks(&mut t, &rt, certs.path(), &meta, &client, local.path(), &m);
+    let meta_cert = issue(certs.path(), "meta", "m2", &[]);
+    rt.block_on(malformed_messages(
+        &mut t,
+        &[
+            (Role::Client, &client),
+            (Role::Admin, &admin),
+            (Role::Server, &server_cert),
+            (Role::Meta, &meta_cert),
+        ],
+        &meta,
+        &server,
+    ));
 
     // Shard tokens: a chunk map's tokens read its shards from their own
     // servers, nothing else does.
@@ -962,6 +963,291 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
     m.unmount();
     let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
     assert!(clean, "fsck after the attacks: {report}");
+}
+
+/// A client certificate confined to `/src` (`--subtree`): its root is
+/// `/src`, through gRPC and through a real mount, and no inode outside can
+/// be named. `m` is an unconfined mount of the volume, `local` its mirror
+/// (what the confined mount writes is written there too).
+fn subtree_attacks(
+    t: &mut Tally,
+    rt: &tokio::runtime::Runtime,
+    certs: &Path,
+    meta: &str,
+    unconfined: &Security,
+    local: &Path,
+    m: &TestMount,
+) {
+    for root in [local, &m.path] {
+        std::fs::create_dir(root.join("src")).expect("src");
+        std::fs::write(root.join("src/inside.txt"), b"inside\n").expect("inside");
+    }
+    let dir = certs.join("sub");
+    let confined = issue(&dir, "client", "client", &["--subtree", "/src"]);
+    rt.block_on(async {
+        use libc::EACCES;
+        let mut sub = MetaClient::new(channel(&confined, meta, Role::Meta).await.expect("sub"));
+        let admin = MetaClient::new(channel(unconfined, meta, Role::Meta).await.expect("c"));
+        let ino_of = |parent: u64, name: &str| {
+            let mut admin = admin.clone();
+            let name = name.as_bytes().to_vec();
+            async move {
+                admin
+                    .lookup(LookupRequest { parent, name })
+                    .await
+                    .expect("lookup")
+                    .into_inner()
+                    .ino
+            }
+        };
+        let outside_dir = ino_of(1, "d0").await;
+        let outside_file = ino_of(1, "never-stored").await;
+        // What it may see: /src as its root.
+        let root = sub.get_attr(InoRequest { ino: 1 }).await.expect("root");
+        assert_eq!(root.get_ref().ino, 1, "the subtree shows as the root");
+        let inside = sub
+            .lookup(LookupRequest {
+                parent: 1,
+                name: b"inside.txt".to_vec(),
+            })
+            .await
+            .expect("a file inside")
+            .into_inner()
+            .ino;
+        let at = |ino: u64| InoRequest { ino };
+        t.expect_refused(
+            "subtree: getattr of a file outside",
+            sub.get_attr(at(outside_file)).await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: getattr of a directory outside",
+            sub.get_attr(at(outside_dir)).await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: list a directory outside",
+            sub.read_dir(ReadDirRequest {
+                ino: outside_dir,
+                ..ReadDirRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: lookup in a directory outside",
+            sub.lookup(LookupRequest {
+                parent: outside_dir,
+                name: b"e0".to_vec(),
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: chunk map (and shard tokens) of a file outside",
+            sub.get_chunk_map(ChunkMapRequest {
+                ino: outside_file,
+                ..ChunkMapRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: chmod a file outside",
+            sub.set_attr(SetAttrRequest {
+                ino: outside_file,
+                mode: Some(0o777),
+                ..SetAttrRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: create in a directory outside",
+            sub.create(CreateRequest {
+                parent: outside_dir,
+                name: b"planted".to_vec(),
+                kind: FileKind::Regular as i32,
+                mode: 0o644,
+                ..CreateRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: unlink in a directory outside",
+            sub.unlink(RemoveRequest {
+                parent: outside_dir,
+                name: b"e0".to_vec(),
+                ..RemoveRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: hard-link a file outside into the subtree",
+            sub.link(LinkRequest {
+                ino: outside_file,
+                new_parent: 1,
+                new_name: b"stolen".to_vec(),
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: move a file out",
+            sub.rename(RenameRequest {
+                parent: 1,
+                name: b"inside.txt".to_vec(),
+                new_parent: outside_dir,
+                new_name: b"escaped".to_vec(),
+                ..RenameRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: move a directory in from outside",
+            sub.rename(RenameRequest {
+                parent: outside_dir,
+                name: b"e0".to_vec(),
+                new_parent: 1,
+                new_name: b"e0".to_vec(),
+                ..RenameRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+        let xattr = |ino: u64| XattrRequest {
+            ino,
+            name: b"user.planted".to_vec(),
+            value: b"x".to_vec(),
+            ..XattrRequest::default()
+        };
+        t.expect_refused(
+            "subtree: set an xattr outside",
+            sub.set_xattr(xattr(outside_file)).await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: list xattrs outside",
+            sub.list_xattr(at(outside_file)).await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: truncate a file outside (CommitChunks)",
+            sub.commit_chunks(CommitChunksRequest {
+                ino: outside_file,
+                replaced: vec![ByteRange {
+                    start: 0,
+                    end: u64::MAX,
+                }],
+                truncate: true,
+                ..CommitChunksRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: keep a file outside alive",
+            sub.keep_unlinked(KeepUnlinkedRequest {
+                inos: vec![inside, outside_file],
+            })
+            .await,
+            EACCES,
+        );
+        t.expect_refused(
+            "subtree: lock a file outside",
+            sub.get_lock(SetLockRequest {
+                ino: outside_file,
+                end: u64::MAX,
+                ..SetLockRequest::default()
+            })
+            .await,
+            EACCES,
+        );
+    });
+    // A real mount with it: /src is all it sees, and what it writes is
+    // in /src for everyone else at once.
+    let tls = format!("tls={}", dir.display());
+    let mut confined_mount = TestMount::start(meta, &[&tls]);
+    let names: Vec<String> = std::fs::read_dir(&confined_mount.path)
+        .expect("list the confined root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["inside.txt".to_string()]);
+    let written = random_bytes(200_000, 0x5375);
+    std::fs::create_dir(confined_mount.path.join("new")).expect("mkdir in the subtree");
+    std::fs::write(confined_mount.path.join("new/file"), &written).expect("write");
+    std::fs::rename(
+        confined_mount.path.join("inside.txt"),
+        confined_mount.path.join("new/inside.txt"),
+    )
+    .expect("rename within the subtree");
+    confined_mount.unmount();
+    assert_eq!(
+        std::fs::read(m.path.join("src/new/file")).expect("read through the whole volume"),
+        written
+    );
+    std::fs::create_dir(local.join("src/new")).expect("mirror");
+    std::fs::write(local.join("src/new/file"), &written).expect("mirror");
+    std::fs::rename(
+        local.join("src/inside.txt"),
+        local.join("src/new/inside.txt"),
+    )
+    .expect("mirror");
+}
+
+/// Bytes that are no protobuf message of any method, sent to every RPC of
+/// both services over their real TLS ports, each with a certificate whose
+/// role may call it (so the bytes reach the decoder): each must be
+/// answered with an error, never a panic or a hang, and the services must
+/// still answer afterwards (the volume is checked whole at the end).
+async fn malformed_messages(t: &mut Tally, certs: &[(Role, &Security)], meta: &str, server: &str) {
+    use common::raw::{methods, RawCodec};
+    use tonic::codegen::http::uri::PathAndQuery;
+    let bodies: [(&str, Vec<u8>); 3] = [
+        // A field key whose varint never ends.
+        ("an endless varint", vec![0xff; 64]),
+        // Field 1, length-delimited, longer than the message.
+        ("a field longer than its message", vec![0x0a, 0x7f, 1, 2, 3]),
+        // Field 1 with wire type 7, which does not exist.
+        ("an unknown wire type", vec![0x0f, 0]),
+    ];
+    for path in methods() {
+        let allowed = dfs_core::tls::authorize::allowed_roles(&path);
+        let Some((role, security)) = certs.iter().find(|(r, _)| allowed.contains(r)) else {
+            continue;
+        };
+        let (address, peer) = if path.starts_with("/dfs.v1.Chunks/") {
+            (server, Role::Server)
+        } else {
+            (meta, Role::Meta)
+        };
+        let ch = channel(security, address, peer).await.expect("channel");
+        for (what, body) in &bodies {
+            t.tried += 1;
+            let mut grpc = tonic::client::Grpc::new(ch.clone());
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                grpc.unary(
+                    tonic::Request::new(body.clone()),
+                    PathAndQuery::try_from(path.as_str()).expect("path"),
+                    RawCodec,
+                )
+                .await
+            })
+            .await;
+            match answer {
+                Ok(Err(status)) if !status.message().contains("panicked") => t.refused += 1,
+                other => t.let_through.push(format!(
+                    "{path} ({role} certificate), {what}: answered {other:?}"
+                )),
+            }
+        }
+    }
 }
 
 /// Seconds the cluster's shard tokens stay good.

@@ -832,7 +832,7 @@ async fn fsck(rig: &Rig) -> Result<(Damage, Vec<String>), String> {
         .map_err(|s| format!("fsck: {s}"))?
         .into_inner();
     let damage = Damage {
-        refcounts: report.refcount_mismatches,
+        refcounts: report.refcount_mismatches + report.link_mismatches,
         missing: report.missing_entries,
         lost: report.lost_chunks,
     };

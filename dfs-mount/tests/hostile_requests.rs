@@ -13,11 +13,14 @@
 //! `DFS_HOSTILE_CASES` sets the number of cases (default below); the test
 //! prints how many requests it sent and how they were answered.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
+use bytes::BufMut;
+use common::raw::{methods, RawCodec};
 use dfs_core::rpc::RpcTransport;
 use dfs_mount::embedded::{Embedded, LOCAL_SERVER_ADDRESS};
 use dfs_proto::meta_client::MetaClient;
@@ -26,7 +29,6 @@ use parking_lot::Mutex;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use prost::encoding::{encode_key, encode_varint, WireType};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Status;
 
@@ -143,61 +145,6 @@ fn call(methods: usize) -> impl Strategy<Value = Call> {
 
 /// Every method of both services, as `/dfs.v1.Service/Method`, from the
 /// protocol itself: a new RPC is thrown at without anyone listing it.
-fn methods() -> Vec<String> {
-    let proto = include_str!("../../proto/proto/dfs.proto");
-    let mut service = "";
-    let mut out = Vec::new();
-    for line in proto.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("service ") {
-            service = rest.trim_end_matches(" {").trim();
-        } else if let Some(rest) = line.strip_prefix("rpc ") {
-            if let Some((method, _)) = rest.split_once('(') {
-                out.push(format!("/dfs.v1.{service}/{}", method.trim()));
-            }
-        }
-    }
-    out
-}
-
-/// Sends and receives message bytes as they are.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-struct RawEncoder;
-struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let out = src.chunk().to_vec();
-        src.advance(out.len());
-        Ok(Some(out))
-    }
-}
-
 struct Rig {
     runtime: tokio::runtime::Runtime,
     embedded: Embedded,
@@ -305,7 +252,10 @@ impl Rig {
             .await
             .map_err(|s| format!("fsck: {s}"))?
             .into_inner();
-        Ok((report.refcount_mismatches, report.missing_entries))
+        Ok((
+            report.refcount_mismatches + report.link_mismatches,
+            report.missing_entries,
+        ))
     }
 
     fn run_case(&self, calls: &[Call]) -> Result<(), TestCaseError> {

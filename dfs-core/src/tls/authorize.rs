@@ -90,16 +90,6 @@ fn refusal(path: &str, info: Option<&PeerInfo>) -> Option<DfsError> {
     };
     let allowed = allowed_roles(path);
     if allowed.contains(&identity.role) {
-        if identity.caps.subtree.is_some() {
-            // Not enforced yet: refused whole rather than let through.
-            return Some(DfsError::new(
-                libc::EACCES,
-                format!(
-                    "{}: certificates confined to a subtree are not supported by this version; issue one without --subtree",
-                    identity.name
-                ),
-            ));
-        }
         if identity.caps.read_only && changes_the_volume(path) {
             return Some(DfsError::new(
                 libc::EROFS,
@@ -259,7 +249,10 @@ mod tests {
             identity: Some(Arc::new(sub)),
             key_id: None,
         };
-        assert!(refusal("/dfs.v1.Meta/Lookup", Some(&sub)).is_some());
+        // A subtree is dfs-meta's to enforce (`dfs_meta::confine`): the
+        // role table lets a confined client's calls through, and no more.
+        assert!(refusal("/dfs.v1.Meta/Lookup", Some(&sub)).is_none());
+        assert!(refusal("/dfs.v1.Meta/Gc", Some(&sub)).is_some());
         // Plaintext (no identity, by opt-out) is not checked; a request
         // from nowhere known is refused.
         let plain = PeerInfo {

@@ -73,6 +73,13 @@ pub struct Caps {
     pub unprivileged: bool,
 }
 
+impl Caps {
+    /// The subtree, borrowed (`None`: the whole volume).
+    pub fn subtree(&self) -> Option<&str> {
+        self.subtree.as_deref()
+    }
+}
+
 /// The peer a certificate names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

@@ -5,7 +5,8 @@
 //! present on an up server, and with `verify` that its checksum holds;
 //! an inline entry's bytes are decoded and checked against its
 //! fingerprint), and
-//! every shard the servers list (those no entry points at are orphans).
+//! every shard the servers list (those no entry points at are orphans),
+//! and that directory entries and their back-references agree.
 //! Each page is its own transaction, so on a volume being written the
 //! reference counts can differ transiently; on an idle volume every figure
 //! is exact.
@@ -281,6 +282,25 @@ impl Maintenance {
                             bad_here.join(", ")
                         ),
                     );
+                }
+            }
+        }
+        for tag in [keys::DIRENT, keys::BACKREF] {
+            let mut from = Vec::new();
+            loop {
+                let start = from.clone();
+                let (problems, next) = self
+                    .txn("fsck_links", move |t| {
+                        crate::confine::link_problems(t, tag, &start, PAGE)
+                    })
+                    .await?;
+                report.link_mismatches += problems.len() as u64;
+                for detail in problems {
+                    problem(&mut report, "link_mismatch", detail);
+                }
+                match next {
+                    Some(key) => from = key,
+                    None => break,
                 }
             }
         }

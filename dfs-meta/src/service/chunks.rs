@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::{at_most, to_response, Access, MetaService, INLINE_VERIFY_IN_PLACE};
 use crate::chunkmap;
+use crate::confine::Scope;
 use crate::error::MetaError;
 use crate::registry;
 use dfs_core::shard_token::ShardOp;
@@ -165,10 +166,11 @@ impl MetaService {
         }))
     }
 
-    /// `CommitChunks` for the writer `owner`.
+    /// `CommitChunks` for the writer `owner`, confined to `subtree`.
     pub(super) async fn commit_chunks_as(
         &self,
         owner: Vec<u8>,
+        subtree: Option<String>,
         r: CommitChunksRequest,
     ) -> Result<Response<InodeRecord>, Status> {
         at_most("chunks per CommitChunks", r.chunks.len())?;
@@ -188,9 +190,19 @@ impl MetaService {
             Ok(r) => Arc::new(r),
             Err(e) => return to_response("commit", Err(e)),
         };
+        let subtree: Option<Arc<str>> = subtree.map(Arc::from);
         let commit = |r: Arc<CommitChunksRequest>, owner: Arc<Vec<u8>>| {
+            let subtree = subtree.clone();
             self.execute_raw("commit", Access::ReadWrite, move |t, now| {
-                chunkmap::commit(t, &r, now, &owner)
+                let scope = Scope::resolve(t, subtree.as_deref())?;
+                // The root a confined caller names is the subtree's
+                // directory, which has no chunk map either.
+                if scope.ino(t, r.ino)? != r.ino {
+                    return Err(MetaError::IsDir);
+                }
+                let mut inode = chunkmap::commit(t, &r, now, &owner)?;
+                scope.show(&mut inode);
+                Ok(inode)
             })
             .instrument(span.clone())
         };

@@ -13,11 +13,12 @@ use dfs_proto::*;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::confine::Scope;
 use crate::error::{MetaError, Result};
 use crate::maintenance::{fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig};
 use crate::registry::Liveness;
 use crate::store::{read_only, transact, KvTxn, MetaStore, StoreError};
-use crate::{caps, chunkmap, inodes, locks, namespace, registry, xattrs};
+use crate::{caps, chunkmap, confine, inodes, locks, namespace, registry, xattrs};
 
 mod chunks;
 use chunks::owner_of;
@@ -76,9 +77,12 @@ impl MetaService {
             .map_err(|e| MetaError::Invalid(format!("token secret: {e}")))?;
         let secret = transact(store.as_ref(), |txn| {
             registry::init_volume(txn, &volume)?;
-            namespace::init_root(txn, now)?;
+            if namespace::init_root(txn, now)? {
+                confine::mark_built(txn);
+            }
             registry::token_secret(txn, &fresh)
         })?;
+        confine::build_backrefs(store.as_ref())?;
         let purge_wake = Arc::new(tokio::sync::Notify::new());
         Ok(Self {
             maintenance: Maintenance::new(
@@ -362,6 +366,7 @@ impl Meta for MetaService {
     }
 
     async fn set_lock(&self, r: Request<SetLockRequest>) -> Result<Response<SetLockReply>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         let wait = std::time::Duration::from_millis(r.wait_ms.min(LOCK_WAIT_MAX_MS).into());
         let deadline = tokio::time::Instant::now() + wait;
@@ -371,10 +376,12 @@ impl Meta for MetaService {
             let released = self.lock_released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            let request = r;
+            let mut request = r;
             let services = self.clone();
+            let caps = caps.clone();
             let granted = self
                 .run("set_lock", move |t, now| {
+                    request.ino = Scope::resolve(t, caps.subtree())?.ino(t, r.ino)?;
                     locks::set_lock(t, &request, services.lock_clock(now))
                 })
                 .await?
@@ -393,38 +400,56 @@ impl Meta for MetaService {
     }
 
     async fn get_lock(&self, r: Request<SetLockRequest>) -> Result<Response<GetLockReply>, Status> {
-        let r = r.into_inner();
+        let caps = caps::of(&r);
+        let mut r = r.into_inner();
         let services = self.clone();
         self.point_read("get_lock", move |t, now| {
+            r.ino = Scope::resolve(t, caps.subtree())?.ino(t, r.ino)?;
             locks::get_lock(t, &r, services.lock_clock(now))
         })
         .await
     }
 
     async fn lookup(&self, r: Request<LookupRequest>) -> Result<Response<InodeRecord>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         self.point_read("lookup", move |t, _| {
-            namespace::lookup(t, r.parent, &r.name)
+            let scope = Scope::resolve(t, caps.subtree())?;
+            let parent = scope.ino(t, r.parent)?;
+            let mut found = namespace::lookup(t, parent, &r.name)?;
+            scope.show(&mut found);
+            Ok(found)
         })
         .await
     }
 
     async fn get_attr(&self, r: Request<InoRequest>) -> Result<Response<InodeRecord>, Status> {
+        let caps = caps::of(&r);
         let ino = r.into_inner().ino;
-        self.point_read("getattr", move |t, _| inodes::get_inode(t, ino))
-            .await
+        self.point_read("getattr", move |t, _| {
+            let scope = Scope::resolve(t, caps.subtree())?;
+            let ino = scope.ino(t, ino)?;
+            let mut inode = inodes::get_inode(t, ino)?;
+            scope.show(&mut inode);
+            Ok(inode)
+        })
+        .await
     }
 
     async fn set_attr(&self, r: Request<SetAttrRequest>) -> Result<Response<InodeRecord>, Status> {
         let caps = caps::of(&r);
-        let r = r.into_inner();
+        let mut r = r.into_inner();
+        let asked = r.ino;
         let reply = self
             .run("setattr", move |t, now| {
+                let scope = Scope::resolve(t, caps.subtree())?;
+                r.ino = scope.ino(t, asked)?;
                 if caps.unprivileged && r.mode.is_some() {
                     let kind = inodes::get_inode(t, r.ino)?.kind();
                     caps::check_mode(&caps, kind, r.mode)?;
                 }
-                let inode = namespace::set_attr(t, &r, now)?;
+                let mut inode = namespace::set_attr(t, &r, now)?;
+                scope.show(&mut inode);
                 let dirs = changed_if_dir(&inode);
                 Ok((inode, dirs))
             })
@@ -446,10 +471,18 @@ impl Meta for MetaService {
                     .map_err(|e| Status::from(DfsError::from(e)))?
             }
         };
+        let asked = r.parent;
+        let mut r = r;
         let reply = self
             .run("create", move |t, now| {
-                let inode = namespace::create(t, &r, ino, now)?;
-                let parent = inodes::get_inode(t, r.parent)?;
+                let scope = Scope::resolve(t, caps.subtree())?;
+                r.parent = scope.ino(t, asked)?;
+                let mut made = [
+                    namespace::create(t, &r, ino, now)?,
+                    inodes::get_inode(t, r.parent)?,
+                ];
+                scope.show_all(&mut made);
+                let [inode, parent] = made;
                 Ok((inode, vec![parent]))
             })
             .await?;
@@ -470,11 +503,15 @@ impl Meta for MetaService {
     }
 
     async fn unlink(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         let reply = self
             .run("unlink", move |t, now| {
-                let purge_left = namespace::unlink(t, r.parent, &r.name, r.keep_ino, now)?;
-                let dirs = vec![inodes::get_inode(t, r.parent)?];
+                let scope = Scope::resolve(t, caps.subtree())?;
+                let parent = scope.ino(t, r.parent)?;
+                let purge_left = namespace::unlink(t, parent, &r.name, r.keep_ino, now)?;
+                let mut dirs = vec![inodes::get_inode(t, parent)?];
+                scope.show_all(&mut dirs);
                 Ok((purge_left, (Empty {}, dirs)))
             })
             .await?;
@@ -482,9 +519,11 @@ impl Meta for MetaService {
     }
 
     async fn forget_unlinked(&self, r: Request<InoRequest>) -> Result<Response<Empty>, Status> {
+        let caps = caps::of(&r);
         let ino = r.into_inner().ino;
         let reply = self
             .run("forget_unlinked", move |t, _| {
+                let ino = Scope::resolve(t, caps.subtree())?.ino(t, ino)?;
                 namespace::forget_unlinked(t, ino).map(|purge_left| (purge_left, Empty {}))
             })
             .await?;
@@ -495,22 +534,37 @@ impl Meta for MetaService {
         &self,
         r: Request<KeepUnlinkedRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         if r.inos.len() > 100_000 {
             return Err(DfsError::new(libc::EINVAL, "too many inodes in one request").into());
         }
         self.run("keep_unlinked", move |t, now| {
-            namespace::keep_unlinked(t, &r.inos, now).map(|_| Empty {})
+            let scope = Scope::resolve(t, caps.subtree())?;
+            let inos = r
+                .inos
+                .iter()
+                .map(|&ino| scope.ino(t, ino))
+                .collect::<Result<Vec<u64>>>()?;
+            namespace::keep_unlinked(t, &inos, now).map(|_| Empty {})
         })
         .await
     }
 
     async fn link(&self, r: Request<LinkRequest>) -> Result<Response<InodeRecord>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         let reply = self
             .run("link", move |t, now| {
-                let inode = namespace::link(t, r.ino, r.new_parent, &r.new_name, now)?;
-                Ok((inode, vec![inodes::get_inode(t, r.new_parent)?]))
+                let scope = Scope::resolve(t, caps.subtree())?;
+                let (ino, new_parent) = (scope.ino(t, r.ino)?, scope.ino(t, r.new_parent)?);
+                let mut made = [
+                    namespace::link(t, ino, new_parent, &r.new_name, now)?,
+                    inodes::get_inode(t, new_parent)?,
+                ];
+                scope.show_all(&mut made);
+                let [inode, parent] = made;
+                Ok((inode, vec![parent]))
             })
             .await?;
         Ok(with_changed_dirs(reply))
@@ -518,28 +572,37 @@ impl Meta for MetaService {
 
     async fn set_xattr(&self, r: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
         let caps = caps::of(&r);
-        let r = r.into_inner();
+        let mut r = r.into_inner();
         caps::check_xattr(&caps, &r).map_err(|e| Status::from(DfsError::from(e)))?;
+        let asked = r.ino;
         let reply = self
             .run("setxattr", move |t, now| {
+                let scope = Scope::resolve(t, caps.subtree())?;
+                r.ino = scope.ino(t, asked)?;
                 xattrs::set_xattr(t, &r, now)?;
-                Ok((Empty {}, changed_if_dir(&inodes::get_inode(t, r.ino)?)))
+                let mut dirs = changed_if_dir(&inodes::get_inode(t, r.ino)?);
+                scope.show_all(&mut dirs);
+                Ok((Empty {}, dirs))
             })
             .await?;
         Ok(with_changed_dirs(reply))
     }
 
     async fn get_xattr(&self, r: Request<XattrRequest>) -> Result<Response<XattrReply>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         self.point_read("getxattr", move |t, _| {
-            xattrs::get_xattr(t, r.ino, &r.name).map(|value| XattrReply { value })
+            let ino = Scope::resolve(t, caps.subtree())?.ino(t, r.ino)?;
+            xattrs::get_xattr(t, ino, &r.name).map(|value| XattrReply { value })
         })
         .await
     }
 
     async fn list_xattr(&self, r: Request<InoRequest>) -> Result<Response<XattrListReply>, Status> {
+        let caps = caps::of(&r);
         let ino = r.into_inner().ino;
         self.read("listxattr", move |t, _| {
+            let ino = Scope::resolve(t, caps.subtree())?.ino(t, ino)?;
             xattrs::list_xattr(t, ino).map(|names| XattrListReply { names })
         })
         .await
@@ -551,8 +614,12 @@ impl Meta for MetaService {
         caps::check_xattr(&caps, &r).map_err(|e| Status::from(DfsError::from(e)))?;
         let reply = self
             .run("removexattr", move |t, now| {
-                xattrs::remove_xattr(t, r.ino, &r.name, now)?;
-                Ok((Empty {}, changed_if_dir(&inodes::get_inode(t, r.ino)?)))
+                let scope = Scope::resolve(t, caps.subtree())?;
+                let ino = scope.ino(t, r.ino)?;
+                xattrs::remove_xattr(t, ino, &r.name, now)?;
+                let mut dirs = changed_if_dir(&inodes::get_inode(t, ino)?);
+                scope.show_all(&mut dirs);
+                Ok((Empty {}, dirs))
             })
             .await?;
         Ok(with_changed_dirs(reply))
@@ -623,13 +690,17 @@ impl Meta for MetaService {
     }
 
     async fn rmdir(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         let reply = self
             .run("rmdir", move |t, now| {
-                let removed = namespace::lookup(t, r.parent, &r.name).ok();
-                namespace::rmdir(t, r.parent, &r.name, now)?;
-                let mut dirs = vec![inodes::get_inode(t, r.parent)?];
+                let scope = Scope::resolve(t, caps.subtree())?;
+                let parent = scope.ino(t, r.parent)?;
+                let removed = namespace::lookup(t, parent, &r.name).ok();
+                namespace::rmdir(t, parent, &r.name, now)?;
+                let mut dirs = vec![inodes::get_inode(t, parent)?];
                 dirs.extend(removed.map(gone));
+                scope.show_all(&mut dirs);
                 Ok((Empty {}, dirs))
             })
             .await?;
@@ -638,9 +709,16 @@ impl Meta for MetaService {
     }
 
     async fn rename(&self, r: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
-        let r = r.into_inner();
+        let caps = caps::of(&r);
+        let asked = r.into_inner();
         let reply = self
             .run("rename", move |t, now| {
+                let scope = Scope::resolve(t, caps.subtree())?;
+                let r = RenameRequest {
+                    parent: scope.ino(t, asked.parent)?,
+                    new_parent: scope.ino(t, asked.new_parent)?,
+                    ..asked.clone()
+                };
                 let target = namespace::lookup(t, r.new_parent, &r.new_name).ok();
                 let purge_left = namespace::rename(t, &r, now)?;
                 let mut dirs = vec![inodes::get_inode(t, r.parent)?];
@@ -664,6 +742,7 @@ impl Meta for MetaService {
                         }
                     }
                 }
+                scope.show_all(&mut dirs);
                 Ok((purge_left, (Empty {}, dirs)))
             })
             .await?;
@@ -671,10 +750,16 @@ impl Meta for MetaService {
     }
 
     async fn read_dir(&self, r: Request<ReadDirRequest>) -> Result<Response<ReadDirReply>, Status> {
+        let caps = caps::of(&r);
         let r = r.into_inner();
         self.read("readdir", move |t, _| {
-            let (entries, more) =
-                namespace::read_dir(t, r.ino, &r.after_name, r.limit as usize, r.plus)?;
+            let scope = Scope::resolve(t, caps.subtree())?;
+            let ino = scope.ino(t, r.ino)?;
+            let (mut entries, more) =
+                namespace::read_dir(t, ino, &r.after_name, r.limit as usize, r.plus)?;
+            for entry in &mut entries {
+                scope.show_entry(entry);
+            }
             Ok(ReadDirReply { entries, more })
         })
         .await
@@ -723,7 +808,9 @@ impl Meta for MetaService {
         &self,
         r: Request<CommitChunksRequest>,
     ) -> Result<Response<InodeRecord>, Status> {
-        self.commit_chunks_as(owner_of(&r), r.into_inner()).await
+        let subtree = caps::of(&r).subtree;
+        self.commit_chunks_as(owner_of(&r), subtree, r.into_inner())
+            .await
     }
 
     async fn get_chunk_map(
@@ -731,10 +818,12 @@ impl Meta for MetaService {
         r: Request<ChunkMapRequest>,
     ) -> Result<Response<ChunkMapReply>, Status> {
         let signs = chunks::wants_tokens(&r);
+        let caps = caps::of(&r);
         let r = r.into_inner();
         let mut reply = self
             .read("chunk_map", move |t, _| {
-                chunkmap::chunk_map(t, r.ino, r.from_offset, r.limit as usize)
+                let ino = Scope::resolve(t, caps.subtree())?.ino(t, r.ino)?;
+                chunkmap::chunk_map(t, ino, r.from_offset, r.limit as usize)
             })
             .await?;
         if signs {
