@@ -95,9 +95,12 @@
 # and JFS_MOUNT_OPTS (extra mount options, for experiments), JUICEFS (a
 # juicefs binary to use), BENCH_JUICEFS_ARGS (more `juicefs bench` arguments,
 # e.g. "--big-file-size 64M --small-file-count 10" for a quick check of the
-# script itself; the table says so when set), BENCH_NO_TLS_COST (skip the
-# second, plaintext dfs run: `juicefs bench -p 1` and the tree copy again
-# with --plaintext, printed as a table of what TLS costs, about 2 minutes).
+# script itself; the table says so when set), BENCH_TLS_ROUNDS (default 3;
+# 0 skips it): what TLS costs, measured apart from the comparison, as
+# `juicefs bench -p 1` and the tree copy on fresh dfs clusters with and
+# without TLS, alternating which goes first in each round so that a drift
+# of the disk's pace over the minutes falls on both; the table gives the
+# medians and each round's cost (about 2 minutes a round).
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -133,6 +136,27 @@ wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 case $META_STORE in rocksdb | fdb) ;; *) usage ;; esac
 
 TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/dfs-target}
+TLS_ROUNDS=${BENCH_TLS_ROUNDS:-3}
+[[ $TLS_ROUNDS =~ ^[0-9]+$ ]] || { echo "compare.sh: BENCH_TLS_ROUNDS must be a number" >&2; exit 2; }
+
+# median V...: the middle value (the mean of the two middle ones), empty
+# for none.
+median() {
+  (($#)) || return 0
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# tls_cost rate|time TLS PLAIN: how much more time (or time per file/MiB)
+# the TLS figure means, as a signed percentage.
+tls_cost() {
+  [[ -n $2 && -n $3 ]] || { echo -; return; }
+  if [[ $1 == rate ]]; then
+    awk -v t="$2" -v p="$3" 'BEGIN { if (t > 0) printf "%+.1f%%", (p / t - 1) * 100; else print "-" }'
+  else
+    awk -v t="$2" -v p="$3" 'BEGIN { if (p > 0) printf "%+.1f%%", (t / p - 1) * 100; else print "-" }'
+  fi
+}
 BIN=$TARGET_DIR/release
 TOOLS=${BENCH_TOOLS:-/var/tmp/dfs-bench-tools}
 TREE_FILES=${BENCH_TREE_FILES:-10000}
@@ -841,7 +865,8 @@ timed_cpu() {
   "$@"
   # shellcheck disable=SC2046
   after=$(cpu_ticks $(fs_pids "$fs"))
-  RES[$fs|$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t / hz }')
+  # CPU_AS: the name the figure is kept under, when not the file system's.
+  RES[${CPU_AS:-$fs}|$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t / hz }')
 }
 
 run_workloads() {
@@ -955,30 +980,31 @@ report() {
   else
     echo "rows p1/p4: juicefs bench -p 1 / -p 4 (1 GiB file and 100 x 128 KiB files per thread)"
   fi
-  if [[ -n ${RES[dfs-plain|cp]:-} ]]; then
+  if [[ -n ${RES[dfs-tls-r1|cp]:-} ]]; then
     echo
-    echo "what mutual TLS costs dfs: the same cluster with --plaintext, run right after the TLS one"
-    printf '%-28s %10s %10s  %s\n' workload "dfs (tls)" "plaintext" "TLS cost"
+    echo "what mutual TLS costs dfs: fresh clusters with and without --plaintext, $TLS_ROUNDS rounds, alternating which runs first"
+    printf '%-28s %10s %10s %9s  %s\n' workload "tls" "plaintext" "TLS cost" "each round"
     local tpair tkey tlabel tkind
     for tpair in "bigw1|big write MiB/s p1|rate" "bigr1|big read MiB/s p1|rate" \
       "smallw1|small write files/s p1|rate" "smallr1|small read files/s p1|rate" "stat1|stat files/s p1|rate" \
       "cp|cp -r tree (s)|time" "tar|tar c tree (s)|time" \
-      "cpu_bench1:cpu_bench1_plain|CPU s, juicefs bench p1|time" "cpu_tree:cpu_tree_plain|CPU s, cp -r + tar c|time"; do
+      "cpu_bench1|CPU s, juicefs bench p1|time" "cpu_tree|CPU s, cp -r + tar c|time"; do
       IFS='|' read -r tkey tlabel tkind <<<"$tpair"
-      local tls_key=${tkey%%:*} plain_key=${tkey##*:} t p cost=-
-      t=${RES[dfs|$tls_key]:-}
-      if [[ $tls_key == "$plain_key" ]]; then p=${RES[dfs-plain|$plain_key]:-}; else p=${RES[dfs|$plain_key]:-}; fi
-      # Cost: how much more time (or how many fewer per second) with TLS.
-      if [[ -n $t && -n $p ]]; then
-        if [[ $tkind == rate ]]; then
-          cost=$(awk -v t="$t" -v p="$p" 'BEGIN { if (t > 0) printf "%+.1f%%", (p / t - 1) * 100; else print "-" }')
-        else
-          cost=$(awk -v t="$t" -v p="$p" 'BEGIN { if (p > 0) printf "%+.1f%%", (t / p - 1) * 100; else print "-" }')
-        fi
-      fi
-      printf '%-28s %10s %10s  %s\n' "$tlabel" "${t:--}" "${p:--}" "$cost"
+      local round ts=() ps=() rounds=() t p
+      for ((round = 1; round <= TLS_ROUNDS; round++)); do
+        t=${RES[dfs-tls-r$round|$tkey]:-}
+        p=${RES[dfs-plain-r$round|$tkey]:-}
+        [[ -n $t && -n $p ]] || continue
+        ts+=("$t")
+        ps+=("$p")
+        rounds+=("$(tls_cost "$tkind" "$t" "$p")")
+      done
+      t=$(median "${ts[@]}")
+      p=$(median "${ps[@]}")
+      printf '%-28s %10s %10s %9s  %s\n' "$tlabel" "${t:--}" "${p:--}" "$(tls_cost "$tkind" "$t" "$p")" "${rounds[*]}"
     done
-    echo "TLS cost: extra time (or time per file/MiB) with TLS against without; negative: within noise the other way"
+    echo "tls, plaintext: medians of the rounds; TLS cost: extra time (or time per file/MiB) with TLS, from the medians;"
+    echo "  negative: the plaintext run was slower (noise)"
   fi
   if [[ $META_STORE == fdb ]]; then
     echo
@@ -1028,13 +1054,20 @@ if wanted dfs; then
   sample_rss_dfs
   teardown_dfs
 fi
-if wanted dfs && [[ -z ${BENCH_NO_TLS_COST:-} ]]; then
-  # What TLS costs: the p1 bench and the tree copy again on a dfs without
-  # it, right after the TLS run (runs further apart differ by more).
-  DFS_PLAINTEXT=1 setup_dfs
-  timed_cpu dfs cpu_bench1_plain juicefs_bench dfs-plain "$DFS_MNT" 1
-  timed_cpu dfs cpu_tree_plain copy_tree dfs-plain "$DFS_MNT"
-  teardown_dfs
+if wanted dfs && ((KEEP == 0)); then
+  # What TLS costs: see BENCH_TLS_ROUNDS at the top (each round's clusters
+  # start empty, which --keep would not give).
+  for ((round = 1; round <= TLS_ROUNDS; round++)); do
+    order=(tls plain)
+    ((round % 2)) || order=(plain tls)
+    for mode in "${order[@]}"; do
+      name=dfs-$mode-r$round
+      if [[ $mode == plain ]]; then DFS_PLAINTEXT=1 setup_dfs; else setup_dfs; fi
+      CPU_AS=$name timed_cpu dfs cpu_bench1 juicefs_bench "$name" "$DFS_MNT" 1
+      CPU_AS=$name timed_cpu dfs cpu_tree copy_tree "$name" "$DFS_MNT"
+      teardown_dfs
+    done
+  done
 fi
 if wanted juicefs; then
   setup_juicefs
