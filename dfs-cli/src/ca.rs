@@ -1,4 +1,4 @@
-//! `dfs ca init|issue`: the cluster's certificate authority (see
+//! `dfs ca init|issue|revoke`: the cluster's certificate authority (see
 //! `dfs_core::tls::ca` for the files and what goes in a certificate).
 
 use std::path::PathBuf;
@@ -54,6 +54,17 @@ pub enum CaCommand {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
+    /// Revokes a certificate the CA issued (a stolen or retired one):
+    /// signs CA/crl.pem listing it and every one revoked before. Copy
+    /// crl.pem into the TLS directory of every host and restart dfs-meta,
+    /// the chunk servers and the mounts: each then refuses it.
+    Revoke {
+        /// The certificate (a .crt file `dfs ca issue` wrote).
+        cert: PathBuf,
+        /// The CA's directory.
+        #[arg(long, default_value = dfs_core::tls::DEFAULT_TLS_DIR)]
+        ca: PathBuf,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -62,6 +73,14 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 pub fn run(command: CaCommand) -> anyhow::Result<()> {
     match command {
+        CaCommand::Revoke { cert, ca: ca_dir } => {
+            let (crl, identity) = ca::revoke(&ca_dir, &cert)
+                .with_context(|| format!("cannot revoke {}", cert.display()))?;
+            println!(
+                "revoked {identity}: {} now lists it; copy it beside ca.crt on every host and restart the dfs processes there",
+                crl.display()
+            );
+        }
         CaCommand::Init { dir } => {
             let cert = ca::init(&dir).context("cannot make the CA")?;
             println!(

@@ -49,6 +49,24 @@ pub fn allowed_roles(path: &str) -> &'static [Role] {
     }
 }
 
+/// How long a request a client or chunk server may send runs on the
+/// server, from its headers to its reply (a body trickled in, a handler
+/// stuck on a lock or a disk): answered ETIMEDOUT after it, its work
+/// dropped. A lock request waits at most 10 s of it; a 64 MiB put on a
+/// slow disk takes seconds.
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The deadline of a request to `path`: [`REQUEST_DEADLINE`], except for
+/// the work only dfs-meta or an operator asks for (gc, fsck, stats,
+/// listing and checking a server's shards), which walks whole volumes and
+/// takes as long as it takes.
+pub fn deadline(path: &str) -> Option<std::time::Duration> {
+    let trusted_only = allowed_roles(path)
+        .iter()
+        .all(|role| matches!(role, Meta | Admin));
+    (!trusted_only).then_some(REQUEST_DEADLINE)
+}
+
 /// Whether `path` changes the volume (refused to read-only certificates).
 /// Locks are not changes: a read-only mount may still take them.
 fn changes_the_volume(path: &str) -> bool {
@@ -147,7 +165,13 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let path = request.uri().path();
         match refusal(path, request.extensions().get::<PeerInfo>()) {
-            None => Box::pin(self.inner.call(request)),
+            None => match deadline(path) {
+                None => Box::pin(self.inner.call(request)),
+                Some(limit) => {
+                    let path = path.to_owned();
+                    Box::pin(within(limit, path, self.inner.call(request)))
+                }
+            },
             Some(error) => {
                 tracing::warn!(
                     path,
@@ -158,6 +182,28 @@ where
                 let response = tonic::Status::from(error).into_http();
                 Box::pin(async move { Ok(response) })
             }
+        }
+    }
+}
+
+/// `reply`, or ETIMEDOUT once `limit` has passed (dropping it).
+async fn within<E>(
+    limit: std::time::Duration,
+    path: String,
+    reply: impl std::future::Future<Output = Result<Response<Body>, E>>,
+) -> Result<Response<Body>, E> {
+    match tokio::time::timeout(limit, reply).await {
+        Ok(reply) => reply,
+        Err(_) => {
+            tracing::warn!(path, "request ran past its deadline");
+            let error = DfsError::new(
+                libc::ETIMEDOUT,
+                format!(
+                    "{path} ran longer than the server's {} s deadline",
+                    limit.as_secs()
+                ),
+            );
+            Ok(tonic::Status::from(error).into_http())
         }
     }
 }
@@ -175,6 +221,41 @@ mod tests {
             identity: Some(Arc::new(Identity::new(role, "t"))),
             key_id: None,
         }
+    }
+
+    #[test]
+    fn client_and_server_requests_have_deadlines() {
+        for path in [
+            "/dfs.v1.Meta/SetLock",
+            "/dfs.v1.Chunks/PutShards",
+            "/dfs.v1.Meta/Heartbeat",
+        ] {
+            assert_eq!(deadline(path), Some(REQUEST_DEADLINE), "{path}");
+        }
+        for path in [
+            "/dfs.v1.Meta/Fsck",
+            "/dfs.v1.Meta/Gc",
+            "/dfs.v1.Chunks/CheckShards",
+        ] {
+            assert_eq!(deadline(path), None, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_answered_timed_out() {
+        let limit = std::time::Duration::from_millis(20);
+        let never = std::future::pending::<Result<Response<Body>, std::convert::Infallible>>();
+        let started = std::time::Instant::now();
+        let reply = within(limit, "/dfs.v1.Meta/GetAttr".into(), never)
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= limit);
+        let status = tonic::Status::from_header_map(reply.headers()).unwrap();
+        assert_eq!(DfsError::from(status).errno, libc::ETIMEDOUT);
+        // A reply in time passes as it is.
+        let quick = async { Ok::<_, std::convert::Infallible>(Response::new(Body::empty())) };
+        let reply = within(limit, String::new(), quick).await.unwrap();
+        assert!(tonic::Status::from_header_map(reply.headers()).is_none());
     }
 
     #[test]

@@ -6,18 +6,27 @@
 //! Files: `DIR/ca.crt`, `DIR/ca.key`; an issued pair is `OUT/STEM.crt` and
 //! `OUT/STEM.key` (STEM defaults to the role, which is what each program
 //! looks for in its TLS directory), with `ca.crt` copied beside them.
-//! Keys are written mode 0600.
+//! Keys are written mode 0600. `dfs ca revoke CERT` adds a certificate to
+//! `DIR/revoked` (serial, name, time: the record) and signs
+//! `DIR/crl.pem` anew from it, for the hosts' TLS directories.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SanType, SerialNumber,
 };
 
+use rustls::pki_types::pem::PemObject;
+
 use super::identity::Identity;
-use super::{TlsError, CA_CERT, CA_KEY};
+use super::{TlsError, CA_CERT, CA_KEY, CRL_FILE};
+
+/// The CA's record of what it revoked, one `SERIAL-HEX NAME UNIX-SECONDS`
+/// line each: the source `crl.pem` is signed from.
+const REVOKED_FILE: &str = "revoked";
 
 /// How long a cluster CA is valid.
 const CA_DAYS: i64 = 10 * 365;
@@ -75,20 +84,7 @@ pub fn issue(
     extra_names: &[String],
     reuse_key: Option<&Path>,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
-    let ca_cert_path = ca_dir.join(CA_CERT);
-    let ca_key_path = ca_dir.join(CA_KEY);
-    let ca_pem =
-        std::fs::read_to_string(&ca_cert_path).map_err(|e| TlsError::io(&ca_cert_path, e))?;
-    let ca_key_pem =
-        std::fs::read_to_string(&ca_key_path).map_err(|e| TlsError::io(&ca_key_path, e))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(rcgen_err("bad CA key"))?;
-    // rcgen signs with a CA it holds as params: rebuilt from the CA's
-    // certificate, it has the same subject and key, which is all a
-    // signature names.
-    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
-        .map_err(rcgen_err("bad CA certificate"))?
-        .self_signed(&ca_key)
-        .map_err(rcgen_err("cannot load the CA"))?;
+    let (ca_pem, ca, ca_key) = load_ca(ca_dir)?;
 
     let key = match reuse_key {
         Some(path) => {
@@ -98,6 +94,13 @@ pub fn issue(
         None => KeyPair::generate().map_err(rcgen_err("cannot make a key"))?,
     };
     let mut params = CertificateParams::default();
+    // A serial of its own (rcgen's default derives it from the key, and a
+    // renewal for the same key would share it, and its revocation).
+    let mut serial = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+        .map_err(|_| TlsError::Issue("no randomness for a serial number".into()))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
     params.distinguished_name.push(
         DnType::CommonName,
         format!("{} {}", identity.role, identity.name),
@@ -156,6 +159,126 @@ pub fn issue(
         write_public(&out_ca, ca_pem.as_bytes())?;
     }
     Ok((cert_path, key_path))
+}
+
+/// The CA in `ca_dir`: its certificate's PEM, and the certificate and key
+/// rcgen signs with.
+fn load_ca(ca_dir: &Path) -> Result<(String, rcgen::Certificate, KeyPair), TlsError> {
+    let ca_cert_path = ca_dir.join(CA_CERT);
+    let ca_key_path = ca_dir.join(CA_KEY);
+    let ca_pem =
+        std::fs::read_to_string(&ca_cert_path).map_err(|e| TlsError::io(&ca_cert_path, e))?;
+    let ca_key_pem =
+        std::fs::read_to_string(&ca_key_path).map_err(|e| TlsError::io(&ca_key_path, e))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(rcgen_err("bad CA key"))?;
+    // rcgen signs with a CA it holds as params: rebuilt from the CA's
+    // certificate, it has the same subject and key, which is all a
+    // signature names.
+    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
+        .map_err(rcgen_err("bad CA certificate"))?
+        .self_signed(&ca_key)
+        .map_err(rcgen_err("cannot load the CA"))?;
+    Ok((ca_pem, ca, ca_key))
+}
+
+/// Revokes the certificate in `cert` (a PEM file the CA in `ca_dir`
+/// issued): records it in `ca_dir/revoked` and signs `ca_dir/crl.pem`
+/// listing every certificate revoked so far. Returns the CRL's path and
+/// the holder's identity. Revoking one twice lists it once.
+pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, Identity), TlsError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (ca_pem, ca, ca_key) = load_ca(ca_dir)?;
+    let bad = |reason: String| TlsError::BadFile {
+        path: cert.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(cert).map_err(|e| TlsError::io(cert, e))?;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| bad("no certificate in the file".into()))?
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    let identity = Identity::from_certificate(&der).map_err(|e| bad(e.to_string()))?;
+    let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
+    let ca_der = rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| TlsError::Issue("the CA certificate is unreadable".into()))?;
+    let (_, ca_parsed) =
+        X509Certificate::from_der(&ca_der).map_err(|e| TlsError::Issue(e.to_string()))?;
+    if parsed.issuer() != ca_parsed.subject()
+        || parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .is_err()
+    {
+        return Err(bad(format!(
+            "was not issued by the CA in {}",
+            ca_dir.display()
+        )));
+    }
+    let serial = hex::encode(parsed.raw_serial());
+
+    let record_path = ca_dir.join(REVOKED_FILE);
+    let mut record = match std::fs::read_to_string(&record_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(TlsError::io(&record_path, e)),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    if !record
+        .lines()
+        .any(|l| l.split(' ').next() == Some(serial.as_str()))
+    {
+        record.push_str(&format!(
+            "{serial} {} {}\n",
+            identity.to_uri(),
+            now.unix_timestamp()
+        ));
+    }
+    let mut revoked = Vec::new();
+    for line in record.lines() {
+        let mut fields = line.split(' ');
+        let (Some(hex_serial), Some(_), Some(when)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(TlsError::BadFile {
+                path: record_path.clone(),
+                reason: format!("bad line `{line}`"),
+            });
+        };
+        let bytes = hex::decode(hex_serial).map_err(|e| TlsError::BadFile {
+            path: record_path.clone(),
+            reason: format!("bad serial `{hex_serial}`: {e}"),
+        })?;
+        let when = when
+            .parse::<i64>()
+            .ok()
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+            .unwrap_or(now);
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&bytes),
+            revocation_time: when,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let crl = CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        // rustls does not hold dfs to it (it does not enforce a CRL's
+        // expiry unless asked): a list stays good until replaced.
+        next_update: now + time::Duration::days(CA_DAYS),
+        crl_number: SerialNumber::from(revoked.len() as u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca, &ca_key)
+    .map_err(rcgen_err("cannot sign the revocation list"))?;
+    let crl_pem = crl
+        .pem()
+        .map_err(rcgen_err("cannot encode the revocation list"))?;
+    write_public(&record_path, record.as_bytes())?;
+    let crl_path = ca_dir.join(CRL_FILE);
+    write_public(&crl_path, crl_pem.as_bytes())?;
+    Ok((crl_path, identity))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {

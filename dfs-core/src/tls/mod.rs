@@ -38,6 +38,10 @@ pub const DEFAULT_TLS_DIR: &str = "/etc/dfs/tls";
 pub const TLS_DIR_ENV: &str = "DFS_TLS_DIR";
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
+/// Revoked certificates (`dfs ca revoke`), beside `ca.crt`: every program
+/// that finds it refuses the certificates it lists, as peers and as
+/// servers it dials. Read at start.
+pub const CRL_FILE: &str = "crl.pem";
 
 /// How long a TLS handshake may take before the connection is dropped (a
 /// peer that connects and says nothing must not hold a task forever).
@@ -186,6 +190,15 @@ impl Tls {
             return Err(bad(ca, "no certificate in the file".into()));
         }
         let roots = Arc::new(roots);
+        let crl_path = ca.with_file_name(CRL_FILE);
+        let crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>> =
+            match std::fs::read(&crl_path) {
+                Ok(pem) => rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(&crl_path, format!("not a PEM revocation list: {e}")))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(TlsError::io(&crl_path, e)),
+            };
         // ring, not aws-lc-rs: no cmake/NASM build on every machine. rustls
         // marks it deprecated only for lacking post-quantum key exchange.
         #[allow(deprecated)]
@@ -194,8 +207,16 @@ impl Tls {
             Arc::clone(&roots),
             Arc::clone(&provider),
         )
+        .with_crls(crls.clone())
         .build()
-        .map_err(|e| bad(ca, format!("cannot verify clients with it: {e}")))?;
+        .map_err(|e| bad(&crl_path, format!("cannot verify clients with it: {e}")))?;
+        let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::clone(&roots),
+            Arc::clone(&provider),
+        )
+        .with_crls(crls)
+        .build()
+        .map_err(|e| bad(&crl_path, format!("cannot verify servers with it: {e}")))?;
         let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
@@ -204,7 +225,7 @@ impl Tls {
         server.alpn_protocols = vec![b"h2".to_vec()];
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
+            .with_webpki_verifier(server_verifier)
             .with_client_auth_cert(chain, private)
             .map_err(|e| bad(key, format!("does not go with {}: {e}", cert.display())))?;
         client.alpn_protocols = vec![b"h2".to_vec()];

@@ -230,3 +230,88 @@ fn issued_certificates_carry_the_identity() {
     assert_eq!(key_id("web"), key_id("renewed"));
     assert_ne!(key_id("web"), key_id("other"));
 }
+
+#[tokio::test]
+async fn revoked_certificates_are_refused_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster_ca(dir.path());
+    // A second client, elsewhere, that stays good.
+    let good = tempfile::tempdir().unwrap();
+    ca::issue(
+        dir.path(),
+        &Identity::new(Role::Client, "good"),
+        good.path(),
+        "client",
+        &[],
+        None,
+    )
+    .unwrap();
+    let (crl, who) = ca::revoke(dir.path(), &dir.path().join("client.crt")).unwrap();
+    assert_eq!(who.name, "client-1");
+    assert!(crl.exists());
+    // Twice: listed once; a certificate of another CA: refused.
+    ca::revoke(dir.path(), &dir.path().join("client.crt")).unwrap();
+    let listed = std::fs::read_to_string(dir.path().join("revoked")).unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let other = tempfile::tempdir().unwrap();
+    cluster_ca(other.path());
+    let err = ca::revoke(dir.path(), &other.path().join("client.crt")).unwrap_err();
+    assert!(err.to_string().contains("not issued by"), "{err}");
+
+    // The server (whose TLS directory has crl.pem) refuses the revoked
+    // client and serves the other.
+    let address = serve(Security::Tls(Arc::new(
+        Tls::load(dir.path(), Role::Server).unwrap(),
+    )))
+    .await;
+    let usage = |security: Security| {
+        let address = address.clone();
+        async move {
+            match client(&security, &address).await {
+                Ok(mut c) => c
+                    .usage(Empty {})
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let revoked = Security::Tls(Arc::new(Tls::load(dir.path(), Role::Client).unwrap()));
+    assert!(usage(revoked).await.is_err(), "a revoked client was let in");
+    let kept = Security::Tls(Arc::new(Tls::load(good.path(), Role::Client).unwrap()));
+    usage(kept).await.unwrap();
+
+    // A client that has the list refuses a revoked server.
+    ca::revoke(dir.path(), &dir.path().join("server.crt")).unwrap();
+    let server_without_list = tempfile::tempdir().unwrap();
+    for f in ["ca.crt", "server.crt", "server.key"] {
+        std::fs::copy(dir.path().join(f), server_without_list.path().join(f)).unwrap();
+    }
+    let address = serve(Security::Tls(Arc::new(
+        Tls::load(server_without_list.path(), Role::Server).unwrap(),
+    )))
+    .await;
+    std::fs::copy(dir.path().join("crl.pem"), good.path().join("crl.pem")).unwrap();
+    let checking = Security::Tls(Arc::new(Tls::load(good.path(), Role::Client).unwrap()));
+    assert!(
+        client(&checking, &address).await.is_err()
+            || client(&checking, &address)
+                .await
+                .unwrap()
+                .usage(Empty {})
+                .await
+                .is_err(),
+        "a revoked server was trusted"
+    );
+    // A damaged list stops the program with its path.
+    std::fs::write(
+        good.path().join("crl.pem"),
+        b"-----BEGIN X509 CRL-----\nxx\n",
+    )
+    .unwrap();
+    let err = Tls::load(good.path(), Role::Client)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("crl.pem"), "{err}");
+}
