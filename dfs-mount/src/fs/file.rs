@@ -242,21 +242,36 @@ pub struct ChunkMap {
 }
 
 impl ChunkMap {
+    /// Whether some chunk read from chunk servers has no read tokens: a
+    /// map this client made from its own upload.
+    pub fn has_unsigned_chunks(&self) -> bool {
+        self.chunks
+            .values()
+            .any(|c| c.shard_tokens.is_empty() && c.chunk.as_ref().is_some_and(|r| !r.is_inline()))
+    }
+
     /// Chunks overlapping `[start, end)`, in order (none for an empty or
     /// inverted range: readahead past the committed size asks for one).
     pub fn overlapping(&self, start: u64, end: u64) -> Vec<MappedChunk> {
-        if start >= end {
-            return Vec::new();
-        }
+        self.overlapping_iter(start, end).cloned().collect()
+    }
+
+    /// [`Self::overlapping`] without copies: readahead looks at a window
+    /// of hundreds of chunks on every read, and a chunk with its shard
+    /// tokens is a dozen allocations to clone.
+    pub fn overlapping_iter(&self, start: u64, end: u64) -> impl Iterator<Item = &MappedChunk> {
         let first = match self.chunks.range(..=start).next_back() {
             Some((&s, _)) => s,
             None => start,
         };
-        self.chunks
-            .range(first..end)
-            .filter(|(&s, c)| s + u64::from(c.len) > start)
-            .map(|(_, c)| c.clone())
-            .collect()
+        let range = if start < end {
+            self.chunks.range(first..end)
+        } else {
+            self.chunks.range(0..0)
+        };
+        range
+            .filter(move |(&s, c)| s + u64::from(c.len) > start)
+            .map(|(_, c)| c)
     }
 
     /// Where re-chunking must start for a change at `offset`: the start of

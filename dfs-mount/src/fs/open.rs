@@ -126,18 +126,30 @@ impl Dfs {
                 return Ok(false);
             }
             let ino = st.ino;
-            let attr = self
-                .cluster
-                .meta
-                .get_attr(dfs_proto::InoRequest { ino })
-                .await?;
-            if attr.data_version == st.data_version {
-                return Ok(false);
+            // A map made from this client's own upload carries no read
+            // tokens: where servers want them, reading from it would ask
+            // dfs-meta chunk by chunk and read nothing ahead (a file read
+            // right after it was written, its last close not yet in).
+            // The map as dfs-meta signs it, once, instead.
+            if self.cluster.tokens_in_use() && st.map.has_unsigned_chunks() {
+                tracing::debug!(
+                    ino,
+                    "loading a signed chunk map for this client's own upload"
+                );
+            } else {
+                let attr = self
+                    .cluster
+                    .meta
+                    .get_attr(dfs_proto::InoRequest { ino })
+                    .await?;
+                if attr.data_version == st.data_version {
+                    return Ok(false);
+                }
+                tracing::debug!(
+                    ino,
+                    "file changed on another client; reloading its chunk map"
+                );
             }
-            tracing::debug!(
-                ino,
-                "file changed on another client; reloading its chunk map"
-            );
         }
         let (map, size, version) = self.fetch_chunk_map(st.ino).await?;
         st.map = map;

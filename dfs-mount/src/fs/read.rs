@@ -112,8 +112,8 @@ impl Dfs {
     /// Starts fetching the chunks after `offset` into the cache.
     pub fn readahead(&self, st: &FileState, offset: u64) {
         let end = (offset + self.readahead_bytes).min(st.committed_size);
-        for c in st.map.overlapping(offset, end) {
-            let (Ok(fp), Some(rec)) = (Fingerprint::from_slice(&c.fingerprint), c.chunk.clone())
+        for c in st.map.overlapping_iter(offset, end) {
+            let (Ok(fp), Some(rec)) = (Fingerprint::from_slice(&c.fingerprint), c.chunk.as_ref())
             else {
                 continue;
             };
@@ -124,6 +124,7 @@ impl Dfs {
             {
                 continue;
             }
+            let rec = rec.clone();
             let cache = self.cache.clone();
             let cluster = self.cluster.clone();
             let tokens = c.shard_tokens.clone();
