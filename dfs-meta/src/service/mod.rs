@@ -21,7 +21,9 @@ use crate::store::{read_only, transact, KvTxn, MetaStore, StoreError};
 use crate::{caps, chunkmap, confine, inodes, locks, namespace, registry, xattrs};
 
 mod chunks;
+mod transactions;
 use chunks::owner_of;
+use transactions::{changed_if_dir, gone, to_response, with_changed_dirs, Access};
 
 /// Inode numbers a metadata server reserves at a time.
 const INODE_BATCH: u64 = 1024;
@@ -148,153 +150,6 @@ impl MetaService {
             .max_decoding_message_size(MAX_META_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
-
-    /// Runs `body`, which only reads, on a blocking thread: on a snapshot
-    /// that takes no lock where the store has one, so lookups do not queue
-    /// behind other requests' synced commits.
-    async fn read<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
-    ) -> Result<Response<T>, Status> {
-        self.execute(op, Access::Read, body).await
-    }
-
-    /// Like [`Self::read`] for a body that reads a few keys: on a local
-    /// store it runs in place, without a thread handoff.
-    async fn point_read<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
-    ) -> Result<Response<T>, Status> {
-        self.execute(op, Access::PointRead, body).await
-    }
-
-    /// Runs `body` as one transaction on a blocking thread.
-    async fn run<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
-    ) -> Result<Response<T>, Status> {
-        self.execute(op, Access::ReadWrite, body).await
-    }
-
-    async fn execute<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        access: Access,
-        body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
-    ) -> Result<Response<T>, Status> {
-        let result = self.execute_raw(op, access, body).await?;
-        to_response(op, result)
-    }
-
-    /// [`Self::execute`] with the store's answer as it is, for handlers
-    /// that act on some errors themselves.
-    async fn execute_raw<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        access: Access,
-        mut body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
-    ) -> Result<Result<T>, Status> {
-        let store = self.store.clone();
-        let span = tracing::debug_span!("meta", op);
-        if matches!(access, Access::PointRead) && store.snapshot_is_local() {
-            // A point read of a local snapshot takes microseconds (memtable,
-            // block cache or page cache) and no lock: handing it to a
-            // blocking thread and back cost more than the read (stats at
-            // one thread: 5,085-5,278 a second before, 5,777-8,725 after,
-            // alternating runs). Larger reads stay on the blocking pool.
-            let _entered = span.enter();
-            let now = now_ns();
-            let started = std::time::Instant::now();
-            let result = read_only(store.as_ref(), |txn: &mut dyn KvTxn| body(txn, now));
-            self.note_duration(op, started.elapsed());
-            return Ok(result);
-        }
-        let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let now = now_ns();
-            let body = |txn: &mut dyn KvTxn| body(txn, now);
-            match access {
-                Access::PointRead | Access::Read => read_only(store.as_ref(), body),
-                Access::ReadWrite => transact(store.as_ref(), body),
-            }
-        })
-        .instrument(span)
-        .await
-        .map_err(|e| Status::internal(format!("{op} panicked: {e}")))?;
-        self.note_duration(op, started.elapsed());
-        Ok(result)
-    }
-
-    /// Keeps the longest transaction, and logs any slow one.
-    fn note_duration(&self, op: &'static str, took: std::time::Duration) {
-        if took > SLOW_TRANSACTION {
-            tracing::warn!(
-                op,
-                ms = took.as_millis() as u64,
-                store = self.store.name(),
-                "slow metadata transaction"
-            );
-        }
-        let mut longest = self.longest.lock();
-        if took > longest.0 {
-            *longest = (took, op);
-        }
-    }
-}
-
-/// `inode` as a changed directory, if it is one (a setattr or xattr change
-/// of a directory changes its ctime and perhaps its mode).
-fn changed_if_dir(inode: &InodeRecord) -> Vec<InodeRecord> {
-    if inode.kind() == FileKind::Directory {
-        vec![inode.clone()]
-    } else {
-        Vec::new()
-    }
-}
-
-/// A removed directory as a client still holding it open sees it.
-fn gone(dir: InodeRecord) -> InodeRecord {
-    InodeRecord { nlink: 0, ..dir }
-}
-
-/// A namespace change's reply, with the directories it modified (as they
-/// are after it) in the response metadata: see
-/// [`dfs_proto::CHANGED_DIRS_METADATA`].
-fn with_changed_dirs<T>(reply: Response<(T, Vec<InodeRecord>)>) -> Response<T> {
-    let (message, dirs) = reply.into_inner();
-    let mut response = Response::new(message);
-    for dir in dirs {
-        response.metadata_mut().append_bin(
-            CHANGED_DIRS_METADATA,
-            tonic::metadata::MetadataValue::from_bytes(&prost::Message::encode_to_vec(&dir)),
-        );
-    }
-    response
-}
-
-fn to_response<T>(op: &'static str, result: Result<T>) -> Result<Response<T>, Status> {
-    match result {
-        Ok(v) => Ok(Response::new(v)),
-        Err(e) => {
-            let err = DfsError::from(e);
-            tracing::debug!(op, errno = err.errno, error = %err.message, "meta request failed");
-            Err(err.into())
-        }
-    }
-}
-
-/// Whether a request's body may write, and how much it reads.
-#[derive(Clone, Copy)]
-enum Access {
-    /// Reads a few keys (lookup, getattr, getxattr, F_GETLK).
-    PointRead,
-    /// Reads a range of keys (a page of a directory or chunk map, a batch
-    /// of dedup lookups).
-    Read,
-    ReadWrite,
 }
 
 /// How often a waiting lock request looks again for a release it was not
