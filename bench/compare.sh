@@ -101,6 +101,9 @@
 # without TLS, alternating which goes first in each round so that a drift
 # of the disk's pace over the minutes falls on both; the table gives the
 # medians and each round's cost (about 2 minutes a round).
+# BENCH_TLS_JUICEFS_ARGS (default "--small-file-count 1000"): the `juicefs
+# bench` arguments of those rounds: 100 small files take a fraction of a
+# second, too short to tell a few percent from noise.
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -164,6 +167,7 @@ META_FILES=${BENCH_META_FILES:-10000}
 UNIQUE_MIB=${BENCH_UNIQUE_MIB:-512}
 STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-1200}
 read -r -a JFS_BENCH_ARGS <<<"${BENCH_JUICEFS_ARGS:-}"
+read -r -a TLS_JFS_BENCH_ARGS <<<"${BENCH_TLS_JUICEFS_ARGS---small-file-count 1000}"
 JUICEFS_VERSION=1.4.2
 SEAWEEDFS_VERSION=4.48
 
@@ -982,7 +986,8 @@ report() {
   fi
   if [[ -n ${RES[dfs-tls-r1|cp]:-} ]]; then
     echo
-    echo "what mutual TLS costs dfs: fresh clusters with and without --plaintext, $TLS_ROUNDS rounds, alternating which runs first"
+    echo "what mutual TLS costs dfs: fresh clusters with and without --plaintext, $TLS_ROUNDS rounds, alternating which runs first;"
+    echo "  juicefs bench -p 1 ${TLS_JFS_BENCH_ARGS[*]}"
     printf '%-28s %10s %10s %9s  %s\n' workload "tls" "plaintext" "TLS cost" "each round"
     local tpair tkey tlabel tkind
     for tpair in "bigw1|big write MiB/s p1|rate" "bigr1|big read MiB/s p1|rate" \
@@ -1057,6 +1062,8 @@ fi
 if wanted dfs && ((KEEP == 0)); then
   # What TLS costs: see BENCH_TLS_ROUNDS at the top (each round's clusters
   # start empty, which --keep would not give).
+  MAIN_JFS_BENCH_ARGS=("${JFS_BENCH_ARGS[@]}")
+  JFS_BENCH_ARGS=("${TLS_JFS_BENCH_ARGS[@]}")
   for ((round = 1; round <= TLS_ROUNDS; round++)); do
     order=(tls plain)
     ((round % 2)) || order=(plain tls)
@@ -1068,6 +1075,7 @@ if wanted dfs && ((KEEP == 0)); then
       teardown_dfs
     done
   done
+  JFS_BENCH_ARGS=("${MAIN_JFS_BENCH_ARGS[@]}")
 fi
 if wanted juicefs; then
   setup_juicefs

@@ -12,7 +12,11 @@
 //! chunk worthless for the next, and every token expires.
 //!
 //! Wire form: the expiry (dfs-meta's clock, ns since the epoch, big-endian
-//! i64) then the first 16 bytes of the HMAC.
+//! i64) then the first 16 bytes of the HMAC. A put token for a chunk whose
+//! index entry is dead carries, between the two, the time before which
+//! that chunk's leftover shards were written (dfs-meta's clock less the
+//! allowed skew, as garbage collection deletes them): a client's put may
+//! replace those with other bytes, and nothing else (`PUT_OVER_TOKEN_LEN`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +26,8 @@ use ring::hmac;
 
 /// Bytes of a token on the wire.
 pub const TOKEN_LEN: usize = 8 + TAG_LEN;
+/// Bytes of a put token that may replace a dead chunk's leftovers.
+pub const PUT_OVER_TOKEN_LEN: usize = 8 + 8 + TAG_LEN;
 /// Bytes of the HMAC kept: forging one is a 2^128 guess.
 const TAG_LEN: usize = 16;
 /// Bytes of a server's key and of the volume's secret.
@@ -81,10 +87,20 @@ impl ServerKey {
         Self(hmac::Key::new(hmac::HMAC_SHA256, bytes))
     }
 
-    fn tag(&self, op: ShardOp, fingerprint: &[u8], expires_ns: i64) -> hmac::Tag {
+    fn tag(
+        &self,
+        op: ShardOp,
+        fingerprint: &[u8],
+        expires_ns: i64,
+        over: Option<i64>,
+    ) -> hmac::Tag {
         let mut ctx = hmac::Context::with_key(&self.0);
         ctx.update(b"dfs shard token v1\0");
         ctx.update(op.label());
+        if let Some(before) = over {
+            ctx.update(b"-over");
+            ctx.update(&before.to_be_bytes());
+        }
         ctx.update(&(fingerprint.len() as u32).to_be_bytes());
         ctx.update(fingerprint);
         ctx.update(&expires_ns.to_be_bytes());
@@ -94,8 +110,50 @@ impl ServerKey {
     pub fn sign(&self, op: ShardOp, fingerprint: &[u8], expires_ns: i64) -> Vec<u8> {
         let mut token = Vec::with_capacity(TOKEN_LEN);
         token.extend_from_slice(&expires_ns.to_be_bytes());
-        token.extend_from_slice(&self.tag(op, fingerprint, expires_ns).as_ref()[..TAG_LEN]);
+        token.extend_from_slice(&self.tag(op, fingerprint, expires_ns, None).as_ref()[..TAG_LEN]);
         token
+    }
+
+    /// A put token; with `replace_before_ns` > 0, one that may also replace
+    /// shards of the chunk written before then (a dead chunk's leftovers).
+    pub fn sign_put(&self, fingerprint: &[u8], expires_ns: i64, replace_before_ns: i64) -> Vec<u8> {
+        if replace_before_ns <= 0 {
+            return self.sign(ShardOp::Put, fingerprint, expires_ns);
+        }
+        let tag = self.tag(
+            ShardOp::Put,
+            fingerprint,
+            expires_ns,
+            Some(replace_before_ns),
+        );
+        let mut token = Vec::with_capacity(PUT_OVER_TOKEN_LEN);
+        token.extend_from_slice(&expires_ns.to_be_bytes());
+        token.extend_from_slice(&replace_before_ns.to_be_bytes());
+        token.extend_from_slice(&tag.as_ref()[..TAG_LEN]);
+        token
+    }
+
+    /// Checks a put token (either form): the time before which it lets
+    /// the holder replace the chunk's shards with other bytes (0: none).
+    pub fn check_put(
+        &self,
+        fingerprint: &[u8],
+        token: &[u8],
+        now_ns: i64,
+        skew_ns: i64,
+    ) -> Result<i64, TokenError> {
+        if token.len() != PUT_OVER_TOKEN_LEN {
+            return self
+                .check(ShardOp::Put, fingerprint, token, now_ns, skew_ns)
+                .map(|()| 0);
+        }
+        let (expiry, rest) = token.split_at(8);
+        let (before, tag) = rest.split_at(8);
+        let expires_ns = i64::from_be_bytes(expiry.try_into().map_err(|_| TokenError::Forged)?);
+        let before_ns = i64::from_be_bytes(before.try_into().map_err(|_| TokenError::Forged)?);
+        let want = self.tag(ShardOp::Put, fingerprint, expires_ns, Some(before_ns));
+        verify_tag(&want, tag, expires_ns, now_ns, skew_ns)?;
+        Ok(before_ns)
     }
 
     /// Checks `token` for `op` on `fingerprint` at `now_ns` (this server's
@@ -116,21 +174,32 @@ impl ServerKey {
         }
         let (expiry, tag) = token.split_at(8);
         let expires_ns = i64::from_be_bytes(expiry.try_into().map_err(|_| TokenError::Forged)?);
-        let want = self.tag(op, fingerprint, expires_ns);
-        // Constant time: no timing tells how much of a guess was right.
-        let diff = want.as_ref()[..TAG_LEN]
-            .iter()
-            .zip(tag)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
-            return Err(TokenError::Forged);
-        }
-        let late = now_ns.saturating_sub(expires_ns.saturating_add(skew_ns));
-        if late > 0 {
-            return Err(TokenError::Expired(late / 1_000_000));
-        }
-        Ok(())
+        let want = self.tag(op, fingerprint, expires_ns, None);
+        verify_tag(&want, tag, expires_ns, now_ns, skew_ns)
     }
+}
+
+/// Compares a token's tag with the one it must carry, then its expiry.
+fn verify_tag(
+    want: &hmac::Tag,
+    tag: &[u8],
+    expires_ns: i64,
+    now_ns: i64,
+    skew_ns: i64,
+) -> Result<(), TokenError> {
+    // Constant time: no timing tells how much of a guess was right.
+    let diff = want.as_ref()[..TAG_LEN]
+        .iter()
+        .zip(tag)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if diff != 0 || tag.len() != TAG_LEN {
+        return Err(TokenError::Forged);
+    }
+    let late = now_ns.saturating_sub(expires_ns.saturating_add(skew_ns));
+    if late > 0 {
+        return Err(TokenError::Expired(late / 1_000_000));
+    }
+    Ok(())
 }
 
 /// A new volume token secret, from the system's random source.
@@ -189,6 +258,18 @@ impl Signer {
         expires_ns: i64,
     ) -> Vec<u8> {
         self.key(server_id).sign(op, fingerprint, expires_ns)
+    }
+
+    /// See [`ServerKey::sign_put`].
+    pub fn sign_put(
+        &self,
+        server_id: u32,
+        fingerprint: &[u8],
+        expires_ns: i64,
+        replace_before_ns: i64,
+    ) -> Vec<u8> {
+        self.key(server_id)
+            .sign_put(fingerprint, expires_ns, replace_before_ns)
     }
 }
 
@@ -282,6 +363,38 @@ mod tests {
                 SKEW
             ),
             Err(TokenError::Forged)
+        );
+    }
+
+    #[test]
+    fn a_put_over_token_names_what_it_may_replace_and_nothing_else() {
+        let signer = Signer::new(&[7u8; 32]);
+        let server_3 = ServerKey::new(&signer.key_bytes(3));
+        let fp = [1u8; 32];
+        let plain = signer.sign_put(3, &fp, 10_000_000_000, 0);
+        assert_eq!(plain.len(), TOKEN_LEN);
+        assert_eq!(server_3.check_put(&fp, &plain, 0, SKEW), Ok(0));
+        let over = signer.sign_put(3, &fp, 10_000_000_000, 4_000);
+        assert_eq!(over.len(), PUT_OVER_TOKEN_LEN);
+        assert_eq!(server_3.check_put(&fp, &over, 0, SKEW), Ok(4_000));
+        // A later time pasted in, another chunk, a read: refused.
+        let mut later = over.clone();
+        later[8..16].copy_from_slice(&i64::MAX.to_be_bytes());
+        assert_eq!(
+            server_3.check_put(&fp, &later, 0, SKEW),
+            Err(TokenError::Forged)
+        );
+        assert_eq!(
+            server_3.check_put(&[2u8; 32], &over, 0, SKEW),
+            Err(TokenError::Forged)
+        );
+        assert_eq!(
+            server_3.check(ShardOp::Get, &fp, &over, 0, SKEW),
+            Err(TokenError::Malformed(PUT_OVER_TOKEN_LEN))
+        );
+        assert_eq!(
+            server_3.check_put(&fp, &over, 13_000_000_000, SKEW),
+            Err(TokenError::Expired(2000))
         );
     }
 }

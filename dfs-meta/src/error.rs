@@ -46,6 +46,11 @@ pub enum MetaError {
     /// checks them and commits again; a client only sees it as a retry.
     #[error("{} chunks are other clients' uploads not checked yet; retry", .0.len())]
     Unchecked(Vec<Vec<u8>>),
+    /// The commit's uploads would replace entries found not to be their
+    /// chunks: the service reads those uploads back first
+    /// (`chunkmap::commit_checked`); a client only sees it as a retry.
+    #[error("{} uploads replace entries found bad and are not checked yet; retry", .0.len())]
+    ReplacesFailed(Vec<Vec<u8>>),
     /// The client's lock session lease ran out: its locks were given up.
     #[error("lock session {0} expired; its locks were released")]
     LockSessionExpired(u64),
@@ -77,7 +82,7 @@ impl From<MetaError> for DfsError {
             // The client renews its session on ENOLCK and asks once more,
             // which is harmless here: the second answer reaches the caller.
             MetaError::TooManyLocks(_) => DfsError::new(libc::ENOLCK, message),
-            MetaError::Busy(_) | MetaError::Unchecked(_) => {
+            MetaError::Busy(_) | MetaError::Unchecked(_) | MetaError::ReplacesFailed(_) => {
                 DfsError::retryable(libc::EAGAIN, message)
             }
             MetaError::MissingChunks(missing) => {

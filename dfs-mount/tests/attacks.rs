@@ -609,6 +609,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                         20_000
                     ],
                     written_before_ns: 1,
+                    uploaded_by: Vec::new(),
                 })
                 .await,
             libc::EINVAL,
@@ -655,12 +656,12 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                 .pop()
                 .expect("a put grant");
             if store_garbage {
-                for (index, &server) in record.shard_servers.iter().enumerate() {
-                    let address = &servers
-                        .iter()
-                        .find(|(id, _)| *id == server)
-                        .expect("server")
-                        .1;
+                // Under every shard index, on every server: wherever the
+                // victim's upload would go, a key holds garbage, which a
+                // client's put may not replace. Only dfs-meta deleting
+                // Mallory's uploads once it finds her entry bad (the
+                // victim's lookup or commit) lets the victim store it.
+                for (server, address) in &servers {
                     let mut to = ChunksClient::new(
                         channel(&mallory, address, Role::Server)
                             .await
@@ -669,19 +670,20 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                     let token = grant
                         .servers
                         .iter()
-                        .position(|&id| id == server)
+                        .position(|id| id == server)
                         .map(|i| grant.tokens[i].clone())
                         .expect("a token for the server");
-                    to.put_shards(PutShardsRequest {
-                        shards: vec![Shard {
-                            token,
+                    let shards = (0..record.shard_servers.len())
+                        .map(|index| Shard {
+                            token: token.clone(),
                             fingerprint: fp.clone(),
                             index: index as u32,
                             data: vec![0x5a; record.shard_len as usize],
-                        }],
-                    })
-                    .await
-                    .expect("garbage stored");
+                        })
+                        .collect();
+                    to.put_shards(PutShardsRequest { shards })
+                        .await
+                        .expect("garbage stored");
                 }
             }
             let ino = mal
@@ -770,6 +772,14 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
         "checked entries are offered to every identity"
     );
 
+    rt.block_on(overwrite_attack(
+        &mut t,
+        &mallory,
+        &meta,
+        &servers,
+        local.path(),
+        &m.path,
+    ));
     subtree_attacks(&mut t, &rt, certs.path(), &meta, &client, local.path(), &m);
     let meta_cert = issue(certs.path(), "meta", "m2", &[]);
     rt.block_on(malformed_messages(
@@ -963,6 +973,113 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
     m.unmount();
     let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
     assert!(clean, "fsck after the attacks: {report}");
+}
+
+/// Mallory asks for put tokens for a chunk nobody has stored yet (which
+/// dfs-meta grants anyone about to upload it), waits until a victim's
+/// mount has stored and committed it, then uses them to put garbage over
+/// the victim's shards: refused with EEXIST, since a client may store a
+/// chunk's shards but never replace stored ones with other bytes. The
+/// file is written to `local` too, for the final comparison.
+async fn overwrite_attack(
+    t: &mut Tally,
+    mallory: &Security,
+    meta: &str,
+    servers: &[(u32, String)],
+    local: &Path,
+    mount: &Path,
+) {
+    let mut mal = MetaClient::new(channel(mallory, meta, Role::Meta).await.expect("mallory"));
+    // Tokens live TOKEN_LIFETIME_SECS here: on a machine too slow to
+    // write a file in that time, try again with fresh ones.
+    for attempt in 0..3u64 {
+        // One chunk (under the smallest cut), too big to be stored inline.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ attempt;
+        let content: Vec<u8> = (0..20_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let fp = dfs_core::Fingerprint::of(&content).to_vec();
+        let grant = mal
+            .lookup_chunks(LookupChunksRequest {
+                fingerprints: vec![fp.clone()],
+            })
+            .await
+            .expect("lookup")
+            .into_inner()
+            .grants
+            .pop()
+            .expect("a put grant for a chunk nobody stored");
+        let name = format!("overwritten-{attempt}");
+        std::fs::write(local.join(&name), &content).expect("local copy");
+        let mut file = std::fs::File::create(mount.join(&name)).expect("victim's create");
+        std::io::Write::write_all(&mut file, &content).expect("victim's write");
+        file.sync_all().expect("victim's fsync");
+        drop(file);
+        let ino = mal
+            .lookup(LookupRequest {
+                parent: 1,
+                name: name.into_bytes(),
+            })
+            .await
+            .expect("lookup")
+            .into_inner()
+            .ino;
+        let rec = mal
+            .get_chunk_map(ChunkMapRequest {
+                ino,
+                ..ChunkMapRequest::default()
+            })
+            .await
+            .expect("chunk map")
+            .into_inner()
+            .chunks
+            .remove(0)
+            .chunk
+            .expect("record");
+        assert!(!rec.is_inline(), "the chunk is on chunk servers");
+        let server = rec.shard_servers[0];
+        let token = grant
+            .servers
+            .iter()
+            .position(|&id| id == server)
+            .map(|i| grant.tokens[i].clone())
+            .expect("a token for the server");
+        let address = &servers
+            .iter()
+            .find(|(id, _)| *id == server)
+            .expect("server")
+            .1;
+        let mut to = ChunksClient::new(
+            channel(mallory, address, Role::Server)
+                .await
+                .expect("to server"),
+        );
+        let put = to
+            .put_shards(PutShardsRequest {
+                shards: vec![Shard {
+                    token,
+                    fingerprint: fp,
+                    index: 0,
+                    data: vec![0x5a; rec.shard_len as usize],
+                }],
+            })
+            .await;
+        if matches!(&put, Err(s) if DfsError::from(s.clone()).errno == libc::EKEYEXPIRED) {
+            continue;
+        }
+        t.expect_refused(
+            "client: put garbage over a committed shard with an earlier put token",
+            put,
+            libc::EEXIST,
+        );
+        return;
+    }
+    panic!("the put tokens expired before the victim's file was written, three times");
 }
 
 /// A client certificate confined to `/src` (`--subtree`): its root is

@@ -170,6 +170,66 @@ fn small_files_live_in_the_metadata_store() {
     ));
 }
 
+/// A chunk server that was down while garbage collection deleted a dead
+/// chunk keeps that chunk's shards. A client may not replace a stored
+/// shard with other bytes (issue 19), but these are garbage: when the
+/// chunk is written again, coded with another codec, dfs-meta's put
+/// tokens let the upload replace them (only shards written before the
+/// chunk died), and the write succeeds on all nine servers.
+#[test]
+fn a_dead_chunks_leftovers_do_not_block_it_coded_anew() {
+    let mut cluster = TestCluster::start_full(
+        3,
+        3,
+        |_| Vec::new(),
+        vec!["--clock-skew".into(), "0".into()],
+    );
+    cluster.wait_servers_up(9);
+    let meta = cluster.meta_addr();
+    // Text both codecs shrink, each to its own bytes: well over the
+    // inline size, so it goes to the chunk servers.
+    let data: Vec<u8> = (0..3000u32)
+        .flat_map(|i| format!("line {i}: {} {}\n", i * 7919 % 1000, i % 13).into_bytes())
+        .chain(random_bytes(40 << 10, 11))
+        .collect();
+    let mut m = TestMount::start(&meta, &["codec=lz4"]);
+    fs::write(m.path.join("f"), &data).expect("write");
+    fs::remove_file(m.path.join("f")).expect("rm");
+    m.unmount();
+    // Dead now; server 0 misses the deletion and keeps its shards.
+    cluster.kill_server(0);
+    let (ok, gc) = cluster.dfs_json(&["gc", "--grace", "0", "--clock-skew", "0"]);
+    assert!(ok, "gc: {gc}");
+    eprintln!("gc with server 0 down: {gc}");
+    assert!(u(&gc, "shards_deleted") > 0, "{gc}");
+    assert!(
+        u(&gc, "chunks_pending") > 0,
+        "the dead entry waits for server 0: {gc}"
+    );
+    std::thread::sleep(Duration::from_millis(10));
+    cluster.restart_server(0);
+    cluster.wait_servers_up(9);
+
+    let m = TestMount::start(&meta, &["codec=zstd"]);
+    fs::write(m.path.join("again"), &data).expect("the same bytes written again, coded anew");
+    drop(m);
+    // Stored where it belongs: server 0 took its shards (a refusal would
+    // have moved them to a server holding another shard of the chunk).
+    let log = cluster.log("server-0");
+    assert!(log.contains("shard store opened"), "server 0's log: {log}");
+    assert!(
+        !log.contains("refused a client's put"),
+        "server 0 refused the new upload: {log}"
+    );
+    let m = TestMount::start(&meta, &[]);
+    assert!(fs::read(m.path.join("again")).expect("read") == data);
+    drop(m);
+    let (ok, fsck) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(ok, "fsck: {fsck}");
+    assert_eq!(u(&fsck, "lost_chunks"), 0, "{fsck}");
+    assert_eq!(u(&fsck, "under_protected_chunks"), 0, "{fsck}");
+}
+
 #[test]
 fn cluster_end_to_end() {
     let local = tempfile::tempdir().expect("tempdir");

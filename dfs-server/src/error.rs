@@ -49,6 +49,11 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// A put would replace a readable shard with other bytes, which only
+    /// dfs-meta and chunk servers may do (repairs, conversions).
+    #[error("shard {fingerprint}/{index} is already stored with other bytes: a client may not replace it")]
+    Exists { fingerprint: String, index: u8 },
+
     /// The file system under the data directory is full.
     #[error("no space left on device: {0}")]
     NoSpace(String),
@@ -90,6 +95,7 @@ impl StoreError {
             StoreError::NotFound { .. } => libc::ENOENT,
             StoreError::NoSpace(_) => libc::ENOSPC,
             StoreError::Corrupt { .. } => libc::EBADMSG,
+            StoreError::Exists { .. } => libc::EEXIST,
             StoreError::Db(_) | StoreError::Open { .. } | StoreError::Io { .. } => libc::EIO,
         }
     }
@@ -107,6 +113,7 @@ impl StoreError {
             ),
             StoreError::NotFound { .. }
             | StoreError::Corrupt { .. }
+            | StoreError::Exists { .. }
             | StoreError::NoSpace(_)
             | StoreError::Open { .. }
             | StoreError::Io { .. } => false,

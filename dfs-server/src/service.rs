@@ -4,6 +4,7 @@
 //! RocksDB calls block, so each runs on tokio's blocking pool. Every failure
 //! leaves as a [`DfsError`] (errno + retryable flag) inside the status.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use dfs_core::error::DfsError;
@@ -22,7 +23,7 @@ use tracing::Instrument;
 
 use crate::damage::DamageReports;
 use crate::error::StoreError;
-use crate::store::{ShardCheck, ShardStore};
+use crate::store::{ShardCheck, ShardStore, Uploader};
 use dfs_core::shard_key::{split_key, KEY_LEN};
 
 /// Most shards one `ListShards` reply lists; a limit of 0 or more means this.
@@ -253,10 +254,27 @@ impl Chunks for ChunkService {
         request: Request<PutShardsRequest>,
     ) -> Result<Response<Empty>, Status> {
         let key = self.token_key(&request)?;
+        // A token lets a client store a chunk's shards, never replace
+        // stored ones with other bytes: a token granted before someone
+        // else's upload of the chunk must not overwrite it once committed.
+        let owner = dfs_core::tls::PeerInfo::owner_id(&request);
+        let client = key.is_some();
         let shards = request.into_inner().shards;
-        for shard in &shards {
-            check_token(key.as_ref(), ShardOp::Put, &shard.fingerprint, &shard.token)
-                .map_err(token_refused)?;
+        // Chunks whose leftovers (written before a time) a token lets this
+        // client replace: those of chunks dfs-meta found dead.
+        let mut dead_before: HashMap<Fingerprint, i64> = HashMap::new();
+        if let Some(checker) = &key {
+            for shard in &shards {
+                let before = checker
+                    .key
+                    .check_put(&shard.fingerprint, &shard.token, now_ns(), checker.skew_ns)
+                    .map_err(token_refused)?;
+                if before > 0 {
+                    let (fp, _) = parse_key(&shard.fingerprint, shard.index)?;
+                    let at = dead_before.entry(fp).or_default();
+                    *at = (*at).max(before);
+                }
+            }
         }
         let bytes: usize = shards.iter().map(|s| s.data.len()).sum();
         let span = tracing::info_span!("put_shards", shards = shards.len(), bytes);
@@ -282,7 +300,33 @@ impl Chunks for ChunkService {
                     .zip(payloads.iter())
                     .map(|((fp, index), data)| (fp, index, data.as_slice()))
                     .collect();
-                store.put_batch(&batch)
+                let uploader = if client {
+                    Uploader::Client {
+                        owner: &owner,
+                        dead_before: &dead_before,
+                    }
+                } else {
+                    Uploader::Cluster
+                };
+                let result = store.put_batch_with(&batch, uploader);
+                if let Err(StoreError::Exists { fingerprint, index }) = &result {
+                    // Who stored what this client would overwrite: one of
+                    // them is hostile (or two clients coded one chunk
+                    // differently); the operator decides which to revoke.
+                    let earlier = batch
+                        .iter()
+                        .find(|(fp, i, _)| i == index && fp.to_string() == *fingerprint)
+                        .and_then(|(fp, ..)| store.uploader(fp, *index).ok().flatten())
+                        .map_or_else(|| "the cluster".to_string(), hex::encode);
+                    tracing::warn!(
+                        %fingerprint,
+                        shard = index,
+                        client = %hex::encode(&owner),
+                        stored_by = %earlier,
+                        "refused a client's put over a stored shard with other bytes"
+                    );
+                }
+                result
             })
             .await?;
             Ok(Response::new(Empty {}))
@@ -392,8 +436,12 @@ impl Chunks for ChunkService {
                 keys.push(parse_key(&k.fingerprint, k.index)?);
             }
             let before = request.written_before_ns;
-            let (deleted, bytes) =
-                blocking(move || store.delete_written_before(&keys, before)).await?;
+            let uploaded_by = request.uploaded_by;
+            let (deleted, bytes) = blocking(move || {
+                let only = (!uploaded_by.is_empty()).then_some(uploaded_by.as_slice());
+                store.delete_written_before(&keys, before, only)
+            })
+            .await?;
             tracing::info!(deleted, bytes, "garbage shards deleted");
             Ok(Response::new(DeleteShardsReply { deleted, bytes }))
         }

@@ -30,6 +30,14 @@
 //! entries rather than whole shards. Shards are already
 //! compressed by the client, so RocksDB compression is off.
 //!
+//! # Uploaders
+//!
+//! A second column family, `owners`, maps a shard key to the owner id of
+//! the client certificate whose put stored it (absent for shards the
+//! cluster stored). A client may not replace a readable shard with other
+//! bytes ([`Uploader::Client`]); dfs-meta deletes one client's uploads of
+//! a chunk by this record when their entry proves bad (issue 19).
+//!
 //! # Durability
 //!
 //! Every write ([`ShardStore::put_batch`], [`ShardStore::delete`]) is one
@@ -75,6 +83,40 @@ use crate::volumes::{
 
 /// A put of fewer payload bytes keeps them inline (see `put_batch`).
 const MIN_VOLUME_BATCH: u64 = 64 * 1024;
+/// Who is putting shards, which decides what the put may replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uploader<'a> {
+    /// dfs-meta's repairs and conversions, a server's scrubber (or any
+    /// caller of a cluster without TLS): may replace anything, and what
+    /// it stores is nobody's upload.
+    Cluster,
+    /// A client with this certificate owner id (`ChunkRecord.owner`; may
+    /// be empty): may store new shards and the same bytes again, never
+    /// replace a readable shard with other bytes (issue 19), except the
+    /// leftovers of a dead chunk: shards of a fingerprint in `dead_before`
+    /// written before its time (what its put token allows). New shards are
+    /// recorded as its uploads, so dfs-meta can delete exactly them should
+    /// they prove not to be their chunk.
+    Client {
+        owner: &'a [u8],
+        dead_before: &'a HashMap<Fingerprint, i64>,
+    },
+}
+
+/// What a client's put finds under a key it may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Previous {
+    /// Nothing readable: the put stores a new shard.
+    Free,
+    /// The same bytes: stored again, keeping their uploader.
+    Kept,
+}
+
+/// The column family that names the client that uploaded a shard:
+/// key = shard key, value = the uploader's owner id. Shards stored by the
+/// cluster, or by a client without a certificate, have no entry.
+const OWNERS_CF: &str = "owners";
+
 /// Payloads one compaction step moves under the write lock.
 const COMPACTION_GROUP: usize = 256;
 /// The value format of a pointer to a payload in a volume file.
@@ -395,10 +437,12 @@ impl ShardStore {
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&table);
-        let db = DB::open(&opts, &path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            reason: e.into_string(),
-        })?;
+        opts.create_missing_column_families(true);
+        let db =
+            DB::open_cf(&opts, &path, ["default", OWNERS_CF]).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: e.into_string(),
+            })?;
 
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);
@@ -561,6 +605,20 @@ impl ShardStore {
     /// A key that already exists is overwritten; when a batch names one key
     /// twice, the last one wins.
     pub fn put_batch(&self, shards: &[(Fingerprint, u8, &[u8])]) -> Result<(), StoreError> {
+        self.put_batch_with(shards, Uploader::Cluster)
+    }
+
+    /// [`Self::put_batch`] by `uploader`. A client's put is refused whole,
+    /// with [`StoreError::Exists`], when it would replace a readable shard
+    /// with other bytes. Identical bytes are stored again, which moves the
+    /// shard's write time forward as garbage collection expects of an
+    /// upload, and leave the shard its first uploader's. A shard that fails
+    /// its checks may be replaced by anyone, and becomes the new uploader's.
+    pub fn put_batch_with(
+        &self,
+        shards: &[(Fingerprint, u8, &[u8])],
+        uploader: Uploader<'_>,
+    ) -> Result<(), StoreError> {
         let written_ns = dfs_core::time::now_ns();
         // The last payload for a key wins, as in one write batch.
         let payloads: BTreeMap<[u8; KEY_LEN], &[u8]> = shards
@@ -568,6 +626,25 @@ impl ShardStore {
             .map(|(fp, index, payload)| (shard_key(fp, *index), *payload))
             .collect();
         let _guard = self.lock_writes();
+        let owners = self.owners_cf()?;
+        let mut batch = WriteBatch::default();
+        for (key, payload) in &payloads {
+            match uploader {
+                Uploader::Cluster => batch.delete_cf(owners, key),
+                Uploader::Client { owner, dead_before } => {
+                    let (fp, _) = split_key(key);
+                    let replaceable = dead_before.get(&fp).copied().unwrap_or(0);
+                    if self.refuse_other_bytes(key, payload, replaceable)? == Previous::Kept {
+                        continue;
+                    }
+                    if owner.is_empty() {
+                        batch.delete_cf(owners, key);
+                    } else {
+                        batch.put_cf(owners, key, owner);
+                    }
+                }
+            }
+        }
         let mut change = UsageChange::default();
         for (key, payload) in &payloads {
             self.count_put(&mut change, key, payload.len() as u64)?;
@@ -589,7 +666,6 @@ impl ShardStore {
             .append(&large)
             .map_err(|e| volume_write_error(&e))?
             .into_iter();
-        let mut batch = WriteBatch::default();
         for (key, payload) in &payloads {
             if in_volume(payload) {
                 let (volume, offset) = placed.next().ok_or_else(|| {
@@ -612,6 +688,51 @@ impl ShardStore {
             .map_err(StoreError::from_db)?;
         self.apply_change(&change);
         Ok(())
+    }
+
+    /// Fails with [`StoreError::Exists`] when `key` holds a readable
+    /// payload other than `payload` written at or after
+    /// `replace_before_ns`; otherwise says whether the same bytes are kept
+    /// there or the key is free (absent, a dead chunk's leftover, or a
+    /// shard lost to damage). Called under the write lock, so no other put slips in
+    /// between this check and the write.
+    fn refuse_other_bytes(
+        &self,
+        key: &[u8; KEY_LEN],
+        payload: &[u8],
+        replace_before_ns: i64,
+    ) -> Result<Previous, StoreError> {
+        let Some(old) = self.db.get_pinned(key).map_err(StoreError::from_db)? else {
+            return Ok(Previous::Free);
+        };
+        match self.load(&old) {
+            Ok((stored, _)) if stored == payload => return Ok(Previous::Kept),
+            // A dead chunk's leftover, which garbage collection would delete.
+            Ok((_, written_ns)) if written_ns < replace_before_ns => return Ok(Previous::Free),
+            Ok(_) => {}
+            Err(_) => return Ok(Previous::Free),
+        }
+        let (fp, index) = split_key(key);
+        Err(StoreError::Exists {
+            fingerprint: fp.to_string(),
+            index,
+        })
+    }
+
+    fn owners_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(OWNERS_CF).ok_or_else(|| {
+            StoreError::io(
+                "shard store",
+                std::io::Error::other("the owners column family is missing"),
+            )
+        })
+    }
+
+    /// The owner id of the client that uploaded this shard, if a client did.
+    pub fn uploader(&self, fp: &Fingerprint, index: u8) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.owners_cf()?, shard_key(fp, index))
+            .map_err(StoreError::from_db)
     }
 
     /// Counts the payloads of replaced or deleted pointers as dead space
@@ -684,8 +805,11 @@ impl ShardStore {
         };
         let (len, pointer) = (payload_len(&old), Pointer::decode(&old));
         drop(old);
+        let mut batch = WriteBatch::default();
+        batch.delete(key);
+        batch.delete_cf(self.owners_cf()?, key);
         self.db
-            .delete_opt(key, &self.sync_write)
+            .write_opt(batch, &self.sync_write)
             .map_err(StoreError::from_db)?;
         self.note_dead(&Vec::from_iter(pointer));
         self.shard_count.fetch_sub(1, Ordering::Relaxed);
@@ -696,18 +820,27 @@ impl ShardStore {
     /// Deletes the given shards that were written before `before_ns`
     /// (version-1 shards count as written at 0), in one synced batch.
     /// Shards written since, by a client that uploaded the chunk again, are
-    /// kept. Returns how many shards and payload bytes went.
+    /// kept. With `uploaded_by`, only that client's uploads go. Returns how
+    /// many shards and payload bytes went.
     pub fn delete_written_before(
         &self,
         shards: &[(Fingerprint, u8)],
         before_ns: i64,
+        uploaded_by: Option<&[u8]>,
     ) -> Result<(u64, u64), StoreError> {
         let _guard = self.lock_writes();
+        let owners = self.owners_cf()?;
         let mut batch = WriteBatch::default();
         let (mut count, mut bytes) = (0u64, 0u64);
         let mut gone = Vec::new();
         for (fp, index) in shards {
             let key = shard_key(fp, *index);
+            if let Some(wanted) = uploaded_by {
+                let owner = self.db.get_cf(owners, key).map_err(StoreError::from_db)?;
+                if owner.as_deref() != Some(wanted) {
+                    continue;
+                }
+            }
             let Some(value) = self.db.get_pinned(key).map_err(StoreError::from_db)? else {
                 continue;
             };
@@ -724,6 +857,7 @@ impl ShardStore {
                 bytes += payload_len(&value);
                 gone.extend(pointer);
                 batch.delete(key);
+                batch.delete_cf(owners, key);
             }
         }
         if count > 0 {
@@ -1350,7 +1484,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         store.put_batch(&[(fp(2), 0, &[2u8; 50][..])]).expect("put");
         let (count, bytes) = store
-            .delete_written_before(&[(fp(1), 0), (fp(2), 0), (fp(3), 0)], cut)
+            .delete_written_before(&[(fp(1), 0), (fp(2), 0), (fp(3), 0)], cut, None)
             .expect("delete");
         assert_eq!((count, bytes), (1, 100));
         assert!(matches!(
@@ -1365,6 +1499,134 @@ mod tests {
                 shard_bytes: 50
             }
         );
+    }
+
+    #[test]
+    fn a_clients_put_never_replaces_a_readable_shard_with_other_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let none = HashMap::new();
+        let big = vec![7u8; 100_000];
+        store
+            .put_batch(&[(fp(1), 0, b"committed"), (fp(1), 1, &big)])
+            .expect("put");
+        let written = |index| {
+            let value = store
+                .raw_get_value(&fp(1), index)
+                .expect("raw")
+                .expect("stored");
+            decode_value_with_time(&value).map(|(_, t)| t).ok()
+        };
+        let before = written(0);
+        // The same bytes again: stored (the write time moves on).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        store
+            .put_batch_with(
+                &[(fp(1), 0, b"committed")],
+                Uploader::Client {
+                    owner: b"mallory",
+                    dead_before: &none,
+                },
+            )
+            .expect("identical bytes are welcome");
+        assert!(written(0) > before, "the write time moved forward");
+        assert_eq!(
+            store.uploader(&fp(1), 0).expect("uploader"),
+            None,
+            "the same bytes again do not make the shard the client's"
+        );
+        // Other bytes, inline or in a volume file: refused whole, nothing changed.
+        for (index, other) in [(0u8, &b"garbage!!"[..]), (1, &[8u8; 100_000][..])] {
+            let err = store
+                .put_batch_with(
+                    &[(fp(2), 0, b"new"), (fp(1), index, other)],
+                    Uploader::Client {
+                        owner: b"mallory",
+                        dead_before: &none,
+                    },
+                )
+                .expect_err("other bytes are refused");
+            assert!(matches!(err, StoreError::Exists { index: i, .. } if i == index));
+            assert_eq!(err.errno(), libc::EEXIST);
+        }
+        assert_eq!(store.get(&fp(1), 0).expect("get"), b"committed");
+        assert_eq!(store.get(&fp(1), 1).expect("get"), big);
+        assert!(matches!(
+            store.get(&fp(2), 0),
+            Err(StoreError::NotFound { .. })
+        ));
+        // A corrupt shard is lost anyway: a client's upload heals it.
+        let mut value = store
+            .raw_get_value(&fp(1), 0)
+            .expect("raw")
+            .expect("stored");
+        let last = value.len() - 1;
+        value[last] ^= 0xff;
+        store.raw_put_value(&fp(1), 0, &value).expect("corrupt it");
+        store
+            .put_batch_with(
+                &[(fp(1), 0, b"healed")],
+                Uploader::Client {
+                    owner: b"alice",
+                    dead_before: &none,
+                },
+            )
+            .expect("a corrupt shard may be replaced");
+        assert_eq!(store.get(&fp(1), 0).expect("get"), b"healed");
+        assert_eq!(
+            store.uploader(&fp(1), 0).expect("uploader"),
+            Some(b"alice".to_vec())
+        );
+        // dfs-meta and servers may replace anything; what they store is
+        // nobody's upload.
+        store.put_batch(&[(fp(1), 0, b"rebuilt")]).expect("put");
+        assert_eq!(store.get(&fp(1), 0).expect("get"), b"rebuilt");
+        assert_eq!(store.uploader(&fp(1), 0).expect("uploader"), None);
+        // Deleting one client's uploads leaves everyone else's.
+        store
+            .put_batch_with(
+                &[(fp(3), 0, b"m0"), (fp(3), 1, b"m1")],
+                Uploader::Client {
+                    owner: b"mallory",
+                    dead_before: &none,
+                },
+            )
+            .expect("put");
+        store
+            .put_batch_with(
+                &[(fp(3), 2, b"a2")],
+                Uploader::Client {
+                    owner: b"alice",
+                    dead_before: &none,
+                },
+            )
+            .expect("put");
+        let all = [(fp(3), 0), (fp(3), 1), (fp(3), 2), (fp(1), 0)];
+        let (count, bytes) = store
+            .delete_written_before(&all, i64::MAX, Some(b"mallory"))
+            .expect("delete");
+        assert_eq!((count, bytes), (2, 4));
+        assert_eq!(store.uploader(&fp(3), 0).expect("uploader"), None);
+        assert_eq!(store.get(&fp(3), 2).expect("get"), b"a2");
+        assert_eq!(store.get(&fp(1), 0).expect("get"), b"rebuilt");
+        // A dead chunk's leftovers, written before the time its token
+        // names, may be replaced; what was written since may not.
+        let dead_since = dfs_core::time::now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        store.put_batch(&[(fp(4), 1, b"revived")]).expect("put");
+        let dead: HashMap<Fingerprint, i64> = [(fp(1), dead_since), (fp(4), dead_since)].into();
+        let over = Uploader::Client {
+            owner: b"bob",
+            dead_before: &dead,
+        };
+        store
+            .put_batch_with(&[(fp(1), 0, b"recoded")], over)
+            .expect("a dead chunk's leftover is replaced");
+        assert_eq!(store.get(&fp(1), 0).expect("get"), b"recoded");
+        assert!(matches!(
+            store.put_batch_with(&[(fp(4), 1, b"garbage")], over),
+            Err(StoreError::Exists { .. })
+        ));
     }
 
     #[test]

@@ -461,7 +461,21 @@ impl PeerInfo {
     pub fn of<T>(request: &tonic::Request<T>) -> Option<&PeerInfo> {
         request.extensions().get::<PeerInfo>()
     }
+
+    /// The caller's owner id: the first [`OWNER_ID_LEN`] bytes of its key
+    /// id, telling identities apart (the certificate proved which one).
+    /// What dfs-meta keeps in `ChunkRecord.owner` and chunk servers beside
+    /// a client's uploads. Empty without a certificate.
+    pub fn owner_id<T>(request: &tonic::Request<T>) -> Vec<u8> {
+        Self::of(request)
+            .and_then(|peer| peer.key_id)
+            .map(|id| id[..OWNER_ID_LEN].to_vec())
+            .unwrap_or_default()
+    }
 }
+
+/// Bytes of [`PeerInfo::owner_id`].
+pub const OWNER_ID_LEN: usize = 16;
 
 /// A connection, encrypted or not.
 pub enum Conn {

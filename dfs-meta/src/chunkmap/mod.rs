@@ -12,6 +12,7 @@ use dfs_proto::{
     FileKind, GcMarkReply, InodeRecord, MappedChunk, Standing, StatsReply,
 };
 use prost::Message;
+use std::collections::HashSet;
 
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::inline;
@@ -210,6 +211,22 @@ pub fn commit(
     now_ns: i64,
     owner: &[u8],
 ) -> Result<InodeRecord> {
+    commit_checked(txn, req, now_ns, owner, &HashSet::new())
+}
+
+/// [`commit`], where `checked` names the chunks whose uploads in `req`
+/// the caller read back and found to be their chunk. An upload that is to
+/// replace an entry found not to be its chunk (`Standing::Failed`) must be
+/// among them: dfs-meta deleted that entry's shards by their uploader, and
+/// some of them may be keys this upload found holding the same bytes and
+/// so left as they were (see `ShardStore::put_batch_with`).
+pub fn commit_checked(
+    txn: &mut dyn KvTxn,
+    req: &CommitChunksRequest,
+    now_ns: i64,
+    owner: &[u8],
+    checked: &HashSet<Vec<u8>>,
+) -> Result<InodeRecord> {
     validate(req)?;
     let mut inode = get_inode(txn, req.ino)?;
     match inode.kind() {
@@ -234,8 +251,14 @@ pub fn commit(
         .collect();
     let mut missing = Vec::new();
     let mut unchecked = Vec::new();
+    let mut replacing_failed = Vec::new();
     for (c, &standing) in req.chunks.iter().zip(&standing) {
         match (standing, &c.uploaded) {
+            (Standing::Failed, Some(up))
+                if !up.is_inline() && !checked.contains(&c.fingerprint) =>
+            {
+                replacing_failed.push(c.fingerprint.clone())
+            }
             (Standing::Usable, _) | (Standing::Absent | Standing::Failed, Some(_)) => {}
             (Standing::Unchecked, Some(_)) => unchecked.push(c.fingerprint.clone()),
             (_, None) => missing.push(c.fingerprint.clone()),
@@ -245,6 +268,11 @@ pub fn commit(
         unchecked.sort();
         unchecked.dedup();
         return Err(MetaError::Unchecked(unchecked));
+    }
+    if !replacing_failed.is_empty() {
+        replacing_failed.sort();
+        replacing_failed.dedup();
+        return Err(MetaError::ReplacesFailed(replacing_failed));
     }
     if !missing.is_empty() {
         missing.sort();
@@ -321,7 +349,7 @@ pub fn commit(
                     dead_since_ns: 0,
                     owner: owner.to_vec(),
                     // Inline bytes were checked against the fingerprint.
-                    verified: up.is_inline(),
+                    verified: up.is_inline() || checked.contains(&c.fingerprint),
                     verification_failed: false,
                     ..up.clone()
                 };
@@ -490,6 +518,31 @@ pub fn lookup_chunks(
         .into_iter()
         .map(|rec| rec.filter(|r| r.state() == ChunkState::Live))
         .collect())
+}
+
+/// [`lookup_chunks`], and for each fingerprint whose entry is dead, when
+/// it was declared dead (0 for the others): its leftover shards, written
+/// before then, are garbage a new upload may replace.
+pub fn lookup_chunks_and_deaths(
+    txn: &mut dyn KvTxn,
+    fingerprints: &[Vec<u8>],
+) -> Result<(Vec<Option<ChunkRecord>>, Vec<i64>)> {
+    let hash_keys: Vec<Vec<u8>> = fingerprints.iter().map(|fp| keys::hash(fp)).collect();
+    let mut live = Vec::with_capacity(fingerprints.len());
+    let mut dead_since = Vec::with_capacity(fingerprints.len());
+    for rec in get_records::<ChunkRecord>(txn, &hash_keys)? {
+        match rec {
+            Some(r) if r.state() == ChunkState::Dead => {
+                dead_since.push(r.dead_since_ns);
+                live.push(None);
+            }
+            other => {
+                dead_since.push(0);
+                live.push(other);
+            }
+        }
+    }
+    Ok((live, dead_since))
 }
 
 /// Inline bytes after which a chunk-map page ends.

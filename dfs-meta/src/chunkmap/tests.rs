@@ -119,13 +119,21 @@ fn only_the_uploader_dedups_against_an_unchecked_entry() {
         Ok(())
     });
     assert_eq!(entry().standing_for(&mallory), Standing::Failed);
-    run(&store, |t| commit(t, &upload, 2, &victim));
+    // Not before dfs-meta has read the upload back (its keys may have
+    // held the bad entry's shards, now deleted)...
+    assert!(matches!(
+        transact(&store, |t| commit(t, &upload, 2, &victim)),
+        Err(MetaError::ReplacesFailed(f)) if f == vec![fp.clone()]
+    ));
+    let checked: HashSet<Vec<u8>> = [fp.clone()].into();
+    run(&store, |t| commit_checked(t, &upload, 2, &victim, &checked));
     let now = entry();
     assert_eq!(
         (now.owner.clone(), now.shard_servers.clone()),
         (victim.clone(), vec![3, 4])
     );
-    assert!(!now.verified && !now.verification_failed);
+    // ...which makes it checked for everyone.
+    assert!(now.verified && !now.verification_failed);
     let refs = run(&store, |t| Ok(t.get(&keys::refs(&fp))?));
     assert_eq!(decode_counter(refs.as_deref()), 2);
     // Checked good, anyone dedups against it.

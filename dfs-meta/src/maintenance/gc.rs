@@ -125,6 +125,7 @@ impl Maintenance {
                             .delete_shards(DeleteShardsRequest {
                                 shards,
                                 written_before_ns: before,
+                                uploaded_by: Vec::new(),
                             })
                             .await
                             .map(|r| r.into_inner())
@@ -250,6 +251,7 @@ impl Maintenance {
                     .delete_shards(DeleteShardsRequest {
                         shards: orphans,
                         written_before_ns: cut,
+                        uploaded_by: Vec::new(),
                     })
                     .await
                     .map_err(|e| e.message().to_string())?

@@ -95,6 +95,13 @@ pub struct Maintenance {
 const MAX_REPORTED: usize = 100_000;
 
 impl Maintenance {
+    /// The allowed difference between dfs-meta's and chunk servers' clocks.
+    pub fn clock_skew_ns(&self) -> i64 {
+        i64::try_from(self.config.clock_skew.as_nanos()).unwrap_or(i64::MAX)
+    }
+}
+
+impl Maintenance {
     pub fn new(
         store: Arc<dyn MetaStore>,
         liveness: Liveness,

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use dfs_core::erasure;
 use dfs_core::fingerprint::Fingerprint;
-use dfs_proto::{ChunkRecord, ChunkState};
+use dfs_proto::{ChunkRecord, ChunkState, DeleteShardsRequest, ShardKey};
 
 use super::repair::ServerView;
 use super::Maintenance;
@@ -150,26 +150,87 @@ impl Maintenance {
         if decided.is_empty() {
             return Ok(good);
         }
-        self.txn("verify_record", move |t| {
-            for (fp, expected, is_good) in &decided {
-                let key = keys::hash(fp.as_bytes());
-                let Some(mut current) = get_record::<ChunkRecord>(t, &key)? else {
-                    continue;
-                };
-                if current.state() != ChunkState::Live || !same_entry(&current, expected) {
-                    continue;
+        let failed: Vec<(Fingerprint, ChunkRecord)> = self
+            .txn("verify_record", move |t| {
+                let mut failed = Vec::new();
+                for (fp, expected, is_good) in &decided {
+                    let key = keys::hash(fp.as_bytes());
+                    let Some(mut current) = get_record::<ChunkRecord>(t, &key)? else {
+                        continue;
+                    };
+                    if current.state() != ChunkState::Live || !same_entry(&current, expected) {
+                        continue;
+                    }
+                    if *is_good {
+                        current.verified = true;
+                    } else {
+                        current.verification_failed = true;
+                        failed.push((*fp, current.clone()));
+                    }
+                    put_record(t, &key, &current);
                 }
-                if *is_good {
-                    current.verified = true;
-                } else {
-                    current.verification_failed = true;
-                }
-                put_record(t, &key, &current);
-            }
-            Ok(())
-        })
-        .await?;
+                Ok(failed)
+            })
+            .await?;
+        for (fp, rec) in failed {
+            self.delete_uploads_of(&fp, &rec).await;
+        }
         Ok(good)
+    }
+
+    /// Deletes what the uploader of an entry found not to be its chunk
+    /// stored under its fingerprint: every shard index, on every server
+    /// that is up (chunk servers keep who uploaded what). A client may
+    /// never replace a stored shard with other bytes, so without this the
+    /// next writer of the chunk could not store it where its garbage lies;
+    /// shards anyone else stored stay. Best effort: what a server that is
+    /// down keeps is an orphan for the sweep.
+    async fn delete_uploads_of(&self, fp: &Fingerprint, rec: &ChunkRecord) {
+        if rec.owner.is_empty() {
+            return;
+        }
+        let view = match self.view().await {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!(chunk = %fp, error = %e, "cannot delete a bad entry's uploads");
+                return;
+            }
+        };
+        let every_index: Vec<ShardKey> = (0..=u32::from(u8::MAX))
+            .map(|index| ShardKey {
+                token: Vec::new(),
+                fingerprint: fp.to_vec(),
+                index,
+            })
+            .collect();
+        let before = dfs_core::time::now_ns();
+        let up: Vec<u32> = view.up_servers().map(|(id, _)| id).collect();
+        for server in up {
+            let Some(address) = view.address(server) else {
+                continue;
+            };
+            let shards = every_index.clone();
+            let deleted = match self.pool.client(server, address) {
+                Err(e) => Err(e.to_string()),
+                Ok(mut client) => client
+                    .delete_shards(DeleteShardsRequest {
+                        shards,
+                        written_before_ns: before,
+                        uploaded_by: rec.owner.clone(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().deleted)
+                    .map_err(|e| e.message().to_string()),
+            };
+            match deleted {
+                Ok(n) => {
+                    tracing::info!(chunk = %fp, server_id = server, shards = n, owner = %hex(&rec.owner), "deleted a bad entry's uploads")
+                }
+                Err(e) => {
+                    tracing::warn!(chunk = %fp, server_id = server, error = %e, "cannot delete a bad entry's uploads")
+                }
+            }
+        }
     }
 }
 

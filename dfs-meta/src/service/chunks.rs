@@ -2,6 +2,7 @@
 //! uploads (`ChunkRecord.owner`), with other identities' unchecked uploads
 //! checked through `maintenance::verify` before anyone else relies on them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use dfs_core::fingerprint::Fingerprint;
@@ -15,22 +16,15 @@ use super::{at_most, to_response, Access, MetaService, INLINE_VERIFY_IN_PLACE};
 use crate::chunkmap;
 use crate::confine::Scope;
 use crate::error::MetaError;
+use crate::maintenance::verify::Verdict;
 use crate::registry;
 use dfs_core::shard_token::ShardOp;
 use dfs_core::time::now_ns;
 use dfs_proto::{MappedChunk, PutGrant};
 
-/// Bytes of the uploader's public key id kept in `ChunkRecord.owner`:
-/// telling identities apart, not proving one (the certificate did that).
-const OWNER_BYTES: usize = 16;
-
-/// Who is writing, for `ChunkRecord.owner`: the start of the key id of the
-/// caller's certificate (empty: no certificate, plaintext or in-process).
+/// Who is writing, for `ChunkRecord.owner` (see `PeerInfo::owner_id`).
 pub(super) fn owner_of<T>(request: &Request<T>) -> Vec<u8> {
-    dfs_core::tls::PeerInfo::of(request)
-        .and_then(|peer| peer.key_id)
-        .map(|id| id[..OWNER_BYTES].to_vec())
-        .unwrap_or_default()
+    dfs_core::tls::PeerInfo::owner_id(request)
 }
 
 /// How long a shard token stays good: a chunk map (or an upload) older
@@ -105,10 +99,10 @@ impl MetaService {
     ) -> Result<Response<LookupChunksReply>, Status> {
         let fingerprints = Arc::new(r.fingerprints);
         at_most("fingerprints per LookupChunks", fingerprints.len())?;
-        let found = {
+        let (found, dead_since) = {
             let fingerprints = fingerprints.clone();
             self.read("lookup_chunks", move |t, _| {
-                chunkmap::lookup_chunks(t, &fingerprints)
+                chunkmap::lookup_chunks_and_deaths(t, &fingerprints)
             })
             .await?
             .into_inner()
@@ -140,18 +134,28 @@ impl MetaService {
         let grants = if signs && known.iter().any(|k| !k) {
             let servers = self.token_servers().await?;
             let expires = now_ns().saturating_add(self.token_lifetime_ns);
+            let skew_ns = self.maintenance.clock_skew_ns();
             fingerprints
                 .iter()
                 .zip(&known)
-                .map(|(fp, &known)| {
+                .zip(&dead_since)
+                .map(|((fp, &known), &dead_since)| {
                     if known {
                         return PutGrant::default();
                     }
+                    // A dead chunk's shards stay until garbage collection
+                    // deletes them; an upload coded otherwise (another
+                    // codec) may replace them, as that deletion would.
+                    let replace_before = if dead_since > 0 {
+                        dead_since.saturating_sub(skew_ns).max(1)
+                    } else {
+                        0
+                    };
                     PutGrant {
                         servers: servers.to_vec(),
                         tokens: servers
                             .iter()
-                            .map(|&id| self.tokens.sign(id, ShardOp::Put, fp, expires))
+                            .map(|&id| self.tokens.sign_put(id, fp, expires, replace_before))
                             .collect(),
                     }
                 })
@@ -191,23 +195,25 @@ impl MetaService {
             Err(e) => return to_response("commit", Err(e)),
         };
         let subtree: Option<Arc<str>> = subtree.map(Arc::from);
-        let commit = |r: Arc<CommitChunksRequest>, owner: Arc<Vec<u8>>| {
-            let subtree = subtree.clone();
-            self.execute_raw("commit", Access::ReadWrite, move |t, now| {
-                let scope = Scope::resolve(t, subtree.as_deref())?;
-                // The root a confined caller names is the subtree's
-                // directory, which has no chunk map either.
-                if scope.ino(t, r.ino)? != r.ino {
-                    return Err(MetaError::IsDir);
-                }
-                let mut inode = chunkmap::commit(t, &r, now, &owner)?;
-                scope.show(&mut inode);
-                Ok(inode)
-            })
-            .instrument(span.clone())
-        };
+        let commit =
+            |r: Arc<CommitChunksRequest>, owner: Arc<Vec<u8>>, checked: Arc<HashSet<Vec<u8>>>| {
+                let subtree = subtree.clone();
+                self.execute_raw("commit", Access::ReadWrite, move |t, now| {
+                    let scope = Scope::resolve(t, subtree.as_deref())?;
+                    // The root a confined caller names is the subtree's
+                    // directory, which has no chunk map either.
+                    if scope.ino(t, r.ino)? != r.ino {
+                        return Err(MetaError::IsDir);
+                    }
+                    let mut inode = chunkmap::commit_checked(t, &r, now, &owner, &checked)?;
+                    scope.show(&mut inode);
+                    Ok(inode)
+                })
+                .instrument(span.clone())
+            };
         let owner = Arc::new(owner);
-        let mut result = commit(r.clone(), owner.clone()).await?;
+        let mut checked = Arc::new(HashSet::new());
+        let mut result = commit(r.clone(), owner.clone(), checked.clone()).await?;
         if let Err(MetaError::Unchecked(fingerprints)) = &result {
             // Entries another identity uploaded: check them (this commit
             // then uses the good ones and replaces the bad) and commit again.
@@ -223,7 +229,18 @@ impl MetaService {
             };
             self.check_foreign_uploads(&owner, &fingerprints, &found)
                 .await;
-            result = commit(r, owner).await?;
+            result = commit(r.clone(), owner.clone(), checked.clone()).await?;
+        }
+        if let Err(MetaError::ReplacesFailed(fingerprints)) = &result {
+            // This commit's uploads replace entries found bad, whose shards
+            // dfs-meta deleted by uploader: read them back before they
+            // become the entries. Those not whole are uploaded again.
+            let (good, lost) = self.check_replacements(&r, fingerprints).await;
+            if !lost.is_empty() {
+                return to_response("commit", Err(MetaError::MissingChunks(lost)));
+            }
+            checked = Arc::new(good);
+            result = commit(r, owner, checked).await?;
         }
         let reply = to_response("commit", result)?;
         if truncate {
@@ -231,6 +248,36 @@ impl MetaService {
             self.purge_wake.notify_one();
         }
         Ok(reply)
+    }
+
+    /// Reads back this commit's uploads of `fingerprints`: returns those
+    /// found to be their chunks, and those that are not (or cannot be
+    /// told now), which the client must upload again.
+    async fn check_replacements(
+        &self,
+        r: &CommitChunksRequest,
+        fingerprints: &[Vec<u8>],
+    ) -> (HashSet<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut good = HashSet::new();
+        let mut lost = Vec::new();
+        for fp in fingerprints {
+            let upload = r
+                .chunks
+                .iter()
+                .find(|c| &c.fingerprint == fp)
+                .and_then(|c| c.uploaded.clone());
+            let verdict = match (Fingerprint::from_slice(fp), upload) {
+                (Ok(parsed), Some(rec)) => self.maintenance.verify_chunk(&parsed, &rec).await,
+                _ => Verdict::Bad("no upload in the request".into()),
+            };
+            if verdict == Verdict::Good {
+                good.insert(fp.clone());
+            } else {
+                tracing::info!(chunk = %hex::encode(fp), ?verdict, "an upload replacing a bad entry is not whole; asking for it again");
+                lost.push(fp.clone());
+            }
+        }
+        (good, lost)
     }
 
     /// Checks the entries among `found` (the index entries of
