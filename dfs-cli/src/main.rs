@@ -79,6 +79,9 @@ enum Command {
     /// The cluster's certificate authority: make it, issue certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Every Prometheus metric dfs processes export (with `--metrics`
+    /// ADDR, or the mount's `-o metrics=ADDR`), as a Markdown table.
+    Metrics,
     /// Chunk servers with their state and usage.
     Status {
         /// HOST:PORT of a metadata server.
@@ -226,6 +229,7 @@ fn state_name(s: ServerState) -> &'static str {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ca(command) => ca::run(command)?,
+        Command::Metrics => print!("{}", dfs_core::telemetry::catalog::markdown()),
         Command::Stats { meta, json } => {
             let s = connect(&meta, &cli.tls)
                 .await?

@@ -18,6 +18,7 @@ pub mod shard_key;
 pub mod shard_token;
 pub mod shutdown;
 pub mod size;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod xorshift;

@@ -69,6 +69,9 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
     service.start_background();
+    if dfs_core::telemetry::enabled() {
+        tokio::spawn(service.clone().publish_gauges());
+    }
     println!("dfs-meta listening on {bound}");
     tracing::info!(%bound, "metadata server up");
     // Connections come handshaken (TLS unless --plaintext) and with
@@ -78,6 +81,7 @@ pub async fn serve(
         .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
         .max_concurrent_streams(dfs_core::rpc::MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(dfs_core::rpc::MAX_HEADER_LIST_BYTES)
+        .layer(dfs_core::telemetry::RpcMetricsLayer)
         .layer(dfs_core::tls::AuthorizeLayer)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -63,6 +63,8 @@ struct Args {
     inject_unknown_commit_every: u64,
     #[command(flatten)]
     tls: dfs_core::tls::TlsArgs,
+    #[command(flatten)]
+    metrics: dfs_core::telemetry::MetricsArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +120,11 @@ fn main() -> anyhow::Result<()> {
     .with_token_lifetime(Duration::from_secs(args.token_lifetime));
     tracing::info!(listen = %args.listen, store = %args.store, backend = service_store_name, transport = security.describe(), "dfs-meta serving");
     let runtime = tokio::runtime::Runtime::new()?;
+    if let Some(addr) = args.metrics.metrics {
+        let bound = runtime.block_on(dfs_core::telemetry::serve(addr, "dfs-meta"))?;
+        // Tests and scripts read where the metrics are from this line.
+        println!("dfs-meta metrics on {bound}");
+    }
     let served = runtime.block_on(async {
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
         // Installed before the ready line: a SIGTERM right after it stops

@@ -94,6 +94,8 @@ pub struct MountOptions {
     pub tls_dir: Option<PathBuf>,
     /// `plaintext`: no TLS to the cluster (an explicit, logged opt-out).
     pub plaintext: bool,
+    /// `metrics=ADDR`: serve Prometheus metrics on http://ADDR/metrics.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for MountOptions {
@@ -118,6 +120,7 @@ impl Default for MountOptions {
             retry_for: Duration::from_secs(30),
             tls_dir: None,
             plaintext: false,
+            metrics: None,
         }
     }
 }
@@ -237,6 +240,12 @@ impl MountOptions {
                 "log" => self.log = Some(PathBuf::from(need(value)?)),
                 "tls" => self.tls_dir = Some(PathBuf::from(need(value)?)),
                 "plaintext" => self.plaintext = true,
+                "metrics" => {
+                    let addr = need(value)?;
+                    self.metrics = Some(addr.parse().map_err(|_| {
+                        format!("metrics=`{addr}`: expected an address like 127.0.0.1:9101")
+                    })?)
+                }
                 other => return Err(format!("unknown mount option `{other}`")),
             }
         }
@@ -279,6 +288,13 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
         assert!(MountOptions::default().apply("consistency=maybe").is_err());
         assert!(MountOptions::default().apply("cache_size").is_err());
+        let mut o = MountOptions::default();
+        o.apply("metrics=127.0.0.1:9102").expect("valid");
+        assert_eq!(o.metrics, Some("127.0.0.1:9102".parse().expect("addr")));
+        let err = MountOptions::default()
+            .apply("metrics=somewhere")
+            .expect_err("not an address");
+        assert!(err.contains("metrics=`somewhere`"), "{err}");
     }
 
     #[test]

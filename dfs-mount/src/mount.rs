@@ -173,6 +173,12 @@ pub fn run(req: MountRequest, ready: impl FnOnce(Result<(), String>)) -> anyhow:
         .enable_all()
         .thread_name("dfs-io")
         .build()?;
+    if let Some(addr) = req.options.metrics {
+        if let Err(e) = runtime.block_on(dfs_core::telemetry::serve(addr, "dfs-mount")) {
+            ready(Err(e.to_string()));
+            bail!(e);
+        }
+    }
     let (dfs, embedded) = match runtime.block_on(connect(&req)) {
         Ok(v) => v,
         Err(e) => {

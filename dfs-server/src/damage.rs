@@ -25,6 +25,7 @@ pub struct DamageReports(Option<mpsc::Sender<ShardKey>>);
 
 impl DamageReports {
     pub fn found(&self, fingerprint: &[u8], index: u8) {
+        metrics::counter!(dfs_core::telemetry::catalog::SERVER_CORRUPT_SHARDS).increment(1);
         if let Some(tx) = &self.0 {
             let _ = tx.try_send(ShardKey {
                 fingerprint: fingerprint.to_vec(),

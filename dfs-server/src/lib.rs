@@ -210,6 +210,9 @@ impl BoundServer {
         background.push(tokio::spawn(compact_volumes_periodically(Arc::clone(
             &self.store,
         ))));
+        if dfs_core::telemetry::enabled() {
+            background.push(tokio::spawn(publish_store_gauges(Arc::clone(&self.store))));
+        }
 
         // Handshaken connections (TLS unless --plaintext), with
         // TCP_NODELAY; every request checked against the caller's role.
@@ -218,6 +221,7 @@ impl BoundServer {
             .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
             .max_concurrent_streams(dfs_core::rpc::MAX_CONCURRENT_STREAMS)
             .http2_max_header_list_size(dfs_core::rpc::MAX_HEADER_LIST_BYTES)
+            .layer(dfs_core::telemetry::RpcMetricsLayer)
             .layer(dfs_core::tls::AuthorizeLayer)
             .add_service(service::chunk_service_server(service))
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -299,6 +303,27 @@ fn announce(addr: SocketAddr) {
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 /// A closed volume is compacted once this fraction of it is deleted shards.
 const COMPACTION_DEAD_FRACTION: f64 = 0.5;
+
+/// The store's figures as Prometheus gauges, every few seconds (issue 20).
+async fn publish_store_gauges(store: Arc<ShardStore>) {
+    use dfs_core::telemetry::catalog::{
+        SERVER_DISK_FREE_BYTES, SERVER_DISK_TOTAL_BYTES, SERVER_SHARDS, SERVER_SHARD_BYTES,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let usage = store.usage();
+        metrics::gauge!(SERVER_SHARDS).set(usage.shard_count as f64);
+        metrics::gauge!(SERVER_SHARD_BYTES).set(usage.shard_bytes as f64);
+        let store = Arc::clone(&store);
+        // statvfs: off the async threads.
+        if let Ok(Ok(capacity)) = tokio::task::spawn_blocking(move || store.capacity()).await {
+            metrics::gauge!(SERVER_DISK_TOTAL_BYTES).set(capacity.total_bytes as f64);
+            metrics::gauge!(SERVER_DISK_FREE_BYTES)
+                .set(capacity.total_bytes.saturating_sub(capacity.used_bytes) as f64);
+        }
+    }
+}
 
 /// Reclaims the space of deleted shards in volume files, in the background.
 async fn compact_volumes_periodically(store: Arc<ShardStore>) {

@@ -78,6 +78,8 @@ struct Cli {
     token_clock_skew: u64,
     #[command(flatten, next_help_heading = "Security")]
     tls: dfs_core::tls::TlsArgs,
+    #[command(flatten)]
+    metrics: dfs_core::telemetry::MetricsArgs,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -133,6 +135,16 @@ fn main() -> ExitCode {
         let _in_runtime = runtime.enter();
         dfs_core::shutdown::shutdown_signal()
     };
+    if let Some(addr) = cli.metrics.metrics {
+        match runtime.block_on(dfs_core::telemetry::serve(addr, "dfs-server")) {
+            // Tests and scripts read where the metrics are from this line.
+            Ok(bound) => println!("dfs-server metrics on {bound}"),
+            Err(e) => {
+                eprintln!("dfs-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match runtime.block_on(dfs_server::run(cli.into(), security, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -152,6 +152,8 @@ impl Scrubber {
                 if let Some(reason) = &shard.corrupt {
                     pass.bad += 1;
                     self.stats.bad_found += 1;
+                    metrics::counter!(dfs_core::telemetry::catalog::SERVER_CORRUPT_SHARDS)
+                        .increment(1);
                     tracing::warn!(
                         fingerprint = %shard.fingerprint,
                         shard = shard.index,

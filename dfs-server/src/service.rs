@@ -25,6 +25,7 @@ use crate::damage::DamageReports;
 use crate::error::StoreError;
 use crate::store::{ShardCheck, ShardStore, Uploader};
 use dfs_core::shard_key::{split_key, KEY_LEN};
+use dfs_core::telemetry::catalog::{SERVER_SHARDS_PUT, SERVER_SHARDS_READ, SERVER_SHARD_BYTES_PUT};
 
 /// Most shards one `ListShards` reply lists; a limit of 0 or more means this.
 /// Keeps a reply well under the message limit and one request from holding
@@ -277,7 +278,8 @@ impl Chunks for ChunkService {
             }
         }
         let bytes: usize = shards.iter().map(|s| s.data.len()).sum();
-        let span = tracing::info_span!("put_shards", shards = shards.len(), bytes);
+        let count = shards.len();
+        let span = tracing::info_span!("put_shards", shards = count, bytes);
         let store = Arc::clone(&self.store);
         async move {
             let mut keys = Vec::with_capacity(shards.len());
@@ -329,6 +331,8 @@ impl Chunks for ChunkService {
                 result
             })
             .await?;
+            metrics::counter!(SERVER_SHARDS_PUT).increment(count as u64);
+            metrics::counter!(SERVER_SHARD_BYTES_PUT).increment(bytes as u64);
             Ok(Response::new(Empty {}))
         }
         .instrument(span)
@@ -362,6 +366,7 @@ impl Chunks for ChunkService {
             })
             .await?;
             tracing::debug!(len = data.len(), "get shard");
+            metrics::counter!(SERVER_SHARDS_READ).increment(1);
             Ok(Response::new(GetShardReply { data }))
         }
         .instrument(span)
@@ -410,6 +415,8 @@ impl Chunks for ChunkService {
                     .collect::<Vec<_>>())
             })
             .await?;
+            let read = shards.iter().filter(|s| s.errno == 0).count();
+            metrics::counter!(SERVER_SHARDS_READ).increment(read as u64);
             Ok(Response::new(GetShardsReply { shards }))
         }
         .instrument(span)

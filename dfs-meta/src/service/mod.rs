@@ -21,6 +21,7 @@ use crate::store::{read_only, transact, KvTxn, MetaStore, StoreError};
 use crate::{caps, chunkmap, confine, inodes, locks, namespace, registry, xattrs};
 
 mod chunks;
+mod gauges;
 mod transactions;
 use chunks::owner_of;
 use transactions::{changed_if_dir, gone, to_response, with_changed_dirs, Access};

@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dfs_core::error::DfsError;
+use dfs_core::telemetry::catalog::{
+    FUSE_DURATION, FUSE_ERRORS, FUSE_OPERATIONS, FUSE_READ_BYTES, FUSE_WRITTEN_BYTES,
+};
+use dfs_core::telemetry::errno_name;
 use dfs_proto::{CreateRequest, FileKind, InodeRecord, RenameRequest, SetAttrRequest};
 use fuser::{
     BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -46,8 +50,44 @@ pub struct DfsFuse {
 
 /// The span every kernel request runs in: which request, on which inode,
 /// from which process.
-fn op_span(op: &'static str, req: &Request, ino: u64) -> tracing::Span {
-    tracing::debug_span!("fuse", op, req = req.unique().0, ino, pid = req.pid())
+fn op_span(op: &'static str, req: &Request, ino: u64) -> OpSpan {
+    OpSpan {
+        span: tracing::debug_span!("fuse", op, req = req.unique().0, ino, pid = req.pid()),
+        op,
+    }
+}
+
+/// A kernel request's span, and, while metrics are on, its count and
+/// latency (recorded when the request's guard drops, after the reply).
+struct OpSpan {
+    span: tracing::Span,
+    op: &'static str,
+}
+
+impl OpSpan {
+    fn entered(self) -> OpGuard {
+        OpGuard {
+            started: dfs_core::telemetry::enabled().then(std::time::Instant::now),
+            op: self.op,
+            _span: self.span.entered(),
+        }
+    }
+}
+
+struct OpGuard {
+    started: Option<std::time::Instant>,
+    op: &'static str,
+    _span: tracing::span::EnteredSpan,
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        if let Some(started) = self.started {
+            metrics::counter!(FUSE_OPERATIONS, "op" => self.op).increment(1);
+            metrics::histogram!(FUSE_DURATION, "op" => self.op)
+                .record(started.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// The one place a `DfsError` becomes an errno: logs at a level that
@@ -66,6 +106,7 @@ fn fail(op: &'static str, ino: u64, e: &DfsError) -> Errno {
         libc::EIO => tracing::error!(op, ino, error = %e.message, "fuse request failed with EIO"),
         _ => tracing::warn!(op, ino, errno = e.errno, error = %e.message, "fuse request failed"),
     }
+    metrics::counter!(FUSE_ERRORS, "op" => op, "errno" => errno_name(e.errno)).increment(1);
     Errno::from_i32(e.errno)
 }
 
@@ -550,7 +591,10 @@ impl Filesystem for DfsFuse {
     ) {
         let _span = op_span("read", req, ino.0).entered();
         match self.rt.block_on(self.core.read(fh.0, offset, size)) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                metrics::counter!(FUSE_READ_BYTES).increment(data.len() as u64);
+                reply.data(&data)
+            }
             Err(e) => reply.error(fail("read", ino.0, &e)),
         }
     }
@@ -569,7 +613,10 @@ impl Filesystem for DfsFuse {
     ) {
         let _span = op_span("write", req, ino.0).entered();
         match self.rt.block_on(self.core.write(fh.0, offset, data)) {
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(()) => {
+                metrics::counter!(FUSE_WRITTEN_BYTES).increment(data.len() as u64);
+                reply.written(data.len() as u32)
+            }
             Err(e) => reply.error(fail("write", ino.0, &e)),
         }
     }
@@ -651,7 +698,8 @@ impl Filesystem for DfsFuse {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let span = op_span("setlk", req, ino.0);
+        // Not timed: a blocking lock waits as long as its holder keeps it.
+        let span = op_span("setlk", req, ino.0).span;
         let (core, notifier) = (self.core.clone(), self.notifier.clone());
         let waiter = sleep.then_some(req.pid());
         let ino = ino.0;

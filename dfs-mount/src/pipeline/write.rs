@@ -231,6 +231,32 @@ fn encode(
     })
 }
 
+/// What one `store_chunks` moved through the pipeline, for the metrics.
+struct PipelineFigures {
+    cut: u64,
+    deduplicated: u64,
+    inline: u64,
+    compressed: u64,
+    coded: u64,
+}
+
+impl PipelineFigures {
+    /// Called once the upload succeeded: `coded` bytes were uploaded.
+    fn record(&self) {
+        use dfs_core::telemetry::catalog::{DEDUP_HITS, PIPELINE_BYTES};
+        for (stage, bytes) in [
+            ("cut", self.cut),
+            ("inline", self.inline),
+            ("compressed", self.compressed + self.inline),
+            ("coded", self.coded),
+            ("uploaded", self.coded),
+        ] {
+            metrics::counter!(PIPELINE_BYTES, "stage" => stage).increment(bytes);
+        }
+        metrics::counter!(DEDUP_HITS).increment(self.deduplicated);
+    }
+}
+
 /// Runs `f` on the blocking pool so CPU work uses every core while this
 /// task keeps the network busy.
 async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DfsError> {
@@ -274,6 +300,8 @@ impl Cluster {
             .await?;
         let mut records: HashMap<Fingerprint, ChunkRecord> = HashMap::new();
         let mut uploaded: HashSet<Fingerprint> = HashSet::new();
+        let inline_count = inlined.len();
+        let inline_bytes: u64 = inlined.iter().map(|e| u64::from(e.record.stored_len)).sum();
         for e in inlined {
             uploaded.insert(e.fp);
             records.insert(e.fp, e.record);
@@ -302,7 +330,21 @@ impl Cluster {
         let encoded = self.encode_all(policy, to_encode, inline_budget).await?;
         let coded = started.elapsed();
         uploaded.extend(encoded.iter().map(|e| e.fp));
+        let figures = dfs_core::telemetry::enabled().then(|| PipelineFigures {
+            cut: chunks.iter().map(|c| c.data.len() as u64).sum(),
+            deduplicated: (records.len() - inline_count) as u64,
+            inline: inline_bytes,
+            compressed: encoded.iter().map(|e| u64::from(e.record.stored_len)).sum(),
+            coded: encoded
+                .iter()
+                .flat_map(|e| &e.shards)
+                .map(|s| s.len() as u64)
+                .sum(),
+        });
         records.extend(self.upload(encoded, &grants).await?);
+        if let Some(figures) = figures {
+            figures.record();
+        }
         tracing::debug!(
             chunks = chunks.len(),
             new = uploaded.len(),

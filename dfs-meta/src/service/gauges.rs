@@ -1,0 +1,90 @@
+//! The volume's figures as Prometheus gauges (issue 20): what `dfs stats`
+//! and `dfs status` print, published every [`GAUGE_PERIOD`] while metrics
+//! are on. `dfs stats` scans the dedup index, so not at every scrape.
+
+use std::time::Duration;
+
+use dfs_core::telemetry::catalog::{
+    REPAIR_CHUNKS, SERVERS, STORE_RETRIES, STORE_TRANSACTIONS, VOLUME_BYTES, VOLUME_CHUNKS,
+    VOLUME_COMPRESSION_RATIO, VOLUME_DEDUP_RATIO, VOLUME_FILES,
+};
+use dfs_proto::meta_server::Meta;
+use dfs_proto::{Empty, ServerState};
+use metrics::{counter, gauge};
+use tonic::Request;
+
+use super::MetaService;
+
+/// Between two refreshes of the volume gauges.
+pub const GAUGE_PERIOD: Duration = Duration::from_secs(15);
+
+impl MetaService {
+    /// Refreshes the gauges now, then every [`GAUGE_PERIOD`], for ever.
+    pub async fn publish_gauges(self) {
+        let mut tick = tokio::time::interval(GAUGE_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.publish_once().await;
+        }
+    }
+
+    async fn publish_once(&self) {
+        let (transactions, retries) = crate::store::transaction_counts();
+        counter!(STORE_TRANSACTIONS).absolute(transactions);
+        counter!(STORE_RETRIES).absolute(retries);
+        match self.stats(Request::new(Empty {})).await {
+            Ok(stats) => {
+                let s = stats.into_inner();
+                for (kind, value) in [
+                    ("logical", s.logical_bytes),
+                    ("unique", s.unique_bytes),
+                    ("stored", s.stored_bytes),
+                    ("raw", s.raw_bytes),
+                    ("inline", s.inline_bytes),
+                    ("unreferenced", s.unreferenced_bytes),
+                ] {
+                    gauge!(VOLUME_BYTES, "kind" => kind).set(value as f64);
+                }
+                gauge!(VOLUME_CHUNKS, "state" => "all").set(s.chunks as f64);
+                gauge!(VOLUME_CHUNKS, "state" => "inline").set(s.inline_chunks as f64);
+                gauge!(VOLUME_CHUNKS, "state" => "unreferenced").set(s.unreferenced_chunks as f64);
+                gauge!(VOLUME_FILES).set(s.files as f64);
+                gauge!(VOLUME_DEDUP_RATIO).set(ratio(s.logical_bytes, s.unique_bytes));
+                gauge!(VOLUME_COMPRESSION_RATIO).set(ratio(s.unique_bytes, s.stored_bytes));
+            }
+            Err(e) => tracing::warn!(error = %e.message(), "metrics: volume figures unavailable"),
+        }
+        match self.list_servers(Request::new(Empty {})).await {
+            Ok(list) => {
+                let list = list.into_inner();
+                let (mut up, mut suspect, mut down) = (0u64, 0u64, 0u64);
+                for s in &list.servers {
+                    match s.state() {
+                        ServerState::Up => up += 1,
+                        ServerState::Suspect => suspect += 1,
+                        ServerState::Down => down += 1,
+                    }
+                }
+                for (state, n) in [("up", up), ("suspect", suspect), ("down", down)] {
+                    gauge!(SERVERS, "state" => state).set(n as f64);
+                }
+                let repair = list.repair.unwrap_or_default();
+                gauge!(REPAIR_CHUNKS, "state" => "under_protected")
+                    .set(repair.under_protected_chunks as f64);
+                gauge!(REPAIR_CHUNKS, "state" => "lost").set(repair.lost_chunks as f64);
+                gauge!(REPAIR_CHUNKS, "state" => "repaired").set(repair.chunks_repaired as f64);
+            }
+            Err(e) => tracing::warn!(error = %e.message(), "metrics: server list unavailable"),
+        }
+    }
+}
+
+/// `a / b`, 1 for an empty volume.
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        1.0
+    } else {
+        a as f64 / b as f64
+    }
+}
