@@ -95,15 +95,16 @@
 # and JFS_MOUNT_OPTS (extra mount options, for experiments), JUICEFS (a
 # juicefs binary to use), BENCH_JUICEFS_ARGS (more `juicefs bench` arguments,
 # e.g. "--big-file-size 64M --small-file-count 10" for a quick check of the
-# script itself; the table says so when set), BENCH_TLS_ROUNDS (default 3;
+# script itself; the table says so when set), BENCH_TLS_ROUNDS (default 5;
 # 0 skips it): what TLS costs, measured apart from the comparison, as
 # `juicefs bench -p 1` and the tree copy on fresh dfs clusters with and
 # without TLS, alternating which goes first in each round so that a drift
 # of the disk's pace over the minutes falls on both; the table gives the
 # medians and each round's cost (about 2 minutes a round).
-# BENCH_TLS_JUICEFS_ARGS (default "--small-file-count 1000"): the `juicefs
-# bench` arguments of those rounds: 100 small files take a fraction of a
-# second, too short to tell a few percent from noise.
+# BENCH_TLS_JUICEFS_ARGS (default "--small-file-count 1000 --big-file-size
+# 2G"): the `juicefs bench` arguments of those rounds: its defaults (100
+# small files, a 1 GiB file dfs writes in 2-3 s) are too short to tell a
+# few percent from noise.
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -139,7 +140,7 @@ wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 case $META_STORE in rocksdb | fdb) ;; *) usage ;; esac
 
 TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/dfs-target}
-TLS_ROUNDS=${BENCH_TLS_ROUNDS:-3}
+TLS_ROUNDS=${BENCH_TLS_ROUNDS:-5}
 [[ $TLS_ROUNDS =~ ^[0-9]+$ ]] || { echo "compare.sh: BENCH_TLS_ROUNDS must be a number" >&2; exit 2; }
 
 # median V...: the middle value (the mean of the two middle ones), empty
@@ -167,7 +168,7 @@ META_FILES=${BENCH_META_FILES:-10000}
 UNIQUE_MIB=${BENCH_UNIQUE_MIB:-512}
 STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-1200}
 read -r -a JFS_BENCH_ARGS <<<"${BENCH_JUICEFS_ARGS:-}"
-read -r -a TLS_JFS_BENCH_ARGS <<<"${BENCH_TLS_JUICEFS_ARGS---small-file-count 1000}"
+read -r -a TLS_JFS_BENCH_ARGS <<<"${BENCH_TLS_JUICEFS_ARGS---small-file-count 1000 --big-file-size 2G}"
 JUICEFS_VERSION=1.4.2
 SEAWEEDFS_VERSION=4.48
 

@@ -54,7 +54,8 @@ expect_in() { # LIST WHAT...
 }
 expect_in "$(rpm -qpl "$server_rpm")" /usr/bin/dfs-meta /usr/bin/dfs-server \
   /etc/dfs/meta.conf /etc/dfs/server.conf \
-  /usr/lib/systemd/system/dfs-meta.service /usr/lib/systemd/system/dfs-server.service
+  /usr/lib/systemd/system/dfs-meta.service /usr/lib/systemd/system/dfs-server.service \
+  /usr/share/dfs/prometheus/dfs-alerts.yml /usr/share/dfs/grafana/dfs-dashboard.json
 expect_in "$(rpm -qpR "$server_rpm")" shadow-utils systemd
 expect_in "$(rpm -qpl "$client_rpm")" /usr/bin/dfs-mount /usr/bin/dfs \
   /usr/sbin/mount.dfs /usr/sbin/mount.fuse.dfs
@@ -98,6 +99,13 @@ echo "== installing the debs"
 dpkg -s fuse3 >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q fuse3 >/dev/null
 installed+=(dfs-server)
 dpkg -i --force-confnew "$out"/dfs-server_*.deb
+# The alert rules and dashboard operators point Prometheus and Grafana at.
+if command -v promtool >/dev/null; then
+  promtool check rules /usr/share/dfs/prometheus/dfs-alerts.yml
+else
+  test -s /usr/share/dfs/prometheus/dfs-alerts.yml
+fi
+python3 -c 'import json, sys; json.load(open(sys.argv[1]))' /usr/share/dfs/grafana/dfs-dashboard.json
 installed+=(dfs-client)
 dpkg -i "$out"/dfs-client_*.deb
 for f in /usr/bin/dfs-meta /usr/bin/dfs-server /usr/bin/dfs-mount /usr/bin/dfs \

@@ -19,12 +19,32 @@ command -v git >/dev/null || need+=(git)
 command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc)
 command -v python3 >/dev/null || need+=(python3)
+# The metrics tests run a real Prometheus; CI checks the alert rules with promtool.
+prometheus=()
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || prometheus=(prometheus)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ((${#prometheus[@]})); then
+  echo "installing: prometheus (its service is not started: tests run their own)"
+  export DEBIAN_FRONTEND=noninteractive
+  ((${#need[@]})) || apt-get update -qq
+  # Debian starts a packaged daemon on install unless policy-rc.d says no.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=""
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    made_policy=1
+  fi
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null || status=$?
+  [[ -z $made_policy ]] || rm -f "$policy"
+  [[ ${status:-0} -eq 0 ]] || { echo "apt-get install prometheus failed" >&2; exit 1; }
 fi
 
 if ! command -v cargo >/dev/null; then

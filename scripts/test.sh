@@ -20,6 +20,9 @@ if [ -n "$too_long" ]; then
   echo "split these modules by responsibility: $too_long" >&2
   exit 1
 fi
+# The shipped alert rules: valid, and their unit tests pass.
+promtool check rules packaging/prometheus/dfs-alerts.yml
+(cd packaging/prometheus && promtool test rules dfs-alerts.test.yml)
 cargo build --release --workspace --all-targets
 cargo clippy --release --workspace --all-targets -- -D warnings
 # The FoundationDB backend is compiled (not linked: that needs libfdb_c) on

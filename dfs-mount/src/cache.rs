@@ -31,6 +31,11 @@ impl ChunkCache {
         self.cache.contains_key(fp)
     }
 
+    /// The chunk's bytes if they are cached.
+    pub async fn get(&self, fp: &Fingerprint) -> Option<Bytes> {
+        self.cache.get(fp).await
+    }
+
     pub async fn insert(&self, fp: Fingerprint, data: Bytes) {
         self.cache.insert(fp, data).await;
     }

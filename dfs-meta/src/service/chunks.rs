@@ -2,7 +2,7 @@
 //! uploads (`ChunkRecord.owner`), with other identities' unchecked uploads
 //! checked through `maintenance::verify` before anyone else relies on them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use dfs_core::fingerprint::Fingerprint;
@@ -51,11 +51,18 @@ impl MetaService {
     /// for the server that holds it.
     pub(super) fn sign_reads(&self, chunks: &mut [MappedChunk]) {
         let expires = now_ns().saturating_add(self.token_lifetime_ns);
+        // A chunk that recurs in the file (a repeated block) is signed
+        // once: its entry, and so its servers, are the same every time.
+        let mut signed: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
         for mapped in chunks {
             let Some(rec) = mapped.chunk.as_ref().filter(|rec| !rec.is_inline()) else {
                 continue;
             };
-            mapped.shard_tokens = rec
+            if let Some(tokens) = signed.get(&mapped.fingerprint) {
+                mapped.shard_tokens = tokens.clone();
+                continue;
+            }
+            let tokens: Vec<Vec<u8>> = rec
                 .shard_servers
                 .iter()
                 .map(|&id| {
@@ -63,6 +70,8 @@ impl MetaService {
                         .sign(id, ShardOp::Get, &mapped.fingerprint, expires)
                 })
                 .collect();
+            signed.insert(mapped.fingerprint.clone(), tokens.clone());
+            mapped.shard_tokens = tokens;
         }
     }
 

@@ -42,6 +42,10 @@ impl Dfs {
     pub async fn chunk_data(&self, ino: u64, c: &MappedChunk) -> Result<Bytes, DfsError> {
         let fp = Fingerprint::from_slice(&c.fingerprint)
             .map_err(|e| DfsError::new(libc::EIO, format!("bad fingerprint in chunk map: {e}")))?;
+        // Cached: nothing of the entry (record, tokens) is needed.
+        if let Some(data) = self.cache.get(&fp).await {
+            return checked_len(fp, data, c.len);
+        }
         let rec = c
             .chunk
             .clone()
@@ -75,13 +79,7 @@ impl Dfs {
             }
             other => other?,
         };
-        if data.len() != c.len as usize {
-            return Err(DfsError::new(
-                libc::EIO,
-                format!("chunk {fp} is {} bytes, the map says {}", data.len(), c.len),
-            ));
-        }
-        Ok(data)
+        checked_len(fp, data, c.len)
     }
 
     /// Chunk `c` of `ino` as the metadata server maps it now, with fresh
@@ -135,4 +133,15 @@ impl Dfs {
             });
         }
     }
+}
+
+/// `data`, if it is as long as the chunk map says chunk `fp` is.
+fn checked_len(fp: Fingerprint, data: Bytes, len: u32) -> Result<Bytes, DfsError> {
+    if data.len() != len as usize {
+        return Err(DfsError::new(
+            libc::EIO,
+            format!("chunk {fp} is {} bytes, the map says {len}", data.len()),
+        ));
+    }
+    Ok(data)
 }
