@@ -51,7 +51,10 @@ fn query(port: u16, q: &str) -> Vec<(serde_json::Value, f64)> {
         .expect("a vector")
         .iter()
         .map(|r| {
-            let value = r["value"][1].as_str().and_then(|s| s.parse().ok()).expect("value");
+            let value = r["value"][1]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("value");
             (r["metric"].clone(), value)
         })
         .collect()
@@ -94,7 +97,10 @@ fn prometheus_scrapes_every_process_and_the_rules_fire() {
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/prometheus/dfs-alerts.yml");
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/prometheus/dfs-alerts.yml"
+    );
     let targets: Vec<String> = std::iter::once(meta_port)
         .chain(server_ports.iter().copied())
         .chain(std::iter::once(mount_port))
@@ -113,13 +119,14 @@ fn prometheus_scrapes_every_process_and_the_rules_fire() {
     let web_port = free_port();
     let child = Command::new(prometheus)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
         .arg("--log.level=warn")
         .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.path().join("prometheus.log")).expect("prometheus log"),
-        )
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("prometheus log"))
         .spawn()
         .expect("start prometheus");
     // Killed (by its PID) when the test ends, however it ends.
@@ -137,14 +144,25 @@ fn prometheus_scrapes_every_process_and_the_rules_fire() {
 
     let data = random_bytes(2 << 20, 21);
     std::fs::write(m.path.join("f"), &data).expect("write");
+    assert!(std::fs::read(m.path.join("f")).expect("read") == data);
+    assert!(std::fs::metadata(m.path.join("missing")).is_err());
     let size = data.len() as f64;
-    wait_for("the write in Prometheus's series", Duration::from_secs(60), || {
-        total(web_port, "dfs_fuse_written_bytes_total") >= size
-            && total(web_port, r#"dfs_rpc_requests_total{method="CommitChunks",errno="OK"}"#) >= 1.0
-            && total(web_port, r#"dfs_pipeline_bytes_total{stage="uploaded"}"#) > size
-            && total(web_port, r#"dfs_volume_bytes{kind="logical"}"#) >= size
-            && total(web_port, "sum(dfs_server_shards_put_total)") >= 9.0
-    });
+    wait_for(
+        "the work in Prometheus's series",
+        Duration::from_secs(60),
+        || {
+            total(web_port, "dfs_fuse_written_bytes_total") >= size
+                && total(web_port, "dfs_fuse_read_bytes_total") >= size
+                && total(web_port, r#"dfs_fuse_errors_total{errno="ENOENT"}"#) >= 1.0
+                && total(
+                    web_port,
+                    r#"dfs_rpc_requests_total{method="CommitChunks",errno="OK"}"#,
+                ) >= 1.0
+                && total(web_port, r#"dfs_pipeline_bytes_total{stage="uploaded"}"#) > size
+                && total(web_port, r#"dfs_volume_bytes{kind="logical"}"#) >= size
+                && total(web_port, "sum(dfs_server_shards_put_total)") >= 9.0
+        },
+    );
     dashboard_queries_work(web_port);
 
     assert!(
@@ -155,10 +173,19 @@ fn prometheus_scrapes_every_process_and_the_rules_fire() {
     wait_for(
         "DfsChunkServerDown to fire",
         Duration::from_secs(90),
-        || total(web_port, r#"ALERTS{alertname="DfsChunkServerDown",alertstate="firing"}"#) == 1.0,
+        || {
+            total(
+                web_port,
+                r#"ALERTS{alertname="DfsChunkServerDown",alertstate="firing"}"#,
+            ) == 1.0
+        },
     );
     let up = query(web_port, "up == 0");
-    assert_eq!(up.len(), 1, "only the killed server's target is down: {up:?}");
+    assert_eq!(
+        up.len(),
+        1,
+        "only the killed server's target is down: {up:?}"
+    );
     assert_eq!(
         up[0].0["instance"],
         format!("127.0.0.1:{}", server_ports[4]),
@@ -171,7 +198,10 @@ fn prometheus_scrapes_every_process_and_the_rules_fire() {
 /// every dfs metric it names is in the catalog and among the series
 /// Prometheus scraped.
 fn dashboard_queries_work(port: u16) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/grafana/dfs-dashboard.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/grafana/dfs-dashboard.json"
+    );
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
     let exprs: Vec<String> = dashboard["panels"]
