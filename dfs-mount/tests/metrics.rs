@@ -111,6 +111,10 @@ fn every_process_exports_metrics_that_move_with_the_work() {
         "the failed lookup counted by errno"
     );
     assert!(sum(&mount, catalog::PIPELINE_BYTES, &[r#"stage="cut""#]) >= size);
+    assert!(
+        sum(&mount, catalog::CHUNK_CACHE, &[]) > 0.0,
+        "the read looked in the chunk cache"
+    );
     assert!(sum(&mount, catalog::PIPELINE_BYTES, &[r#"stage="uploaded""#]) > size);
     assert!(
         sum(

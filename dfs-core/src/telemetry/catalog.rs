@@ -61,6 +61,7 @@ pub const FUSE_READ_BYTES: &str = "dfs_fuse_read_bytes_total";
 pub const FUSE_WRITTEN_BYTES: &str = "dfs_fuse_written_bytes_total";
 pub const PIPELINE_BYTES: &str = "dfs_pipeline_bytes_total";
 pub const DEDUP_HITS: &str = "dfs_dedup_hit_chunks_total";
+pub const CHUNK_CACHE: &str = "dfs_chunk_cache_lookups_total";
 pub const STORE_TRANSACTIONS: &str = "dfs_meta_transactions_total";
 pub const STORE_RETRIES: &str = "dfs_meta_transaction_retries_total";
 pub const VOLUME_BYTES: &str = "dfs_volume_bytes";
@@ -98,6 +99,8 @@ pub const CATALOG: &[Metric] = &[
         "Bytes through each write-pipeline stage: cut (chunks written), compressed (out of the compressor, new chunks), inline (of those, kept in the metadata store), coded (shard bytes), uploaded (to chunk servers)."),
     metric(DEDUP_HITS, Counter, &[], "dfs-mount",
         "Chunks written that the volume already held (not uploaded)."),
+    metric(CHUNK_CACHE, Counter, &["result"], "dfs-mount",
+        "Chunks reads looked for in the client's chunk cache: hit, or miss (fetched from chunk servers)."),
     metric(STORE_TRANSACTIONS, Counter, &[], "dfs-meta",
         "Metadata store transactions committed."),
     metric(STORE_RETRIES, Counter, &[], "dfs-meta",

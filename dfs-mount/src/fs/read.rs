@@ -2,6 +2,7 @@
 //! the chunk cache, and readahead for sequential readers.
 
 use super::*;
+use dfs_core::telemetry::catalog::CHUNK_CACHE;
 
 impl Dfs {
     /// Reads `[start, end)` of the file as this client sees it: committed
@@ -43,7 +44,12 @@ impl Dfs {
         let fp = Fingerprint::from_slice(&c.fingerprint)
             .map_err(|e| DfsError::new(libc::EIO, format!("bad fingerprint in chunk map: {e}")))?;
         // Cached: nothing of the entry (record, tokens) is needed.
-        if let Some(data) = self.cache.get(&fp).await {
+        let cached = self.cache.get(&fp).await;
+        if dfs_core::telemetry::enabled() {
+            let result = if cached.is_some() { "hit" } else { "miss" };
+            metrics::counter!(CHUNK_CACHE, "result" => result).increment(1);
+        }
+        if let Some(data) = cached {
             return checked_len(fp, data, c.len);
         }
         let rec = c
