@@ -56,7 +56,17 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
-    BoxCloneSyncService::new(svc.map_err(|e| TransportError(e.into())))
+    BoxCloneSyncService::new(
+        svc.map_request(with_trace_context)
+            .map_err(|e| TransportError(e.into())),
+    )
+}
+
+/// Every request carries the caller's trace context while traces are on:
+/// the server's spans then join the caller's trace.
+fn with_trace_context(mut request: Request<Body>) -> Request<Body> {
+    crate::telemetry::traces::inject(request.headers_mut());
+    request
 }
 
 /// The largest HTTP/2 frame a dfs server or the mount accepts (the

@@ -81,7 +81,7 @@ pub async fn serve(
         .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
         .max_concurrent_streams(dfs_core::rpc::MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(dfs_core::rpc::MAX_HEADER_LIST_BYTES)
-        .layer(dfs_core::telemetry::RpcMetricsLayer)
+        .layer(dfs_core::telemetry::RpcTelemetryLayer)
         .layer(dfs_core::tls::AuthorizeLayer)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)

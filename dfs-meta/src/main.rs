@@ -65,16 +65,17 @@ struct Args {
     tls: dfs_core::tls::TlsArgs,
     #[command(flatten)]
     metrics: dfs_core::telemetry::MetricsArgs,
+    #[command(flatten)]
+    traces: dfs_core::telemetry::TraceArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let identity = dfs_core::telemetry::traces::ProcessIdentity {
+        service: "dfs-meta",
+        instance: args.listen.to_string(),
+    };
+    let _traces = dfs_core::telemetry::traces::init_daemon(identity, &args.traces)?;
     let security = args
         .tls
         .security(dfs_core::tls::Role::Meta, "dfs-meta")

@@ -96,6 +96,10 @@ pub struct MountOptions {
     pub plaintext: bool,
     /// `metrics=ADDR`: serve Prometheus metrics on http://ADDR/metrics.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `otlp=URL`, `trace_sample=RATIO`, `log_format=text|json`: traces
+    /// and log lines, as the daemons' `--otlp-endpoint`, `--trace-sample`
+    /// and `--log-format`.
+    pub traces: dfs_core::telemetry::TraceArgs,
 }
 
 impl Default for MountOptions {
@@ -121,6 +125,7 @@ impl Default for MountOptions {
             tls_dir: None,
             plaintext: false,
             metrics: None,
+            traces: Default::default(),
         }
     }
 }
@@ -246,6 +251,18 @@ impl MountOptions {
                         format!("metrics=`{addr}`: expected an address like 127.0.0.1:9101")
                     })?)
                 }
+                "otlp" => {
+                    self.traces.otlp_endpoint = Some(
+                        dfs_core::telemetry::traces::parse_endpoint(need(value)?)
+                            .map_err(|e| format!("otlp: {e}"))?,
+                    )
+                }
+                "trace_sample" => {
+                    self.traces.trace_sample =
+                        dfs_core::telemetry::traces::parse_ratio(need(value)?)
+                            .map_err(|e| format!("trace_sample: {e}"))?
+                }
+                "log_format" => self.traces.log_format = need(value)?.parse()?,
                 other => return Err(format!("unknown mount option `{other}`")),
             }
         }
@@ -295,6 +312,18 @@ mod tests {
             .apply("metrics=somewhere")
             .expect_err("not an address");
         assert!(err.contains("metrics=`somewhere`"), "{err}");
+        let mut o = MountOptions::default();
+        o.apply("otlp=http://127.0.0.1:4317,trace_sample=0.5,log_format=json")
+            .expect("valid");
+        assert_eq!(
+            o.traces.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(o.traces.trace_sample, 0.5);
+        assert_eq!(o.traces.log_format, dfs_core::telemetry::LogFormat::Json);
+        assert!(MountOptions::default().apply("trace_sample=2").is_err());
+        assert!(MountOptions::default().apply("log_format=xml").is_err());
+        assert!(MountOptions::default().apply("otlp=localhost").is_err());
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
+use dfs_core::telemetry::traces::TracingGuard;
+
 use crate::cli::{MountOptions, Source};
 use crate::mount::{self, MountRequest};
 
@@ -23,41 +25,46 @@ pub struct LaunchArgs {
     pub foreground: bool,
 }
 
-fn init_logging(options: &MountOptions) {
+fn init_logging(options: &MountOptions, mountpoint: &std::path::Path) -> Option<TracingGuard> {
+    use dfs_core::telemetry::traces::{self, LogOutput};
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
 
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let to_stderr = || {
-        // Colours only for a person at a terminal, never into a file.
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        (BoxMakeWriter::new(std::io::stderr), ansi)
-    };
-    let (writer, ansi) = match &options.log {
+    let output = match &options.log {
         Some(path) => match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
         {
-            Ok(file) => (BoxMakeWriter::new(std::sync::Mutex::new(file)), false),
+            Ok(file) => LogOutput {
+                writer: BoxMakeWriter::new(std::sync::Mutex::new(file)),
+                ansi: false,
+                journal: false,
+            },
             Err(e) => {
                 eprintln!("dfs-mount: cannot open log file {}: {e}", path.display());
-                to_stderr()
+                LogOutput::stderr()
             }
         },
-        None => to_stderr(),
+        None => LogOutput::stderr(),
     };
-    let layer = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(writer)
+    let logs = traces::log_layer(options.traces.log_format, output)
         .with_filter(tracing_subscriber::filter::FilterExt::and(
-            filter,
+            traces::default_filter(),
             NoBenignFuserLines,
-        ));
-    tracing_subscriber::registry().with(layer).init();
+        ))
+        .boxed();
+    let identity = traces::ProcessIdentity {
+        service: "dfs-mount",
+        instance: mountpoint.display().to_string(),
+    };
+    match traces::init(identity, &options.traces, logs) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("dfs-mount: {e}");
+            None
+        }
+    }
 }
 
 /// fuser log lines that report no fault, each as the start of the message
@@ -173,7 +180,7 @@ pub fn main_with(args: LaunchArgs) -> ExitCode {
     if !args.foreground && !notify {
         return spawn_background(&args);
     }
-    init_logging(&options);
+    let _traces = init_logging(&options, &args.mountpoint);
     let request = MountRequest {
         source,
         source_text: args.source.clone(),

@@ -221,7 +221,7 @@ impl BoundServer {
             .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
             .max_concurrent_streams(dfs_core::rpc::MAX_CONCURRENT_STREAMS)
             .http2_max_header_list_size(dfs_core::rpc::MAX_HEADER_LIST_BYTES)
-            .layer(dfs_core::telemetry::RpcMetricsLayer)
+            .layer(dfs_core::telemetry::RpcTelemetryLayer)
             .layer(dfs_core::tls::AuthorizeLayer)
             .add_service(service::chunk_service_server(service))
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -80,6 +80,8 @@ struct Cli {
     tls: dfs_core::tls::TlsArgs,
     #[command(flatten)]
     metrics: dfs_core::telemetry::MetricsArgs,
+    #[command(flatten)]
+    traces: dfs_core::telemetry::TraceArgs,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -106,14 +108,20 @@ impl From<Cli> for ServerConfig {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let identity = dfs_core::telemetry::traces::ProcessIdentity {
+        service: "dfs-server",
+        instance: cli
+            .advertise
+            .clone()
+            .unwrap_or_else(|| cli.listen.to_string()),
+    };
+    let _traces = match dfs_core::telemetry::traces::init_daemon(identity, &cli.traces) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("dfs-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

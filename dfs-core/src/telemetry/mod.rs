@@ -17,8 +17,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub mod catalog;
 mod rpc;
+pub mod traces;
 
-pub use rpc::RpcMetricsLayer;
+pub use rpc::RpcTelemetryLayer;
+pub use traces::{LogFormat, TraceArgs};
 
 /// Bucket bounds (seconds) of every latency histogram: 50 µs to 60 s.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -159,6 +161,22 @@ fn answer<B>(req: &hyper::Request<B>, handle: &PrometheusHandle) -> Reply {
             .insert(hyper::header::CONTENT_TYPE, value);
     }
     reply
+}
+
+/// Errors a caller expects and handles (a lookup of a name that is not
+/// there, a create that finds one): logged at debug, never an error
+/// status on a trace.
+pub fn routine_errno(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOENT
+            | libc::EEXIST
+            | libc::ENOTEMPTY
+            | libc::ENOTDIR
+            | libc::EISDIR
+            | libc::ENAMETOOLONG
+            | libc::ENODATA
+    )
 }
 
 /// The symbolic name of an errno for a metric label (`ENOENT`), or its

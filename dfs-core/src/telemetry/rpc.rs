@@ -1,5 +1,7 @@
-//! Request counts and latencies of a gRPC server, by method and errno: a
-//! tower layer in front of the generated services, like the role check.
+//! Request counts and latencies of a gRPC server, by method and errno,
+//! and the span each request runs in (child of the caller's, from the
+//! request's trace context): a tower layer in front of the generated
+//! services, like the role check.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,6 +9,7 @@ use std::time::Instant;
 
 use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
+use tracing::Instrument;
 
 use super::catalog::{RPC_DURATION, RPC_REQUESTS};
 use super::errno_name;
@@ -14,23 +17,23 @@ use crate::error::DfsError;
 
 /// The layer for `tonic::transport::Server::builder().layer(...)`.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RpcMetricsLayer;
+pub struct RpcTelemetryLayer;
 
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-    fn layer(&self, inner: S) -> RpcMetrics<S> {
-        RpcMetrics { inner }
+impl<S> tower::Layer<S> for RpcTelemetryLayer {
+    type Service = RpcTelemetry<S>;
+    fn layer(&self, inner: S) -> RpcTelemetry<S> {
+        RpcTelemetry { inner }
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct RpcMetrics<S> {
+pub struct RpcTelemetry<S> {
     inner: S,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
-impl<S> tower::Service<Request<Body>> for RpcMetrics<S>
+impl<S> tower::Service<Request<Body>> for RpcTelemetry<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>> + Send,
     S::Future: Send + 'static,
@@ -45,29 +48,38 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if !super::enabled() {
+        let metrics_on = super::enabled();
+        if !metrics_on && !super::traces::tracing_on() {
             return Box::pin(self.inner.call(request));
         }
         let (service, method) = split_path(request.uri().path());
+        let span = super::traces::server_span(request.headers(), service, method);
         let started = Instant::now();
-        let reply = self.inner.call(request);
-        Box::pin(async move {
-            let reply = reply.await;
-            let errno = match &reply {
-                Ok(response) => reply_errno(response.headers()),
-                Err(_) => libc::EIO,
-            };
-            metrics::histogram!(RPC_DURATION, "service" => service, "method" => method)
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!(
-                RPC_REQUESTS,
-                "service" => service,
-                "method" => method,
-                "errno" => errno_name(errno)
-            )
-            .increment(1);
-            reply
-        })
+        // The handler's own spans open inside this one.
+        let reply = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let reply = reply.await;
+                let errno = match &reply {
+                    Ok(response) => reply_errno(response.headers()),
+                    Err(_) => libc::EIO,
+                };
+                super::traces::record_outcome(&tracing::Span::current(), errno);
+                if metrics_on {
+                    metrics::histogram!(RPC_DURATION, "service" => service, "method" => method)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!(
+                        RPC_REQUESTS,
+                        "service" => service,
+                        "method" => method,
+                        "errno" => errno_name(errno)
+                    )
+                    .increment(1);
+                }
+                reply
+            }
+            .instrument(span),
+        )
     }
 }
 

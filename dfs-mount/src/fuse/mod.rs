@@ -52,7 +52,14 @@ pub struct DfsFuse {
 /// from which process.
 fn op_span(op: &'static str, req: &Request, ino: u64) -> OpSpan {
     OpSpan {
-        span: tracing::debug_span!("fuse", op, req = req.unique().0, ino, pid = req.pid()),
+        span: tracing::debug_span!(
+            "fuse",
+            otel.name = op,
+            op,
+            req = req.unique().0,
+            ino,
+            pid = req.pid()
+        ),
         op,
     }
 }
@@ -94,14 +101,8 @@ impl Drop for OpGuard {
 /// matches how surprising the error is.
 fn fail(op: &'static str, ino: u64, e: &DfsError) -> Errno {
     match e.errno {
-        libc::ENOENT
-        | libc::EEXIST
-        | libc::ENOTEMPTY
-        | libc::ENOTDIR
-        | libc::EISDIR
-        | libc::ENAMETOOLONG
-        | libc::ENODATA => {
-            tracing::debug!(op, ino, errno = e.errno, error = %e.message, "fuse request failed")
+        errno if dfs_core::telemetry::routine_errno(errno) => {
+            tracing::debug!(op, ino, errno, error = %e.message, "fuse request failed")
         }
         libc::EIO => tracing::error!(op, ino, error = %e.message, "fuse request failed with EIO"),
         _ => tracing::warn!(op, ino, errno = e.errno, error = %e.message, "fuse request failed"),
