@@ -2,6 +2,7 @@
 
 mod ca;
 mod gc;
+mod workers;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -82,12 +83,28 @@ enum Command {
     /// Every Prometheus metric dfs processes export (with `--metrics`
     /// ADDR, or the mount's `-o metrics=ADDR`), as a Markdown table.
     Metrics,
-    /// Chunk servers with their state and usage.
+    /// Chunk servers with their state and usage, repairs, and what needs
+    /// attention, in words.
     Status {
         /// HOST:PORT of a metadata server.
         #[arg(long)]
         meta: String,
         /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Print it again every SECS seconds (2 if not given) until
+        /// interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+    },
+    /// Every background worker of the cluster (dfs-meta's repair,
+    /// lease-expiry, gc, purge and fsck, each chunk server's scrub): state,
+    /// progress, last and next run, throttle, last error.
+    Workers {
+        /// HOST:PORT of a metadata server.
+        #[arg(long)]
+        meta: String,
+        /// Print one JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -169,11 +186,79 @@ impl From<RepairStatus> for Repair {
 
 #[derive(Serialize)]
 struct Status {
+    /// `ok`, or `warn` when `attention` says something.
+    health: &'static str,
+    /// What needs attention, in words, and what to do about it.
+    attention: Vec<String>,
     servers: Vec<ServerRow>,
     servers_up: usize,
     servers_suspect: usize,
     servers_down: usize,
     repair: Repair,
+}
+
+/// A chunk server's disk fuller than this needs attention (the alert
+/// rule's threshold too).
+const DISK_FULL_RATIO: f64 = 0.9;
+
+/// What needs attention in the servers and repairs, in words.
+fn attention(servers: &[ServerRow], repair: &Repair) -> Vec<String> {
+    let mut lines = Vec::new();
+    let named = |state: &str| -> Vec<String> {
+        servers
+            .iter()
+            .filter(|s| s.state == state)
+            .map(|s| format!("{} ({})", s.id, s.address))
+            .collect()
+    };
+    let down = named("down");
+    if !down.is_empty() {
+        lines.push(format!(
+            "{} chunk server(s) down: {}; their shards are rebuilt elsewhere once they stay down \
+             past dfs-meta's --rebuild-after; restart them, or replace their disks",
+            down.len(),
+            down.join(", ")
+        ));
+    }
+    let suspect = named("suspect");
+    if !suspect.is_empty() {
+        lines.push(format!(
+            "{} chunk server(s) missed heartbeats: {}; check that they run and are reachable",
+            suspect.len(),
+            suspect.join(", ")
+        ));
+    }
+    if repair.lost_chunks > 0 {
+        lines.push(format!(
+            "{} chunk(s) lost at the last scan: fewer shards readable than needed; bring back \
+             the servers that are down, then run `dfs fsck`",
+            repair.lost_chunks
+        ));
+    }
+    if repair.under_protected_chunks > 0 {
+        lines.push(format!(
+            "{} chunk(s) under-protected: shards missing or on servers not up; repair is under \
+             way (`dfs workers` shows it)",
+            repair.under_protected_chunks
+        ));
+    }
+    if repair.pending_reports > 0 {
+        lines.push(format!(
+            "{} damaged shard(s) reported by scrubbers wait for repair",
+            repair.pending_reports
+        ));
+    }
+    for s in servers {
+        if s.capacity_bytes > 0 && s.used_bytes as f64 > DISK_FULL_RATIO * s.capacity_bytes as f64 {
+            lines.push(format!(
+                "chunk server {} ({}) is {:.0}% full; add servers or disks, or run `dfs gc`",
+                s.id,
+                s.address,
+                100.0 * s.used_bytes as f64 / s.capacity_bytes as f64
+            ));
+        }
+    }
+    lines
 }
 
 /// How long `dfs gc` and `dfs fsck` wait for the metadata server.
@@ -309,18 +394,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "--grace ({grace}s) must be at least --clock-skew ({clock_skew}s), or shards \
                  written just before a chunk died could outlive it"
             );
-            let report: gc::GcJson = connect_for(&meta, LONG_REQUEST, &cli.tls)
-                .await?
-                .gc(GcRequest {
+            let mut client = connect_for(&meta, LONG_REQUEST, &cli.tls).await?;
+            let poll = connect(&meta, &cli.tls).await.ok();
+            let report: gc::GcJson = workers::with_progress(
+                "gc",
+                poll,
+                client.gc(GcRequest {
                     grace_ns: secs_to_ns(grace),
                     clock_skew_ns: secs_to_ns(clock_skew),
                     orphans: !no_orphans,
                     orphan_grace_ns: secs_to_ns(orphan_grace),
-                })
-                .await
-                .context("garbage collection failed")?
-                .into_inner()
-                .into();
+                }),
+            )
+            .await
+            .context("garbage collection failed")?
+            .into_inner()
+            .into();
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -333,16 +422,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             orphan_grace,
             json,
         } => {
-            let report: gc::FsckJson = connect_for(&meta, LONG_REQUEST, &cli.tls)
-                .await?
-                .fsck(FsckRequest {
+            let mut client = connect_for(&meta, LONG_REQUEST, &cli.tls).await?;
+            let poll = connect(&meta, &cli.tls).await.ok();
+            let report: gc::FsckJson = workers::with_progress(
+                "fsck",
+                poll,
+                client.fsck(FsckRequest {
                     verify,
                     orphan_grace_ns: secs_to_ns(orphan_grace),
-                })
-                .await
-                .context("fsck failed")?
-                .into_inner()
-                .into();
+                }),
+            )
+            .await
+            .context("fsck failed")?
+            .into_inner()
+            .into();
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -352,78 +445,131 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Status { meta, json } => {
-            let reply = connect(&meta, &cli.tls)
-                .await?
-                .list_servers(Empty {})
-                .await
-                .context("status request failed")?
-                .into_inner();
-            let servers: Vec<ServerRow> = reply
-                .servers
-                .iter()
-                .filter_map(|s| {
-                    let r = s.record.as_ref()?;
-                    Some(ServerRow {
-                        id: r.id,
-                        address: r.address.clone(),
-                        zone: r.zone.clone(),
-                        rack: r.rack.clone(),
-                        state: state_name(s.state()),
-                        heartbeat_age_ms: s.heartbeat_age_ms,
-                        capacity_bytes: r.capacity_bytes,
-                        used_bytes: r.used_bytes,
-                        shard_count: r.shard_count,
-                        shard_bytes: r.shard_bytes,
-                    })
-                })
-                .collect();
-            let count = |name: &str| servers.iter().filter(|s| s.state == name).count();
-            let status = Status {
-                servers_up: count("up"),
-                servers_suspect: count("suspect"),
-                servers_down: count("down"),
-                servers,
-                repair: reply.repair.unwrap_or_default().into(),
-            };
-            if json {
-                println!("{}", serde_json::to_string(&status)?);
-            } else {
-                println!(
-                    "{:>4}  {:<22} {:<14} {:<14} {:<8} {:>8} {:>14}",
-                    "id", "address", "zone", "rack", "state", "shards", "shard bytes"
-                );
-                for s in &status.servers {
-                    println!(
-                        "{:>4}  {:<22} {:<14} {:<14} {:<8} {:>8} {:>14}",
-                        s.id, s.address, s.zone, s.rack, s.state, s.shard_count, s.shard_bytes
-                    );
+        Command::Status { meta, json, watch } => match watch {
+            None => print!("{}", status_report(&meta, &cli.tls, json).await?),
+            Some(every) => {
+                let clear = std::io::IsTerminal::is_terminal(&std::io::stdout());
+                loop {
+                    let report = match status_report(&meta, &cli.tls, json).await {
+                        Ok(report) => report,
+                        Err(e) => format!("dfs: {e:#}\n"),
+                    };
+                    if clear {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print!("{report}");
+                    tokio::time::sleep(Duration::from_secs(every.max(1))).await;
                 }
-                println!(
-                    "{} up, {} suspect, {} down",
-                    status.servers_up, status.servers_suspect, status.servers_down
-                );
-                let r = &status.repair;
-                let last = r.last_scan_age_s.map_or("no scan yet".to_string(), |s| {
-                    format!("last scan {s:.0}s ago")
-                });
-                println!(
-                    "chunks under-protected: {}, lost: {} ({last}{}); repaired since start: {} chunks, {} shards; damaged shards waiting: {}",
-                    r.under_protected_chunks,
-                    r.lost_chunks,
-                    if r.scanning {
-                        format!(", scanning: {} chunks so far", r.scanned_chunks)
-                    } else {
-                        String::new()
-                    },
-                    r.chunks_repaired,
-                    r.shards_rebuilt,
-                    r.pending_reports
-                );
+            }
+        },
+        Command::Workers { meta, json } => {
+            let rows = workers::fetch(&mut connect(&meta, &cli.tls).await?)
+                .await
+                .context("workers request failed (it needs an admin certificate)")?;
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                workers::print(&rows);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `dfs status` as text (or one JSON line): servers, repairs, and what
+/// needs attention.
+async fn status_report(
+    meta: &str,
+    tls: &dfs_core::tls::TlsArgs,
+    json: bool,
+) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut client = connect(meta, tls).await?;
+    let reply = client
+        .list_servers(Empty {})
+        .await
+        .context("status request failed")?
+        .into_inner();
+    let servers: Vec<ServerRow> = reply
+        .servers
+        .iter()
+        .filter_map(|s| {
+            let r = s.record.as_ref()?;
+            Some(ServerRow {
+                id: r.id,
+                address: r.address.clone(),
+                zone: r.zone.clone(),
+                rack: r.rack.clone(),
+                state: state_name(s.state()),
+                heartbeat_age_ms: s.heartbeat_age_ms,
+                capacity_bytes: r.capacity_bytes,
+                used_bytes: r.used_bytes,
+                shard_count: r.shard_count,
+                shard_bytes: r.shard_bytes,
+            })
+        })
+        .collect();
+    let repair: Repair = reply.repair.unwrap_or_default().into();
+    let mut attention = attention(&servers, &repair);
+    // Workers need an admin certificate; a client's status goes without.
+    if let Ok(rows) = workers::fetch(&mut client).await {
+        attention.extend(workers::attention(&rows));
+    }
+    let count = |name: &str| servers.iter().filter(|s| s.state == name).count();
+    let status = Status {
+        health: if attention.is_empty() { "ok" } else { "warn" },
+        attention,
+        servers_up: count("up"),
+        servers_suspect: count("suspect"),
+        servers_down: count("down"),
+        servers,
+        repair,
+    };
+    let mut out = String::new();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&status)?)?;
+        return Ok(out);
+    }
+    writeln!(out, "health: {}", status.health.to_uppercase())?;
+    for line in &status.attention {
+        writeln!(out, "  - {line}")?;
+    }
+    writeln!(
+        out,
+        "{:>4}  {:<22} {:<14} {:<14} {:<8} {:>8} {:>14}",
+        "id", "address", "zone", "rack", "state", "shards", "shard bytes"
+    )?;
+    for s in &status.servers {
+        writeln!(
+            out,
+            "{:>4}  {:<22} {:<14} {:<14} {:<8} {:>8} {:>14}",
+            s.id, s.address, s.zone, s.rack, s.state, s.shard_count, s.shard_bytes
+        )?;
+    }
+    writeln!(
+        out,
+        "{} up, {} suspect, {} down",
+        status.servers_up, status.servers_suspect, status.servers_down
+    )?;
+    let r = &status.repair;
+    let last = r.last_scan_age_s.map_or("no scan yet".to_string(), |s| {
+        format!("last scan {s:.0}s ago")
+    });
+    writeln!(
+        out,
+        "chunks under-protected: {}, lost: {} ({last}{}); repaired since start: {} chunks, {} shards; damaged shards waiting: {}",
+        r.under_protected_chunks,
+        r.lost_chunks,
+        if r.scanning {
+            format!(", scanning: {} chunks so far", r.scanned_chunks)
+        } else {
+            String::new()
+        },
+        r.chunks_repaired,
+        r.shards_rebuilt,
+        r.pending_reports
+    )?;
+    Ok(out)
 }
 
 fn main() -> ExitCode {

@@ -21,6 +21,7 @@ pub mod size;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod workers;
 pub mod xorshift;
 
 pub use chunker::{cut_lengths, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};

@@ -32,6 +32,10 @@ struct Args {
     /// Seconds between repair scans of the whole dedup index.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     repair_interval: u64,
+    /// Most chunks repaired per second (0: no limit), so that rebuilding
+    /// a dead server's shards leaves disks and network to the clients.
+    #[arg(long, default_value_t = 0.0, value_name = "CHUNKS_PER_SEC")]
+    repair_rate: f64,
     /// Seconds between automatic garbage collections (0: only `dfs gc`).
     #[arg(long, default_value_t = 3600)]
     gc_interval: u64,
@@ -95,6 +99,10 @@ fn main() -> anyhow::Result<()> {
         args.clock_skew
     );
     anyhow::ensure!(
+        args.repair_rate.is_finite() && args.repair_rate >= 0.0,
+        "--repair-rate must be a number of chunks per second, 0 for no limit"
+    );
+    anyhow::ensure!(
         args.gc_grace >= args.min_gc_grace,
         "--gc-grace ({}) must be at least --min-gc-grace ({})",
         args.gc_grace,
@@ -108,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         clock_skew: Duration::from_secs(args.clock_skew),
         unlinked_timeout: Duration::from_secs(args.unlinked_timeout),
         min_gc_grace: Duration::from_secs(args.min_gc_grace),
+        repair_rate: args.repair_rate,
     };
     let service = dfs_meta::MetaService::open(
         store,

@@ -47,15 +47,31 @@ pub fn purge_pending(store: &dyn MetaStore) -> Result<usize> {
 
 /// Runs [`purge_pending`] whenever `wake` is notified, and every few
 /// seconds (to resume work left by a restart or an error).
-pub async fn purge_worker(store: Arc<dyn MetaStore>, wake: Arc<tokio::sync::Notify>) {
+pub async fn purge_worker(
+    store: Arc<dyn MetaStore>,
+    wake: Arc<tokio::sync::Notify>,
+    worker: Arc<dfs_core::workers::Worker>,
+) {
+    let every = Duration::from_secs(5);
     loop {
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || purge_pending(s.as_ref())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "purging removed files failed; will retry"),
-            Err(e) => tracing::error!(error = %e, "purge task panicked"),
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
+        worker.start(0);
+        let outcome = match tokio::task::spawn_blocking(move || purge_pending(s.as_ref())).await {
+            Ok(Ok(purged)) => {
+                worker.advance(purged as u64);
+                Ok(format!("{purged} removed files purged"))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "purging removed files failed; will retry");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "purge task panicked");
+                Err(format!("purge task panicked: {e}"))
+            }
+        };
+        worker.finish(outcome, Some(every));
+        let _ = tokio::time::timeout(every, wake.notified()).await;
     }
 }
 

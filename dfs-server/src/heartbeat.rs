@@ -14,8 +14,9 @@ use std::time::Duration;
 use dfs_core::rpc::{boxed_transport, RpcTransport};
 use dfs_core::shard_token::Gate;
 use dfs_core::tls::{Role, Security};
+use dfs_core::workers::Workers;
 use dfs_proto::meta_client::MetaClient;
-use dfs_proto::{HeartbeatRequest, RegisterServerRequest};
+use dfs_proto::{HeartbeatRequest, RegisterServerRequest, WorkerStatus};
 use tonic::transport::Endpoint;
 
 use crate::error::StoreError;
@@ -238,6 +239,7 @@ async fn send_heartbeat(
     client: &mut MetaRpc,
     server_id: u32,
     store: &Arc<ShardStore>,
+    workers: &[WorkerStatus],
 ) -> Result<(), HeartbeatError> {
     let (usage, capacity) = local_stats(store).await?;
     client
@@ -247,6 +249,7 @@ async fn send_heartbeat(
             used_bytes: capacity.used_bytes,
             shard_count: usage.shard_count,
             shard_bytes: usage.shard_bytes,
+            workers: workers.to_vec(),
         })
         .await
         .map_err(|status| HeartbeatError::Rpc {
@@ -264,7 +267,15 @@ pub async fn register_and_heartbeat(
     interval: Duration,
     security: Security,
 ) {
-    register_and_heartbeat_sharing(reg, store, interval, SharedServerId::default(), security).await
+    register_and_heartbeat_sharing(
+        reg,
+        store,
+        interval,
+        SharedServerId::default(),
+        security,
+        Workers::new(),
+    )
+    .await
 }
 
 /// [`register_and_heartbeat`], publishing the server id in `server_id` at
@@ -275,6 +286,7 @@ pub async fn register_and_heartbeat_sharing(
     interval: Duration,
     server_id: SharedServerId,
     security: Security,
+    workers: Arc<Workers>,
 ) {
     heartbeat_loop(
         reg,
@@ -282,6 +294,7 @@ pub async fn register_and_heartbeat_sharing(
         interval,
         MetaLink::Tcp { next: 0, security },
         server_id,
+        workers,
     )
     .await
 }
@@ -312,6 +325,7 @@ pub async fn heartbeat_via(
         interval,
         MetaLink::Transport(transport),
         SharedServerId::default(),
+        Workers::new(),
     )
     .await
 }
@@ -357,6 +371,7 @@ async fn heartbeat_loop(
     interval: Duration,
     mut link: MetaLink,
     shared_id: SharedServerId,
+    workers: Arc<Workers>,
 ) {
     let mut backoff = INITIAL_BACKOFF;
     loop {
@@ -393,7 +408,8 @@ async fn heartbeat_loop(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            if let Err(err) = send_heartbeat(&mut client, server_id, &store).await {
+            let statuses = workers.statuses(&format!("dfs-server {server_id} {}", reg.address));
+            if let Err(err) = send_heartbeat(&mut client, server_id, &store, &statuses).await {
                 let err = error_chain(&err);
                 tracing::warn!(meta = %reg.meta_addr, server_id, %err, "heartbeat failed; registering again");
                 link.skip_current();
@@ -579,6 +595,9 @@ mod tests {
             }
             Ok(Response::new(Empty {}))
         }
+        async fn workers(&self, _: Request<Empty>) -> Result<Response<WorkersReply>, Status> {
+            unimplemented()
+        }
         async fn list_servers(
             &self,
             _: Request<Empty>,
@@ -629,6 +648,7 @@ mod tests {
             Duration::from_millis(100),
             lazy_meta_transport(&addr.to_string(), &Security::Plaintext).expect("transport"),
             server_id.clone(),
+            Arc::new(dfs_core::workers::Worker::new("scrub", "shards")),
         ));
         let heartbeat = tokio::spawn(register_and_heartbeat_sharing(
             reg,
@@ -636,6 +656,7 @@ mod tests {
             Duration::from_millis(50),
             server_id.clone(),
             Security::Plaintext,
+            Workers::new(),
         ));
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -46,8 +46,16 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, StoreError> {
     }
 }
 
-fn write_atomically(dir: &Path, path: &Path, contents: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{SERVER_ID_FILE}.tmp"));
+/// Replaces `path` (a file in `dir`) with `contents` through a temporary
+/// file and a rename, both synced: a crash leaves the old or the new file.
+pub(crate) fn write_atomically(dir: &Path, path: &Path, contents: &[u8]) -> io::Result<()> {
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("file"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut tmp_name = name;
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
     {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(contents)?;

@@ -157,6 +157,8 @@ impl BoundServer {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let mut background = Vec::new();
+        // Its background work, reported in every heartbeat (`dfs workers`).
+        let workers = dfs_core::workers::Workers::new();
         // Learned at registration: no registration, no client with a
         // certificate gets a shard (EAGAIN until then).
         let server_id = SharedServerId::default();
@@ -187,6 +189,7 @@ impl BoundServer {
                     self.config.heartbeat_interval,
                     server_id.clone(),
                     security.clone(),
+                    Arc::clone(&workers),
                 )));
                 match heartbeat::lazy_meta_transport(meta_addr, &security) {
                     Ok(meta) => {
@@ -198,7 +201,10 @@ impl BoundServer {
                         tracing::warn!(meta = %meta_addr, err = %dfs_core::error::error_chain(&err), "bad metadata server address; damaged shards met by reads are left to the scrubber");
                     }
                 }
-                if let Some(task) = self.start_scrubber(meta_addr, server_id, &security) {
+                let scrub_worker = workers.add("scrub", "shards");
+                if let Some(task) =
+                    self.start_scrubber(meta_addr, server_id, &security, scrub_worker)
+                {
                     background.push(task);
                 }
             }
@@ -243,6 +249,7 @@ impl BoundServer {
         meta_addr: &str,
         server_id: SharedServerId,
         security: &Security,
+        worker: Arc<dfs_core::workers::Worker>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let period = self.config.scrub_period;
         if period.is_zero() {
@@ -265,7 +272,7 @@ impl BoundServer {
         tracing::info!(period = ?period, "scrubber started");
         let span = tracing::info_span!("scrub", server_uuid = %self.uuid);
         Some(tokio::spawn(
-            scrub::run(Arc::clone(&self.store), period, meta, server_id).instrument(span),
+            scrub::run(Arc::clone(&self.store), period, meta, server_id, worker).instrument(span),
         ))
     }
 }

@@ -13,6 +13,13 @@
 //! never deletes a shard: a put replaces it, and until then the corrupt copy
 //! costs nothing, since every read checks the checksum.
 //!
+//! Where a pass stands is kept in `<data>/scrub.cursor` after every page
+//! ([`ScrubCursor`]): a restarted server resumes its pass after the last
+//! shard it read, and waits out the rest of the period after a finished
+//! one, so a server restarted more often than its period still reaches the
+//! end of its key space. The pass shows on the `scrub` worker (`dfs
+//! workers`).
+//!
 //! A report that fails (metadata server down, server not registered yet)
 //! is kept and retried after the next page, and on the next pass. At most
 //! [`MAX_RETAINED`] shards are kept; past that, new finds are dropped and
@@ -22,13 +29,16 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use dfs_core::time::now_ns;
+use dfs_core::workers::Worker;
 
 use dfs_core::rpc::RpcTransport;
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{ReportBadShardsRequest, ShardKey};
-use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::heartbeat::SharedServerId;
@@ -83,6 +93,76 @@ pub struct PassSummary {
     pub dropped: u64,
 }
 
+/// The file, in the data directory, that holds the scrub cursor.
+pub const CURSOR_FILE: &str = "scrub.cursor";
+
+/// How far the scrubber got, as kept on disk between pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrubCursor {
+    /// A pass under way, begun at `started_ns`: `verified` shards read,
+    /// the last of them `after`.
+    InPass {
+        started_ns: i64,
+        verified: u64,
+        after: [u8; KEY_LEN],
+    },
+    /// The last pass, begun at `started_ns`, reached the end.
+    Done { started_ns: i64 },
+}
+
+impl ScrubCursor {
+    fn encode(&self) -> String {
+        match self {
+            Self::InPass {
+                started_ns,
+                verified,
+                after,
+            } => format!("pass {started_ns} {verified} {}\n", hex::encode(after)),
+            Self::Done { started_ns } => format!("done {started_ns}\n"),
+        }
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        match words.next()? {
+            "pass" => {
+                let started_ns = words.next()?.parse().ok()?;
+                let verified = words.next()?.parse().ok()?;
+                let after = hex::decode(words.next()?).ok()?.try_into().ok()?;
+                Some(Self::InPass {
+                    started_ns,
+                    verified,
+                    after,
+                })
+            }
+            "done" => Some(Self::Done {
+                started_ns: words.next()?.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The cursor kept in `data_dir`; `None` when there is none or it is
+    /// unreadable (a pass then starts from the beginning).
+    pub fn load(data_dir: &Path) -> Option<Self> {
+        let path = data_dir.join(CURSOR_FILE);
+        let text = std::fs::read_to_string(&path).ok()?;
+        let cursor = Self::decode(&text);
+        if cursor.is_none() {
+            tracing::warn!(path = %path.display(), "unreadable scrub cursor; the pass starts over");
+        }
+        cursor
+    }
+
+    pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
+        crate::identity::write_atomically(
+            data_dir,
+            &data_dir.join(CURSOR_FILE),
+            self.encode().as_bytes(),
+        )
+    }
+}
+
 /// The pause after each page so that a pass over `shard_count` shards takes
 /// about `period`: `period / pages`, at most [`MAX_PAGE_DELAY`].
 pub fn page_delay(period: Duration, shard_count: u64) -> Duration {
@@ -130,6 +210,23 @@ impl Scrubber {
     pub async fn scrub_pass<R, F>(
         &mut self,
         pace: Duration,
+        report: R,
+    ) -> Result<PassSummary, StoreError>
+    where
+        R: FnMut(Vec<ShardKey>) -> F,
+        F: Future<Output = Result<(), ReportError>>,
+    {
+        self.scrub_pass_from(pace, None, |_, _| {}, report).await
+    }
+
+    /// [`Scrubber::scrub_pass`] from the shard after `after` (the rest of
+    /// a pass begun earlier), calling `on_page(last key, shards read)`
+    /// after each page.
+    pub async fn scrub_pass_from<R, F>(
+        &mut self,
+        pace: Duration,
+        after: Option<[u8; KEY_LEN]>,
+        mut on_page: impl FnMut([u8; KEY_LEN], u64),
         mut report: R,
     ) -> Result<PassSummary, StoreError>
     where
@@ -137,7 +234,7 @@ impl Scrubber {
         F: Future<Output = Result<(), ReportError>>,
     {
         let mut pass = PassSummary::default();
-        let mut after: Option<[u8; KEY_LEN]> = None;
+        let mut after = after;
         loop {
             let store = Arc::clone(&self.store);
             let (page, full) =
@@ -167,6 +264,9 @@ impl Scrubber {
             }
             if !self.pending.is_empty() {
                 self.flush(&mut report).await;
+            }
+            if let Some(last) = page.last() {
+                on_page(last.key(), page.len() as u64);
             }
             match (full, page.last()) {
                 (true, Some(last)) => after = Some(last.key()),
@@ -243,20 +343,31 @@ impl Scrubber {
 }
 
 /// Scrubs forever: a pass every `period` (the first after
-/// [`FIRST_PASS_DELAY`] or `period`, whichever is shorter), reporting bad
+/// [`FIRST_PASS_DELAY`] or `period`, whichever is shorter, unless the
+/// cursor says the last pass ended less than a period ago), reporting bad
 /// shards through `meta` under the id in `server_id` once the heartbeat task
-/// has set it. Returns at once for a zero period. Run it as a task and abort
-/// it on shutdown.
+/// has set it, and its progress on `worker`. A pass the cursor shows under
+/// way resumes where it was. Returns at once for a zero period. Run it as
+/// a task and abort it on shutdown.
 pub async fn run(
     store: Arc<ShardStore>,
     period: Duration,
     meta: RpcTransport,
     server_id: SharedServerId,
+    worker: Arc<Worker>,
 ) {
     if period.is_zero() {
         return;
     }
-    tokio::time::sleep(period.min(FIRST_PASS_DELAY)).await;
+    worker.set_throttle(format!("one pass per {}s", period.as_secs_f64()));
+    let data_dir = store.data_dir().to_path_buf();
+    let mut cursor = ScrubCursor::load(&data_dir);
+    let mut wait = period.min(FIRST_PASS_DELAY);
+    if let Some(ScrubCursor::Done { started_ns }) = cursor {
+        wait = wait.max(period.saturating_sub(since(started_ns)));
+    }
+    worker.set_next_run(wait);
+    tokio::time::sleep(wait).await;
     let client = MetaClient::new(meta);
     let mut report = move |shards: Vec<ShardKey>| {
         let mut client = client.clone();
@@ -273,17 +384,53 @@ pub async fn run(
     };
     let mut scrubber = Scrubber::new(Arc::clone(&store));
     loop {
-        let started = Instant::now();
         let shards = store.usage().shard_count;
         let pace = page_delay(period, shards);
-        tracing::info!(shards, page_delay = ?pace, "scrub pass starting");
-        match scrubber.scrub_pass(pace, &mut report).await {
+        let (started_ns, resume_after, mut verified) = match cursor.take() {
+            Some(ScrubCursor::InPass {
+                started_ns,
+                verified,
+                after,
+            }) => {
+                tracing::info!(shards, verified, page_delay = ?pace, "scrub pass resuming where it stopped");
+                worker.resume(verified, shards);
+                (started_ns, Some(after), verified)
+            }
+            _ => {
+                tracing::info!(shards, page_delay = ?pace, "scrub pass starting");
+                worker.start(shards);
+                (now_ns(), None, 0)
+            }
+        };
+        let mut save_failing = false;
+        let on_page = |after: [u8; KEY_LEN], read: u64| {
+            verified += read;
+            worker.advance(read);
+            let at = ScrubCursor::InPass {
+                started_ns,
+                verified,
+                after,
+            };
+            match at.save(&data_dir) {
+                Ok(()) => save_failing = false,
+                Err(e) if !save_failing => {
+                    save_failing = true;
+                    tracing::warn!(error = %e, "cannot keep the scrub cursor; a restart begins the pass again");
+                }
+                Err(_) => {}
+            }
+        };
+        let outcome = scrubber
+            .scrub_pass_from(pace, resume_after, on_page, &mut report)
+            .await;
+        let next = period.saturating_sub(since(started_ns));
+        match outcome {
             Ok(pass) => {
                 let totals = scrubber.stats();
                 tracing::info!(
                     verified = pass.verified,
                     bad = pass.bad,
-                    elapsed = ?started.elapsed(),
+                    elapsed = ?Duration::from_nanos(u64::try_from(now_ns() - started_ns).unwrap_or(0)),
                     passes_completed = totals.passes_completed,
                     total_verified = totals.shards_verified,
                     total_bad = totals.bad_found,
@@ -291,14 +438,32 @@ pub async fn run(
                     waiting_report = scrubber.pending(),
                     "scrub pass done"
                 );
+                if let Err(e) = (ScrubCursor::Done { started_ns }).save(&data_dir) {
+                    tracing::warn!(error = %e, "cannot keep the scrub cursor");
+                }
+                worker.finish(
+                    Ok(format!(
+                        "{} shards verified, {} bad, {} waiting to be reported",
+                        pass.verified,
+                        pass.bad,
+                        scrubber.pending()
+                    )),
+                    Some(next),
+                );
             }
             Err(err) => {
                 tracing::warn!(%err, "scrub pass stopped by a store error; trying again next period");
+                worker.finish(Err(err.to_string()), Some(next));
             }
         }
         // tokio clamps a sleep past the end of time, so a huge period is safe.
-        tokio::time::sleep(period.saturating_sub(started.elapsed())).await;
+        tokio::time::sleep(next).await;
     }
+}
+
+/// Time since `ns` (wall clock), zero for a time in the future.
+fn since(ns: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(now_ns().saturating_sub(ns)).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -360,6 +525,115 @@ mod tests {
             }
             seen.lock().expect("lock").push(keys);
             std::future::ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_cursor_reads_back_what_was_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(ScrubCursor::load(dir.path()), None);
+        for cursor in [
+            ScrubCursor::InPass {
+                started_ns: 1_700_000_000_000_000_000,
+                verified: 4096,
+                after: shard_key(&fp(9), 4),
+            },
+            ScrubCursor::Done { started_ns: 42 },
+        ] {
+            cursor.save(dir.path()).expect("save");
+            assert_eq!(ScrubCursor::load(dir.path()), Some(cursor));
+        }
+        std::fs::write(dir.path().join(CURSOR_FILE), "pass 1 2 zz").expect("write");
+        assert_eq!(
+            ScrubCursor::load(dir.path()),
+            None,
+            "unreadable: start over"
+        );
+    }
+
+    /// A scrubber stopped in the middle of a pass (its server restarted)
+    /// reads only the shards after its cursor when it starts again, and
+    /// the pass it finishes is the one it began.
+    #[tokio::test]
+    async fn a_restarted_scrubber_resumes_where_it_was() {
+        let (dir, store) = store_with(2000, &[]);
+        // 8 pages over 1.6 s: a page every 200 ms.
+        let period = Duration::from_millis(1600);
+        let nowhere = || {
+            crate::heartbeat::lazy_meta_transport(
+                "127.0.0.1:1",
+                &dfs_core::tls::Security::Plaintext,
+            )
+            .expect("transport")
+        };
+        let first = tokio::spawn(run(
+            Arc::clone(&store),
+            period,
+            nowhere(),
+            SharedServerId::default(),
+            Arc::new(Worker::new("scrub", "shards")),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(ScrubCursor::InPass { verified, .. }) = ScrubCursor::load(dir.path()) {
+                if verified >= 512 {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pass never got going"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.abort();
+        let _ = first.await;
+        let Some(ScrubCursor::InPass {
+            started_ns,
+            verified,
+            ..
+        }) = ScrubCursor::load(dir.path())
+        else {
+            panic!("no cursor of a pass under way");
+        };
+        assert!(verified < 2000, "stopped in the middle");
+
+        let worker = Arc::new(Worker::new("scrub", "shards"));
+        let second = tokio::spawn(run(
+            Arc::clone(&store),
+            period,
+            nowhere(),
+            SharedServerId::default(),
+            Arc::clone(&worker),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while worker.status("test").runs == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pass never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        second.abort();
+        let status = worker.status("test");
+        assert_eq!(
+            status.summary,
+            format!(
+                "{} shards verified, 0 bad, 0 waiting to be reported",
+                2000 - verified
+            ),
+            "only the shards after the cursor were read again"
+        );
+        // The pass took longer than its period, so the next may have begun.
+        match ScrubCursor::load(dir.path()) {
+            Some(ScrubCursor::Done { started_ns: done }) => assert_eq!(
+                done, started_ns,
+                "the pass that ended is the one begun before the restart"
+            ),
+            Some(ScrubCursor::InPass {
+                started_ns: next, ..
+            }) => assert!(next > started_ns, "a new pass after the resumed one"),
+            None => panic!("the cursor is gone"),
         }
     }
 

@@ -38,6 +38,7 @@ pub fn allowed_roles(path: &str) -> &'static [Role] {
         // Read-only views a mount needs (df, where to place shards) and an
         // operator's `dfs status` too.
         ("Meta", "StatFs" | "GetVolumeConfig" | "ListServers") => &[Client, Admin],
+        ("Meta", "Workers") => &[Admin],
         ("Meta", "Stats" | "Gc" | "Fsck") => &[Admin],
         // Chunk servers joining and reporting.
         ("Meta", "RegisterServer" | "Heartbeat" | "ReportBadShards") => &[Server],

@@ -60,6 +60,26 @@ fn problem(report: &mut FsckReport, kind: &str, detail: String) {
 
 impl Maintenance {
     pub async fn fsck(&self, options: FsckOptions) -> Result<FsckReport> {
+        // Its size is the last run's, until this one ends.
+        let (last, _) = self.fsck_worker.progress();
+        self.fsck_worker.start(last);
+        let outcome = self.fsck_inner(options).await;
+        self.fsck_worker.finish(
+            match &outcome {
+                Ok(r) => Ok(format!(
+                    "{} files, {} chunk references, {} problems",
+                    r.files,
+                    r.chunk_refs,
+                    r.problems.len()
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            None,
+        );
+        outcome
+    }
+
+    async fn fsck_inner(&self, options: FsckOptions) -> Result<FsckReport> {
         let view = self.view().await?;
         let mut report = FsckReport::default();
 
@@ -85,6 +105,7 @@ impl Maintenance {
                     continue;
                 }
             };
+            self.fsck_worker.advance(listed.len() as u64);
             let mut health = vec![ShardHealth::Present; listed.len()];
             if options.verify {
                 let keys: Vec<ShardKey> = listed
@@ -139,6 +160,7 @@ impl Maintenance {
             let Some((last, _)) = rows.last() else { break };
             cursor = last.clone();
             cursor.push(0);
+            self.fsck_worker.advance(rows.len() as u64);
             for (key, value) in rows {
                 let r = match ChunkRefRecord::decode(value.as_slice()) {
                     Ok(r) => r,
@@ -178,6 +200,7 @@ impl Maintenance {
             let Some((last, _)) = rows.last() else { break };
             cursor = last.clone();
             cursor.push(0);
+            self.fsck_worker.advance(rows.len() as u64);
             for (key, value) in rows {
                 let fp = key[1..].to_vec();
                 let rec = match ChunkRecord::decode(value.as_slice()) {

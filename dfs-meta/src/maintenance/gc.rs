@@ -66,6 +66,24 @@ impl Maintenance {
             )));
         }
         let _one_at_a_time = self.gc_lock.lock().await;
+        // Its size is the last run's, until this one ends.
+        let (last, _) = self.gc_worker.progress();
+        self.gc_worker.start(last);
+        let outcome = self.gc_locked(options).await;
+        self.gc_worker.finish(
+            match &outcome {
+                Ok(r) => Ok(format!(
+                    "{} chunks scanned, {} freed ({} bytes), {} orphan shards deleted",
+                    r.scanned, r.chunks_freed, r.bytes_freed, r.orphan_shards_deleted
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            None,
+        );
+        outcome
+    }
+
+    async fn gc_locked(&self, options: GcOptions) -> Result<GcReport> {
         let view = self.view().await?;
         let mut report = GcReport::default();
         let grace_ns = nanos(options.grace);
@@ -86,6 +104,7 @@ impl Maintenance {
                 .await?;
             report.scanned += mark.scanned;
             report.waiting += mark.waiting;
+            self.gc_worker.advance(mark.scanned);
 
             // Shards to delete, grouped by server and cut-off time (one
             // pass declares its entries dead at one instant).

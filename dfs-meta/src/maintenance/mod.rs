@@ -6,8 +6,13 @@
 //!   orphan shards no index entry points at;
 //! - `fsck`: checking the whole volume against the servers (`dfs fsck`).
 //!
-//! `run` does the first two in the background; `dfs gc` and `dfs fsck`
-//! call them on demand through the `Meta` service.
+//! `run` starts the background work as named workers, each its own task
+//! with a status `dfs workers` shows (`dfs_core::workers`): `repair`
+//! (reported shards as they come, the whole index every
+//! `repair_interval`, paced by `repair_rate`), `lease-expiry` (files
+//! unlinked while open and lock sessions of dead clients), `gc` (every
+//! `gc_interval`); `dfs gc` and `dfs fsck` run on demand through the
+//! `Meta` service and report on the `gc` and `fsck` workers.
 
 pub mod fsck;
 pub mod gc;
@@ -21,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use dfs_core::rpc::Connector;
 use dfs_core::time::now_ns;
-use dfs_proto::{RepairStatus, ServerStatus, ShardKey};
+use dfs_core::workers::{Pacer, Worker, Workers};
+use dfs_proto::{RepairStatus, ServerStatus, ShardKey, WorkerStatus};
 
 use crate::error::{MetaError, Result};
 use crate::registry::{self, Liveness};
@@ -55,6 +61,9 @@ pub struct MaintenanceConfig {
     /// shards) a `dfs gc` may ask for: shorter ones are refused, whoever
     /// asks, so no request can delete an upload whose commit is on its way.
     pub min_gc_grace: Duration,
+    /// Most chunks repaired per second (0: no limit), so that rebuilding
+    /// a dead server's shards leaves disks and network to the clients.
+    pub repair_rate: f64,
 }
 
 impl Default for MaintenanceConfig {
@@ -68,6 +77,7 @@ impl Default for MaintenanceConfig {
             unlinked_timeout: Duration::from_secs(600),
             // In-process (tests, the embedded mode): no remote caller.
             min_gc_grace: Duration::ZERO,
+            repair_rate: 0.0,
         }
     }
 }
@@ -88,6 +98,16 @@ pub struct Maintenance {
     /// When this metadata server started: heartbeat ages and lease ages
     /// only mean something once it has been up long enough to receive them.
     started: Instant,
+    /// This process's named workers, and the ones maintenance runs.
+    workers: Arc<Workers>,
+    repair_worker: Arc<Worker>,
+    gc_worker: Arc<Worker>,
+    lease_worker: Arc<Worker>,
+    fsck_worker: Arc<Worker>,
+    /// `repair_rate`, applied to every chunk repaired.
+    repair_pacer: Pacer,
+    /// The chunk servers' workers, as their last heartbeats reported them.
+    server_workers: parking_lot::Mutex<BTreeMap<u32, Vec<WorkerStatus>>>,
 }
 
 /// Most damaged shards kept waiting for repair (reports past it are
@@ -109,6 +129,14 @@ impl Maintenance {
         connector: Connector,
         purge_wake: Arc<tokio::sync::Notify>,
     ) -> Arc<Self> {
+        let workers = Workers::new();
+        let repair_worker = workers.add("repair", "chunks");
+        if config.repair_rate > 0.0 {
+            repair_worker.set_throttle(format!("{} chunks/s", config.repair_rate));
+        }
+        let lease_worker = workers.add("lease-expiry", "files and sessions");
+        let gc_worker = workers.add("gc", "chunks");
+        let fsck_worker = workers.add("fsck", "records");
         Arc::new(Self {
             store,
             liveness,
@@ -121,7 +149,34 @@ impl Maintenance {
             scan_lock: tokio::sync::Mutex::new(()),
             gc_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
+            repair_pacer: Pacer::new(config.repair_rate),
+            server_workers: parking_lot::Mutex::new(BTreeMap::new()),
+            workers,
+            repair_worker,
+            gc_worker,
+            lease_worker,
+            fsck_worker,
         })
+    }
+
+    /// This dfs-meta's named workers.
+    pub fn workers(&self) -> &Arc<Workers> {
+        &self.workers
+    }
+
+    /// Keeps what a chunk server's heartbeat said of its workers.
+    pub fn note_server_workers(&self, server_id: u32, workers: Vec<WorkerStatus>) {
+        self.server_workers.lock().insert(server_id, workers);
+    }
+
+    /// Every worker of the cluster: this dfs-meta's, then each chunk
+    /// server's as of its last heartbeat (`reported_ns` says when).
+    pub fn cluster_workers(&self) -> Vec<WorkerStatus> {
+        let mut all = self.workers.statuses("dfs-meta");
+        for reported in self.server_workers.lock().values() {
+            all.extend(reported.iter().cloned());
+        }
+        all
     }
 
     pub fn config(&self) -> &MaintenanceConfig {
@@ -199,62 +254,127 @@ impl Maintenance {
         Ok(())
     }
 
-    /// The background loop: repairs reported shards as they come, scans
-    /// the index every `repair_interval`, collects garbage every
-    /// `gc_interval`. Errors are logged and the work retried later.
+    /// Starts the background workers, each its own task: `repair`,
+    /// `lease-expiry` and (with a `gc_interval`) `gc`. Errors are logged,
+    /// shown on the worker, and the work retried at its next run.
     pub async fn run(self: Arc<Self>) {
-        let start = Instant::now();
-        let mut next_scan = start + Duration::from_secs(2).min(self.config.repair_interval);
-        let mut next_gc = self.config.gc_interval.map(|i| start + i);
-        loop {
-            let now = Instant::now();
-            let mut until = next_scan.saturating_duration_since(now);
-            if let Some(gc) = next_gc {
-                until = until.min(gc.saturating_duration_since(now));
+        let mut tasks = vec![
+            tokio::spawn(Arc::clone(&self).repair_loop()),
+            tokio::spawn(Arc::clone(&self).lease_loop()),
+        ];
+        if let Some(interval) = self.config.gc_interval {
+            tasks.push(tokio::spawn(Arc::clone(&self).gc_loop(interval)));
+        }
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a maintenance worker panicked");
             }
+        }
+    }
+
+    /// Repairs reported shards as they come and scans the whole index
+    /// every `repair_interval`.
+    async fn repair_loop(self: Arc<Self>) {
+        let worker = Arc::clone(&self.repair_worker);
+        let first = Duration::from_secs(2).min(self.config.repair_interval);
+        let mut next_scan = Instant::now() + first;
+        worker.set_next_run(first);
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(until) => {}
+                _ = tokio::time::sleep_until(next_scan.into()) => {}
                 _ = self.wake.notified() => {}
             }
-            if let Err(e) = self.repair_reported().await {
-                tracing::warn!(error = %e, "repairing reported shards failed");
+            let reported = self.reported.lock().values().map(|s| s.len() as u64).sum();
+            if reported > 0 {
+                worker.start(reported);
+                let outcome = self.repair_reported().await;
+                if let Err(e) = &outcome {
+                    tracing::warn!(error = %e, "repairing reported shards failed");
+                }
+                worker.finish(
+                    outcome
+                        .map(|()| format!("{reported} reported shards handled"))
+                        .map_err(|e| e.to_string()),
+                    Some(next_scan.saturating_duration_since(Instant::now())),
+                );
             }
-            if Instant::now() >= next_scan {
-                if let Err(e) = self.expire_unlinked().await {
-                    tracing::warn!(error = %e, "expiring unlinked files of dead clients failed");
-                }
-                if let Err(e) = self.expire_lock_sessions().await {
-                    tracing::warn!(error = %e, "ending lock sessions of dead clients failed");
-                }
-                match self.repair_scan().await {
-                    Ok(summary) => tracing::debug!(
+            if Instant::now() < next_scan {
+                continue;
+            }
+            // Its size is the last scan's, until this one ends.
+            worker.start(self.status.lock().scanned_chunks);
+            let outcome = self.repair_scan().await;
+            next_scan = Instant::now() + self.config.repair_interval;
+            let outcome = match outcome {
+                Ok(summary) => {
+                    tracing::debug!(
                         scanned = summary.scanned,
                         under_protected = summary.under_protected,
                         lost = summary.lost,
                         "repair scan done"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "repair scan failed"),
+                    );
+                    Ok(format!(
+                        "{} chunks scanned, {} under-protected, {} lost",
+                        summary.scanned, summary.under_protected, summary.lost
+                    ))
                 }
-                next_scan = Instant::now() + self.config.repair_interval;
+                Err(e) => {
+                    tracing::warn!(error = %e, "repair scan failed");
+                    Err(e.to_string())
+                }
+            };
+            worker.finish(outcome, Some(self.config.repair_interval));
+        }
+    }
+
+    /// Every `repair_interval`: removes files unlinked while open by
+    /// clients that died, and ends their lock sessions.
+    async fn lease_loop(self: Arc<Self>) {
+        let worker = Arc::clone(&self.lease_worker);
+        let interval = self.config.repair_interval;
+        loop {
+            worker.set_next_run(interval);
+            tokio::time::sleep(interval).await;
+            worker.start(0);
+            let files = self.expire_unlinked().await;
+            if let Err(e) = &files {
+                tracing::warn!(error = %e, "expiring unlinked files of dead clients failed");
             }
-            if let (Some(at), Some(interval)) = (next_gc, self.config.gc_interval) {
-                if Instant::now() >= at {
-                    let request = gc::GcOptions {
-                        grace: self.config.gc_grace,
-                        clock_skew: self.config.clock_skew,
-                        orphan_grace: Some(self.config.gc_grace),
-                    };
-                    match self.gc(request).await {
-                        Ok(report) => tracing::info!(
-                            chunks_freed = report.chunks_freed,
-                            bytes_freed = report.bytes_freed,
-                            orphan_shards_deleted = report.orphan_shards_deleted,
-                            "garbage collection done"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-                    }
-                    next_gc = Some(Instant::now() + interval);
+            let sessions = self.expire_lock_sessions().await;
+            if let Err(e) = &sessions {
+                tracing::warn!(error = %e, "ending lock sessions of dead clients failed");
+            }
+            let outcome = match (files, sessions) {
+                (Ok(files), Ok(sessions)) => {
+                    worker.advance(files + sessions);
+                    Ok(format!(
+                        "{files} unlinked files removed, {sessions} lock sessions ended"
+                    ))
                 }
+                (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+            };
+            worker.finish(outcome, Some(interval));
+        }
+    }
+
+    /// Collects garbage every `interval`.
+    async fn gc_loop(self: Arc<Self>, interval: Duration) {
+        loop {
+            self.gc_worker.set_next_run(interval);
+            tokio::time::sleep(interval).await;
+            let request = gc::GcOptions {
+                grace: self.config.gc_grace,
+                clock_skew: self.config.clock_skew,
+                orphan_grace: Some(self.config.gc_grace),
+            };
+            match self.gc(request).await {
+                Ok(report) => tracing::info!(
+                    chunks_freed = report.chunks_freed,
+                    bytes_freed = report.bytes_freed,
+                    orphan_shards_deleted = report.orphan_shards_deleted,
+                    "garbage collection done"
+                ),
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
         }
     }

@@ -182,8 +182,9 @@ impl Maintenance {
             .map_err(dfs_core::error::DfsError::from)
     }
 
-    /// Rebuilds the `faults` of one chunk. Never changes anything if the
-    /// rebuilt shards do not verify against the fingerprint.
+    /// Rebuilds the `faults` of one chunk, at most `repair_rate` chunks a
+    /// second. Never changes anything if the rebuilt shards do not verify
+    /// against the fingerprint.
     pub async fn repair_chunk(
         &self,
         view: &ServerView,
@@ -191,6 +192,7 @@ impl Maintenance {
         rec: &ChunkRecord,
         mut faults: BTreeMap<usize, Fault>,
     ) -> Outcome {
+        self.repair_pacer.take(1, &self.repair_worker).await;
         let Ok(fp) = Fingerprint::from_slice(fingerprint) else {
             return Outcome::Failed("malformed fingerprint in the index".into());
         };
@@ -486,8 +488,18 @@ impl Maintenance {
                         .map(|(&i, _)| rec.shard_servers[i])
                         .collect();
                     let outcome = self.repair_chunk(view_ref, &fp, &rec, faults).await;
-                    if let Outcome::Failed(why) = &outcome {
-                        tracing::warn!(error = %why, "repair failed; retrying on the next scan");
+                    match &outcome {
+                        Outcome::Failed(why) => {
+                            tracing::warn!(error = %why, "repair failed; retrying on the next scan")
+                        }
+                        // Counted as it happens: `dfs status` and the
+                        // throttle's test see repairs one by one.
+                        Outcome::Repaired(n) => {
+                            let mut status = self.status.lock();
+                            status.chunks_repaired += 1;
+                            status.shards_rebuilt += *n as u64;
+                        }
+                        _ => {}
                     }
                     (unavailable, readable, need, Some(outcome), absent_on)
                 },
@@ -522,13 +534,9 @@ impl Maintenance {
                     summary.under_protected += 1;
                 }
             }
-            {
-                let mut status = self.status.lock();
-                status.scanned_chunks += page_len as u64;
-                status.chunks_repaired += summary.repaired;
-                status.shards_rebuilt += summary.shards_rebuilt;
-            }
-            // Counted into the status as they happen, not again at the end.
+            self.repair_worker.advance(page_len as u64);
+            self.status.lock().scanned_chunks += page_len as u64;
+            // Counted into the status as they happened, not again at the end.
             summary.repaired = 0;
             summary.shards_rebuilt = 0;
         }

@@ -62,6 +62,9 @@ pub struct MetaService {
 
 /// A transaction over this is logged: FoundationDB refuses any older than
 /// 5 s, and a request that slow is felt by whoever waits on it.
+/// Most worker statuses kept per chunk server (it reports one or two).
+const MAX_WORKERS_PER_SERVER: usize = 16;
+
 const SLOW_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl MetaService {
@@ -116,6 +119,7 @@ impl MetaService {
         tokio::spawn(crate::purge::purge_worker(
             self.store.clone(),
             self.purge_wake.clone(),
+            self.maintenance.workers().add("purge", "files"),
         ));
         tokio::spawn(self.maintenance.clone().run());
     }
@@ -718,11 +722,26 @@ impl Meta for MetaService {
 
     async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Result<Response<Empty>, Status> {
         let key_id = caller_key(&r);
-        let r = r.into_inner();
-        self.run("heartbeat", move |t, now| {
-            registry::heartbeat(t, &r, now, key_id.as_ref()).map(|_| Empty {})
-        })
-        .await
+        let mut r = r.into_inner();
+        let (server_id, workers) = (r.server_id, std::mem::take(&mut r.workers));
+        let reply = self
+            .run("heartbeat", move |t, now| {
+                registry::heartbeat(t, &r, now, key_id.as_ref()).map(|_| Empty {})
+            })
+            .await?;
+        // Only from the server the certificate is bound to (the heartbeat
+        // checked it), and only a bounded list.
+        self.maintenance.note_server_workers(
+            server_id,
+            workers.into_iter().take(MAX_WORKERS_PER_SERVER).collect(),
+        );
+        Ok(reply)
+    }
+
+    async fn workers(&self, _r: Request<Empty>) -> Result<Response<WorkersReply>, Status> {
+        Ok(Response::new(WorkersReply {
+            workers: self.maintenance.cluster_workers(),
+        }))
     }
 
     async fn list_servers(&self, _r: Request<Empty>) -> Result<Response<ListServersReply>, Status> {
