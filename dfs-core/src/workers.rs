@@ -51,6 +51,9 @@ struct Inner {
     last_error: String,
     last_error_ns: i64,
     last_run_ns: i64,
+    /// When a run last went well, or when the worker began: what "how
+    /// long without a successful run" (the stalled alerts) counts from.
+    last_success_ns: i64,
     next_run_ns: i64,
     runs: u64,
     throttle: String,
@@ -78,6 +81,7 @@ impl Worker {
                 last_error: String::new(),
                 last_error_ns: 0,
                 last_run_ns: 0,
+                last_success_ns: now_ns(),
                 next_run_ns: 0,
                 runs: 0,
                 throttle: String::new(),
@@ -157,6 +161,7 @@ impl Worker {
         match outcome {
             Ok(summary) => {
                 inner.state = WorkerState::Idle;
+                inner.last_success_ns = now;
                 inner.summary = summary;
                 inner.last_error.clear();
             }
@@ -192,6 +197,7 @@ impl Worker {
             throttle: inner.throttle.clone(),
             summary: inner.summary.clone(),
             reported_ns: now_ns(),
+            last_success_ns: inner.last_success_ns,
         }
     }
 }

@@ -71,6 +71,8 @@ pub const VOLUME_DEDUP_RATIO: &str = "dfs_volume_dedup_ratio";
 pub const VOLUME_COMPRESSION_RATIO: &str = "dfs_volume_compression_ratio";
 pub const SERVERS: &str = "dfs_servers";
 pub const REPAIR_CHUNKS: &str = "dfs_repair_chunks";
+pub const WORKER_LAST_SUCCESS: &str = "dfs_worker_last_success_timestamp_seconds";
+pub const WORKER_FAILING: &str = "dfs_worker_failing";
 pub const SERVER_SHARDS: &str = "dfs_server_shards";
 pub const SERVER_SHARD_BYTES: &str = "dfs_server_shard_bytes";
 pub const SERVER_DISK_FREE_BYTES: &str = "dfs_server_disk_free_bytes";
@@ -119,6 +121,10 @@ pub const CATALOG: &[Metric] = &[
         "Registered chunk servers by state: up, suspect (heartbeats late), down."),
     metric(REPAIR_CHUNKS, Gauge, &["state"], "dfs-meta",
         "Chunks as the last repair scan found them: under_protected, lost, repaired (total since dfs-meta started)."),
+    metric(WORKER_LAST_SUCCESS, Gauge, &["worker", "owner"], "dfs-meta",
+        "When each background worker of the cluster (owner: the process running it; chunk servers' as of their last heartbeat) last finished a run without error, or began, in Unix seconds."),
+    metric(WORKER_FAILING, Gauge, &["worker", "owner"], "dfs-meta",
+        "1 while a background worker's last run failed (`dfs workers` shows the error)."),
     metric(SERVER_SHARDS, Gauge, &[], "dfs-server",
         "Shards this chunk server holds."),
     metric(SERVER_SHARD_BYTES, Gauge, &[], "dfs-server",

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use dfs_core::telemetry::catalog::{
     REPAIR_CHUNKS, SERVERS, STORE_RETRIES, STORE_TRANSACTIONS, VOLUME_BYTES, VOLUME_CHUNKS,
-    VOLUME_COMPRESSION_RATIO, VOLUME_DEDUP_RATIO, VOLUME_FILES,
+    VOLUME_COMPRESSION_RATIO, VOLUME_DEDUP_RATIO, VOLUME_FILES, WORKER_FAILING,
+    WORKER_LAST_SUCCESS,
 };
 use dfs_proto::meta_server::Meta;
 use dfs_proto::{Empty, ServerState};
@@ -76,6 +77,11 @@ impl MetaService {
                 gauge!(REPAIR_CHUNKS, "state" => "repaired").set(repair.chunks_repaired as f64);
             }
             Err(e) => tracing::warn!(error = %e.message(), "metrics: server list unavailable"),
+        }
+        for w in self.maintenance.cluster_workers() {
+            let labels = [("worker", w.name.clone()), ("owner", w.process.clone())];
+            gauge!(WORKER_LAST_SUCCESS, &labels).set(w.last_success_ns as f64 / 1e9);
+            gauge!(WORKER_FAILING, &labels).set(if w.state == "failed" { 1.0 } else { 0.0 });
         }
     }
 }
