@@ -104,7 +104,11 @@
 # BENCH_TLS_JUICEFS_ARGS (default "--small-file-count 1000 --big-file-size
 # 2G"): the `juicefs bench` arguments of those rounds: its defaults (100
 # small files, a 1 GiB file dfs writes in 2-3 s) are too short to tell a
-# few percent from noise.
+# few percent from noise. BENCH_METRICS_ROUNDS (default 3; 0 skips it):
+# what Prometheus metrics cost, the same way: fresh clusters with
+# --metrics on every dfs-meta and dfs-server and -o metrics= on the
+# mount, each endpoint scraped every 5 s by curl as a Prometheus would,
+# against the same clusters without them (both with TLS).
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -142,6 +146,8 @@ case $META_STORE in rocksdb | fdb) ;; *) usage ;; esac
 TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/dfs-target}
 TLS_ROUNDS=${BENCH_TLS_ROUNDS:-5}
 [[ $TLS_ROUNDS =~ ^[0-9]+$ ]] || { echo "compare.sh: BENCH_TLS_ROUNDS must be a number" >&2; exit 2; }
+METRICS_ROUNDS=${BENCH_METRICS_ROUNDS:-3}
+[[ $METRICS_ROUNDS =~ ^[0-9]+$ ]] || { echo "compare.sh: BENCH_METRICS_ROUNDS must be a number" >&2; exit 2; }
 
 # median V...: the middle value (the mean of the two middle ones), empty
 # for none.
@@ -151,8 +157,9 @@ median() {
     if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# tls_cost rate|time TLS PLAIN: how much more time (or time per file/MiB)
-# the TLS figure means, as a signed percentage.
+# tls_cost rate|time WITH WITHOUT: how much more time (or time per
+# file/MiB) the figure with a feature (TLS, metrics) means than the one
+# without, as a signed percentage.
 tls_cost() {
   [[ -n $2 && -n $3 ]] || { echo -; return; }
   if [[ $1 == rate ]]; then
@@ -503,7 +510,11 @@ setup_dfs() {
     done
     export DFS_TLS_DIR=$dir/tls
   fi
-  start_bg dfs-meta "${DFS_META_BIN:-$BIN/dfs-meta}" --listen 127.0.0.1:0 --store "${DFS_STORE:-rocksdb:$dir/meta}" --ec 6+3 "${DFS_TLS_FLAGS[@]}"
+  # DFS_METRICS=1: every process serves Prometheus metrics (port 0: a
+  # free one, printed on its stdout), scraped every 5 s.
+  local metrics=()
+  [[ -z ${DFS_METRICS:-} ]] || metrics=(--metrics 127.0.0.1:0)
+  start_bg dfs-meta "${DFS_META_BIN:-$BIN/dfs-meta}" --listen 127.0.0.1:0 --store "${DFS_STORE:-rocksdb:$dir/meta}" --ec 6+3 "${DFS_TLS_FLAGS[@]}" "${metrics[@]}"
   DFS_META_PID=$LAST_PID
   wait_line "$DFS_META_PID" "$LOGS/dfs-meta.out" "dfs-meta listening on " 60
   DFS_META_ADDR=$(sed -n 's/^dfs-meta listening on //p' "$LOGS/dfs-meta.out" | head -1)
@@ -514,7 +525,7 @@ setup_dfs() {
     for r in 0 1 2; do
       i=$((z * 3 + r))
       start_bg "dfs-server-$i" "$BIN/dfs-server" --listen 127.0.0.1:0 --meta "$DFS_META_ADDR" \
-        --data "$dir/server-$i" --zone "zone-$z" --rack "rack-$z-$r" "${DFS_TLS_FLAGS[@]}"
+        --data "$dir/server-$i" --zone "zone-$z" --rack "rack-$z-$r" "${DFS_TLS_FLAGS[@]}" "${metrics[@]}"
       DFS_SERVER_PIDS+=("$LAST_PID")
     done
   done
@@ -534,6 +545,11 @@ setup_dfs() {
   local opts=(-o "log=$LOGS/dfs-mount.log")
   [[ -z ${DFS_MOUNT_OPTS:-} ]] || opts+=(-o "$DFS_MOUNT_OPTS")
   [[ -z ${DFS_PLAINTEXT:-} ]] || opts+=(-o plaintext)
+  local mount_metrics=""
+  if [[ -n ${DFS_METRICS:-} ]]; then
+    mount_metrics=127.0.0.1:$(free_port)
+    opts+=(-o "metrics=$mount_metrics")
+  fi
   # In the foreground, with DFS_MOUNT_NOTIFY set, dfs-mount prints one line
   # when the mount is up (or why it is not) and is the process serving it.
   start_bg dfs-mount env DFS_MOUNT_NOTIFY=1 "$BIN/dfs-mount" "$DFS_META_ADDR" "$DFS_MNT" "${opts[@]}" --foreground
@@ -542,11 +558,34 @@ setup_dfs() {
   grep -q '^dfs-mount: ready' "$LOGS/dfs-mount.out" || die "$(cat "$LOGS/dfs-mount.out")"
   is_mounted "$DFS_MNT" || die "dfs-mount said ready but $DFS_MNT is not mounted"
   log "dfs mounted on $DFS_MNT (meta $DFS_META_ADDR, dfs-mount PID $DFS_MOUNT_PID)"
+  if [[ -n $mount_metrics ]]; then
+    local targets=("$mount_metrics") f
+    for f in "$LOGS"/dfs-meta.out "$LOGS"/dfs-server-*.out; do
+      targets+=("$(sed -n 's/^dfs-[a-z]* metrics on //p' "$f" | head -1)")
+    done
+    start_bg dfs-scraper scrape_every 5 "${targets[@]}"
+    DFS_SCRAPER_PID=$LAST_PID
+  fi
+}
+
+# scrape_every SECS ADDR...: GETs http://ADDR/metrics of each, every SECS
+# seconds, as a Prometheus scraping the cluster would.
+scrape_every() {
+  local secs=$1 addr
+  shift
+  while :; do
+    for addr in "$@"; do
+      curl -sf --max-time 5 "http://$addr/metrics" >/dev/null || echo "scrape of $addr failed"
+    done
+    sleep "$secs"
+  done
 }
 
 teardown_dfs() {
   STEP="stopping dfs"
   [[ -z $DFS_MOUNT_PID ]] || timeout 30 "$BIN/dfs" stats --meta "$DFS_META_ADDR" --json "${DFS_TLS_FLAGS[@]}" >"$LOGS/dfs-stats.json" 2>/dev/null || true
+  [[ -z ${DFS_SCRAPER_PID:-} ]] || stop_pid "$DFS_SCRAPER_PID"
+  DFS_SCRAPER_PID=""
   unmount "$DFS_MNT" $DFS_MOUNT_PID
   local pid
   for pid in "${DFS_SERVER_PIDS[@]}"; do stop_pid "$pid"; done
@@ -926,6 +965,32 @@ better() {
   awk -v k="$1" -v a="$2" -v b="$3" 'BEGIN { exit !(k == "rate" ? a > b : a < b) }'
 }
 
+# pair_table A B ROUNDS HEADER_A HEADER_B COST: the rows measured on
+# clusters dfs-A-rN and dfs-B-rN, their medians and what A costs over B.
+pair_table() {
+  local a=$1 b=$2 rounds_n=$3
+  printf '%-28s %10s %10s %9s  %s\n' workload "$4" "$5" "$6" "each round"
+  local tpair tkey tlabel tkind
+  for tpair in "bigw1|big write MiB/s p1|rate" "bigr1|big read MiB/s p1|rate" \
+    "smallw1|small write files/s p1|rate" "smallr1|small read files/s p1|rate" "stat1|stat files/s p1|rate" \
+    "cp|cp -r tree (s)|time" "tar|tar c tree (s)|time" \
+    "cpu_bench1|CPU s, juicefs bench p1|time" "cpu_tree|CPU s, cp -r + tar c|time"; do
+    IFS='|' read -r tkey tlabel tkind <<<"$tpair"
+    local round ts=() ps=() rounds=() t p
+    for ((round = 1; round <= rounds_n; round++)); do
+      t=${RES[dfs-$a-r$round|$tkey]:-}
+      p=${RES[dfs-$b-r$round|$tkey]:-}
+      [[ -n $t && -n $p ]] || continue
+      ts+=("$t")
+      ps+=("$p")
+      rounds+=("$(tls_cost "$tkind" "$t" "$p")")
+    done
+    t=$(median "${ts[@]}")
+    p=$(median "${ps[@]}")
+    printf '%-28s %10s %10s %9s  %s\n' "$tlabel" "${t:--}" "${p:--}" "$(tls_cost "$tkind" "$t" "$p")" "${rounds[*]}"
+  done
+}
+
 report() {
   local dfs_rev dirty="" mem cpu
   dfs_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -989,28 +1054,17 @@ report() {
     echo
     echo "what mutual TLS costs dfs: fresh clusters with and without --plaintext, $TLS_ROUNDS rounds, alternating which runs first;"
     echo "  juicefs bench -p 1 ${TLS_JFS_BENCH_ARGS[*]}"
-    printf '%-28s %10s %10s %9s  %s\n' workload "tls" "plaintext" "TLS cost" "each round"
-    local tpair tkey tlabel tkind
-    for tpair in "bigw1|big write MiB/s p1|rate" "bigr1|big read MiB/s p1|rate" \
-      "smallw1|small write files/s p1|rate" "smallr1|small read files/s p1|rate" "stat1|stat files/s p1|rate" \
-      "cp|cp -r tree (s)|time" "tar|tar c tree (s)|time" \
-      "cpu_bench1|CPU s, juicefs bench p1|time" "cpu_tree|CPU s, cp -r + tar c|time"; do
-      IFS='|' read -r tkey tlabel tkind <<<"$tpair"
-      local round ts=() ps=() rounds=() t p
-      for ((round = 1; round <= TLS_ROUNDS; round++)); do
-        t=${RES[dfs-tls-r$round|$tkey]:-}
-        p=${RES[dfs-plain-r$round|$tkey]:-}
-        [[ -n $t && -n $p ]] || continue
-        ts+=("$t")
-        ps+=("$p")
-        rounds+=("$(tls_cost "$tkind" "$t" "$p")")
-      done
-      t=$(median "${ts[@]}")
-      p=$(median "${ps[@]}")
-      printf '%-28s %10s %10s %9s  %s\n' "$tlabel" "${t:--}" "${p:--}" "$(tls_cost "$tkind" "$t" "$p")" "${rounds[*]}"
-    done
+    pair_table tls plain "$TLS_ROUNDS" tls plaintext "TLS cost"
     echo "tls, plaintext: medians of the rounds; TLS cost: extra time (or time per file/MiB) with TLS, from the medians;"
     echo "  negative: the plaintext run was slower (noise)"
+  fi
+  if [[ -n ${RES[dfs-metrics-r1|cp]:-} ]]; then
+    echo
+    echo "what Prometheus metrics cost dfs: fresh clusters (TLS on) with every process serving metrics, scraped every 5 s,"
+    echo "  and without, $METRICS_ROUNDS rounds, alternating which runs first; juicefs bench -p 1 ${TLS_JFS_BENCH_ARGS[*]}"
+    pair_table metrics nometrics "$METRICS_ROUNDS" metrics "no metrics" "cost"
+    echo "metrics, no metrics: medians of the rounds; cost: extra time (or time per file/MiB) with metrics, from the medians;"
+    echo "  negative: the run without metrics was slower (noise)"
   fi
   if [[ $META_STORE == fdb ]]; then
     echo
@@ -1071,6 +1125,18 @@ if wanted dfs && ((KEEP == 0)); then
     for mode in "${order[@]}"; do
       name=dfs-$mode-r$round
       if [[ $mode == plain ]]; then DFS_PLAINTEXT=1 setup_dfs; else setup_dfs; fi
+      CPU_AS=$name timed_cpu dfs cpu_bench1 juicefs_bench "$name" "$DFS_MNT" 1
+      CPU_AS=$name timed_cpu dfs cpu_tree copy_tree "$name" "$DFS_MNT"
+      teardown_dfs
+    done
+  done
+  # What metrics cost: see BENCH_METRICS_ROUNDS at the top.
+  for ((round = 1; round <= METRICS_ROUNDS; round++)); do
+    order=(metrics nometrics)
+    ((round % 2)) || order=(nometrics metrics)
+    for mode in "${order[@]}"; do
+      name=dfs-$mode-r$round
+      if [[ $mode == metrics ]]; then DFS_METRICS=1 setup_dfs; else setup_dfs; fi
       CPU_AS=$name timed_cpu dfs cpu_bench1 juicefs_bench "$name" "$DFS_MNT" 1
       CPU_AS=$name timed_cpu dfs cpu_tree copy_tree "$name" "$DFS_MNT"
       teardown_dfs
