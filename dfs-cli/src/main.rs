@@ -2,6 +2,7 @@
 
 mod ca;
 mod gc;
+mod tier;
 mod workers;
 
 use std::process::ExitCode;
@@ -80,6 +81,10 @@ enum Command {
     /// The cluster's certificate authority: make it, issue certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Tiering policies of files and directories on a mount: when they
+    /// move from hot to warm to cold.
+    #[command(subcommand)]
+    Tier(tier::TierCommand),
     /// Every Prometheus metric dfs processes export (with `--metrics`
     /// ADDR, or the mount's `-o metrics=ADDR`), as a Markdown table.
     Metrics,
@@ -314,6 +319,7 @@ fn state_name(s: ServerState) -> &'static str {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ca(command) => ca::run(command)?,
+        Command::Tier(command) => tier::run(command)?,
         Command::Metrics => print!("{}", dfs_core::telemetry::catalog::markdown()),
         Command::Stats { meta, json } => {
             let s = connect(&meta, &cli.tls)

@@ -19,6 +19,7 @@ pub mod shard_token;
 pub mod shutdown;
 pub mod size;
 pub mod telemetry;
+pub mod tier;
 pub mod time;
 pub mod tls;
 pub mod workers;

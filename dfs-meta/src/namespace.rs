@@ -135,6 +135,13 @@ pub fn create(
         }
         None => mode &= !req.umask,
     }
+    // A directory's tiering policy is handed down to what is made in it.
+    if kind != FileKind::Symlink {
+        let tier = dfs_core::tier::XATTR.as_bytes();
+        if let Some(policy) = txn.get(&keys::xattr(req.parent, tier))? {
+            new_xattrs.push((tier, policy));
+        }
+    }
     let mut gid = req.gid;
     // A setgid directory hands its group down, and the bit to subdirectories.
     if parent.mode & S_ISGID != 0 {

@@ -1,6 +1,7 @@
 //! Extended attributes (`X ino name`), with the POSIX ACLs among them:
 //! an access ACL is kept in step with the mode bits, and one that says no
-//! more than the mode is not stored.
+//! more than the mode is not stored. A tiering policy
+//! (`user.dfs.tier`, `dfs_core::tier`) is checked and kept canonical.
 
 use dfs_proto::{FileKind, XattrRequest};
 
@@ -70,6 +71,14 @@ pub fn set_xattr(txn: &mut dyn KvTxn, req: &XattrRequest, now_ns: i64) -> Result
                 txn.set(&key, &parsed.to_bytes());
             }
         }
+    } else if name == dfs_core::tier::XATTR.as_bytes() {
+        // A tiering policy: refused unless it parses, kept in its
+        // canonical form.
+        let text = std::str::from_utf8(value)
+            .map_err(|_| MetaError::Invalid("a tier policy is text".into()))?;
+        let policy = dfs_core::tier::TierPolicy::parse(text)
+            .map_err(|e| MetaError::Invalid(e.to_string()))?;
+        txn.set(&key, policy.to_string().as_bytes());
     } else {
         txn.set(&key, value);
     }
