@@ -107,7 +107,8 @@
 # few percent from noise. BENCH_METRICS_ROUNDS (default 3; 0 skips it):
 # what Prometheus metrics cost, the same way: fresh clusters with
 # --metrics on every dfs-meta and dfs-server and -o metrics= on the
-# mount, each endpoint scraped every 5 s by curl as a Prometheus would,
+# mount, each endpoint scraped every 15 s (a common Prometheus
+# scrape_interval) by curl,
 # against the same clusters without them (both with TLS).
 set -Eeuo pipefail
 
@@ -511,7 +512,7 @@ setup_dfs() {
     export DFS_TLS_DIR=$dir/tls
   fi
   # DFS_METRICS=1: every process serves Prometheus metrics (port 0: a
-  # free one, printed on its stdout), scraped every 5 s.
+  # free one, printed on its stdout), scraped every 15 s.
   local metrics=()
   [[ -z ${DFS_METRICS:-} ]] || metrics=(--metrics 127.0.0.1:0)
   start_bg dfs-meta "${DFS_META_BIN:-$BIN/dfs-meta}" --listen 127.0.0.1:0 --store "${DFS_STORE:-rocksdb:$dir/meta}" --ec 6+3 "${DFS_TLS_FLAGS[@]}" "${metrics[@]}"
@@ -560,10 +561,13 @@ setup_dfs() {
   log "dfs mounted on $DFS_MNT (meta $DFS_META_ADDR, dfs-mount PID $DFS_MOUNT_PID)"
   if [[ -n $mount_metrics ]]; then
     local targets=("$mount_metrics") f
+    local target
     for f in "$LOGS"/dfs-meta.out "$LOGS"/dfs-server-*.out; do
-      targets+=("$(sed -n 's/^dfs-[a-z]* metrics on //p' "$f" | head -1)")
+      target=$(sed -n 's/^dfs-[a-z]* metrics on //p' "$f" | head -1)
+      [[ -n $target ]] || die "no metrics address in $f: the metrics rounds would measure clusters never scraped"
+      targets+=("$target")
     done
-    start_bg dfs-scraper scrape_every 5 "${targets[@]}"
+    start_bg dfs-scraper scrape_every 15 "${targets[@]}"
     DFS_SCRAPER_PID=$LAST_PID
   fi
 }
@@ -1060,7 +1064,7 @@ report() {
   fi
   if [[ -n ${RES[dfs-metrics-r1|cp]:-} ]]; then
     echo
-    echo "what Prometheus metrics cost dfs: fresh clusters (TLS on) with every process serving metrics, scraped every 5 s,"
+    echo "what Prometheus metrics cost dfs: fresh clusters (TLS on) with every process serving metrics, scraped every 15 s,"
     echo "  and without, $METRICS_ROUNDS rounds, alternating which runs first; juicefs bench -p 1 ${TLS_JFS_BENCH_ARGS[*]}"
     pair_table metrics nometrics "$METRICS_ROUNDS" metrics "no metrics" "cost"
     echo "metrics, no metrics: medians of the rounds; cost: extra time (or time per file/MiB) with metrics, from the medians;"

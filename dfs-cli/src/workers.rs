@@ -30,7 +30,7 @@ pub struct WorkerRow {
 }
 
 fn age_s(ns: i64, now: i64) -> f64 {
-    (now - ns).max(0) as f64 / 1e9
+    now.saturating_sub(ns).max(0) as f64 / 1e9
 }
 
 impl WorkerRow {
@@ -44,7 +44,8 @@ impl WorkerRow {
             unit: w.unit,
             runs: w.runs,
             last_run_age_s: (w.last_run_ns > 0).then(|| age_s(w.last_run_ns, now)),
-            next_run_in_s: (w.next_run_ns > 0).then(|| (w.next_run_ns - now).max(0) as f64 / 1e9),
+            next_run_in_s: (w.next_run_ns > 0)
+                .then(|| w.next_run_ns.saturating_sub(now).max(0) as f64 / 1e9),
             throttle: w.throttle,
             summary: w.summary,
             last_error: w.last_error,

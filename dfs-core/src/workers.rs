@@ -55,6 +55,8 @@ struct Inner {
     /// long without a successful run" (the stalled alerts) counts from.
     last_success_ns: i64,
     next_run_ns: i64,
+    /// How often it is meant to run; `None`: on demand.
+    interval: Option<Duration>,
     runs: u64,
     throttle: String,
     summary: String,
@@ -83,6 +85,7 @@ impl Worker {
                 last_run_ns: 0,
                 last_success_ns: now_ns(),
                 next_run_ns: 0,
+                interval: None,
                 runs: 0,
                 throttle: String::new(),
                 summary: String::new(),
@@ -101,6 +104,12 @@ impl Worker {
     /// Its throttle, in words ("20 chunks/s"), shown beside its state.
     pub fn set_throttle(&self, throttle: impl Into<String>) {
         self.inner.lock().throttle = throttle.into();
+    }
+
+    /// How often it is meant to run (the stalled alerts compare its last
+    /// success with it).
+    pub fn set_interval(&self, every: Duration) {
+        self.inner.lock().interval = Some(every);
     }
 
     /// A run begins, over `total` units (0: not known yet).
@@ -198,6 +207,9 @@ impl Worker {
             summary: inner.summary.clone(),
             reported_ns: now_ns(),
             last_success_ns: inner.last_success_ns,
+            interval_ns: inner
+                .interval
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
         }
     }
 }
@@ -269,8 +281,12 @@ impl Pacer {
             // Time not used in the last second is still there to use.
             let earliest = now.checked_sub(burst).unwrap_or(now);
             let start = next.map_or(earliest, |at| at.max(earliest));
-            let cost = Duration::from_secs_f64(n as f64 / self.per_second);
-            let at = start + cost;
+            // A rate so small that one unit costs more than an hour is
+            // an hour a unit.
+            let cost = Duration::try_from_secs_f64(n as f64 / self.per_second)
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_secs(3600));
+            let at = start.checked_add(cost).unwrap_or(start);
             *next = Some(at);
             at
         };

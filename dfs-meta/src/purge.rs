@@ -53,6 +53,7 @@ pub async fn purge_worker(
     worker: Arc<dfs_core::workers::Worker>,
 ) {
     let every = Duration::from_secs(5);
+    worker.set_interval(every);
     loop {
         let s = store.clone();
         worker.start(0);

@@ -216,17 +216,17 @@ impl Scrubber {
         R: FnMut(Vec<ShardKey>) -> F,
         F: Future<Output = Result<(), ReportError>>,
     {
-        self.scrub_pass_from(pace, None, |_, _| {}, report).await
+        self.scrub_pass_from(pace, None, |_, _, _| {}, report).await
     }
 
     /// [`Scrubber::scrub_pass`] from the shard after `after` (the rest of
-    /// a pass begun earlier), calling `on_page(last key, shards read)`
-    /// after each page.
+    /// a pass begun earlier), calling `on_page(last key, shards read,
+    /// whether every bad shard found so far was reported)` after each page.
     pub async fn scrub_pass_from<R, F>(
         &mut self,
         pace: Duration,
         after: Option<[u8; KEY_LEN]>,
-        mut on_page: impl FnMut([u8; KEY_LEN], u64),
+        mut on_page: impl FnMut([u8; KEY_LEN], u64, bool),
         mut report: R,
     ) -> Result<PassSummary, StoreError>
     where
@@ -266,7 +266,7 @@ impl Scrubber {
                 self.flush(&mut report).await;
             }
             if let Some(last) = page.last() {
-                on_page(last.key(), page.len() as u64);
+                on_page(last.key(), page.len() as u64, self.pending.is_empty());
             }
             match (full, page.last()) {
                 (true, Some(last)) => after = Some(last.key()),
@@ -360,6 +360,7 @@ pub async fn run(
         return;
     }
     worker.set_throttle(format!("one pass per {}s", period.as_secs_f64()));
+    worker.set_interval(period);
     let data_dir = store.data_dir().to_path_buf();
     let mut cursor = ScrubCursor::load(&data_dir);
     let mut wait = period.min(FIRST_PASS_DELAY);
@@ -403,9 +404,14 @@ pub async fn run(
             }
         };
         let mut save_failing = false;
-        let on_page = |after: [u8; KEY_LEN], read: u64| {
+        let on_page = |after: [u8; KEY_LEN], read: u64, all_reported: bool| {
             verified += read;
             worker.advance(read);
+            // Bad shards not yet reported live only in memory: the cursor
+            // stays before them, so a restart finds them again.
+            if !all_reported {
+                return;
+            }
             let at = ScrubCursor::InPass {
                 started_ns,
                 verified,
@@ -430,7 +436,7 @@ pub async fn run(
                 tracing::info!(
                     verified = pass.verified,
                     bad = pass.bad,
-                    elapsed = ?Duration::from_nanos(u64::try_from(now_ns() - started_ns).unwrap_or(0)),
+                    elapsed = ?since(started_ns),
                     passes_completed = totals.passes_completed,
                     total_verified = totals.shards_verified,
                     total_bad = totals.bad_found,

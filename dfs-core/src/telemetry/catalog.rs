@@ -73,6 +73,7 @@ pub const SERVERS: &str = "dfs_servers";
 pub const REPAIR_CHUNKS: &str = "dfs_repair_chunks";
 pub const WORKER_LAST_SUCCESS: &str = "dfs_worker_last_success_timestamp_seconds";
 pub const WORKER_FAILING: &str = "dfs_worker_failing";
+pub const WORKER_INTERVAL: &str = "dfs_worker_interval_seconds";
 pub const SERVER_SHARDS: &str = "dfs_server_shards";
 pub const SERVER_SHARD_BYTES: &str = "dfs_server_shard_bytes";
 pub const SERVER_DISK_FREE_BYTES: &str = "dfs_server_disk_free_bytes";
@@ -122,7 +123,9 @@ pub const CATALOG: &[Metric] = &[
     metric(REPAIR_CHUNKS, Gauge, &["state"], "dfs-meta",
         "Chunks as the last repair scan found them: under_protected, lost, repaired (total since dfs-meta started)."),
     metric(WORKER_LAST_SUCCESS, Gauge, &["worker", "owner"], "dfs-meta",
-        "When each background worker of the cluster (owner: the process running it; chunk servers' as of their last heartbeat) last finished a run without error, or began, in Unix seconds."),
+        "When each scheduled background worker of the cluster (owner: the process running it; chunk servers' as of their last heartbeat) last finished a run without error, or began, in Unix seconds."),
+    metric(WORKER_INTERVAL, Gauge, &["worker", "owner"], "dfs-meta",
+        "How often each scheduled background worker is meant to run (a scrubber: its pass period), in seconds."),
     metric(WORKER_FAILING, Gauge, &["worker", "owner"], "dfs-meta",
         "1 while a background worker's last run failed (`dfs workers` shows the error)."),
     metric(SERVER_SHARDS, Gauge, &[], "dfs-server",

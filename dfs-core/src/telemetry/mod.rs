@@ -77,6 +77,13 @@ pub async fn serve(addr: SocketAddr, process: &'static str) -> Result<SocketAddr
         .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), &SIZE_BUCKETS))
         .map_err(|e| TelemetryError::Install(e.to_string()))?
         .add_global_label("process", process)
+        // Gauges are refreshed every few seconds; one left alone for ten
+        // minutes describes something gone (a worker of a server that
+        // left), not a value to keep showing.
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(Duration::from_secs(600)),
+        )
         .install_recorder()
         .map_err(|e| TelemetryError::Install(e.to_string()))?;
     catalog::describe_all();

@@ -212,8 +212,15 @@ pub fn init(
     args: &TraceArgs,
     logs: Box<dyn Layer<Registry> + Send + Sync>,
 ) -> Result<TracingGuard, TelemetryError> {
+    // A process that cannot export traces still runs, and logs, and says so.
     let provider = match &args.otlp_endpoint {
-        Some(endpoint) => Some(tracer_provider(&identity, endpoint, args.trace_sample)?),
+        Some(endpoint) => match tracer_provider(&identity, endpoint, args.trace_sample) {
+            Ok(provider) => Some(provider),
+            Err(e) => {
+                eprintln!("{}: {e}; running without traces", identity.service);
+                None
+            }
+        },
         None => None,
     };
     let otel = provider.as_ref().map(|provider| {

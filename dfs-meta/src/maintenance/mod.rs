@@ -110,6 +110,27 @@ pub struct Maintenance {
     server_workers: parking_lot::Mutex<BTreeMap<u32, Vec<WorkerStatus>>>,
 }
 
+/// The workers a chunk server runs, the only ones its heartbeat may
+/// report.
+const SERVER_WORKERS: [&str; 1] = ["scrub"];
+
+/// Most bytes kept of a text a chunk server reports about a worker.
+const MAX_REPORTED_TEXT: usize = 1024;
+
+/// A chunk server's workers are forgotten after this long without a
+/// heartbeat: `dfs status` says it is down meanwhile.
+const FORGET_SERVER_WORKERS: Duration = Duration::from_secs(600);
+
+fn truncate_text(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 /// Most damaged shards kept waiting for repair (reports past it are
 /// dropped; the scrubber finds them again on its next pass).
 const MAX_REPORTED: usize = 100_000;
@@ -134,8 +155,13 @@ impl Maintenance {
         if config.repair_rate > 0.0 {
             repair_worker.set_throttle(format!("{} chunks/s", config.repair_rate));
         }
+        repair_worker.set_interval(config.repair_interval);
         let lease_worker = workers.add("lease-expiry", "files and sessions");
+        lease_worker.set_interval(config.repair_interval);
         let gc_worker = workers.add("gc", "chunks");
+        if let Some(interval) = config.gc_interval {
+            gc_worker.set_interval(interval);
+        }
         let fsck_worker = workers.add("fsck", "records");
         Arc::new(Self {
             store,
@@ -164,17 +190,48 @@ impl Maintenance {
         &self.workers
     }
 
-    /// Keeps what a chunk server's heartbeat said of its workers.
+    /// Keeps what a chunk server's heartbeat said of its workers, as far
+    /// as a server may say it: only the workers chunk servers run, under
+    /// a name dfs-meta gives (never one of its own), with bounded text and
+    /// dfs-meta's own receive time.
     pub fn note_server_workers(&self, server_id: u32, workers: Vec<WorkerStatus>) {
-        self.server_workers.lock().insert(server_id, workers);
+        let now = now_ns();
+        let kept: Vec<WorkerStatus> = workers
+            .into_iter()
+            .filter(|w| SERVER_WORKERS.contains(&w.name.as_str()))
+            .take(SERVER_WORKERS.len())
+            .map(|mut w| {
+                w.process = format!("dfs-server {server_id}");
+                if !matches!(w.state.as_str(), "idle" | "busy" | "throttled" | "failed") {
+                    w.state = "unknown".into();
+                }
+                for text in [
+                    &mut w.unit,
+                    &mut w.last_error,
+                    &mut w.summary,
+                    &mut w.throttle,
+                ] {
+                    truncate_text(text, MAX_REPORTED_TEXT);
+                }
+                w.reported_ns = now;
+                w
+            })
+            .collect();
+        self.server_workers.lock().insert(server_id, kept);
     }
 
     /// Every worker of the cluster: this dfs-meta's, then each chunk
-    /// server's as of its last heartbeat (`reported_ns` says when).
+    /// server's as of its last heartbeat (`reported_ns` says when); a
+    /// server silent for [`FORGET_SERVER_WORKERS`] is left out (and
+    /// forgotten: a server gone for good, or registered anew).
     pub fn cluster_workers(&self) -> Vec<WorkerStatus> {
         let mut all = self.workers.statuses("dfs-meta");
-        for reported in self.server_workers.lock().values() {
-            all.extend(reported.iter().cloned());
+        let cut = now_ns()
+            .saturating_sub(i64::try_from(FORGET_SERVER_WORKERS.as_nanos()).unwrap_or(i64::MAX));
+        let mut reported = self.server_workers.lock();
+        reported.retain(|_, list| list.iter().all(|w| w.reported_ns >= cut));
+        for list in reported.values() {
+            all.extend(list.iter().cloned());
         }
         all
     }
@@ -284,19 +341,17 @@ impl Maintenance {
                 _ = tokio::time::sleep_until(next_scan.into()) => {}
                 _ = self.wake.notified() => {}
             }
-            let reported = self.reported.lock().values().map(|s| s.len() as u64).sum();
+            let reported: u64 = self.reported.lock().values().map(|s| s.len() as u64).sum();
+            // Reported shards between scans: a failure shows on the
+            // worker; a success does not stand for the scan's.
             if reported > 0 {
-                worker.start(reported);
-                let outcome = self.repair_reported().await;
-                if let Err(e) = &outcome {
+                if let Err(e) = self.repair_reported().await {
                     tracing::warn!(error = %e, "repairing reported shards failed");
+                    worker.finish(
+                        Err(format!("repairing reported shards: {e}")),
+                        Some(next_scan.saturating_duration_since(Instant::now())),
+                    );
                 }
-                worker.finish(
-                    outcome
-                        .map(|()| format!("{reported} reported shards handled"))
-                        .map_err(|e| e.to_string()),
-                    Some(next_scan.saturating_duration_since(Instant::now())),
-                );
             }
             if Instant::now() < next_scan {
                 continue;
@@ -483,5 +538,72 @@ impl Maintenance {
                 Some(false) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maintenance() -> Arc<Maintenance> {
+        let connector: Connector = Arc::new(|_: &str| {
+            Err(dfs_core::error::DfsError::unavailable(
+                "no servers in this test",
+            ))
+        });
+        Maintenance::new(
+            Arc::new(crate::store::MemStore::default()),
+            Liveness {
+                suspect_after: Duration::from_secs(6),
+                down_after: Duration::from_secs(30),
+            },
+            MaintenanceConfig::default(),
+            connector,
+            Arc::new(tokio::sync::Notify::new()),
+        )
+    }
+
+    /// A chunk server's heartbeat says what its scrubber does, and no
+    /// more: it cannot pass for dfs-meta's workers, invent others, or
+    /// hand dfs-meta unbounded text.
+    #[test]
+    fn what_a_server_reports_of_its_workers_is_bounded() {
+        let m = maintenance();
+        let own = m.cluster_workers().len();
+        let forged = WorkerStatus {
+            name: "gc".into(),
+            process: "dfs-meta".into(),
+            state: "idle".into(),
+            ..Default::default()
+        };
+        let scrub = WorkerStatus {
+            name: "scrub".into(),
+            process: "dfs-meta".into(),
+            state: "sleeping".into(),
+            last_error: "é".repeat(5000),
+            reported_ns: 1,
+            ..Default::default()
+        };
+        m.note_server_workers(7, vec![forged, scrub.clone(), scrub]);
+        let all = m.cluster_workers();
+        assert_eq!(all.len(), own + 1, "only one scrub worker kept");
+        let kept = &all[own];
+        assert_eq!(
+            (
+                kept.name.as_str(),
+                kept.process.as_str(),
+                kept.state.as_str()
+            ),
+            ("scrub", "dfs-server 7", "unknown")
+        );
+        assert!(kept.last_error.len() <= MAX_REPORTED_TEXT);
+        assert!(kept.reported_ns > 1, "dated by dfs-meta");
+        assert_eq!(
+            all.iter()
+                .filter(|w| w.process == "dfs-meta" && w.name == "gc")
+                .count(),
+            1,
+            "dfs-meta's own gc only"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dfs_core::telemetry::catalog::{
     REPAIR_CHUNKS, SERVERS, STORE_RETRIES, STORE_TRANSACTIONS, VOLUME_BYTES, VOLUME_CHUNKS,
-    VOLUME_COMPRESSION_RATIO, VOLUME_DEDUP_RATIO, VOLUME_FILES, WORKER_FAILING,
+    VOLUME_COMPRESSION_RATIO, VOLUME_DEDUP_RATIO, VOLUME_FILES, WORKER_FAILING, WORKER_INTERVAL,
     WORKER_LAST_SUCCESS,
 };
 use dfs_proto::meta_server::Meta;
@@ -80,8 +80,13 @@ impl MetaService {
         }
         for w in self.maintenance.cluster_workers() {
             let labels = [("worker", w.name.clone()), ("owner", w.process.clone())];
-            gauge!(WORKER_LAST_SUCCESS, &labels).set(w.last_success_ns as f64 / 1e9);
             gauge!(WORKER_FAILING, &labels).set(if w.state == "failed" { 1.0 } else { 0.0 });
+            // Only scheduled workers can stall: an on-demand one (fsck,
+            // gc with --gc-interval 0) has no time it is due.
+            if w.interval_ns > 0 {
+                gauge!(WORKER_LAST_SUCCESS, &labels).set(w.last_success_ns as f64 / 1e9);
+                gauge!(WORKER_INTERVAL, &labels).set(w.interval_ns as f64 / 1e9);
+            }
         }
     }
 }

@@ -62,9 +62,6 @@ pub struct MetaService {
 
 /// A transaction over this is logged: FoundationDB refuses any older than
 /// 5 s, and a request that slow is felt by whoever waits on it.
-/// Most worker statuses kept per chunk server (it reports one or two).
-const MAX_WORKERS_PER_SERVER: usize = 16;
-
 const SLOW_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl MetaService {
@@ -730,11 +727,8 @@ impl Meta for MetaService {
             })
             .await?;
         // Only from the server the certificate is bound to (the heartbeat
-        // checked it), and only a bounded list.
-        self.maintenance.note_server_workers(
-            server_id,
-            workers.into_iter().take(MAX_WORKERS_PER_SERVER).collect(),
-        );
+        // checked it); what it may say is bounded there.
+        self.maintenance.note_server_workers(server_id, workers);
         Ok(reply)
     }
 
