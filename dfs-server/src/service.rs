@@ -26,6 +26,7 @@ use crate::error::StoreError;
 use crate::store::{ShardCheck, ShardStore, Uploader};
 use dfs_core::shard_key::{split_key, KEY_LEN};
 use dfs_core::telemetry::catalog::{SERVER_SHARDS_PUT, SERVER_SHARDS_READ, SERVER_SHARD_BYTES_PUT};
+use dfs_core::telemetry::series::Series;
 
 /// Most shards one `ListShards` reply lists; a limit of 0 or more means this.
 /// Keeps a reply well under the message limit and one request from holding
@@ -331,8 +332,16 @@ impl Chunks for ChunkService {
                 result
             })
             .await?;
-            metrics::counter!(SERVER_SHARDS_PUT).increment(count as u64);
-            metrics::counter!(SERVER_SHARD_BYTES_PUT).increment(bytes as u64);
+            if dfs_core::telemetry::enabled() {
+                static SHARDS: Series<(), metrics::Counter> = Series::new();
+                static BYTES: Series<(), metrics::Counter> = Series::new();
+                SHARDS
+                    .get((), |()| metrics::counter!(SERVER_SHARDS_PUT))
+                    .increment(count as u64);
+                BYTES
+                    .get((), |()| metrics::counter!(SERVER_SHARD_BYTES_PUT))
+                    .increment(bytes as u64);
+            }
             Ok(Response::new(Empty {}))
         }
         .instrument(span)
@@ -366,7 +375,7 @@ impl Chunks for ChunkService {
             })
             .await?;
             tracing::debug!(len = data.len(), "get shard");
-            metrics::counter!(SERVER_SHARDS_READ).increment(1);
+            shards_read(1);
             Ok(Response::new(GetShardReply { data }))
         }
         .instrument(span)
@@ -416,7 +425,7 @@ impl Chunks for ChunkService {
             })
             .await?;
             let read = shards.iter().filter(|s| s.errno == 0).count();
-            metrics::counter!(SERVER_SHARDS_READ).increment(read as u64);
+            shards_read(read as u64);
             Ok(Response::new(GetShardsReply { shards }))
         }
         .instrument(span)
@@ -547,6 +556,15 @@ impl Chunks for ChunkService {
         }
         .instrument(tracing::info_span!("usage"))
         .await
+    }
+}
+
+/// Counts shards served (a handle kept: every read request passes here).
+fn shards_read(count: u64) {
+    if dfs_core::telemetry::enabled() {
+        static READ: Series<(), metrics::Counter> = Series::new();
+        READ.get((), |()| metrics::counter!(SERVER_SHARDS_READ))
+            .increment(count);
     }
 }
 

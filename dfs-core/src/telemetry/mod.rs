@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub mod catalog;
 mod rpc;
+pub mod series;
 pub mod traces;
 
 pub use rpc::RpcTelemetryLayer;

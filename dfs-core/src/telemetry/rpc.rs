@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::catalog::{RPC_DURATION, RPC_REQUESTS};
 use super::errno_name;
+use super::series::Series;
 use crate::error::DfsError;
 
 /// The layer for `tonic::transport::Server::builder().layer(...)`.
@@ -66,15 +67,24 @@ where
                 };
                 super::traces::record_outcome(&tracing::Span::current(), errno);
                 if metrics_on {
-                    metrics::histogram!(RPC_DURATION, "service" => service, "method" => method)
+                    static DURATIONS: Series<(&str, &str), metrics::Histogram> = Series::new();
+                    static REQUESTS: Series<(&str, &str, &str), metrics::Counter> =
+                        Series::new();
+                    DURATIONS
+                        .get((service, method), |(service, method)| {
+                            metrics::histogram!(RPC_DURATION, "service" => service, "method" => method)
+                        })
                         .record(started.elapsed().as_secs_f64());
-                    metrics::counter!(
-                        RPC_REQUESTS,
-                        "service" => service,
-                        "method" => method,
-                        "errno" => errno_name(errno)
-                    )
-                    .increment(1);
+                    REQUESTS
+                        .get((service, method, errno_name(errno)), |(service, method, errno)| {
+                            metrics::counter!(
+                                RPC_REQUESTS,
+                                "service" => service,
+                                "method" => method,
+                                "errno" => errno
+                            )
+                        })
+                        .increment(1);
                 }
                 reply
             }

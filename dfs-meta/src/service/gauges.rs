@@ -16,17 +16,23 @@ use tonic::Request;
 
 use super::MetaService;
 
-/// Between two refreshes of the volume gauges.
+/// Between two refreshes of the volume gauges, at least.
 pub const GAUGE_PERIOD: Duration = Duration::from_secs(15);
 
+/// The volume figures come from a scan of the dedup index, which grows
+/// with the volume: the wait after a refresh is at least this many times
+/// what the refresh took, so that it costs at most 1% of one core however
+/// large the volume (a 3 s scan: a refresh every 5 minutes).
+const REFRESH_COST_SHARE: u32 = 100;
+
 impl MetaService {
-    /// Refreshes the gauges now, then every [`GAUGE_PERIOD`], for ever.
+    /// Refreshes the gauges now, then every [`GAUGE_PERIOD`] or more
+    /// ([`REFRESH_COST_SHARE`]), for ever.
     pub async fn publish_gauges(self) {
-        let mut tick = tokio::time::interval(GAUGE_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let started = std::time::Instant::now();
             self.publish_once().await;
+            tokio::time::sleep(next_refresh_after(started.elapsed())).await;
         }
     }
 
@@ -91,11 +97,30 @@ impl MetaService {
     }
 }
 
+/// The wait before the next refresh, after one that took `took`.
+fn next_refresh_after(took: Duration) -> Duration {
+    GAUGE_PERIOD.max(took.saturating_mul(REFRESH_COST_SHARE))
+}
+
 /// `a / b`, 1 for an empty volume.
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         1.0
     } else {
         a as f64 / b as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_refresh_waits_longer() {
+        assert_eq!(next_refresh_after(Duration::from_millis(20)), GAUGE_PERIOD);
+        assert_eq!(
+            next_refresh_after(Duration::from_secs(3)),
+            Duration::from_secs(300)
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use dfs_core::telemetry::catalog::CHUNK_CACHE;
+use dfs_core::telemetry::series::Series;
 
 impl Dfs {
     /// Reads `[start, end)` of the file as this client sees it: committed
@@ -47,7 +48,13 @@ impl Dfs {
         let cached = self.cache.get(&fp).await;
         if dfs_core::telemetry::enabled() {
             let result = if cached.is_some() { "hit" } else { "miss" };
-            metrics::counter!(CHUNK_CACHE, "result" => result).increment(1);
+            static LOOKUPS: Series<&str, metrics::Counter> = Series::new();
+            LOOKUPS
+                .get(
+                    result,
+                    |result| metrics::counter!(CHUNK_CACHE, "result" => result),
+                )
+                .increment(1);
         }
         if let Some(data) = cached {
             return checked_len(fp, data, c.len);

@@ -16,6 +16,7 @@ use dfs_core::telemetry::catalog::{
     FUSE_DURATION, FUSE_ERRORS, FUSE_OPERATIONS, FUSE_READ_BYTES, FUSE_WRITTEN_BYTES,
 };
 use dfs_core::telemetry::errno_name;
+use dfs_core::telemetry::series::Series;
 use dfs_proto::{CreateRequest, FileKind, InodeRecord, RenameRequest, SetAttrRequest};
 use fuser::{
     BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -90,9 +91,15 @@ struct OpGuard {
 impl Drop for OpGuard {
     fn drop(&mut self) {
         if let Some(started) = self.started {
-            metrics::counter!(FUSE_OPERATIONS, "op" => self.op).increment(1);
-            metrics::histogram!(FUSE_DURATION, "op" => self.op)
-                .record(started.elapsed().as_secs_f64());
+            static SERIES: Series<&str, (metrics::Counter, metrics::Histogram)> = Series::new();
+            let (count, latency) = SERIES.get(self.op, |op| {
+                (
+                    metrics::counter!(FUSE_OPERATIONS, "op" => op),
+                    metrics::histogram!(FUSE_DURATION, "op" => op),
+                )
+            });
+            count.increment(1);
+            latency.record(started.elapsed().as_secs_f64());
         }
     }
 }
@@ -593,7 +600,10 @@ impl Filesystem for DfsFuse {
         let _span = op_span("read", req, ino.0).entered();
         match self.rt.block_on(self.core.read(fh.0, offset, size)) {
             Ok(data) => {
-                metrics::counter!(FUSE_READ_BYTES).increment(data.len() as u64);
+                static BYTES: Series<(), metrics::Counter> = Series::new();
+                BYTES
+                    .get((), |()| metrics::counter!(FUSE_READ_BYTES))
+                    .increment(data.len() as u64);
                 reply.data(&data)
             }
             Err(e) => reply.error(fail("read", ino.0, &e)),
@@ -615,7 +625,10 @@ impl Filesystem for DfsFuse {
         let _span = op_span("write", req, ino.0).entered();
         match self.rt.block_on(self.core.write(fh.0, offset, data)) {
             Ok(()) => {
-                metrics::counter!(FUSE_WRITTEN_BYTES).increment(data.len() as u64);
+                static BYTES: Series<(), metrics::Counter> = Series::new();
+                BYTES
+                    .get((), |()| metrics::counter!(FUSE_WRITTEN_BYTES))
+                    .increment(data.len() as u64);
                 reply.written(data.len() as u32)
             }
             Err(e) => reply.error(fail("write", ino.0, &e)),

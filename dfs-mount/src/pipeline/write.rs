@@ -244,6 +244,9 @@ impl PipelineFigures {
     /// Called once the upload succeeded: `coded` bytes were uploaded.
     fn record(&self) {
         use dfs_core::telemetry::catalog::{DEDUP_HITS, PIPELINE_BYTES};
+        use dfs_core::telemetry::series::Series;
+        static STAGES: Series<&str, metrics::Counter> = Series::new();
+        static HITS: Series<(), metrics::Counter> = Series::new();
         for (stage, bytes) in [
             ("cut", self.cut),
             ("inline", self.inline),
@@ -251,9 +254,15 @@ impl PipelineFigures {
             ("coded", self.coded),
             ("uploaded", self.coded),
         ] {
-            metrics::counter!(PIPELINE_BYTES, "stage" => stage).increment(bytes);
+            STAGES
+                .get(
+                    stage,
+                    |stage| metrics::counter!(PIPELINE_BYTES, "stage" => stage),
+                )
+                .increment(bytes);
         }
-        metrics::counter!(DEDUP_HITS).increment(self.deduplicated);
+        HITS.get((), |()| metrics::counter!(DEDUP_HITS))
+            .increment(self.deduplicated);
     }
 }
 
