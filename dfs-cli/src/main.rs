@@ -319,6 +319,15 @@ fn state_name(s: ServerState) -> &'static str {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ca(command) => ca::run(command)?,
+        Command::Tier(tier::TierCommand::Status { meta, json }) => {
+            let reply = connect(&meta, &cli.tls)
+                .await?
+                .tier_status(Empty {})
+                .await
+                .context("tier status request failed")?
+                .into_inner();
+            tier::print_status(reply, json)?;
+        }
         Command::Tier(command) => tier::run(command)?,
         Command::Metrics => print!("{}", dfs_core::telemetry::catalog::markdown()),
         Command::Stats { meta, json } => {

@@ -1,6 +1,7 @@
 //! `dfs tier get|set|clear PATH`: the tiering policy of a file or
 //! directory on a dfs mount (issue 21), kept in its `user.dfs.tier`
-//! extended attribute; see `dfs_core::tier`.
+//! extended attribute; see `dfs_core::tier`. `dfs tier status --meta
+//! ADDR`: the volume's files by how long ago they were last accessed.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,16 @@ pub enum TierCommand {
     Set { path: PathBuf, policy: String },
     /// Removes PATH's own policy: it follows its directory's again.
     Clear { path: PathBuf },
+    /// The volume's files by how long ago they were last written or
+    /// opened and read (tracked by dfs-meta, at most once a day a file).
+    Status {
+        /// HOST:PORT of a metadata server.
+        #[arg(long)]
+        meta: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Serialize)]
@@ -79,8 +90,62 @@ fn effective(path: &Path) -> anyhow::Result<Effective> {
     })
 }
 
+#[derive(Serialize)]
+struct AgeRow {
+    /// Last accessed at most this many days ago; none: older than the
+    /// row before.
+    max_days: Option<u32>,
+    files: u64,
+}
+
+#[derive(Serialize)]
+struct Status {
+    /// Today, in days since the Unix epoch (dfs-meta's tiering clock).
+    today: u32,
+    ages: Vec<AgeRow>,
+}
+
+/// Prints `dfs tier status` from dfs-meta's answer.
+pub fn print_status(reply: dfs_proto::TierStatusReply, json: bool) -> anyhow::Result<()> {
+    let last = reply.ages.len().saturating_sub(1);
+    let status = Status {
+        today: reply.today,
+        ages: reply
+            .ages
+            .iter()
+            .enumerate()
+            .map(|(i, a)| AgeRow {
+                max_days: (i != last).then_some(a.max_days),
+                files: a.files,
+            })
+            .collect(),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(());
+    }
+    println!("files by last access (written, or opened and read):");
+    let mut after = None;
+    for row in &status.ages {
+        let label = match (after, row.max_days) {
+            (None, Some(0)) => "today".to_string(),
+            (None, Some(d)) => format!("within {d} days"),
+            (Some(a), Some(d)) => format!("{}-{d} days ago", a + 1),
+            (Some(a), None) => format!("over {a} days ago"),
+            (None, None) => "any time".to_string(),
+        };
+        println!("  {label:<20} {:>12}", row.files);
+        after = row.max_days;
+    }
+    Ok(())
+}
+
 pub fn run(command: TierCommand) -> anyhow::Result<()> {
     match command {
+        // Run by main, which holds the connection.
+        TierCommand::Status { .. } => {
+            anyhow::bail!("dfs tier status needs a metadata server connection")
+        }
         TierCommand::Get { path, json } => {
             let e = effective(&path)?;
             if json {

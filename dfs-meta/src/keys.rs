@@ -23,6 +23,7 @@
 //! | `L ino(le64)` | `LockTableRecord`: the byte-range locks held on an inode |
 //! | `Q session(be64)` | `LockSessionRecord`: a client's lock lease |
 //! | `W session(be64) ino(le64)` | empty: the session holds locks on the inode |
+//! | `A day(be32) ino(le64)` | empty: the file was last accessed on that day (`access`) |
 //!
 //! Values are protobuf messages from `dfs-proto` (`*Record`), which only
 //! change compatibly, so old stores stay readable.
@@ -44,6 +45,7 @@ pub const UNLINKED_OPEN: u8 = b'O';
 pub const LOCK_TABLE: u8 = b'L';
 pub const LOCK_SESSION: u8 = b'Q';
 pub const LOCK_HELD: u8 = b'W';
+pub const ACCESS: u8 = b'A';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -248,6 +250,26 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// All keys with one tag byte.
+/// `A day ino`: the file `ino` was last accessed on `day` (days are
+/// big-endian, so a range read yields the oldest first).
+pub fn access(day: u32, ino: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(ACCESS);
+    k.extend_from_slice(&day.to_be_bytes());
+    k.extend_from_slice(&ino.to_le_bytes());
+    k
+}
+
+/// The day and inode of an access key, or `None` for a malformed key.
+pub fn access_parts(key: &[u8]) -> Option<(u32, u64)> {
+    if key.len() != 13 || key[0] != ACCESS {
+        return None;
+    }
+    let day = u32::from_be_bytes(key[1..5].try_into().ok()?);
+    let ino = u64::from_le_bytes(key[5..13].try_into().ok()?);
+    Some((day, ino))
+}
+
 pub fn tag_range(tag: u8) -> (Vec<u8>, Vec<u8>) {
     (vec![tag], vec![tag + 1])
 }

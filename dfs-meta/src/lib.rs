@@ -2,6 +2,7 @@
 //! index and the chunk-server registry, kept in a transactional key-value
 //! store behind the [`store::MetaStore`] trait.
 
+pub mod access;
 pub mod acl;
 pub mod caps;
 pub mod chunkmap;

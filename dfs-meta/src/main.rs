@@ -65,6 +65,11 @@ struct Args {
     /// commit's outcome were unknown (FoundationDB's commit_unknown_result).
     #[arg(long, default_value_t = 0, hide = true)]
     inject_unknown_commit_every: u64,
+    /// Test hook: tiering (files' access days, their ages) reads the
+    /// system clock plus the whole seconds written in this file, re-read
+    /// every second, so a test can age a volume.
+    #[arg(long, value_name = "PATH", hide = true)]
+    tier_clock_offset_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     tls: dfs_core::tls::TlsArgs,
     #[command(flatten)]
@@ -128,6 +133,12 @@ fn main() -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?
     .inject_unknown_create_commits(args.inject_unknown_commit_every)
     .with_token_lifetime(Duration::from_secs(args.token_lifetime));
+    let service = match &args.tier_clock_offset_file {
+        Some(path) => {
+            service.with_tier_clock(dfs_meta::access::TierClock::with_offset_file(path.clone()))
+        }
+        None => service,
+    };
     tracing::info!(listen = %args.listen, store = %args.store, backend = service_store_name, transport = security.describe(), "dfs-meta serving");
     let runtime = tokio::runtime::Runtime::new()?;
     if let Some(addr) = args.metrics.metrics {

@@ -174,6 +174,9 @@ pub fn create(
         symlink_target: req.symlink_target.clone(),
         parent: if is_dir { req.parent } else { 0 },
         data_version: 0,
+        // Set by its first write (`access`): an empty file has nothing
+        // to move between tiers.
+        access_day: 0,
     };
     put_inode(txn, &inode);
     for (name, value) in new_xattrs {
@@ -265,6 +268,7 @@ fn remove_inode(txn: &mut dyn KvTxn, inode: &InodeRecord) -> Result<bool> {
         txn.clear(&key);
     }
     txn.clear(&keys::inode(inode.ino));
+    crate::access::forget(txn, inode);
     // Locks left by clients (their `W` index entries go when the session
     // ends, finding no table).
     txn.clear(&keys::lock_table(inode.ino));

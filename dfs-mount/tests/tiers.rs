@@ -7,6 +7,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -110,4 +111,79 @@ fn policies_are_checked_inherited_and_explained() {
         own(&m.path.join("projects/sub")).as_deref(),
         Some("warm=1d,cold=30d")
     );
+}
+
+/// `dfs tier status --json`: files by age bucket, youngest first.
+fn ages(cluster: &TestCluster) -> Vec<u64> {
+    let (ok, status) = cluster.dfs_json(&["tier", "status"]);
+    assert!(ok, "dfs tier status: {status}");
+    status["ages"]
+        .as_array()
+        .expect("ages")
+        .iter()
+        .map(|a| a["files"].as_u64().expect("files"))
+        .collect()
+}
+
+/// Waits until `dfs tier status` shows `want`, or fails after `within`.
+fn wait_ages(cluster: &TestCluster, want: &[u64], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = ages(cluster);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ages {got:?}, expected {want:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn access_days_follow_writes_and_reads_on_the_tier_clock() {
+    let clock = tempfile::tempdir().expect("tempdir");
+    let offset = clock.path().join("offset");
+    fs::write(&offset, "0").expect("offset");
+    let cluster = TestCluster::start_full(
+        3,
+        3,
+        |_| Vec::new(),
+        vec![
+            "--tier-clock-offset-file".into(),
+            offset.display().to_string(),
+        ],
+    );
+    let writer = TestMount::start(&cluster.meta_addr(), &[]);
+    for name in ["a", "b"] {
+        fs::write(writer.path.join(name), format!("file {name}")).expect("write");
+    }
+    // Buckets: today, 1-7, 8-30, 31-90, 91-365 days ago, older. A write
+    // is recorded by its own commit.
+    wait_ages(&cluster, &[2, 0, 0, 0, 0, 0], Duration::from_secs(5));
+
+    // Ten days later (the clock file is re-read within a second).
+    fs::write(&offset, (10 * 86_400).to_string()).expect("offset");
+    wait_ages(&cluster, &[0, 0, 2, 0, 0, 0], Duration::from_secs(5));
+
+    // Read through another mount (this one may answer from its cache):
+    // recorded by the `access` worker's next batch.
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    assert_eq!(fs::read(reader.path.join("a")).expect("read"), b"file a");
+    wait_ages(&cluster, &[1, 0, 1, 0, 0, 0], Duration::from_secs(25));
+
+    // A year on; b is written again, a removed (its entry goes with it).
+    fs::write(&offset, (400 * 86_400).to_string()).expect("offset");
+    wait_ages(&cluster, &[0, 0, 0, 0, 0, 2], Duration::from_secs(5));
+    fs::write(writer.path.join("b"), b"again").expect("rewrite");
+    fs::remove_file(writer.path.join("a")).expect("remove");
+    wait_ages(&cluster, &[1, 0, 0, 0, 0, 0], Duration::from_secs(5));
+    // The reads were written by the `access` worker, which says so.
+    let (ok, workers) = cluster.dfs_json(&["workers"]);
+    assert!(ok, "dfs workers: {workers}");
+    let access = workers
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|w| w["name"] == "access" && w["process"] == "dfs-meta")
+        .cloned();
+    assert!(access.is_some(), "no access worker in {workers}");
 }

@@ -607,6 +607,12 @@ mod tests {
         async fn stats(&self, _: Request<Empty>) -> Result<Response<StatsReply>, Status> {
             unimplemented()
         }
+        async fn tier_status(
+            &self,
+            _: Request<Empty>,
+        ) -> Result<Response<TierStatusReply>, Status> {
+            unimplemented()
+        }
     }
 
     #[tokio::test]

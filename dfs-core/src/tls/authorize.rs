@@ -39,7 +39,7 @@ pub fn allowed_roles(path: &str) -> &'static [Role] {
         // operator's `dfs status` too.
         ("Meta", "StatFs" | "GetVolumeConfig" | "ListServers") => &[Client, Admin],
         ("Meta", "Workers") => &[Admin],
-        ("Meta", "Stats" | "Gc" | "Fsck") => &[Admin],
+        ("Meta", "Stats" | "Gc" | "Fsck" | "TierStatus") => &[Admin],
         // Chunk servers joining and reporting.
         ("Meta", "RegisterServer" | "Heartbeat" | "ReportBadShards") => &[Server],
         // Shard bytes: clients store and read them, dfs-meta rebuilds them.

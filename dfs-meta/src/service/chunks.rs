@@ -204,6 +204,7 @@ impl MetaService {
             Err(e) => return to_response("commit", Err(e)),
         };
         let subtree: Option<Arc<str>> = subtree.map(Arc::from);
+        let today = self.clock.today();
         let commit =
             |r: Arc<CommitChunksRequest>, owner: Arc<Vec<u8>>, checked: Arc<HashSet<Vec<u8>>>| {
                 let subtree = subtree.clone();
@@ -215,6 +216,11 @@ impl MetaService {
                         return Err(MetaError::IsDir);
                     }
                     let mut inode = chunkmap::commit_checked(t, &r, now, &owner, &checked)?;
+                    // A write is an access: at most once a day, an inode
+                    // written again in this same transaction.
+                    if crate::access::touch(t, &mut inode, today) {
+                        crate::inodes::put_inode(t, &inode);
+                    }
                     scope.show(&mut inode);
                     Ok(inode)
                 })

@@ -13,6 +13,7 @@ use dfs_proto::*;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::access::{AccessLog, TierClock};
 use crate::confine::Scope;
 use crate::error::{MetaError, Result};
 use crate::maintenance::{fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig};
@@ -58,6 +59,10 @@ pub struct MetaService {
     token_lifetime_ns: i64,
     /// The servers put tokens are granted for, and when they were read.
     token_servers: Arc<parking_lot::Mutex<Option<chunks::ServerList>>>,
+    /// The clock tiering reads (files' access days).
+    clock: Arc<TierClock>,
+    /// Files read since the `access` worker last wrote their days.
+    reads: Arc<AccessLog>,
 }
 
 /// A transaction over this is logged: FoundationDB refuses any older than
@@ -107,6 +112,8 @@ impl MetaService {
             tokens: Arc::new(Signer::new(&secret)),
             token_lifetime_ns: chunks::TOKEN_LIFETIME_NS,
             token_servers: Arc::new(parking_lot::Mutex::new(None)),
+            clock: Arc::new(TierClock::system()),
+            reads: Arc::new(AccessLog::default()),
         })
     }
 
@@ -119,6 +126,19 @@ impl MetaService {
             self.maintenance.workers().add("purge", "files"),
         ));
         tokio::spawn(self.maintenance.clone().run());
+        tokio::spawn(crate::access::record_reads(
+            self.store.clone(),
+            self.reads.clone(),
+            self.clock.clone(),
+            self.maintenance.workers().add("access", "files"),
+        ));
+    }
+
+    /// Tiering reads `clock` instead of the system clock (tests age a
+    /// volume with an offset file).
+    pub fn with_tier_clock(mut self, clock: TierClock) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     pub fn maintenance(&self) -> &Arc<Maintenance> {
@@ -677,12 +697,17 @@ impl Meta for MetaService {
         let signs = chunks::wants_tokens(&r);
         let caps = caps::of(&r);
         let r = r.into_inner();
+        let (ino, first_page) = (r.ino, r.from_offset == 0);
         let mut reply = self
             .read("chunk_map", move |t, _| {
                 let ino = Scope::resolve(t, caps.subtree())?.ino(t, r.ino)?;
                 chunkmap::chunk_map(t, ino, r.from_offset, r.limit as usize)
             })
             .await?;
+        // A file opened and read: its access day, written later in a batch.
+        if first_page {
+            self.reads.read(ino, self.clock.today());
+        }
         if signs {
             self.sign_reads(&mut reply.get_mut().chunks);
         }
@@ -730,6 +755,22 @@ impl Meta for MetaService {
         // checked it); what it may say is bounded there.
         self.maintenance.note_server_workers(server_id, workers);
         Ok(reply)
+    }
+
+    async fn tier_status(&self, _r: Request<Empty>) -> Result<Response<TierStatusReply>, Status> {
+        let today = self.clock.today();
+        self.read("tier_status", move |t, _| {
+            let counts = crate::access::ages(t, today)?;
+            let bounds = crate::access::AGE_BUCKETS.iter().copied().chain([0]);
+            Ok(TierStatusReply {
+                today,
+                ages: bounds
+                    .zip(counts)
+                    .map(|(max_days, files)| AgeBucket { max_days, files })
+                    .collect(),
+            })
+        })
+        .await
     }
 
     async fn workers(&self, _r: Request<Empty>) -> Result<Response<WorkersReply>, Status> {
