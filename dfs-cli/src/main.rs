@@ -129,6 +129,10 @@ struct Stats {
     /// (part of stored_bytes, not of raw_bytes).
     inline_chunks: u64,
     inline_bytes: u64,
+    /// Stored bytes of the chunks in each tier (part of stored_bytes).
+    hot_bytes: u64,
+    warm_bytes: u64,
+    cold_bytes: u64,
     /// The longest metadata transaction of the answering dfs-meta since it
     /// started, in milliseconds, and the request that ran it.
     longest_transaction_ms: f64,
@@ -348,6 +352,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 unreferenced_bytes: s.unreferenced_bytes,
                 inline_chunks: s.inline_chunks,
                 inline_bytes: s.inline_bytes,
+                hot_bytes: s.hot_bytes,
+                warm_bytes: s.warm_bytes,
+                cold_bytes: s.cold_bytes,
                 longest_transaction_ms: s.longest_transaction_us as f64 / 1000.0,
                 longest_transaction_op: s.longest_transaction_op,
                 transactions: s.transactions,
@@ -379,6 +386,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "inline bytes    {:>16}  in {} chunks kept in the metadata store",
                     stats.inline_bytes, stats.inline_chunks
+                );
+                println!(
+                    "by tier         {:>16}  hot, {} warm, {} cold (stored bytes)",
+                    stats.hot_bytes, stats.warm_bytes, stats.cold_bytes
                 );
                 println!("chunks          {:>16}", stats.chunks);
                 println!("files           {:>16}", stats.files);

@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use dfs_proto::{FileKind, InodeRecord};
 use prost::Message;
 
-use crate::error::Result;
+use crate::error::{MetaError, Result};
 use crate::inodes::put_inode;
 use crate::keys;
-use crate::store::{get_record, transact, KvTxn, MetaStore};
+use crate::store::{get_record, tag_page, transact, KvTxn, MetaStore};
 use dfs_core::workers::Worker;
 
 const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
@@ -129,6 +129,59 @@ pub fn forget(txn: &mut dyn KvTxn, inode: &InodeRecord) {
     }
 }
 
+fn indexed_marker() -> Vec<u8> {
+    keys::counter("access_indexed")
+}
+
+/// Marks a new, empty volume as having every file's access day indexed.
+pub fn mark_indexed(txn: &mut dyn KvTxn) {
+    txn.set(&indexed_marker(), &1i64.to_le_bytes());
+}
+
+/// Inodes read per transaction while indexing a volume's existing files.
+const INDEX_PAGE: usize = 2_000;
+
+/// Gives every file of a volume made before access tracking a day (that
+/// of its last modification) and its index entry: once, at start-up, in
+/// bounded transactions, as `confine::build_backrefs` does. Without it
+/// those files would never age. Returns how many it indexed.
+pub fn index_existing(store: &dyn MetaStore) -> Result<u64> {
+    if transact(store, |t| {
+        Ok::<_, MetaError>(t.get(&indexed_marker())?.is_some())
+    })? {
+        return Ok(0);
+    }
+    tracing::info!("indexing the access days of existing files (once, for tiering)");
+    let mut from = Vec::new();
+    let mut indexed = 0;
+    loop {
+        let (next, count) = transact(store, |t| {
+            let (rows, next) = tag_page(t, keys::INODE, &from, INDEX_PAGE)?;
+            let mut count = 0u64;
+            for (_, value) in &rows {
+                let mut inode = InodeRecord::decode(value.as_slice())?;
+                let modified = day_of(inode.mtime_ns);
+                if inode.access_day == 0 && touch(t, &mut inode, modified) {
+                    put_inode(t, &inode);
+                    count += 1;
+                }
+            }
+            Ok::<_, MetaError>((next, count))
+        })?;
+        indexed += count;
+        match next {
+            Some(key) => from = key,
+            None => break,
+        }
+    }
+    transact(store, |t| {
+        mark_indexed(t);
+        Ok::<_, MetaError>(())
+    })?;
+    tracing::info!(indexed, "access days indexed");
+    Ok(indexed)
+}
+
 /// Up to `limit` files last accessed before `before_day`, oldest first,
 /// after `after` (the last one a previous call returned).
 pub fn accessed_before(
@@ -182,6 +235,19 @@ pub fn ages(txn: &mut dyn KvTxn, today: u32) -> Result<Vec<u64>> {
         after = Some(last);
     }
     Ok(counts)
+}
+
+/// What `dfs tier status` shows: files by age, on `today`.
+pub fn status(txn: &mut dyn KvTxn, today: u32) -> Result<dfs_proto::TierStatusReply> {
+    let counts = ages(txn, today)?;
+    let bounds = AGE_BUCKETS.iter().copied().chain([0]);
+    Ok(dfs_proto::TierStatusReply {
+        today,
+        ages: bounds
+            .zip(counts)
+            .map(|(max_days, files)| dfs_proto::AgeBucket { max_days, files })
+            .collect(),
+    })
 }
 
 /// Most reads noted and not yet written; past it, reads are dropped until
@@ -372,6 +438,30 @@ mod tests {
         .unwrap();
         let aged = read_only(&store, |t| accessed_before(t, 200, None, 10)).unwrap();
         assert_eq!(aged, vec![(100, 1), (130, 2)]);
+    }
+
+    #[test]
+    fn files_of_an_older_volume_are_indexed_once_by_their_mtime() {
+        let store = MemStore::default();
+        transact(&store, |t| {
+            for ino in 1..=3 {
+                let mut inode = file(ino);
+                inode.mtime_ns = i64::from(40 + ino as u32) * NS_PER_DAY;
+                put_inode(t, &inode);
+            }
+            let dir = InodeRecord {
+                ino: 9,
+                kind: FileKind::Directory as i32,
+                ..InodeRecord::default()
+            };
+            put_inode(t, &dir);
+            Ok::<_, MetaError>(())
+        })
+        .unwrap();
+        assert_eq!(index_existing(&store).unwrap(), 3);
+        let aged = read_only(&store, |t| accessed_before(t, 100, None, 10)).unwrap();
+        assert_eq!(aged, vec![(41, 1), (42, 2), (43, 3)]);
+        assert_eq!(index_existing(&store).unwrap(), 0, "once");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod purge;
 pub mod registry;
 pub mod service;
 pub mod store;
+pub mod tiering;
 pub mod xattrs;
 
 use std::future::Future;

@@ -65,6 +65,11 @@ struct Args {
     /// commit's outcome were unknown (FoundationDB's commit_unknown_result).
     #[arg(long, default_value_t = 0, hide = true)]
     inject_unknown_commit_every: u64,
+    /// Seconds between two passes of the tiering worker, which moves the
+    /// chunks of files that aged to the tier their policy asks for
+    /// (`dfs tier`); 0: it does not run.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    tier_interval: u64,
     /// Test hook: tiering (files' access days, their ages) reads the
     /// system clock plus the whole seconds written in this file, re-read
     /// every second, so a test can age a volume.
@@ -133,6 +138,9 @@ fn main() -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?
     .inject_unknown_create_commits(args.inject_unknown_commit_every)
     .with_token_lifetime(Duration::from_secs(args.token_lifetime));
+    let service = service.with_tier_interval(
+        (args.tier_interval > 0).then(|| Duration::from_secs(args.tier_interval)),
+    );
     let service = match &args.tier_clock_offset_file {
         Some(path) => {
             service.with_tier_clock(dfs_meta::access::TierClock::with_offset_file(path.clone()))

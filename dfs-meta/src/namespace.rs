@@ -177,6 +177,7 @@ pub fn create(
         // Set by its first write (`access`): an empty file has nothing
         // to move between tiers.
         access_day: 0,
+        tier: dfs_proto::Tier::Hot as i32,
     };
     put_inode(txn, &inode);
     for (name, value) in new_xattrs {

@@ -187,3 +187,120 @@ fn access_days_follow_writes_and_reads_on_the_tier_clock() {
         .cloned();
     assert!(access.is_some(), "no access worker in {workers}");
 }
+
+/// Source-like text, compressible, different for each seed.
+fn source_text(seed: usize) -> Vec<u8> {
+    (0..300)
+        .map(|i| {
+            format!("pub fn item_{seed}_{i}(x: u64) -> u64 {{ x.rotate_left({i}) ^ {seed} }}\n")
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Waits until `dfs stats` satisfies `ok`, or fails after `within`.
+fn wait_stats(
+    cluster: &TestCluster,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let stats = cluster.stats();
+        if ok(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stats}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn tier_bytes(stats: &serde_json::Value) -> (u64, u64, u64) {
+    let get = |k: &str| stats[k].as_u64().expect(k);
+    (get("hot_bytes"), get("warm_bytes"), get("cold_bytes"))
+}
+
+#[test]
+fn aged_files_move_to_colder_tiers_by_policy_and_read_back_the_same() {
+    let clock = tempfile::tempdir().expect("tempdir");
+    let offset = clock.path().join("offset");
+    fs::write(&offset, "0").expect("offset");
+    let cluster = TestCluster::start_full(
+        3,
+        3,
+        |_| Vec::new(),
+        vec![
+            "--tier-clock-offset-file".into(),
+            offset.display().to_string(),
+            "--tier-interval".into(),
+            "1".into(),
+        ],
+    );
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    // plain: the volume's default (warm 7 d, cold 90 d); quick: its own
+    // policy; fast: pinned hot.
+    for (dir, policy) in [
+        ("plain", None),
+        ("quick", Some("warm=1d,cold=2d")),
+        ("fast", Some("hot")),
+    ] {
+        let path = m.path.join(dir);
+        fs::create_dir(&path).expect("mkdir");
+        if let Some(p) = policy {
+            let (ok, _, err) = dfs_tier(&["set", path.to_str().expect("utf-8"), p]);
+            assert!(ok, "dfs tier set: {err}");
+        }
+    }
+    let mut files = Vec::new();
+    for (i, dir) in ["plain", "quick", "fast"].iter().enumerate() {
+        for j in 0..4 {
+            let path = m.path.join(dir).join(format!("f{j}.rs"));
+            let data = source_text(i * 10 + j);
+            fs::write(&path, &data).expect("write");
+            files.push((format!("{dir}/f{j}.rs"), data));
+        }
+    }
+    let fresh = wait_stats(&cluster, "all hot", Duration::from_secs(5), |s| {
+        let (hot, warm, cold) = tier_bytes(s);
+        hot > 0 && warm == 0 && cold == 0
+    });
+
+    // Three days on: quick's files are cold, the rest still hot.
+    fs::write(&offset, (3 * 86_400).to_string()).expect("offset");
+    wait_stats(&cluster, "quick cold", Duration::from_secs(20), |s| {
+        let (hot, warm, cold) = tier_bytes(s);
+        hot > 0 && warm == 0 && cold > 0
+    });
+    // Ten days: plain's are warm.
+    fs::write(&offset, (10 * 86_400).to_string()).expect("offset");
+    wait_stats(&cluster, "plain warm", Duration::from_secs(20), |s| {
+        let (hot, warm, cold) = tier_bytes(s);
+        hot > 0 && warm > 0 && cold > 0
+    });
+    // A hundred days: plain's are cold as well; fast's stay hot.
+    fs::write(&offset, (100 * 86_400).to_string()).expect("offset");
+    let aged = wait_stats(&cluster, "plain cold", Duration::from_secs(20), |s| {
+        let (hot, warm, cold) = tier_bytes(s);
+        hot > 0 && warm == 0 && cold > 0
+    });
+    let stored = |s: &serde_json::Value| s["stored_bytes"].as_u64().expect("stored");
+    assert!(
+        stored(&aged) < stored(&fresh),
+        "cold chunks take less room: {} then {}",
+        stored(&fresh),
+        stored(&aged)
+    );
+
+    // Every file reads back the same, through a mount that cached nothing.
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(reader.path.join(name)).expect("read"),
+            data,
+            "{name}"
+        );
+    }
+    let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(clean, "fsck after tiering: {report}");
+}

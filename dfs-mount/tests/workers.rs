@@ -66,8 +66,16 @@ fn workers_are_listed_and_a_throttled_repair_keeps_its_rate() {
             .map(|r| field(r, "process"))
             .collect();
         if scrubbers.len() == 9 {
-            let want: HashSet<&str> =
-                ["repair", "lease-expiry", "gc", "purge", "fsck", "access"].into();
+            let want: HashSet<&str> = [
+                "repair",
+                "lease-expiry",
+                "gc",
+                "purge",
+                "fsck",
+                "access",
+                "tiering",
+            ]
+            .into();
             assert_eq!(meta, want, "{rows:?}");
             let repair = rows
                 .iter()

@@ -638,6 +638,11 @@ pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
                 out.inline_chunks += 1;
                 out.inline_bytes += u64::from(rec.stored_len);
             }
+            match rec.tier() {
+                dfs_proto::Tier::Hot => out.hot_bytes += u64::from(rec.stored_len),
+                dfs_proto::Tier::Warm => out.warm_bytes += u64::from(rec.stored_len),
+                dfs_proto::Tier::Cold => out.cold_bytes += u64::from(rec.stored_len),
+            }
         }
         cursor = next;
     }

@@ -63,6 +63,8 @@ pub struct MetaService {
     clock: Arc<TierClock>,
     /// Files read since the `access` worker last wrote their days.
     reads: Arc<AccessLog>,
+    /// Between two passes of the `tiering` worker (`None`: it does not run).
+    tier_interval: Option<std::time::Duration>,
 }
 
 /// A transaction over this is logged: FoundationDB refuses any older than
@@ -87,10 +89,12 @@ impl MetaService {
             registry::init_volume(txn, &volume)?;
             if namespace::init_root(txn, now)? {
                 confine::mark_built(txn);
+                crate::access::mark_indexed(txn);
             }
             registry::token_secret(txn, &fresh)
         })?;
         confine::build_backrefs(store.as_ref())?;
+        crate::access::index_existing(store.as_ref())?;
         let purge_wake = Arc::new(tokio::sync::Notify::new());
         Ok(Self {
             maintenance: Maintenance::new(
@@ -114,6 +118,7 @@ impl MetaService {
             token_servers: Arc::new(parking_lot::Mutex::new(None)),
             clock: Arc::new(TierClock::system()),
             reads: Arc::new(AccessLog::default()),
+            tier_interval: Some(crate::tiering::DEFAULT_INTERVAL),
         })
     }
 
@@ -132,6 +137,20 @@ impl MetaService {
             self.clock.clone(),
             self.maintenance.workers().add("access", "files"),
         ));
+        if let Some(interval) = self.tier_interval {
+            tokio::spawn(crate::tiering::tiering_worker(
+                self.store.clone(),
+                self.clock.clone(),
+                self.maintenance.workers().add("tiering", "files"),
+                interval,
+            ));
+        }
+    }
+
+    /// Runs the `tiering` worker every `interval` (`None`: never).
+    pub fn with_tier_interval(mut self, interval: Option<std::time::Duration>) -> Self {
+        self.tier_interval = interval;
+        self
     }
 
     /// Tiering reads `clock` instead of the system clock (tests age a
@@ -759,18 +778,8 @@ impl Meta for MetaService {
 
     async fn tier_status(&self, _r: Request<Empty>) -> Result<Response<TierStatusReply>, Status> {
         let today = self.clock.today();
-        self.read("tier_status", move |t, _| {
-            let counts = crate::access::ages(t, today)?;
-            let bounds = crate::access::AGE_BUCKETS.iter().copied().chain([0]);
-            Ok(TierStatusReply {
-                today,
-                ages: bounds
-                    .zip(counts)
-                    .map(|(max_days, files)| AgeBucket { max_days, files })
-                    .collect(),
-            })
-        })
-        .await
+        self.read("tier_status", move |t, _| crate::access::status(t, today))
+            .await
     }
 
     async fn workers(&self, _r: Request<Empty>) -> Result<Response<WorkersReply>, Status> {
