@@ -138,20 +138,24 @@ fn wait_ages(cluster: &TestCluster, want: &[u64], within: Duration) {
     }
 }
 
-#[test]
-fn access_days_follow_writes_and_reads_on_the_tier_clock() {
+/// A cluster whose dfs-meta reads its tiering clock offset (seconds) from
+/// the returned file, which starts at 0; keep the directory alive.
+fn aging_cluster(meta_args: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, TestCluster) {
     let clock = tempfile::tempdir().expect("tempdir");
     let offset = clock.path().join("offset");
     fs::write(&offset, "0").expect("offset");
-    let cluster = TestCluster::start_full(
-        3,
-        3,
-        |_| Vec::new(),
-        vec![
-            "--tier-clock-offset-file".into(),
-            offset.display().to_string(),
-        ],
-    );
+    let mut args = vec![
+        "--tier-clock-offset-file".to_string(),
+        offset.display().to_string(),
+    ];
+    args.extend(meta_args.iter().map(|a| a.to_string()));
+    let cluster = TestCluster::start_full(3, 3, |_| Vec::new(), args);
+    (clock, offset, cluster)
+}
+
+#[test]
+fn access_days_follow_writes_and_reads_on_the_tier_clock() {
+    let (_clock, offset, cluster) = aging_cluster(&[]);
     let writer = TestMount::start(&cluster.meta_addr(), &[]);
     for name in ["a", "b"] {
         fs::write(writer.path.join(name), format!("file {name}")).expect("write");
@@ -223,20 +227,7 @@ fn tier_bytes(stats: &serde_json::Value) -> (u64, u64, u64) {
 
 #[test]
 fn aged_files_move_to_colder_tiers_by_policy_and_read_back_the_same() {
-    let clock = tempfile::tempdir().expect("tempdir");
-    let offset = clock.path().join("offset");
-    fs::write(&offset, "0").expect("offset");
-    let cluster = TestCluster::start_full(
-        3,
-        3,
-        |_| Vec::new(),
-        vec![
-            "--tier-clock-offset-file".into(),
-            offset.display().to_string(),
-            "--tier-interval".into(),
-            "1".into(),
-        ],
-    );
+    let (_clock, offset, cluster) = aging_cluster(&["--tier-interval", "1"]);
     let m = TestMount::start(&cluster.meta_addr(), &[]);
     // plain: the volume's default (warm 7 d, cold 90 d); quick: its own
     // policy; fast: pinned hot.

@@ -211,7 +211,7 @@ pub fn commit(
     now_ns: i64,
     owner: &[u8],
 ) -> Result<InodeRecord> {
-    commit_checked(txn, req, now_ns, owner, &HashSet::new())
+    commit_checked(txn, req, now_ns, owner, &HashSet::new(), 0)
 }
 
 /// [`commit`], where `checked` names the chunks whose uploads in `req`
@@ -219,13 +219,15 @@ pub fn commit(
 /// replace an entry found not to be its chunk (`Standing::Failed`) must be
 /// among them: dfs-meta deleted that entry's shards by their uploader, and
 /// some of them may be keys this upload found holding the same bytes and
-/// so left as they were (see `ShardStore::put_batch_with`).
+/// so left as they were (see `ShardStore::put_batch_with`). `access_day`:
+/// the day the write counts as the file's last access (0: not tracked).
 pub fn commit_checked(
     txn: &mut dyn KvTxn,
     req: &CommitChunksRequest,
     now_ns: i64,
     owner: &[u8],
     checked: &HashSet<Vec<u8>>,
+    access_day: u32,
 ) -> Result<InodeRecord> {
     validate(req)?;
     let mut inode = get_inode(txn, req.ino)?;
@@ -412,6 +414,12 @@ pub fn commit_checked(
     };
     inode.mtime_ns = mtime;
     inode.ctime_ns = now_ns.max(mtime);
+    // A write is an access (`access`, at most one index move a day), and
+    // its new chunks are hot: the tiering worker looks at the file again.
+    if access_day != 0 {
+        crate::access::touch(txn, &mut inode, access_day);
+    }
+    inode.set_tier(dfs_proto::Tier::Hot);
     put_inode(txn, &inode);
     Ok(inode)
 }

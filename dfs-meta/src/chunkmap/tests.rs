@@ -126,7 +126,9 @@ fn only_the_uploader_dedups_against_an_unchecked_entry() {
         Err(MetaError::ReplacesFailed(f)) if f == vec![fp.clone()]
     ));
     let checked: HashSet<Vec<u8>> = [fp.clone()].into();
-    run(&store, |t| commit_checked(t, &upload, 2, &victim, &checked));
+    run(&store, |t| {
+        commit_checked(t, &upload, 2, &victim, &checked, 0)
+    });
     let now = entry();
     assert_eq!(
         (now.owner.clone(), now.shard_servers.clone()),

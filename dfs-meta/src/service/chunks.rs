@@ -215,15 +215,7 @@ impl MetaService {
                     if scope.ino(t, r.ino)? != r.ino {
                         return Err(MetaError::IsDir);
                     }
-                    let mut inode = chunkmap::commit_checked(t, &r, now, &owner, &checked)?;
-                    // A write is an access (at most once a day), and its
-                    // new chunks are hot: the inode is written again in
-                    // this same transaction when either changes it.
-                    let reheated = inode.tier() != dfs_proto::Tier::Hot;
-                    inode.set_tier(dfs_proto::Tier::Hot);
-                    if crate::access::touch(t, &mut inode, today) || reheated {
-                        crate::inodes::put_inode(t, &inode);
-                    }
+                    let mut inode = chunkmap::commit_checked(t, &r, now, &owner, &checked, today)?;
                     scope.show(&mut inode);
                     Ok(inode)
                 })
