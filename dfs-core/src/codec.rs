@@ -150,7 +150,7 @@ pub fn compress(policy: CodecPolicy, raw: &[u8]) -> (Codec, Vec<u8>) {
         CodecPolicy::Zstd => zstd::bulk::compress(raw, ZSTD_LEVEL)
             .ok()
             .map(|v| (Codec::Zstd, v)),
-        CodecPolicy::Lzma => xz_compress(raw).map(|v| (Codec::Lzma, v)),
+        CodecPolicy::Lzma => xz_compress(raw, XZ_DICT_SIZE).map(|v| (Codec::Lzma, v)),
         CodecPolicy::None => None,
     };
     match out {
@@ -177,12 +177,26 @@ fn looks_compressible(raw: &[u8]) -> bool {
     packed_len * 100 <= sample_len * SAMPLE_MAX_PERCENT
 }
 
-/// xz with preset 6 and a chunk-sized dictionary. Output is capped at the
-/// input's size: a result that large would be thrown away anyway.
-fn xz_compress(raw: &[u8]) -> Option<Vec<u8>> {
+/// Compresses a frame of many chunks stored together (a cold pack's):
+/// xz with a dictionary as big as the frame, so a chunk finds what it
+/// repeats anywhere before it in the frame. Raw when that does not shrink
+/// it.
+pub fn compress_frame(raw: &[u8]) -> (Codec, Vec<u8>) {
+    let dict = u32::try_from(raw.len())
+        .unwrap_or(u32::MAX)
+        .clamp(XZ_DICT_SIZE, 8 * 1024 * 1024);
+    match xz_compress(raw, dict) {
+        Some(stored) if stored.len() < raw.len() => (Codec::Lzma, stored),
+        _ => (Codec::None, raw.to_vec()),
+    }
+}
+
+/// xz with preset 6 and a dictionary of `dict_size`. Output is capped at
+/// the input's size: a result that large would be thrown away anyway.
+fn xz_compress(raw: &[u8], dict_size: u32) -> Option<Vec<u8>> {
     use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
     let mut opts = LzmaOptions::new_preset(XZ_PRESET).ok()?;
-    opts.dict_size(XZ_DICT_SIZE);
+    opts.dict_size(dict_size);
     let mut filters = Filters::new();
     filters.lzma2(&opts);
     // No xz check: the chunk fingerprint already verifies the raw bytes.
@@ -487,7 +501,7 @@ mod tests {
         let raw = vec![0u8; 1 << 20];
         let big = zstd::bulk::compress(&raw, 1).unwrap();
         assert!(decompress(Codec::Zstd, &big, 1000).is_err());
-        let big = xz_compress(&raw).unwrap();
+        let big = xz_compress(&raw, XZ_DICT_SIZE).unwrap();
         assert!(decompress(Codec::Lzma, &big, 1000).is_err());
         let big = lz4_flex::block::compress(&raw);
         assert!(decompress(Codec::Lz4, &big, 1000).is_err());

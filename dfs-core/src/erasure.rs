@@ -304,6 +304,7 @@ mod tests {
             parity_shards: m,
             replicas: 1,
             inline: false,
+            packed: false,
         }
     }
 
@@ -408,6 +409,7 @@ mod tests {
             parity_shards: 0,
             replicas: 3,
             inline: false,
+            packed: false,
         };
         assert_eq!(shard_count(&layout), 3);
         assert_eq!(shards_needed(&layout), 1);
@@ -440,6 +442,7 @@ mod tests {
             parity_shards: 0,
             replicas: 2,
             inline: false,
+            packed: false,
         };
         assert_eq!(encode(&unset, b"ab").unwrap().len(), 2);
     }
@@ -513,12 +516,14 @@ mod tests {
                 parity_shards: 0,
                 replicas: 0,
                 inline: false,
+                packed: false,
             },
             Layout {
                 data_shards: 4,
                 parity_shards: 0,
                 replicas: 1,
                 inline: false,
+                packed: false,
             },
         ] {
             assert!(matches!(

@@ -61,6 +61,7 @@ pub fn layout() -> Layout {
         parity_shards: 0,
         replicas: 0,
         inline: true,
+        packed: false,
     }
 }
 

@@ -260,6 +260,19 @@ impl Signer {
         self.key(server_id).sign(op, fingerprint, expires_ns)
     }
 
+    /// Checks a token signed for `server_id` (dfs-meta checks the ones it
+    /// signs for itself: cold-chunk reads).
+    pub fn check(
+        &self,
+        server_id: u32,
+        op: ShardOp,
+        fingerprint: &[u8],
+        token: &[u8],
+        now_ns: i64,
+    ) -> Result<(), TokenError> {
+        self.key(server_id).check(op, fingerprint, token, now_ns, 0)
+    }
+
     /// See [`ServerKey::sign_put`].
     pub fn sign_put(
         &self,

@@ -58,6 +58,9 @@ pub enum MetaError {
     TooManyLocks(u64),
     #[error("corrupt metadata record: {0}")]
     Corrupt(String),
+    /// The cold store (`cold`) failed or is unreachable.
+    #[error("{0}")]
+    ColdStore(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -89,6 +92,10 @@ impl From<MetaError> for DfsError {
                 let mut err = DfsError::new(libc::EAGAIN, message);
                 err.missing_chunks = missing;
                 err
+            }
+            MetaError::ColdStore(_) => {
+                tracing::error!(error = %message, "cold store request failed");
+                DfsError::new(libc::EIO, message)
             }
             MetaError::Corrupt(_) => {
                 tracing::error!(error = %message, "corrupt metadata");

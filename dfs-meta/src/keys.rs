@@ -46,6 +46,7 @@ pub const LOCK_TABLE: u8 = b'L';
 pub const LOCK_SESSION: u8 = b'Q';
 pub const LOCK_HELD: u8 = b'W';
 pub const ACCESS: u8 = b'A';
+pub const PACK: u8 = b'P';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -268,6 +269,29 @@ pub fn access_parts(key: &[u8]) -> Option<(u32, u64)> {
     let day = u32::from_be_bytes(key[1..5].try_into().ok()?);
     let ino = u64::from_le_bytes(key[5..13].try_into().ok()?);
     Some((day, ino))
+}
+
+/// `P pack(be64)`: a pack object on the cold store (`PackRecord`).
+pub fn pack(id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(PACK);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// `P pack(be64) 'n'`: how many chunk records point into the pack.
+pub fn pack_live(id: u64) -> Vec<u8> {
+    let mut k = pack(id);
+    k.push(b'n');
+    k
+}
+
+/// The pack a `P` key (record or count) names.
+pub fn pack_id(key: &[u8]) -> Option<u64> {
+    match key {
+        [PACK, id @ ..] if id.len() >= 8 => Some(u64::from_be_bytes(id[..8].try_into().ok()?)),
+        _ => None,
+    }
 }
 
 pub fn tag_range(tag: u8) -> (Vec<u8>, Vec<u8>) {

@@ -6,6 +6,7 @@ pub mod access;
 pub mod acl;
 pub mod caps;
 pub mod chunkmap;
+pub mod cold;
 pub mod confine;
 pub mod error;
 pub mod inodes;

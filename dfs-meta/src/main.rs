@@ -75,6 +75,13 @@ struct Args {
     /// every second, so a test can age a volume.
     #[arg(long, value_name = "PATH", hide = true)]
     tier_clock_offset_file: Option<std::path::PathBuf>,
+    /// Where cold files' chunks go, packed (issue 21): s3://BUCKET[/PREFIX]
+    /// (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION; AWS_ALLOW_HTTP=true for plain
+    /// HTTP) or file:///DIR. Without it, cold chunks stay where they are,
+    /// recompressed with LZMA when kept inline.
+    #[arg(long, value_name = "URL")]
+    cold_store: Option<String>,
     #[command(flatten)]
     tls: dfs_core::tls::TlsArgs,
     #[command(flatten)]
@@ -147,6 +154,14 @@ fn main() -> anyhow::Result<()> {
         }
         None => service,
     };
+    if let Some(url) = &args.cold_store {
+        let cold = dfs_meta::cold::ColdStore::open(url).context("bad --cold-store")?;
+        let recall = dfs_meta::cold::recall::Recall::new(std::sync::Arc::new(cold));
+        service
+            .maintenance()
+            .set_cold_store(std::sync::Arc::new(recall));
+        tracing::info!(cold_store = %url, "cold chunks go to packs on the cold store");
+    }
     tracing::info!(listen = %args.listen, store = %args.store, backend = service_store_name, transport = security.describe(), "dfs-meta serving");
     let runtime = tokio::runtime::Runtime::new()?;
     if let Some(addr) = args.metrics.metrics {

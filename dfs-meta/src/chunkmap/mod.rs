@@ -135,6 +135,13 @@ fn validate(req: &CommitChunksRequest) -> Result<()> {
                 req.new_size
             ));
         }
+        if c.uploaded
+            .as_ref()
+            .is_some_and(|up| up.is_packed() || up.packed.is_some())
+        {
+            // Only dfs-meta's tiering writes pack locations.
+            return bad(format!("chunk {i}: a client cannot upload a packed chunk"));
+        }
         if let Some(up) = c.uploaded.as_ref().filter(|up| up.is_inline()) {
             inline::check_shape(up, inline::MAX_INLINE_BYTES)
                 .map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
@@ -244,7 +251,8 @@ pub fn commit_checked(
         .iter()
         .map(|c| keys::hash(&c.fingerprint))
         .collect();
-    let standing: Vec<Standing> = get_records::<ChunkRecord>(txn, &hash_keys)?
+    let existing = get_records::<ChunkRecord>(txn, &hash_keys)?;
+    let standing: Vec<Standing> = existing
         .iter()
         .map(|r| {
             r.as_ref()
@@ -355,6 +363,9 @@ pub fn commit_checked(
                     verification_failed: false,
                     ..up.clone()
                 };
+                if let Some(old) = existing[i].as_ref() {
+                    crate::cold::release_packed(txn, old)?;
+                }
                 put_record(txn, &hash_keys[i], &rec);
                 created.insert(c.fingerprint.as_slice());
             }
@@ -507,6 +518,7 @@ pub fn gc_finish(txn: &mut dyn KvTxn, fingerprints: &[Vec<u8>]) -> Result<u64> {
             continue;
         }
         txn.clear(&key);
+        crate::cold::release_packed(txn, &rec)?;
         let refs = keys::refs(fp);
         if decode_counter(txn.get(&refs)?.as_deref()) <= 0 {
             txn.clear(&refs);
@@ -645,6 +657,10 @@ pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
             if rec.is_inline() {
                 out.inline_chunks += 1;
                 out.inline_bytes += u64::from(rec.stored_len);
+            }
+            if rec.is_packed() {
+                out.packed_chunks += 1;
+                out.packed_bytes += u64::from(rec.stored_len);
             }
             match rec.tier() {
                 dfs_proto::Tier::Hot => out.hot_bytes += u64::from(rec.stored_len),

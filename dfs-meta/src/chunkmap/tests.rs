@@ -64,6 +64,7 @@ fn sharded_commit(ino: u64, raw: &[u8], servers: Vec<u32>) -> CommitChunksReques
                     parity_shards: 0,
                     replicas: servers.len() as u32,
                     inline: false,
+                    packed: false,
                 }),
                 shard_servers: servers,
                 ..ChunkRecord::default()

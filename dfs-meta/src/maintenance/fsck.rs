@@ -27,7 +27,7 @@ use super::Maintenance;
 use crate::error::Result;
 use crate::keys;
 use crate::namespace;
-use crate::store::decode_counter;
+use crate::store::{decode_counter, get_record};
 use dfs_core::shard_key::wire_shard_key;
 
 /// Rows read per transaction (each index row also reads its count: far
@@ -55,6 +55,57 @@ fn problem(report: &mut FsckReport, kind: &str, detail: String) {
             kind: kind.into(),
             detail,
         });
+    }
+}
+
+impl Maintenance {
+    /// Checks a packed chunk: its pack is sealed in the index and its
+    /// object is on the cold store (once per pack); with `verify`, the
+    /// chunk itself is read back and checked against its fingerprint.
+    async fn check_packed(
+        &self,
+        fp: &[u8],
+        rec: &ChunkRecord,
+        verify: bool,
+        packs: &mut HashMap<u64, Option<String>>,
+    ) -> std::result::Result<(), String> {
+        let location = rec.packed.as_ref().ok_or("no pack location")?;
+        let recall = self
+            .recall()
+            .ok_or("no cold store is configured (dfs-meta --cold-store)")?;
+        let id = location.pack;
+        let verdict = match packs.get(&id) {
+            Some(known) => known.clone(),
+            None => {
+                let pack = self
+                    .txn("fsck_pack", move |t| {
+                        get_record::<dfs_proto::PackRecord>(t, &keys::pack(id))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let verdict = match pack {
+                    None => Some(format!("pack {id} has no record")),
+                    Some(p) if p.state() != dfs_proto::PackState::Sealed => {
+                        Some(format!("pack {id} is not sealed"))
+                    }
+                    Some(p) => match recall.cold().size(&p.object).await {
+                        Ok(size) if size == p.bytes => None,
+                        Ok(size) => Some(format!("{} is {size} bytes, not {}", p.object, p.bytes)),
+                        Err(e) => Some(e.to_string()),
+                    },
+                };
+                packs.insert(id, verdict.clone());
+                verdict
+            }
+        };
+        if let Some(why) = verdict {
+            return Err(why);
+        }
+        if verify {
+            let id = Fingerprint::from_slice(fp).map_err(|e| e.to_string())?;
+            recall.chunk(&id, rec).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 
@@ -184,6 +235,8 @@ impl Maintenance {
         let (begin, end) = keys::tag_range(keys::HASH);
         let mut cursor = begin;
         let mut indexed: HashSet<Vec<u8>> = HashSet::new();
+        // Packs looked at: id -> what was wrong with it (None: fine).
+        let mut packs: HashMap<u64, Option<String>> = HashMap::new();
         loop {
             let (from, to) = (cursor.clone(), end.clone());
             let (rows, counts) = self
@@ -259,6 +312,25 @@ impl Maintenance {
                                 &mut report,
                                 "lost_chunk",
                                 format!("inline chunk {}: {e}", hex::encode(&fp)),
+                            );
+                        }
+                    }
+                    continue;
+                }
+                if rec.is_packed() {
+                    // In a pack on the cold store: its object must be
+                    // there; with `verify`, the chunk is read back.
+                    match self
+                        .check_packed(&fp, &rec, options.verify, &mut packs)
+                        .await
+                    {
+                        Ok(()) => report.healthy_chunks += 1,
+                        Err(e) => {
+                            report.lost_chunks += 1;
+                            problem(
+                                &mut report,
+                                "lost_chunk",
+                                format!("packed chunk {}: {e}", hex::encode(&fp)),
                             );
                         }
                     }

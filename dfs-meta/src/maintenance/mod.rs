@@ -108,6 +108,8 @@ pub struct Maintenance {
     repair_pacer: Pacer,
     /// The chunk servers' workers, as their last heartbeats reported them.
     server_workers: parking_lot::Mutex<BTreeMap<u32, Vec<WorkerStatus>>>,
+    /// The cold store and its reader, when one is configured.
+    recall: std::sync::OnceLock<Arc<crate::cold::recall::Recall>>,
 }
 
 /// The workers a chunk server runs, the only ones its heartbeat may
@@ -136,6 +138,16 @@ fn truncate_text(text: &mut String, max: usize) {
 const MAX_REPORTED: usize = 100_000;
 
 impl Maintenance {
+    /// Cold chunks live in packs on `recall`'s store (set once, at start).
+    pub fn set_cold_store(&self, recall: Arc<crate::cold::recall::Recall>) {
+        let _ = self.recall.set(recall);
+    }
+
+    /// The cold store's reader, when one is configured.
+    pub fn recall(&self) -> Option<&Arc<crate::cold::recall::Recall>> {
+        self.recall.get()
+    }
+
     /// The allowed difference between dfs-meta's and chunk servers' clocks.
     pub fn clock_skew_ns(&self) -> i64 {
         i64::try_from(self.config.clock_skew.as_nanos()).unwrap_or(i64::MAX)
@@ -177,6 +189,7 @@ impl Maintenance {
             started: Instant::now(),
             repair_pacer: Pacer::new(config.repair_rate),
             server_workers: parking_lot::Mutex::new(BTreeMap::new()),
+            recall: std::sync::OnceLock::new(),
             workers,
             repair_worker,
             gc_worker,

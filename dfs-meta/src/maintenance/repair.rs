@@ -419,8 +419,9 @@ impl Maintenance {
                     continue;
                 }
                 summary.scanned += 1;
-                if rec.is_inline() {
-                    // Kept by the metadata store itself: nothing to rebuild.
+                if !rec.is_sharded() {
+                    // Kept by the metadata store itself, or in a pack on
+                    // the cold store: nothing to rebuild.
                     continue;
                 }
                 let fingerprint = key[1..].to_vec();

@@ -5,9 +5,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_proto::{
-    ChunkRecord, CommitChunksRequest, InodeRecord, LookupChunksReply, LookupChunksRequest, Standing,
+    ChunkRecord, ColdChunkReply, ColdChunkRequest, CommitChunksRequest, InodeRecord,
+    LookupChunksReply, LookupChunksRequest, Standing,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -30,6 +32,9 @@ pub(super) fn owner_of<T>(request: &Request<T>) -> Vec<u8> {
 /// How long a shard token stays good: a chunk map (or an upload) older
 /// than this is refreshed by the client when a server refuses it.
 pub(super) const TOKEN_LIFETIME_NS: i64 = 10 * 60 * 1_000_000_000;
+/// The "server" a cold chunk's read token is for: dfs-meta itself (chunk
+/// servers are numbered from 1).
+pub(super) const COLD_READER: u32 = 0;
 /// The servers put tokens are granted for, as read at a time.
 pub(super) type ServerList = (std::time::Instant, Arc<Vec<u32>>);
 
@@ -58,6 +63,14 @@ impl MetaService {
             let Some(rec) = mapped.chunk.as_ref().filter(|rec| !rec.is_inline()) else {
                 continue;
             };
+            if rec.is_packed() {
+                // Read through dfs-meta (`ReadColdChunk`), with one token.
+                mapped.shard_tokens =
+                    vec![self
+                        .tokens
+                        .sign(COLD_READER, ShardOp::Get, &mapped.fingerprint, expires)];
+                continue;
+            }
             if let Some(tokens) = signed.get(&mapped.fingerprint) {
                 mapped.shard_tokens = tokens.clone();
                 continue;
@@ -323,5 +336,59 @@ impl MetaService {
                 tracing::warn!(error = %e, "recording upload checks failed");
                 std::collections::HashSet::new()
             })
+    }
+}
+
+impl MetaService {
+    /// `ReadColdChunk`: a packed chunk's raw bytes, from its frame on the
+    /// cold store (`cold::recall`), for a client holding the read token
+    /// its chunk map carried.
+    pub(super) async fn cold_chunk(
+        &self,
+        r: Request<ColdChunkRequest>,
+    ) -> Result<Response<ColdChunkReply>, Status> {
+        let signs = wants_tokens(&r);
+        let r = r.into_inner();
+        if signs {
+            self.tokens
+                .check(
+                    COLD_READER,
+                    ShardOp::Get,
+                    &r.fingerprint,
+                    &r.token,
+                    now_ns(),
+                )
+                .map_err(|e| {
+                    Status::from(DfsError::new(e.errno(), format!("cold chunk read: {e}")))
+                })?;
+        }
+        let fp = Fingerprint::from_slice(&r.fingerprint)
+            .map_err(|e| Status::from(DfsError::new(libc::EINVAL, e.to_string())))?;
+        let Some(recall) = self.maintenance.recall().cloned() else {
+            return Err(Status::from(DfsError::from(MetaError::ColdStore(
+                "no cold store is configured (dfs-meta --cold-store)".into(),
+            ))));
+        };
+        let key = crate::keys::hash(&r.fingerprint);
+        let rec = self
+            .read("cold_chunk", move |t, _| {
+                crate::store::get_record::<ChunkRecord>(t, &key)
+            })
+            .await?
+            .into_inner();
+        let Some(rec) = rec.filter(|rec| rec.is_packed()) else {
+            // Moved since the chunk map was read: the client reads it again.
+            return Err(Status::from(DfsError::new(
+                libc::ESTALE,
+                format!("chunk {fp} is not in a pack any more"),
+            )));
+        };
+        match recall.chunk(&fp, &rec).await {
+            Ok(data) => Ok(Response::new(ColdChunkReply { data })),
+            Err(e) => {
+                tracing::error!(chunk = %fp, error = %e, "cold chunk read failed");
+                Err(Status::from(DfsError::new(libc::EIO, e.to_string())))
+            }
+        }
     }
 }

@@ -23,6 +23,7 @@ use crate::{caps, chunkmap, confine, inodes, locks, namespace, registry, xattrs}
 
 mod chunks;
 mod gauges;
+mod options;
 mod transactions;
 use chunks::owner_of;
 use transactions::{changed_if_dir, gone, to_response, with_changed_dirs, Access};
@@ -141,23 +142,11 @@ impl MetaService {
             tokio::spawn(crate::tiering::tiering_worker(
                 self.store.clone(),
                 self.clock.clone(),
+                self.maintenance.clone(),
                 self.maintenance.workers().add("tiering", "files"),
                 interval,
             ));
         }
-    }
-
-    /// Runs the `tiering` worker every `interval` (`None`: never).
-    pub fn with_tier_interval(mut self, interval: Option<std::time::Duration>) -> Self {
-        self.tier_interval = interval;
-        self
-    }
-
-    /// Tiering reads `clock` instead of the system clock (tests age a
-    /// volume with an offset file).
-    pub fn with_tier_clock(mut self, clock: TierClock) -> Self {
-        self.clock = Arc::new(clock);
-        self
     }
 
     pub fn maintenance(&self) -> &Arc<Maintenance> {
@@ -171,19 +160,6 @@ impl MetaService {
             tracing::warn!(op, errno = err.errno, error = %err.message, "maintenance request failed");
             Status::from(err)
         })
-    }
-
-    /// Test hook: every `n`-th committed create is answered with a
-    /// commit-outcome-unknown error (0: never). See `unknown_create_every`.
-    pub fn inject_unknown_create_commits(mut self, n: u64) -> Self {
-        self.unknown_create_every = n;
-        self
-    }
-
-    /// How long the shard tokens this server signs stay good.
-    pub fn with_token_lifetime(mut self, lifetime: std::time::Duration) -> Self {
-        self.token_lifetime_ns = i64::try_from(lifetime.as_nanos()).unwrap_or(i64::MAX);
-        self
     }
 
     pub fn into_server(self) -> MetaServer<Self> {
@@ -780,6 +756,13 @@ impl Meta for MetaService {
         let today = self.clock.today();
         self.read("tier_status", move |t, _| crate::access::status(t, today))
             .await
+    }
+
+    async fn read_cold_chunk(
+        &self,
+        r: Request<ColdChunkRequest>,
+    ) -> Result<Response<ColdChunkReply>, Status> {
+        self.cold_chunk(r).await
     }
 
     async fn workers(&self, _r: Request<Empty>) -> Result<Response<WorkersReply>, Status> {

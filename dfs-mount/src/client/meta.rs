@@ -12,11 +12,12 @@ use dfs_core::error::DfsError;
 use dfs_core::rpc::RpcTransport;
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{
-    ChunkMapReply, ChunkMapRequest, CommitChunksRequest, CreateRequest, Empty, GetLockReply,
-    InoRequest, InodeRecord, KeepUnlinkedRequest, LinkRequest, ListServersReply, LockSessionReply,
-    LockSessionRequest, LookupChunksReply, LookupChunksRequest, LookupRequest, ReadDirReply,
-    ReadDirRequest, RemoveRequest, RenameRequest, SetAttrRequest, SetLockReply, SetLockRequest,
-    StatFsReply, VolumeConfig, XattrListReply, XattrReply, XattrRequest,
+    ChunkMapReply, ChunkMapRequest, ColdChunkReply, ColdChunkRequest, CommitChunksRequest,
+    CreateRequest, Empty, GetLockReply, InoRequest, InodeRecord, KeepUnlinkedRequest, LinkRequest,
+    ListServersReply, LockSessionReply, LockSessionRequest, LookupChunksReply, LookupChunksRequest,
+    LookupRequest, ReadDirReply, ReadDirRequest, RemoveRequest, RenameRequest, SetAttrRequest,
+    SetLockReply, SetLockRequest, StatFsReply, VolumeConfig, XattrListReply, XattrReply,
+    XattrRequest,
 };
 use parking_lot::Mutex;
 use prost::Message;
@@ -196,6 +197,7 @@ metadata_rpcs! {
     lookup_chunks(LookupChunksRequest) -> LookupChunksReply;
     commit_chunks(CommitChunksRequest) -> InodeRecord;
     get_chunk_map(ChunkMapRequest) -> ChunkMapReply;
+    read_cold_chunk(ColdChunkRequest) -> ColdChunkReply;
     list_servers(Empty) -> ListServersReply;
     open_lock_session(LockSessionRequest) -> LockSessionReply;
     end_lock_session(LockSessionRequest) -> Empty;

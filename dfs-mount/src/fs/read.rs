@@ -80,10 +80,11 @@ impl Dfs {
             .get_or_fetch(&self.cluster, fp, rec, tokens)
             .await
         {
-            Err(e) if e.errno == libc::EKEYEXPIRED => {
+            Err(e) if e.errno == libc::EKEYEXPIRED || e.errno == libc::ESTALE => {
                 // The map's read tokens expired (or it came from this
-                // client's own upload, with none): the chunk's entry again,
-                // with fresh ones.
+                // client's own upload, with none), or the chunk left the
+                // cold store since: the chunk's entry again, with fresh
+                // tokens.
                 let fresh = self.fresh_chunk(ino, c).await?;
                 let rec = fresh.chunk.clone().unwrap_or_default();
                 self.cache

@@ -65,6 +65,23 @@ impl Cluster {
                 DfsError::new(libc::EIO, format!("chunk {fp}: {e}"))
             });
         }
+        if rec.is_packed() {
+            // In a pack on the cold store: dfs-meta reads it for us.
+            let reply = self
+                .meta
+                .read_cold_chunk(dfs_proto::ColdChunkRequest {
+                    fingerprint: fp.to_vec(),
+                    token: tokens.first().cloned().unwrap_or_default(),
+                })
+                .await?;
+            if Fingerprint::of(&reply.data) != fp {
+                return Err(DfsError::new(
+                    libc::EIO,
+                    format!("chunk {fp}: cold read does not match its fingerprint"),
+                ));
+            }
+            return Ok(Bytes::from(reply.data));
+        }
         let layout = rec.layout.unwrap_or_default();
         let total = rec.shard_servers.len();
         let need = if layout.parity_shards == 0 {

@@ -144,6 +144,7 @@ pub fn layout_for(volume: &dfs_proto::VolumeConfig, stored_len: usize) -> Layout
             parity_shards: 0,
             replicas: 1,
             inline: false,
+            packed: false,
         };
     }
     if stored_len < volume.replicate_below_bytes as usize {
@@ -153,6 +154,7 @@ pub fn layout_for(volume: &dfs_proto::VolumeConfig, stored_len: usize) -> Layout
             parity_shards: 0,
             replicas: volume.parity_shards + 1,
             inline: false,
+            packed: false,
         };
     }
     Layout {
@@ -160,6 +162,7 @@ pub fn layout_for(volume: &dfs_proto::VolumeConfig, stored_len: usize) -> Layout
         parity_shards: volume.parity_shards,
         replicas: 0,
         inline: false,
+        packed: false,
     }
 }
 
