@@ -13,14 +13,15 @@
 //! simply looked at again next pass. A crash leaves each record old or
 //! new, never neither.
 //!
-//! Built so far: chunks kept inline in the metadata store (small files,
-//! source trees). Chunks on chunk servers stay where they are, and their
-//! files are looked at again each pass: moving them needs the new shards
-//! written beside the old ones before the record switches (a shard slot
-//! in the record), which is the next step of issue 21, with the object
-//! store for cold chunks. A chunk shared by files of different ages
-//! follows the last file that moved it: reading it stays correct, only
-//! slower to decode.
+//! Here: chunks kept inline in the metadata store (small files). With a
+//! cold store configured (`dfs-meta --cold-store`), cold files go no
+//! further than warm here, and `cold::migrate` packs all their chunks,
+//! inline or on chunk servers, into objects of the cold store. Without
+//! one, chunks on chunk servers stay where they are (moving them in place
+//! would need their new shards written beside the old ones before the
+//! record switches), and their files are looked at again each pass. A
+//! chunk shared by files of different ages follows the last file that
+//! moved it: reading it stays correct, only slower to decode.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
