@@ -82,6 +82,10 @@ struct Args {
     /// recompressed with LZMA when kept inline.
     #[arg(long, value_name = "URL")]
     cold_store: Option<String>,
+    /// Test hook: packs of about this many bytes (and frames no bigger)
+    /// instead of 64 MiB, so a migration writes many.
+    #[arg(long, value_name = "BYTES", hide = true)]
+    cold_pack_bytes: Option<u64>,
     #[command(flatten)]
     tls: dfs_core::tls::TlsArgs,
     #[command(flatten)]
@@ -160,6 +164,11 @@ fn main() -> anyhow::Result<()> {
         service
             .maintenance()
             .set_cold_store(std::sync::Arc::new(recall));
+        if let Some(bytes) = args.cold_pack_bytes {
+            service
+                .maintenance()
+                .set_pack_sizes(dfs_meta::cold::pack::PackSizes::small(bytes));
+        }
         tracing::info!(cold_store = %url, "cold chunks go to packs on the cold store");
     }
     tracing::info!(listen = %args.listen, store = %args.store, backend = service_store_name, transport = security.describe(), "dfs-meta serving");

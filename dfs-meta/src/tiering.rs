@@ -298,7 +298,8 @@ pub async fn run_pass(
         )),
         Some(recall) => {
             let migration =
-                Migration::new(store.clone(), maintenance.clone(), recall.cold().clone());
+                Migration::new(store.clone(), maintenance.clone(), recall.cold().clone())
+                    .with_sizes(maintenance.pack_sizes());
             let c = migration
                 .pass(clock, worker)
                 .await

@@ -431,11 +431,25 @@ impl Drop for S3Server {
     }
 }
 
-#[test]
-fn cold_files_move_into_packs_on_s3_and_read_back_without_chunk_servers() {
-    let mut s3 = S3Server::start();
-    // dfs-meta (started below) takes the store's address and keys from
-    // its environment, as a deployment's unit file would give them.
+/// An S3 server and an aging cluster whose dfs-meta packs cold chunks on
+/// it (tiering every second).
+struct ColdSetup {
+    cluster: TestCluster,
+    s3: S3Server,
+    offset: std::path::PathBuf,
+    _clock: tempfile::TempDir,
+    /// dfs-meta takes the store's address and keys from its environment,
+    /// as a deployment's unit file would give them; this binary's tests
+    /// run in threads of one process, so those using S3 take turns (a
+    /// restarted dfs-meta must find its own server's address there).
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+static COLD_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cold_cluster(meta_args: &[&str]) -> ColdSetup {
+    let serial = COLD_ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let s3 = S3Server::start();
     for (k, v) in [
         ("AWS_ENDPOINT_URL", s3.endpoint()),
         ("AWS_ACCESS_KEY_ID", S3_KEY.into()),
@@ -446,8 +460,27 @@ fn cold_files_move_into_packs_on_s3_and_read_back_without_chunk_servers() {
         std::env::set_var(k, v);
     }
     let cold_url = format!("s3://{S3_BUCKET}/vol");
-    let (_clock, offset, mut cluster) =
-        aging_cluster(&["--tier-interval", "1", "--cold-store", &cold_url]);
+    let mut args = vec!["--tier-interval", "1", "--cold-store", &cold_url];
+    args.extend_from_slice(meta_args);
+    let (clock, offset, cluster) = aging_cluster(&args);
+    ColdSetup {
+        cluster,
+        s3,
+        offset,
+        _clock: clock,
+        _serial: serial,
+    }
+}
+
+#[test]
+fn cold_files_move_into_packs_on_s3_and_read_back_without_chunk_servers() {
+    let ColdSetup {
+        mut cluster,
+        mut s3,
+        offset,
+        _clock,
+        _serial,
+    } = cold_cluster(&[]);
     let m = TestMount::start(&cluster.meta_addr(), &[]);
     for (dir, policy) in [("quick", "warm=1d,cold=2d"), ("fast", "hot")] {
         let path = m.path.join(dir);
@@ -541,4 +574,131 @@ fn cold_files_move_into_packs_on_s3_and_read_back_without_chunk_servers() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+fn stat(stats: &serde_json::Value, key: &str) -> u64 {
+    stats[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {stats}"))
+}
+
+/// Waits until `ok` holds for `dfs stats` (polled every 50 ms: the
+/// migrations below are watched for their middle).
+fn poll_stats(
+    cluster: &TestCluster,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let stats = cluster.stats();
+        if ok(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn migrations_cut_short_by_the_s3_server_dfs_meta_or_a_chunk_server_lose_nothing() {
+    // Packs of 128 KiB (frames no bigger): a migration writes several,
+    // one after the other, and each fault below lands between two.
+    let ColdSetup {
+        mut cluster,
+        mut s3,
+        offset,
+        _clock,
+        _serial,
+    } = cold_cluster(&["--cold-pack-bytes", "131072"]);
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    // One directory per fault, each cold two days after the previous.
+    let faults = ["the S3 server", "dfs-meta", "a chunk server"];
+    let mut files = Vec::new();
+    let mut chunks_of = Vec::new();
+    let mut chunks = 0;
+    for (k, _) in faults.iter().enumerate() {
+        let dir = m.path.join(format!("d{k}"));
+        fs::create_dir(&dir).expect("mkdir");
+        let policy = format!("warm=1d,cold={}d", 2 * k + 2);
+        let (ok, _, err) = dfs_tier(&["set", dir.to_str().expect("utf-8"), &policy]);
+        assert!(ok, "dfs tier set: {err}");
+        for j in 0..12 {
+            let data: Vec<u8> = (0..60)
+                .flat_map(|i| source_text(k * 10_000 + j * 100 + i))
+                .collect();
+            let name = format!("d{k}/f{j}.rs");
+            fs::write(m.path.join(&name), &data).expect("write");
+            files.push((name, data));
+        }
+        let now = stat(&cluster.stats(), "chunks");
+        chunks_of.push(now - chunks);
+        chunks = now;
+    }
+
+    let mut goal = 0;
+    for (k, fault) in faults.iter().enumerate() {
+        let before = stat(&cluster.stats(), "packed_chunks");
+        goal += chunks_of[k];
+        fs::write(&offset, ((2 * k as u64 + 3) * 86_400).to_string()).expect("offset");
+        // Under way: some of this directory's chunks packed, not all.
+        let under_way = poll_stats(
+            &cluster,
+            "migration started",
+            Duration::from_secs(60),
+            |s| stat(s, "packed_chunks") > before,
+        );
+        let packed_at_fault = stat(&under_way, "packed_chunks");
+        match k {
+            0 => {
+                s3.kill();
+                std::thread::sleep(Duration::from_secs(3));
+                s3.spawn();
+            }
+            1 => cluster.restart_meta(),
+            _ => cluster.kill_server(0),
+        }
+        let done = poll_stats(
+            &cluster,
+            &format!("migration after {fault} was killed"),
+            Duration::from_secs(180),
+            |s| stat(s, "packed_chunks") == goal,
+        );
+        println!(
+            "figures: {fault} killed with {} of {} chunks of the migration packed; afterwards {} packed, {} pack objects in the bucket",
+            packed_at_fault - before,
+            chunks_of[k],
+            stat(&done, "packed_chunks"),
+            s3.objects("vol/packs").len()
+        );
+        assert!(
+            packed_at_fault < goal,
+            "the migration ended before {fault} was killed: make it longer"
+        );
+    }
+
+    // Every byte reads back, through a mount that cached nothing; the
+    // chunk server back, fsck --verify (every packed chunk read back from
+    // S3) is clean.
+    cluster.restart_server(0);
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    let mut bytes = 0;
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(reader.path.join(name)).expect("read"),
+            data,
+            "{name}"
+        );
+        bytes += data.len();
+    }
+    let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(clean, "fsck --verify after the faults: {report}");
+    println!(
+        "figures: {} files, {bytes} bytes read back identical after the three faults; fsck --verify: {} chunks, {} healthy, {} lost",
+        files.len(),
+        report["chunks"],
+        report["healthy_chunks"],
+        report["lost_chunks"]
+    );
 }

@@ -30,7 +30,7 @@ use dfs_proto::{
 };
 use prost::Message;
 
-use super::pack::{object_name, stored_share, Frame, PackBuilder, Placed, PACK_BYTES};
+use super::pack::{object_name, stored_share, Frame, PackBuilder, PackSizes, Placed};
 use super::ColdStore;
 use crate::access::{accessed_before, days_between, TierClock};
 use crate::error::{MetaError, Result};
@@ -121,6 +121,7 @@ pub struct Migration {
     store: Arc<dyn MetaStore>,
     maintenance: Arc<Maintenance>,
     cold: Arc<ColdStore>,
+    sizes: PackSizes,
     frame: Frame,
     pack: PackBuilder,
     /// Chunks in `frame` or `pack`, with their records as read.
@@ -141,6 +142,7 @@ impl Migration {
             store,
             maintenance,
             cold,
+            sizes: PackSizes::default(),
             frame: Frame::default(),
             pack: PackBuilder::default(),
             pending: HashMap::new(),
@@ -148,6 +150,12 @@ impl Migration {
             files: Vec::new(),
             report: ColdReport::default(),
         }
+    }
+
+    /// Frames and packs of `sizes` instead of the defaults.
+    pub fn with_sizes(mut self, sizes: PackSizes) -> Self {
+        self.sizes = sizes;
+        self
     }
 
     /// One pass over the files not accessed before `clock`'s today.
@@ -240,9 +248,12 @@ impl Migration {
     }
 
     async fn add(&mut self, fp: Vec<u8>, read_as: [u8; 32], raw: Vec<u8>) -> Result<()> {
-        if self.frame.is_full_for(raw.len()) {
+        if self
+            .frame
+            .is_full_for(raw.len(), self.sizes.frame_raw_bytes)
+        {
             self.close_frame().await?;
-            if self.pack.len() >= PACK_BYTES {
+            if self.pack.len() >= self.sizes.pack_bytes {
                 self.seal().await?;
             }
         }

@@ -19,6 +19,37 @@ pub const FRAME_RAW_BYTES: usize = 4 << 20;
 /// ends): one PUT of this size per pack, never one per chunk.
 pub const PACK_BYTES: u64 = 64 << 20;
 
+/// The sizes a migration aims at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackSizes {
+    pub frame_raw_bytes: usize,
+    pub pack_bytes: u64,
+}
+
+impl Default for PackSizes {
+    fn default() -> Self {
+        Self {
+            frame_raw_bytes: FRAME_RAW_BYTES,
+            pack_bytes: PACK_BYTES,
+        }
+    }
+}
+
+impl PackSizes {
+    /// Packs of about `pack_bytes` (a test hook, `dfs-meta
+    /// --cold-pack-bytes`: many small packs make a migration long enough
+    /// to kill a process in the middle of it), frames no bigger.
+    pub fn small(pack_bytes: u64) -> Self {
+        let pack_bytes = pack_bytes.max(1);
+        Self {
+            frame_raw_bytes: usize::try_from(pack_bytes)
+                .unwrap_or(usize::MAX)
+                .min(FRAME_RAW_BYTES),
+            pack_bytes,
+        }
+    }
+}
+
 /// The object of pack `pack`, under the cold store's prefix.
 pub fn object_name(pack: u64) -> String {
     format!("packs/{pack:016x}")
@@ -46,9 +77,10 @@ impl Frame {
         self.members.is_empty()
     }
 
-    /// Whether adding `len` more raw bytes would pass the frame size.
-    pub fn is_full_for(&self, len: usize) -> bool {
-        !self.is_empty() && self.raw.len() + len > FRAME_RAW_BYTES
+    /// Whether adding `len` more raw bytes would pass `limit` raw bytes
+    /// ([`FRAME_RAW_BYTES`] but in tests).
+    pub fn is_full_for(&self, len: usize, limit: usize) -> bool {
+        !self.is_empty() && self.raw.len() + len > limit
     }
 }
 
@@ -164,7 +196,7 @@ mod tests {
         let mut pack = PackBuilder::default();
         let mut frame = Frame::default();
         for (i, c) in chunks.iter().enumerate() {
-            if frame.is_full_for(c.len()) {
+            if frame.is_full_for(c.len(), FRAME_RAW_BYTES) {
                 pack.add_frame(std::mem::take(&mut frame));
             }
             frame.add(vec![i as u8], c);

@@ -110,6 +110,8 @@ pub struct Maintenance {
     server_workers: parking_lot::Mutex<BTreeMap<u32, Vec<WorkerStatus>>>,
     /// The cold store and its reader, when one is configured.
     recall: std::sync::OnceLock<Arc<crate::cold::recall::Recall>>,
+    /// The sizes of the packs tiering writes there.
+    pack_sizes: parking_lot::Mutex<crate::cold::pack::PackSizes>,
 }
 
 /// The workers a chunk server runs, the only ones its heartbeat may
@@ -141,6 +143,15 @@ impl Maintenance {
     /// Cold chunks live in packs on `recall`'s store (set once, at start).
     pub fn set_cold_store(&self, recall: Arc<crate::cold::recall::Recall>) {
         let _ = self.recall.set(recall);
+    }
+
+    /// Packs of other sizes than the defaults (a test hook).
+    pub fn set_pack_sizes(&self, sizes: crate::cold::pack::PackSizes) {
+        *self.pack_sizes.lock() = sizes;
+    }
+
+    pub fn pack_sizes(&self) -> crate::cold::pack::PackSizes {
+        *self.pack_sizes.lock()
     }
 
     /// The cold store's reader, when one is configured.
@@ -190,6 +201,7 @@ impl Maintenance {
             repair_pacer: Pacer::new(config.repair_rate),
             server_workers: parking_lot::Mutex::new(BTreeMap::new()),
             recall: std::sync::OnceLock::new(),
+            pack_sizes: parking_lot::Mutex::new(Default::default()),
             workers,
             repair_worker,
             gc_worker,
