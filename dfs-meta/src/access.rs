@@ -298,8 +298,11 @@ impl AccessLog {
 /// Sets the day of each of `inos` that still exists to `day`, in one
 /// transaction (keep batches small: each inode is a read and perhaps two
 /// writes). Returns how many changed.
-pub fn write_days(txn: &mut dyn KvTxn, inos: &[u64], day: u32) -> Result<usize> {
+/// Returns how many changed, and which of those are cold (read again
+/// after they went cold: `cold::reheat` may bring them back).
+pub fn write_days(txn: &mut dyn KvTxn, inos: &[u64], day: u32) -> Result<(usize, Vec<u64>)> {
     let mut changed = 0;
+    let mut cold = Vec::new();
     for &ino in inos {
         let Some(mut inode) = get_record::<InodeRecord>(txn, &keys::inode(ino))? else {
             continue;
@@ -307,9 +310,12 @@ pub fn write_days(txn: &mut dyn KvTxn, inos: &[u64], day: u32) -> Result<usize> 
         if touch(txn, &mut inode, day) {
             put_inode(txn, &inode);
             changed += 1;
+            if inode.tier() == dfs_proto::Tier::Cold {
+                cold.push(ino);
+            }
         }
     }
-    Ok(changed)
+    Ok((changed, cold))
 }
 
 /// Between two batches of read access days.
@@ -319,12 +325,14 @@ pub const READS_PERIOD: Duration = Duration::from_secs(10);
 const READS_PER_TRANSACTION: usize = 256;
 
 /// The `access` worker: every [`READS_PERIOD`], writes the days of the
-/// files read since the last batch.
+/// files read since the last batch, and hands the cold ones among them
+/// to `cold_reads` (the `reheat` worker), when given.
 pub async fn record_reads(
     store: Arc<dyn MetaStore>,
     log: Arc<AccessLog>,
     clock: Arc<TierClock>,
     worker: Arc<Worker>,
+    cold_reads: Option<tokio::sync::mpsc::Sender<u64>>,
 ) {
     worker.set_interval(READS_PERIOD);
     loop {
@@ -341,9 +349,16 @@ pub async fn record_reads(
             })
             .await
             {
-                Ok(Ok(n)) => {
+                Ok(Ok((n, cold))) => {
                     changed += n;
                     log.written(day, batch);
+                    if let Some(to) = &cold_reads {
+                        // A full queue drops them: a later day's read
+                        // asks again.
+                        for ino in cold {
+                            let _ = to.try_send(ino);
+                        }
+                    }
                 }
                 // The days not written now are lost (the files look as
                 // old as their last recorded access): only tiering reads

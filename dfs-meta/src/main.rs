@@ -82,6 +82,10 @@ struct Args {
     /// recompressed with LZMA when kept inline.
     #[arg(long, value_name = "URL")]
     cold_store: Option<String>,
+    /// A cold file read again comes back to hot: its chunks leave their
+    /// packs for chunk servers (or the metadata store, when small), LZ4.
+    #[arg(long, requires = "cold_store")]
+    reheat: bool,
     /// Test hook: packs of about this many bytes (and frames no bigger)
     /// instead of 64 MiB, so a migration writes many.
     #[arg(long, value_name = "BYTES", hide = true)]
@@ -148,7 +152,8 @@ fn main() -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?
     .inject_unknown_create_commits(args.inject_unknown_commit_every)
-    .with_token_lifetime(Duration::from_secs(args.token_lifetime));
+    .with_token_lifetime(Duration::from_secs(args.token_lifetime))
+    .with_reheat(args.reheat);
     let service = service.with_tier_interval(
         (args.tier_interval > 0).then(|| Duration::from_secs(args.tier_interval)),
     );

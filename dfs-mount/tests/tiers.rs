@@ -702,3 +702,65 @@ fn migrations_cut_short_by_the_s3_server_dfs_meta_or_a_chunk_server_lose_nothing
         report["lost_chunks"]
     );
 }
+
+#[test]
+fn a_cold_file_read_again_comes_back_hot_with_reheat_and_ages_again() {
+    let ColdSetup {
+        cluster,
+        s3: _s3,
+        offset,
+        _clock,
+        _serial,
+    } = cold_cluster(&["--reheat"]);
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    let dir = m.path.join("quick");
+    fs::create_dir(&dir).expect("mkdir");
+    let (ok, _, err) = dfs_tier(&["set", dir.to_str().expect("utf-8"), "warm=1d,cold=2d"]);
+    assert!(ok, "dfs tier set: {err}");
+    let small = source_text(1);
+    let big: Vec<u8> = (0..30).flat_map(|j| source_text(200 + j)).collect();
+    fs::write(dir.join("small.rs"), &small).expect("write");
+    fs::write(dir.join("big.rs"), &big).expect("write");
+    let all = stat(&cluster.stats(), "chunks");
+
+    fs::write(&offset, (3 * 86_400).to_string()).expect("offset");
+    wait_stats(&cluster, "all packed", Duration::from_secs(60), |s| {
+        stat(s, "packed_chunks") == all
+    });
+    // The big file read again (a day later, so its read is recorded):
+    // its chunks leave the pack; the small one, not read, stays.
+    fs::write(&offset, (4 * 86_400).to_string()).expect("offset");
+    std::thread::sleep(Duration::from_millis(1500));
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    assert_eq!(
+        fs::read(reader.path.join("quick/big.rs")).expect("read"),
+        big
+    );
+    let hot = wait_stats(&cluster, "re-heated", Duration::from_secs(60), |s| {
+        stat(s, "packed_chunks") == 1
+    });
+    assert!(stat(&hot, "hot_bytes") > 0, "{hot}");
+    drop(reader);
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    assert_eq!(
+        fs::read(reader.path.join("quick/big.rs")).expect("read"),
+        big
+    );
+    assert_eq!(
+        fs::read(reader.path.join("quick/small.rs")).expect("read"),
+        small
+    );
+    let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(clean, "fsck --verify after re-heating: {report}");
+    // Unread for two more days, it is cold again.
+    fs::write(&offset, (7 * 86_400).to_string()).expect("offset");
+    wait_stats(&cluster, "cold again", Duration::from_secs(60), |s| {
+        stat(s, "packed_chunks") == all
+    });
+    drop(reader);
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    assert_eq!(
+        fs::read(reader.path.join("quick/big.rs")).expect("read"),
+        big
+    );
+}

@@ -23,6 +23,7 @@
 pub mod migrate;
 pub mod pack;
 pub mod recall;
+pub mod reheat;
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -16,6 +16,7 @@
 
 pub mod fsck;
 pub mod gc;
+mod hot;
 pub mod repair;
 pub mod servers;
 pub mod verify;

@@ -66,6 +66,8 @@ pub struct MetaService {
     reads: Arc<AccessLog>,
     /// Between two passes of the `tiering` worker (`None`: it does not run).
     tier_interval: Option<std::time::Duration>,
+    /// Cold files read again come back to hot (`cold::reheat`).
+    reheat: bool,
 }
 
 /// A transaction over this is logged: FoundationDB refuses any older than
@@ -120,6 +122,7 @@ impl MetaService {
             clock: Arc::new(TierClock::system()),
             reads: Arc::new(AccessLog::default()),
             tier_interval: Some(crate::tiering::DEFAULT_INTERVAL),
+            reheat: false,
         })
     }
 
@@ -132,11 +135,22 @@ impl MetaService {
             self.maintenance.workers().add("purge", "files"),
         ));
         tokio::spawn(self.maintenance.clone().run());
+        let cold_reads = (self.reheat && self.maintenance.recall().is_some()).then(|| {
+            let (to, from) = tokio::sync::mpsc::channel(crate::cold::reheat::QUEUE);
+            tokio::spawn(crate::cold::reheat::reheat_worker(
+                self.store.clone(),
+                self.maintenance.clone(),
+                from,
+                self.maintenance.workers().add("reheat", "files"),
+            ));
+            to
+        });
         tokio::spawn(crate::access::record_reads(
             self.store.clone(),
             self.reads.clone(),
             self.clock.clone(),
             self.maintenance.workers().add("access", "files"),
+            cold_reads,
         ));
         if let Some(interval) = self.tier_interval {
             tokio::spawn(crate::tiering::tiering_worker(

@@ -32,4 +32,10 @@ impl MetaService {
         self.token_lifetime_ns = i64::try_from(lifetime.as_nanos()).unwrap_or(i64::MAX);
         self
     }
+
+    /// Cold files read again come back to hot (`dfs-meta --reheat`).
+    pub fn with_reheat(mut self, on: bool) -> Self {
+        self.reheat = on;
+        self
+    }
 }
