@@ -76,14 +76,36 @@ fn to_record(tier: dfs_core::tier::Tier) -> TierRecord {
 }
 
 /// The policy `ino` follows: its own attribute (every file created in a
-/// directory with one inherits it), else the volume's default. An
-/// unreadable attribute (dfs-meta refuses to set one) counts as none.
+/// directory with one inherits it), else the nearest directory above it
+/// with one (a policy set on a directory after its files were made; by
+/// the first of a file's names), else the volume's default: what `dfs tier
+/// get` says. An unreadable attribute (dfs-meta refuses to set one)
+/// counts as none.
 pub(crate) fn policy_of(txn: &mut dyn KvTxn, ino: u64) -> Result<TierPolicy> {
-    Ok(txn
-        .get(&keys::xattr(ino, XATTR.as_bytes()))?
-        .and_then(|v| TierPolicy::parse(&String::from_utf8_lossy(&v)).ok())
-        .unwrap_or_else(TierPolicy::volume_default))
+    let mut at = ino;
+    for _ in 0..MAX_POLICY_DEPTH {
+        if let Some(policy) = txn
+            .get(&keys::xattr(at, XATTR.as_bytes()))?
+            .and_then(|v| TierPolicy::parse(&String::from_utf8_lossy(&v)).ok())
+        {
+            return Ok(policy);
+        }
+        if at == crate::namespace::ROOT_INO {
+            break;
+        }
+        let prefix = keys::backref_prefix(at);
+        let up = txn.range(&prefix, &keys::prefix_end(&prefix), 1, false)?;
+        match up.first().and_then(|(key, _)| keys::backref_parts(key)) {
+            Some((_, parent, _)) if parent != at => at = parent,
+            _ => break,
+        }
+    }
+    Ok(TierPolicy::volume_default())
 }
+
+/// Directories looked up for a policy before the default applies (a
+/// cycle in corrupt metadata must not loop).
+const MAX_POLICY_DEPTH: usize = 4096;
 
 /// The distinct fingerprints of `ino`'s chunk map.
 pub(crate) fn fingerprints_of(store: &dyn MetaStore, ino: u64) -> Result<Vec<Vec<u8>>> {
@@ -451,5 +473,33 @@ mod tests {
             1
         );
         assert!(record(&store, &fp).verified, "the other change is kept");
+    }
+
+    #[test]
+    fn a_file_without_its_own_policy_follows_the_nearest_directory_above() {
+        let store = MemStore::default();
+        let clock = TierClock::system();
+        let raw = source_text(5);
+        // File 30 in directory 20 in directory 10 (in the root); only 10
+        // has a policy, set after the file was made.
+        let fp = file(&store, 30, &raw, clock.today() - 5, None);
+        transact(&store, |t| {
+            t.set(&keys::backref(30, 20, b"f"), b"");
+            t.set(&keys::backref(20, 10, b"sub"), b"");
+            t.set(&keys::backref(10, crate::namespace::ROOT_INO, b"top"), b"");
+            t.set(&keys::xattr(10, XATTR.as_bytes()), b"warm=1d,cold=3d");
+            Ok::<_, MetaError>(())
+        })
+        .unwrap();
+        let policy = read_only(&store, |t| policy_of(t, 30)).unwrap();
+        assert_eq!(policy, TierPolicy::parse("warm=1d,cold=3d").unwrap());
+        // Five days idle: cold by the directory's policy (the default
+        // would keep it hot for seven).
+        let worker = Worker::new("tiering", "files");
+        pass(&store, &clock, false, &worker).unwrap();
+        assert_eq!(record(&store, &fp).tier(), TierRecord::Cold);
+        // Nothing anywhere: the default.
+        let none = read_only(&store, |t| policy_of(t, 999)).unwrap();
+        assert_eq!(none, TierPolicy::volume_default());
     }
 }
