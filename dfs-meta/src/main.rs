@@ -86,6 +86,12 @@ struct Args {
     /// packs for chunk servers (or the metadata store, when small), LZ4.
     #[arg(long, requires = "cold_store")]
     reheat: bool,
+    /// The S3 storage class packs are written in (GLACIER, DEEP_ARCHIVE,
+    /// STANDARD_IA...; default: the bucket's). A read of a chunk in an
+    /// archived pack asks for a restore and fails with EAGAIN until the
+    /// copy is readable.
+    #[arg(long, value_name = "CLASS", requires = "cold_store")]
+    cold_storage_class: Option<String>,
     /// Test hook: packs of about this many bytes (and frames no bigger)
     /// instead of 64 MiB, so a migration writes many.
     #[arg(long, value_name = "BYTES", hide = true)]
@@ -164,7 +170,9 @@ fn main() -> anyhow::Result<()> {
         None => service,
     };
     if let Some(url) = &args.cold_store {
-        let cold = dfs_meta::cold::ColdStore::open(url).context("bad --cold-store")?;
+        let cold = dfs_meta::cold::ColdStore::open(url)
+            .context("bad --cold-store")?
+            .with_storage_class(args.cold_storage_class.clone());
         let recall = dfs_meta::cold::recall::Recall::new(std::sync::Arc::new(cold));
         service
             .maintenance()

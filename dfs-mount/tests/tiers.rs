@@ -447,18 +447,24 @@ struct ColdSetup {
 
 static COLD_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn cold_cluster(meta_args: &[&str]) -> ColdSetup {
-    let serial = COLD_ENV.lock().unwrap_or_else(|e| e.into_inner());
-    let s3 = S3Server::start();
+/// Points the dfs-meta processes started next at the S3 server at
+/// `endpoint` (hold `COLD_ENV`).
+fn s3_env(endpoint: &str) {
     for (k, v) in [
-        ("AWS_ENDPOINT_URL", s3.endpoint()),
-        ("AWS_ACCESS_KEY_ID", S3_KEY.into()),
-        ("AWS_SECRET_ACCESS_KEY", S3_SECRET.into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", S3_KEY),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
     ] {
         std::env::set_var(k, v);
     }
+}
+
+fn cold_cluster(meta_args: &[&str]) -> ColdSetup {
+    let serial = COLD_ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let s3 = S3Server::start();
+    s3_env(&s3.endpoint());
     let cold_url = format!("s3://{S3_BUCKET}/vol");
     let mut args = vec!["--tier-interval", "1", "--cold-store", &cold_url];
     args.extend_from_slice(meta_args);
@@ -763,4 +769,127 @@ fn a_cold_file_read_again_comes_back_hot_with_reheat_and_ages_again() {
         fs::read(reader.path.join("quick/big.rs")).expect("read"),
         big
     );
+}
+
+/// moto's S3 server (PyPI `moto[server]`): the one local server that
+/// implements archive storage classes and RestoreObject (restores at once).
+struct MotoServer {
+    _proc: Proc,
+    port: u16,
+    /// Its request log.
+    log: tempfile::NamedTempFile,
+}
+
+impl MotoServer {
+    fn start() -> Self {
+        let venv = std::path::PathBuf::from("/var/tmp/dfs-tools/weed-venv/bin/moto_server");
+        let bin = if std::process::Command::new("moto_server")
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| o.status.success())
+            || !venv.exists()
+        {
+            std::path::PathBuf::from("moto_server")
+        } else {
+            venv
+        };
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log");
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.reopen().expect("log"))
+            .stderr(log.reopen().expect("log"))
+            .spawn()
+            .expect("moto_server: install moto[server] (scripts/install-deps.sh)");
+        let proc = Proc {
+            child: Some(child),
+            name: "moto".into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The bucket (moto checks no signature on it).
+        loop {
+            use std::io::{Read, Write};
+            if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = write!(
+                    conn,
+                    "PUT /{S3_BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let mut reply = String::new();
+                let _ = conn.read_to_string(&mut reply);
+                if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "moto never came up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Self {
+            _proc: proc,
+            port,
+            log,
+        }
+    }
+}
+
+#[test]
+fn a_chunk_of_an_archived_pack_reads_after_its_restore_with_eagain_before() {
+    let _serial = COLD_ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let moto = MotoServer::start();
+    s3_env(&format!("http://127.0.0.1:{}", moto.port));
+    let cold_url = format!("s3://{S3_BUCKET}/vol");
+    let (_clock, offset, cluster) = aging_cluster(&[
+        "--tier-interval",
+        "1",
+        "--cold-store",
+        &cold_url,
+        "--cold-storage-class",
+        "GLACIER",
+    ]);
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    let dir = m.path.join("quick");
+    fs::create_dir(&dir).expect("mkdir");
+    let (ok, _, err) = dfs_tier(&["set", dir.to_str().expect("utf-8"), "warm=1d,cold=2d"]);
+    assert!(ok, "dfs tier set: {err}");
+    let data: Vec<u8> = (0..10).flat_map(|j| source_text(300 + j)).collect();
+    fs::write(dir.join("old.rs"), &data).expect("write");
+    let all = stat(&cluster.stats(), "chunks");
+    fs::write(&offset, (3 * 86_400).to_string()).expect("offset");
+    wait_stats(&cluster, "packed", Duration::from_secs(60), |s| {
+        stat(s, "packed_chunks") == all
+    });
+    // The pack is archived: the first read of it asks for its restore
+    // and is answered EAGAIN at once, not after a hang. moto restores at
+    // once, so a retry (the kernel retries a failed readahead page) may
+    // already get the bytes: either is right here; the restore request
+    // must have been made.
+    let reader = TestMount::start(&cluster.meta_addr(), &["readahead=0"]);
+    let started = Instant::now();
+    match fs::read(reader.path.join("quick/old.rs")) {
+        Ok(got) => assert!(got == data, "other bytes read back"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let log = fs::read_to_string(moto.log.path()).expect("moto log");
+    let refused = log
+        .lines()
+        .position(|l| l.contains("GET /cold/vol/packs/") && l.contains("\" 403"));
+    let restore = log.lines().position(|l| {
+        l.contains("POST /cold/vol/packs/") && l.contains("?restore") && l.contains("\" 202")
+    });
+    assert!(
+        matches!((refused, restore), (Some(a), Some(b)) if a < b),
+        "no refused GET followed by a restore in moto's log:\n{log}"
+    );
+    // Restored: the file reads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match fs::read(reader.path.join("quick/old.rs")) {
+            Ok(got) => {
+                assert!(got == data, "other bytes read back");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "still {e} after the restore"),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

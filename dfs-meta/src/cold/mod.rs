@@ -20,6 +20,7 @@
 //! left writing by a crash is deleted, object and record, by a later pass;
 //! a sealed pack whose chunks all died is deleted likewise.
 
+mod archive;
 pub mod migrate;
 pub mod pack;
 pub mod recall;
@@ -31,8 +32,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dfs_proto::ChunkRecord;
+use object_store::aws::AmazonS3ConfigKey;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{Attribute, ObjectStore, PutOptions, PutPayload};
 
 use crate::keys;
 use crate::store::KvTxn;
@@ -53,6 +55,12 @@ pub enum ColdError {
     Corrupt(String),
     #[error("no cold store is configured (dfs-meta --cold-store)")]
     NotConfigured,
+    /// In an archive storage class, not restored: the GET was refused.
+    #[error("{object} is in an archive storage class")]
+    Archived { object: String },
+    /// A restore of the object was asked for and runs: retry later.
+    #[error("{object} is being restored from archive storage; retry later")]
+    Restoring { object: String },
 }
 
 /// Object-store requests give up after this long, so a read of a cold
@@ -69,6 +77,11 @@ pub struct ColdStore {
     prefix: Path,
     /// As given, for messages.
     url: String,
+    /// The storage class packs are written with (`None`: the store's
+    /// default).
+    storage_class: Option<String>,
+    /// S3 only: asks for archived objects to be restored.
+    archive: Option<archive::Restorer>,
 }
 
 impl ColdStore {
@@ -79,6 +92,7 @@ impl ColdStore {
     /// `memory:` (tests).
     pub fn open(url: &str) -> Result<Self, ColdError> {
         let config = |e: object_store::Error| ColdError::Config(format!("{url}: {e}"));
+        let mut archive = None;
         let (objects, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) =
             url.strip_prefix("s3://")
         {
@@ -106,8 +120,19 @@ impl ColdStore {
                     }
                 }
             }
-            let s3 = s3.with_bucket_name(bucket).build().map_err(config)?;
-            (Arc::new(s3), prefix.to_string())
+            let s3 = s3.with_bucket_name(bucket);
+            let endpoint = s3.get_config_value(&AmazonS3ConfigKey::Endpoint);
+            let region = s3
+                .get_config_value(&AmazonS3ConfigKey::Region)
+                .unwrap_or_else(|| "us-east-1".into());
+            let s3 = Arc::new(s3.build().map_err(config)?);
+            archive = Some(archive::Restorer::new(
+                s3.clone(),
+                endpoint,
+                bucket.to_string(),
+                region,
+            ));
+            (s3, prefix.to_string())
         } else if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).map_err(|e| ColdError::Config(format!("{url}: {e}")))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(config)?;
@@ -126,7 +151,17 @@ impl ColdStore {
             objects,
             prefix: Path::from(prefix),
             url: url.to_string(),
+            storage_class: None,
+            archive,
         })
+    }
+
+    /// Packs are written in storage class `class` (S3's `GLACIER`,
+    /// `DEEP_ARCHIVE`, `STANDARD_IA`...). Reading a chunk of an archived
+    /// pack asks the store to restore it and answers EAGAIN until it has.
+    pub fn with_storage_class(mut self, class: Option<String>) -> Self {
+        self.storage_class = class.filter(|c| !c.is_empty());
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -146,6 +181,11 @@ impl ColdStore {
                 url: self.url.clone(),
                 object: object.to_string(),
             },
+            // S3 refuses to read an object of an archive class that was
+            // not restored.
+            other if other.to_string().contains("InvalidObjectState") => ColdError::Archived {
+                object: object.to_string(),
+            },
             other => ColdError::Unavailable {
                 url: self.url.clone(),
                 reason: other.to_string(),
@@ -155,8 +195,14 @@ impl ColdStore {
 
     /// Writes `object` whole; when this returns, the store has it durably.
     pub async fn put(&self, object: &str, body: Bytes) -> Result<(), ColdError> {
+        let mut options = PutOptions::default();
+        if let Some(class) = &self.storage_class {
+            options
+                .attributes
+                .insert(Attribute::StorageClass, class.clone().into());
+        }
         self.objects
-            .put(&self.path(object), PutPayload::from_bytes(body))
+            .put_opts(&self.path(object), PutPayload::from_bytes(body), options)
             .await
             .map(|_| ())
             .map_err(|e| self.error(object, e))
@@ -177,6 +223,24 @@ impl ColdStore {
             )));
         }
         Ok(got)
+    }
+
+    /// Asks the store to restore archived `object` for a while; fine when
+    /// a restore is already under way.
+    pub async fn restore(&self, object: &str) -> Result<(), ColdError> {
+        let Some(archive) = &self.archive else {
+            return Err(ColdError::Unavailable {
+                url: self.url.clone(),
+                reason: format!("{object} is archived and this store cannot restore it"),
+            });
+        };
+        archive
+            .restore(&self.path(object))
+            .await
+            .map_err(|reason| ColdError::Unavailable {
+                url: self.url.clone(),
+                reason: format!("restoring {object}: {reason}"),
+            })
     }
 
     /// Deletes `object`; one already gone is not an error.

@@ -50,12 +50,16 @@ impl Recall {
             .frames
             .try_get_with(key, async move {
                 let object = object_name(at.pack);
-                let stored = cold
-                    .get_range(
-                        &object,
-                        at.frame_offset..at.frame_offset + u64::from(at.frame_len),
-                    )
-                    .await?;
+                let range = at.frame_offset..at.frame_offset + u64::from(at.frame_len);
+                let stored = match cold.get_range(&object, range).await {
+                    // In an archive class: ask for it, answer "later".
+                    Err(ColdError::Archived { object }) => {
+                        cold.restore(&object).await?;
+                        tracing::info!(object = %object, "cold chunk read: restore from archive storage asked for");
+                        return Err(ColdError::Restoring { object });
+                    }
+                    other => other?,
+                };
                 let raw = tokio::task::spawn_blocking(move || frame_raw(&stored, &at))
                     .await
                     .map_err(|e| ColdError::Corrupt(format!("frame decode panicked: {e}")))??;

@@ -385,6 +385,10 @@ impl MetaService {
         };
         match recall.chunk(&fp, &rec).await {
             Ok(data) => Ok(Response::new(ColdChunkReply { data })),
+            // Not an error of the volume: the reader tries again later.
+            Err(e @ crate::cold::ColdError::Restoring { .. }) => {
+                Err(Status::from(DfsError::new(libc::EAGAIN, e.to_string())))
+            }
             Err(e) => {
                 tracing::error!(chunk = %fp, error = %e, "cold chunk read failed");
                 Err(Status::from(DfsError::new(libc::EIO, e.to_string())))
