@@ -31,7 +31,7 @@ use dfs_proto::{
 use prost::Message;
 
 use super::pack::{object_name, stored_share, Frame, PackBuilder, PackSizes, Placed};
-use super::ColdStore;
+use super::{blocking, ColdStore};
 use crate::access::{accessed_before, days_between, TierClock};
 use crate::error::{MetaError, Result};
 use crate::inodes::put_inode;
@@ -100,16 +100,6 @@ fn packed_record(current: &ChunkRecord, location: PackedLocation) -> ChunkRecord
     rec.verification_failed = false;
     rec.packed = Some(location);
     rec
-}
-
-async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn MetaStore>,
-    body: impl FnOnce(&dyn MetaStore) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || body(store.as_ref()))
-        .await
-        .map_err(|e| MetaError::Invalid(format!("tiering task panicked: {e}")))?
 }
 
 fn cold_error(e: super::ColdError) -> MetaError {

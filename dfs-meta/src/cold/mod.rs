@@ -261,6 +261,18 @@ impl ColdStore {
     }
 }
 
+/// Runs `body` on the metadata store off the async runtime (the cold
+/// workers are async: they talk to the object store and chunk servers).
+pub(crate) async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn crate::store::MetaStore>,
+    body: impl FnOnce(&dyn crate::store::MetaStore) -> crate::error::Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || body(store.as_ref()))
+        .await
+        .map_err(|e| crate::error::MetaError::Invalid(format!("cold-tier task panicked: {e}")))?
+}
+
 /// An index entry that pointed into a pack is going (collected, or
 /// replaced by a new upload): the pack has one live chunk less, and goes
 /// once it has none (`migrate::collect_packs`).

@@ -14,6 +14,7 @@ use dfs_core::fingerprint::Fingerprint;
 use dfs_core::workers::Worker;
 use dfs_proto::{ChunkRecord, ChunkState, InodeRecord, Tier as TierRecord};
 
+use super::blocking;
 use super::migrate::digest;
 use crate::error::{MetaError, Result};
 use crate::inodes::put_inode;
@@ -49,16 +50,6 @@ pub async fn reheat_worker(
             None,
         );
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn MetaStore>,
-    body: impl FnOnce(&dyn MetaStore) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || body(store.as_ref()))
-        .await
-        .map_err(|e| MetaError::Invalid(format!("re-heat task panicked: {e}")))?
 }
 
 /// Brings file `ino`'s packed chunks back to hot; returns how many moved.
