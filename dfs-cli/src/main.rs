@@ -137,6 +137,11 @@ struct Stats {
     /// bytes (part of stored_bytes, not of raw_bytes).
     packed_chunks: u64,
     packed_bytes: u64,
+    /// Chunks compressed with the volume's dictionary, their stored
+    /// bytes, and the newest dictionary's id (0: none trained yet).
+    dictionary_chunks: u64,
+    dictionary_bytes: u64,
+    dictionary_id: u64,
     /// The longest metadata transaction of the answering dfs-meta since it
     /// started, in milliseconds, and the request that ran it.
     longest_transaction_ms: f64,
@@ -361,6 +366,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cold_bytes: s.cold_bytes,
                 packed_chunks: s.packed_chunks,
                 packed_bytes: s.packed_bytes,
+                dictionary_chunks: s.dictionary_chunks,
+                dictionary_bytes: s.dictionary_bytes,
+                dictionary_id: s.dictionary_id,
                 longest_transaction_ms: s.longest_transaction_us as f64 / 1000.0,
                 longest_transaction_op: s.longest_transaction_op,
                 transactions: s.transactions,
@@ -399,6 +407,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "packed bytes    {:>16}  in {} chunks in packs on the cold store",
                     stats.packed_bytes, stats.packed_chunks
+                );
+                println!(
+                    "dictionary      {:>16}  stored bytes in {} chunks compressed with dictionary {}",
+                    stats.dictionary_bytes, stats.dictionary_chunks, stats.dictionary_id
                 );
                 println!(
                     "by tier         {:>16}  hot, {} warm, {} cold (stored bytes)",

@@ -145,12 +145,30 @@ pub fn compress(policy: CodecPolicy, raw: &[u8]) -> (Codec, Vec<u8>) {
     if policy == CodecPolicy::None || raw.is_empty() || !looks_compressible(raw) {
         return (Codec::None, raw.to_vec());
     }
+    let level = match policy {
+        CodecPolicy::Lzma => XZ_PRESET as i32,
+        _ => ZSTD_LEVEL,
+    };
+    compress_at(policy, level, raw)
+}
+
+/// Compresses `raw` with `policy` at `level` (zstd: 1 to 19; xz: preset 0
+/// to 9; ignored by LZ4) without the compressibility probe, for a caller
+/// that already decided (the codec model). Stored raw when the result would
+/// not be smaller.
+pub fn compress_at(policy: CodecPolicy, level: i32, raw: &[u8]) -> (Codec, Vec<u8>) {
+    if policy == CodecPolicy::None || raw.is_empty() {
+        return (Codec::None, raw.to_vec());
+    }
     let out = match policy {
         CodecPolicy::Lz4 => Some((Codec::Lz4, lz4_flex::block::compress(raw))),
-        CodecPolicy::Zstd => zstd::bulk::compress(raw, ZSTD_LEVEL)
+        CodecPolicy::Zstd => zstd::bulk::compress(raw, level.clamp(1, 19))
             .ok()
             .map(|v| (Codec::Zstd, v)),
-        CodecPolicy::Lzma => xz_compress(raw, XZ_DICT_SIZE).map(|v| (Codec::Lzma, v)),
+        CodecPolicy::Lzma => {
+            let preset = u32::try_from(level.clamp(0, 9)).unwrap_or(XZ_PRESET);
+            xz_compress(raw, preset, XZ_DICT_SIZE).map(|v| (Codec::Lzma, v))
+        }
         CodecPolicy::None => None,
     };
     match out {
@@ -185,17 +203,17 @@ pub fn compress_frame(raw: &[u8]) -> (Codec, Vec<u8>) {
     let dict = u32::try_from(raw.len())
         .unwrap_or(u32::MAX)
         .clamp(XZ_DICT_SIZE, 8 * 1024 * 1024);
-    match xz_compress(raw, dict) {
+    match xz_compress(raw, XZ_PRESET, dict) {
         Some(stored) if stored.len() < raw.len() => (Codec::Lzma, stored),
         _ => (Codec::None, raw.to_vec()),
     }
 }
 
-/// xz with preset 6 and a dictionary of `dict_size`. Output is capped at
+/// xz with `preset` and a dictionary of `dict_size`. Output is capped at
 /// the input's size: a result that large would be thrown away anyway.
-fn xz_compress(raw: &[u8], dict_size: u32) -> Option<Vec<u8>> {
+fn xz_compress(raw: &[u8], preset: u32, dict_size: u32) -> Option<Vec<u8>> {
     use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
-    let mut opts = LzmaOptions::new_preset(XZ_PRESET).ok()?;
+    let mut opts = LzmaOptions::new_preset(preset).ok()?;
     opts.dict_size(dict_size);
     let mut filters = Filters::new();
     filters.lzma2(&opts);
@@ -501,7 +519,7 @@ mod tests {
         let raw = vec![0u8; 1 << 20];
         let big = zstd::bulk::compress(&raw, 1).unwrap();
         assert!(decompress(Codec::Zstd, &big, 1000).is_err());
-        let big = xz_compress(&raw, XZ_DICT_SIZE).unwrap();
+        let big = xz_compress(&raw, XZ_PRESET, XZ_DICT_SIZE).unwrap();
         assert!(decompress(Codec::Lzma, &big, 1000).is_err());
         let big = lz4_flex::block::compress(&raw);
         assert!(decompress(Codec::Lz4, &big, 1000).is_err());

@@ -14,6 +14,7 @@
 use dfs_proto::{ChunkRecord, Codec, Layout};
 
 use crate::codec::{self, CodecError};
+use crate::dictionary::Dictionary;
 use crate::fingerprint::Fingerprint;
 
 /// What a new volume keeps inline: chunks stored in at most 8 KiB. Chosen
@@ -52,6 +53,10 @@ pub enum InlineError {
     /// The decoded bytes are not the chunk the fingerprint names.
     #[error("inline bytes do not match the fingerprint")]
     Mismatch,
+    /// The bytes were compressed with dictionary `.0`, which the caller
+    /// did not give.
+    #[error("compressed with dictionary {0}, which is not at hand")]
+    NeedsDictionary(u64),
 }
 
 /// The layout of an inline chunk.
@@ -109,9 +114,24 @@ pub fn check_shape(rec: &ChunkRecord, max_stored: usize) -> Result<(), InlineErr
 }
 
 /// The raw bytes of an inline chunk, decoded and verified against `fp`.
-pub fn decode(fp: &Fingerprint, rec: &ChunkRecord) -> Result<Vec<u8>, InlineError> {
+/// `dictionary`: the one the record names (`ChunkRecord.dictionary`), when
+/// it names one.
+pub fn decode(
+    fp: &Fingerprint,
+    rec: &ChunkRecord,
+    dictionary: Option<&Dictionary>,
+) -> Result<Vec<u8>, InlineError> {
     check_shape(rec, MAX_INLINE_BYTES)?;
-    let raw = codec::decompress_i32(rec.codec, &rec.inline_data, rec.raw_len as usize)?;
+    let raw_len = rec.raw_len as usize;
+    let raw = match rec.dictionary {
+        0 => codec::decompress_i32(rec.codec, &rec.inline_data, raw_len)?,
+        id => match dictionary {
+            Some(d) if d.id() == id && rec.codec == Codec::Zstd as i32 => {
+                d.decompress(&rec.inline_data, raw_len)?
+            }
+            _ => return Err(InlineError::NeedsDictionary(id)),
+        },
+    };
     if Fingerprint::of(&raw) != *fp {
         return Err(InlineError::Mismatch);
     }
@@ -137,14 +157,14 @@ mod tests {
         let (fp, rec) = inline_of(&raw);
         assert!(rec.is_inline());
         assert!(rec.inline_data.len() < raw.len(), "compressed");
-        assert_eq!(decode(&fp, &rec).expect("decodes"), raw);
+        assert_eq!(decode(&fp, &rec, None).expect("decodes"), raw);
     }
 
     #[test]
     fn refuses_bytes_of_another_chunk() {
         let (_, rec) = inline_of(b"one file's bytes");
         let other = Fingerprint::of(b"another file's bytes");
-        assert_eq!(decode(&other, &rec), Err(InlineError::Mismatch));
+        assert_eq!(decode(&other, &rec, None), Err(InlineError::Mismatch));
     }
 
     #[test]
@@ -164,7 +184,7 @@ mod tests {
         empty.stored_len = 0;
         for rec in [short, with_servers, with_shards, empty] {
             assert!(
-                matches!(decode(&fp, &rec), Err(InlineError::Malformed(_))),
+                matches!(decode(&fp, &rec, None), Err(InlineError::Malformed(_))),
                 "{rec:?}"
             );
         }
@@ -174,7 +194,7 @@ mod tests {
             replicas: 3,
             ..Layout::default()
         });
-        assert_eq!(decode(&fp, &not_inline), Err(InlineError::NotInline));
+        assert_eq!(decode(&fp, &not_inline, None), Err(InlineError::NotInline));
         let big = vec![0u8; 100];
         let rec = record(100, Codec::None, big);
         assert!(matches!(

@@ -24,6 +24,8 @@
 //! | `Q session(be64)` | `LockSessionRecord`: a client's lock lease |
 //! | `W session(be64) ino(le64)` | empty: the session holds locks on the inode |
 //! | `A day(be32) ino(le64)` | empty: the file was last accessed on that day (`access`) |
+//! | `P pack(be64)` | `PackRecord`: a pack object on the cold store (`cold`) |
+//! | `Z id(be64)` | `DictionaryRecord`: a zstd dictionary (`dictionary`) |
 //!
 //! Values are protobuf messages from `dfs-proto` (`*Record`), which only
 //! change compatibly, so old stores stay readable.
@@ -47,6 +49,7 @@ pub const LOCK_SESSION: u8 = b'Q';
 pub const LOCK_HELD: u8 = b'W';
 pub const ACCESS: u8 = b'A';
 pub const PACK: u8 = b'P';
+pub const DICTIONARY: u8 = b'Z';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -272,6 +275,14 @@ pub fn access_parts(key: &[u8]) -> Option<(u32, u64)> {
 }
 
 /// `P pack(be64)`: a pack object on the cold store (`PackRecord`).
+/// `Z id(be64)`: a compression dictionary.
+pub fn dictionary(id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(DICTIONARY);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 pub fn pack(id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(PACK);

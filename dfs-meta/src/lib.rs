@@ -8,6 +8,7 @@ pub mod caps;
 pub mod chunkmap;
 pub mod cold;
 pub mod confine;
+pub mod dictionary;
 pub mod error;
 pub mod inodes;
 pub mod keys;

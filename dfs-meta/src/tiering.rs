@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dfs_core::codec::compress;
+use dfs_core::dictionary::DictionaryCompressor;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::tier::{TierPolicy, XATTR};
 use dfs_core::workers::Worker;
@@ -36,6 +37,7 @@ use prost::Message;
 
 use crate::access::{accessed_before, days_between, TierClock};
 use crate::cold::migrate::Migration;
+use crate::dictionary::Dictionaries;
 use crate::error::{MetaError, Result};
 use crate::inodes::put_inode;
 use crate::keys;
@@ -65,6 +67,8 @@ pub struct PassReport {
     pub bytes_after: u64,
     /// Chunks on chunk servers below their file's target (not moved yet).
     pub chunks_left: u64,
+    /// The compression dictionary trained at the start of the pass.
+    pub dictionary_trained: Option<u64>,
 }
 
 fn to_record(tier: dfs_core::tier::Tier) -> TierRecord {
@@ -131,15 +135,43 @@ pub(crate) fn fingerprints_of(store: &dyn MetaStore, ino: u64) -> Result<Vec<Vec
     Ok(all.into_iter().collect())
 }
 
+/// How a pass recompresses: the dictionaries records name, to decode
+/// them, and the newest one, to try on chunks going warm.
+struct Recompressor<'a> {
+    dictionaries: Dictionaries<'a>,
+    warm: Option<DictionaryCompressor>,
+}
+
+impl<'a> Recompressor<'a> {
+    fn new(store: &'a dyn MetaStore) -> Result<Self> {
+        let mut dictionaries = Dictionaries::new(store);
+        let warm = match read_only(store, crate::dictionary::latest)? {
+            Some(newest) => dictionaries.get(newest.id)?.compressor(WARM_ZSTD_LEVEL),
+            None => None,
+        };
+        Ok(Self { dictionaries, warm })
+    }
+}
+
+/// zstd level of warm chunks compressed with the volume's dictionary: the
+/// warm tier's own level.
+const WARM_ZSTD_LEVEL: i32 = 3;
+
 /// A chunk's record moved to `target`: recompressed with the tier's
-/// codec when that shrinks it. `None` when it cannot move here (on chunk
-/// servers) or its bytes do not match its fingerprint (left to fsck).
-fn moved(fingerprint: &[u8], rec: &ChunkRecord, target: TierRecord) -> Option<ChunkRecord> {
+/// codec (warm: with the volume's dictionary when that is smaller) when
+/// that shrinks it. `None` when it cannot move here (on chunk servers) or
+/// its bytes do not match its fingerprint (left to fsck).
+fn moved(
+    fingerprint: &[u8],
+    rec: &ChunkRecord,
+    target: TierRecord,
+    recompressor: &mut Recompressor<'_>,
+) -> Option<ChunkRecord> {
     if !rec.is_inline() {
         return None;
     }
     let fp = Fingerprint::from_slice(fingerprint).ok()?;
-    let raw = match dfs_core::inline::decode(&fp, rec) {
+    let raw = match recompressor.dictionaries.decode_inline(&fp, rec) {
         Ok(raw) => raw,
         Err(e) => {
             tracing::warn!(chunk = %hex::encode(fingerprint), error = %e, "tiering: an inline chunk does not decode; left as it is");
@@ -151,13 +183,24 @@ fn moved(fingerprint: &[u8], rec: &ChunkRecord, target: TierRecord) -> Option<Ch
         TierRecord::Warm => dfs_core::tier::Tier::Warm,
         TierRecord::Cold => dfs_core::tier::Tier::Cold,
     };
-    let (codec, stored) = compress(tier.codec(), &raw);
+    let (mut codec, mut stored) = compress(tier.codec(), &raw);
+    let mut dictionary = 0;
+    if let Some(warm) = recompressor
+        .warm
+        .as_mut()
+        .filter(|_| target == TierRecord::Warm)
+    {
+        if let Some(smaller) = warm.compress(&raw, stored.len()) {
+            (codec, stored, dictionary) = (dfs_proto::Codec::Zstd, smaller, warm.id());
+        }
+    }
     let mut new = rec.clone();
     new.set_tier(target);
     if stored.len() < rec.inline_data.len() {
         new.set_codec(codec);
         new.stored_len = stored.len() as u32;
         new.inline_data = stored;
+        new.dictionary = dictionary;
     }
     Some(new)
 }
@@ -170,6 +213,7 @@ fn move_file(
     ino: u64,
     age_days: u32,
     packs: bool,
+    recompressor: &mut Recompressor<'_>,
     report: &mut PassReport,
 ) -> Result<()> {
     let idle = Duration::from_secs(u64::from(age_days) * 86_400);
@@ -200,7 +244,7 @@ fn move_file(
             if rec.tier() >= target {
                 continue;
             }
-            match moved(fp, &rec, target) {
+            match moved(fp, &rec, target, recompressor) {
                 Some(new) => changes.push((fp.clone(), rec, new)),
                 None => left += 1,
             }
@@ -246,7 +290,11 @@ pub fn pass(
     worker: &Worker,
 ) -> Result<PassReport> {
     let today = clock.today();
-    let mut report = PassReport::default();
+    let mut report = PassReport {
+        dictionary_trained: crate::dictionary::train_if_due(store, clock.now_ns())?.map(|d| d.id),
+        ..PassReport::default()
+    };
+    let mut recompressor = Recompressor::new(store)?;
     let mut after = None;
     loop {
         let page = read_only(store, |t| accessed_before(t, today, after, FILES_PER_PAGE))?;
@@ -254,7 +302,14 @@ pub fn pass(
             break;
         };
         for &(day, ino) in &page {
-            move_file(store, ino, days_between(day, today), packs, &mut report)?;
+            move_file(
+                store,
+                ino,
+                days_between(day, today),
+                packs,
+                &mut recompressor,
+                &mut report,
+            )?;
             report.files += 1;
             worker.advance(1);
         }
@@ -313,6 +368,9 @@ pub async fn run_pass(
         "{} files looked at, {} moved; {} chunks recompressed ({} to {} stored bytes)",
         r.files, r.files_moved, r.chunks_moved, r.bytes_before, r.bytes_after
     );
+    if let Some(id) = r.dictionary_trained {
+        text.push_str(&format!("; trained compression dictionary {id}"));
+    }
     match recall {
         None => text.push_str(&format!(
             "; {} chunks on chunk servers stay (no cold store)",
@@ -424,7 +482,7 @@ mod tests {
         assert_eq!((rc.tier(), rc.codec()), (TierRecord::Hot, Codec::Lz4));
         for (fp, rec, raw) in [(&fa, &ra, &a), (&fb, &rb, &b), (&fc, &rc, &c)] {
             let fp = Fingerprint::from_slice(fp).unwrap();
-            assert_eq!(&dfs_core::inline::decode(&fp, rec).unwrap(), raw);
+            assert_eq!(&dfs_core::inline::decode(&fp, rec, None).unwrap(), raw);
         }
         // Nothing left to do: a second pass moves nothing.
         let again = pass(&store, &clock, false, &worker).unwrap();
@@ -443,13 +501,71 @@ mod tests {
     }
 
     #[test]
+    fn warm_small_chunks_use_a_dictionary_trained_on_the_volume() {
+        let store = MemStore::default();
+        let clock = TierClock::system();
+        // 600 small source files alike in shape, each unique: inline.
+        let raws: Vec<Vec<u8>> = (0..600u32)
+            .map(|i| {
+                (0..(30 + i % 25))
+                    .map(|j| format!("pub fn op_{i}_{j}(s: &mut State) -> Result<(), Error> {{ s.apply({j}) }}\n"))
+                    .collect::<String>()
+                    .into_bytes()
+            })
+            .collect();
+        let fps: Vec<Vec<u8>> = raws
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| file(&store, 100 + i as u64, raw, clock.today() - 10, None))
+            .collect();
+        let worker = Worker::new("tiering", "files");
+        let report = pass(&store, &clock, false, &worker).unwrap();
+        assert_eq!(report.dictionary_trained, Some(1), "{report:?}");
+        assert_eq!(report.chunks_moved, 600);
+        let mut dictionaries = Dictionaries::new(&store);
+        let (mut with_dictionary, mut zstd_alone, mut named) = (0, 0, 0);
+        for (fp, raw) in fps.iter().zip(&raws) {
+            let rec = record(&store, fp);
+            assert_eq!((rec.tier(), rec.codec()), (TierRecord::Warm, Codec::Zstd));
+            named += usize::from(rec.dictionary == 1);
+            let id = Fingerprint::from_slice(fp).unwrap();
+            assert_eq!(&dictionaries.decode_inline(&id, &rec).unwrap(), raw);
+            // Without the dictionary the bytes do not decode.
+            if rec.dictionary != 0 {
+                assert!(dfs_core::inline::decode(&id, &rec, None).is_err());
+            }
+            with_dictionary += rec.stored_len as usize;
+            zstd_alone += compress(CodecPolicy::Zstd, raw).1.len();
+        }
+        assert!(named > 500, "{named} of 600 chunks use the dictionary");
+        assert!(
+            with_dictionary * 10 < zstd_alone * 7,
+            "{with_dictionary} stored bytes with the dictionary, {zstd_alone} without"
+        );
+        // Going cold later (no cold store): decoded with the dictionary,
+        // recompressed with LZMA where that is smaller, still readable.
+        let dir = tempfile::tempdir().unwrap();
+        let offset = dir.path().join("offset");
+        std::fs::write(&offset, (100 * 86_400).to_string()).unwrap();
+        let later = TierClock::with_offset_file(offset);
+        pass(&store, &later, false, &worker).unwrap();
+        for (fp, raw) in fps.iter().zip(&raws) {
+            let rec = record(&store, fp);
+            assert_eq!(rec.tier(), TierRecord::Cold);
+            let id = Fingerprint::from_slice(fp).unwrap();
+            assert_eq!(&dictionaries.decode_inline(&id, &rec).unwrap(), raw);
+        }
+    }
+
+    #[test]
     fn a_record_changed_meanwhile_is_left_to_the_next_pass() {
         let store = MemStore::default();
         let raw = source_text(9);
         let clock = TierClock::system();
         let fp = file(&store, 1, &raw, clock.today() - 100, None);
         let rec = record(&store, &fp);
-        let new = moved(&fp, &rec, TierRecord::Cold).unwrap();
+        let mut recompressor = Recompressor::new(&store).unwrap();
+        let new = moved(&fp, &rec, TierRecord::Cold, &mut recompressor).unwrap();
         // Someone else rewrites the record between plan and write.
         transact(&store, |t| {
             let mut other = rec.clone();

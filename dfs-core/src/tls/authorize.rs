@@ -33,7 +33,8 @@ pub fn allowed_roles(path: &str) -> &'static [Role] {
             "Lookup" | "GetAttr" | "SetAttr" | "Create" | "Unlink" | "Rmdir" | "Rename"
             | "ForgetUnlinked" | "KeepUnlinked" | "Link" | "SetXattr" | "GetXattr" | "ListXattr"
             | "RemoveXattr" | "ReadDir" | "LookupChunks" | "CommitChunks" | "GetChunkMap"
-            | "ReadColdChunk" | "OpenLockSession" | "EndLockSession" | "SetLock" | "GetLock",
+            | "ReadColdChunk" | "GetDictionary" | "OpenLockSession" | "EndLockSession" | "SetLock"
+            | "GetLock",
         ) => &[Client],
         // Read-only views a mount needs (df, where to place shards) and an
         // operator's `dfs status` too.

@@ -142,6 +142,12 @@ fn validate(req: &CommitChunksRequest) -> Result<()> {
             // Only dfs-meta's tiering writes pack locations.
             return bad(format!("chunk {i}: a client cannot upload a packed chunk"));
         }
+        if c.uploaded.as_ref().is_some_and(|up| up.dictionary != 0) {
+            // Only dfs-meta's tiering compresses with dictionaries.
+            return bad(format!(
+                "chunk {i}: a client cannot upload a chunk compressed with a dictionary"
+            ));
+        }
         if let Some(up) = c.uploaded.as_ref().filter(|up| up.is_inline()) {
             inline::check_shape(up, inline::MAX_INLINE_BYTES)
                 .map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
@@ -193,7 +199,7 @@ pub fn verify_inline(req: &CommitChunksRequest) -> Result<()> {
         }
         let fp = Fingerprint::from_slice(&c.fingerprint)
             .map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
-        inline::decode(&fp, up).map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
+        inline::decode(&fp, up, None).map_err(|e| MetaError::Invalid(format!("chunk {i}: {e}")))?;
     }
     Ok(())
 }
@@ -661,6 +667,10 @@ pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
             if rec.is_packed() {
                 out.packed_chunks += 1;
                 out.packed_bytes += u64::from(rec.stored_len);
+            }
+            if rec.dictionary != 0 {
+                out.dictionary_chunks += 1;
+                out.dictionary_bytes += u64::from(rec.stored_len);
             }
             match rec.tier() {
                 dfs_proto::Tier::Hot => out.hot_bytes += u64::from(rec.stored_len),

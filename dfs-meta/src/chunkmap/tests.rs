@@ -171,7 +171,10 @@ fn inline_chunks_are_stored_counted_shared_and_collected() {
     let map = run(&store, |t| chunk_map(t, b, 0, 100));
     let rec = map.chunks[0].chunk.clone().unwrap();
     assert!(rec.is_inline() && rec.shard_servers.is_empty());
-    assert_eq!(inline::decode(&Fingerprint::of(&raw), &rec).unwrap(), raw);
+    assert_eq!(
+        inline::decode(&Fingerprint::of(&raw), &rec, None).unwrap(),
+        raw
+    );
     // One entry, two references, counted apart from shard bytes.
     let totals = run(&store, stats);
     assert_eq!((totals.chunks, totals.inline_chunks), (1, 1));

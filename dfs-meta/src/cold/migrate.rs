@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dfs_core::dictionary::Dictionary;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::time::now_ns;
 use dfs_core::workers::Worker;
@@ -92,6 +93,7 @@ fn packed_record(current: &ChunkRecord, location: PackedLocation) -> ChunkRecord
     rec.shard_servers.clear();
     rec.shard_len = 0;
     rec.inline_data.clear();
+    rec.dictionary = 0;
     rec.codec = location.frame_codec;
     rec.stored_len = stored_share(&location, rec.raw_len);
     rec.set_tier(TierRecord::Cold);
@@ -119,6 +121,8 @@ pub struct Migration {
     /// Chunks switched to a pack in this pass.
     switched: HashSet<Vec<u8>>,
     files: Vec<FilePlan>,
+    /// The volume's compression dictionaries, for inline chunks naming one.
+    dictionaries: HashMap<u64, Arc<Dictionary>>,
     pub report: ColdReport,
 }
 
@@ -138,6 +142,7 @@ impl Migration {
             pending: HashMap::new(),
             switched: HashSet::new(),
             files: Vec::new(),
+            dictionaries: HashMap::new(),
             report: ColdReport::default(),
         }
     }
@@ -151,6 +156,8 @@ impl Migration {
     /// One pass over the files not accessed before `clock`'s today.
     pub async fn pass(mut self, clock: &TierClock, worker: &Worker) -> Result<ColdReport> {
         self.collect_packs().await?;
+        self.dictionaries =
+            blocking(&self.store, |s| read_only(s, crate::dictionary::load_all)).await?;
         let today = clock.today();
         let mut after = None;
         loop {
@@ -232,7 +239,9 @@ impl Migration {
     async fn raw_of(&self, fp: &[u8], rec: &ChunkRecord) -> std::result::Result<Vec<u8>, String> {
         let id = Fingerprint::from_slice(fp).map_err(|e| e.to_string())?;
         if rec.is_inline() {
-            return dfs_core::inline::decode(&id, rec).map_err(|e| e.to_string());
+            let dictionary = self.dictionaries.get(&rec.dictionary);
+            return dfs_core::inline::decode(&id, rec, dictionary.map(|d| d.as_ref()))
+                .map_err(|e| e.to_string());
         }
         self.maintenance.read_chunk(&id, rec).await
     }

@@ -237,6 +237,9 @@ impl Maintenance {
         let mut indexed: HashSet<Vec<u8>> = HashSet::new();
         // Packs looked at: id -> what was wrong with it (None: fine).
         let mut packs: HashMap<u64, Option<String>> = HashMap::new();
+        let dictionaries = self
+            .txn("fsck_dictionaries", crate::dictionary::load_all)
+            .await?;
         loop {
             let (from, to) = (cursor.clone(), end.clone());
             let (rows, counts) = self
@@ -299,8 +302,14 @@ impl Maintenance {
                 if rec.is_inline() {
                     // No shards: the bytes are in the entry, as safe as the
                     // metadata store. With `verify`, decoded and checked.
+                    let dictionary = dictionaries.get(&rec.dictionary).map(|d| d.as_ref());
                     let checked = match Fingerprint::from_slice(&fp) {
-                        Ok(id) if options.verify => inline::decode(&id, &rec).map(|_| ()),
+                        Ok(_) if rec.dictionary != 0 && dictionary.is_none() => {
+                            Err(inline::InlineError::NeedsDictionary(rec.dictionary))
+                        }
+                        Ok(id) if options.verify => {
+                            inline::decode(&id, &rec, dictionary).map(|_| ())
+                        }
                         Ok(_) => inline::check_shape(&rec, inline::MAX_INLINE_BYTES),
                         Err(e) => Err(inline::InlineError::Malformed(e.to_string())),
                     };

@@ -10,11 +10,15 @@ use dfs_core::telemetry::catalog::{
     WORKER_LAST_SUCCESS,
 };
 use dfs_proto::meta_server::Meta;
-use dfs_proto::{Empty, ServerState};
+use dfs_proto::{Empty, ServerState, StatsReply};
 use metrics::{counter, gauge};
 use tonic::Request;
 
 use super::MetaService;
+use crate::error::Result;
+use crate::registry::Liveness;
+use crate::store::KvTxn;
+use crate::{chunkmap, namespace, registry};
 
 /// Between two refreshes of the volume gauges, at least.
 pub const GAUGE_PERIOD: Duration = Duration::from_secs(15);
@@ -24,6 +28,20 @@ pub const GAUGE_PERIOD: Duration = Duration::from_secs(15);
 /// what the refresh took, so that it costs at most 1% of one core however
 /// large the volume (a 3 s scan: a refresh every 5 minutes).
 const REFRESH_COST_SHARE: u32 = 100;
+
+/// The volume's figures, as `dfs stats` prints them: a scan of the dedup
+/// index, the inode count, the servers' shard bytes.
+pub(super) fn volume_stats(t: &mut dyn KvTxn, liveness: &Liveness, now: i64) -> Result<StatsReply> {
+    let mut stats = chunkmap::stats(t)?;
+    stats.files = namespace::inode_count(t)?;
+    stats.dictionary_id = crate::dictionary::latest(t)?.map_or(0, |d| d.id);
+    stats.raw_bytes = registry::list(t, liveness, now)?
+        .iter()
+        .filter_map(|s| s.record.as_ref())
+        .map(|r| r.shard_bytes)
+        .sum();
+    Ok(stats)
+}
 
 impl MetaService {
     /// Refreshes the gauges now, then every [`GAUGE_PERIOD`] or more

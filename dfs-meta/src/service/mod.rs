@@ -779,6 +779,17 @@ impl Meta for MetaService {
         self.cold_chunk(r).await
     }
 
+    async fn get_dictionary(
+        &self,
+        r: Request<DictionaryRequest>,
+    ) -> Result<Response<DictionaryRecord>, Status> {
+        let id = r.into_inner().id;
+        self.read("dictionary", move |t, _| {
+            crate::dictionary::get(t, id)?.ok_or(MetaError::NotFound)
+        })
+        .await
+    }
+
     async fn workers(&self, _r: Request<Empty>) -> Result<Response<WorkersReply>, Status> {
         Ok(Response::new(WorkersReply {
             workers: self.maintenance.cluster_workers(),
@@ -800,14 +811,7 @@ impl Meta for MetaService {
     async fn stats(&self, _r: Request<Empty>) -> Result<Response<StatsReply>, Status> {
         let liveness = self.liveness;
         self.read("stats", move |t, now| {
-            let mut stats = chunkmap::stats(t)?;
-            stats.files = namespace::inode_count(t)?;
-            stats.raw_bytes = registry::list(t, &liveness, now)?
-                .iter()
-                .filter_map(|s| s.record.as_ref())
-                .map(|r| r.shard_bytes)
-                .sum();
-            Ok(stats)
+            gauges::volume_stats(t, &liveness, now)
         })
         .await
         .map(|mut reply| {

@@ -13,11 +13,11 @@ use dfs_core::rpc::RpcTransport;
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{
     ChunkMapReply, ChunkMapRequest, ColdChunkReply, ColdChunkRequest, CommitChunksRequest,
-    CreateRequest, Empty, GetLockReply, InoRequest, InodeRecord, KeepUnlinkedRequest, LinkRequest,
-    ListServersReply, LockSessionReply, LockSessionRequest, LookupChunksReply, LookupChunksRequest,
-    LookupRequest, ReadDirReply, ReadDirRequest, RemoveRequest, RenameRequest, SetAttrRequest,
-    SetLockReply, SetLockRequest, StatFsReply, VolumeConfig, XattrListReply, XattrReply,
-    XattrRequest,
+    CreateRequest, DictionaryRecord, DictionaryRequest, Empty, GetLockReply, InoRequest,
+    InodeRecord, KeepUnlinkedRequest, LinkRequest, ListServersReply, LockSessionReply,
+    LockSessionRequest, LookupChunksReply, LookupChunksRequest, LookupRequest, ReadDirReply,
+    ReadDirRequest, RemoveRequest, RenameRequest, SetAttrRequest, SetLockReply, SetLockRequest,
+    StatFsReply, VolumeConfig, XattrListReply, XattrReply, XattrRequest,
 };
 use parking_lot::Mutex;
 use prost::Message;
@@ -198,6 +198,7 @@ metadata_rpcs! {
     commit_chunks(CommitChunksRequest) -> InodeRecord;
     get_chunk_map(ChunkMapRequest) -> ChunkMapReply;
     read_cold_chunk(ColdChunkRequest) -> ColdChunkReply;
+    get_dictionary(DictionaryRequest) -> DictionaryRecord;
     list_servers(Empty) -> ListServersReply;
     open_lock_session(LockSessionRequest) -> LockSessionReply;
     end_lock_session(LockSessionRequest) -> Empty;

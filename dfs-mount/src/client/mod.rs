@@ -14,11 +14,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dfs_core::dictionary::Dictionary;
 use dfs_core::error::DfsError;
 use dfs_core::placement::{is_full, Candidate, Ring};
 use dfs_core::rpc::RpcTransport;
 use dfs_proto::chunks_client::ChunksClient;
-use dfs_proto::{Empty, ServerState, VolumeConfig};
+use dfs_proto::{DictionaryRequest, Empty, ServerState, VolumeConfig};
 use parking_lot::RwLock;
 
 pub use meta::MetaRpc;
@@ -67,6 +68,8 @@ pub struct Cluster {
     /// dfs-meta has handed this client shard tokens: chunk servers want
     /// them (a client with a certificate).
     tokens_in_use: std::sync::atomic::AtomicBool,
+    /// Compression dictionaries fetched so far (they never change).
+    dictionaries: parking_lot::Mutex<HashMap<u64, Arc<Dictionary>>>,
 }
 
 /// How long a fetched server list is trusted before it is fetched again.
@@ -99,9 +102,28 @@ impl Cluster {
             }),
             shard_reads: chunks::ShardReadQueues::default(),
             tokens_in_use: std::sync::atomic::AtomicBool::new(false),
+            dictionaries: parking_lot::Mutex::new(HashMap::new()),
         });
         cluster.refresh_topology().await?;
         Ok(cluster)
+    }
+
+    /// The volume's compression dictionary `id`, which chunks dfs-meta
+    /// recompressed for the warm tier may name: fetched once, then kept.
+    pub async fn dictionary(&self, id: u64) -> Result<Arc<Dictionary>, DfsError> {
+        if let Some(d) = self.dictionaries.lock().get(&id) {
+            return Ok(d.clone());
+        }
+        let rec = self.meta.get_dictionary(DictionaryRequest { id }).await?;
+        if rec.id != id || rec.data.is_empty() {
+            return Err(DfsError::new(
+                libc::EIO,
+                format!("dfs-meta answered dictionary {} for {id}", rec.id),
+            ));
+        }
+        let d = Arc::new(Dictionary::new(id, rec.data));
+        self.dictionaries.lock().insert(id, d.clone());
+        Ok(d)
     }
 
     /// Fetches the server list and rebuilds the placement ring over the

@@ -60,10 +60,16 @@ impl Cluster {
     ) -> Result<Bytes, DfsError> {
         if rec.is_inline() {
             // The bytes came with the chunk map.
-            return inline::decode(&fp, rec).map(Bytes::from).map_err(|e| {
-                tracing::error!(chunk = %fp, error = %e, "inline chunk unreadable");
-                DfsError::new(libc::EIO, format!("chunk {fp}: {e}"))
-            });
+            let dictionary = match rec.dictionary {
+                0 => None,
+                id => Some(self.dictionary(id).await?),
+            };
+            return inline::decode(&fp, rec, dictionary.as_deref())
+                .map(Bytes::from)
+                .map_err(|e| {
+                    tracing::error!(chunk = %fp, error = %e, "inline chunk unreadable");
+                    DfsError::new(libc::EIO, format!("chunk {fp}: {e}"))
+                });
         }
         if rec.is_packed() {
             // In a pack on the cold store: dfs-meta reads it for us.
