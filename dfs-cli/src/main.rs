@@ -1,6 +1,7 @@
 //! `dfs`: the administrator's command. Talks to a metadata server.
 
 mod ca;
+mod codec;
 mod gc;
 mod tier;
 mod workers;
@@ -85,6 +86,10 @@ enum Command {
     /// move from hot to warm to cold.
     #[command(subcommand)]
     Tier(tier::TierCommand),
+    /// The codec model that picks each chunk's codec and level: train it
+    /// on a corpus, evaluate it, explain its choices for a file.
+    #[command(subcommand)]
+    Codec(codec::CodecCommand),
     /// Every Prometheus metric dfs processes export (with `--metrics`
     /// ADDR, or the mount's `-o metrics=ADDR`), as a Markdown table.
     Metrics,
@@ -342,6 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tier::print_status(reply, json)?;
         }
         Command::Tier(command) => tier::run(command)?,
+        Command::Codec(command) => codec::run(command)?,
         Command::Metrics => print!("{}", dfs_core::telemetry::catalog::markdown()),
         Command::Stats { meta, json } => {
             let s = connect(&meta, &cli.tls)

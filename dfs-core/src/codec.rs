@@ -31,11 +31,13 @@ pub enum CodecPolicy {
     Lzma,
     /// Never compress (data known to be incompressible, or CPU-starved).
     None,
+    /// The codec model (`codec_model`) picks per chunk, for the hot tier.
+    Auto,
 }
 
 impl CodecPolicy {
     /// Every policy name [`FromStr`] accepts.
-    pub const NAMES: [&'static str; 4] = ["lz4", "zstd", "lzma", "none"];
+    pub const NAMES: [&'static str; 5] = ["lz4", "zstd", "lzma", "none", "auto"];
 
     /// The configuration name of this policy.
     pub fn name(self) -> &'static str {
@@ -44,6 +46,7 @@ impl CodecPolicy {
             CodecPolicy::Zstd => "zstd",
             CodecPolicy::Lzma => "lzma",
             CodecPolicy::None => "none",
+            CodecPolicy::Auto => "auto",
         }
     }
 }
@@ -71,7 +74,7 @@ impl<'de> serde::Deserialize<'de> for CodecPolicy {
 
 /// A codec name that is not one of [`CodecPolicy::NAMES`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown codec {0:?}: expected one of lz4, zstd, lzma, none")]
+#[error("unknown codec {0:?}: expected one of lz4, zstd, lzma, none, auto")]
 pub struct UnknownCodec(pub String);
 
 impl FromStr for CodecPolicy {
@@ -82,6 +85,7 @@ impl FromStr for CodecPolicy {
             "zstd" => Ok(CodecPolicy::Zstd),
             "lzma" | "xz" => Ok(CodecPolicy::Lzma),
             "none" => Ok(CodecPolicy::None),
+            "auto" => Ok(CodecPolicy::Auto),
             _ => Err(UnknownCodec(s.to_string())),
         }
     }
@@ -142,6 +146,9 @@ const SAMPLE_MAX_PERCENT: usize = 97;
 /// and whenever the compressed output would not be smaller than the input,
 /// so stored bytes never exceed the raw ones.
 pub fn compress(policy: CodecPolicy, raw: &[u8]) -> (Codec, Vec<u8>) {
+    if policy == CodecPolicy::Auto {
+        return crate::codec_model::compress_auto(crate::tier::Tier::Hot, None, raw);
+    }
     if policy == CodecPolicy::None || raw.is_empty() || !looks_compressible(raw) {
         return (Codec::None, raw.to_vec());
     }
@@ -155,10 +162,13 @@ pub fn compress(policy: CodecPolicy, raw: &[u8]) -> (Codec, Vec<u8>) {
 /// Compresses `raw` with `policy` at `level` (zstd: 1 to 19; xz: preset 0
 /// to 9; ignored by LZ4) without the compressibility probe, for a caller
 /// that already decided (the codec model). Stored raw when the result would
-/// not be smaller.
+/// not be smaller. [`CodecPolicy::Auto`] ignores `level`: the model decides.
 pub fn compress_at(policy: CodecPolicy, level: i32, raw: &[u8]) -> (Codec, Vec<u8>) {
     if policy == CodecPolicy::None || raw.is_empty() {
         return (Codec::None, raw.to_vec());
+    }
+    if policy == CodecPolicy::Auto {
+        return compress(policy, raw);
     }
     let out = match policy {
         CodecPolicy::Lz4 => Some((Codec::Lz4, lz4_flex::block::compress(raw))),
@@ -169,7 +179,7 @@ pub fn compress_at(policy: CodecPolicy, level: i32, raw: &[u8]) -> (Codec, Vec<u
             let preset = u32::try_from(level.clamp(0, 9)).unwrap_or(XZ_PRESET);
             xz_compress(raw, preset, XZ_DICT_SIZE).map(|v| (Codec::Lzma, v))
         }
-        CodecPolicy::None => None,
+        CodecPolicy::None | CodecPolicy::Auto => None,
     };
     match out {
         Some((codec, stored)) if stored.len() < raw.len() => (codec, stored),
@@ -396,6 +406,7 @@ mod tests {
                     CodecPolicy::Zstd => Codec::Zstd,
                     CodecPolicy::Lzma => Codec::Lzma,
                     CodecPolicy::None => Codec::None,
+                    CodecPolicy::Auto => unreachable!("not in POLICIES"),
                 };
                 if len >= 5000 {
                     assert_eq!(codec, expected, "{p} {len}");
@@ -411,6 +422,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn auto_lets_the_model_choose() {
+        assert_eq!("auto".parse::<CodecPolicy>().unwrap(), CodecPolicy::Auto);
+        let text = text_like(64 * 1024);
+        let (codec, stored) = compress(CodecPolicy::Auto, &text);
+        assert_ne!(codec, Codec::None);
+        assert!(stored.len() < text.len() / 2);
+        assert_eq!(decompress(codec, &stored, text.len()).unwrap(), text);
+        let noise = random(64 * 1024, 5);
+        let (codec, stored) = compress(CodecPolicy::Auto, &noise);
+        assert_eq!((codec, stored), (Codec::None, noise));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod chunker;
 pub mod codec;
+pub mod codec_model;
 pub mod dictionary;
 pub mod erasure;
 pub mod error;
