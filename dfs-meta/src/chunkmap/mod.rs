@@ -578,10 +578,12 @@ pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Resu
     let inode = get_inode(txn, ino)?;
     let limit = limit.clamp(1, 20_000);
     let prefix = keys::chunk_prefix(ino);
-    // Start at the chunk that covers `from`, not only those starting after it.
+    // Start at the chunk that covers `from` (the last one starting at or
+    // before it), not only those starting after it.
     let mut begin = keys::chunk(ino, from);
     if from > 0 {
-        if let Some((k, _)) = txn.range(&prefix, &begin, 1, true)?.first() {
+        let through = keys::chunk(ino, from.saturating_add(1));
+        if let Some((k, _)) = txn.range(&prefix, &through, 1, true)?.first() {
             begin = k.clone();
         }
     }

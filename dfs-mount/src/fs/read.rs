@@ -91,6 +91,21 @@ impl Dfs {
                     .get_or_fetch(&self.cluster, fp, rec, fresh.shard_tokens)
                     .await?
             }
+            Err(e) if e.errno == libc::EIO && c.chunk.as_ref().is_some_and(|r| r.is_sharded()) => {
+                // The chunk may have moved since this map was fetched
+                // (recompressed by the tiering worker onto new shards, or
+                // packed) and its old shards been collected: read it by its
+                // record as it is now, if that is another.
+                let fresh = self.fresh_chunk(ino, c).await?;
+                match fresh.chunk {
+                    Some(rec) if Some(&rec) != c.chunk.as_ref() => {
+                        self.cache
+                            .get_or_fetch(&self.cluster, fp, rec, fresh.shard_tokens)
+                            .await?
+                    }
+                    _ => return Err(e),
+                }
+            }
             other => other?,
         };
         checked_len(fp, data, c.len)
