@@ -12,10 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dfs_core::codec::{compress, CodecPolicy};
 use dfs_core::dictionary::{self, Dictionary};
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::inline::{self, InlineError};
-use dfs_proto::{ChunkRecord, DictionaryRecord};
+use dfs_proto::{ChunkRecord, DictionaryRecord, MappedChunk};
 use prost::Message;
 
 use crate::error::{MetaError, Result};
@@ -48,6 +49,55 @@ pub fn latest(txn: &mut dyn KvTxn) -> Result<Option<DictionaryRecord>> {
         Some((_, value)) => Ok(Some(DictionaryRecord::decode(value.as_slice())?)),
         None => Ok(None),
     }
+}
+
+/// Dictionary `id` for a client. One confined to a subtree may not have
+/// any: a dictionary holds fragments of the whole volume's small files.
+/// Its chunk maps come without dictionary-compressed bytes instead
+/// ([`confine`]).
+pub fn for_client(txn: &mut dyn KvTxn, id: u64, confined: bool) -> Result<DictionaryRecord> {
+    if confined {
+        return Err(MetaError::AccessDenied(
+            "a client confined to a subtree cannot read the volume's compression dictionaries"
+                .into(),
+        ));
+    }
+    get(txn, id)?.ok_or(MetaError::NotFound)
+}
+
+/// For a client confined to a subtree (`confined`): the inline chunks of
+/// `chunks` compressed with a dictionary are decoded here and sent LZ4
+/// compressed, so that it never needs a dictionary.
+pub fn confine(txn: &mut dyn KvTxn, chunks: &mut [MappedChunk], confined: bool) -> Result<()> {
+    if !confined {
+        return Ok(());
+    }
+    let mut loaded: HashMap<u64, Dictionary> = HashMap::new();
+    for c in chunks {
+        let Some(rec) = c.chunk.as_mut().filter(|r| r.dictionary != 0) else {
+            continue;
+        };
+        let id = rec.dictionary;
+        let dictionary = match loaded.entry(id) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let d = get(txn, id)?.ok_or_else(|| {
+                    MetaError::Invalid(format!("compression dictionary {id} is missing"))
+                })?;
+                slot.insert(Dictionary::new(id, d.data))
+            }
+        };
+        let bad =
+            |e: String| MetaError::Invalid(format!("chunk {}: {e}", hex::encode(&c.fingerprint)));
+        let fp = Fingerprint::from_slice(&c.fingerprint).map_err(|e| bad(e.to_string()))?;
+        let raw = inline::decode(&fp, rec, Some(dictionary)).map_err(|e| bad(e.to_string()))?;
+        let (codec, stored) = compress(CodecPolicy::Lz4, &raw);
+        rec.set_codec(codec);
+        rec.stored_len = stored.len() as u32;
+        rec.inline_data = stored;
+        rec.dictionary = 0;
+    }
+    Ok(())
 }
 
 /// Every dictionary, ready to decode with (there are few: one a month at
@@ -203,7 +253,6 @@ fn sample(store: &dyn MetaStore, seed: i64) -> Result<Vec<Vec<u8>>> {
 mod tests {
     use super::*;
     use crate::store::MemStore;
-    use dfs_core::codec::{compress, CodecPolicy};
 
     fn put_inline(store: &dyn MetaStore, raw: &[u8]) -> Fingerprint {
         let fp = Fingerprint::of(raw);
@@ -225,6 +274,45 @@ mod tests {
             ));
         }
         s.into_bytes()
+    }
+
+    #[test]
+    fn a_confined_client_gets_no_dictionary_and_maps_it_can_decode_without() {
+        let store = MemStore::default();
+        for i in 0..600 {
+            put_inline(&store, &source(i));
+        }
+        let trained = train_if_due(&store, 1).unwrap().expect("trained");
+        let dict = Dictionary::new(trained.id, trained.data.clone());
+        let raw = source(7);
+        let fp = Fingerprint::of(&raw);
+        let stored = dict
+            .compressor(3)
+            .unwrap()
+            .compress(&raw, usize::MAX)
+            .unwrap();
+        let mut rec = inline::record(raw.len() as u32, dfs_proto::Codec::Zstd, stored);
+        rec.dictionary = trained.id;
+        let mut chunks = vec![MappedChunk {
+            fingerprint: fp.to_vec(),
+            chunk: Some(rec.clone()),
+            ..MappedChunk::default()
+        }];
+        read_only(&store, |t| {
+            assert!(for_client(t, trained.id, false).is_ok());
+            assert!(matches!(
+                for_client(t, trained.id, true),
+                Err(MetaError::AccessDenied(_))
+            ));
+            // Unconfined: the map as it is.
+            confine(t, &mut chunks, false)?;
+            assert_eq!(chunks[0].chunk.as_ref(), Some(&rec));
+            confine(t, &mut chunks, true)
+        })
+        .unwrap();
+        let sent = chunks[0].chunk.as_ref().unwrap();
+        assert_eq!(sent.dictionary, 0);
+        assert_eq!(inline::decode(&fp, sent, None).unwrap(), raw);
     }
 
     #[test]

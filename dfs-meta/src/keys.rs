@@ -26,6 +26,7 @@
 //! | `A day(be32) ino(le64)` | empty: the file was last accessed on that day (`access`) |
 //! | `P pack(be64)` | `PackRecord`: a pack object on the cold store (`cold`) |
 //! | `Z id(be64)` | `DictionaryRecord`: a zstd dictionary (`dictionary`) |
+//! | `M fingerprint(32)` | time (le i64 ns): the tiering worker is writing the chunk's shards anew (`tiering::sharded`) |
 //!
 //! Values are protobuf messages from `dfs-proto` (`*Record`), which only
 //! change compatibly, so old stores stay readable.
@@ -50,6 +51,7 @@ pub const LOCK_HELD: u8 = b'W';
 pub const ACCESS: u8 = b'A';
 pub const PACK: u8 = b'P';
 pub const DICTIONARY: u8 = b'Z';
+pub const REWRITING: u8 = b'M';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -274,7 +276,6 @@ pub fn access_parts(key: &[u8]) -> Option<(u32, u64)> {
     Some((day, ino))
 }
 
-/// `P pack(be64)`: a pack object on the cold store (`PackRecord`).
 /// `Z id(be64)`: a compression dictionary.
 pub fn dictionary(id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -283,6 +284,15 @@ pub fn dictionary(id: u64) -> Vec<u8> {
     k
 }
 
+/// `M fingerprint`: a claim on rewriting the chunk's shards.
+pub fn rewriting(fingerprint: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + fingerprint.len());
+    k.push(REWRITING);
+    k.extend_from_slice(fingerprint);
+    k
+}
+
+/// `P pack(be64)`: a pack object on the cold store (`PackRecord`).
 pub fn pack(id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(PACK);

@@ -237,7 +237,7 @@ impl Maintenance {
         let mut indexed: HashSet<Vec<u8>> = HashSet::new();
         // Packs looked at: id -> what was wrong with it (None: fine).
         let mut packs: HashMap<u64, Option<String>> = HashMap::new();
-        let dictionaries = self
+        let mut dictionaries = self
             .txn("fsck_dictionaries", crate::dictionary::load_all)
             .await?;
         loop {
@@ -302,7 +302,18 @@ impl Maintenance {
                 if rec.is_inline() {
                     // No shards: the bytes are in the entry, as safe as the
                     // metadata store. With `verify`, decoded and checked.
-                    let dictionary = dictionaries.get(&rec.dictionary).map(|d| d.as_ref());
+                    let id = rec.dictionary;
+                    if id != 0 && !dictionaries.contains_key(&id) {
+                        // Trained since this run began.
+                        if let Some(d) = self
+                            .txn("fsck_dictionary", move |t| crate::dictionary::get(t, id))
+                            .await?
+                        {
+                            let d = dfs_core::dictionary::Dictionary::new(id, d.data);
+                            dictionaries.insert(id, std::sync::Arc::new(d));
+                        }
+                    }
+                    let dictionary = dictionaries.get(&id).map(|d| d.as_ref());
                     let checked = match Fingerprint::from_slice(&fp) {
                         Ok(_) if rec.dictionary != 0 && dictionary.is_none() => {
                             Err(inline::InlineError::NeedsDictionary(rec.dictionary))

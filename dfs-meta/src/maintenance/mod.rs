@@ -34,6 +34,7 @@ use crate::error::{MetaError, Result};
 use crate::registry::{self, Liveness};
 use crate::store::{transact, KvTxn, MetaStore};
 
+pub use hot::beside;
 pub use repair::ServerView;
 pub use servers::tcp_connector;
 

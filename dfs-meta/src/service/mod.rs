@@ -710,7 +710,9 @@ impl Meta for MetaService {
         let mut reply = self
             .read("chunk_map", move |t, _| {
                 let ino = Scope::resolve(t, caps.subtree())?.ino(t, r.ino)?;
-                chunkmap::chunk_map(t, ino, r.from_offset, r.limit as usize)
+                let mut map = chunkmap::chunk_map(t, ino, r.from_offset, r.limit as usize)?;
+                crate::dictionary::confine(t, &mut map.chunks, caps.subtree.is_some())?;
+                Ok(map)
             })
             .await?;
         // A file opened and read: its access day, written later in a batch.
@@ -783,9 +785,9 @@ impl Meta for MetaService {
         &self,
         r: Request<DictionaryRequest>,
     ) -> Result<Response<DictionaryRecord>, Status> {
-        let id = r.into_inner().id;
+        let (confined, id) = (caps::of(&r).subtree.is_some(), r.into_inner().id);
         self.read("dictionary", move |t, _| {
-            crate::dictionary::get(t, id)?.ok_or(MetaError::NotFound)
+            crate::dictionary::for_client(t, id, confined)
         })
         .await
     }

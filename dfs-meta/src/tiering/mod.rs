@@ -83,6 +83,9 @@ pub struct PassReport {
     /// [`SHARDED_BYTES_PER_PASS`] raw bytes of them.
     pub sharded: Vec<ShardedMove>,
     pub sharded_raw_bytes: u64,
+    /// Where each fingerprint is in `sharded`: a chunk shared by files
+    /// is queued once, for the coldest of their targets.
+    queued: std::collections::HashMap<Vec<u8>, usize>,
 }
 
 fn to_tier(tier: TierRecord) -> dfs_core::tier::Tier {
@@ -282,8 +285,16 @@ fn move_file(
                 // Bound for the cold store: packed as they are, not
                 // recompressed on the way.
                 let raw = u64::from(rec.raw_len);
-                if wanted == target && report.sharded_raw_bytes + raw <= SHARDED_BYTES_PER_PASS {
+                if let Some(&at) = report.queued.get(fp) {
+                    let queued = &mut report.sharded[at];
+                    if target > queued.target {
+                        (queued.target, queued.name) = (target, name.clone());
+                    }
+                } else if wanted == target
+                    && report.sharded_raw_bytes + raw <= SHARDED_BYTES_PER_PASS
+                {
                     report.sharded_raw_bytes += raw;
+                    report.queued.insert(fp.clone(), report.sharded.len());
                     report.sharded.push(ShardedMove {
                         fingerprint: fp.clone(),
                         record: rec,
@@ -619,7 +630,9 @@ mod tests {
         let clock = TierClock::system();
         let raw = source_text(7);
         let fp = file(&store, 1, &raw, clock.today() - 10, None);
-        // Make its chunk one on chunk servers (RS 6+3).
+        // A copy of it, with its own policy: cold after 2 days.
+        file(&store, 2, &raw, clock.today() - 10, Some("warm=1d,cold=2d"));
+        // Make their chunk one on chunk servers (RS 6+3).
         let sharded = ChunkRecord {
             raw_len: raw.len() as u32,
             stored_len: 9_000,
@@ -639,21 +652,23 @@ mod tests {
         })
         .unwrap();
         let worker = Worker::new("tiering", "files");
-        // Ten days idle: warm; queued with the file's target.
+        // Ten days idle: warm for one, cold for the other; the chunk is
+        // queued once, for the colder.
         let report = pass(&store, &clock, false, &worker).unwrap();
-        assert_eq!((report.chunks_left, report.files_moved), (1, 0));
+        assert_eq!((report.chunks_left, report.files_moved), (2, 0));
         assert_eq!(report.sharded.len(), 1);
         assert_eq!(report.sharded[0].record, sharded);
-        assert_eq!(report.sharded[0].target, TierRecord::Warm);
+        assert_eq!(report.sharded[0].target, TierRecord::Cold);
         assert_eq!(report.sharded_raw_bytes, raw.len() as u64);
-        // Bound for cold with a cold store: packed as it is, not queued.
+        // Both bound for cold with a cold store: packed as it is, not
+        // queued.
         transact(&store, |t| {
             t.set(&keys::xattr(1, XATTR.as_bytes()), b"cold");
             Ok::<_, MetaError>(())
         })
         .unwrap();
         let report = pass(&store, &clock, true, &worker).unwrap();
-        assert_eq!(report.chunks_left, 1);
+        assert_eq!(report.chunks_left, 2);
         assert!(report.sharded.is_empty());
     }
 

@@ -114,7 +114,18 @@ impl Cluster {
         if let Some(d) = self.dictionaries.lock().get(&id) {
             return Ok(d.clone());
         }
-        let rec = self.meta.get_dictionary(DictionaryRequest { id }).await?;
+        let rec = self
+            .meta
+            .get_dictionary(DictionaryRequest { id })
+            .await
+            .map_err(|e| {
+                // A chunk names a dictionary that cannot be had: the
+                // chunk is unreadable (EIO), whatever the reason.
+                DfsError::new(
+                    libc::EIO,
+                    format!("compression dictionary {id}: {}", e.message),
+                )
+            })?;
         if rec.id != id || rec.data.is_empty() {
             return Err(DfsError::new(
                 libc::EIO,

@@ -75,6 +75,8 @@ impl Dfs {
         } else {
             (rec, c.shard_tokens.clone())
         };
+        // The record tried, to tell after a failure whether it changed.
+        let tried = rec.is_sharded().then(|| rec.clone());
         let data = match self
             .cache
             .get_or_fetch(&self.cluster, fp, rec, tokens)
@@ -91,14 +93,16 @@ impl Dfs {
                     .get_or_fetch(&self.cluster, fp, rec, fresh.shard_tokens)
                     .await?
             }
-            Err(e) if e.errno == libc::EIO && c.chunk.as_ref().is_some_and(|r| r.is_sharded()) => {
+            Err(e) if e.errno == libc::EIO && tried.is_some() => {
                 // The chunk may have moved since this map was fetched
                 // (recompressed by the tiering worker onto new shards, or
                 // packed) and its old shards been collected: read it by its
                 // record as it is now, if that is another.
-                let fresh = self.fresh_chunk(ino, c).await?;
+                let Ok(fresh) = self.fresh_chunk(ino, c).await else {
+                    return Err(e);
+                };
                 match fresh.chunk {
-                    Some(rec) if Some(&rec) != c.chunk.as_ref() => {
+                    Some(rec) if Some(&rec) != tried.as_ref() => {
                         self.cache
                             .get_or_fetch(&self.cluster, fp, rec, fresh.shard_tokens)
                             .await?
