@@ -15,6 +15,7 @@ command -v cmp >/dev/null || need+=(diffutils)
 command -v getfattr >/dev/null || need+=(attr)
 command -v setfacl >/dev/null || need+=(acl)
 command -v rsync >/dev/null || need+=(rsync)
+command -v curl >/dev/null || need+=(curl)
 command -v git >/dev/null || need+=(git)
 command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc)
@@ -63,6 +64,14 @@ if ! command -v moto_server >/dev/null && [[ ! -x $weed_venv/bin/moto_server ]];
   echo "installing: moto[server] into $weed_venv (pip)"
   [[ -x $weed_venv/bin/pip ]] || python3 -m venv "$weed_venv"
   "$weed_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.1"
+fi
+
+# The gateway tests drive dfs-gateway with real S3 clients: the AWS CLI
+# and boto3 (for presigned PUTs), in the same venv.
+if [[ ! -x $weed_venv/bin/aws ]] || ! "$weed_venv/bin/python" -c 'import boto3' 2>/dev/null; then
+  echo "installing: awscli and boto3 into $weed_venv (pip)"
+  [[ -x $weed_venv/bin/pip ]] || python3 -m venv "$weed_venv"
+  "$weed_venv/bin/pip" install --quiet --disable-pip-version-check "awscli==1.45.11" "boto3==1.43.11"
 fi
 
 if ! command -v cargo >/dev/null; then

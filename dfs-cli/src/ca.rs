@@ -44,6 +44,9 @@ pub enum CaCommand {
         /// security.*/trusted.* xattrs.
         #[arg(long)]
         unprivileged: bool,
+        /// Client only: may read S3 access keys' secrets (for dfs-gateway).
+        #[arg(long)]
+        gateway: bool,
         /// Extra host names or IP addresses to put in the certificate (for
         /// tools that check them; dfs checks the role).
         #[arg(long = "host", value_name = "NAME")]
@@ -97,6 +100,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             subtree,
             read_only,
             unprivileged,
+            gateway,
             hosts,
             key,
         } => {
@@ -108,9 +112,10 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             }
             identity.caps.read_only = read_only;
             identity.caps.unprivileged = unprivileged;
+            identity.caps.gateway = gateway;
             anyhow::ensure!(
                 role == Role::Client || identity.caps == Default::default(),
-                "--subtree, --read-only and --unprivileged are for client certificates"
+                "--subtree, --read-only, --unprivileged and --gateway are for client certificates"
             );
             let out = out.unwrap_or_else(|| ca_dir.clone());
             let stem = file.unwrap_or_else(|| role.as_str().to_string());

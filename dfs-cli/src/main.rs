@@ -3,6 +3,7 @@
 mod ca;
 mod codec;
 mod gc;
+mod keys;
 mod tier;
 mod workers;
 
@@ -90,6 +91,10 @@ enum Command {
     /// on a corpus, evaluate it, explain its choices for a file.
     #[command(subcommand)]
     Codec(codec::CodecCommand),
+    /// S3 access keys of dfs-gateway: each signs requests as one POSIX
+    /// user (uid, gid, groups), with that user's permissions.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Every Prometheus metric dfs processes export (with `--metrics`
     /// ADDR, or the mount's `-o metrics=ADDR`), as a Markdown table.
     Metrics,
@@ -312,6 +317,16 @@ async fn connect_for(
     timeout: Duration,
     tls: &dfs_core::tls::TlsArgs,
 ) -> anyhow::Result<MetaClient<tonic::transport::Channel>> {
+    let channel = meta_channel(meta, timeout, tls).await?;
+    Ok(MetaClient::new(channel).max_decoding_message_size(dfs_proto::MAX_MESSAGE_BYTES))
+}
+
+/// A connection to a metadata server as an admin, for any of its services.
+async fn meta_channel(
+    meta: &str,
+    timeout: Duration,
+    tls: &dfs_core::tls::TlsArgs,
+) -> anyhow::Result<tonic::transport::Channel> {
     let security = tls
         .security(dfs_core::tls::Role::Admin, "dfs")
         .context("cannot set up TLS (an admin certificate, or --plaintext)")?;
@@ -323,7 +338,7 @@ async fn connect_for(
         .connect_with_connector(security.connector(dfs_core::tls::Role::Meta))
         .await
         .with_context(|| format!("cannot reach the metadata server at {meta}"))?;
-    Ok(MetaClient::new(channel).max_decoding_message_size(dfs_proto::MAX_MESSAGE_BYTES))
+    Ok(channel)
 }
 
 fn state_name(s: ServerState) -> &'static str {
@@ -348,6 +363,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tier(command) => tier::run(command)?,
         Command::Codec(command) => codec::run(command)?,
+        Command::Keys(command) => {
+            let channel = meta_channel(command.meta(), Duration::from_secs(30), &cli.tls).await?;
+            keys::run(command, channel).await?
+        }
         Command::Metrics => print!("{}", dfs_core::telemetry::catalog::markdown()),
         Command::Stats { meta, json } => {
             let s = connect(&meta, &cli.tls)

@@ -26,6 +26,7 @@
 //! | `A day(be32) ino(le64)` | empty: the file was last accessed on that day (`access`) |
 //! | `P pack(be64)` | `PackRecord`: a pack object on the cold store (`cold`) |
 //! | `Z id(be64)` | `DictionaryRecord`: a zstd dictionary (`dictionary`) |
+//! | `Y access_key` | `AccessKeyRecord`: an S3 access key of the gateway (`access_keys`) |
 //! | `M fingerprint(32)` | time (le i64 ns): the tiering worker is writing the chunk's shards anew (`tiering::sharded`) |
 //!
 //! Values are protobuf messages from `dfs-proto` (`*Record`), which only
@@ -52,6 +53,7 @@ pub const ACCESS: u8 = b'A';
 pub const PACK: u8 = b'P';
 pub const DICTIONARY: u8 = b'Z';
 pub const REWRITING: u8 = b'M';
+pub const ACCESS_KEY: u8 = b'Y';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);

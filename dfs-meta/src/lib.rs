@@ -3,6 +3,7 @@
 //! store behind the [`store::MetaStore`] trait.
 
 pub mod access;
+pub mod access_keys;
 pub mod acl;
 pub mod caps;
 pub mod chunkmap;
@@ -81,6 +82,7 @@ pub async fn serve(
     // Connections come handshaken (TLS unless --plaintext) and with
     // TCP_NODELAY; every request is checked against the caller's role.
     let incoming = security.incoming(listener);
+    let access_keys = access_keys::AccessKeyService::new(service.store());
     tonic::transport::Server::builder()
         .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
         .max_concurrent_streams(dfs_core::rpc::MAX_CONCURRENT_STREAMS)
@@ -88,6 +90,7 @@ pub async fn serve(
         .layer(dfs_core::telemetry::RpcTelemetryLayer)
         .layer(dfs_core::tls::AuthorizeLayer)
         .add_service(service.into_server())
+        .add_service(access_keys.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("metadata server failed")

@@ -102,7 +102,13 @@ impl Embedded {
         )
         .map_err(|e| anyhow::anyhow!("cannot open the volume: {e}"))?;
         service.start_background();
-        let meta = boxed_transport(service.into_server());
+        // The access-key service beside the metadata service, as dfs-meta
+        // serves them on one port.
+        let access_keys = dfs_meta::access_keys::AccessKeyService::new(service.store());
+        let meta = boxed_transport(
+            tonic::service::Routes::new(service.into_server())
+                .add_service(access_keys.into_server()),
+        );
         let registration = dfs_server::Registration {
             meta_addr: LOCAL_SERVER_ADDRESS.into(),
             uuid,

@@ -47,6 +47,9 @@ pub fn allowed_roles(path: &str) -> &'static [Role] {
         ("Chunks", "PutShards" | "GetShard" | "GetShards" | "Usage") => &[Client, Meta],
         // Only dfs-meta, which holds the index, deletes, lists or checks.
         ("Chunks", "DeleteShards" | "ListShards" | "CheckShards") => &[Meta],
+        ("AccessKeys", "Add" | "List" | "Remove") => &[Admin],
+        // dfs-meta also wants the `gateway` cap (`dfs_meta::access_keys`).
+        ("AccessKeys", "Get") => &[Client],
         _ => &[],
     }
 }

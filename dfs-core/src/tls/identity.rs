@@ -8,7 +8,7 @@
 //!   server's certificate cannot answer as the metadata server;
 //! - URI `dfs://ROLE/NAME[?caps]`: what a server reads to decide what the
 //!   peer may do. Caps: `subtree=/PATH` (percent-encoded), `read-only`,
-//!   `unprivileged`.
+//!   `unprivileged`, `gateway`.
 
 use std::fmt;
 
@@ -71,6 +71,9 @@ pub struct Caps {
     /// No set-user-ID/set-group-ID bits, device nodes or
     /// `security.*`/`trusted.*` xattrs.
     pub unprivileged: bool,
+    /// May read the secrets of S3 access keys (`dfs-gateway`, which checks
+    /// requests' signatures with them).
+    pub gateway: bool,
 }
 
 impl Caps {
@@ -124,6 +127,9 @@ impl Identity {
         if self.caps.unprivileged {
             caps.push("unprivileged".to_string());
         }
+        if self.caps.gateway {
+            caps.push("gateway".to_string());
+        }
         if !caps.is_empty() {
             uri.push('?');
             uri.push_str(&caps.join("&"));
@@ -158,6 +164,7 @@ impl Identity {
                 }
                 None if cap == "read-only" => caps.read_only = true,
                 None if cap == "unprivileged" => caps.unprivileged = true,
+                None if cap == "gateway" => caps.gateway = true,
                 _ => return Err(bad(&format!("unknown cap `{cap}`"))),
             }
         }
@@ -264,11 +271,12 @@ mod tests {
             subtree: Some("/home/a b".into()),
             read_only: true,
             unprivileged: true,
+            gateway: true,
         };
         let uri = id.to_uri();
         assert_eq!(
             uri,
-            "dfs://client/web%201?subtree=/home/a%20b&read-only&unprivileged"
+            "dfs://client/web%201?subtree=/home/a%20b&read-only&unprivileged&gateway"
         );
         assert_eq!(Identity::from_uri(&uri).unwrap(), id);
         for role in Role::ALL {

@@ -7,6 +7,12 @@ use std::sync::Arc;
 use crate::access::TierClock;
 
 impl MetaService {
+    /// The metadata store the service runs on (for services served beside
+    /// it, such as `access_keys`).
+    pub fn store(&self) -> Arc<dyn crate::store::MetaStore> {
+        self.store.clone()
+    }
+
     /// Runs the `tiering` worker every `interval` (`None`: never).
     pub fn with_tier_interval(mut self, interval: Option<std::time::Duration>) -> Self {
         self.tier_interval = interval;

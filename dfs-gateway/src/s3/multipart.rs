@@ -1,0 +1,439 @@
+//! Multipart uploads. Each upload is a directory `/.s3/multipart/ID`
+//! (its record in the xattr `user.s3.upload`) holding one file per part,
+//! written as any object is. Completion builds the object from the parts
+//! with `copy_file_range`, which shares their chunks: no byte is read or
+//! written again, whatever the object's size.
+
+use s3s::crypto::{Checksum, Md5};
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Response, S3Result};
+use serde::{Deserialize, Serialize};
+
+use super::{timestamp, Gateway, MAX_PUT_BYTES};
+use crate::auth::User;
+use crate::object_meta::{self, ObjectMeta};
+use crate::perm::EXEC;
+use crate::volume::{parse_key, s3_error, OrS3, Written, MULTIPART_DIR};
+
+const UPLOAD_XATTR: &[u8] = b"user.s3.upload";
+/// S3's bounds: parts 1 to 10,000, each but the last at least 5 MiB.
+const MAX_PART_NUMBER: i32 = 10_000;
+const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+const MAX_PARTS_LISTED: i32 = 1000;
+
+/// What an upload is for, kept on its directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Upload {
+    bucket: String,
+    key: String,
+    uid: u32,
+    initiated_ns: i64,
+    /// Content type and user metadata for the object.
+    meta: ObjectMeta,
+}
+
+fn part_name(number: i32) -> String {
+    format!("{number:05}")
+}
+
+fn check_part_number(number: i32) -> S3Result<()> {
+    if (1..=MAX_PART_NUMBER).contains(&number) {
+        Ok(())
+    } else {
+        Err(s3_error!(
+            InvalidArgument,
+            "part numbers are 1 to {MAX_PART_NUMBER}"
+        ))
+    }
+}
+
+/// The ETag of a multipart object: the MD5 of its parts' MD5s, and how
+/// many parts there were.
+fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
+    let mut md5 = Md5::new();
+    for p in part_md5s {
+        md5.update(p);
+    }
+    format!("{}-{}", hex::encode(md5.finalize()), part_md5s.len())
+}
+
+fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
+    hex::decode(etag).ok()?.try_into().ok()
+}
+
+impl Gateway {
+    /// The upload's directory and record, for `user` (its initiator or
+    /// root) and the bucket and key it was started for.
+    async fn upload(
+        &self,
+        user: &User,
+        bucket: &str,
+        key: &str,
+        id: &str,
+    ) -> S3Result<(u64, Upload)> {
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let uploads = self.volume.private_dir(MULTIPART_DIR).await.s3()?;
+        let dir = match self.volume.dfs().lookup(uploads.ino, id.as_bytes()).await {
+            Ok(attr) => attr,
+            Err(e) if e.errno == libc::ENOENT => return Err(s3_error!(NoSuchUpload)),
+            Err(e) => return Err(s3_error(e)),
+        };
+        let raw = self
+            .volume
+            .dfs()
+            .getxattr(dir.ino, UPLOAD_XATTR)
+            .await
+            .map_err(|_| s3_error!(NoSuchUpload))?;
+        let upload: Upload = serde_json::from_slice(&raw).map_err(|_| s3_error!(NoSuchUpload))?;
+        if upload.bucket != bucket || upload.key != key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        if upload.uid != user.uid && !user.is_root() {
+            return Err(s3_error!(AccessDenied, "another user's upload"));
+        }
+        Ok((dir.ino, upload))
+    }
+
+    pub(super) async fn create_multipart(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        let path = parse_key(&input.key)?;
+        if path.dir_marker {
+            return Err(s3_error!(
+                InvalidArgument,
+                "a key ending in `/` holds no bytes"
+            ));
+        }
+        let bucket = self.volume.bucket(&user, &input.bucket).await?;
+        crate::perm::check(self.volume.dfs(), &user, &bucket, EXEC)
+            .await
+            .s3()?;
+        let meta = ObjectMeta {
+            content_type: input.content_type,
+            content_encoding: input.content_encoding,
+            content_disposition: input.content_disposition,
+            content_language: input.content_language,
+            cache_control: input.cache_control,
+            user: input
+                .metadata
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+            ..Default::default()
+        };
+        if meta.user_metadata_bytes() > object_meta::MAX_USER_METADATA_BYTES {
+            return Err(s3_error!(MetadataTooLarge));
+        }
+        let upload = Upload {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            uid: user.uid,
+            initiated_ns: dfs_core::time::now_ns(),
+            meta,
+        };
+        let id = format!("{:032x}", rand::random::<u128>());
+        let uploads = self.volume.private_dir(MULTIPART_DIR).await.s3()?;
+        let request = dfs_proto::CreateRequest {
+            parent: uploads.ino,
+            name: id.as_bytes().to_vec(),
+            kind: dfs_proto::FileKind::Directory as i32,
+            mode: 0o700,
+            ..Default::default()
+        };
+        let dir = self.volume.dfs().create(request).await.s3()?;
+        let record = serde_json::to_vec(&upload)
+            .map_err(|e| s3_error!(InternalError, "upload record: {e}"))?;
+        object_meta::set_xattr(self.volume.dfs(), dir.ino, UPLOAD_XATTR, record)
+            .await
+            .s3()?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn upload_part_impl(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let user = self.user(&req).await?;
+        let key = self.keys.signed(req.credentials.as_ref()).await?;
+        let input = req.input;
+        check_part_number(input.part_number)?;
+        let (dir, _) = self
+            .upload(&user, &input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
+        let body = self.limits.meter(&key, body);
+        let written = self.volume.write_tmp(&user, body, MAX_PUT_BYTES).await?;
+        let checked = async {
+            if let Some(length) = input.content_length {
+                if u64::try_from(length).ok() != Some(written.size) {
+                    return Err(s3_error!(IncompleteBody));
+                }
+            }
+            let etag = hex::encode(written.md5);
+            self.seal(
+                &written,
+                ObjectMeta {
+                    etag: etag.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Ok(etag)
+        }
+        .await;
+        let etag = match checked {
+            Ok(etag) => etag,
+            Err(e) => {
+                self.discard(&written).await;
+                return Err(e);
+            }
+        };
+        self.volume
+            .publish(&written, dir, &part_name(input.part_number), false)
+            .await?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            ..Default::default()
+        }))
+    }
+
+    /// The parts uploaded so far, by number.
+    async fn parts(&self, dir: u64) -> S3Result<Vec<(i32, dfs_proto::InodeRecord, ObjectMeta)>> {
+        let mut parts = Vec::new();
+        for e in self.volume.entries(dir).await.s3()? {
+            let Some(attr) = e.attr else { continue };
+            let Some(number) = std::str::from_utf8(&e.name)
+                .ok()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let meta = object_meta::load(self.volume.dfs(), attr.ino).await.s3()?;
+            parts.push((number, attr, meta));
+        }
+        parts.sort_by_key(|p| p.0);
+        Ok(parts)
+    }
+
+    pub(super) async fn list_parts_impl(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        let (dir, _) = self
+            .upload(&user, &input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let marker = input.part_number_marker.unwrap_or(0);
+        let max = input
+            .max_parts
+            .unwrap_or(MAX_PARTS_LISTED)
+            .clamp(0, MAX_PARTS_LISTED);
+        let all: Vec<_> = self
+            .parts(dir)
+            .await?
+            .into_iter()
+            .filter(|p| p.0 > marker)
+            .collect();
+        let truncated = all.len() > usize::try_from(max).unwrap_or(0);
+        let shown: Vec<Part> = all
+            .iter()
+            .take(usize::try_from(max).unwrap_or(0))
+            .map(|(n, attr, meta)| Part {
+                e_tag: Some(ETag::Strong(meta.etag_for(attr))),
+                last_modified: Some(timestamp(attr.mtime_ns)),
+                part_number: Some(*n),
+                size: i64::try_from(attr.size).ok(),
+                ..Default::default()
+            })
+            .collect();
+        let next = shown.last().and_then(|p| p.part_number);
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max),
+            is_truncated: Some(truncated),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: next.filter(|_| truncated),
+            parts: Some(shown),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn complete_multipart(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        let (dir, upload) = self
+            .upload(&user, &input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let asked = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default();
+        if asked.is_empty() {
+            return Err(s3_error!(MalformedXML, "no parts named"));
+        }
+        let have = self.parts(dir).await?;
+        let mut sources = Vec::with_capacity(asked.len());
+        let mut md5s = Vec::with_capacity(asked.len());
+        let mut previous = 0;
+        for (i, part) in asked.iter().enumerate() {
+            let number = part.part_number.unwrap_or(0);
+            if number <= previous {
+                return Err(s3_error!(InvalidPartOrder));
+            }
+            previous = number;
+            let Some((_, attr, meta)) = have.iter().find(|p| p.0 == number) else {
+                return Err(s3_error!(InvalidPart, "part {number} was not uploaded"));
+            };
+            let etag = meta.etag_for(attr);
+            if let Some(named) = &part.e_tag {
+                if !named.weak_cmp(&ETag::Strong(etag.clone())) {
+                    return Err(s3_error!(
+                        InvalidPart,
+                        "part {number}'s ETag does not match"
+                    ));
+                }
+            }
+            if i + 1 < asked.len() && attr.size < MIN_PART_BYTES {
+                return Err(s3_error!(
+                    EntityTooSmall,
+                    "part {number} is {} bytes; each part but the last must be at least 5 MiB",
+                    attr.size
+                ));
+            }
+            md5s.push(md5_of_etag(&etag).unwrap_or_default());
+            sources.push((attr.clone(), attr.size));
+        }
+        let path = parse_key(&input.key)?;
+        let Some((name, dirs)) = path.parts.split_last() else {
+            return Err(s3_error!(InvalidArgument, "empty key"));
+        };
+        let bucket = self.volume.bucket(&user, &input.bucket).await?;
+        let parent = self.volume.parent_for_write(&user, &bucket, dirs).await?;
+        let written: Written = self.share_into_tmp(&user, &sources).await?;
+        let etag = multipart_etag(&md5s);
+        let mut meta = upload.meta.clone();
+        meta.etag = etag.clone();
+        if let Err(e) = self.seal(&written, meta).await {
+            self.discard(&written).await;
+            return Err(e);
+        }
+        self.volume
+            .publish(&written, parent.ino, name, false)
+            .await?;
+        self.remove_upload(dir, &input.upload_id).await;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket.clone()),
+            key: Some(input.key.clone()),
+            e_tag: Some(ETag::Strong(etag)),
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            ..Default::default()
+        }))
+    }
+
+    /// Deletes an upload's parts and directory (their chunks stay while
+    /// the completed object shares them).
+    async fn remove_upload(&self, dir: u64, id: &str) {
+        let result = async {
+            for e in self.volume.entries(dir).await? {
+                self.volume.dfs().unlink(dir, &e.name).await?;
+            }
+            let uploads = self.volume.private_dir(MULTIPART_DIR).await?;
+            self.volume.dfs().rmdir(uploads.ino, id.as_bytes()).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(upload = id, error = %e.message, "cannot remove a finished upload");
+        }
+    }
+
+    pub(super) async fn abort_multipart(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        let (dir, _) = self
+            .upload(&user, &input.bucket, &input.key, &input.upload_id)
+            .await?;
+        self.remove_upload(dir, &input.upload_id).await;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    pub(super) async fn list_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        self.volume.bucket(&user, &input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads_dir = self.volume.private_dir(MULTIPART_DIR).await.s3()?;
+        let mut uploads = Vec::new();
+        for e in self.volume.entries(uploads_dir.ino).await.s3()? {
+            let Ok(raw) = self.volume.dfs().getxattr(e.ino, UPLOAD_XATTR).await else {
+                continue;
+            };
+            let Ok(upload) = serde_json::from_slice::<Upload>(&raw) else {
+                continue;
+            };
+            if upload.bucket != input.bucket
+                || !upload.key.starts_with(&prefix)
+                || (upload.uid != user.uid && !user.is_root())
+            {
+                continue;
+            }
+            uploads.push(MultipartUpload {
+                initiated: Some(timestamp(upload.initiated_ns)),
+                key: Some(upload.key),
+                upload_id: Some(String::from_utf8_lossy(&e.name).to_string()),
+                ..Default::default()
+            });
+        }
+        uploads.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipart_etags_are_the_md5_of_the_parts_md5s() {
+        // Two parts whose MD5s are all zeros and all ones.
+        let etag = multipart_etag(&[[0; 16], [0xff; 16]]);
+        assert!(etag.ends_with("-2"));
+        assert_eq!(etag.len(), 32 + 2);
+        assert_eq!(
+            md5_of_etag("00000000000000000000000000000000"),
+            Some([0; 16])
+        );
+        assert_eq!(md5_of_etag("abc-2"), None);
+        assert!(check_part_number(0).is_err());
+        assert!(check_part_number(10_001).is_err());
+        assert_eq!(part_name(7), "00007");
+    }
+}

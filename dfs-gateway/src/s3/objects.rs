@@ -1,0 +1,501 @@
+//! GET, HEAD, PUT and copy of one object.
+
+use dfs_proto::{FileKind, InodeRecord};
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Response, S3Result};
+
+use super::{timestamp, Gateway, MAX_PUT_BYTES};
+use crate::object_meta::{self, ObjectMeta, MAX_USER_METADATA_BYTES};
+use crate::perm::READ;
+use crate::volume::{parse_key, s3_error, OrS3, Written};
+
+/// What a conditional GET or HEAD decides.
+fn check_conditions(
+    etag: &str,
+    last_modified: &Timestamp,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    let ours = ETag::Strong(etag.to_string());
+    let matches = |c: &ETagCondition| match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.weak_cmp(&ours),
+    };
+    // RFC 9110 13.2.2: If-Match, then If-Unmodified-Since when there is no
+    // If-Match, then If-None-Match, then If-Modified-Since when there is no
+    // If-None-Match.
+    match if_match {
+        Some(c) if !matches(c) => return Err(s3_error!(PreconditionFailed)),
+        Some(_) => {}
+        None => {
+            if let Some(since) = if_unmodified_since {
+                if last_modified > since {
+                    return Err(s3_error!(PreconditionFailed));
+                }
+            }
+        }
+    }
+    match if_none_match {
+        Some(c) if matches(c) => return Err(s3_error!(NotModified)),
+        Some(_) => {}
+        None => {
+            if let Some(since) = if_modified_since {
+                if last_modified <= since {
+                    return Err(s3_error!(NotModified));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn content_range(start: u64, end: u64, size: u64) -> String {
+    format!("bytes {start}-{}/{size}", end.saturating_sub(1))
+}
+
+/// `x-amz-meta-*` of a request, checked against S3's size limit.
+fn user_metadata(
+    metadata: Option<Metadata>,
+) -> S3Result<std::collections::BTreeMap<String, String>> {
+    let map: std::collections::BTreeMap<String, String> = metadata
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_USER_METADATA_BYTES {
+        return Err(s3_error!(
+            MetadataTooLarge,
+            "user metadata is at most {MAX_USER_METADATA_BYTES} bytes"
+        ));
+    }
+    Ok(map)
+}
+
+fn to_metadata(meta: &ObjectMeta) -> Option<Metadata> {
+    (!meta.user.is_empty()).then(|| meta.user.clone().into_iter().collect())
+}
+
+/// Base64 of an MD5, as Content-MD5 carries it.
+fn base64_md5(md5: &[u8; 16]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(md5)
+}
+
+impl Gateway {
+    pub(super) async fn get_object_impl(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let user = self.user(&req).await?;
+        let key = self.keys.signed(req.credentials.as_ref()).await?;
+        let input = req.input;
+        let attr = self
+            .volume
+            .object(&user, &input.bucket, &input.key, READ)
+            .await?;
+        let meta = object_meta::load(self.volume.dfs(), attr.ino).await.s3()?;
+        let etag = meta.etag_for(&attr);
+        let last_modified = timestamp(attr.mtime_ns);
+        check_conditions(
+            &etag,
+            &last_modified,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let handle = self.volume.open_read(&attr).await.s3()?;
+        let size = attr.size;
+        let (start, end, range) = match &input.range {
+            None => (0, size, None),
+            Some(r) => {
+                let span = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
+                (
+                    span.start,
+                    span.end,
+                    Some(content_range(span.start, span.end, size)),
+                )
+            }
+        };
+        let stream = self.volume.read_stream(handle, start, end);
+        let stream = self.limits.meter(&key, stream);
+        let output = GetObjectOutput {
+            body: Some(StreamingBlob::wrap(stream)),
+            content_length: i64::try_from(end - start).ok(),
+            content_range: range,
+            accept_ranges: Some("bytes".to_string()),
+            last_modified: Some(last_modified),
+            e_tag: Some(ETag::Strong(etag)),
+            metadata: to_metadata(&meta),
+            content_type: input.response_content_type.or(meta.content_type.clone()),
+            content_encoding: input
+                .response_content_encoding
+                .or(meta.content_encoding.clone()),
+            content_disposition: input
+                .response_content_disposition
+                .or(meta.content_disposition.clone()),
+            content_language: input
+                .response_content_language
+                .or(meta.content_language.clone()),
+            cache_control: input.response_cache_control.or(meta.cache_control.clone()),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    pub(super) async fn head_object_impl(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        let attr = self
+            .volume
+            .object(&user, &input.bucket, &input.key, 0)
+            .await?;
+        let meta = object_meta::load(self.volume.dfs(), attr.ino).await.s3()?;
+        let etag = meta.etag_for(&attr);
+        let last_modified = timestamp(attr.mtime_ns);
+        check_conditions(
+            &etag,
+            &last_modified,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let (length, range) = match &input.range {
+            None => (attr.size, None),
+            Some(r) => {
+                let span = r.check(attr.size).map_err(|_| s3_error!(InvalidRange))?;
+                (
+                    span.end - span.start,
+                    Some(content_range(span.start, span.end, attr.size)),
+                )
+            }
+        };
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: i64::try_from(length).ok(),
+            content_range: range,
+            accept_ranges: Some("bytes".to_string()),
+            last_modified: Some(last_modified),
+            e_tag: Some(ETag::Strong(etag)),
+            metadata: to_metadata(&meta),
+            content_type: meta.content_type.clone(),
+            content_encoding: meta.content_encoding.clone(),
+            content_disposition: meta.content_disposition.clone(),
+            content_language: meta.content_language.clone(),
+            cache_control: meta.cache_control.clone(),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn put_object_impl(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let user = self.user(&req).await?;
+        let key = self.keys.signed(req.credentials.as_ref()).await?;
+        let input = req.input;
+        let path = parse_key(&input.key)?;
+        let bucket = self.volume.bucket(&user, &input.bucket).await?;
+        if path.dir_marker {
+            if input.content_length.unwrap_or(0) > 0 {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "a key ending in `/` is a directory here and holds no bytes"
+                ));
+            }
+            self.volume
+                .parent_for_write(&user, &bucket, &path.parts)
+                .await?;
+            return Ok(S3Response::new(PutObjectOutput {
+                e_tag: Some(ETag::Strong("d41d8cd98f00b204e9800998ecf8427e".into())),
+                ..Default::default()
+            }));
+        }
+        let Some((name, dirs)) = path.parts.split_last() else {
+            return Err(s3_error!(InvalidArgument, "empty key"));
+        };
+        let parent = self.volume.parent_for_write(&user, &bucket, dirs).await?;
+        let existing = match self.volume.dfs().lookup(parent.ino, name.as_bytes()).await {
+            Ok(attr) => Some(attr),
+            Err(e) if e.errno == libc::ENOENT => None,
+            Err(e) => return Err(s3_error(e)),
+        };
+        if existing
+            .as_ref()
+            .is_some_and(|a| a.kind() == FileKind::Directory)
+        {
+            return Err(s3_error!(
+                InvalidArgument,
+                "`{}` is a prefix of other keys, so it cannot also be an object",
+                input.key
+            ));
+        }
+        let create_only = input
+            .if_none_match
+            .as_ref()
+            .is_some_and(ETagCondition::is_any);
+        if create_only && existing.is_some() {
+            return Err(s3_error!(PreconditionFailed, "the object exists"));
+        }
+        if let Some(condition) = &input.if_match {
+            let Some(current) = &existing else {
+                return Err(s3_error!(PreconditionFailed, "the object does not exist"));
+            };
+            let meta = object_meta::load(self.volume.dfs(), current.ino)
+                .await
+                .s3()?;
+            let ours = ETag::Strong(meta.etag_for(current));
+            if let ETagCondition::ETag(e) = condition {
+                if !e.strong_cmp(&ours) {
+                    return Err(s3_error!(PreconditionFailed, "the ETag does not match"));
+                }
+            }
+        }
+        if input.content_length.unwrap_or(0) > MAX_PUT_BYTES as i64 {
+            return Err(s3_error!(
+                EntityTooLarge,
+                "at most {MAX_PUT_BYTES} bytes in one PUT"
+            ));
+        }
+        let user_meta = user_metadata(input.metadata)?;
+        let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
+        let body = self.limits.meter(&key, body);
+        let written = self.volume.write_tmp(&user, body, MAX_PUT_BYTES).await?;
+        let result = async {
+            if let Some(expected) = &input.content_md5 {
+                if *expected != base64_md5(&written.md5) {
+                    return Err(s3_error!(BadDigest));
+                }
+            }
+            if let Some(length) = input.content_length {
+                if u64::try_from(length).ok() != Some(written.size) {
+                    return Err(s3_error!(IncompleteBody));
+                }
+            }
+            let etag = hex::encode(written.md5);
+            let meta = ObjectMeta {
+                etag: etag.clone(),
+                content_type: input.content_type.clone(),
+                content_encoding: input.content_encoding.clone(),
+                content_disposition: input.content_disposition.clone(),
+                content_language: input.content_language.clone(),
+                cache_control: input.cache_control.clone(),
+                user: user_meta.clone(),
+                ..Default::default()
+            };
+            self.seal(&written, meta).await?;
+            Ok(etag)
+        }
+        .await;
+        let etag = match result {
+            Ok(etag) => etag,
+            Err(e) => {
+                self.discard(&written).await;
+                return Err(e);
+            }
+        };
+        self.volume
+            .publish(&written, parent.ino, name, create_only)
+            .await?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            size: i64::try_from(written.size).ok(),
+            ..Default::default()
+        }))
+    }
+
+    /// Stores `meta` on a written file, with the data version it is for.
+    pub(super) async fn seal(&self, written: &Written, mut meta: ObjectMeta) -> S3Result<()> {
+        let attr: InodeRecord = self.volume.dfs().getattr(written.ino).await.s3()?;
+        meta.version = attr.data_version;
+        object_meta::store(self.volume.dfs(), written.ino, &meta)
+            .await
+            .s3()
+    }
+
+    pub(super) async fn discard(&self, written: &Written) {
+        if let Err(e) = self
+            .volume
+            .dfs()
+            .unlink(written.tmp_dir, written.name.as_bytes())
+            .await
+        {
+            tracing::warn!(error = %e.message, "cannot remove an unfinished upload");
+        }
+    }
+
+    pub(super) async fn copy_object_impl(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        let CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            ..
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(NotImplemented, "copy sources are bucket/key"));
+        };
+        let src = self.volume.object(&user, src_bucket, src_key, READ).await?;
+        let src_meta = object_meta::load(self.volume.dfs(), src.ino).await.s3()?;
+        let src_etag = src_meta.etag_for(&src);
+        check_conditions(
+            &src_etag,
+            &timestamp(src.mtime_ns),
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|e| {
+            // A copy's failed condition is always 412, never 304.
+            if *e.code() == s3s::S3ErrorCode::NotModified {
+                s3_error!(PreconditionFailed)
+            } else {
+                e
+            }
+        })?;
+        let path = parse_key(&input.key)?;
+        let Some((name, dirs)) = path.parts.split_last().filter(|_| !path.dir_marker) else {
+            return Err(s3_error!(
+                InvalidArgument,
+                "cannot copy onto a key ending in `/`"
+            ));
+        };
+        let bucket = self.volume.bucket(&user, &input.bucket).await?;
+        let parent = self.volume.parent_for_write(&user, &bucket, dirs).await?;
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let mut meta = if replace {
+            ObjectMeta {
+                content_type: input.content_type.clone(),
+                content_encoding: input.content_encoding.clone(),
+                content_disposition: input.content_disposition.clone(),
+                content_language: input.content_language.clone(),
+                cache_control: input.cache_control.clone(),
+                user: user_metadata(input.metadata.clone())?,
+                ..Default::default()
+            }
+        } else {
+            src_meta.clone()
+        };
+        // The same bytes, so the same ETag.
+        meta.etag = src_etag.clone();
+        let written = self
+            .share_into_tmp(&user, &[(src.clone(), src.size)])
+            .await?;
+        if let Err(e) = self.seal(&written, meta).await {
+            self.discard(&written).await;
+            return Err(e);
+        }
+        self.volume
+            .publish(&written, parent.ino, name, false)
+            .await?;
+        let attr = self.volume.dfs().getattr(written.ino).await.s3()?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(src_etag)),
+                last_modified: Some(timestamp(attr.mtime_ns)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    /// A new file in `/.s3/tmp` made of `sources` one after another, their
+    /// chunks shared (`copy_file_range`: no bytes move), committed.
+    pub(super) async fn share_into_tmp(
+        &self,
+        user: &crate::auth::User,
+        sources: &[(InodeRecord, u64)],
+    ) -> S3Result<Written> {
+        let tmp = self.volume.private_dir(crate::volume::TMP_DIR).await.s3()?;
+        let name = crate::volume::Volume::tmp_name();
+        let (attr, out) = self.volume.create_file(user, tmp.ino, &name).await.s3()?;
+        let copied = async {
+            let mut at = 0u64;
+            for (source, size) in sources {
+                let input = self.volume.open_read(source).await?;
+                let mut done = 0u64;
+                while done < *size {
+                    let n = self
+                        .volume
+                        .handles
+                        .copy_file_range(input.fh, done, out.fh, at + done, size - done)
+                        .await?;
+                    if n == 0 {
+                        return Err(dfs_core::error::DfsError::new(
+                            libc::EIO,
+                            "a source became shorter while it was copied",
+                        ));
+                    }
+                    done += n;
+                }
+                input.close().await?;
+                at += size;
+            }
+            out.close().await?;
+            Ok(at)
+        }
+        .await;
+        match copied {
+            Ok(size) => Ok(Written {
+                tmp_dir: tmp.ino,
+                name,
+                ino: attr.ino,
+                size,
+                md5: [0; 16],
+            }),
+            Err(e) => {
+                let _ = self.volume.dfs().unlink(tmp.ino, name.as_bytes()).await;
+                Err(s3_error(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        timestamp(secs * 1_000_000_000)
+    }
+
+    #[test]
+    fn conditions_follow_rfc_9110() {
+        let etag = "abc";
+        let now = ts(1000);
+        let same = ETagCondition::ETag(ETag::Strong("abc".into()));
+        let other = ETagCondition::ETag(ETag::Strong("xyz".into()));
+        assert!(check_conditions(etag, &now, Some(&same), None, None, None).is_ok());
+        assert!(check_conditions(etag, &now, Some(&other), None, None, None).is_err());
+        let e = check_conditions(etag, &now, None, Some(&same), None, None).err();
+        assert_eq!(
+            e.map(|e| e.code().clone()),
+            Some(s3s::S3ErrorCode::NotModified)
+        );
+        assert!(check_conditions(etag, &now, None, Some(&other), None, None).is_ok());
+        assert!(check_conditions(etag, &now, None, None, Some(&ts(1000)), None).is_err());
+        assert!(check_conditions(etag, &now, None, None, Some(&ts(999)), None).is_ok());
+        assert!(check_conditions(etag, &now, None, None, None, Some(&ts(999))).is_err());
+        // If-None-Match wins over If-Modified-Since.
+        assert!(check_conditions(etag, &now, None, Some(&other), Some(&ts(2000)), None).is_ok());
+    }
+
+    #[test]
+    fn content_md5_is_base64() {
+        let md5 = [0u8; 16];
+        assert_eq!(base64_md5(&md5), "AAAAAAAAAAAAAAAAAAAAAA==");
+    }
+}

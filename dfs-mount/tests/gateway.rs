@@ -1,0 +1,794 @@
+//! dfs-gateway against real S3 clients (the AWS CLI, curl for presigned
+//! URLs and raw requests): every operation the gateway serves, the same
+//! namespace seen from a FUSE mount, permissions by the key's user, and
+//! the attacks it must refuse.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Gateway {
+    addr: String,
+    _proc: Proc,
+    _certs: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start(cluster: &TestCluster, args: &[&str]) -> Self {
+        // A client certificate with the gateway cap, in a directory of its own.
+        let certs = tempfile::tempdir().expect("tempdir");
+        let out = dfs_cmd("dfs")
+            .args([
+                "ca",
+                "issue",
+                "--role",
+                "client",
+                "gateway",
+                "--gateway",
+                "--ca",
+            ])
+            .arg(tls_dir())
+            .arg("--out")
+            .arg(certs.path())
+            .output()
+            .expect("dfs ca issue");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::copy(tls_dir().join("ca.crt"), certs.path().join("ca.crt")).expect("ca.crt");
+        let log = std::fs::File::create(cluster.dir.path().join("gateway.log")).expect("log");
+        let mut child = Command::new(bin("dfs-gateway"))
+            .args(["--meta", &cluster.meta_addr(), "--listen", "127.0.0.1:0"])
+            .arg("--tls-dir")
+            .arg(certs.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dfs-gateway");
+        let line = wait_for_line(
+            &mut child,
+            "dfs-gateway listening on ",
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {}", cluster.log("gateway")));
+        let addr = line.trim().rsplit(' ').next().expect("address").to_string();
+        Self {
+            addr,
+            _proc: Proc {
+                child: Some(child),
+                name: "dfs-gateway".into(),
+            },
+            _certs: certs,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[derive(Clone)]
+struct Key {
+    access: String,
+    secret: String,
+}
+
+fn add_key(cluster: &TestCluster, uid: u32, gid: u32, extra: &[&str]) -> Key {
+    let out = dfs_cmd("dfs")
+        .args(["keys", "add", "--meta", &cluster.meta_addr(), "--json"])
+        .args(["--uid", &uid.to_string(), "--gid", &gid.to_string()])
+        .args(extra)
+        .output()
+        .expect("dfs keys add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    Key {
+        access: v["access_key"].as_str().expect("access key").to_string(),
+        secret: v["secret_key"].as_str().expect("secret").to_string(),
+    }
+}
+
+/// The AWS CLI for one key against the gateway, with no config from the
+/// machine it runs on.
+struct Aws<'a> {
+    url: String,
+    key: &'a Key,
+}
+
+impl Aws<'_> {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(tool("aws"));
+        cmd.arg("--endpoint-url")
+            .arg(&self.url)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &self.key.access)
+            .env("AWS_SECRET_ACCESS_KEY", &self.key.secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_MAX_ATTEMPTS", "2");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run aws")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        if out.trim().is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("aws {args:?}: {e}: {out}"))
+    }
+
+    /// Runs a command that must fail with `code` in its message.
+    fn fails(&self, args: &[&str], code: &str) {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "aws {args:?} succeeded");
+        assert!(
+            err.contains(code),
+            "aws {args:?}: expected {code}, got {err}"
+        );
+    }
+}
+
+/// A client tool from the venv scripts/install-deps.sh fills (the AWS CLI,
+/// Python with boto3), else from PATH.
+fn tool(name: &str) -> PathBuf {
+    let venv = Path::new("/var/tmp/dfs-tools/weed-venv/bin").join(name);
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+fn md5_hex(path: &Path) -> String {
+    let out = sh(&format!("md5sum {}", path.display()));
+    out.split_whitespace().next().expect("md5").to_string()
+}
+
+fn write_random(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, random_bytes(len, seed)).expect("write");
+    path
+}
+
+fn keys(listing: &serde_json::Value) -> Vec<String> {
+    listing["Contents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|o| o["Key"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn prefixes(listing: &serde_json::Value) -> Vec<String> {
+    listing["CommonPrefixes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|o| o["Prefix"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn curl_status(args: &[&str]) -> (u32, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let code = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// A presigned PUT URL, made by boto3 (the AWS CLI presigns only GETs).
+fn presign_put(gateway: &Gateway, key: &Key, bucket: &str, object: &str) -> String {
+    let script = format!(
+        "import boto3\n\
+         from botocore.client import Config\n\
+         c = boto3.client('s3', endpoint_url='{}', aws_access_key_id='{}', \
+         aws_secret_access_key='{}', region_name='us-east-1', \
+         config=Config(signature_version='s3v4'))\n\
+         print(c.generate_presigned_url('put_object', Params={{'Bucket': '{bucket}', 'Key': '{object}'}}, ExpiresIn=300))",
+        gateway.url(),
+        key.access,
+        key.secret
+    );
+    let out = Command::new(tool("python3"))
+        .args(["-c", &script])
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn s3_clients_and_mounts_share_one_namespace() {
+    let cluster = TestCluster::start(3, 3);
+    cluster.wait_servers_up(9);
+    let gateway = Gateway::start(&cluster, &[]);
+    let root_key = add_key(&cluster, 0, 0, &["--description", "test root"]);
+    let alice_key = add_key(&cluster, 1000, 1000, &[]);
+    let s3 = Aws {
+        url: gateway.url(),
+        key: &root_key,
+    };
+    let alice = Aws {
+        url: gateway.url(),
+        key: &alice_key,
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+
+    // Buckets.
+    s3.ok(&["s3api", "create-bucket", "--bucket", "photos"]);
+    s3.fails(
+        &["s3api", "create-bucket", "--bucket", "photos"],
+        "BucketAlreadyOwnedByYou",
+    );
+    let buckets = s3.json(&["s3api", "list-buckets"]);
+    assert!(buckets.to_string().contains("\"photos\""), "{buckets}");
+    s3.ok(&["s3api", "head-bucket", "--bucket", "photos"]);
+    s3.fails(&["s3api", "head-bucket", "--bucket", "nope"], "404");
+
+    // PUT, HEAD, GET, ranges, metadata.
+    let a = write_random(w, "a.bin", 100_000, 1);
+    let put = s3.json(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "2026/a.bin",
+        "--body",
+        a.to_str().unwrap_or_default(),
+        "--content-type",
+        "image/png",
+        "--metadata",
+        "color=blue",
+    ]);
+    let etag = format!("\"{}\"", md5_hex(&a));
+    assert_eq!(put["ETag"].as_str(), Some(etag.as_str()), "{put}");
+    let head = s3.json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "2026/a.bin",
+    ]);
+    assert_eq!(head["ContentLength"].as_u64(), Some(100_000), "{head}");
+    assert_eq!(head["ContentType"].as_str(), Some("image/png"), "{head}");
+    assert_eq!(head["Metadata"]["color"].as_str(), Some("blue"), "{head}");
+    assert_eq!(head["ETag"].as_str(), Some(etag.as_str()));
+    let got = w.join("got.bin");
+    s3.ok(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "2026/a.bin",
+        got.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(std::fs::read(&got).ok(), std::fs::read(&a).ok());
+    s3.ok(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "2026/a.bin",
+        "--range",
+        "bytes=10-99",
+        got.to_str().unwrap_or_default(),
+    ]);
+    let whole = std::fs::read(&a).expect("a");
+    assert_eq!(std::fs::read(&got).ok().as_deref(), Some(&whole[10..100]));
+    s3.fails(
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "2026/none",
+            "/dev/null",
+        ],
+        "NoSuchKey",
+    );
+    s3.fails(
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "2026/a.bin",
+            "--if-none-match",
+            &etag,
+            "/dev/null",
+        ],
+        "304",
+    );
+
+    // Listings: prefixes, delimiters, pages of one key.
+    for (key, seed) in [
+        ("2026/b.bin", 2),
+        ("2027/c.bin", 3),
+        ("top.txt", 4),
+        ("2026-notes", 5),
+    ] {
+        let f = write_random(w, "x", 1000, seed);
+        s3.ok(&[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "photos",
+            "--key",
+            key,
+            "--body",
+            f.to_str().unwrap_or_default(),
+        ]);
+    }
+    let top = s3.json(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "photos",
+        "--delimiter",
+        "/",
+    ]);
+    assert_eq!(prefixes(&top), ["2026/", "2027/"], "{top}");
+    assert_eq!(keys(&top), ["2026-notes", "top.txt"], "{top}");
+    let all = s3.json(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "photos",
+        "--page-size",
+        "1",
+    ]);
+    assert_eq!(
+        keys(&all),
+        [
+            "2026-notes",
+            "2026/a.bin",
+            "2026/b.bin",
+            "2027/c.bin",
+            "top.txt"
+        ],
+        "key order, through pages of one key: {all}"
+    );
+    let v1 = s3.json(&[
+        "s3api",
+        "list-objects",
+        "--bucket",
+        "photos",
+        "--prefix",
+        "2026/",
+    ]);
+    assert_eq!(keys(&v1), ["2026/a.bin", "2026/b.bin"], "{v1}");
+
+    // Copy shares chunks; the copy reads back the same.
+    let copied = s3.json(&[
+        "s3api",
+        "copy-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "copies/a.bin",
+        "--copy-source",
+        "photos/2026/a.bin",
+    ]);
+    assert_eq!(
+        copied["CopyObjectResult"]["ETag"].as_str(),
+        Some(etag.as_str())
+    );
+    s3.ok(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "copies/a.bin",
+        got.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(std::fs::read(&got).ok(), std::fs::read(&a).ok());
+
+    // Multipart (the CLI splits above 8 MiB): parts become the object's
+    // chunks, not a second copy of them.
+    let before = cluster.stats();
+    let big = write_random(w, "big.bin", 20 << 20, 6);
+    s3.ok(&[
+        "s3",
+        "cp",
+        big.to_str().unwrap_or_default(),
+        "s3://photos/big.bin",
+    ]);
+    let after = cluster.stats();
+    let added =
+        after["unique_bytes"].as_u64().unwrap_or(0) - before["unique_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        added < (22 << 20),
+        "multipart stored {added} new unique bytes for 20 MiB"
+    );
+    let head = s3.json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "big.bin",
+    ]);
+    assert!(
+        head["ETag"].as_str().unwrap_or_default().ends_with("-3\""),
+        "{head}"
+    );
+    s3.ok(&[
+        "s3",
+        "cp",
+        "s3://photos/big.bin",
+        got.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(md5_hex(&got), md5_hex(&big));
+    let uploads = s3.json(&["s3api", "list-multipart-uploads", "--bucket", "photos"]);
+    assert!(
+        uploads["Uploads"].as_array().is_none_or(Vec::is_empty),
+        "{uploads}"
+    );
+
+    // Presigned GET.
+    let url = s3.ok(&[
+        "s3",
+        "presign",
+        "s3://photos/2026/a.bin",
+        "--expires-in",
+        "300",
+    ]);
+    let fetched = Command::new("curl")
+        .args(["-sf", url.trim()])
+        .output()
+        .expect("curl");
+    assert!(fetched.status.success());
+    assert_eq!(Some(fetched.stdout), std::fs::read(&a).ok());
+
+    // A mount sees what the gateway wrote, and the gateway what it wrote.
+    let mount = TestMount::start(&cluster.meta_addr(), &[]);
+    let m = &mount.path;
+    assert_eq!(
+        std::fs::read(m.join("photos/2026/a.bin")).ok(),
+        std::fs::read(&a).ok()
+    );
+    assert_eq!(
+        std::fs::read(m.join("photos/big.bin")).ok(),
+        std::fs::read(&big).ok()
+    );
+    std::fs::write(m.join("photos/from-mount.txt"), b"written in a mount\n").expect("write");
+    s3.ok(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "from-mount.txt",
+        got.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(
+        std::fs::read(&got).ok().as_deref(),
+        Some(&b"written in a mount\n"[..])
+    );
+    let xattr = sh(&format!(
+        "getfattr --only-values -n user.s3 {}",
+        m.join("photos/2026/a.bin").display()
+    ));
+    assert!(xattr.contains("\"color\":\"blue\""), "{xattr}");
+
+    // Deleting the last object of a prefix removes the prefix.
+    s3.ok(&[
+        "s3api",
+        "delete-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "2027/c.bin",
+    ]);
+    s3.ok(&[
+        "s3api",
+        "delete-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "2027/none",
+    ]);
+    let top = s3.json(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "photos",
+        "--delimiter",
+        "/",
+    ]);
+    assert_eq!(prefixes(&top), ["2026/", "copies/"], "{top}");
+    assert!(!m.join("photos/2027").exists());
+    let batch = s3.json(&[
+        "s3api",
+        "delete-objects",
+        "--bucket",
+        "photos",
+        "--delete",
+        "Objects=[{Key=copies/a.bin},{Key=2026-notes}]",
+    ]);
+    assert_eq!(
+        batch["Deleted"].as_array().map(Vec::len),
+        Some(2),
+        "{batch}"
+    );
+
+    // Permissions: Alice (uid 1000) is "other" everywhere here.
+    std::fs::write(m.join("photos/secret.txt"), b"root only").expect("write");
+    sh(&format!(
+        "chmod 600 {}",
+        m.join("photos/secret.txt").display()
+    ));
+    alice.fails(
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "secret.txt",
+            "/dev/null",
+        ],
+        "AccessDenied",
+    );
+    alice.ok(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "top.txt",
+        got.to_str().unwrap_or_default(),
+    ]);
+    alice.fails(
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "mine.txt",
+            "--body",
+            a.to_str().unwrap_or_default(),
+        ],
+        "AccessDenied",
+    );
+    alice.fails(
+        &["s3api", "create-bucket", "--bucket", "alices"],
+        "AccessDenied",
+    );
+    // Given a directory of her own, she writes there, as uid 1000.
+    std::fs::create_dir(m.join("photos/alice")).expect("mkdir");
+    sh(&format!(
+        "chown 1000:1000 {}",
+        m.join("photos/alice").display()
+    ));
+    alice.ok(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "alice/mine.txt",
+        "--body",
+        a.to_str().unwrap_or_default(),
+    ]);
+    let owner = sh(&format!(
+        "stat -c %u:%g {}",
+        m.join("photos/alice/mine.txt").display()
+    ));
+    assert_eq!(owner.trim(), "1000:1000");
+
+    // A bucket with objects cannot go; an empty one can.
+    s3.fails(
+        &["s3api", "delete-bucket", "--bucket", "photos"],
+        "BucketNotEmpty",
+    );
+    s3.ok(&["s3api", "create-bucket", "--bucket", "empty"]);
+    s3.ok(&["s3api", "delete-bucket", "--bucket", "empty"]);
+    drop(mount);
+}
+
+#[test]
+fn attacks_on_the_gateway_are_refused() {
+    let cluster = TestCluster::start(3, 3);
+    cluster.wait_servers_up(9);
+    let gateway = Gateway::start(&cluster, &[]);
+    let key = add_key(&cluster, 0, 0, &[]);
+    let slow_key = add_key(&cluster, 0, 0, &["--request-rate", "2"]);
+    let s3 = Aws {
+        url: gateway.url(),
+        key: &key,
+    };
+    s3.ok(&["s3api", "create-bucket", "--bucket", "data"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let f = write_random(work.path(), "f", 1000, 9);
+    s3.ok(&["s3", "cp", f.to_str().unwrap_or_default(), "s3://data/f"]);
+
+    // No signature.
+    let (code, _) = curl_status(&[&format!("{}/data/f", gateway.url())]);
+    assert_eq!(code, 403, "an unsigned GET");
+    let (code, _) = curl_status(&[
+        "-X",
+        "PUT",
+        "--data",
+        "x",
+        &format!("{}/data/g", gateway.url()),
+    ]);
+    assert_eq!(code, 403, "an unsigned PUT");
+    // A wrong secret, an unknown key.
+    let wrong = Key {
+        access: key.access.clone(),
+        secret: "not-the-secret-at-all-0000000000000000000".into(),
+    };
+    Aws {
+        url: gateway.url(),
+        key: &wrong,
+    }
+    .fails(
+        &["s3api", "list-objects-v2", "--bucket", "data"],
+        "SignatureDoesNotMatch",
+    );
+    let unknown = Key {
+        access: "NOSUCHKEY0000000000".into(),
+        secret: "whatever".into(),
+    };
+    Aws {
+        url: gateway.url(),
+        key: &unknown,
+    }
+    .fails(
+        &["s3api", "list-objects-v2", "--bucket", "data"],
+        "InvalidAccessKeyId",
+    );
+    // A presigned URL past its expiry, and one whose path was changed.
+    let url = s3.ok(&["s3", "presign", "s3://data/f", "--expires-in", "1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _) = curl_status(&[url.trim()]);
+    assert_eq!(code, 403, "an expired presigned URL");
+    let url = s3.ok(&["s3", "presign", "s3://data/f", "--expires-in", "300"]);
+    let (code, _) = curl_status(&[&url.trim().replace("/data/f", "/data/g")]);
+    assert_eq!(code, 403, "a presigned URL for another key");
+    // A key over its rate: 503 SlowDown with Retry-After, and the service
+    // stays up for everyone else.
+    let slow = Aws {
+        url: gateway.url(),
+        key: &slow_key,
+    };
+    let urls: Vec<String> = (0..8)
+        .map(|_| {
+            slow.ok(&["s3", "presign", "s3://data/f"])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let mut slowed = 0;
+    for u in &urls {
+        let (code, head) = curl_status(&[u]);
+        if code == 503 {
+            assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+            slowed += 1;
+        } else {
+            assert_eq!(code, 200, "{head}");
+        }
+    }
+    assert!(
+        slowed >= 4,
+        "only {slowed} of 8 requests at once over 2/s were slowed down"
+    );
+    s3.ok(&["s3api", "head-object", "--bucket", "data", "--key", "f"]);
+    // Oversized request heads.
+    let big_header = format!("X-Filler: {}", "a".repeat(100_000));
+    let (code, _) = curl_status(&["-H", &big_header, &format!("{}/data/f", gateway.url())]);
+    assert_eq!(code, 431, "a 100 KB header");
+    // A presigned PUT works; one declaring more than a single PUT may
+    // carry is refused before any of it is stored.
+    let put_url = presign_put(&gateway, &key, "data", "uploaded");
+    let (code, _) = curl_status(&["-X", "PUT", "--data-binary", "presigned body", &put_url]);
+    assert_eq!(code, 200, "a presigned PUT");
+    let got = work.path().join("got");
+    s3.ok(&[
+        "s3",
+        "cp",
+        "s3://data/uploaded",
+        got.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(
+        std::fs::read(&got).ok().as_deref(),
+        Some(&b"presigned body"[..])
+    );
+    let put_url = presign_put(&gateway, &key, "data", "huge");
+    let (code, _) = curl_status(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Length: 6000000000",
+        "--data-binary",
+        "x",
+        "--max-time",
+        "10",
+        &put_url,
+    ]);
+    assert_eq!(code, 400, "a 6 GB PUT");
+    // Keys that are not paths.
+    s3.fails(
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "data",
+            "--key",
+            "a//b",
+            "--body",
+            f.to_str().unwrap_or_default(),
+        ],
+        "InvalidArgument",
+    );
+    s3.fails(
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "data",
+            "--key",
+            "../etc/passwd",
+            "--body",
+            f.to_str().unwrap_or_default(),
+        ],
+        "InvalidArgument",
+    );
+    // Health, for the load balancer.
+    let (code, _) = curl_status(&[&format!("{}/health", gateway.url())]);
+    assert_eq!(code, 200);
+}
