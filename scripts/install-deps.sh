@@ -16,14 +16,19 @@ command -v getfattr >/dev/null || need+=(attr)
 command -v setfacl >/dev/null || need+=(acl)
 command -v rsync >/dev/null || need+=(rsync)
 command -v curl >/dev/null || need+=(curl)
+# S3 clients the gateway tests sync trees with.
+command -v s3cmd >/dev/null || need+=(s3cmd)
+command -v rclone >/dev/null || need+=(rclone)
 command -v git >/dev/null || need+=(git)
 command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # The metrics tests run a real Prometheus; CI checks the alert rules with promtool.
-prometheus=()
-{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || prometheus=(prometheus)
+# The gateway tests put a real HAProxy in front of two gateways.
+daemons=()
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || daemons+=(prometheus)
+command -v haproxy >/dev/null || daemons+=(haproxy)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
@@ -32,8 +37,8 @@ if ((${#need[@]})); then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-if ((${#prometheus[@]})); then
-  echo "installing: prometheus (its service is not started: tests run their own)"
+if ((${#daemons[@]})); then
+  echo "installing: ${daemons[*]} (their services are not started: tests run their own)"
   export DEBIAN_FRONTEND=noninteractive
   ((${#need[@]})) || apt-get update -qq
   # Debian starts a packaged daemon on install unless policy-rc.d says no.
@@ -44,9 +49,9 @@ if ((${#prometheus[@]})); then
     chmod 755 "$policy"
     made_policy=1
   fi
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null || status=$?
+  apt-get install -y -qq --no-install-recommends "${daemons[@]}" >/dev/null || status=$?
   [[ -z $made_policy ]] || rm -f "$policy"
-  [[ ${status:-0} -eq 0 ]] || { echo "apt-get install prometheus failed" >&2; exit 1; }
+  [[ ${status:-0} -eq 0 ]] || { echo "apt-get install ${daemons[*]} failed" >&2; exit 1; }
 fi
 
 # The tiering tests keep cold chunks on a real S3 server: SeaweedFS's (PyPI

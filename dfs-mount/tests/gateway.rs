@@ -13,7 +13,7 @@ use common::*;
 
 struct Gateway {
     addr: String,
-    _proc: Proc,
+    proc: Proc,
     _certs: tempfile::TempDir,
 }
 
@@ -61,7 +61,7 @@ impl Gateway {
         let addr = line.trim().rsplit(' ').next().expect("address").to_string();
         Self {
             addr,
-            _proc: Proc {
+            proc: Proc {
                 child: Some(child),
                 name: "dfs-gateway".into(),
             },
@@ -791,4 +791,263 @@ fn attacks_on_the_gateway_are_refused() {
     // Health, for the load balancer.
     let (code, _) = curl_status(&[&format!("{}/health", gateway.url())]);
     assert_eq!(code, 200);
+}
+
+/// A tree, by relative path and content.
+fn tree_files(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = e.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .expect("prefix")
+                    .display()
+                    .to_string();
+                out.insert(rel, std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn s3cmd_and_rclone_sync_a_tree_up_and_back() {
+    let cluster = TestCluster::start(3, 3);
+    cluster.wait_servers_up(9);
+    let gateway = Gateway::start(&cluster, &[]);
+    let key = add_key(&cluster, 0, 0, &[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    make_tree(&src, 150);
+    std::fs::remove_file(src.join("link")).expect("no symlinks: S3 has none");
+    let want = tree_files(&src);
+
+    // s3cmd, path-style, Signature V4.
+    let cfg = work.path().join("s3cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[default]\naccess_key = {}\nsecret_key = {}\nhost_base = {addr}\nhost_bucket = {addr}\n\
+             use_https = False\nsignature_v2 = False\nbucket_location = us-east-1\n",
+            key.access,
+            key.secret,
+            addr = gateway.addr
+        ),
+    )
+    .expect("s3cfg");
+    let s3cmd = |args: &[&str]| {
+        let out = Command::new("s3cmd")
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .expect("s3cmd");
+        assert!(
+            out.status.success(),
+            "s3cmd {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    s3cmd(&["mb", "s3://trees"]);
+    let src_arg = format!("{}/", src.display());
+    s3cmd(&["sync", &src_arg, "s3://trees/s3cmd/"]);
+    let back = work.path().join("back-s3cmd");
+    s3cmd(&["sync", "s3://trees/s3cmd/", &format!("{}/", back.display())]);
+    assert_eq!(tree_files(&back), want, "s3cmd's round trip");
+    // A second sync finds nothing to do: the listing's ETags are the MD5s.
+    s3cmd(&["sync", "--dry-run", &src_arg, "s3://trees/s3cmd/"]);
+
+    // rclone, configured from the environment.
+    let rclone = |args: &[&str]| {
+        let out = Command::new("rclone")
+            .args(args)
+            .env("RCLONE_CONFIG", work.path().join("rclone.conf"))
+            .env("RCLONE_CONFIG_DFS_TYPE", "s3")
+            .env("RCLONE_CONFIG_DFS_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_DFS_ACCESS_KEY_ID", &key.access)
+            .env("RCLONE_CONFIG_DFS_SECRET_ACCESS_KEY", &key.secret)
+            .env("RCLONE_CONFIG_DFS_ENDPOINT", gateway.url())
+            .env("RCLONE_CONFIG_DFS_REGION", "us-east-1")
+            // rclone's S3 client cannot take a CA bundle over plain HTTP.
+            .env_remove("AWS_CA_BUNDLE")
+            .output()
+            .expect("rclone");
+        assert!(
+            out.status.success(),
+            "rclone {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let src_s = src.display().to_string();
+    rclone(&["sync", &src_s, "dfs:trees/rclone"]);
+    rclone(&["check", &src_s, "dfs:trees/rclone"]);
+    let back = work.path().join("back-rclone");
+    rclone(&["sync", "dfs:trees/rclone", &back.display().to_string()]);
+    assert_eq!(tree_files(&back), want, "rclone's round trip");
+    // Both copies are files on the volume, the same through a mount.
+    let mount = TestMount::start(&cluster.meta_addr(), &[]);
+    assert_eq!(tree_files(&mount.path.join("trees/rclone")), want);
+    assert_eq!(tree_files(&mount.path.join("trees/s3cmd")), want);
+    drop(mount);
+}
+
+/// HAProxy as packaging/haproxy/dfs-gateway.cfg sets it up, in front of
+/// two gateways on this machine's ports.
+fn haproxy_config(front: u16, stats: u16, gateways: &[&str]) -> String {
+    let shipped = include_str!("../../packaging/haproxy/dfs-gateway.cfg");
+    let mut out = String::new();
+    for line in shipped.lines() {
+        let t = line.trim();
+        if t.starts_with("log ") || t.starts_with("server gateway") {
+            continue;
+        }
+        if t == "bind :80" {
+            out.push_str(&format!("    bind 127.0.0.1:{front}\n"));
+            continue;
+        }
+        if t == "bind 127.0.0.1:8404" {
+            out.push_str(&format!("    bind 127.0.0.1:{stats}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if t == "http-reuse safe" {
+            for (i, g) in gateways.iter().enumerate() {
+                out.push_str(&format!("    server gateway{} {g} check\n", i + 1));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn two_gateways_behind_haproxy_survive_one_dying() {
+    let cluster = TestCluster::start(3, 3);
+    cluster.wait_servers_up(9);
+    let mut first = Gateway::start(&cluster, &[]);
+    let second = Gateway::start(&cluster, &[]);
+    let key = add_key(&cluster, 0, 0, &[]);
+    let (front, stats) = (free_port(), free_port());
+    let work = tempfile::tempdir().expect("tempdir");
+    let cfg = work.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        haproxy_config(front, stats, &[&first.addr, &second.addr]),
+    )
+    .expect("cfg");
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .expect("haproxy -c");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut haproxy = Proc {
+        child: Some(
+            Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(work.path().join("haproxy.log")).expect("log"))
+                .spawn()
+                .expect("haproxy"),
+        ),
+        name: "haproxy".into(),
+    };
+    let url = format!("http://127.0.0.1:{front}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while curl_status(&[&format!("{url}/health")]).0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAProxy never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let s3 = Aws {
+        url: url.clone(),
+        key: &key,
+    };
+    s3.ok(&["s3api", "create-bucket", "--bucket", "many"]);
+
+    // A client putting 300 objects through HAProxy, one after another,
+    // with the SDK's retries (a PUT is idempotent).
+    const OBJECTS: usize = 300;
+    let script = format!(
+        "import boto3, sys\n\
+         from botocore.client import Config\n\
+         c = boto3.client('s3', endpoint_url='{url}', aws_access_key_id='{}', \
+         aws_secret_access_key='{}', region_name='us-east-1', \
+         config=Config(retries={{'max_attempts': 10, 'mode': 'standard'}}))\n\
+         for i in range({OBJECTS}):\n\
+         \x20   c.put_object(Bucket='many', Key='o%04d' % i, Body=(b'object %d ' % i) * 300)\n\
+         \x20   print(i, flush=True)\n",
+        key.access, key.secret
+    );
+    let mut client = Command::new(tool("python3"))
+        .args(["-c", &script])
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(work.path().join("client.log")).expect("log"))
+        .spawn()
+        .expect("client");
+    // Kill the first gateway once the client is under way.
+    wait_for_line(&mut client, "50", Duration::from_secs(120)).expect("50 objects put");
+    first.proc.kill();
+    let status = client.wait().expect("client");
+    assert!(
+        status.success(),
+        "the client stopped: {}",
+        std::fs::read_to_string(work.path().join("client.log")).unwrap_or_default()
+    );
+    // HAProxy marks it down by its health check (two failed checks a
+    // second apart).
+    let state = |name: &str| {
+        let csv = Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{stats}/stats;csv")])
+            .output()
+            .expect("stats");
+        String::from_utf8_lossy(&csv.stdout)
+            .lines()
+            .find(|l| l.starts_with(&format!("dfs_gateways,{name},")))
+            .and_then(|l| l.split(',').nth(17))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !state("gateway1").starts_with("DOWN") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAProxy still has gateway1 {}",
+            state("gateway1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(state("gateway2"), "UP");
+    // Nothing acknowledged was lost.
+    let mount = TestMount::start(&cluster.meta_addr(), &[]);
+    for i in 0..OBJECTS {
+        let path = mount.path.join(format!("many/o{i:04}"));
+        let want = format!("object {i} ").repeat(300);
+        assert_eq!(
+            std::fs::read(&path).ok(),
+            Some(want.into_bytes()),
+            "{}",
+            path.display()
+        );
+    }
+    drop(mount);
+    haproxy.kill();
+    drop(second);
 }
