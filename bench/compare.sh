@@ -40,6 +40,13 @@
 #      kernel caches are dropped before the stat phase (as juicefs bench does
 #      before its own): otherwise stat measures the kernel's attribute cache,
 #      i.e. each file system's cache timeouts, not the file system.
+#   8. (listed here as it runs first on each file system) S3 through each
+#      one's gateway, on the cluster just set up: dfs-gateway, `juicefs
+#      gateway`, `weed s3`; bench/s3_load.py puts and gets BENCH_S3_BIG_OBJECTS
+#      (32) objects of 8 MiB of random bytes and BENCH_S3_SMALL_OBJECTS (1000)
+#      of 4 KiB, BENCH_S3_THREADS (4) at a time, with boto3. BENCH_WORKLOADS
+#      (default fs,s3) chooses the file-system workloads (1-7), the S3 one, or
+#      both.
 #   6. CPU seconds (user + system) each file system's processes spent in
 #      each step (juicefs bench p1, p4, cp + tar, big unique write + read,
 #      tar x, metadata), from
@@ -148,6 +155,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/dfs-target}
 TLS_ROUNDS=${BENCH_TLS_ROUNDS:-5}
 [[ $TLS_ROUNDS =~ ^[0-9]+$ ]] || { echo "compare.sh: BENCH_TLS_ROUNDS must be a number" >&2; exit 2; }
 METRICS_ROUNDS=${BENCH_METRICS_ROUNDS:-3}
+BENCH_WORKLOADS=${BENCH_WORKLOADS:-fs,s3}
 [[ $METRICS_ROUNDS =~ ^[0-9]+$ ]] || { echo "compare.sh: BENCH_METRICS_ROUNDS must be a number" >&2; exit 2; }
 
 # median V...: the middle value (the mean of the two middle ones), empty
@@ -325,6 +333,8 @@ JFS_PID=""
 JFS_CHILD_PIDS=()
 REDIS_PID=""
 SW_MNT=""
+JFS_URL=""
+SW_FILER=""
 SW_MOUNT_PID=""
 SW_SERVER_PID=""
 declare -A RES=() # RES[fs|row] = figure
@@ -411,6 +421,11 @@ install_tools() {
   fi
   [[ $("$WEED" version 2>/dev/null || true) == *" $SEAWEEDFS_VERSION "* ]] ||
     die "$WEED is not SeaweedFS $SEAWEEDFS_VERSION: $("$WEED" version 2>&1 | head -1)"
+  # The S3 load's client (bench/s3_load.py).
+  if [[ ,$BENCH_WORKLOADS, == *,s3,* ]] && ! "$TOOLS/venv/bin/python" -c 'import boto3' 2>/dev/null; then
+    log "installing boto3 into $TOOLS/venv (pip)"
+    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "boto3==1.43.11"
+  fi
 }
 
 build_dfs() {
@@ -632,6 +647,7 @@ setup_juicefs() {
   done
   [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true) == PONG ]] || die "redis-server did not answer on port $port"
   local url=redis://127.0.0.1:$port/1
+  JFS_URL=$url
   "$JUICEFS" format --storage file --bucket "$dir/bucket/" --compress lz4 "$url" benchvol \
     >"$LOGS/juicefs-format.log" 2>&1 || { tail -n 20 "$LOGS/juicefs-format.log" >&2; die "juicefs format failed"; }
 
@@ -734,6 +750,7 @@ setup_seaweedfs() {
     -master.volumeSizeLimitMB=1024 -metricsPort=0
   SW_SERVER_PID=$LAST_PID
   local filer=127.0.0.1:${ports[filer]}
+  SW_FILER=$filer
   # weed's address syntax HOST:PORT.GRPCPORT: without it a client assumes
   # PORT + 10000 for gRPC.
   local filer_grpc=$filer.${ports[filer_grpc]}
@@ -919,12 +936,72 @@ timed_cpu() {
 
 run_workloads() {
   local fs=$1 mnt=$2
+  [[ ,$BENCH_WORKLOADS, == *,s3,* ]] && s3_workload "$fs"
+  [[ ,$BENCH_WORKLOADS, == *,fs,* ]] || return 0
   timed_cpu "$fs" cpu_bench1 juicefs_bench "$fs" "$mnt" 1
   timed_cpu "$fs" cpu_bench4 juicefs_bench "$fs" "$mnt" 4
   timed_cpu "$fs" cpu_tree copy_tree "$fs" "$mnt"
   timed_cpu "$fs" cpu_unique unique_data "$fs" "$mnt"
   timed_cpu "$fs" cpu_untar untar "$fs" "$mnt"
   timed_cpu "$fs" cpu_meta meta_ops "$fs" "$mnt"
+}
+
+# s3_workload FS: starts FS's S3 gateway on the running cluster (dfs:
+# dfs-gateway with a key from `dfs keys add`; JuiceFS: `juicefs gateway`, its
+# MinIO-based gateway, on the same volume; SeaweedFS: `weed s3` on the same
+# filer), runs bench/s3_load.py against it (boto3, BENCH_S3_THREADS
+# requests at a time) and stops it.
+s3_workload() {
+  local fs=$1 port access secret pid
+  STEP="S3 load on $fs"
+  port=$(free_port)
+  case $fs in
+    dfs)
+      local tls=$RUN/dfs/gateway-tls
+      mkdir -p "$tls"
+      if [[ -z ${DFS_PLAINTEXT:-} ]]; then
+        "$BIN/dfs" ca issue --role client bench-gateway --gateway --ca "$DFS_TLS_DIR" --out "$tls" >/dev/null
+        cp "$DFS_TLS_DIR/ca.crt" "$tls/"
+      fi
+      local made
+      made=$("$BIN/dfs" keys add --meta "$DFS_META_ADDR" --uid 0 --gid 0 --json "${DFS_TLS_FLAGS[@]}")
+      access=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_key"])' <<<"$made")
+      secret=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["secret_key"])' <<<"$made")
+      start_bg dfs-gateway "$BIN/dfs-gateway" --meta "$DFS_META_ADDR" --listen "127.0.0.1:$port" \
+        --tls-dir "$tls" "${DFS_TLS_FLAGS[@]}"
+      pid=$LAST_PID
+      wait_line "$pid" "$LOGS/dfs-gateway.out" "dfs-gateway listening on " 60
+      ;;
+    juicefs)
+      access=benchadmin secret=benchsecret123
+      start_bg juicefs-gateway env MINIO_ROOT_USER=$access MINIO_ROOT_PASSWORD=$secret \
+        "$JUICEFS" gateway --no-usage-report "$JFS_URL" "127.0.0.1:$port"
+      pid=$LAST_PID
+      ;;
+    seaweedfs)
+      access=benchadmin secret=benchsecret123
+      printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+        "$access" "$secret" >"$RUN/seaweedfs/s3.json"
+      start_bg weed-s3 "$WEED" s3 -filer="$SW_FILER" -ip.bind=127.0.0.1 -port="$port" \
+        -port.grpc="$(free_port)" -config="$RUN/seaweedfs/s3.json"
+      pid=$LAST_PID
+      ;;
+  esac
+  local i
+  for ((i = 0; i < 600; i++)); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+    alive "$pid" || die "the $fs S3 gateway exited"
+    sleep 0.1
+  done
+  local out
+  out=$("$TOOLS/venv/bin/python" "$HERE/s3_load.py" "http://127.0.0.1:$port" "$access" "$secret" bench-s3) ||
+    die "s3_load.py against $fs failed"
+  log "S3 load on $fs: $out"
+  local row
+  for row in big_put_mib_s:s3_bigput big_get_mib_s:s3_bigget small_put_per_s:s3_smallput small_get_per_s:s3_smallget; do
+    RES[$fs|${row#*:}]=$(python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)[sys.argv[1]])' "${row%%:*}" <<<"$out")
+  done
+  stop_pid "$pid"
 }
 
 # ---------------------------------------------------------------- report
@@ -958,6 +1035,10 @@ ROWS=(
   "cpu_untar|CPU s, tar x|time"
   "cpu_unique|CPU s, unique write + read|time"
   "cpu_meta|CPU s, metadata ops|time"
+  "s3_bigput|S3 PUT 8 MiB objects MiB/s|rate"
+  "s3_bigget|S3 GET 8 MiB objects MiB/s|rate"
+  "s3_smallput|S3 PUT 4 KiB objects/s|rate"
+  "s3_smallget|S3 GET 4 KiB objects/s|rate"
   "rss|client peak RSS MiB|mem"
   "rss_all|  all client processes MiB|mem"
   "rss_servers|server side peak RSS MiB|mem"

@@ -52,9 +52,10 @@ expect_in() { # LIST WHAT...
     grep -qx -- "$want" <<<"$list" || { echo "rpm: missing $want in:"; echo "$list"; exit 1; }
   done
 }
-expect_in "$(rpm -qpl "$server_rpm")" /usr/bin/dfs-meta /usr/bin/dfs-server \
-  /etc/dfs/meta.conf /etc/dfs/server.conf \
+expect_in "$(rpm -qpl "$server_rpm")" /usr/bin/dfs-meta /usr/bin/dfs-server /usr/bin/dfs-gateway \
+  /etc/dfs/meta.conf /etc/dfs/server.conf /etc/dfs/gateway.conf \
   /usr/lib/systemd/system/dfs-meta.service /usr/lib/systemd/system/dfs-server.service \
+  /usr/lib/systemd/system/dfs-gateway.service /usr/share/dfs/haproxy/dfs-gateway.cfg \
   /usr/share/dfs/prometheus/dfs-alerts.yml /usr/share/dfs/grafana/dfs-dashboard.json
 expect_in "$(rpm -qpR "$server_rpm")" shadow-utils systemd
 expect_in "$(rpm -qpl "$client_rpm")" /usr/bin/dfs-mount /usr/bin/dfs \
@@ -106,14 +107,18 @@ else
   test -s /usr/share/dfs/prometheus/dfs-alerts.yml
 fi
 python3 -c 'import json, sys; json.load(open(sys.argv[1]))' /usr/share/dfs/grafana/dfs-dashboard.json
+if command -v haproxy >/dev/null; then
+  haproxy -c -q -f /usr/share/dfs/haproxy/dfs-gateway.cfg
+fi
 installed+=(dfs-client)
 dpkg -i "$out"/dfs-client_*.deb
-for f in /usr/bin/dfs-meta /usr/bin/dfs-server /usr/bin/dfs-mount /usr/bin/dfs \
-  /sbin/mount.dfs /sbin/mount.fuse.dfs /etc/dfs/meta.conf /etc/dfs/server.conf; do
+for f in /usr/bin/dfs-meta /usr/bin/dfs-server /usr/bin/dfs-gateway /usr/bin/dfs-mount /usr/bin/dfs \
+  /sbin/mount.dfs /sbin/mount.fuse.dfs /etc/dfs/meta.conf /etc/dfs/server.conf /etc/dfs/gateway.conf; do
   [ -e "$f" ] || { echo "not installed: $f"; exit 1; }
 done
 getent passwd dfs >/dev/null || { echo "no system user dfs"; exit 1; }
-units=(/usr/lib/systemd/system/dfs-meta.service /usr/lib/systemd/system/dfs-server.service)
+units=(/usr/lib/systemd/system/dfs-meta.service /usr/lib/systemd/system/dfs-server.service
+  /usr/lib/systemd/system/dfs-gateway.service)
 systemd-analyze verify "${units[@]}"
 echo "units: systemd-analyze verify passed"
 # The sandbox's exposure (0 safest, 10 none), as systemd rates it; more

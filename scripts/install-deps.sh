@@ -19,6 +19,9 @@ command -v curl >/dev/null || need+=(curl)
 # S3 clients the gateway tests sync trees with.
 command -v s3cmd >/dev/null || need+=(s3cmd)
 command -v rclone >/dev/null || need+=(rclone)
+# Headless Chromium drives the gateway's web page (with Selenium, below).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v git >/dev/null || need+=(git)
 command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc)
@@ -77,6 +80,10 @@ if [[ ! -x $weed_venv/bin/aws ]] || ! "$weed_venv/bin/python" -c 'import boto3' 
   echo "installing: awscli and boto3 into $weed_venv (pip)"
   [[ -x $weed_venv/bin/pip ]] || python3 -m venv "$weed_venv"
   "$weed_venv/bin/pip" install --quiet --disable-pip-version-check "awscli==1.45.11" "boto3==1.43.11"
+fi
+if ! "$weed_venv/bin/python" -c 'import selenium' 2>/dev/null; then
+  echo "installing: selenium into $weed_venv (pip)"
+  "$weed_venv/bin/pip" install --quiet --disable-pip-version-check "selenium==4.27.1"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -81,6 +81,31 @@ fn too_busy() -> Response<Body> {
     response
 }
 
+/// The web page (`/ui`): static, so served without a signature; every
+/// request it makes is signed in the browser.
+fn web_page() -> Response<Body> {
+    let mut response = Response::new(Body::from(WEB_PAGE.to_string()));
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        hyper::header::HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             img-src 'self' blob:; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+const WEB_PAGE: &str = include_str!("web/index.html");
+
 /// `/health`: 200 when the metadata service answers, 503 when not, so a
 /// load balancer takes a gateway that lost its cluster out of rotation.
 async fn health(volume: &Volume) -> Response<Body> {
@@ -113,8 +138,15 @@ async fn handle(
             "request headers too large\n",
         ));
     }
-    if request.uri().path() == "/health" && request.method() == hyper::Method::GET {
-        return Ok(health(&volume).await);
+    if request.method() == hyper::Method::GET {
+        match request.uri().path() {
+            "/health" => return Ok(health(&volume).await),
+            // Never a bucket: bucket names have at least three characters.
+            "/ui" | "/ui/" => return Ok(web_page()),
+            // Browsers ask for it with every page; there is none.
+            "/favicon.ico" => return Ok(plain(StatusCode::NO_CONTENT, "")),
+            _ => {}
+        }
     }
     let Ok(_permit) = in_flight.try_acquire() else {
         return Ok(too_busy());

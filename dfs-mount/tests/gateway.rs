@@ -1051,3 +1051,71 @@ fn two_gateways_behind_haproxy_survive_one_dying() {
     haproxy.kill();
     drop(second);
 }
+
+#[test]
+fn the_web_page_signs_in_uploads_lists_and_downloads() {
+    let cluster = TestCluster::start(3, 3);
+    cluster.wait_servers_up(9);
+    let gateway = Gateway::start(&cluster, &[]);
+    let key = add_key(&cluster, 0, 0, &[]);
+    let s3 = Aws {
+        url: gateway.url(),
+        key: &key,
+    };
+    s3.ok(&["s3api", "create-bucket", "--bucket", "web"]);
+    s3.ok(&["s3api", "create-bucket", "--bucket", "photos"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let upload = write_random(work.path(), "report-2026.pdf", 300_000, 11);
+    let downloads = work.path().join("downloads");
+    std::fs::create_dir(&downloads).expect("downloads");
+    // Where the screenshot goes: DFS_TEST_SCREENSHOT (README's picture is
+    // made that way), else the test's own directory.
+    let shot = std::env::var_os("DFS_TEST_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| work.path().join("page.png"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web/drive_page.py");
+    let out = Command::new(tool("python3"))
+        .arg(script)
+        .arg(gateway.url())
+        .args([&key.access, &key.secret, "web"])
+        .arg(&upload)
+        .arg(&downloads)
+        .arg(&shot)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "the page: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(downloads.join("report-2026.pdf")).ok(),
+        std::fs::read(&upload).ok(),
+        "downloaded through the page"
+    );
+    // The upload is an object like any other, with its content type.
+    let head = s3.json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "web",
+        "--key",
+        "report-2026.pdf",
+    ]);
+    assert_eq!(
+        head["ContentType"].as_str(),
+        Some("application/pdf"),
+        "{head}"
+    );
+    assert!(std::fs::metadata(&shot)
+        .map(|m| m.len() > 1000)
+        .unwrap_or(false));
+    // The page itself is served unsigned, with a policy against framing.
+    let (code, head) = curl_status(&[&format!("{}/ui", gateway.url())]);
+    assert_eq!(code, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("frame-ancestors 'none'"),
+        "{head}"
+    );
+}
