@@ -750,10 +750,10 @@ setup_seaweedfs() {
     -master.volumeSizeLimitMB=1024 -metricsPort=0
   SW_SERVER_PID=$LAST_PID
   local filer=127.0.0.1:${ports[filer]}
-  SW_FILER=$filer
   # weed's address syntax HOST:PORT.GRPCPORT: without it a client assumes
   # PORT + 10000 for gRPC.
   local filer_grpc=$filer.${ports[filer_grpc]}
+  SW_FILER=$filer_grpc
   for ((i = 0; i < 600; i++)); do
     curl -sf "http://$filer/?pretty=y" >/dev/null 2>&1 && break
     alive "$SW_SERVER_PID" || { tail -n 20 "$LOGS/weed-server.err" >&2; die "weed server exited"; }
@@ -952,7 +952,7 @@ run_workloads() {
 # filer), runs bench/s3_load.py against it (boto3, BENCH_S3_THREADS
 # requests at a time) and stops it.
 s3_workload() {
-  local fs=$1 port access secret pid
+  local fs=$1 port access secret pid bucket=bench-s3
   STEP="S3 load on $fs"
   port=$(free_port)
   case $fs in
@@ -973,7 +973,8 @@ s3_workload() {
       wait_line "$pid" "$LOGS/dfs-gateway.out" "dfs-gateway listening on " 60
       ;;
     juicefs)
-      access=benchadmin secret=benchsecret123
+      # Its one bucket is the volume (setup_juicefs formats "benchvol").
+      access=benchadmin secret=benchsecret123 bucket=benchvol
       start_bg juicefs-gateway env MINIO_ROOT_USER=$access MINIO_ROOT_PASSWORD=$secret \
         "$JUICEFS" gateway --no-usage-report "$JFS_URL" "127.0.0.1:$port"
       pid=$LAST_PID
@@ -993,8 +994,9 @@ s3_workload() {
     alive "$pid" || die "the $fs S3 gateway exited"
     sleep 0.1
   done
+  curl -s -o /dev/null "http://127.0.0.1:$port/" || die "the $fs S3 gateway did not answer within 60 s"
   local out
-  out=$("$TOOLS/venv/bin/python" "$HERE/s3_load.py" "http://127.0.0.1:$port" "$access" "$secret" bench-s3) ||
+  out=$("$TOOLS/venv/bin/python" "$HERE/s3_load.py" "http://127.0.0.1:$port" "$access" "$secret" "$bucket") ||
     die "s3_load.py against $fs failed"
   log "S3 load on $fs: $out"
   local row
