@@ -35,6 +35,13 @@ pub struct ObjectMeta {
     pub content_language: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<String>,
+    /// `Expires`, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    /// The multipart upload that made the object: completing it again
+    /// answers as the first completion did (S3 allows that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
     /// `x-amz-meta-*`, names in lower case without the prefix.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user: BTreeMap<String, String>,

@@ -115,6 +115,9 @@ impl Gateway {
             .s3()?;
         let meta = ObjectMeta {
             content_type: input.content_type,
+            expires: input
+                .expires
+                .map(|t| time::OffsetDateTime::from(t).unix_timestamp()),
             content_encoding: input.content_encoding,
             content_disposition: input.content_disposition,
             content_language: input.content_language,
@@ -278,9 +281,16 @@ impl Gateway {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let user = self.user(&req).await?;
         let input = req.input;
-        let (dir, upload) = self
+        let (dir, upload) = match self
             .upload(&user, &input.bucket, &input.key, &input.upload_id)
-            .await?;
+            .await
+        {
+            Ok(found) => found,
+            Err(e) if *e.code() == s3s::S3ErrorCode::NoSuchUpload => {
+                return self.completed_before(&user, &input).await.ok_or(e);
+            }
+            Err(e) => return Err(e),
+        };
         let asked = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -330,6 +340,7 @@ impl Gateway {
         let etag = multipart_etag(&md5s);
         let mut meta = upload.meta.clone();
         meta.etag = etag.clone();
+        meta.upload = Some(input.upload_id.clone());
         if let Err(e) = self.seal(&written, meta).await {
             self.discard(&written).await;
             return Err(e);
@@ -345,6 +356,30 @@ impl Gateway {
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             ..Default::default()
         }))
+    }
+
+    /// The answer to a completion of an upload that was completed before:
+    /// the object it made, if it is still there (else `None`).
+    async fn completed_before(
+        &self,
+        user: &User,
+        input: &CompleteMultipartUploadInput,
+    ) -> Option<S3Response<CompleteMultipartUploadOutput>> {
+        let attr = self
+            .volume
+            .object(user, &input.bucket, &input.key, 0)
+            .await
+            .ok()?;
+        let meta = object_meta::load(self.volume.dfs(), attr.ino).await.ok()?;
+        (meta.upload.as_deref() == Some(input.upload_id.as_str())).then(|| {
+            S3Response::new(CompleteMultipartUploadOutput {
+                bucket: Some(input.bucket.clone()),
+                key: Some(input.key.clone()),
+                e_tag: Some(ETag::Strong(meta.etag_for(&attr))),
+                location: Some(format!("/{}/{}", input.bucket, input.key)),
+                ..Default::default()
+            })
+        })
     }
 
     /// Deletes an upload's parts and directory (their chunks stay while

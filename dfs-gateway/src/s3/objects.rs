@@ -51,6 +51,29 @@ fn check_conditions(
     Ok(())
 }
 
+/// A failed condition answers with the object's ETag and date, as S3 does
+/// (a client keeping a cache needs them with a 304).
+fn with_validators(mut e: s3s::S3Error, etag: &str, last_modified: &Timestamp) -> s3s::S3Error {
+    let mut headers = hyper::HeaderMap::new();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("\"{etag}\"")) {
+        headers.insert(hyper::header::ETAG, v);
+    }
+    let t: time::OffsetDateTime = last_modified.clone().into();
+    if let Ok(date) = t.format(&time::format_description::well_known::Rfc2822) {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&date.replace("+0000", "GMT")) {
+            headers.insert(hyper::header::LAST_MODIFIED, v);
+        }
+    }
+    e.set_headers(headers);
+    e
+}
+
+/// An `Expires` kept as seconds since the epoch, as S3 returns it.
+fn expires_of(meta: &ObjectMeta) -> Option<Timestamp> {
+    let t = time::OffsetDateTime::from_unix_timestamp(meta.expires?).ok()?;
+    Some(Timestamp::from(t))
+}
+
 fn content_range(start: u64, end: u64, size: u64) -> String {
     format!("bytes {start}-{}/{size}", end.saturating_sub(1))
 }
@@ -106,7 +129,8 @@ impl Gateway {
             input.if_none_match.as_ref(),
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
-        )?;
+        )
+        .map_err(|e| with_validators(e, &etag, &last_modified))?;
         let handle = self.volume.open_read(&attr).await.s3()?;
         let size = attr.size;
         let (start, end, range) = match &input.range {
@@ -141,6 +165,7 @@ impl Gateway {
                 .response_content_language
                 .or(meta.content_language.clone()),
             cache_control: input.response_cache_control.or(meta.cache_control.clone()),
+            expires: expires_of(&meta),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -166,7 +191,8 @@ impl Gateway {
             input.if_none_match.as_ref(),
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
-        )?;
+        )
+        .map_err(|e| with_validators(e, &etag, &last_modified))?;
         let (length, range) = match &input.range {
             None => (attr.size, None),
             Some(r) => {
@@ -189,6 +215,7 @@ impl Gateway {
             content_disposition: meta.content_disposition.clone(),
             content_language: meta.content_language.clone(),
             cache_control: meta.cache_control.clone(),
+            expires: expires_of(&meta),
             ..Default::default()
         }))
     }
@@ -286,6 +313,10 @@ impl Gateway {
                 content_disposition: input.content_disposition.clone(),
                 content_language: input.content_language.clone(),
                 cache_control: input.cache_control.clone(),
+                expires: input
+                    .expires
+                    .clone()
+                    .map(|t| time::OffsetDateTime::from(t).unix_timestamp()),
                 user: user_meta.clone(),
                 ..Default::default()
             };
