@@ -54,7 +54,8 @@ pub enum KeysCommand {
         json: bool,
     },
     /// Removes a key: requests signed with it are refused once gateways'
-    /// caches of it expire (within a minute).
+    /// caches of it expire (a minute by default, dfs-gateway
+    /// --key-cache-secs).
     Remove {
         /// HOST:PORT of a metadata server.
         #[arg(long)]

@@ -1,7 +1,8 @@
 //! Who signed a request: the access keys dfs-meta keeps
-//! (`dfs_meta::access_keys`), fetched on first use and cached for a
-//! minute, so a removed key stops working within that time and a busy
-//! gateway asks dfs-meta once a minute per key, not once per request.
+//! (`dfs_meta::access_keys`), fetched on first use and cached for a while
+//! (`--key-cache-secs`, a minute by default), so a removed key stops
+//! working within that time and a busy gateway asks dfs-meta once a
+//! minute per key, not once per request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +13,6 @@ use dfs_proto::{AccessKeyRecord, AccessKeyRequest};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::{s3_error, S3Result};
 
-/// How long a key (or its absence) is believed without asking again.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Keys the cache holds at most.
 const KEY_CACHE_ENTRIES: u64 = 100_000;
 
@@ -43,8 +42,8 @@ impl User {
     }
 }
 
-/// A key as the gateway uses it.
-#[derive(Debug, Clone)]
+/// A key as the gateway uses it (its Debug form leaves the secret out).
+#[derive(Clone)]
 pub struct Key {
     pub access_key: String,
     pub secret: String,
@@ -52,6 +51,15 @@ pub struct Key {
     /// 0: the gateway's default.
     pub request_rate: u32,
     pub byte_rate: u64,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("access_key", &self.access_key)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl From<AccessKeyRecord> for Key {
@@ -78,12 +86,13 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(meta: RpcTransport) -> Self {
+    /// Keys from dfs-meta through `meta`, each believed for `ttl`.
+    pub fn new(meta: RpcTransport, ttl: Duration) -> Self {
         Self {
             client: AccessKeysClient::new(meta),
             cache: moka::future::Cache::builder()
                 .max_capacity(KEY_CACHE_ENTRIES)
-                .time_to_live(KEY_CACHE_TTL)
+                .time_to_live(ttl)
                 .build(),
         }
     }

@@ -1,8 +1,9 @@
 //! Per-key rate limits: a token bucket of requests and one of bytes (up
 //! and down together) for each access key. A request finding either empty
 //! is answered 503 SlowDown with a Retry-After saying when it would pass,
-//! as S3 does; bytes are charged as they flow, so one big transfer can
-//! overdraw the bucket and the key's next requests wait it out.
+//! as S3 does. Bytes are charged as they flow and a transfer that
+//! overdraws the bucket waits, piece by piece, until it is back to zero:
+//! the key's transfers together move at its byte rate.
 //!
 //! The check runs in s3s's access hook, after the signature was verified,
 //! so unsigned traffic never reaches a key's buckets.
@@ -60,6 +61,9 @@ impl TokenBucket {
 
 #[derive(Debug)]
 struct KeyBuckets {
+    /// The rates the buckets were made for: a key whose rates changed in
+    /// dfs-meta gets new buckets.
+    rates: (u32, u64),
     requests: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
 }
@@ -107,12 +111,16 @@ impl Limits {
         } else {
             self.byte_rate
         };
-        keys.entry(key.access_key.clone())
-            .or_insert_with(|| KeyBuckets {
-                requests: (request_rate > 0)
-                    .then(|| TokenBucket::new(f64::from(request_rate), now)),
-                bytes: (byte_rate > 0).then(|| TokenBucket::new(byte_rate as f64, now)),
-            })
+        let fresh = || KeyBuckets {
+            rates: (request_rate, byte_rate),
+            requests: (request_rate > 0).then(|| TokenBucket::new(f64::from(request_rate), now)),
+            bytes: (byte_rate > 0).then(|| TokenBucket::new(byte_rate as f64, now)),
+        };
+        let b = keys.entry(key.access_key.clone()).or_insert_with(fresh);
+        if b.rates != (request_rate, byte_rate) {
+            *b = fresh();
+        }
+        b
     }
 
     /// Lets one request of `key` through, or says when to retry.
@@ -137,17 +145,24 @@ impl Limits {
         Ok(())
     }
 
-    fn charge(&self, key: &Key, n: usize) {
+    /// Charges `n` bytes to `key`; how long until its balance is back to
+    /// zero (what the transfer then waits).
+    fn charge(&self, key: &Key, n: usize) -> Duration {
         let now = Instant::now();
         let mut keys = self.keys.lock();
         let b = self.buckets(&mut keys, key, now);
-        if let Some(bytes) = &mut b.bytes {
-            bytes.refill(now);
-            bytes.take(n as f64);
+        match &mut b.bytes {
+            Some(bytes) => {
+                bytes.refill(now);
+                bytes.take(n as f64);
+                bytes.wait_for(0.0, now)
+            }
+            None => Duration::ZERO,
         }
     }
 
-    /// `stream`, with its bytes charged to `key` as they pass.
+    /// `stream`, with its bytes charged to `key` as they pass, held back
+    /// while the key is over its byte rate.
     pub fn meter<S, E>(
         self: &Arc<Self>,
         key: &Key,
@@ -155,14 +170,34 @@ impl Limits {
     ) -> impl Stream<Item = Result<Bytes, E>> + Send + Sync + Unpin + 'static
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Sync + 'static,
+        E: Send + Sync + 'static,
     {
         let limits = self.clone();
         let key = key.clone();
-        Box::pin(stream.inspect(move |piece| {
-            if let Ok(bytes) = piece {
-                limits.charge(&key, bytes.len());
+        let throttled = stream.then(move |piece| {
+            let wait = match &piece {
+                Ok(bytes) => limits.charge(&key, bytes.len()),
+                Err(_) => Duration::ZERO,
+            };
+            async move {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                piece
             }
-        }))
+        });
+        // `then` holds a future between items, which is not Sync: a task
+        // and a channel hand the pieces over instead.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut throttled = std::pin::pin!(throttled);
+            while let Some(piece) = throttled.next().await {
+                if tx.send(piece).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 }
 
@@ -221,8 +256,18 @@ mod tests {
         let limits = Limits::new(0, 1000);
         let k = key(0, 0);
         assert!(limits.admit(&k).is_ok());
-        limits.charge(&k, 5000);
+        let wait = limits.charge(&k, 5000);
+        assert!(wait >= Duration::from_secs(3), "{wait:?}");
         assert!(limits.admit(&k).is_err());
+    }
+
+    #[test]
+    fn changed_rates_take_effect() {
+        let limits = Limits::new(0, 0);
+        assert!(limits.admit(&key(1, 0)).is_ok());
+        assert!(limits.admit(&key(1, 0)).is_err());
+        // The key was given more in dfs-meta.
+        assert!(limits.admit(&key(100, 0)).is_ok());
     }
 
     #[test]

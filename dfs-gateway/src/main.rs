@@ -55,6 +55,10 @@ struct Cli {
     /// Seconds a client has to send a request's headers.
     #[arg(long, default_value_t = 30)]
     header_timeout: u64,
+    /// Seconds a key read from dfs-meta is used before it is read again: a
+    /// key removed with `dfs keys remove` works at most this long.
+    #[arg(long, default_value_t = 60)]
+    key_cache_secs: u64,
     /// Bytes of chunks cached for reads.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     cache_size: u64,
@@ -84,7 +88,10 @@ async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyho
         .iter()
         .map(|a| to_meta(a).map_err(|e| anyhow::anyhow!("{}", e.message)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let keys = Keys::new(transports[0].clone());
+    let keys = Keys::new(
+        transports[0].clone(),
+        Duration::from_secs(cli.key_cache_secs),
+    );
     let meta = MetaRpc::new(transports, CONNECT_TIMEOUT);
     let to_servers = tcp_connector(security, dfs_core::tls::Role::Server);
     let cluster = tokio::time::timeout(CONNECT_TIMEOUT * 2, Cluster::connect(meta, to_servers))

@@ -72,6 +72,28 @@ pub fn allowed(user: &User, attr: &InodeRecord, acl: Option<&[Entry]>, want: u32
     }
 }
 
+/// Whether `user` may remove or replace `victim` in `dir` (having write
+/// and search permission on `dir`): in a sticky directory (mode 01000, as
+/// /tmp) only root, the directory's owner and the victim's owner may.
+pub fn may_remove(user: &User, dir: &InodeRecord, victim: &InodeRecord) -> bool {
+    dir.mode & 0o1000 == 0 || user.is_root() || user.uid == dir.uid || user.uid == victim.uid
+}
+
+/// `may_remove` as an error, for handlers.
+pub fn check_remove(user: &User, dir: &InodeRecord, victim: &InodeRecord) -> Result<(), DfsError> {
+    if may_remove(user, dir, victim) {
+        Ok(())
+    } else {
+        Err(DfsError::new(
+            libc::EPERM,
+            format!(
+                "uid {} may not remove inode {}: its directory is sticky and neither is theirs",
+                user.uid, victim.ino
+            ),
+        ))
+    }
+}
+
 /// `allowed`, reading the ACL from dfs-meta only when it could matter
 /// (neither root nor the owner asks).
 pub async fn check(dfs: &Dfs, user: &User, attr: &InodeRecord, want: u32) -> Result<(), DfsError> {
@@ -154,6 +176,17 @@ mod tests {
         // The owner's bits apply to the owner even when others have more.
         let g = attr(FileKind::Regular, 0o077, 10, 20);
         assert!(!allowed(&user(10, 20, &[]), &g, None, READ));
+    }
+
+    #[test]
+    fn a_sticky_directory_keeps_others_objects() {
+        let dir = attr(FileKind::Directory, 0o1777, 0, 0);
+        let theirs = attr(FileKind::Regular, 0o644, 20, 20);
+        assert!(!may_remove(&user(10, 10, &[]), &dir, &theirs));
+        assert!(may_remove(&user(20, 20, &[]), &dir, &theirs));
+        assert!(may_remove(&User::root(), &dir, &theirs));
+        let plain = attr(FileKind::Directory, 0o777, 0, 0);
+        assert!(may_remove(&user(10, 10, &[]), &plain, &theirs));
     }
 
     #[test]

@@ -152,7 +152,21 @@ async fn handle(
         return Ok(too_busy());
     };
     match s3.call(request.map(Body::from)).await {
-        Ok(response) => Ok(response),
+        Ok(mut response) => {
+            // An object is data, never a page of this origin: a browser
+            // opening an HTML object (a presigned link) must not run it
+            // beside /ui, where keys are typed.
+            let headers = response.headers_mut();
+            headers.insert(
+                hyper::header::X_CONTENT_TYPE_OPTIONS,
+                hyper::header::HeaderValue::from_static("nosniff"),
+            );
+            headers.insert(
+                hyper::header::CONTENT_SECURITY_POLICY,
+                hyper::header::HeaderValue::from_static("sandbox"),
+            );
+            Ok(response)
+        }
         Err(e) => {
             tracing::warn!(error = ?e, "request failed before an S3 answer");
             Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"))

@@ -180,6 +180,18 @@ impl Volume {
         let private = self
             .mkdir_as(&User::root(), ROOT_INO, PRIVATE_DIR, 0o700)
             .await?;
+        // Made by someone else before the gateway first ran, it could let
+        // them read or swap uploads: refuse it.
+        if private.kind() != FileKind::Directory || private.uid != 0 || private.mode & 0o077 != 0 {
+            return Err(DfsError::new(
+                libc::EPERM,
+                format!(
+                    "/{PRIVATE_DIR} must be a directory owned by root with mode 0700 \
+                     (it is uid {} mode {:o}); remove or fix it",
+                    private.uid, private.mode
+                ),
+            ));
+        }
         self.mkdir_as(&User::root(), private.ino, TMP_DIR, 0o700)
             .await?;
         self.mkdir_as(&User::root(), private.ino, MULTIPART_DIR, 0o700)
@@ -435,15 +447,28 @@ impl Volume {
     /// refused (If-None-Match: *), in the same atomic rename.
     pub async fn publish(
         &self,
+        user: &User,
         written: &Written,
-        dir: u64,
+        dir: &InodeRecord,
         name: &str,
         create_only: bool,
     ) -> S3Result<()> {
+        // Replacing an object is removing it: the sticky-bit rule applies.
+        if dir.mode & 0o1000 != 0 {
+            if let Ok(existing) = self.dfs().lookup(dir.ino, name.as_bytes()).await {
+                if let Err(e) = perm::check_remove(user, dir, &existing) {
+                    let _ = self
+                        .dfs()
+                        .unlink(written.tmp_dir, written.name.as_bytes())
+                        .await;
+                    return Err(s3_error(e));
+                }
+            }
+        }
         let request = RenameRequest {
             parent: written.tmp_dir,
             name: written.name.as_bytes().to_vec(),
-            new_parent: dir,
+            new_parent: dir.ino,
             new_name: name.as_bytes().to_vec(),
             flags: if create_only {
                 dfs_proto::RENAME_NOREPLACE
@@ -514,8 +539,11 @@ impl Volume {
     /// Removes `name` from `dir`, then each directory up to (not
     /// including) `stop` that this left empty, as S3 has no empty
     /// prefixes. A directory that is not empty ends it.
+    /// A directory goes only where `user` could remove it themselves
+    /// (write and search on its parent, the sticky-bit rule).
     pub async fn remove_and_prune(
         &self,
+        user: &User,
         chain: &[InodeRecord],
         name: &str,
     ) -> Result<(), DfsError> {
@@ -528,6 +556,13 @@ impl Volume {
             let parent = &chain[i - 1];
             let names = self.entries(chain[i].ino).await?;
             if !names.is_empty() {
+                break;
+            }
+            if perm::check(self.dfs(), user, parent, WRITE | EXEC)
+                .await
+                .is_err()
+                || !perm::may_remove(user, parent, &chain[i])
+            {
                 break;
             }
             let dir_name = self.name_in(parent.ino, chain[i].ino).await?;

@@ -51,15 +51,16 @@ fn random_string(chars: &[u8], len: usize) -> String {
 
 /// What a key or secret may be made of: printable ASCII that needs no
 /// quoting in an HTTP header or a shell (AWS's own alphabet and `-_.`).
-fn check_text(what: &str, s: &str) -> Result<()> {
+fn check_text(what: &str, s: &str, extra: &[u8]) -> Result<()> {
     let ok = (MIN_LEN..=MAX_LEN).contains(&s.len())
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.+/=".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
     if ok {
         Ok(())
     } else {
         Err(MetaError::Invalid(format!(
-            "{what} must be {MIN_LEN} to {MAX_LEN} characters of A-Z a-z 0-9 - _ . + / ="
+            "{what} must be {MIN_LEN} to {MAX_LEN} characters of A-Z a-z 0-9 {}",
+            String::from_utf8_lossy(extra)
         )))
     }
 }
@@ -73,8 +74,9 @@ pub fn add(txn: &mut dyn KvTxn, mut record: AccessKeyRecord) -> Result<AccessKey
     if record.secret_key.is_empty() {
         record.secret_key = random_string(SECRET_CHARS, SECRET_LEN);
     }
-    check_text("an access key", &record.access_key)?;
-    check_text("a secret key", &record.secret_key)?;
+    // An access key goes into SigV4's Credential field, where `/` ends it.
+    check_text("an access key", &record.access_key, b"-_.")?;
+    check_text("a secret key", &record.secret_key, b"-_.+/=")?;
     if record.description.len() > 1024 {
         return Err(MetaError::Invalid(
             "a key's description is at most 1024 bytes".into(),
@@ -260,7 +262,7 @@ mod tests {
     #[test]
     fn bad_keys_are_refused() {
         let store = MemStore::default();
-        for bad in ["ab", "with space", "quote\"", &"x".repeat(200)] {
+        for bad in ["ab", "with space", "quote\"", "a/b/c", &"x".repeat(200)] {
             let r = transact(&store, |t| {
                 add(
                     t,

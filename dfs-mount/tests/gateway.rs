@@ -1119,3 +1119,133 @@ fn the_web_page_signs_in_uploads_lists_and_downloads() {
         "{head}"
     );
 }
+
+#[test]
+fn keys_come_and_go_and_https_and_slow_clients_are_handled() {
+    let cluster = TestCluster::start(3, 3);
+    cluster.wait_servers_up(9);
+    let work = tempfile::tempdir().expect("tempdir");
+    let (cert, key_file) = (work.path().join("https.crt"), work.path().join("https.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let gateway = Gateway::start(
+        &cluster,
+        &[
+            "--https-cert",
+            cert.to_str().unwrap_or_default(),
+            "--https-key",
+            key_file.to_str().unwrap_or_default(),
+            "--key-cache-secs",
+            "1",
+            "--header-timeout",
+            "2",
+        ],
+    );
+    let key = add_key(&cluster, 0, 0, &["--description", "short-lived"]);
+
+    // HTTPS, with the certificate the client is given.
+    let https = format!("https://{}", gateway.addr);
+    let s3 = Aws {
+        url: https.clone(),
+        key: &key,
+    };
+    let with_ca = |args: &[&str]| {
+        let mut all = vec!["--ca-bundle", cert.to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        s3.ok(&all)
+    };
+    with_ca(&["s3api", "create-bucket", "--bucket", "tls"]);
+    with_ca(&["s3api", "list-buckets"]);
+    let (code, _) = curl_status(&[&format!("http://{}/health", gateway.addr)]);
+    assert_eq!(code, 0, "plain HTTP on the HTTPS port is no answer");
+    let (code, _) = curl_status(&[
+        "--cacert",
+        cert.to_str().unwrap_or_default(),
+        &format!("{https}/health"),
+    ]);
+    assert_eq!(code, 200);
+
+    // The key is listed without its secret, and removed keys stop working
+    // once the gateway's cache of them expires.
+    let out = dfs_cmd("dfs")
+        .args(["keys", "list", "--meta", &cluster.meta_addr(), "--json"])
+        .output()
+        .expect("dfs keys list");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let row = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["access_key"] == key.access.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["description"], "short-lived", "{listed}");
+    assert!(
+        row.get("secret_key").is_none(),
+        "a listing shows no secret: {listed}"
+    );
+    let out = dfs_cmd("dfs")
+        .args([
+            "keys",
+            "remove",
+            "--meta",
+            &cluster.meta_addr(),
+            &key.access,
+        ])
+        .output()
+        .expect("dfs keys remove");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let refused = s3.run(&[
+        "--ca-bundle",
+        cert.to_str().unwrap_or_default(),
+        "s3api",
+        "list-buckets",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("InvalidAccessKeyId"));
+
+    // A client that starts a request and never finishes its headers is cut
+    // off after --header-timeout, without holding anything.
+    use std::io::{Read, Write};
+    let tcp = std::net::TcpStream::connect(&gateway.addr).expect("connect");
+    let mut tls_less = tcp;
+    tls_less
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tls_less
+        .write_all(b"\x16\x03\x01")
+        .expect("a TLS record never finished");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tls_less.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the connection was closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}

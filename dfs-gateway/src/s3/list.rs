@@ -201,16 +201,23 @@ impl Gateway {
         Ok(page)
     }
 
-    /// The page's objects as S3 describes them (ETags from their metadata).
-    async fn describe(&self, page: &Page, url: bool) -> Vec<Object> {
+    /// The page's objects as S3 describes them: ETags from their metadata
+    /// where `user` may read the object (an MD5 says something of the
+    /// content), else made from inode and version.
+    async fn describe(&self, user: &User, page: &Page, url: bool) -> Vec<Object> {
         let dfs = self.volume.dfs().clone();
         futures::stream::iter(page.objects.iter().cloned())
             .map(|(key, attr)| {
                 let dfs = dfs.clone();
                 async move {
-                    let meta = object_meta::load(&dfs, attr.ino).await.unwrap_or_default();
+                    let etag = if perm::check(&dfs, user, &attr, READ).await.is_ok() {
+                        let meta = object_meta::load(&dfs, attr.ino).await.unwrap_or_default();
+                        meta.etag_for(&attr)
+                    } else {
+                        object_meta::synthetic_etag(&attr)
+                    };
                     Object {
-                        e_tag: Some(ETag::Strong(meta.etag_for(&attr))),
+                        e_tag: Some(ETag::Strong(etag)),
                         key: Some(encode(&key, url)),
                         last_modified: Some(timestamp(attr.mtime_ns)),
                         size: i64::try_from(attr.size).ok(),
@@ -246,7 +253,7 @@ impl Gateway {
         };
         let page = self.list_page(&user, &input.bucket, &q).await?;
         let url = wants_url(input.encoding_type.as_ref());
-        let contents = self.describe(&page, url).await;
+        let contents = self.describe(&user, &page, url).await;
         let prefixes: Vec<CommonPrefix> = page
             .prefixes
             .iter()
@@ -293,7 +300,7 @@ impl Gateway {
         };
         let page = self.list_page(&user, &input.bucket, &q).await?;
         let url = wants_url(input.encoding_type.as_ref());
-        let contents = self.describe(&page, url).await;
+        let contents = self.describe(&user, &page, url).await;
         let prefixes: Vec<CommonPrefix> = page
             .prefixes
             .iter()
@@ -345,7 +352,7 @@ impl Gateway {
         let page = self.list_page(&user, &input.bucket, &q).await?;
         let url = wants_url(input.encoding_type.as_ref());
         let versions: Vec<ObjectVersion> = self
-            .describe(&page, url)
+            .describe(&user, &page, url)
             .await
             .into_iter()
             .map(|o| ObjectVersion {

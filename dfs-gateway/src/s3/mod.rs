@@ -56,6 +56,10 @@ impl S3 for Gateway {
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         let user = self.user(&req).await?;
+        let root = self.volume.dfs().getattr(ROOT_INO).await.s3()?;
+        perm::check(self.volume.dfs(), &user, &root, READ | EXEC)
+            .await
+            .s3()?;
         let entries = self.volume.entries(ROOT_INO).await.s3()?;
         let mut buckets = Vec::new();
         for e in entries {
@@ -350,7 +354,8 @@ impl Gateway {
                 false => Ok(()),
             };
         }
-        match self.volume.remove_and_prune(&chain, name).await {
+        perm::check_remove(user, parent, &attr).map_err(s3_error)?;
+        match self.volume.remove_and_prune(user, &chain, name).await {
             Ok(()) => Ok(()),
             Err(e) if e.errno == libc::ENOENT => Ok(()),
             Err(e) => Err(s3_error(e)),

@@ -202,8 +202,19 @@ impl Gateway {
                 return Err(e);
             }
         };
+        // The upload's own directory (root's, 0700): no sticky-bit rule.
+        let upload_dir = dfs_proto::InodeRecord {
+            ino: dir,
+            ..Default::default()
+        };
         self.volume
-            .publish(&written, dir, &part_name(input.part_number), false)
+            .publish(
+                &User::root(),
+                &written,
+                &upload_dir,
+                &part_name(input.part_number),
+                false,
+            )
             .await?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -249,7 +260,7 @@ impl Gateway {
             .into_iter()
             .filter(|p| p.0 > marker)
             .collect();
-        let truncated = all.len() > usize::try_from(max).unwrap_or(0);
+        let truncated = max > 0 && all.len() > usize::try_from(max).unwrap_or(0);
         let shown: Vec<Part> = all
             .iter()
             .take(usize::try_from(max).unwrap_or(0))
@@ -346,7 +357,7 @@ impl Gateway {
             return Err(e);
         }
         self.volume
-            .publish(&written, parent.ino, name, false)
+            .publish(&user, &written, &parent, name, false)
             .await?;
         self.remove_upload(dir, &input.upload_id).await;
         Ok(S3Response::new(CompleteMultipartUploadOutput {

@@ -177,9 +177,10 @@ impl Gateway {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let user = self.user(&req).await?;
         let input = req.input;
+        // READ, not only search: the answer carries the content's MD5.
         let attr = self
             .volume
-            .object(&user, &input.bucket, &input.key, 0)
+            .object(&user, &input.bucket, &input.key, READ)
             .await?;
         let meta = object_meta::load(self.volume.dfs(), attr.ino).await.s3()?;
         let etag = meta.etag_for(&attr);
@@ -332,7 +333,7 @@ impl Gateway {
             }
         };
         self.volume
-            .publish(&written, parent.ino, name, create_only)
+            .publish(&user, &written, &parent, name, create_only)
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -430,7 +431,7 @@ impl Gateway {
             return Err(e);
         }
         self.volume
-            .publish(&written, parent.ino, name, false)
+            .publish(&user, &written, &parent, name, false)
             .await?;
         let attr = self.volume.dfs().getattr(written.ino).await.s3()?;
         Ok(S3Response::new(CopyObjectOutput {
