@@ -13,4 +13,5 @@ pub mod object_meta;
 pub mod perm;
 pub mod s3;
 pub mod server;
+pub mod sweep;
 pub mod volume;

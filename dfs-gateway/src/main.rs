@@ -12,6 +12,7 @@ use dfs_gateway::auth::Keys;
 use dfs_gateway::limits::{Gate, Limits};
 use dfs_gateway::s3::Gateway;
 use dfs_gateway::server::{self, ServerConfig};
+use dfs_gateway::sweep::{self, SweepPolicy};
 use dfs_gateway::volume::Volume;
 use dfs_mount::cache::ChunkCache;
 use dfs_mount::client::{tcp_connector, Cluster, MetaRpc};
@@ -59,6 +60,18 @@ struct Cli {
     /// key removed with `dfs keys remove` works at most this long.
     #[arg(long, default_value_t = 60)]
     key_cache_secs: u64,
+    /// Seconds a file in /.s3/tmp (a PUT's bytes before they become the
+    /// object) may stay unchanged before it is removed: what a gateway that
+    /// died mid-PUT left.
+    #[arg(long, default_value_t = 86_400)]
+    sweep_tmp_after: u64,
+    /// Seconds a multipart upload may stay unchanged before it is aborted
+    /// (0: never).
+    #[arg(long, default_value_t = 7 * 86_400)]
+    sweep_uploads_after: u64,
+    /// Seconds between sweeps of /.s3.
+    #[arg(long, default_value_t = 3_600)]
+    sweep_every: u64,
     /// Bytes of chunks cached for reads.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     cache_size: u64,
@@ -111,6 +124,15 @@ async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyho
         .prepare()
         .await
         .map_err(|e| anyhow::anyhow!("cannot make the gateway's directory /.s3: {}", e.message))?;
+    let sweeping = tokio::spawn(sweep::run(
+        volume.clone(),
+        SweepPolicy {
+            tmp_after: Duration::from_secs(cli.sweep_tmp_after.max(1)),
+            uploads_after: (cli.sweep_uploads_after > 0)
+                .then(|| Duration::from_secs(cli.sweep_uploads_after)),
+            every: Duration::from_secs(cli.sweep_every.max(1)),
+        },
+    ));
     let limits = Arc::new(Limits::new(cli.key_request_rate, cli.key_byte_rate));
     let gateway = Gateway {
         volume: volume.clone(),
@@ -142,7 +164,9 @@ async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyho
         header_timeout: Duration::from_secs(cli.header_timeout.max(1)),
         tls,
     };
-    server::serve(listener, s3, volume.clone(), config, shutdown).await?;
+    let served = server::serve(listener, s3, volume.clone(), config, shutdown).await;
+    sweeping.abort();
+    served?;
     volume.handles.shut_down().await;
     Ok(())
 }

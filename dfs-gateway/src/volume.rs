@@ -528,6 +528,24 @@ impl Volume {
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
+    /// Removes upload directory `name` (inode `dir`) from `uploads`: its
+    /// parts, then itself. Chunks stay while a completed object shares
+    /// them.
+    pub async fn remove_upload_dir(
+        &self,
+        uploads: u64,
+        dir: u64,
+        name: &[u8],
+    ) -> Result<(), DfsError> {
+        for e in self.entries(dir).await? {
+            match self.dfs().unlink(dir, &e.name).await {
+                Err(err) if err.errno != libc::ENOENT => return Err(err),
+                _ => {}
+            }
+        }
+        self.dfs().rmdir(uploads, name).await
+    }
+
     /// A directory's entries with their attributes, sorted by name.
     pub async fn entries(&self, dir: u64) -> Result<Vec<DirEntry>, DfsError> {
         let mut entries = self.dfs().read_dir_all(dir, true).await?;

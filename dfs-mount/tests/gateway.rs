@@ -1249,3 +1249,118 @@ fn keys_come_and_go_and_https_and_slow_clients_are_handled() {
         started.elapsed()
     );
 }
+
+#[test]
+fn abandoned_puts_and_uploads_are_swept() {
+    let cluster = TestCluster::start(3, 3);
+    cluster.wait_servers_up(9);
+    // Leftovers older than 3 s go, looked for every second.
+    let gateway = Gateway::start(
+        &cluster,
+        &[
+            "--sweep-tmp-after",
+            "3",
+            "--sweep-uploads-after",
+            "3",
+            "--sweep-every",
+            "1",
+        ],
+    );
+    let root_key = add_key(&cluster, 0, 0, &[]);
+    let s3 = Aws {
+        url: gateway.url(),
+        key: &root_key,
+    };
+    let mount = TestMount::start(&cluster.meta_addr(), &[]);
+    let m = &mount.path;
+    s3.ok(&["s3api", "create-bucket", "--bucket", "sweep"]);
+
+    // What a gateway that died mid-PUT leaves: a file in /.s3/tmp.
+    let tmp = m.join(".s3/tmp");
+    std::fs::write(
+        tmp.join("0123456789abcdef0123456789abcdef"),
+        vec![7u8; 200_000],
+    )
+    .expect("write a stale tmp file");
+    // An upload started, one part sent, then forgotten.
+    let created = s3.json(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        "sweep",
+        "--key",
+        "forgotten.bin",
+    ]);
+    let upload_id = created["UploadId"].as_str().expect("upload id").to_string();
+    let work = tempfile::tempdir().expect("tempdir");
+    let part = write_random(work.path(), "part", 100_000, 9);
+    s3.ok(&[
+        "s3api",
+        "upload-part",
+        "--bucket",
+        "sweep",
+        "--key",
+        "forgotten.bin",
+        "--upload-id",
+        &upload_id,
+        "--part-number",
+        "1",
+        "--body",
+        part.to_str().unwrap_or_default(),
+    ]);
+    let listed = s3.json(&["s3api", "list-multipart-uploads", "--bucket", "sweep"]);
+    assert!(listed.to_string().contains(&upload_id), "{listed}");
+
+    // Objects written meanwhile are not leftovers.
+    let kept = write_random(work.path(), "kept", 50_000, 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        s3.ok(&[
+            "s3",
+            "cp",
+            kept.to_str().unwrap_or_default(),
+            "s3://sweep/kept.bin",
+        ]);
+        let tmp_left = std::fs::read_dir(&tmp).expect("read /.s3/tmp").count();
+        let uploads_left = std::fs::read_dir(m.join(".s3/multipart"))
+            .expect("read /.s3/multipart")
+            .count();
+        if tmp_left == 0 && uploads_left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 30 s, /.s3/tmp holds {tmp_left} and /.s3/multipart {uploads_left} entries: {}",
+            cluster.log("gateway")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let listed = s3.json(&["s3api", "list-multipart-uploads", "--bucket", "sweep"]);
+    assert!(!listed.to_string().contains(&upload_id), "{listed}");
+    s3.fails(
+        &[
+            "s3api",
+            "list-parts",
+            "--bucket",
+            "sweep",
+            "--key",
+            "forgotten.bin",
+            "--upload-id",
+            &upload_id,
+        ],
+        "NoSuchUpload",
+    );
+    let got = work.path().join("got");
+    s3.ok(&[
+        "s3",
+        "cp",
+        "s3://sweep/kept.bin",
+        got.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(md5_hex(&got), md5_hex(&kept));
+    assert_eq!(
+        std::fs::read(m.join("sweep/kept.bin")).expect("read through the mount"),
+        std::fs::read(&kept).expect("read the original")
+    );
+    drop(mount);
+}

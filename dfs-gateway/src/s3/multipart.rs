@@ -397,11 +397,10 @@ impl Gateway {
     /// the completed object shares them).
     async fn remove_upload(&self, dir: u64, id: &str) {
         let result = async {
-            for e in self.volume.entries(dir).await? {
-                self.volume.dfs().unlink(dir, &e.name).await?;
-            }
             let uploads = self.volume.private_dir(MULTIPART_DIR).await?;
-            self.volume.dfs().rmdir(uploads.ino, id.as_bytes()).await
+            self.volume
+                .remove_upload_dir(uploads.ino, dir, id.as_bytes())
+                .await
         }
         .await;
         if let Err(e) = result {
