@@ -40,8 +40,10 @@ const READ_STEP: u32 = 1024 * 1024;
 const READ_AHEAD_PIECES: usize = 4;
 /// Mode of directories made for keys (`a/` of `a/b`), before the umask the
 /// parent's default ACL may replace.
-const DIR_MODE: u32 = 0o755;
-const FILE_MODE: u32 = 0o644;
+// What `mkdir` and `cp` ask for: with the umask 0755 and 0644, under a
+// default ACL what the ACL allows.
+const DIR_MODE: u32 = 0o777;
+const FILE_MODE: u32 = 0o666;
 const UMASK: u32 = 0o022;
 
 /// A key split into its path components. `a/b/` (a "directory object")
@@ -352,12 +354,16 @@ impl Volume {
         })
     }
 
-    /// A new file in `dir` named `name`, owned by `user`, open for writing.
+    /// A new file in `dir` named `name`, owned by `user`, open for writing,
+    /// with the group, ACL and tiering policy a file created in
+    /// `inherit_from` gets there (the directory it will be renamed into;
+    /// 0: `dir`).
     pub async fn create_file(
         &self,
         user: &User,
         dir: u64,
         name: &str,
+        inherit_from: u64,
     ) -> Result<(InodeRecord, OpenHandle), DfsError> {
         let request = CreateRequest {
             parent: dir,
@@ -367,6 +373,7 @@ impl Volume {
             uid: user.uid,
             gid: user.gid,
             umask: UMASK,
+            inherit_from,
             ..Default::default()
         };
         let (attr, fh) = self.handles.create_open(request, libc::O_WRONLY).await?;
@@ -386,16 +393,26 @@ impl Volume {
         format!("{:032x}", rand::random::<u128>())
     }
 
-    /// Writes `body` into a new file in `/.s3/tmp` as `user`, committed
-    /// before it returns: the file's name, inode, size and MD5.
-    pub async fn write_tmp<S, E>(&self, user: &User, body: S, limit: u64) -> S3Result<Written>
+    /// Writes `body` into a new file in `/.s3/tmp` as `user`, made as if in
+    /// `inherit_from` (see `create_file`), committed before it returns: the
+    /// file's name, inode, size and MD5.
+    pub async fn write_tmp<S, E>(
+        &self,
+        user: &User,
+        inherit_from: u64,
+        body: S,
+        limit: u64,
+    ) -> S3Result<Written>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let tmp = self.private_dir(TMP_DIR).await.s3()?;
         let name = Self::tmp_name();
-        let (attr, handle) = self.create_file(user, tmp.ino, &name).await.s3()?;
+        let (attr, handle) = self
+            .create_file(user, tmp.ino, &name, inherit_from)
+            .await
+            .s3()?;
         let written = self.fill(handle, body, limit).await;
         match written {
             Ok((size, md5)) => Ok(Written {

@@ -53,6 +53,11 @@ pub fn check_create(caps: &Caps, r: &CreateRequest) -> Result<(), MetaError> {
     if privileged_mode(kind, r.mode) {
         return Err(refused("set-user-ID and set-group-ID bits"));
     }
+    if r.inherit_from != 0 {
+        // It could take the group of a set-group-ID directory the client
+        // may not create in.
+        return Err(refused("inheriting from a directory other than the parent"));
+    }
     Ok(())
 }
 
@@ -103,6 +108,12 @@ mod tests {
         assert!(check_create(&u, &create(FileKind::Directory, 0o2775)).is_ok());
         assert!(check_create(&u, &create(FileKind::Regular, 0o755)).is_ok());
         assert!(check_create(&u, &create(FileKind::Fifo, 0o644)).is_ok());
+        let elsewhere = CreateRequest {
+            inherit_from: 9,
+            ..create(FileKind::Regular, 0o644)
+        };
+        assert!(check_create(&u, &elsewhere).is_err());
+        assert!(check_create(&Caps::default(), &elsewhere).is_ok());
         assert!(check_mode(&u, FileKind::Regular, Some(0o4755)).is_err());
         assert!(check_mode(&u, FileKind::Directory, Some(0o2755)).is_ok());
         assert!(check_mode(&u, FileKind::Regular, None).is_ok());

@@ -111,11 +111,20 @@ pub fn create(
         ));
     }
     let mut mode = req.mode & 0o7777;
+    // Where the new inode inherits from: its parent, or the directory it
+    // will be renamed into (`inherit_from`).
+    let (from_ino, from_mode, from_gid) = match req.inherit_from {
+        0 => (parent.ino, parent.mode, parent.gid),
+        dir => {
+            let d = get_dir(txn, dir)?;
+            (d.ino, d.mode, d.gid)
+        }
+    };
     // A default ACL on the parent replaces the umask: the new inode's ACL
     // is it, limited by the mode asked for.
     let inherited = match kind {
         FileKind::Symlink => None,
-        _ => txn.get(&keys::xattr(req.parent, acl::DEFAULT))?,
+        _ => txn.get(&keys::xattr(from_ino, acl::DEFAULT))?,
     };
     let mut new_xattrs: Vec<(&[u8], Vec<u8>)> = Vec::new();
     match inherited.as_deref().map(acl::Acl::parse) {
@@ -138,14 +147,14 @@ pub fn create(
     // A directory's tiering policy is handed down to what is made in it.
     if kind != FileKind::Symlink {
         let tier = dfs_core::tier::XATTR.as_bytes();
-        if let Some(policy) = txn.get(&keys::xattr(req.parent, tier))? {
+        if let Some(policy) = txn.get(&keys::xattr(from_ino, tier))? {
             new_xattrs.push((tier, policy));
         }
     }
     let mut gid = req.gid;
     // A setgid directory hands its group down, and the bit to subdirectories.
-    if parent.mode & S_ISGID != 0 {
-        gid = parent.gid;
+    if from_mode & S_ISGID != 0 {
+        gid = from_gid;
         if kind == FileKind::Directory {
             mode |= S_ISGID;
         }
@@ -693,5 +702,72 @@ mod tests {
         }
         let listed = transact(&store, |t| read_dir(t, ROOT_INO, b"", 10, false)).unwrap();
         assert_eq!(listed.0.len(), 1, "one name, not a duplicate");
+    }
+
+    #[test]
+    fn a_create_can_inherit_from_the_directory_it_will_be_renamed_into() {
+        let store = MemStore::default();
+        transact(&store, |t| init_root(t, 1)).unwrap();
+        let dir = |name: &[u8], mode: u32, gid: u32| CreateRequest {
+            parent: ROOT_INO,
+            name: name.to_vec(),
+            kind: FileKind::Directory as i32,
+            mode,
+            gid,
+            ..Default::default()
+        };
+        let tmp = transact(&store, |t| create(t, &dir(b"tmp", 0o700, 0), 10, 1)).unwrap();
+        let team = transact(&store, |t| create(t, &dir(b"team", 0o2775, 50), 11, 1)).unwrap();
+        // The team directory: group rw for everyone it makes, and a policy.
+        let default = acl::Acl {
+            entries: vec![
+                acl::Entry {
+                    tag: acl::USER_OBJ,
+                    perm: 7,
+                    id: u32::MAX,
+                },
+                acl::Entry {
+                    tag: acl::GROUP_OBJ,
+                    perm: 6,
+                    id: u32::MAX,
+                },
+                acl::Entry {
+                    tag: acl::OTHER,
+                    perm: 4,
+                    id: u32::MAX,
+                },
+            ],
+        };
+        let tier = dfs_core::tier::XATTR.as_bytes();
+        transact(&store, |t| {
+            t.set(&keys::xattr(team.ino, acl::DEFAULT), &default.to_bytes());
+            t.set(&keys::xattr(team.ino, tier), b"cold");
+            Ok::<_, MetaError>(())
+        })
+        .unwrap();
+        let file = |inherit_from: u64, name: &[u8]| CreateRequest {
+            parent: tmp.ino,
+            name: name.to_vec(),
+            kind: FileKind::Regular as i32,
+            mode: 0o666,
+            uid: 1000,
+            gid: 1000,
+            umask: 0o022,
+            inherit_from,
+            ..Default::default()
+        };
+        // As if made in the team directory: its group, its ACL, its policy.
+        let made = transact(&store, |t| create(t, &file(team.ino, b"a"), 20, 2)).unwrap();
+        assert_eq!((made.gid, made.mode & 0o7777), (50, 0o664));
+        let policy = transact(&store, |t| t.get(&keys::xattr(made.ino, tier))).unwrap();
+        assert_eq!(policy.as_deref(), Some(&b"cold"[..]));
+        // From its own parent, as before: the umask, the caller's group.
+        let plain = transact(&store, |t| create(t, &file(0, b"b"), 21, 2)).unwrap();
+        assert_eq!((plain.gid, plain.mode & 0o7777), (1000, 0o644));
+        let policy = transact(&store, |t| t.get(&keys::xattr(plain.ino, tier))).unwrap();
+        assert_eq!(policy, None);
+        // Inheriting from something that is not a directory is refused.
+        let result = transact(&store, |t| create(t, &file(plain.ino, b"c"), 22, 3));
+        assert!(matches!(result, Err(MetaError::NotDir)), "{result:?}");
     }
 }

@@ -523,6 +523,57 @@ fn s3_clients_and_mounts_share_one_namespace() {
     ));
     assert!(xattr.contains("\"color\":\"blue\""), "{xattr}");
 
+    // Objects get what a file created in their directory gets: a
+    // set-group-ID directory's group, its default ACL.
+    let team = m.join("photos/team");
+    std::fs::create_dir(&team).expect("mkdir team");
+    sh(&format!(
+        "chgrp 50 {0} && chmod 2775 {0} && setfacl -d -m g::rw {0}",
+        team.display()
+    ));
+    s3.ok(&[
+        "s3",
+        "cp",
+        a.to_str().unwrap_or_default(),
+        "s3://photos/team/put.bin",
+    ]);
+    s3.ok(&[
+        "s3api",
+        "copy-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "team/copy.bin",
+        "--copy-source",
+        "photos/2026/a.bin",
+    ]);
+    for name in ["put.bin", "copy.bin"] {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(team.join(name)).expect("stat");
+        assert_eq!(
+            (meta.gid(), meta.mode() & 0o7777),
+            (50, 0o664),
+            "{name}: the group and mode a create in team/ gives"
+        );
+    }
+    // Elsewhere, the key's group and the umask, as before.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(m.join("photos/2026/a.bin")).expect("stat");
+        assert_eq!((meta.gid(), meta.mode() & 0o7777), (0, 0o644));
+    }
+    for name in ["team/put.bin", "team/copy.bin"] {
+        s3.ok(&[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "photos",
+            "--key",
+            name,
+        ]);
+    }
+    assert!(!team.exists(), "the emptied prefix goes");
+
     // Deleting the last object of a prefix removes the prefix.
     s3.ok(&[
         "s3api",

@@ -176,7 +176,8 @@ impl Gateway {
             .await?;
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let body = self.limits.meter(&key, body);
-        let written = self.volume.write_tmp(&user, body, MAX_PUT_BYTES).await?;
+        // A part is no object yet: nothing to inherit (0).
+        let written = self.volume.write_tmp(&user, 0, body, MAX_PUT_BYTES).await?;
         let checked = async {
             if let Some(length) = input.content_length {
                 if u64::try_from(length).ok() != Some(written.size) {
@@ -347,7 +348,7 @@ impl Gateway {
         };
         let bucket = self.volume.bucket(&user, &input.bucket).await?;
         let parent = self.volume.parent_for_write(&user, &bucket, dirs).await?;
-        let written: Written = self.share_into_tmp(&user, &sources).await?;
+        let written: Written = self.share_into_tmp(&user, parent.ino, &sources).await?;
         let etag = multipart_etag(&md5s);
         let mut meta = upload.meta.clone();
         meta.etag = etag.clone();

@@ -294,7 +294,10 @@ impl Gateway {
         let user_meta = user_metadata(input.metadata)?;
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let body = self.limits.meter(&key, body);
-        let written = self.volume.write_tmp(&user, body, MAX_PUT_BYTES).await?;
+        let written = self
+            .volume
+            .write_tmp(&user, parent.ino, body, MAX_PUT_BYTES)
+            .await?;
         let result = async {
             if let Some(expected) = &input.content_md5 {
                 if *expected != base64_md5(&written.md5) {
@@ -424,7 +427,7 @@ impl Gateway {
         // The same bytes, so the same ETag.
         meta.etag = src_etag.clone();
         let written = self
-            .share_into_tmp(&user, &[(src.clone(), src.size)])
+            .share_into_tmp(&user, parent.ino, &[(src.clone(), src.size)])
             .await?;
         if let Err(e) = self.seal(&written, meta).await {
             self.discard(&written).await;
@@ -445,15 +448,21 @@ impl Gateway {
     }
 
     /// A new file in `/.s3/tmp` made of `sources` one after another, their
-    /// chunks shared (`copy_file_range`: no bytes move), committed.
+    /// chunks shared (`copy_file_range`: no bytes move), committed; made
+    /// as if in `inherit_from`, where it goes next.
     pub(super) async fn share_into_tmp(
         &self,
         user: &crate::auth::User,
+        inherit_from: u64,
         sources: &[(InodeRecord, u64)],
     ) -> S3Result<Written> {
         let tmp = self.volume.private_dir(crate::volume::TMP_DIR).await.s3()?;
         let name = crate::volume::Volume::tmp_name();
-        let (attr, out) = self.volume.create_file(user, tmp.ino, &name).await.s3()?;
+        let (attr, out) = self
+            .volume
+            .create_file(user, tmp.ino, &name, inherit_from)
+            .await
+            .s3()?;
         let copied = async {
             let mut at = 0u64;
             for (source, size) in sources {

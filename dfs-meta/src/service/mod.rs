@@ -357,12 +357,15 @@ impl Meta for MetaService {
                     .map_err(|e| Status::from(DfsError::from(e)))?
             }
         };
-        let asked = r.parent;
+        let (asked, inherit_from) = (r.parent, r.inherit_from);
         let mut r = r;
         let reply = self
             .run("create", move |t, now| {
                 let scope = Scope::resolve(t, caps.subtree())?;
                 r.parent = scope.ino(t, asked)?;
+                if inherit_from != 0 {
+                    r.inherit_from = scope.ino(t, inherit_from)?;
+                }
                 let mut made = [
                     namespace::create(t, &r, ino, now)?,
                     inodes::get_inode(t, r.parent)?,

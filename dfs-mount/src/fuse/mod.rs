@@ -184,6 +184,7 @@ impl DfsFuse {
             umask,
             // The core gives each create an id of its own.
             create_id: 0,
+            inherit_from: 0,
         }
     }
 
