@@ -477,6 +477,101 @@ fn s3_clients_and_mounts_share_one_namespace() {
         "{uploads}"
     );
 
+    // UploadPartCopy: parts cut from objects, their chunks shared.
+    let before = cluster.stats();
+    let created = s3.json(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        "photos",
+        "--key",
+        "joined.bin",
+    ]);
+    let upload_id = created["UploadId"].as_str().expect("upload id").to_string();
+    let part_copy = |number: &str, source: &str, range: Option<&str>| -> String {
+        let mut args = vec![
+            "s3api",
+            "upload-part-copy",
+            "--bucket",
+            "photos",
+            "--key",
+            "joined.bin",
+            "--upload-id",
+            &upload_id,
+            "--part-number",
+            number,
+            "--copy-source",
+            source,
+        ];
+        if let Some(range) = range {
+            args.extend(["--copy-source-range", range]);
+        }
+        let reply = s3.json(&args);
+        reply["CopyPartResult"]["ETag"]
+            .as_str()
+            .expect("part ETag")
+            .to_string()
+    };
+    let first = part_copy("1", "photos/big.bin", Some("bytes=1000-5243879"));
+    let second = part_copy("2", "photos/2026/a.bin", None);
+    let big_bytes = std::fs::read(&big).expect("read big");
+    let a_bytes = std::fs::read(&a).expect("read a");
+    let want: Vec<u8> = [&big_bytes[1000..5_243_880], &a_bytes[..]].concat();
+    let range_file = w.join("range.bin");
+    std::fs::write(&range_file, &want[..5_242_880]).expect("write range");
+    assert_eq!(
+        first.trim_matches('"'),
+        md5_hex(&range_file),
+        "a range's ETag is the MD5 of its bytes"
+    );
+    assert_eq!(second, etag, "a whole object's part keeps its ETag");
+    let parts = w.join("parts.json");
+    std::fs::write(
+        &parts,
+        serde_json::json!({"Parts": [
+            {"ETag": first, "PartNumber": 1},
+            {"ETag": second, "PartNumber": 2},
+        ]})
+        .to_string(),
+    )
+    .expect("write parts.json");
+    s3.ok(&[
+        "s3api",
+        "complete-multipart-upload",
+        "--bucket",
+        "photos",
+        "--key",
+        "joined.bin",
+        "--upload-id",
+        &upload_id,
+        "--multipart-upload",
+        &format!("file://{}", parts.display()),
+    ]);
+    s3.ok(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "joined.bin",
+        got.to_str().unwrap_or_default(),
+    ]);
+    assert!(std::fs::read(&got).ok() == Some(want), "joined.bin differs");
+    let added = cluster.stats()["unique_bytes"].as_u64().unwrap_or(0)
+        - before["unique_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        added < (1 << 20),
+        "part copies stored {added} new unique bytes for 5 MiB"
+    );
+    s3.ok(&[
+        "s3api",
+        "delete-object",
+        "--bucket",
+        "photos",
+        "--key",
+        "joined.bin",
+    ]);
+
     // Presigned GET.
     let url = s3.ok(&[
         "s3",

@@ -276,6 +276,13 @@ impl S3 for Gateway {
         self.upload_part_impl(req).await
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.upload_part_copy_impl(req).await
+    }
+
     async fn list_parts(
         &self,
         req: S3Request<ListPartsInput>,

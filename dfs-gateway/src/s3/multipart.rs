@@ -4,15 +4,17 @@
 //! with `copy_file_range`, which shares their chunks: no byte is read or
 //! written again, whatever the object's size.
 
+use futures::StreamExt;
 use s3s::crypto::{Checksum, Md5};
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result};
 use serde::{Deserialize, Serialize};
 
+use super::objects::check_conditions;
 use super::{timestamp, Gateway, MAX_PUT_BYTES};
 use crate::auth::User;
 use crate::object_meta::{self, ObjectMeta};
-use crate::perm::EXEC;
+use crate::perm::{EXEC, READ};
 use crate::volume::{parse_key, s3_error, OrS3, Written, MULTIPART_DIR};
 
 const UPLOAD_XATTR: &[u8] = b"user.s3.upload";
@@ -59,6 +61,31 @@ fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
 
 fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
     hex::decode(etag).ok()?.try_into().ok()
+}
+
+/// The bytes `x-amz-copy-source-range: bytes=FIRST-LAST` names of a source
+/// of `size` bytes, as (start, length); all of it when absent.
+fn copy_range(range: Option<&str>, size: u64) -> S3Result<(u64, u64)> {
+    let Some(range) = range else {
+        return Ok((0, size));
+    };
+    let parsed = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)));
+    let Some((first, last)) = parsed.filter(|(first, last)| first <= last) else {
+        return Err(s3_error!(
+            InvalidArgument,
+            "x-amz-copy-source-range must be bytes=FIRST-LAST"
+        ));
+    };
+    if last >= size {
+        return Err(s3_error!(
+            InvalidRange,
+            "the range ends past the source's {size} bytes"
+        ));
+    }
+    Ok((first, last - first + 1))
 }
 
 impl Gateway {
@@ -178,31 +205,38 @@ impl Gateway {
         let body = self.limits.meter(&key, body);
         // A part is no object yet: nothing to inherit (0).
         let written = self.volume.write_tmp(&user, 0, body, MAX_PUT_BYTES).await?;
-        let checked = async {
-            if let Some(length) = input.content_length {
-                if u64::try_from(length).ok() != Some(written.size) {
-                    return Err(s3_error!(IncompleteBody));
-                }
-            }
-            let etag = hex::encode(written.md5);
-            self.seal(
-                &written,
-                ObjectMeta {
-                    etag: etag.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-            Ok(etag)
-        }
-        .await;
-        let etag = match checked {
-            Ok(etag) => etag,
-            Err(e) => {
+        if let Some(length) = input.content_length {
+            if u64::try_from(length).ok() != Some(written.size) {
                 self.discard(&written).await;
-                return Err(e);
+                return Err(s3_error!(IncompleteBody));
             }
+        }
+        let etag = hex::encode(written.md5);
+        self.store_part(dir, input.part_number, &written, &etag)
+            .await?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            ..Default::default()
+        }))
+    }
+
+    /// Seals a written part with its ETag and moves it into the upload's
+    /// directory as part `number` (replacing one sent before).
+    async fn store_part(
+        &self,
+        dir: u64,
+        number: i32,
+        written: &Written,
+        etag: &str,
+    ) -> S3Result<()> {
+        let meta = ObjectMeta {
+            etag: etag.to_string(),
+            ..Default::default()
         };
+        if let Err(e) = self.seal(written, meta).await {
+            self.discard(written).await;
+            return Err(e);
+        }
         // The upload's own directory (root's, 0700): no sticky-bit rule.
         let upload_dir = dfs_proto::InodeRecord {
             ino: dir,
@@ -211,16 +245,99 @@ impl Gateway {
         self.volume
             .publish(
                 &User::root(),
-                &written,
+                written,
                 &upload_dir,
-                &part_name(input.part_number),
+                &part_name(number),
                 false,
             )
+            .await
+    }
+
+    /// UploadPartCopy: a part made of a range of an object, its chunks
+    /// shared. The part's ETag is the MD5 of its bytes: the source's own
+    /// when the part is all of a singly-uploaded object, else read once.
+    pub(super) async fn upload_part_copy_impl(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        check_part_number(input.part_number)?;
+        let (dir, _) = self
+            .upload(&user, &input.bucket, &input.key, &input.upload_id)
             .await?;
-        Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(ETag::Strong(etag)),
+        let CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            ..
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(NotImplemented, "copy sources are bucket/key"));
+        };
+        let src = self.volume.object(&user, src_bucket, src_key, READ).await?;
+        let src_meta = object_meta::load(self.volume.dfs(), src.ino).await.s3()?;
+        let src_etag = src_meta.etag_for(&src);
+        check_conditions(
+            &src_etag,
+            &timestamp(src.mtime_ns),
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|e| {
+            if *e.code() == s3s::S3ErrorCode::NotModified {
+                s3_error!(PreconditionFailed)
+            } else {
+                e
+            }
+        })?;
+        let (start, len) = copy_range(input.copy_source_range.as_deref(), src.size)?;
+        if len > MAX_PUT_BYTES {
+            return Err(s3_error!(
+                EntityTooLarge,
+                "at most {MAX_PUT_BYTES} bytes in one part"
+            ));
+        }
+        let written = self
+            .share_into_tmp(&user, 0, &[(src.clone(), start, len)])
+            .await?;
+        let whole = start == 0 && len == src.size;
+        let etag = match md5_of_etag(&src_etag).filter(|_| whole) {
+            Some(_) => src_etag,
+            None => match self.md5_of(&written).await {
+                Ok(md5) => hex::encode(md5),
+                Err(e) => {
+                    self.discard(&written).await;
+                    return Err(e);
+                }
+            },
+        };
+        self.store_part(dir, input.part_number, &written, &etag)
+            .await?;
+        let attr = self.volume.dfs().getattr(written.ino).await.s3()?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(etag)),
+                last_modified: Some(timestamp(attr.mtime_ns)),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
+    }
+
+    /// The MD5 of a written file's bytes, read through the chunk cache.
+    async fn md5_of(&self, written: &Written) -> S3Result<[u8; 16]> {
+        let attr = self.volume.dfs().getattr(written.ino).await.s3()?;
+        let handle = self.volume.open_read(&attr).await.s3()?;
+        let mut stream = self.volume.read_stream(handle, 0, attr.size);
+        let mut md5 = Md5::new();
+        while let Some(piece) = stream.next().await {
+            let piece =
+                piece.map_err(|e| s3_error!(InternalError, "reading the part back: {e}"))?;
+            md5.update(&piece);
+        }
+        Ok(md5.finalize())
     }
 
     /// The parts uploaded so far, by number.
@@ -340,7 +457,7 @@ impl Gateway {
                 ));
             }
             md5s.push(md5_of_etag(&etag).unwrap_or_default());
-            sources.push((attr.clone(), attr.size));
+            sources.push((attr.clone(), 0, attr.size));
         }
         let path = parse_key(&input.key)?;
         let Some((name, dirs)) = path.parts.split_last() else {
@@ -481,5 +598,20 @@ mod tests {
         assert!(check_part_number(0).is_err());
         assert!(check_part_number(10_001).is_err());
         assert_eq!(part_name(7), "00007");
+    }
+
+    #[test]
+    fn copy_ranges_are_inclusive_and_within_the_source() {
+        assert_eq!(copy_range(None, 100).ok(), Some((0, 100)));
+        assert_eq!(copy_range(Some("bytes=0-99"), 100).ok(), Some((0, 100)));
+        assert_eq!(copy_range(Some("bytes=10-10"), 100).ok(), Some((10, 1)));
+        for bad in ["bytes=5-4", "bytes=-5", "bytes=5-", "items=0-1", "0-1"] {
+            let code = copy_range(Some(bad), 100).err().map(|e| e.code().clone());
+            assert_eq!(code, Some(s3s::S3ErrorCode::InvalidArgument), "{bad}");
+        }
+        let code = copy_range(Some("bytes=0-100"), 100)
+            .err()
+            .map(|e| e.code().clone());
+        assert_eq!(code, Some(s3s::S3ErrorCode::InvalidRange));
     }
 }

@@ -10,7 +10,7 @@ use crate::perm::READ;
 use crate::volume::{parse_key, s3_error, OrS3, Written};
 
 /// What a conditional GET or HEAD decides.
-fn check_conditions(
+pub(super) fn check_conditions(
     etag: &str,
     last_modified: &Timestamp,
     if_match: Option<&ETagCondition>,
@@ -427,7 +427,7 @@ impl Gateway {
         // The same bytes, so the same ETag.
         meta.etag = src_etag.clone();
         let written = self
-            .share_into_tmp(&user, parent.ino, &[(src.clone(), src.size)])
+            .share_into_tmp(&user, parent.ino, &[(src.clone(), 0, src.size)])
             .await?;
         if let Err(e) = self.seal(&written, meta).await {
             self.discard(&written).await;
@@ -447,14 +447,16 @@ impl Gateway {
         }))
     }
 
-    /// A new file in `/.s3/tmp` made of `sources` one after another, their
-    /// chunks shared (`copy_file_range`: no bytes move), committed; made
-    /// as if in `inherit_from`, where it goes next.
+    /// A new file in `/.s3/tmp` made of `sources` (each a file and the
+    /// bytes `[start, start + len)` of it) one after another, their chunks
+    /// shared (`copy_file_range`: no bytes move but those of chunks a range
+    /// cuts through), committed; made as if in `inherit_from`, where it
+    /// goes next.
     pub(super) async fn share_into_tmp(
         &self,
         user: &crate::auth::User,
         inherit_from: u64,
-        sources: &[(InodeRecord, u64)],
+        sources: &[(InodeRecord, u64, u64)],
     ) -> S3Result<Written> {
         let tmp = self.volume.private_dir(crate::volume::TMP_DIR).await.s3()?;
         let name = crate::volume::Volume::tmp_name();
@@ -465,14 +467,14 @@ impl Gateway {
             .s3()?;
         let copied = async {
             let mut at = 0u64;
-            for (source, size) in sources {
+            for (source, start, size) in sources {
                 let input = self.volume.open_read(source).await?;
                 let mut done = 0u64;
                 while done < *size {
                     let n = self
                         .volume
                         .handles
-                        .copy_file_range(input.fh, done, out.fh, at + done, size - done)
+                        .copy_file_range(input.fh, start + done, out.fh, at + done, size - done)
                         .await?;
                     if n == 0 {
                         return Err(dfs_core::error::DfsError::new(
