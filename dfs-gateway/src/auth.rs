@@ -2,16 +2,21 @@
 //! (`dfs_meta::access_keys`), fetched on first use and cached for a while
 //! (`--key-cache-secs`, a minute by default), so a removed key stops
 //! working within that time and a busy gateway asks dfs-meta once a
-//! minute per key, not once per request.
+//! minute per key, not once per request. Keys not in the cache are looked
+//! up at most `--key-lookup-rate` times a second in all: a flood of
+//! made-up keys gets 503 SlowDown, not a dfs-meta read each, and keys in
+//! the cache keep working through it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dfs_core::rpc::RpcTransport;
 use dfs_proto::access_keys_client::AccessKeysClient;
 use dfs_proto::{AccessKeyRecord, AccessKeyRequest};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::{s3_error, S3Result};
+
+use crate::limits::{slow_down_because, TokenBucket};
 
 /// Keys the cache holds at most.
 const KEY_CACHE_ENTRIES: u64 = 100_000;
@@ -83,17 +88,39 @@ pub struct Keys {
     client: AccessKeysClient<RpcTransport>,
     /// `None`: dfs-meta said there is no such key.
     cache: moka::future::Cache<String, Option<Arc<Key>>>,
+    /// Lookups of keys not in the cache, all keys together.
+    lookups: Arc<parking_lot::Mutex<TokenBucket>>,
 }
 
 impl Keys {
-    /// Keys from dfs-meta through `meta`, each believed for `ttl`.
-    pub fn new(meta: RpcTransport, ttl: Duration) -> Self {
+    /// Keys from dfs-meta through `meta`, each believed for `ttl`, at most
+    /// `lookups_per_sec` looked up a second.
+    pub fn new(meta: RpcTransport, ttl: Duration, lookups_per_sec: u32) -> Self {
         Self {
             client: AccessKeysClient::new(meta),
             cache: moka::future::Cache::builder()
                 .max_capacity(KEY_CACHE_ENTRIES)
                 .time_to_live(ttl)
                 .build(),
+            lookups: Arc::new(parking_lot::Mutex::new(TokenBucket::new(
+                f64::from(lookups_per_sec.max(1)),
+                Instant::now(),
+            ))),
+        }
+    }
+
+    /// Takes one lookup from the budget, or says how long until one is.
+    fn admit_lookup(&self) -> S3Result<()> {
+        let mut budget = self.lookups.lock();
+        let wait = budget.wait_for(1.0, Instant::now());
+        if wait.is_zero() {
+            budget.take(1.0);
+            Ok(())
+        } else {
+            Err(slow_down_because(
+                wait,
+                "too many unknown access keys at once; retry later",
+            ))
         }
     }
 
@@ -103,6 +130,7 @@ impl Keys {
         if let Some(hit) = self.cache.get(access_key).await {
             return Ok(hit);
         }
+        self.admit_lookup()?;
         let mut client = self.client.clone();
         let answer = client
             .get(AccessKeyRequest {

@@ -23,14 +23,14 @@ use crate::auth::{Key, Keys};
 /// A bucket refills at `rate` a second up to one second's worth (or one
 /// unit, for rates below one): short bursts pass, a sustained excess not.
 #[derive(Debug)]
-struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
-    fn new(rate: f64, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, now: Instant) -> Self {
         Self {
             rate,
             tokens: rate.max(1.0),
@@ -45,7 +45,7 @@ impl TokenBucket {
     }
 
     /// How long until the bucket holds `n` tokens (zero: it does now).
-    fn wait_for(&mut self, n: f64, now: Instant) -> Duration {
+    pub(crate) fn wait_for(&mut self, n: f64, now: Instant) -> Duration {
         self.refill(now);
         if self.tokens >= n {
             Duration::ZERO
@@ -54,7 +54,7 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self, n: f64) {
+    pub(crate) fn take(&mut self, n: f64) {
         self.tokens -= n;
     }
 }
@@ -75,8 +75,12 @@ pub struct Limits {
     keys: Mutex<HashMap<String, KeyBuckets>>,
 }
 
-fn slow_down(wait: Duration) -> S3Error {
-    let mut e = s3_error!(SlowDown, "this access key is over its rate; retry later");
+pub(crate) fn slow_down(wait: Duration) -> S3Error {
+    slow_down_because(wait, "this access key is over its rate; retry later")
+}
+
+pub(crate) fn slow_down_because(wait: Duration, why: &str) -> S3Error {
+    let mut e = s3_error!(SlowDown, "{why}");
     let secs = wait.as_secs_f64().ceil().max(1.0);
     let mut headers = hyper::HeaderMap::new();
     if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("{secs:.0}")) {

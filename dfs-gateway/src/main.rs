@@ -60,6 +60,10 @@ struct Cli {
     /// key removed with `dfs keys remove` works at most this long.
     #[arg(long, default_value_t = 60)]
     key_cache_secs: u64,
+    /// Access keys not in the cache looked up in dfs-meta a second, all
+    /// keys together; past it, requests with such keys get 503 SlowDown.
+    #[arg(long, default_value_t = 100)]
+    key_lookup_rate: u32,
     /// Seconds a file in /.s3/tmp (a PUT's bytes before they become the
     /// object) may stay unchanged before it is removed: what a gateway that
     /// died mid-PUT left.
@@ -104,6 +108,7 @@ async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyho
     let keys = Keys::new(
         transports[0].clone(),
         Duration::from_secs(cli.key_cache_secs),
+        cli.key_lookup_rate,
     );
     let meta = MetaRpc::new(transports, CONNECT_TIMEOUT);
     let to_servers = tcp_connector(security, dfs_core::tls::Role::Server);

@@ -790,7 +790,7 @@ fn s3_clients_and_mounts_share_one_namespace() {
 fn attacks_on_the_gateway_are_refused() {
     let cluster = TestCluster::start(3, 3);
     cluster.wait_servers_up(9);
-    let gateway = Gateway::start(&cluster, &[]);
+    let gateway = Gateway::start(&cluster, &["--key-lookup-rate", "5"]);
     let key = add_key(&cluster, 0, 0, &[]);
     let slow_key = add_key(&cluster, 0, 0, &["--request-rate", "2"]);
     let s3 = Aws {
@@ -838,6 +838,22 @@ fn attacks_on_the_gateway_are_refused() {
         &["s3api", "list-objects-v2", "--bucket", "data"],
         "InvalidAccessKeyId",
     );
+    // A flood of made-up keys: past 5 lookups a second they are refused
+    // with SlowDown before dfs-meta is asked, and known keys go on.
+    let flood = sh(&format!(
+        "for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}}\\n' \
+           -H 'x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' \
+           --aws-sigv4 aws:amz:us-east-1:s3 --user FLOOD$i$RANDOM:secret {}/data; done",
+        gateway.url()
+    ));
+    let codes: Vec<&str> = flood.lines().collect();
+    assert_eq!(codes.len(), 40, "{flood}");
+    assert!(codes.contains(&"503"), "no SlowDown in {codes:?}");
+    assert!(
+        codes.iter().all(|c| *c == "503" || *c == "403"),
+        "{codes:?}"
+    );
+    s3.ok(&["s3api", "list-objects-v2", "--bucket", "data"]);
     // A presigned URL past its expiry, and one whose path was changed.
     let url = s3.ok(&["s3", "presign", "s3://data/f", "--expires-in", "1"]);
     std::thread::sleep(Duration::from_secs(2));
