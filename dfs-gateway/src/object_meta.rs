@@ -45,6 +45,10 @@ pub struct ObjectMeta {
     /// `x-amz-meta-*`, names in lower case without the prefix.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user: BTreeMap<String, String>,
+    /// The sizes of a multipart object's parts, in order: what GET and
+    /// HEAD with `partNumber` answer from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<u64>,
 }
 
 /// The ETag of a file with no (or an outdated) stored one.
@@ -59,6 +63,19 @@ impl ObjectMeta {
             self.etag.clone()
         } else {
             synthetic_etag(attr)
+        }
+    }
+
+    /// The part sizes of `attr`'s file: the stored ones while they are
+    /// for its data (unchanged since the upload, and adding up to its
+    /// size), else none (one part, all of it).
+    pub fn parts_for(&self, attr: &InodeRecord) -> &[u64] {
+        let current =
+            self.version == attr.data_version && self.parts.iter().sum::<u64>() == attr.size;
+        if current {
+            &self.parts
+        } else {
+            &[]
         }
     }
 

@@ -470,6 +470,7 @@ impl Gateway {
         let mut meta = upload.meta.clone();
         meta.etag = etag.clone();
         meta.upload = Some(input.upload_id.clone());
+        meta.parts = sources.iter().map(|(_, _, size)| *size).collect();
         if let Err(e) = self.seal(&written, meta).await {
             self.discard(&written).await;
             return Err(e);

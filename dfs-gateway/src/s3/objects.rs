@@ -78,6 +78,80 @@ fn content_range(start: u64, end: u64, size: u64) -> String {
     format!("bytes {start}-{}/{size}", end.saturating_sub(1))
 }
 
+/// What a GET or HEAD answers with: `[start, end)` of the object, its
+/// Content-Range when not all of it, and the parts count for a
+/// `partNumber` request of a multipart object.
+struct Span {
+    start: u64,
+    end: u64,
+    content_range: Option<String>,
+    parts_count: Option<i32>,
+}
+
+/// The span a `Range` header or a `partNumber` asks for (not both).
+fn span_of(
+    range: Option<&Range>,
+    part_number: Option<i32>,
+    parts: &[u64],
+    size: u64,
+) -> S3Result<Span> {
+    let whole = Span {
+        start: 0,
+        end: size,
+        content_range: None,
+        parts_count: None,
+    };
+    match (range, part_number) {
+        (None, None) => Ok(whole),
+        (Some(_), Some(_)) => Err(s3_error!(
+            InvalidRequest,
+            "a Range header and partNumber cannot be given together"
+        )),
+        (Some(r), None) => {
+            let span = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
+            Ok(Span {
+                start: span.start,
+                end: span.end,
+                content_range: Some(content_range(span.start, span.end, size)),
+                parts_count: None,
+            })
+        }
+        (None, Some(n)) => {
+            if !(1..=10_000).contains(&n) {
+                return Err(s3_error!(InvalidArgument, "partNumber must be 1 to 10000"));
+            }
+            if parts.is_empty() {
+                // An object uploaded in one piece is its own part 1.
+                return if n == 1 {
+                    Ok(whole)
+                } else {
+                    Err(invalid_part_number(n))
+                };
+            }
+            let index = usize::try_from(n - 1).unwrap_or(usize::MAX);
+            let Some(len) = parts.get(index) else {
+                return Err(invalid_part_number(n));
+            };
+            let start: u64 = parts[..index].iter().sum();
+            Ok(Span {
+                start,
+                end: start + len,
+                content_range: Some(content_range(start, start + len, size)),
+                parts_count: i32::try_from(parts.len()).ok(),
+            })
+        }
+    }
+}
+
+fn invalid_part_number(n: i32) -> s3s::S3Error {
+    let mut e = s3s::S3Error::with_message(
+        s3s::S3ErrorCode::Custom("InvalidPartNumber".into()),
+        format!("the object has no part {n}"),
+    );
+    e.set_status_code(hyper::StatusCode::RANGE_NOT_SATISFIABLE);
+    e
+}
+
 /// `x-amz-meta-*` of a request, checked against S3's size limit.
 fn user_metadata(
     metadata: Option<Metadata>,
@@ -131,25 +205,25 @@ impl Gateway {
             input.if_unmodified_since.as_ref(),
         )
         .map_err(|e| with_validators(e, &etag, &last_modified))?;
+        let Span {
+            start,
+            end,
+            content_range,
+            parts_count,
+        } = span_of(
+            input.range.as_ref(),
+            input.part_number,
+            meta.parts_for(&attr),
+            attr.size,
+        )?;
         let handle = self.volume.open_read(&attr).await.s3()?;
-        let size = attr.size;
-        let (start, end, range) = match &input.range {
-            None => (0, size, None),
-            Some(r) => {
-                let span = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
-                (
-                    span.start,
-                    span.end,
-                    Some(content_range(span.start, span.end, size)),
-                )
-            }
-        };
         let stream = self.volume.read_stream(handle, start, end);
         let stream = self.limits.meter(&key, stream);
         let output = GetObjectOutput {
             body: Some(StreamingBlob::wrap(stream)),
             content_length: i64::try_from(end - start).ok(),
-            content_range: range,
+            content_range,
+            parts_count,
             accept_ranges: Some("bytes".to_string()),
             last_modified: Some(last_modified),
             e_tag: Some(ETag::Strong(etag)),
@@ -194,19 +268,21 @@ impl Gateway {
             input.if_unmodified_since.as_ref(),
         )
         .map_err(|e| with_validators(e, &etag, &last_modified))?;
-        let (length, range) = match &input.range {
-            None => (attr.size, None),
-            Some(r) => {
-                let span = r.check(attr.size).map_err(|_| s3_error!(InvalidRange))?;
-                (
-                    span.end - span.start,
-                    Some(content_range(span.start, span.end, attr.size)),
-                )
-            }
-        };
+        let Span {
+            start,
+            end,
+            content_range,
+            parts_count,
+        } = span_of(
+            input.range.as_ref(),
+            input.part_number,
+            meta.parts_for(&attr),
+            attr.size,
+        )?;
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: i64::try_from(length).ok(),
-            content_range: range,
+            content_length: i64::try_from(end - start).ok(),
+            content_range,
+            parts_count,
             accept_ranges: Some("bytes".to_string()),
             last_modified: Some(last_modified),
             e_tag: Some(ETag::Strong(etag)),
@@ -513,6 +589,35 @@ mod tests {
 
     fn ts(secs: i64) -> Timestamp {
         timestamp(secs * 1_000_000_000)
+    }
+
+    #[test]
+    fn part_numbers_select_the_parts_bytes() {
+        let parts = [5u64, 3, 2];
+        let span = span_of(None, Some(2), &parts, 10).expect("part 2");
+        assert_eq!((span.start, span.end), (5, 8));
+        assert_eq!(span.content_range.as_deref(), Some("bytes 5-7/10"));
+        assert_eq!(span.parts_count, Some(3));
+        let code = |r: S3Result<Span>| r.err().map(|e| e.code().as_str().to_string());
+        assert_eq!(
+            code(span_of(None, Some(4), &parts, 10)).as_deref(),
+            Some("InvalidPartNumber")
+        );
+        assert_eq!(
+            code(span_of(None, Some(0), &parts, 10)).as_deref(),
+            Some("InvalidArgument")
+        );
+        // One piece: part 1 is all of it.
+        let span = span_of(None, Some(1), &[], 10).expect("part 1");
+        assert_eq!((span.start, span.end, span.parts_count), (0, 10, None));
+        assert!(span_of(None, Some(2), &[], 10).is_err());
+        let range = Range::Int {
+            first: 2,
+            last: Some(4),
+        };
+        assert!(span_of(Some(&range), Some(1), &parts, 10).is_err());
+        let span = span_of(Some(&range), None, &parts, 10).expect("range");
+        assert_eq!((span.start, span.end), (2, 5));
     }
 
     #[test]
