@@ -464,6 +464,41 @@ fn s3_clients_and_mounts_share_one_namespace() {
         head["ETag"].as_str().unwrap_or_default().ends_with("-3\""),
         "{head}"
     );
+    let attributes = s3.json(&[
+        "s3api",
+        "get-object-attributes",
+        "--bucket",
+        "photos",
+        "--key",
+        "big.bin",
+        "--object-attributes",
+        "ETag",
+        "ObjectSize",
+        "ObjectParts",
+        "StorageClass",
+        "--max-parts",
+        "2",
+    ]);
+    assert_eq!(
+        attributes["ObjectSize"].as_u64(),
+        Some(20 << 20),
+        "{attributes}"
+    );
+    let parts = &attributes["ObjectParts"];
+    assert_eq!(parts["TotalPartsCount"].as_u64(), Some(3), "{attributes}");
+    assert_eq!(parts["IsTruncated"].as_bool(), Some(true), "{attributes}");
+    assert_eq!(
+        parts["Parts"][1]["Size"].as_u64(),
+        Some(8 << 20),
+        "{attributes}"
+    );
+    assert!(
+        attributes["ETag"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("-3"),
+        "{attributes}"
+    );
     // Parts by number, as parallel downloaders ask for them.
     let part = s3.json(&[
         "s3api",

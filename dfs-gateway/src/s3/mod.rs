@@ -276,6 +276,13 @@ impl S3 for Gateway {
         self.upload_part_impl(req).await
     }
 
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        self.get_object_attributes_impl(req).await
+    }
+
     async fn upload_part_copy(
         &self,
         req: S3Request<UploadPartCopyInput>,
