@@ -10,11 +10,11 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result};
 use serde::{Deserialize, Serialize};
 
-use super::objects::check_conditions;
+use super::objects::CopyConditions;
 use super::{timestamp, Gateway, MAX_PUT_BYTES};
 use crate::auth::User;
 use crate::object_meta::{self, ObjectMeta};
-use crate::perm::{EXEC, READ};
+use crate::perm::EXEC;
 use crate::volume::{parse_key, s3_error, OrS3, Written, MULTIPART_DIR};
 
 const UPLOAD_XATTR: &[u8] = b"user.s3.upload";
@@ -266,32 +266,18 @@ impl Gateway {
         let (dir, _) = self
             .upload(&user, &input.bucket, &input.key, &input.upload_id)
             .await?;
-        let CopySource::Bucket {
-            bucket: src_bucket,
-            key: src_key,
-            ..
-        } = &input.copy_source
-        else {
-            return Err(s3_error!(NotImplemented, "copy sources are bucket/key"));
-        };
-        let src = self.volume.object(&user, src_bucket, src_key, READ).await?;
-        let src_meta = object_meta::load(self.volume.dfs(), src.ino).await.s3()?;
-        let src_etag = src_meta.etag_for(&src);
-        check_conditions(
-            &src_etag,
-            &timestamp(src.mtime_ns),
-            input.copy_source_if_match.as_ref(),
-            input.copy_source_if_none_match.as_ref(),
-            input.copy_source_if_modified_since.as_ref(),
-            input.copy_source_if_unmodified_since.as_ref(),
-        )
-        .map_err(|e| {
-            if *e.code() == s3s::S3ErrorCode::NotModified {
-                s3_error!(PreconditionFailed)
-            } else {
-                e
-            }
-        })?;
+        let (src, _, src_etag) = self
+            .copy_source(
+                &user,
+                &input.copy_source,
+                CopyConditions {
+                    if_match: input.copy_source_if_match.as_ref(),
+                    if_none_match: input.copy_source_if_none_match.as_ref(),
+                    if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                    if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+                },
+            )
+            .await?;
         let (start, len) = copy_range(input.copy_source_range.as_deref(), src.size)?;
         if len > MAX_PUT_BYTES {
             return Err(s3_error!(

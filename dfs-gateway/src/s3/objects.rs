@@ -10,7 +10,7 @@ use crate::perm::READ;
 use crate::volume::{parse_key, s3_error, OrS3, Written};
 
 /// What a conditional GET or HEAD decides.
-pub(super) fn check_conditions(
+fn check_conditions(
     etag: &str,
     last_modified: &Timestamp,
     if_match: Option<&ETagCondition>,
@@ -141,6 +141,14 @@ fn span_of(
             })
         }
     }
+}
+
+/// A copy's `x-amz-copy-source-if-*` headers.
+pub(super) struct CopyConditions<'a> {
+    pub if_match: Option<&'a ETagCondition>,
+    pub if_none_match: Option<&'a ETagCondition>,
+    pub if_modified_since: Option<&'a Timestamp>,
+    pub if_unmodified_since: Option<&'a Timestamp>,
 }
 
 /// The parts after `marker`, at most `max` (1,000 unless asked).
@@ -506,30 +514,28 @@ impl Gateway {
         }
     }
 
-    pub(super) async fn copy_object_impl(
+    /// The object a copy reads, which `user` must be able to read, once
+    /// its `x-amz-copy-source-if-*` conditions hold: its attributes,
+    /// metadata and ETag.
+    pub(super) async fn copy_source(
         &self,
-        req: S3Request<CopyObjectInput>,
-    ) -> S3Result<S3Response<CopyObjectOutput>> {
-        let user = self.user(&req).await?;
-        let input = req.input;
-        let CopySource::Bucket {
-            bucket: src_bucket,
-            key: src_key,
-            ..
-        } = &input.copy_source
-        else {
+        user: &crate::auth::User,
+        source: &CopySource,
+        conditions: CopyConditions<'_>,
+    ) -> S3Result<(InodeRecord, ObjectMeta, String)> {
+        let CopySource::Bucket { bucket, key, .. } = source else {
             return Err(s3_error!(NotImplemented, "copy sources are bucket/key"));
         };
-        let src = self.volume.object(&user, src_bucket, src_key, READ).await?;
-        let src_meta = object_meta::load(self.volume.dfs(), src.ino).await.s3()?;
-        let src_etag = src_meta.etag_for(&src);
+        let src = self.volume.object(user, bucket, key, READ).await?;
+        let meta = object_meta::load(self.volume.dfs(), src.ino).await.s3()?;
+        let etag = meta.etag_for(&src);
         check_conditions(
-            &src_etag,
+            &etag,
             &timestamp(src.mtime_ns),
-            input.copy_source_if_match.as_ref(),
-            input.copy_source_if_none_match.as_ref(),
-            input.copy_source_if_modified_since.as_ref(),
-            input.copy_source_if_unmodified_since.as_ref(),
+            conditions.if_match,
+            conditions.if_none_match,
+            conditions.if_modified_since,
+            conditions.if_unmodified_since,
         )
         .map_err(|e| {
             // A copy's failed condition is always 412, never 304.
@@ -539,6 +545,27 @@ impl Gateway {
                 e
             }
         })?;
+        Ok((src, meta, etag))
+    }
+
+    pub(super) async fn copy_object_impl(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let user = self.user(&req).await?;
+        let input = req.input;
+        let (src, src_meta, src_etag) = self
+            .copy_source(
+                &user,
+                &input.copy_source,
+                CopyConditions {
+                    if_match: input.copy_source_if_match.as_ref(),
+                    if_none_match: input.copy_source_if_none_match.as_ref(),
+                    if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                    if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+                },
+            )
+            .await?;
         let path = parse_key(&input.key)?;
         let Some((name, dirs)) = path.parts.split_last().filter(|_| !path.dir_marker) else {
             return Err(s3_error!(
