@@ -72,8 +72,8 @@
 # 127.0.0.1. Redis runs with `--appendonly yes --appendfsync everysec` and no
 # RDB snapshots: the persistence JuiceFS's documentation recommends for its
 # metadata (Debian's default, RDB snapshots only, can lose minutes of
-# metadata). dfs syncs every metadata commit, so if anything this favours
-# JuiceFS. Everything else is JuiceFS's default (1 s kernel metadata caches,
+# metadata). dfs syncs every data commit and every namespace change within
+# 100 ms (RocksDB's log), so if anything this favours JuiceFS. Everything else is JuiceFS's default (1 s kernel metadata caches,
 # 300 MiB buffer, local block cache, trash kept 1 day), except the block cache
 # directory, moved under the run's directory so the run leaves nothing behind,
 # and --no-usage-report: this machine must not send traffic anywhere but

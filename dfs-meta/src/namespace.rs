@@ -187,6 +187,7 @@ pub fn create(
         // to move between tiers.
         access_day: 0,
         tier: dfs_proto::Tier::Hot as i32,
+        entry_changes: 0,
     };
     put_inode(txn, &inode);
     for (name, value) in new_xattrs {
@@ -207,6 +208,7 @@ pub fn create(
     }
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
+    parent.entry_changes += 1;
     put_inode(txn, &parent);
     txn.atomic_add(&keys::counter(COUNTER_INODES), 1)?;
     Ok(inode)
@@ -220,6 +222,15 @@ fn put_dirent(txn: &mut dyn KvTxn, parent: u64, name: &[u8], entry: &DirentRecor
     if entry.kind() != FileKind::Directory {
         txn.set(&keys::backref(entry.ino, parent, name), &[]);
     }
+}
+
+/// Counts one change of `dir`'s entries ([`InodeRecord::entry_changes`]):
+/// called once per directory by each transaction that changes them.
+fn count_entry_change(txn: &mut dyn KvTxn, dir: u64) -> Result<()> {
+    let mut record = get_inode(txn, dir)?;
+    record.entry_changes += 1;
+    put_inode(txn, &record);
+    Ok(())
 }
 
 /// Removes a directory entry and its back-reference.
@@ -365,6 +376,7 @@ pub fn unlink(
     let purge_left = drop_link(txn, inode, parent_ino, keep_ino, now_ns)?;
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
+    parent.entry_changes += 1;
     put_inode(txn, &parent);
     Ok(purge_left)
 }
@@ -390,6 +402,7 @@ pub fn rmdir(txn: &mut dyn KvTxn, parent_ino: u64, name: &[u8], now_ns: i64) -> 
     parent.nlink = parent.nlink.saturating_sub(1);
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
+    parent.entry_changes += 1;
     put_inode(txn, &parent);
     Ok(())
 }
@@ -482,6 +495,7 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<b
         }
         adjust_dir(txn, req.parent, 0, now_ns)?;
         adjust_dir(txn, req.new_parent, 0, now_ns)?;
+        count_renamed_entries(txn, req)?;
         return Ok(false);
     }
 
@@ -517,7 +531,17 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<b
         adjust_dir(txn, req.parent, 0, now_ns)?;
         adjust_dir(txn, req.new_parent, 0, now_ns)?;
     }
+    count_renamed_entries(txn, req)?;
     Ok(purge_left)
+}
+
+/// A rename changes the entries of its one or two directories once each.
+fn count_renamed_entries(txn: &mut dyn KvTxn, req: &RenameRequest) -> Result<()> {
+    count_entry_change(txn, req.parent)?;
+    if req.new_parent != req.parent {
+        count_entry_change(txn, req.new_parent)?;
+    }
+    Ok(())
 }
 
 /// Changes a directory's link count by `delta` and stamps its times.
@@ -623,6 +647,7 @@ pub fn link(
     put_inode(txn, &inode);
     parent.mtime_ns = now_ns;
     parent.ctime_ns = now_ns;
+    parent.entry_changes += 1;
     put_inode(txn, &parent);
     Ok(inode)
 }
@@ -702,6 +727,58 @@ mod tests {
         }
         let listed = transact(&store, |t| read_dir(t, ROOT_INO, b"", 10, false)).unwrap();
         assert_eq!(listed.0.len(), 1, "one name, not a duplicate");
+    }
+
+    #[test]
+    fn each_change_of_a_directory_s_entries_counts_once() {
+        let store = MemStore::default();
+        transact(&store, |t| init_root(t, 1)).unwrap();
+        let changes = |ino: u64| {
+            transact(&store, |t| get_inode(t, ino))
+                .unwrap()
+                .entry_changes
+        };
+        let make = |parent: u64, name: &[u8], kind: FileKind, ino: u64| {
+            let request = CreateRequest {
+                parent,
+                name: name.to_vec(),
+                kind: kind as i32,
+                mode: 0o755,
+                ..Default::default()
+            };
+            transact(&store, |t| create(t, &request, ino, 10)).unwrap()
+        };
+        let a = make(ROOT_INO, b"a", FileKind::Directory, 100);
+        let b = make(ROOT_INO, b"b", FileKind::Directory, 101);
+        assert_eq!((changes(ROOT_INO), changes(a.ino)), (2, 0));
+        make(a.ino, b"f", FileKind::Regular, 102);
+        make(a.ino, b"g", FileKind::Regular, 103);
+        // Renames within one directory, and across two (a directory moved).
+        let within = RenameRequest {
+            parent: a.ino,
+            name: b"f".to_vec(),
+            new_parent: a.ino,
+            new_name: b"g".to_vec(),
+            ..Default::default()
+        };
+        transact(&store, |t| rename(t, &within, 20)).unwrap();
+        assert_eq!(changes(a.ino), 2 + 1, "a rename over a name counts once");
+        let across = RenameRequest {
+            parent: ROOT_INO,
+            name: b"a".to_vec(),
+            new_parent: b.ino,
+            new_name: b"a".to_vec(),
+            ..Default::default()
+        };
+        transact(&store, |t| rename(t, &across, 21)).unwrap();
+        assert_eq!(
+            (changes(ROOT_INO), changes(b.ino), changes(a.ino)),
+            (3, 1, 3)
+        );
+        transact(&store, |t| link(t, 102, ROOT_INO, b"h", 22)).unwrap();
+        transact(&store, |t| unlink(t, a.ino, b"g", 0, 23)).unwrap();
+        transact(&store, |t| rmdir(t, b.ino, b"a", 24)).unwrap();
+        assert_eq!((changes(ROOT_INO), changes(b.ino)), (4, 2));
     }
 
     #[test]

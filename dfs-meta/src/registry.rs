@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use dfs_proto::{
-    HeartbeatRequest, RegisterServerRequest, ServerRecord, ServerState, ServerStatus, VolumeConfig,
+    HeartbeatRequest, RegisterServerRequest, ServerRecord, ServerState, ServerStatus, StatFsReply,
+    VolumeConfig,
 };
 
 use crate::error::{MetaError, Result};
@@ -167,6 +168,25 @@ pub fn mark_reconciled(txn: &mut dyn KvTxn, id: u32, registered_ns: i64) -> Resu
         put_record(txn, &key, &rec);
     }
     Ok(())
+}
+
+/// What `statfs` shows: the inode count, and the capacity and use of the
+/// servers that are not down.
+pub fn stat_fs(txn: &mut dyn KvTxn, liveness: &Liveness, now_ns: i64) -> Result<StatFsReply> {
+    let mut reply = StatFsReply {
+        files: crate::namespace::inode_count(txn)?,
+        ..Default::default()
+    };
+    for s in list(txn, liveness, now_ns)? {
+        if s.state() == ServerState::Down {
+            continue;
+        }
+        if let Some(r) = s.record {
+            reply.capacity_bytes += r.capacity_bytes;
+            reply.used_bytes += r.used_bytes;
+        }
+    }
+    Ok(reply)
 }
 
 pub fn list(txn: &mut dyn KvTxn, liveness: &Liveness, now_ns: i64) -> Result<Vec<ServerStatus>> {

@@ -62,6 +62,69 @@ fn namespace_operations_on_a_cluster() {
     namespace_checks(&m.path);
 }
 
+/// A mount answers lookups of names absent from a directory it made by
+/// itself (a tree copy's lookup before each create), yet finds a name
+/// another client added within its cache lifetime (1 s), and at once after
+/// its own next change there shows it another client was there.
+/// Namespace changes commit without waiting for the disk: fsync of a clean
+/// file and of a directory sync them, and a killed dfs-meta keeps them.
+#[test]
+fn names_other_clients_add_are_found_and_unsynced_changes_survive() {
+    let mut cluster = TestCluster::start(1, 3);
+    let a = TestMount::start(&cluster.meta_addr(), &[]);
+    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    let (in_a, in_b) = (a.path.join("d"), b.path.join("d"));
+    fs::create_dir(&in_a).expect("mkdir");
+    fs::write(in_a.join("mine"), b"a").expect("create");
+    assert!(!in_a.join("theirs").exists());
+    fs::write(in_b.join("theirs"), b"b").expect("create through b");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !in_a.join("theirs").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a name another client made is still absent after 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A's next change sees B's: from then on A asks dfs-meta.
+    fs::write(in_a.join("again"), b"a").expect("create");
+    fs::write(in_b.join("later"), b"b").expect("create through b");
+    assert_eq!(fs::read(in_a.join("later")).expect("read at once"), b"b");
+    // Renames and removals keep A's own view right.
+    fs::create_dir(in_a.join("e")).expect("mkdir");
+    fs::write(in_a.join("e/x"), b"x").expect("create");
+    fs::rename(in_a.join("e/x"), in_a.join("e/y")).expect("rename");
+    assert!(!in_a.join("e/x").exists() && in_a.join("e/y").exists());
+    fs::remove_file(in_a.join("e/y")).expect("unlink");
+    assert!(!in_a.join("e/y").exists());
+    fs::write(in_a.join("e/y"), b"y2").expect("create again");
+    assert_eq!(fs::read(in_b.join("e/y")).expect("read through b"), b"y2");
+
+    // fsync of a clean file and of a directory (dfs-meta's Sync).
+    fs::write(in_a.join("empty"), b"").expect("create");
+    fs::File::open(in_a.join("empty"))
+        .and_then(|f| f.sync_all())
+        .expect("fsync a clean file");
+    fs::File::open(&in_a)
+        .and_then(|f| f.sync_all())
+        .expect("fsync a directory");
+    // Unsynced namespace changes are in dfs-meta's log: a crash of the
+    // process loses none of them.
+    fs::create_dir(in_a.join("made-last")).expect("mkdir");
+    cluster.restart_meta();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match fs::metadata(in_b.join("made-last")) {
+            Ok(m) if m.is_dir() => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "mkdir lost with dfs-meta killed: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_dead_metadata_server_listed_first_is_skipped() {
     let cluster = TestCluster::start(1, 3);

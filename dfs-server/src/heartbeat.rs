@@ -548,6 +548,9 @@ mod tests {
         async fn stat_fs(&self, _: Request<Empty>) -> Result<Response<StatFsReply>, Status> {
             unimplemented()
         }
+        async fn sync(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
+            unimplemented()
+        }
         async fn get_volume_config(
             &self,
             _: Request<Empty>,

@@ -34,7 +34,7 @@ pub fn allowed_roles(path: &str) -> &'static [Role] {
             | "ForgetUnlinked" | "KeepUnlinked" | "Link" | "SetXattr" | "GetXattr" | "ListXattr"
             | "RemoveXattr" | "ReadDir" | "LookupChunks" | "CommitChunks" | "GetChunkMap"
             | "ReadColdChunk" | "GetDictionary" | "OpenLockSession" | "EndLockSession" | "SetLock"
-            | "GetLock",
+            | "GetLock" | "Sync",
         ) => &[Client],
         // Read-only views a mount needs (df, where to place shards) and an
         // operator's `dfs status` too.

@@ -135,6 +135,7 @@ impl MetaService {
             self.maintenance.workers().add("purge", "files"),
         ));
         tokio::spawn(self.maintenance.clone().run());
+        tokio::spawn(transactions::sync_deferred(self.store.clone()));
         let cold_reads = (self.reheat && self.maintenance.recall().is_some()).then(|| {
             let (to, from) = tokio::sync::mpsc::channel(crate::cold::reheat::QUEUE);
             tokio::spawn(crate::cold::reheat::reheat_worker(
@@ -328,6 +329,7 @@ impl Meta for MetaService {
         let asked = r.ino;
         let reply = self
             .run("setattr", move |t, now| {
+                t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 r.ino = scope.ino(t, asked)?;
                 if caps.unprivileged && r.mode.is_some() {
@@ -361,6 +363,7 @@ impl Meta for MetaService {
         let mut r = r;
         let reply = self
             .run("create", move |t, now| {
+                t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 r.parent = scope.ino(t, asked)?;
                 if inherit_from != 0 {
@@ -375,19 +378,7 @@ impl Meta for MetaService {
                 Ok((inode, vec![parent]))
             })
             .await?;
-        let n = self.unknown_create_every;
-        if n > 0
-            && self
-                .creates
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                % n
-                == n - 1
-        {
-            let injected = StoreError::CommitUnknown(
-                "injected after the commit (--inject-unknown-commit-every)".into(),
-            );
-            return Err(DfsError::from(MetaError::Store(injected)).into());
-        }
+        self.maybe_inject_unknown_create()?;
         Ok(with_changed_dirs(reply))
     }
 
@@ -445,6 +436,7 @@ impl Meta for MetaService {
         let r = r.into_inner();
         let reply = self
             .run("link", move |t, now| {
+                t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 let (ino, new_parent) = (scope.ino(t, r.ino)?, scope.ino(t, r.new_parent)?);
                 let mut made = [
@@ -466,6 +458,7 @@ impl Meta for MetaService {
         let asked = r.ino;
         let reply = self
             .run("setxattr", move |t, now| {
+                t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 r.ino = scope.ino(t, asked)?;
                 xattrs::set_xattr(t, &r, now)?;
@@ -503,6 +496,7 @@ impl Meta for MetaService {
         caps::check_xattr(&caps, &r).map_err(|e| Status::from(DfsError::from(e)))?;
         let reply = self
             .run("removexattr", move |t, now| {
+                t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 let ino = scope.ino(t, r.ino)?;
                 xattrs::remove_xattr(t, ino, &r.name, now)?;
@@ -654,27 +648,16 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn sync(&self, _r: Request<Empty>) -> Result<Response<Empty>, Status> {
+        self.sync_store().await.map(|()| Response::new(Empty {}))
+    }
+
     // statfs, list_servers and stats only read: on a snapshot, never
     // queued behind other requests' synced commits.
     async fn stat_fs(&self, _r: Request<Empty>) -> Result<Response<StatFsReply>, Status> {
         let liveness = self.liveness;
-        self.read("statfs", move |t, now| {
-            let mut reply = StatFsReply {
-                files: namespace::inode_count(t)?,
-                ..Default::default()
-            };
-            for s in registry::list(t, &liveness, now)? {
-                if s.state() == ServerState::Down {
-                    continue;
-                }
-                if let Some(r) = s.record {
-                    reply.capacity_bytes += r.capacity_bytes;
-                    reply.used_bytes += r.used_bytes;
-                }
-            }
-            Ok(reply)
-        })
-        .await
+        self.read("statfs", move |t, now| registry::stat_fs(t, &liveness, now))
+            .await
     }
 
     async fn get_volume_config(

@@ -84,6 +84,36 @@ impl MetaService {
         Ok(result)
     }
 
+    /// `--inject-unknown-commit-every N`: every Nth create answers as if
+    /// the store could not tell whether it committed (it did).
+    pub(super) fn maybe_inject_unknown_create(&self) -> Result<(), Status> {
+        let n = self.unknown_create_every;
+        if n > 0
+            && self
+                .creates
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                % n
+                == n - 1
+        {
+            let injected = StoreError::CommitUnknown(
+                "injected after the commit (--inject-unknown-commit-every)".into(),
+            );
+            return Err(DfsError::from(MetaError::Store(injected)).into());
+        }
+        Ok(())
+    }
+
+    /// Makes every commit so far durable ([`crate::store::KvTxn::defer_sync`]).
+    pub(super) async fn sync_store(&self) -> Result<(), Status> {
+        let store = self.store.clone();
+        let started = std::time::Instant::now();
+        let synced = tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(|e| Status::internal(format!("sync panicked: {e}")))?;
+        self.note_duration("sync", started.elapsed());
+        synced.map_err(|e| DfsError::from(MetaError::Store(e)).into())
+    }
+
     /// Keeps the longest transaction, and logs any slow one.
     pub(super) fn note_duration(&self, op: &'static str, took: std::time::Duration) {
         if took > SLOW_TRANSACTION {
@@ -151,4 +181,26 @@ pub(super) enum Access {
     /// of dedup lookups).
     Read,
     ReadWrite,
+}
+
+/// Syncs commits that deferred their sync at least every
+/// [`DEFERRED_SYNC_EVERY`], so a namespace change is on disk within that
+/// even when no fsync or data commit comes after it.
+pub(super) async fn sync_deferred(store: Arc<dyn MetaStore>) {
+    let mut every = tokio::time::interval(crate::store::DEFERRED_SYNC_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if !store.has_deferred() {
+            continue;
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "syncing deferred commits failed; will retry")
+            }
+            Err(e) => tracing::error!(error = %e, "syncing deferred commits panicked"),
+        }
+    }
 }

@@ -58,6 +58,9 @@ impl KvTxn for MeasuredTxn<'_> {
         self.written += key.len();
         self.inner.clear(key);
     }
+    fn defer_sync(&mut self) {
+        self.inner.defer_sync();
+    }
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
         self.written += begin.len() + end.len();
         self.inner.clear_range(begin, end);

@@ -114,7 +114,20 @@ pub trait KvTxn {
     /// Adds `delta` to the little-endian i64 stored at `key` (absent = 0),
     /// as FoundationDB's ADD mutation does, without a read conflict.
     fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError>;
+    /// Lets this transaction's commit return before it is on disk: it is
+    /// made durable by the next synced commit (which syncs everything
+    /// before it), by [`MetaStore::sync`], or by the store's background
+    /// sync within [`DEFERRED_SYNC_EVERY`]. For namespace changes that
+    /// acknowledge no file data (create, link, chmod, utimes, xattrs), as
+    /// a local file system makes them durable at the next fsync or journal
+    /// commit; they survive a crash of the process at once. Backends whose
+    /// every commit is durable anyway (FoundationDB) ignore it.
+    fn defer_sync(&mut self) {}
 }
+
+/// How long a commit with [`KvTxn::defer_sync`] may stay off the disk at
+/// most, if nothing syncs it sooner (ext4 journals every 5 s).
+pub const DEFERRED_SYNC_EVERY: Duration = Duration::from_millis(100);
 
 /// A transaction that can be committed.
 pub trait Transaction: KvTxn {
@@ -149,6 +162,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// disk without waiting for a lock or the network, so a point read may
     /// run on an async worker instead of a blocking thread.
     fn snapshot_is_local(&self) -> bool {
+        false
+    }
+
+    /// Makes every commit so far durable, those with
+    /// [`KvTxn::defer_sync`] included (fsync of a clean file, fsyncdir).
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether a commit waits for [`MetaStore::sync`] (cheap: the
+    /// background sync asks it ten times a second).
+    fn has_deferred(&self) -> bool {
         false
     }
 

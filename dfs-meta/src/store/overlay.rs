@@ -20,6 +20,8 @@ pub struct Overlay {
     /// Writes made after a clear are in `writes` and take precedence.
     pub cleared: Vec<(Vec<u8>, Vec<u8>)>,
     pub writes: BTreeMap<Vec<u8>, Pending>,
+    /// The body asked for [`KvTxn::defer_sync`].
+    pub deferred: bool,
 }
 
 /// Read access to the state the transaction started from.
@@ -201,5 +203,8 @@ impl<B: Base> KvTxn for OverlayTxn<B> {
     }
     fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
         self.overlay.atomic_add(&self.base, key, delta)
+    }
+    fn defer_sync(&mut self) {
+        self.overlay.deferred = true;
     }
 }

@@ -4,8 +4,13 @@
 //! a time, reads go to the live database (which nobody else can change
 //! meanwhile) overlaid with the transaction's own writes, and the commit is
 //! one synced `WriteBatch`, so an acknowledged change survives a crash.
+//! A commit whose body deferred its sync ([`KvTxn::defer_sync`]) is written
+//! to the log unsynced: the next synced commit, [`MetaStore::sync`] or the
+//! background sync makes it durable, as the log is synced in order.
 
 use std::path::Path;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
@@ -19,6 +24,8 @@ const METADATA_MEMTABLE_BYTES: usize = 2 * 1024 * 1024;
 pub struct RocksStore {
     db: DB,
     lock: Mutex<()>,
+    /// A commit was written to the log without a sync since the last sync.
+    unsynced: AtomicBool,
 }
 
 impl RocksStore {
@@ -41,6 +48,7 @@ impl RocksStore {
         Ok(Self {
             db,
             lock: Mutex::new(()),
+            unsynced: AtomicBool::new(false),
         })
     }
 }
@@ -52,6 +60,7 @@ fn io(e: rocksdb::Error) -> StoreError {
 /// The live database, while this transaction holds the store's lock.
 pub struct RocksBase<'a> {
     db: &'a DB,
+    unsynced: &'a AtomicBool,
     _guard: MutexGuard<'a, ()>,
 }
 
@@ -200,8 +209,14 @@ impl Transaction for RocksTxn<'_> {
             }
         }
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.base.db.write_opt(batch, &opts).map_err(io)
+        let sync = !self.overlay.deferred;
+        opts.set_sync(sync);
+        self.base.db.write_opt(batch, &opts).map_err(io)?;
+        // Under the store's lock, so in log order: a synced write covers
+        // every unsynced one before it; a deferred one is marked after it
+        // is in the log, so a sync that clears the mark covers it.
+        self.base.unsynced.store(!sync, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -211,6 +226,7 @@ impl MetaStore for RocksStore {
         Ok(Box::new(OverlayTxn {
             base: RocksBase {
                 db: &self.db,
+                unsynced: &self.unsynced,
                 _guard: guard,
             },
             overlay: Overlay::default(),
@@ -230,5 +246,19 @@ impl MetaStore for RocksStore {
 
     fn snapshot_is_local(&self) -> bool {
         true
+    }
+
+    fn has_deferred(&self) -> bool {
+        self.unsynced.load(Ordering::Acquire)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        if self.unsynced.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.db.flush_wal(true) {
+                self.unsynced.store(true, Ordering::Release);
+                return Err(io(e));
+            }
+        }
+        Ok(())
     }
 }

@@ -73,6 +73,14 @@ impl MetaRpc {
         (!left.is_zero()).then(|| (attr.clone(), left))
     }
 
+    /// Directory `ino` as this client's last change to it left it.
+    pub fn last_changed_dir(&self, ino: u64) -> Option<InodeRecord> {
+        self.changed_dirs
+            .lock()
+            .get(&ino)
+            .map(|(dir, _)| dir.clone())
+    }
+
     fn note_changed_dirs(&self, metadata: &tonic::metadata::MetadataMap) {
         let mut values = metadata
             .get_all_bin(dfs_proto::CHANGED_DIRS_METADATA)
@@ -92,10 +100,13 @@ impl MetaRpc {
                 .ok()
                 .and_then(|bytes| InodeRecord::decode(bytes).ok());
             match decoded {
-                // Every change to a directory moves its ctime: a reply that
-                // overtook a later change's never replaces what it left.
+                // Every change to a directory moves its ctime, and one of
+                // its entries its entry count: a reply that overtook a
+                // later change's never replaces what it left.
                 Some(dir) => match dirs.get(&dir.ino) {
-                    Some((known, _)) if known.ctime_ns > dir.ctime_ns => {}
+                    Some((known, _))
+                        if (known.entry_changes, known.ctime_ns)
+                            > (dir.entry_changes, dir.ctime_ns) => {}
                     _ => {
                         dirs.insert(dir.ino, (dir, now));
                     }
@@ -193,6 +204,7 @@ metadata_rpcs! {
     remove_xattr(XattrRequest) -> Empty;
     read_dir(ReadDirRequest) -> ReadDirReply;
     stat_fs(Empty) -> StatFsReply;
+    sync(Empty) -> Empty;
     get_volume_config(Empty) -> VolumeConfig;
     lookup_chunks(LookupChunksRequest) -> LookupChunksReply;
     commit_chunks(CommitChunksRequest) -> InodeRecord;

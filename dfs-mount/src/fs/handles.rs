@@ -95,6 +95,8 @@ fn bad_handle(what: &str) -> DfsError {
 
 impl Handles {
     pub fn new(dfs: Arc<Dfs>, ttl: Duration) -> Self {
+        // What the kernel may cache for `ttl`, the mount may know absent.
+        dfs.names.set_ttl(ttl);
         Self {
             locks: dfs.new_lock_client(),
             dfs,
@@ -298,6 +300,20 @@ impl Handles {
     pub async fn fsync(&self, fh: u64) -> Result<(), DfsError> {
         let handle = self.file(fh)?;
         let mut st = self.dfs.lock(&handle.file).await;
+        let clean = st.is_clean() && st.behind.is_none();
+        self.dfs.flush(&mut st).await?;
+        if clean {
+            // Nothing to commit, so no synced commit covers the namespace
+            // changes before it (the create, a chmod): sync them.
+            self.dfs.sync().await?;
+        }
+        Ok(())
+    }
+
+    /// Commits what the handle's file has buffered (a commit is synced).
+    async fn flush(&self, fh: u64) -> Result<(), DfsError> {
+        let handle = self.file(fh)?;
+        let mut st = self.dfs.lock(&handle.file).await;
         self.dfs.flush(&mut st).await
     }
 
@@ -305,7 +321,7 @@ impl Handles {
     /// fcntl locks on the file are released (the next holder sees the
     /// data), even when the data could not be committed.
     pub async fn close(&self, fh: u64, ino: u64, lock_owner: u64) -> Result<(), DfsError> {
-        let flushed = self.fsync(fh).await;
+        let flushed = self.flush(fh).await;
         let released = self.locks.release_owner(ino, lock_owner).await;
         flushed.and(released)
     }

@@ -16,6 +16,7 @@
 pub mod file;
 mod flush;
 pub mod handles;
+pub mod known_names;
 pub mod namespace;
 mod open;
 mod ranges;
@@ -166,6 +167,9 @@ pub struct Dfs {
     /// Bytes in every file's write buffer together.
     dirty_bytes: AtomicUsize,
     open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Directories whose every name this client knows (lookups of absent
+    /// names without a round trip); off until [`KnownNames::set_ttl`].
+    pub names: known_names::KnownNames,
 }
 
 fn is_not_found(e: &DfsError) -> bool {
@@ -187,6 +191,7 @@ impl Dfs {
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             dirty_bytes: AtomicUsize::new(0),
             open_files: Mutex::new(HashMap::new()),
+            names: known_names::KnownNames::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use dfs_proto::{
     ReadDirRequest, RemoveRequest, SetAttrRequest, StatFsReply, XattrRequest,
 };
 
+use super::known_names::NameChange;
 use super::{Dfs, OpenFile};
 use crate::locks::Locks;
 
@@ -59,6 +60,13 @@ impl Dfs {
         self.cluster.meta.stat_fs(Empty {}).await
     }
 
+    /// Makes every namespace change acknowledged so far durable in the
+    /// metadata store (creates, chmods, utimes and xattrs are committed
+    /// without waiting for the disk; data commits always wait).
+    pub async fn sync(&self) -> Result<(), DfsError> {
+        self.cluster.meta.sync(Empty {}).await.map(|_| ())
+    }
+
     /// [`Dfs::overlay_attr`] for many attributes at once (a directory
     /// listing).
     pub async fn overlay_attrs(&self, attrs: Vec<InodeRecord>) -> Vec<InodeRecord> {
@@ -98,6 +106,9 @@ impl Dfs {
             }
             _ => {}
         }
+        if self.names.absent(parent, name) {
+            return Err(DfsError::new(libc::ENOENT, "no such file or directory"));
+        }
         let request = LookupRequest {
             parent,
             name: name.to_vec(),
@@ -113,7 +124,32 @@ impl Dfs {
         if request.create_id == 0 {
             request.create_id = rand::random::<u64>() | 1;
         }
-        self.cluster.meta.create(request).await
+        let (parent, is_dir) = (request.parent, request.kind() == FileKind::Directory);
+        let name = std::mem::take(&mut request.name);
+        let result = self
+            .cluster
+            .meta
+            .create(CreateRequest {
+                name: name.clone(),
+                ..request
+            })
+            .await;
+        self.note_names(parent, result.is_ok(), NameChange::Added(&name));
+        if let (Ok(made), true) = (&result, is_dir) {
+            self.names.made(made);
+        }
+        result
+    }
+
+    /// Tells the view of `dir`'s names ([`super::known_names`]) what this client's
+    /// change of it did, or that it failed (the view is dropped).
+    pub(super) fn note_names(&self, dir: u64, changed: bool, change: NameChange<'_>) {
+        if changed {
+            let after = self.cluster.meta.last_changed_dir(dir);
+            self.names.changed(after.as_ref(), dir, change);
+        } else {
+            self.names.forget(dir);
+        }
     }
 
     /// A new name for `ino` (a hard link).
@@ -128,7 +164,9 @@ impl Dfs {
             new_parent,
             new_name: new_name.to_vec(),
         };
-        let attr = self.cluster.meta.link(request).await?;
+        let linked = self.cluster.meta.link(request).await;
+        self.note_names(new_parent, linked.is_ok(), NameChange::Added(new_name));
+        let attr = linked?;
         Ok(self.overlay_attr(attr).await)
     }
 
@@ -138,7 +176,9 @@ impl Dfs {
             name: name.to_vec(),
             keep_ino: 0,
         };
-        self.cluster.meta.rmdir(request).await.map(|_| ())
+        let removed = self.cluster.meta.rmdir(request).await;
+        self.note_names(parent, removed.is_ok(), NameChange::Removed(name));
+        removed.map(|_| ())
     }
 
     /// Directory `ino`'s attributes, for opening it (ENOTDIR otherwise).

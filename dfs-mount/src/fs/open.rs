@@ -2,6 +2,7 @@
 //! (close-to-open), reloading it when another client committed, the last
 //! close, and the leases that keep a file unlinked while open alive.
 
+use super::known_names::NameChange;
 use super::*;
 
 impl Dfs {
@@ -279,6 +280,7 @@ impl Dfs {
             keep_ino: kept.as_ref().map_or(0, |of| of.ino),
         };
         let result = self.cluster.meta.unlink(request).await;
+        self.note_names(parent, result.is_ok(), NameChange::Removed(name));
         self.finish_keep(kept, result.is_ok()).await;
         result.map(|_| ())
     }
@@ -289,7 +291,22 @@ impl Dfs {
             .await;
         request.keep_ino = kept.as_ref().map_or(0, |of| of.ino);
         let exchange = request.flags & dfs_proto::RENAME_EXCHANGE != 0;
+        let (parent, new_parent) = (request.parent, request.new_parent);
+        let (name, new_name) = (request.name.clone(), request.new_name.clone());
         let result = self.cluster.meta.rename(request).await;
+        let ok = result.is_ok();
+        if exchange {
+            self.note_names(parent, ok, NameChange::Unchanged);
+            if new_parent != parent {
+                self.note_names(new_parent, ok, NameChange::Unchanged);
+            }
+        } else if new_parent == parent {
+            let (from, to) = (&name[..], &new_name[..]);
+            self.note_names(parent, ok, NameChange::Renamed { from, to });
+        } else {
+            self.note_names(parent, ok, NameChange::Removed(&name));
+            self.note_names(new_parent, ok, NameChange::Added(&new_name));
+        }
         let replaced = result.is_ok() && !exchange;
         self.finish_keep(kept, replaced).await;
         result.map(|_| ())

@@ -662,6 +662,19 @@ impl Filesystem for DfsFuse {
         reply_empty(result, "fsync", ino.0, reply);
     }
 
+    fn fsyncdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _span = op_span("fsyncdir", req, ino.0).entered();
+        let result = self.rt.block_on(self.core.dfs().sync());
+        reply_empty(result, "fsyncdir", ino.0, reply);
+    }
+
     fn release(
         &self,
         req: &Request,
