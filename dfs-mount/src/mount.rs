@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::cache::ChunkCache;
-use crate::cli::{MountOptions, Source};
+use crate::cli::{Consistency, MountOptions, Source};
 use crate::client::{tcp_connector, Cluster, MetaRpc};
 use crate::fs::Dfs;
 use crate::fuse::DfsFuse;
@@ -186,6 +186,12 @@ pub fn run(req: MountRequest, ready: impl FnOnce(Result<(), String>)) -> anyhow:
             return Err(e);
         }
     };
+    // Lookups of absent names answered from this mount's own view only
+    // where other clients' changes may take the TTL to show anyway: under
+    // close-to-open (`read-own`) a file another client closed must open.
+    if req.options.consistency == Consistency::Eventual {
+        dfs.names.set_ttl(req.options.consistency.ttl());
+    }
     let fs = DfsFuse::new(dfs, runtime.handle().clone(), req.options.consistency.ttl())
         .with_posix_acl(req.options.acl);
     let notifier = fs.notifier_slot();

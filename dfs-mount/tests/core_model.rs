@@ -213,6 +213,9 @@ impl Rig {
         let connector: Connector = self.embedded.connector();
         let cluster = Cluster::connect(rpc, connector).await?;
         let dfs = Dfs::new(cluster, ChunkCache::new(0), CodecPolicy::Lz4, 0);
+        // Absent names known from this client's own changes, as a
+        // `consistency=eventual` mount has them.
+        dfs.names.set_ttl(Duration::from_secs(1));
         Ok(Arc::new(Handles::new(
             Arc::new(dfs),
             Duration::from_secs(1),

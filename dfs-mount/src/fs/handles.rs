@@ -95,8 +95,6 @@ fn bad_handle(what: &str) -> DfsError {
 
 impl Handles {
     pub fn new(dfs: Arc<Dfs>, ttl: Duration) -> Self {
-        // What the kernel may cache for `ttl`, the mount may know absent.
-        dfs.names.set_ttl(ttl);
         Self {
             locks: dfs.new_lock_client(),
             dfs,
