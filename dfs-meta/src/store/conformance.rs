@@ -454,6 +454,45 @@ fn rocksdb_persists_across_reopen() {
     .expect("txn");
 }
 
+/// A commit that deferred its sync is readable at once and waits for a
+/// sync; a synced commit after it covers it (RocksDB syncs its log in
+/// order), and it is there after a reopen.
+#[test]
+fn rocksdb_deferred_commits_wait_for_a_sync_and_persist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = RocksStore::open(dir.path()).expect("open");
+        let deferred = |key: &'static [u8]| {
+            transact(&store, |t| {
+                t.defer_sync();
+                t.set(key, b"v");
+                Ok::<_, StoreError>(())
+            })
+            .expect("deferred commit")
+        };
+        deferred(b"a");
+        assert!(store.has_deferred());
+        store.sync().expect("sync");
+        assert!(!store.has_deferred());
+        deferred(b"b");
+        put_all(&store, &[(b"c", b"v")]);
+        assert!(
+            !store.has_deferred(),
+            "a synced commit covers the ones before it"
+        );
+        deferred(b"d");
+        assert!(store.has_deferred());
+    }
+    let store = RocksStore::open(dir.path()).expect("reopen");
+    transact(&store, |t| {
+        for key in [&b"a"[..], b"b", b"c", b"d"] {
+            assert_eq!(t.get(key)?, Some(b"v".to_vec()), "{key:?}");
+        }
+        Ok::<_, StoreError>(())
+    })
+    .expect("txn");
+}
+
 /// FoundationDB, when `FDB_CLUSTER_FILE` names a running cluster. Each test
 /// works under its own random key prefix (the store's own prefix, so that
 /// is tested too), cleared before and after, so it never touches anything
