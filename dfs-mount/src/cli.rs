@@ -115,7 +115,7 @@ impl Default for MountOptions {
             acl: true,
             consistency: Consistency::ReadOwn,
             cache_bytes: 256 << 20,
-            readahead_bytes: 4 << 20,
+            readahead_bytes: 16 << 20,
             write_buffer_bytes: 256 << 20,
             codec: CodecPolicy::Lz4,
             threads: 4,

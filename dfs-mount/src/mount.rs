@@ -137,7 +137,8 @@ pub async fn connect(
         cluster,
         cache,
         req.options.codec,
-        req.options.readahead_bytes,
+        // A window the cache cannot hold would evict itself before it is read.
+        req.options.readahead_bytes.min(req.options.cache_bytes / 4),
     );
     dfs.dirty_limit = usize::try_from(req.options.write_buffer_bytes).unwrap_or(usize::MAX);
     let dfs = Arc::new(dfs);

@@ -40,6 +40,11 @@ struct FileHandle {
     append: bool,
     /// End of the last read, to spot sequential reads for readahead.
     last_read_end: AtomicU64,
+    /// End of the window readahead has already started fetches for: each
+    /// sequential read only starts the chunks past it, not again the ones
+    /// still in flight (which cost a task and a record clone each, dozens
+    /// per 128 KiB read).
+    readahead_until: AtomicU64,
 }
 
 struct DirHandle {
@@ -129,6 +134,7 @@ impl Handles {
             file,
             append: flags & libc::O_APPEND != 0,
             last_read_end: AtomicU64::new(u64::MAX),
+            readahead_until: AtomicU64::new(0),
         };
         self.files.lock().insert(fh, Arc::new(handle));
         fh
@@ -278,7 +284,17 @@ impl Handles {
         let data = self.dfs.read_range(&st, offset, end.max(offset)).await?;
         let sequential = handle.last_read_end.swap(end, Ordering::Relaxed) == offset;
         if sequential {
-            self.dfs.readahead(&st, end);
+            // The window is refilled half at a time: a burst of half a
+            // window of chunks leaves as a few large GetShards per server,
+            // where topping it up at each 128 KiB read sent a request of a
+            // shard or two to each.
+            let until = handle.readahead_until.load(Ordering::Relaxed);
+            if until < end + self.dfs.readahead_bytes / 2 {
+                let until = self.dfs.readahead(&st, end, until);
+                handle.readahead_until.store(until, Ordering::Relaxed);
+            }
+        } else {
+            handle.readahead_until.store(0, Ordering::Relaxed);
         }
         Ok(data)
     }

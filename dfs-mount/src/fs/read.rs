@@ -140,10 +140,17 @@ impl Dfs {
             })
     }
 
-    /// Starts fetching the chunks after `offset` into the cache.
-    pub fn readahead(&self, st: &FileState, offset: u64) {
+    /// Starts fetching the chunks in the window after `offset` into the
+    /// cache, but for those before `issued_until` (started by an earlier
+    /// read of the same sequential run); returns the window's end.
+    pub fn readahead(&self, st: &FileState, offset: u64, issued_until: u64) -> u64 {
         let end = (offset + self.readahead_bytes).min(st.committed_size);
-        for c in st.map.overlapping_iter(offset, end) {
+        let start = offset.max(issued_until);
+        for c in st.map.overlapping_iter(start, end) {
+            if c.offset < issued_until {
+                // Straddles the old window's end: started then.
+                continue;
+            }
             let (Ok(fp), Some(rec)) = (Fingerprint::from_slice(&c.fingerprint), c.chunk.as_ref())
             else {
                 continue;
@@ -165,6 +172,7 @@ impl Dfs {
                 }
             });
         }
+        end.max(issued_until)
     }
 }
 

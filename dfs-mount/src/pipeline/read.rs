@@ -27,7 +27,7 @@ fn assemble(
     let stored = erasure::decode(&layout, shards, rec.stored_len as usize)
         .map_err(|e| DfsError::new(libc::EIO, format!("chunk {fp}: {e}")))?;
     let codec = Codec::try_from(rec.codec).unwrap_or(Codec::None);
-    let raw = codec::decompress(codec, &stored, rec.raw_len as usize)
+    let raw = codec::decompress_owned(codec, stored, rec.raw_len as usize)
         .map_err(|e| DfsError::new(libc::EIO, format!("chunk {fp}: {e}")))?;
     if Fingerprint::of(&raw) != *fp {
         return Err(DfsError::new(
@@ -160,8 +160,10 @@ impl Cluster {
                 ),
             ));
         }
-        let (raw, good) = match assemble(&fp, rec, shards.clone()) {
-            Ok(raw) => (raw, shards),
+        // The shards are kept (a copy) only to rewrite bad ones from.
+        let kept = (!corrupt.is_empty()).then(|| shards.clone());
+        let (raw, good) = match assemble(&fp, rec, shards) {
+            Ok(raw) => (raw, kept.unwrap_or_default()),
             Err(err) => {
                 // A shard passed its server's checksum yet decodes wrong:
                 // fetch everything and find a combination that verifies.
