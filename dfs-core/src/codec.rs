@@ -544,7 +544,10 @@ mod tests {
         }
         assert!(decompress(Codec::None, b"abc", 4).is_err());
         assert!(decompress_owned(Codec::None, b"abc".to_vec(), 4).is_err());
-        assert_eq!(decompress_owned(Codec::None, b"abc".to_vec(), 3).unwrap(), b"abc");
+        assert_eq!(
+            decompress_owned(Codec::None, b"abc".to_vec(), 3).unwrap(),
+            b"abc"
+        );
         let text = text_like(10_000);
         let (codec, packed) = compress(CodecPolicy::Auto, &text);
         assert_ne!(codec, Codec::None);

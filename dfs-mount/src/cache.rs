@@ -33,6 +33,11 @@ impl ChunkCache {
         Self { cache }
     }
 
+    /// The most bytes the cache holds.
+    pub fn capacity(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(0)
+    }
+
     pub fn contains(&self, fp: &Fingerprint) -> bool {
         self.cache.contains_key(fp)
     }

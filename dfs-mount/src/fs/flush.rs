@@ -325,7 +325,15 @@ impl Dfs {
                 Err(e) => return Err(e),
             }
         };
-        for s in stored.iter().filter(|s| !s.data.is_empty()) {
+        // What a small file wrote is kept to be read back (the kernel drops
+        // its pages at the next open); a big stream is not: with an LRU
+        // cache it would push out everything else and then itself, from its
+        // start, before a reader came back to it.
+        let write_through = new_size <= self.cache.capacity() / 16;
+        for s in stored
+            .iter()
+            .filter(|s| write_through && !s.data.is_empty())
+        {
             if let Ok(fp) = Fingerprint::from_slice(&s.mapped.fingerprint) {
                 // Same fingerprint, same bytes: a chunk written again (a
                 // repeated block, a copied file) is not copied again.
