@@ -25,8 +25,18 @@ use crate::fingerprint::Fingerprint;
 pub const DEFAULT_INLINE_MAX: u32 = 8 * 1024;
 
 /// The largest inline chunk the metadata server accepts, whatever a volume
-/// or client says (FoundationDB refuses values over 100 kB).
-pub const MAX_INLINE_BYTES: usize = 16 * 1024;
+/// or client says: 96 KiB plus its record stays under FoundationDB's
+/// 100 kB value limit. Chunks over the volume's `inline_max_bytes` are
+/// only staged there: a small flush's chunks of up to
+/// `stage_max_bytes` (this, on new volumes) ride in its commit, so closing
+/// a small file waits for one synced metadata write instead of nine
+/// chunk-server fsyncs, and dfs-meta moves them to the chunk servers
+/// (Reed-Solomon, batched per server) once they have lived `--stage-delay`.
+pub const MAX_INLINE_BYTES: usize = 96 * 1024;
+
+/// A flush stages its new chunks only when they come to at most this many
+/// raw bytes: small files. A big stream goes straight to the servers.
+pub const STAGE_FLUSH_MAX: usize = 256 * 1024;
 
 /// Inline bytes one chunk-map commit may carry: bounds the transaction
 /// (FoundationDB: 10 MB) and the request. Clients aim at

@@ -28,6 +28,7 @@
 //! | `Z id(be64)` | `DictionaryRecord`: a zstd dictionary (`dictionary`) |
 //! | `Y access_key` | `AccessKeyRecord`: an S3 access key of the gateway (`access_keys`) |
 //! | `M fingerprint(32)` | time (le i64 ns): the tiering worker is writing the chunk's shards anew (`tiering::sharded`) |
+//! | `G fingerprint(32)` | time (le i64 ns): an inline chunk staged by a small flush, to move to the chunk servers (`maintenance::staged`) |
 //!
 //! Values are protobuf messages from `dfs-proto` (`*Record`), which only
 //! change compatibly, so old stores stay readable.
@@ -54,6 +55,7 @@ pub const PACK: u8 = b'P';
 pub const DICTIONARY: u8 = b'Z';
 pub const REWRITING: u8 = b'M';
 pub const ACCESS_KEY: u8 = b'Y';
+pub const STAGED: u8 = b'G';
 
 pub fn inode(ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -290,6 +292,15 @@ pub fn dictionary(id: u64) -> Vec<u8> {
 pub fn rewriting(fingerprint: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + fingerprint.len());
     k.push(REWRITING);
+    k.extend_from_slice(fingerprint);
+    k
+}
+
+/// `G fingerprint`: an inline chunk staged by a small flush, waiting to
+/// move to the chunk servers.
+pub fn staged(fingerprint: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + fingerprint.len());
+    k.push(STAGED);
     k.extend_from_slice(fingerprint);
     k
 }

@@ -46,6 +46,7 @@ pub fn default_volume(data_shards: u32, parity_shards: u32) -> VolumeConfig {
         chunk_avg: 64 * 1024,
         chunk_max: 128 * 1024,
         inline_max_bytes: dfs_core::inline::DEFAULT_INLINE_MAX,
+        stage_max_bytes: dfs_core::inline::MAX_INLINE_BYTES as u32,
     }
 }
 

@@ -36,6 +36,11 @@ struct Args {
     /// a dead server's shards leaves disks and network to the clients.
     #[arg(long, default_value_t = 0.0, value_name = "CHUNKS_PER_SEC")]
     repair_rate: f64,
+    /// Seconds a chunk a small flush staged inline in the metadata store
+    /// stays there before it moves to the chunk servers (0: clients do not
+    /// stage; their small files go to the servers at once).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    stage_delay: u64,
     /// Seconds between automatic garbage collections (0: only `dfs gc`).
     #[arg(long, default_value_t = 3600)]
     gc_interval: u64,
@@ -148,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         unlinked_timeout: Duration::from_secs(args.unlinked_timeout),
         min_gc_grace: Duration::from_secs(args.min_gc_grace),
         repair_rate: args.repair_rate,
+        stage_delay: (args.stage_delay > 0).then(|| Duration::from_secs(args.stage_delay)),
     };
     let service = dfs_meta::MetaService::open(
         store,

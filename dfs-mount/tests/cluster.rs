@@ -454,3 +454,99 @@ fn cluster_end_to_end() {
     );
     eprintln!("figures: corrupt shard {index} of chunk {victim_fp} on server {server} was detected and rewritten");
 }
+
+/// Small files are staged inline by their commit (no chunk server is
+/// asked), then the staging worker moves their chunks to the servers in
+/// Reed-Solomon shards; nothing changes for readers, and fsck is clean.
+#[test]
+fn small_files_are_staged_in_the_metadata_store_then_moved_to_the_servers() {
+    let cluster = TestCluster::start_full(
+        3,
+        3,
+        |_| Vec::new(),
+        vec!["--stage-delay".into(), "6".into()],
+    );
+    let m = TestMount::start(&cluster.meta_addr(), &[]);
+    let files: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| {
+            (
+                format!("small{i}.bin"),
+                random_bytes(20_000 + i * 3_000, i as u64),
+            )
+        })
+        .collect();
+    for (name, data) in &files {
+        fs::write(m.path.join(name), data).expect("write");
+    }
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    let staged = cluster.stats();
+    // Random bytes do not compress: each file is one or two chunks of
+    // 20-89 KB stored, over the 8 KiB inline limit, so all of it is staged.
+    assert_eq!(u(&staged, "inline_bytes"), total, "staged: {staged}");
+    assert_eq!(
+        u(&staged, "raw_bytes"),
+        0,
+        "nothing on the servers yet: {staged}"
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let moved = loop {
+        let s = cluster.stats();
+        // What stays inline is what stores in 8 KiB or less (a file's
+        // short last chunk): kept inline for good.
+        // The servers' bytes come with their heartbeats.
+        let on_servers = total - u(&s, "inline_bytes");
+        if u(&s, "inline_bytes") <= u(&s, "inline_chunks") * 8192
+            && u(&s, "raw_bytes") >= on_servers * 3 / 2
+        {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never moved: {s}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(u(&moved, "stored_bytes"), total, "{moved}");
+    // On the servers in 6+3 shards: raw is 9/6 of what is stored, give or
+    // take each chunk's padding to a multiple of 6.
+    let (raw, on_servers) = (u(&moved, "raw_bytes"), total - u(&moved, "inline_bytes"));
+    assert!(
+        raw >= on_servers * 3 / 2 && raw < on_servers * 3 / 2 + 64 * 9,
+        "raw {raw} for {on_servers} stored on servers: {moved}"
+    );
+
+    // A mount that never saw the inline records reads the shards.
+    let fresh = TestMount::start(&cluster.meta_addr(), &[]);
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(fresh.path.join(name)).expect("read"),
+            data,
+            "{name}"
+        );
+    }
+    let (clean, report) = cluster.dfs_json(&["fsck", "--verify"]);
+    assert!(clean, "fsck after staging: {report}");
+    // A staged file removed before its turn never reaches the servers.
+    fs::write(m.path.join("temporary.bin"), random_bytes(50_000, 99)).expect("write");
+    fs::remove_file(m.path.join("temporary.bin")).expect("remove");
+    let (ok, rows) = cluster.dfs_json(&["workers"]);
+    assert!(ok, "dfs workers: {rows}");
+    let runs = |rows: &serde_json::Value| {
+        rows.as_array()
+            .and_then(|w| w.iter().find(|w| w["name"] == "staging"))
+            .and_then(|w| w["runs"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = runs(&rows);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while runs(&cluster.dfs_json(&["workers"]).1) < before + 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the staging worker stopped running"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        u(&cluster.stats(), "raw_bytes"),
+        raw,
+        "a removed staged file was moved"
+    );
+}

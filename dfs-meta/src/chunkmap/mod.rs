@@ -372,6 +372,14 @@ pub fn commit_checked(
                 if let Some(old) = existing[i].as_ref() {
                     crate::cold::release_packed(txn, old)?;
                 }
+                if rec.is_inline() && rec.inline_data.len() > inline::DEFAULT_INLINE_MAX as usize {
+                    // Staged by a small flush: the staging worker moves it
+                    // to the chunk servers (`maintenance::staged`).
+                    txn.set(
+                        &keys::staged(&c.fingerprint),
+                        &dfs_core::time::now_ns().to_le_bytes(),
+                    );
+                }
                 put_record(txn, &hash_keys[i], &rec);
                 created.insert(c.fingerprint.as_slice());
             }

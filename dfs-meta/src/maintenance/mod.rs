@@ -19,6 +19,7 @@ pub mod gc;
 mod hot;
 pub mod repair;
 pub mod servers;
+pub mod staged;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +67,11 @@ pub struct MaintenanceConfig {
     /// Most chunks repaired per second (0: no limit), so that rebuilding
     /// a dead server's shards leaves disks and network to the clients.
     pub repair_rate: f64,
+    /// How long a chunk a small flush staged inline stays in the metadata
+    /// store before it moves to the chunk servers; `None`: clients are told
+    /// not to stage (the volume's `stage_max_bytes` reads 0) and nothing
+    /// moves.
+    pub stage_delay: Option<Duration>,
 }
 
 impl Default for MaintenanceConfig {
@@ -80,6 +86,8 @@ impl Default for MaintenanceConfig {
             // In-process (tests, the embedded mode): no remote caller.
             min_gc_grace: Duration::ZERO,
             repair_rate: 0.0,
+            // In-process users ask for it: their tests look at shards.
+            stage_delay: None,
         }
     }
 }
@@ -348,6 +356,9 @@ impl Maintenance {
         ];
         if let Some(interval) = self.config.gc_interval {
             tasks.push(tokio::spawn(Arc::clone(&self).gc_loop(interval)));
+        }
+        if let Some(delay) = self.config.stage_delay {
+            tasks.push(tokio::spawn(staged::staging_loop(Arc::clone(&self), delay)));
         }
         for task in tasks {
             if let Err(e) = task.await {

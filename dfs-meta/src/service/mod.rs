@@ -664,7 +664,16 @@ impl Meta for MetaService {
         &self,
         _r: Request<Empty>,
     ) -> Result<Response<VolumeConfig>, Status> {
-        self.run("volume", |t, _| registry::volume_config(t)).await
+        let staging = self.maintenance.config().stage_delay.is_some();
+        self.run("volume", move |t, _| {
+            let mut volume = registry::volume_config(t)?;
+            if !staging {
+                // Nothing would move staged chunks: clients must not stage.
+                volume.stage_max_bytes = 0;
+            }
+            Ok(volume)
+        })
+        .await
     }
 
     async fn lookup_chunks(

@@ -404,6 +404,14 @@ impl TestCluster {
                 "--min-gc-grace",
                 "0",
             ])
+            // Small files go to the chunk servers at once, as most tests
+            // expect, unless a test asks for staging.
+            .args(
+                (!self.meta_args.iter().any(|a| a == "--stage-delay"))
+                    .then_some(["--stage-delay", "0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.meta_args)
             .stdout(Stdio::piped())
             .stderr(log_file(self.dir.path(), name))
