@@ -305,10 +305,21 @@ impl Cluster {
         }
         // Small chunks are compressed first: those that go inline need no
         // dedup lookup (the commit creates their entry, or adds a reference
-        // to the one that exists), so a small file is one request.
+        // to the one that exists), so a small file is one request. A small
+        // flush stages all its chunks that way (dfs-meta moves them to the
+        // servers later): closing a small file waits for one synced
+        // metadata write, not a lookup and nine chunk-server fsyncs.
+        let new_bytes: usize = unique.iter().map(|u| u.data.len()).sum();
+        let inline_limit = if new_bytes <= inline::STAGE_FLUSH_MAX {
+            self.volume
+                .inline_max_bytes
+                .max(self.volume.stage_max_bytes) as usize
+        } else {
+            self.volume.inline_max_bytes as usize
+        };
         let mut inline_budget = inline::CLIENT_INLINE_PER_COMMIT;
         let (inlined, unique) = self
-            .encode_inline(policy, unique, &mut inline_budget)
+            .encode_inline(policy, unique, inline_limit, &mut inline_budget)
             .await?;
         let mut records: HashMap<Fingerprint, ChunkRecord> = HashMap::new();
         let mut uploaded: HashSet<Fingerprint> = HashSet::new();
@@ -339,17 +350,6 @@ impl Cluster {
             }
         }
         let looked_up = started.elapsed();
-        // A small flush's new chunks are staged inline (dfs-meta moves them
-        // to the servers later): closing a small file then waits for one
-        // synced metadata write, not nine chunk-server fsyncs.
-        let new_bytes: usize = to_encode.iter().map(|u| u.data.len()).sum();
-        let inline_limit = if new_bytes <= inline::STAGE_FLUSH_MAX {
-            self.volume
-                .inline_max_bytes
-                .max(self.volume.stage_max_bytes) as usize
-        } else {
-            self.volume.inline_max_bytes as usize
-        };
         let encoded = self
             .encode_all(policy, to_encode, inline_limit, inline_budget)
             .await?;
@@ -459,16 +459,17 @@ impl Cluster {
     }
 
     /// Compresses the chunks small enough that they may go inline (at most
-    /// `INLINE_PROBE_RATIO` times the inline limit raw) and encodes those
-    /// that do; returns them and the chunks left for the dedup lookup.
+    /// `INLINE_PROBE_RATIO` times `limit` raw) and encodes those that store
+    /// in at most `limit`; returns them and the chunks left for the dedup
+    /// lookup.
     async fn encode_inline(
         &self,
         policy: CodecPolicy,
         chunks: Vec<Unstored>,
+        limit: usize,
         budget: &mut usize,
     ) -> Result<(Vec<Encoded>, Vec<Unstored>), DfsError> {
-        let volume = self.volume;
-        let probe_max = volume.inline_max_bytes as usize * INLINE_PROBE_RATIO;
+        let probe_max = limit * INLINE_PROBE_RATIO;
         let (probed, rest): (Vec<_>, Vec<_>) =
             chunks.into_iter().partition(|u| u.data.len() <= probe_max);
         if probed.is_empty() {
@@ -494,9 +495,7 @@ impl Cluster {
         let mut left = rest;
         for chunk in compressed {
             match chunk.compressed {
-                Some((codec, stored))
-                    if take_inline(volume.inline_max_bytes as usize, stored.len(), budget) =>
-                {
+                Some((codec, stored)) if take_inline(limit, stored.len(), budget) => {
                     inlined.push(Encoded::inline(chunk.fp, chunk.data.len(), codec, stored));
                 }
                 // Compressed already: the encoding after the lookup reuses it.
