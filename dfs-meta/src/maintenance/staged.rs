@@ -42,8 +42,7 @@ pub struct StagedReport {
     /// Chunks now on the chunk servers, and their stored bytes.
     pub moved: u64,
     pub moved_bytes: u64,
-    /// Queue entries dropped: the chunk is gone, unreferenced, or not
-    /// staged any more.
+    /// Queue entries dropped: the chunk is gone or not staged any more.
     pub dropped: u64,
     /// Chunks left for the next pass: changed meanwhile, or a server
     /// failed their put.
@@ -78,13 +77,20 @@ impl Maintenance {
                     after = last.clone();
                     after.push(0);
                     for (key, value) in &page {
-                        if decode_counter(Some(value)) > cutoff {
+                        let staged_at = decode_counter(Some(value));
+                        if staged_at > cutoff {
                             continue;
                         }
                         let fp = key[1..].to_vec();
                         let record = get_record::<ChunkRecord>(t, &keys::hash(&fp))?;
                         let refs = decode_counter(t.get(&keys::refs(&fp))?.as_deref());
-                        due.push((fp, record, refs));
+                        if record.is_some() && refs <= 0 {
+                            // Unreferenced (its file removed): GC takes it,
+                            // unless a commit names it again first; not
+                            // moved, and not in the way of the others.
+                            continue;
+                        }
+                        due.push((fp, record, staged_at));
                         if due.len() >= BATCH {
                             break 'scan;
                         }
@@ -103,16 +109,15 @@ impl Maintenance {
         }
         let mut stale = Vec::new();
         let mut movable = Vec::new();
-        for (fp, record, refs) in due {
+        for (fp, record, staged_at) in due {
             match record {
                 Some(rec)
-                    if refs > 0
-                        && rec.is_inline()
+                    if rec.is_inline()
                         && rec.inline_data.len() > volume.inline_max_bytes as usize =>
                 {
                     movable.push((fp, rec));
                 }
-                _ => stale.push(fp),
+                _ => stale.push((fp, staged_at)),
             }
         }
         report.dropped = stale.len() as u64;
@@ -131,8 +136,12 @@ impl Maintenance {
         let (switched, changed) = self
             .txn("staged_switch", move |t| {
                 let (mut switched, mut changed) = (0u64, 0u64);
-                for fp in &stale {
-                    t.clear(&keys::staged(fp));
+                for (fp, staged_at) in &stale {
+                    // Unless a commit staged the chunk again since.
+                    let key = keys::staged(fp);
+                    if decode_counter(t.get(&key)?.as_deref()) == *staged_at {
+                        t.clear(&key);
+                    }
                 }
                 for (fp, read, new) in &stored {
                     let key = keys::hash(fp);
