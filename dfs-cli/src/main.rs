@@ -139,6 +139,10 @@ struct Stats {
     /// (part of stored_bytes, not of raw_bytes).
     inline_chunks: u64,
     inline_bytes: u64,
+    /// Of those, chunks small flushes staged there that the staging worker
+    /// has yet to move to the chunk servers, and their stored bytes.
+    staged_chunks: u64,
+    staged_bytes: u64,
     /// Stored bytes of the chunks in each tier (part of stored_bytes).
     hot_bytes: u64,
     warm_bytes: u64,
@@ -386,6 +390,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 unreferenced_bytes: s.unreferenced_bytes,
                 inline_chunks: s.inline_chunks,
                 inline_bytes: s.inline_bytes,
+                staged_chunks: s.staged_chunks,
+                staged_bytes: s.staged_bytes,
                 hot_bytes: s.hot_bytes,
                 warm_bytes: s.warm_bytes,
                 cold_bytes: s.cold_bytes,
@@ -428,6 +434,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "inline bytes    {:>16}  in {} chunks kept in the metadata store",
                     stats.inline_bytes, stats.inline_chunks
+                );
+                println!(
+                    "  staged bytes  {:>16}  in {} of them, to move to the chunk servers",
+                    stats.staged_bytes, stats.staged_chunks
                 );
                 println!(
                     "packed bytes    {:>16}  in {} chunks in packs on the cold store",

@@ -483,6 +483,10 @@ fn small_files_are_staged_in_the_metadata_store_then_moved_to_the_servers() {
     // Random bytes do not compress: each file is one or two chunks of
     // 20-89 KB stored, over the 8 KiB inline limit, so all of it is staged.
     assert_eq!(u(&staged, "inline_bytes"), total, "staged: {staged}");
+    assert!(
+        u(&staged, "staged_bytes") >= total - u(&staged, "inline_chunks") * 8192,
+        "staged: {staged}"
+    );
     assert_eq!(
         u(&staged, "raw_bytes"),
         0,
@@ -497,6 +501,7 @@ fn small_files_are_staged_in_the_metadata_store_then_moved_to_the_servers() {
         // The servers' bytes come with their heartbeats.
         let on_servers = total - u(&s, "inline_bytes");
         if u(&s, "inline_bytes") <= u(&s, "inline_chunks") * 8192
+            && u(&s, "staged_chunks") == 0
             && u(&s, "raw_bytes") >= on_servers * 3 / 2
         {
             break s;

@@ -7,7 +7,11 @@
 //! was not acknowledged holds a prefix of what was written (never garbage
 //! or a hole), the dead server's shards were rebuilt (`dfs status`, `dfs
 //! fsck --verify` clean), the dead server comes back with stale shards and
-//! garbage collection removes them, leaving no orphans.
+//! garbage collection removes them, leaving no orphans. Small files are
+//! staged in the metadata store and moved to the chunk servers by
+//! dfs-meta's staging worker every few seconds, so servers and dfs-meta
+//! die while it moves them too; at the end nothing is left staged and what
+//! the servers hold is back to 6+3's overhead.
 
 mod common;
 
@@ -91,9 +95,12 @@ fn writer_loop(w: Arc<Writer>) {
     let mut n = 0u64;
     while !w.stop.load(Ordering::SeqCst) {
         n += 1;
-        // One file in five is tiny (kept as replicas), the rest up to 1.1 MiB.
+        // One file in five is tiny (kept inline), one small (staged, then
+        // moved by the staging worker), the rest up to 1.1 MiB.
         let len = if n.is_multiple_of(5) {
             1 + rng.below(3000) as usize
+        } else if n % 5 == 1 {
+            9000 + rng.below(240_000) as usize
         } else {
             64 * 1024 + rng.below(1 << 20) as usize
         };
@@ -208,9 +215,16 @@ fn acknowledged_data_survives_injected_faults() {
             .map(String::from)
             .to_vec()
     };
-    let meta_args = ["--rebuild-after", "8", "--repair-interval", "2"]
-        .map(String::from)
-        .to_vec();
+    let meta_args = [
+        "--rebuild-after",
+        "8",
+        "--repair-interval",
+        "2",
+        "--stage-delay",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut cluster = TestCluster::start_full(3, 3, server_args, meta_args);
     let source = cluster.meta_addr();
     let mount_root = tempfile::Builder::new()
@@ -366,11 +380,30 @@ fn acknowledged_data_survives_injected_faults() {
     let (verified_again, lost_again) = verify(&mnt);
     drop(mount);
 
+    // Every staged chunk moved, and the servers hold 9/6 of what is stored
+    // on them (the servers' bytes come with their heartbeats).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let s = cluster.stats();
+        let overhead = s["redundancy_overhead"].as_f64().unwrap_or(0.0);
+        if s["staged_chunks"] == 0 && (1.49..1.52).contains(&overhead) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "staged chunks left, or raw/stored not 6+3's: {s}\nmeta log:\n{}",
+            tail(&cluster.log("meta"), 40)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("stats after faults: {stats}");
+
     let c = &writer.counters;
     eprintln!(
         "figures: fault injection: files written {verified}, writes failed {}, faults injected \
          {faults}, files verified {} (twice), reads during faults {} ({} errors, {} wrong), \
-         chunks repaired {}, shards rebuilt {}, orphan shards deleted {}, bytes lost {}",
+         chunks repaired {}, shards rebuilt {}, orphan shards deleted {}, bytes lost {}, \
+         raw/stored on servers {}",
         c.writes_failed.load(Ordering::SeqCst),
         verified_again,
         c.reads_checked.load(Ordering::SeqCst),
@@ -379,7 +412,8 @@ fn acknowledged_data_survives_injected_faults() {
         repaired["chunks_repaired"],
         repaired["shards_rebuilt"],
         gc["orphan_shards_deleted"],
-        lost + lost_again
+        lost + lost_again,
+        stats["redundancy_overhead"]
     );
     assert!(verified > 20, "too few files were written: {verified}");
     assert_eq!(lost + lost_again, 0, "acknowledged bytes lost");

@@ -74,6 +74,7 @@ fn workers_are_listed_and_a_throttled_repair_keeps_its_rate() {
                 "fsck",
                 "access",
                 "tiering",
+                "staging",
             ]
             .into();
             assert_eq!(meta, want, "{rows:?}");

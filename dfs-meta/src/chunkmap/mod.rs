@@ -204,6 +204,21 @@ pub fn verify_inline(req: &CommitChunksRequest) -> Result<()> {
     Ok(())
 }
 
+/// The volume's `inline_max_bytes`, read only for a commit that carries
+/// inline chunks (a store without a volume record, in unit tests: the
+/// default).
+fn inline_max_bytes(txn: &mut dyn KvTxn, req: &CommitChunksRequest) -> Result<usize> {
+    let carries_inline = req
+        .chunks
+        .iter()
+        .any(|c| c.uploaded.as_ref().is_some_and(|up| up.is_inline()));
+    if !carries_inline {
+        return Ok(inline::DEFAULT_INLINE_MAX as usize);
+    }
+    Ok(get_record::<dfs_proto::VolumeConfig>(txn, &keys::volume())?
+        .map_or(inline::DEFAULT_INLINE_MAX, |v| v.inline_max_bytes) as usize)
+}
+
 /// Raw bytes of inline chunks a commit carries: past a little, verifying
 /// them is worth a blocking thread.
 pub fn inline_raw_bytes(req: &CommitChunksRequest) -> usize {
@@ -243,6 +258,7 @@ pub fn commit_checked(
     access_day: u32,
 ) -> Result<InodeRecord> {
     validate(req)?;
+    let inline_max = inline_max_bytes(txn, req)?;
     let mut inode = get_inode(txn, req.ino)?;
     match inode.kind() {
         FileKind::Regular => {}
@@ -372,7 +388,7 @@ pub fn commit_checked(
                 if let Some(old) = existing[i].as_ref() {
                     crate::cold::release_packed(txn, old)?;
                 }
-                if rec.is_inline() && rec.inline_data.len() > inline::DEFAULT_INLINE_MAX as usize {
+                if rec.is_inline() && rec.inline_data.len() > inline_max {
                     // Staged by a small flush: the staging worker moves it
                     // to the chunk servers (`maintenance::staged`).
                     txn.set(
@@ -641,6 +657,8 @@ pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Resu
 pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
     let (begin, end) = keys::tag_range(keys::HASH);
     let mut out = StatsReply::default();
+    let inline_max = get_record::<dfs_proto::VolumeConfig>(txn, &keys::volume())?
+        .map_or(inline::DEFAULT_INLINE_MAX, |v| v.inline_max_bytes);
     let mut cursor = begin;
     loop {
         let rows = txn.range(&cursor, &end, 10_000, false)?;
@@ -673,6 +691,10 @@ pub fn stats(txn: &mut dyn KvTxn) -> Result<StatsReply> {
             if rec.is_inline() {
                 out.inline_chunks += 1;
                 out.inline_bytes += u64::from(rec.stored_len);
+                if rec.inline_data.len() > inline_max as usize {
+                    out.staged_chunks += 1;
+                    out.staged_bytes += u64::from(rec.stored_len);
+                }
             }
             if rec.is_packed() {
                 out.packed_chunks += 1;

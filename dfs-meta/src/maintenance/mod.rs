@@ -69,8 +69,9 @@ pub struct MaintenanceConfig {
     pub repair_rate: f64,
     /// How long a chunk a small flush staged inline stays in the metadata
     /// store before it moves to the chunk servers; `None`: clients are told
-    /// not to stage (the volume's `stage_max_bytes` reads 0) and nothing
-    /// moves.
+    /// not to stage (the volume's `stage_max_bytes` reads 0), and the
+    /// worker only moves what was staged before (by clients of a dfs-meta
+    /// that staged, or told to), after `staged::DRAIN_DELAY`.
     pub stage_delay: Option<Duration>,
 }
 
@@ -357,9 +358,9 @@ impl Maintenance {
         if let Some(interval) = self.config.gc_interval {
             tasks.push(tokio::spawn(Arc::clone(&self).gc_loop(interval)));
         }
-        if let Some(delay) = self.config.stage_delay {
-            tasks.push(tokio::spawn(staged::staging_loop(Arc::clone(&self), delay)));
-        }
+        // Also with staging off: nothing staged may stay inline for good.
+        let delay = self.config.stage_delay.unwrap_or(staged::DRAIN_DELAY);
+        tasks.push(tokio::spawn(staged::staging_loop(Arc::clone(&self), delay)));
         for task in tasks {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "a maintenance worker panicked");

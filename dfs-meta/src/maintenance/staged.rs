@@ -33,6 +33,10 @@ use crate::keys;
 use crate::registry;
 use crate::store::{decode_counter, get_record, put_record};
 
+/// How long staged chunks wait when this dfs-meta does not stage: those a
+/// client staged before a restart with staging off, or sent anyway.
+pub const DRAIN_DELAY: Duration = Duration::from_secs(30);
+
 /// Chunks moved per pass (at most 96 KiB each: a few MiB per server).
 const BATCH: usize = 256;
 
@@ -126,12 +130,11 @@ impl Maintenance {
         } else {
             self.plan(&volume, movable).await?
         };
-        let (stored, failed) = self.put_planned(&planned).await;
+        let planned_count = planned.len() as u64;
+        let (stored, failed) = self.put_planned(planned).await;
         report.left += failed;
-        let stored: Vec<(Vec<u8>, ChunkRecord, ChunkRecord)> = stored
-            .into_iter()
-            .map(|p| (p.fp.clone(), p.read.clone(), p.new.clone()))
-            .collect();
+        let stored: Vec<(Vec<u8>, ChunkRecord, ChunkRecord)> =
+            stored.into_iter().map(|p| (p.fp, p.read, p.new)).collect();
         // Switch what is stored, if unchanged; drop the stale entries.
         let (switched, changed) = self
             .txn("staged_switch", move |t| {
@@ -158,7 +161,7 @@ impl Maintenance {
             })
             .await
             .map_err(|e| format!("switching staged chunks: {e}"))?;
-        let moved = planned.len() as u64 - failed - changed;
+        let moved = planned_count - failed - changed;
         report.moved = moved;
         report.moved_bytes = switched;
         report.left += changed;
@@ -219,16 +222,18 @@ impl Maintenance {
 
     /// Puts the planned shards, one request per server for all of them;
     /// returns the chunks all of whose shards were stored, and how many
-    /// were not.
-    async fn put_planned<'a>(&self, planned: &'a [Planned]) -> (Vec<&'a Planned>, u64) {
+    /// were not. The shards move into the requests: what comes back has
+    /// none.
+    async fn put_planned(&self, mut planned: Vec<Planned>) -> (Vec<Planned>, u64) {
         let mut per_server: HashMap<u32, Vec<Shard>> = HashMap::new();
-        for p in planned {
-            for (index, (server, data)) in p.new.shard_servers.iter().zip(&p.shards).enumerate() {
+        for p in &mut planned {
+            let shards = std::mem::take(&mut p.shards);
+            for (index, (server, data)) in p.new.shard_servers.iter().zip(shards).enumerate() {
                 per_server.entry(*server).or_default().push(Shard {
                     token: Vec::new(),
                     fingerprint: p.fp.clone(),
                     index: index as u32,
-                    data: data.clone(),
+                    data,
                 });
             }
         }
@@ -265,8 +270,8 @@ impl Maintenance {
                 failed.push(server);
             }
         }
-        let (ok, bad): (Vec<&Planned>, Vec<&Planned>) = planned
-            .iter()
+        let (ok, bad): (Vec<Planned>, Vec<Planned>) = planned
+            .into_iter()
             .partition(|p| !p.new.shard_servers.iter().any(|s| failed.contains(s)));
         (ok, bad.len() as u64)
     }

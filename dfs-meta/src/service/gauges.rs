@@ -67,12 +67,14 @@ impl MetaService {
                     ("stored", s.stored_bytes),
                     ("raw", s.raw_bytes),
                     ("inline", s.inline_bytes),
+                    ("staged", s.staged_bytes),
                     ("unreferenced", s.unreferenced_bytes),
                 ] {
                     gauge!(VOLUME_BYTES, "kind" => kind).set(value as f64);
                 }
                 gauge!(VOLUME_CHUNKS, "state" => "all").set(s.chunks as f64);
                 gauge!(VOLUME_CHUNKS, "state" => "inline").set(s.inline_chunks as f64);
+                gauge!(VOLUME_CHUNKS, "state" => "staged").set(s.staged_chunks as f64);
                 gauge!(VOLUME_CHUNKS, "state" => "unreferenced").set(s.unreferenced_chunks as f64);
                 gauge!(VOLUME_FILES).set(s.files as f64);
                 gauge!(VOLUME_DEDUP_RATIO).set(ratio(s.logical_bytes, s.unique_bytes));
