@@ -467,21 +467,25 @@ fn small_files_are_staged_in_the_metadata_store_then_moved_to_the_servers() {
         vec!["--stage-delay".into(), "6".into()],
     );
     let m = TestMount::start(&cluster.meta_addr(), &[]);
+    // And files whose chunks of random bytes store over the 96 KiB a
+    // staged chunk may take: staged as halves.
     let files: Vec<(String, Vec<u8>)> = (0..24)
-        .map(|i| {
-            (
-                format!("small{i}.bin"),
-                random_bytes(20_000 + i * 3_000, i as u64),
-            )
-        })
+        .map(|i| 20_000 + i * 3_000)
+        .chain([131_072, 190_000, 250_000])
+        .enumerate()
+        .map(|(i, len)| (format!("small{i}.bin"), random_bytes(len, i as u64)))
         .collect();
     for (name, data) in &files {
         fs::write(m.path.join(name), data).expect("write");
     }
     let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    // Long enough for a heartbeat (every 2 s) to report shards any server
+    // took, not for the staging worker (6 s) to move any.
+    std::thread::sleep(Duration::from_millis(2500));
     let staged = cluster.stats();
     // Random bytes do not compress: each file is one or two chunks of
-    // 20-89 KB stored, over the 8 KiB inline limit, so all of it is staged.
+    // 20-128 KB stored, over the 8 KiB inline limit, so all of it is staged
+    // (chunks over 96 KiB as two halves).
     assert_eq!(u(&staged, "inline_bytes"), total, "staged: {staged}");
     assert!(
         u(&staged, "staged_bytes") >= total - u(&staged, "inline_chunks") * 8192,

@@ -1,4 +1,5 @@
 //! The data pipelines between a file's bytes and shards on chunk servers.
 
 pub mod read;
+mod split;
 pub mod write;

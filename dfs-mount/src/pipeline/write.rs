@@ -3,7 +3,9 @@
 //! that store in a few KiB go inline (their bytes ride in the commit, with
 //! no lookup and no upload); one batched dedup lookup for the rest, then
 //! for unknown chunks only: compression, erasure coding, placement and
-//! upload, with each server receiving one batch.
+//! upload, with each server receiving one batch. A small flush stages its
+//! chunks inline (dfs-meta moves them to the servers later), one too big
+//! to stage as two halves (`split`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -15,6 +17,7 @@ use dfs_core::fingerprint::Fingerprint;
 use dfs_core::inline;
 use dfs_proto::{ChunkRecord, Codec, Layout, LookupChunksRequest, MappedChunk, PutGrant, Shard};
 
+use super::split;
 use crate::client::chunks::ServerBatch;
 use crate::client::Cluster;
 
@@ -318,9 +321,30 @@ impl Cluster {
             self.volume.inline_max_bytes as usize
         };
         let mut inline_budget = inline::CLIENT_INLINE_PER_COMMIT;
-        let (inlined, unique) = self
+        let (mut inlined, mut unique) = self
             .encode_inline(policy, unique, inline_limit, &mut inline_budget)
             .await?;
+        // A staged flush's chunks that store over the limit go as halves.
+        let mut splits: HashMap<Fingerprint, [(usize, Fingerprint); 2]> = HashMap::new();
+        if inline_limit > self.volume.inline_max_bytes as usize {
+            unique.retain(|u| {
+                let Some(halves) = split::halves(policy, &u.data, inline_limit) else {
+                    return true;
+                };
+                let stored: usize = halves.iter().map(|h| h.stored.len()).sum();
+                if stored > inline_budget {
+                    return true;
+                }
+                inline_budget -= stored;
+                splits.insert(u.fp, halves.each_ref().map(|h| (h.start, h.fp)));
+                inlined.extend(
+                    halves
+                        .into_iter()
+                        .map(|h| Encoded::inline(h.fp, h.data.len(), h.codec, h.stored)),
+                );
+                false
+            });
+        }
         let mut records: HashMap<Fingerprint, ChunkRecord> = HashMap::new();
         let mut uploaded: HashSet<Fingerprint> = HashSet::new();
         let inline_count = inlined.len();
@@ -379,27 +403,38 @@ impl Cluster {
             "chunks stored"
         );
 
-        chunks
-            .into_iter()
-            .zip(fps)
-            .map(|(c, fp)| {
-                let record = records
-                    .get(&fp)
-                    .cloned()
-                    .ok_or_else(|| DfsError::io("chunk record lost"))?;
-                Ok(StoredChunk {
-                    mapped: MappedChunk {
-                        shard_tokens: Default::default(),
-                        offset: c.offset,
-                        len: c.data.len() as u32,
-                        fingerprint: fp.to_vec(),
-                        chunk: Some(record),
-                    },
-                    uploaded: uploaded.contains(&fp),
-                    data: c.data,
-                })
+        let stored = |offset: u64, data: Bytes, fp: Fingerprint| -> Result<StoredChunk, DfsError> {
+            let record = records
+                .get(&fp)
+                .cloned()
+                .ok_or_else(|| DfsError::io("chunk record lost"))?;
+            Ok(StoredChunk {
+                mapped: MappedChunk {
+                    shard_tokens: Default::default(),
+                    offset,
+                    len: data.len() as u32,
+                    fingerprint: fp.to_vec(),
+                    chunk: Some(record),
+                },
+                uploaded: uploaded.contains(&fp),
+                data,
             })
-            .collect()
+        };
+        let mut out = Vec::with_capacity(chunks.len() + splits.len());
+        for (c, fp) in chunks.into_iter().zip(fps) {
+            match splits.get(&fp) {
+                Some([(_, first), (mid, second)]) => {
+                    out.push(stored(c.offset, c.data.slice(..*mid), *first)?);
+                    out.push(stored(
+                        c.offset + *mid as u64,
+                        c.data.slice(*mid..),
+                        *second,
+                    )?);
+                }
+                None => out.push(stored(c.offset, c.data, fp)?),
+            }
+        }
+        Ok(out)
     }
 
     /// Uploads the chunks in `stored` whose fingerprints are in `missing`
