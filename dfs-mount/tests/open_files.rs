@@ -119,6 +119,59 @@ fn an_open_on_one_client_sees_what_another_client_closed() {
     drop(holder);
 }
 
+/// A client keeps the chunk map of a file it closed and, at the next open,
+/// asks dfs-meta only whether the file changed: a file another client
+/// rewrote in between must read as rewritten, an unchanged one as it was.
+#[test]
+fn a_reopened_file_reads_what_another_client_wrote_after_the_close() {
+    let cluster = TestCluster::start(1, 3);
+    let a = TestMount::start(&cluster.meta_addr(), &[]);
+    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    // Kept inline (its map carries its bytes), and one on the servers.
+    for (name, len) in [("small", 6_000), ("big", 300_000)] {
+        let (on_a, on_b) = (a.path.join(name), b.path.join(name));
+        let v1 = random_bytes(len, 20);
+        fs::write(&on_a, &v1).expect("write v1 on a");
+        assert!(fs::read(&on_a).expect("read v1 on a") == v1, "{name}: v1");
+        // Same length: no size change to hide behind.
+        let v2 = random_bytes(len, 21);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&on_b)
+            .expect("open on b")
+            .write_all(&v2)
+            .expect("write v2 on b");
+        for round in 0..2 {
+            assert!(
+                fs::read(&on_a).expect("read on a") == v2,
+                "{name}: open {round} on a read what it wrote before b's close"
+            );
+        }
+        // And A's own rewrite after that.
+        let v3 = random_bytes(len, 22);
+        fs::write(&on_a, &v3).expect("write v3 on a");
+        assert!(fs::read(&on_a).expect("read v3 on a") == v3, "{name}: v3");
+        assert!(
+            fs::read(&on_b).expect("read v3 on b") == v3,
+            "{name}: v3 on b"
+        );
+    }
+    // Kept maps are hollow: with a chunk cache too small for every file
+    // written, the files whose bytes left it are read through their
+    // entries, the others from the cache.
+    let c = TestMount::start(&cluster.meta_addr(), &["cache_size=1M"]);
+    let files: Vec<Vec<u8>> = (0..300).map(|i| random_bytes(6_000, 100 + i)).collect();
+    for (i, data) in files.iter().enumerate() {
+        fs::write(c.path.join(format!("many{i}")), data).expect("write");
+    }
+    for round in 0..2 {
+        for (i, data) in files.iter().enumerate() {
+            let read = fs::read(c.path.join(format!("many{i}"))).expect("read");
+            assert!(read == *data, "many{i}, round {round}");
+        }
+    }
+}
+
 #[test]
 fn a_name_another_client_creates_is_there_for_the_next_lookup_and_open() {
     let cluster = TestCluster::start(1, 3);

@@ -598,6 +598,28 @@ pub fn lookup_chunks_and_deaths(
 /// Inline bytes after which a chunk-map page ends.
 const CHUNK_MAP_INLINE_PAGE: usize = 4 * 1024 * 1024;
 
+/// The reply to a chunk-map request whose client keeps the map of the
+/// file's current data version (`unless_data_version`): that, with no
+/// chunks. `None`: the map is to be read.
+pub fn unchanged(
+    txn: &mut dyn KvTxn,
+    ino: u64,
+    req: &dfs_proto::ChunkMapRequest,
+) -> Result<Option<ChunkMapReply>> {
+    if req.unless_data_version == 0 || req.from_offset != 0 {
+        return Ok(None);
+    }
+    let inode = get_inode(txn, ino)?;
+    Ok(
+        (inode.data_version == req.unless_data_version).then(|| ChunkMapReply {
+            size: inode.size,
+            data_version: inode.data_version,
+            unchanged: true,
+            ..ChunkMapReply::default()
+        }),
+    )
+}
+
 pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Result<ChunkMapReply> {
     let inode = get_inode(txn, ino)?;
     let limit = limit.clamp(1, 20_000);
@@ -648,6 +670,7 @@ pub fn chunk_map(txn: &mut dyn KvTxn, ino: u64, from: u64, limit: usize) -> Resu
         more,
         size: inode.size,
         data_version: inode.data_version,
+        unchanged: false,
     })
 }
 

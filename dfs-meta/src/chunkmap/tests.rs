@@ -175,6 +175,24 @@ fn inline_chunks_are_stored_counted_shared_and_collected() {
         inline::decode(&Fingerprint::of(&raw), &rec, None).unwrap(),
         raw
     );
+    // A client that keeps this version's map is told so, and nothing else;
+    // one that keeps another's (or none) reads the map.
+    let ask = |unless: u64, from: u64| dfs_proto::ChunkMapRequest {
+        ino: b,
+        from_offset: from,
+        limit: 100,
+        unless_data_version: unless,
+    };
+    let same = run(&store, |t| unchanged(t, b, &ask(map.data_version, 0))).unwrap();
+    assert!(same.unchanged && same.chunks.is_empty());
+    assert_eq!((same.size, same.data_version), (map.size, map.data_version));
+    for other in [
+        ask(0, 0),
+        ask(map.data_version + 1, 0),
+        ask(map.data_version, 1),
+    ] {
+        assert!(run(&store, |t| unchanged(t, b, &other)).is_none());
+    }
     // One entry, two references, counted apart from shard bytes.
     let totals = run(&store, stats);
     assert_eq!((totals.chunks, totals.inline_chunks), (1, 1));

@@ -705,6 +705,9 @@ impl Meta for MetaService {
         let mut reply = self
             .read("chunk_map", move |t, _| {
                 let ino = Scope::resolve(t, caps.subtree())?.ino(t, r.ino)?;
+                if let Some(unchanged) = chunkmap::unchanged(t, ino, &r)? {
+                    return Ok(unchanged);
+                }
                 let mut map = chunkmap::chunk_map(t, ino, r.from_offset, r.limit as usize)?;
                 crate::dictionary::confine(t, &mut map.chunks, caps.subtree.is_some())?;
                 Ok(map)

@@ -13,6 +13,7 @@
 //! - `namespace`: names, attributes, xattrs, directory listings;
 //! - `file`: write-buffer and chunk-map arithmetic (no I/O).
 
+mod closed_maps;
 pub mod file;
 mod flush;
 pub mod handles;
@@ -167,6 +168,9 @@ pub struct Dfs {
     /// Bytes in every file's write buffer together.
     dirty_bytes: AtomicUsize,
     open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Chunk maps of closed files, for the next open to reuse if the file
+    /// did not change.
+    closed_maps: closed_maps::ClosedMaps,
     /// Directories whose every name this client knows (lookups of absent
     /// names without a round trip); off until [`KnownNames::set_ttl`].
     pub names: known_names::KnownNames,
@@ -191,6 +195,7 @@ impl Dfs {
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             dirty_bytes: AtomicUsize::new(0),
             open_files: Mutex::new(HashMap::new()),
+            closed_maps: closed_maps::ClosedMaps::default(),
             names: known_names::KnownNames::default(),
         }
     }

@@ -2,6 +2,7 @@
 //! (close-to-open), reloading it when another client committed, the last
 //! close, and the leases that keep a file unlinked while open alive.
 
+use super::closed_maps;
 use super::known_names::NameChange;
 use super::*;
 
@@ -13,9 +14,15 @@ impl Dfs {
     /// The whole chunk map, read in pages. Pages are separate transactions:
     /// if the file's data version changes between them (a commit landed),
     /// the read starts over, so the map is never a mix of two versions.
-    pub(super) async fn fetch_chunk_map(&self, ino: u64) -> Result<(ChunkMap, u64, u64), DfsError> {
+    /// `unless`: the data version of a map the caller keeps (0: none);
+    /// `None` when the file's is still that.
+    pub(super) async fn fetch_chunk_map(
+        &self,
+        ino: u64,
+        unless: u64,
+    ) -> Result<Option<(ChunkMap, u64, u64)>, DfsError> {
         const ATTEMPTS: usize = 20;
-        'attempt: for _ in 0..ATTEMPTS {
+        'attempt: for attempt in 0..ATTEMPTS {
             let mut map = ChunkMap::default();
             let mut from = 0u64;
             let mut version = None;
@@ -27,8 +34,12 @@ impl Dfs {
                         ino,
                         from_offset: from,
                         limit: 10_000,
+                        unless_data_version: if attempt == 0 { unless } else { 0 },
                     })
                     .await?;
+                if reply.unchanged {
+                    return Ok(None);
+                }
                 if *version.get_or_insert(reply.data_version) != reply.data_version {
                     tracing::debug!(
                         ino,
@@ -45,7 +56,7 @@ impl Dfs {
                     map.chunks.insert(c.offset, c);
                 }
                 if !more {
-                    return Ok((map, size, reply.data_version));
+                    return Ok(Some((map, size, reply.data_version)));
                 }
             }
         }
@@ -152,7 +163,29 @@ impl Dfs {
                 );
             }
         }
-        let (map, size, version) = self.fetch_chunk_map(st.ino).await?;
+        // A map this client kept from the file's last close: used if the
+        // file did not change since (`closed_maps`). One this client made
+        // from its own upload has no read tokens, which servers that want
+        // them need: not used then.
+        let kept = if st.loaded {
+            None
+        } else {
+            // Hollow: only while the cache holds every inline chunk.
+            self.closed_maps.take(st.ino).await.filter(|kept| {
+                !(self.cluster.tokens_in_use() && kept.map.has_unsigned_chunks())
+                    && kept.map.chunks.values().all(|c| {
+                        !c.chunk.as_ref().is_some_and(closed_maps::is_hollow)
+                            || Fingerprint::from_slice(&c.fingerprint)
+                                .is_ok_and(|fp| self.cache.contains(&fp))
+                    })
+            })
+        };
+        let unless = kept.as_ref().map_or(0, |k| k.data_version);
+        let (map, size, version) = match (self.fetch_chunk_map(st.ino, unless).await?, kept) {
+            (Some(fetched), _) => fetched,
+            (None, Some(kept)) => (kept.map, kept.size, kept.data_version),
+            (None, None) => return Err(DfsError::io("chunk map unchanged, but none was kept")),
+        };
         st.map = map;
         st.size = size;
         st.committed_size = size;
@@ -189,6 +222,14 @@ impl Dfs {
             return;
         }
         let mut st = self.lock(of).await;
+        if st.loaded && st.buffer.is_empty() && st.is_clean() && !st.orphaned && !st.unlinked_kept {
+            let closed = closed_maps::ClosedMap {
+                map: std::mem::take(&mut st.map),
+                size: st.committed_size,
+                data_version: st.data_version,
+            };
+            self.closed_maps.keep(st.ino, closed).await;
+        }
         if !st.buffer.is_empty() {
             tracing::warn!(
                 ino = st.ino,

@@ -1,6 +1,7 @@
 //! Reads: committed chunks with the write buffer laid over them, through
 //! the chunk cache, and readahead for sequential readers.
 
+use super::closed_maps;
 use super::*;
 use dfs_core::telemetry::catalog::CHUNK_CACHE;
 use dfs_core::telemetry::series::Series;
@@ -65,10 +66,13 @@ impl Dfs {
             .ok_or_else(|| DfsError::new(libc::EIO, format!("chunk {fp} has no index entry")))?;
         // A map this client made from its own upload carries no read
         // tokens: where servers want them, ask first rather than be refused.
-        let (rec, tokens) = if c.shard_tokens.is_empty()
+        // So does a hollow inline record (a kept map's, its bytes no
+        // longer cached): its bytes come with the entry.
+        let (rec, tokens) = if (c.shard_tokens.is_empty()
             && !rec.is_inline()
             && self.cluster.tokens_in_use()
-            && !self.cache.contains(&fp)
+            && !self.cache.contains(&fp))
+            || closed_maps::is_hollow(&rec)
         {
             let fresh = self.fresh_chunk(ino, c).await?;
             (fresh.chunk.unwrap_or(rec), fresh.shard_tokens)
@@ -126,6 +130,7 @@ impl Dfs {
                 ino,
                 from_offset: c.offset,
                 limit: 1,
+                unless_data_version: 0,
             })
             .await?;
         reply
@@ -159,6 +164,7 @@ impl Dfs {
             // the read itself fetches the tokens.
             if self.cache.contains(&fp)
                 || (c.shard_tokens.is_empty() && !rec.is_inline() && self.cluster.tokens_in_use())
+                || closed_maps::is_hollow(rec)
             {
                 continue;
             }
