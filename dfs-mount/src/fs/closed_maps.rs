@@ -8,7 +8,9 @@
 //! files: ~0.5 ms there alone after `drop_caches`). Now the last close keeps
 //! the map, and the next open asks for the map "unless its data version is
 //! still N": an unchanged file's answer is a few bytes and the kept map is
-//! used; a changed one's answer is its map, as before. Kept maps are
+//! used; a changed one's answer is its map, as before. Only maps whose
+//! chunks are all inline are kept (small files: a map with shards holds read
+//! tokens that expire). Kept maps are
 //! hollow: inline chunks' bytes are dropped (the chunk cache has them, and
 //! a kept map is used only while it holds every one of them; a read that
 //! finds one gone since asks dfs-meta for that chunk's entry), so a map
@@ -31,7 +33,8 @@ use super::file::ChunkMap;
 /// Bytes of kept maps (tens of thousands of small files').
 pub const CLOSED_MAPS_BYTES: u64 = 8 * 1024 * 1024;
 
-/// What a kept map costs, per chunk (record, fingerprint, tokens).
+/// What a kept map costs, per chunk (a hollow inline record and its
+/// fingerprint; maps with shards, and their read tokens, are not kept).
 const ENTRY_WEIGHT: usize = 256;
 
 /// An inline chunk's record without its bytes, as kept maps hold them.

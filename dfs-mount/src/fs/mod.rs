@@ -33,7 +33,9 @@ use dfs_core::codec::CodecPolicy;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::time::now_ns;
-use dfs_proto::{ByteRange, ChunkMapRequest, CommitChunksRequest, MappedChunk, NewChunk};
+use dfs_proto::{
+    ByteRange, ChunkMapRequest, ChunkRecord, CommitChunksRequest, MappedChunk, NewChunk,
+};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use tracing::Instrument;

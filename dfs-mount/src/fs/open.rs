@@ -164,20 +164,17 @@ impl Dfs {
             }
         }
         // A map this client kept from the file's last close: used if the
-        // file did not change since (`closed_maps`). One this client made
-        // from its own upload has no read tokens, which servers that want
-        // them need: not used then.
+        // file did not change since (`closed_maps`).
         let kept = if st.loaded {
             None
         } else {
             // Hollow: only while the cache holds every inline chunk.
             self.closed_maps.take(st.ino).await.filter(|kept| {
-                !(self.cluster.tokens_in_use() && kept.map.has_unsigned_chunks())
-                    && kept.map.chunks.values().all(|c| {
-                        !c.chunk.as_ref().is_some_and(closed_maps::is_hollow)
-                            || Fingerprint::from_slice(&c.fingerprint)
-                                .is_ok_and(|fp| self.cache.contains(&fp))
-                    })
+                kept.map.chunks.values().all(|c| {
+                    !c.chunk.as_ref().is_some_and(closed_maps::is_hollow)
+                        || Fingerprint::from_slice(&c.fingerprint)
+                            .is_ok_and(|fp| self.cache.contains(&fp))
+                })
             })
         };
         let unless = kept.as_ref().map_or(0, |k| k.data_version);
@@ -222,7 +219,21 @@ impl Dfs {
             return;
         }
         let mut st = self.lock(of).await;
-        if st.loaded && st.buffer.is_empty() && st.is_clean() && !st.orphaned && !st.unlinked_kept {
+        // Maps of small files only (every chunk inline): a map with
+        // shards holds read tokens that expire, and reading a big file
+        // through stale ones costs a refusal and a lookup a chunk.
+        if st.loaded
+            && st.buffer.is_empty()
+            && st.is_clean()
+            && !st.orphaned
+            && !st.unlinked_kept
+            && st.data_version != u64::MAX
+            && st
+                .map
+                .chunks
+                .values()
+                .all(|c| c.chunk.as_ref().is_some_and(|r| r.is_inline()))
+        {
             let closed = closed_maps::ClosedMap {
                 map: std::mem::take(&mut st.map),
                 size: st.committed_size,

@@ -66,13 +66,14 @@ impl Dfs {
             .ok_or_else(|| DfsError::new(libc::EIO, format!("chunk {fp} has no index entry")))?;
         // A map this client made from its own upload carries no read
         // tokens: where servers want them, ask first rather than be refused.
-        // So does a hollow inline record (a kept map's, its bytes no
-        // longer cached): its bytes come with the entry.
-        let (rec, tokens) = if (c.shard_tokens.is_empty()
+        let (rec, tokens) = if closed_maps::is_hollow(&rec) {
+            // A kept map's inline record, its bytes no longer cached: they
+            // come with the entry.
+            self.hollow_entry(ino, c, &fp).await?
+        } else if c.shard_tokens.is_empty()
             && !rec.is_inline()
             && self.cluster.tokens_in_use()
-            && !self.cache.contains(&fp))
-            || closed_maps::is_hollow(&rec)
+            && !self.cache.contains(&fp)
         {
             let fresh = self.fresh_chunk(ino, c).await?;
             (fresh.chunk.unwrap_or(rec), fresh.shard_tokens)
@@ -117,6 +118,38 @@ impl Dfs {
             other => other?,
         };
         checked_len(fp, data, c.len)
+    }
+
+    /// The entry (record and read tokens) of chunk `c`, whose record in a
+    /// kept map is hollow: as the file maps it now, or, if the file changed
+    /// since it was opened, by fingerprint (the entry outlives the change
+    /// until garbage collection), so the version opened is still read.
+    async fn hollow_entry(
+        &self,
+        ino: u64,
+        c: &MappedChunk,
+        fp: &Fingerprint,
+    ) -> Result<(ChunkRecord, Vec<Vec<u8>>), DfsError> {
+        let err = match self.fresh_chunk(ino, c).await {
+            Ok(fresh) => match fresh.chunk {
+                Some(rec) => return Ok((rec, fresh.shard_tokens)),
+                None => DfsError::new(libc::EIO, format!("chunk {fp} has no index entry")),
+            },
+            Err(e) => e,
+        };
+        let reply = self
+            .cluster
+            .meta
+            .lookup_chunks(dfs_proto::LookupChunksRequest {
+                fingerprints: vec![fp.to_vec()],
+            })
+            .await?;
+        match (reply.known.first(), reply.records.into_iter().next()) {
+            (Some(true), Some(rec)) if rec.is_inline() && !closed_maps::is_hollow(&rec) => {
+                Ok((rec, Vec::new()))
+            }
+            _ => Err(err),
+        }
     }
 
     /// Chunk `c` of `ino` as the metadata server maps it now, with fresh

@@ -34,6 +34,7 @@ pub struct Half {
 /// into two halves that each store in at most `limit`; `None` when one
 /// would not (a chunk over twice `limit` raw, or too short to cut).
 pub fn halves(policy: CodecPolicy, data: &Bytes, limit: usize) -> Option<[Half; 2]> {
+    let limit = limit.min(dfs_core::inline::MAX_INLINE_BYTES);
     if data.len() < 2 || data.len() > 2 * limit {
         return None;
     }

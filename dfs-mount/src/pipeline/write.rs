@@ -381,7 +381,9 @@ impl Cluster {
         uploaded.extend(encoded.iter().map(|e| e.fp));
         let figures = dfs_core::telemetry::enabled().then(|| PipelineFigures {
             cut: chunks.iter().map(|c| c.data.len() as u64).sum(),
-            deduplicated: (records.len() - inline_count) as u64,
+            // Two inline chunks may share a fingerprint (a split chunk's
+            // halves): `records` has one entry for both.
+            deduplicated: records.len().saturating_sub(inline_count) as u64,
             inline: inline_bytes,
             compressed: encoded.iter().map(|e| u64::from(e.record.stored_len)).sum(),
             coded: encoded
