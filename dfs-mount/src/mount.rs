@@ -193,6 +193,10 @@ pub fn run(req: MountRequest, ready: impl FnOnce(Result<(), String>)) -> anyhow:
     if req.options.consistency == Consistency::Eventual {
         dfs.names.set_ttl(req.options.consistency.ttl());
     }
+    // Statahead pages answer only within the TTL the kernel keeps a
+    // looked-up entry for anyway, so every level that caches entries has
+    // them (`strong`, TTL 0, has none).
+    dfs.statahead.set_ttl(req.options.consistency.ttl());
     let fs = DfsFuse::new(dfs, runtime.handle().clone(), req.options.consistency.ttl())
         .with_posix_acl(req.options.acl);
     let notifier = fs.notifier_slot();

@@ -216,6 +216,9 @@ impl Rig {
         // Absent names known from this client's own changes, as a
         // `consistency=eventual` mount has them.
         dfs.names.set_ttl(Duration::from_secs(1));
+        // Statahead pages too: every check's lookups must still see this
+        // client's own changes.
+        dfs.statahead.set_ttl(Duration::from_secs(1));
         Ok(Arc::new(Handles::new(
             Arc::new(dfs),
             Duration::from_secs(1),
@@ -700,6 +703,30 @@ impl<'a> Case<'a> {
                 lossy(&listed),
                 lossy(&expected)
             ));
+        }
+        // Every name by lookup too, as the kernel finds them: once a few
+        // go to dfs-meta in a row, statahead pages answer the rest, and
+        // each answer must still show this client's last change.
+        for i in 0..NAMES {
+            let found = dfs.lookup(self.dir, &name(i)).await;
+            let agrees = match (self.names.get(&i), &found) {
+                (None, Err(e)) => e.errno == libc::ENOENT,
+                (Some(Entry::Dir), Ok(attr)) => attr.kind() == FileKind::Directory,
+                (Some(Entry::File(id)), Ok(attr)) => self.files.get(id).is_some_and(|f| {
+                    attr.ino == f.ino
+                        && attr.size == f.bytes.len() as u64
+                        && attr.mode & 0o7777 == f.mode
+                        && attr.nlink as usize == self.links(*id)
+                }),
+                _ => false,
+            };
+            if !agrees {
+                let found = found.map(|a| (a.ino, a.kind(), a.size, a.mode & 0o7777, a.nlink));
+                return Err(format!(
+                    "step {step}: lookup of f{i} answers {found:?} (ino, kind, size, mode, links), the model has {:?}",
+                    self.names.get(&i)
+                ));
+            }
         }
         for (id, f) in &self.files {
             let label = format!("file {id} (ino {})", f.ino);

@@ -37,6 +37,22 @@ pub struct MetaRpc {
     /// Directories this client's namespace changes modified, as the
     /// metadata server returned them with the change, and when.
     changed_dirs: Arc<Mutex<HashMap<u64, (InodeRecord, Instant)>>>,
+    /// Counts this client's namespace and attribute changes: moved when one
+    /// is sent and again when it ends, however it ends (see
+    /// [`MetaRpc::changes`]).
+    changes: Arc<AtomicU64>,
+}
+
+/// Moves the change count when a changing call ends, also when its future
+/// is dropped mid-flight (the change may still happen on the server).
+struct ChangeGuard<'a>(Option<&'a AtomicU64>);
+
+impl Drop for ChangeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(changes) = self.0 {
+            changes.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl MetaRpc {
@@ -57,7 +73,17 @@ impl MetaRpc {
             retry_for_ms,
             preferred: Arc::new(AtomicUsize::new(0)),
             changed_dirs: Arc::default(),
+            changes: Arc::default(),
         }
+    }
+
+    /// A count that moves with each namespace or attribute change this
+    /// client sends, once when it is sent and once when it ends. An answer
+    /// read while the count stayed the same reflects every change of this
+    /// client that was acknowledged before it was asked for, and no change
+    /// of this client has been acknowledged since.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Directory `ino` as this client's last change to it left it, if that
@@ -125,11 +151,15 @@ impl MetaRpc {
 
     /// Calls `f` with a client, retrying retryable errors with backoff.
     /// Only the typed methods below call it: one per RPC.
-    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, DfsError>
+    async fn call<T, F, Fut>(&self, op: &'static str, changes: bool, f: F) -> Result<T, DfsError>
     where
         F: Fn(MetaClient<RpcTransport>) -> Fut,
         Fut: Future<Output = Result<Response<T>, tonic::Status>>,
     {
+        let _change = ChangeGuard(changes.then(|| {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+            &*self.changes
+        }));
         let started = Instant::now();
         let retry_for = Duration::from_millis(self.retry_for_ms.load(Ordering::Relaxed));
         let mut delay = Duration::from_millis(20);
@@ -170,50 +200,60 @@ impl MetaRpc {
 
 /// One typed method per metadata RPC the client makes, each sent through
 /// [`MetaRpc::call`] (retries, fail-over, changed directories) with the
-/// request as is on every attempt and named after the RPC in logs.
+/// request as is on every attempt and named after the RPC in logs. Those
+/// under `changes` alter the namespace or an inode and move
+/// [`MetaRpc::changes`].
 macro_rules! metadata_rpcs {
-    ($($method:ident($request:ty) -> $reply:ty;)*) => {
+    (reads { $($read:ident($read_request:ty) -> $read_reply:ty;)* }
+     changes { $($change:ident($change_request:ty) -> $change_reply:ty;)* }) => {
         impl MetaRpc {
-            $(
-                pub async fn $method(&self, request: $request) -> Result<$reply, DfsError> {
-                    self.call(stringify!($method), |mut c| {
-                        let request = request.clone();
-                        async move { c.$method(request).await }
-                    })
-                    .await
-                }
-            )*
+            $(metadata_rpcs!(@one $read, $read_request, $read_reply, false);)*
+            $(metadata_rpcs!(@one $change, $change_request, $change_reply, true);)*
+        }
+    };
+    (@one $method:ident, $request:ty, $reply:ty, $changes:expr) => {
+        pub async fn $method(&self, request: $request) -> Result<$reply, DfsError> {
+            self.call(stringify!($method), $changes, |mut c| {
+                let request = request.clone();
+                async move { c.$method(request).await }
+            })
+            .await
         }
     };
 }
 
 metadata_rpcs! {
-    lookup(LookupRequest) -> InodeRecord;
-    get_attr(InoRequest) -> InodeRecord;
-    set_attr(SetAttrRequest) -> InodeRecord;
-    create(CreateRequest) -> InodeRecord;
-    unlink(RemoveRequest) -> Empty;
-    rmdir(RemoveRequest) -> Empty;
-    rename(RenameRequest) -> Empty;
-    forget_unlinked(InoRequest) -> Empty;
-    keep_unlinked(KeepUnlinkedRequest) -> Empty;
-    link(LinkRequest) -> InodeRecord;
-    set_xattr(XattrRequest) -> Empty;
-    get_xattr(XattrRequest) -> XattrReply;
-    list_xattr(InoRequest) -> XattrListReply;
-    remove_xattr(XattrRequest) -> Empty;
-    read_dir(ReadDirRequest) -> ReadDirReply;
-    stat_fs(Empty) -> StatFsReply;
-    sync(Empty) -> Empty;
-    get_volume_config(Empty) -> VolumeConfig;
-    lookup_chunks(LookupChunksRequest) -> LookupChunksReply;
-    commit_chunks(CommitChunksRequest) -> InodeRecord;
-    get_chunk_map(ChunkMapRequest) -> ChunkMapReply;
-    read_cold_chunk(ColdChunkRequest) -> ColdChunkReply;
-    get_dictionary(DictionaryRequest) -> DictionaryRecord;
-    list_servers(Empty) -> ListServersReply;
-    open_lock_session(LockSessionRequest) -> LockSessionReply;
-    end_lock_session(LockSessionRequest) -> Empty;
-    set_lock(SetLockRequest) -> SetLockReply;
-    get_lock(SetLockRequest) -> GetLockReply;
+    reads {
+        lookup(LookupRequest) -> InodeRecord;
+        get_attr(InoRequest) -> InodeRecord;
+        get_xattr(XattrRequest) -> XattrReply;
+        list_xattr(InoRequest) -> XattrListReply;
+        read_dir(ReadDirRequest) -> ReadDirReply;
+        stat_fs(Empty) -> StatFsReply;
+        sync(Empty) -> Empty;
+        get_volume_config(Empty) -> VolumeConfig;
+        lookup_chunks(LookupChunksRequest) -> LookupChunksReply;
+        get_chunk_map(ChunkMapRequest) -> ChunkMapReply;
+        read_cold_chunk(ColdChunkRequest) -> ColdChunkReply;
+        get_dictionary(DictionaryRequest) -> DictionaryRecord;
+        list_servers(Empty) -> ListServersReply;
+        // Byte-range locks change no inode.
+        open_lock_session(LockSessionRequest) -> LockSessionReply;
+        end_lock_session(LockSessionRequest) -> Empty;
+        set_lock(SetLockRequest) -> SetLockReply;
+        get_lock(SetLockRequest) -> GetLockReply;
+    }
+    changes {
+        set_attr(SetAttrRequest) -> InodeRecord;
+        create(CreateRequest) -> InodeRecord;
+        unlink(RemoveRequest) -> Empty;
+        rmdir(RemoveRequest) -> Empty;
+        rename(RenameRequest) -> Empty;
+        forget_unlinked(InoRequest) -> Empty;
+        keep_unlinked(KeepUnlinkedRequest) -> Empty;
+        link(LinkRequest) -> InodeRecord;
+        set_xattr(XattrRequest) -> Empty;
+        remove_xattr(XattrRequest) -> Empty;
+        commit_chunks(CommitChunksRequest) -> InodeRecord;
+    }
 }

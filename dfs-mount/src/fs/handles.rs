@@ -259,6 +259,13 @@ impl Handles {
         Ok(self.add_file(ino, file, flags))
     }
 
+    /// [`Handles::open`], and the file's size as the open found it.
+    pub async fn open_sized(&self, ino: u64, flags: i32) -> Result<(u64, u64), DfsError> {
+        let file = self.dfs.open(ino).await?;
+        let size = self.dfs.lock(&file).await.size;
+        Ok((self.add_file(ino, file, flags), size))
+    }
+
     /// Creates a regular file and opens it; returns its attributes and the
     /// handle number.
     pub async fn create_open(

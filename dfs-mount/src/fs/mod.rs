@@ -11,6 +11,8 @@
 //! - `read`: reads through the chunk cache, readahead;
 //! - `ranges`: truncate, punch hole, SEEK_DATA/HOLE, copy_file_range;
 //! - `namespace`: names, attributes, xattrs, directory listings;
+//! - `statahead`: a directory looked up name after name, read a page at a
+//!   time with attributes;
 //! - `file`: write-buffer and chunk-map arithmetic (no I/O).
 
 mod closed_maps;
@@ -22,6 +24,7 @@ pub mod namespace;
 mod open;
 mod ranges;
 mod read;
+pub mod statahead;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -176,6 +179,9 @@ pub struct Dfs {
     /// Directories whose every name this client knows (lookups of absent
     /// names without a round trip); off until [`KnownNames::set_ttl`].
     pub names: known_names::KnownNames,
+    /// Pages of directories looked up name after name; off until
+    /// [`statahead::Statahead::set_ttl`].
+    pub statahead: statahead::Statahead,
 }
 
 fn is_not_found(e: &DfsError) -> bool {
@@ -199,6 +205,7 @@ impl Dfs {
             open_files: Mutex::new(HashMap::new()),
             closed_maps: closed_maps::ClosedMaps::default(),
             names: known_names::KnownNames::default(),
+            statahead: statahead::Statahead::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! these calls and encodes their replies.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dfs_core::error::DfsError;
 use dfs_proto::{
@@ -13,6 +14,7 @@ use dfs_proto::{
 };
 
 use super::known_names::NameChange;
+use super::statahead;
 use super::{Dfs, OpenFile};
 use crate::locks::Locks;
 
@@ -94,27 +96,62 @@ impl Dfs {
     /// only when it decodes a file handle (open_by_handle_at, NFS export):
     /// inode numbers are global, so any inode can be found from its number.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<InodeRecord, DfsError> {
+        Ok(self.lookup_timed(parent, name).await?.0)
+    }
+
+    /// [`Dfs::lookup`], and, when a statahead page answered, how much
+    /// longer the answer may be kept (otherwise the whole cache lifetime).
+    pub async fn lookup_timed(
+        &self,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<(InodeRecord, Option<Duration>), DfsError> {
         match name {
-            b"." => return self.getattr(parent).await,
+            b"." => return Ok((self.getattr(parent).await?, None)),
             b".." => {
                 let dir = self.getattr(parent).await?;
                 if dir.kind() != FileKind::Directory {
                     return Err(DfsError::new(libc::ENOTDIR, "not a directory"));
                 }
                 let up = if dir.parent == 0 { dir.ino } else { dir.parent };
-                return self.getattr(up).await;
+                return Ok((self.getattr(up).await?, None));
             }
             _ => {}
         }
         if self.names.absent(parent, name) {
             return Err(DfsError::new(libc::ENOENT, "no such file or directory"));
         }
+        let meta = &self.cluster.meta;
+        let changes = meta.changes();
+        if let Some((attr, left)) = self.statahead.answer(parent, name, changes) {
+            return Ok((self.overlay_attr(attr).await, Some(left)));
+        }
         let request = LookupRequest {
             parent,
             name: name.to_vec(),
         };
-        let attr = self.cluster.meta.lookup(request).await?;
-        Ok(self.overlay_attr(attr).await)
+        let attr = match self.statahead.missed(parent, name, changes) {
+            None => meta.lookup(request).await?,
+            Some(page) => {
+                let asked = Instant::now();
+                let page_request = ReadDirRequest {
+                    ino: parent,
+                    after_name: page.after,
+                    limit: statahead::PAGE_ENTRIES,
+                    plus: true,
+                };
+                let (found, page) = tokio::join!(meta.lookup(request), meta.read_dir(page_request));
+                match page {
+                    Ok(page) => {
+                        self.statahead
+                            .store(parent, page.entries, page.more, asked, changes)
+                    }
+                    Err(e) => tracing::debug!(parent, error = %e, "statahead page not read"),
+                }
+                found?
+            }
+        };
+        Ok((self.overlay_attr(attr).await, None))
     }
 
     /// Creates a file, directory, symlink or node. The request carries an

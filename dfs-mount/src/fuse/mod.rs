@@ -12,10 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dfs_core::error::DfsError;
-use dfs_core::telemetry::catalog::{
-    FUSE_DURATION, FUSE_ERRORS, FUSE_OPERATIONS, FUSE_READ_BYTES, FUSE_WRITTEN_BYTES,
-};
-use dfs_core::telemetry::errno_name;
+use dfs_core::telemetry::catalog::{FUSE_READ_BYTES, FUSE_WRITTEN_BYTES};
 use dfs_core::telemetry::series::Series;
 use dfs_proto::{CreateRequest, FileKind, InodeRecord, RenameRequest, SetAttrRequest};
 use fuser::{
@@ -28,10 +25,11 @@ use fuser::{
 use tracing::Instrument;
 
 mod convert;
+mod kernel_attrs;
+mod op;
 
-use convert::{
-    caller_in_group, file_type, kind_from_mode, reply_xattr, time_ns, to_file_attr, BLOCK_SIZE,
-};
+use convert::{caller_in_group, file_type, kind_from_mode, reply_xattr, time_ns, BLOCK_SIZE};
+use op::{fail, op_span};
 
 use crate::fs::handles::{Handles, Listed};
 use crate::fs::namespace::{Caller, Fallocate};
@@ -45,77 +43,10 @@ pub struct DfsFuse {
     ttl: Duration,
     /// Tells the kernel to drop cached pages (set once the session exists).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Regular files' sizes as the kernel was last told them.
+    kernel: kernel_attrs::KernelAttrs,
     /// POSIX ACLs enforced by the kernel (mount option `acl`, the default).
     posix_acl: bool,
-}
-
-/// The span every kernel request runs in: which request, on which inode,
-/// from which process.
-fn op_span(op: &'static str, req: &Request, ino: u64) -> OpSpan {
-    OpSpan {
-        span: tracing::debug_span!(
-            "fuse",
-            otel.name = op,
-            op,
-            req = req.unique().0,
-            ino,
-            pid = req.pid()
-        ),
-        op,
-    }
-}
-
-/// A kernel request's span, and, while metrics are on, its count and
-/// latency (recorded when the request's guard drops, after the reply).
-struct OpSpan {
-    span: tracing::Span,
-    op: &'static str,
-}
-
-impl OpSpan {
-    fn entered(self) -> OpGuard {
-        OpGuard {
-            started: dfs_core::telemetry::enabled().then(std::time::Instant::now),
-            op: self.op,
-            _span: self.span.entered(),
-        }
-    }
-}
-
-struct OpGuard {
-    started: Option<std::time::Instant>,
-    op: &'static str,
-    _span: tracing::span::EnteredSpan,
-}
-
-impl Drop for OpGuard {
-    fn drop(&mut self) {
-        if let Some(started) = self.started {
-            static SERIES: Series<&str, (metrics::Counter, metrics::Histogram)> = Series::new();
-            let (count, latency) = SERIES.get(self.op, |op| {
-                (
-                    metrics::counter!(FUSE_OPERATIONS, "op" => op),
-                    metrics::histogram!(FUSE_DURATION, "op" => op),
-                )
-            });
-            count.increment(1);
-            latency.record(started.elapsed().as_secs_f64());
-        }
-    }
-}
-
-/// The one place a `DfsError` becomes an errno: logs at a level that
-/// matches how surprising the error is.
-fn fail(op: &'static str, ino: u64, e: &DfsError) -> Errno {
-    match e.errno {
-        errno if dfs_core::telemetry::routine_errno(errno) => {
-            tracing::debug!(op, ino, errno, error = %e.message, "fuse request failed")
-        }
-        libc::EIO => tracing::error!(op, ino, error = %e.message, "fuse request failed with EIO"),
-        _ => tracing::warn!(op, ino, errno = e.errno, error = %e.message, "fuse request failed"),
-    }
-    metrics::counter!(FUSE_ERRORS, "op" => op, "errno" => errno_name(e.errno)).increment(1);
-    Errno::from_i32(e.errno)
 }
 
 /// Answers a request whose only reply is success or an errno.
@@ -133,6 +64,7 @@ impl DfsFuse {
             rt,
             ttl,
             notifier: Arc::new(std::sync::OnceLock::new()),
+            kernel: kernel_attrs::KernelAttrs::default(),
             posix_acl: true,
         }
     }
@@ -156,7 +88,11 @@ impl DfsFuse {
         reply: ReplyEntry,
     ) {
         match result {
-            Ok(attr) => reply.entry(&self.ttl, &to_file_attr(&attr), Generation(attr.generation)),
+            Ok(attr) => reply.entry(
+                &self.ttl,
+                &self.kernel.told(&attr),
+                Generation(attr.generation),
+            ),
             Err(e) => reply.error(fail(op, parent, &e)),
         }
     }
@@ -243,14 +179,21 @@ impl Filesystem for DfsFuse {
         let _span = op_span("lookup", req, parent.0).entered();
         let result = self
             .rt
-            .block_on(self.core.dfs().lookup(parent.0, name.as_bytes()));
-        self.reply_entry(result, "lookup", parent.0, reply);
+            .block_on(self.core.dfs().lookup_timed(parent.0, name.as_bytes()));
+        match result {
+            Ok((attr, valid_for)) => reply.entry(
+                &valid_for.unwrap_or(self.ttl),
+                &self.kernel.told(&attr),
+                Generation(attr.generation),
+            ),
+            Err(e) => reply.error(fail("lookup", parent.0, &e)),
+        }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = op_span("getattr", req, ino.0).entered();
         match self.rt.block_on(self.core.getattr(ino.0)) {
-            Ok(timed) => reply.attr(&timed.valid_for, &to_file_attr(&timed.attr)),
+            Ok(timed) => reply.attr(&timed.valid_for, &self.kernel.told(&timed.attr)),
             Err(e) => reply.error(fail("getattr", ino.0, &e)),
         }
     }
@@ -295,7 +238,7 @@ impl Filesystem for DfsFuse {
             // inode after it (rsync sets a directory's times while files
             // land in it, then trusts `stat` to tell whether to set them
             // again). The next stat asks the metadata server.
-            Ok(attr) => reply.attr(&Duration::ZERO, &to_file_attr(&attr)),
+            Ok(attr) => reply.attr(&Duration::ZERO, &self.kernel.told(&attr)),
             Err(e) => reply.error(fail("setattr", ino.0, &e)),
         }
     }
@@ -557,8 +500,22 @@ impl Filesystem for DfsFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = op_span("open", req, ino.0).entered();
-        match self.rt.block_on(self.core.open(ino.0, flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        match self.rt.block_on(self.core.open_sized(ino.0, flags.0)) {
+            Ok((fh, size)) => {
+                // Close-to-open: the kernel's size of a file that changed
+                // elsewhere would cut its reads short (see kernel_attrs).
+                if self.kernel.stale(ino.0, size) {
+                    if let Some(n) = self.notifier.get() {
+                        match n.inval_inode(ino, -1, 0) {
+                            Ok(()) => self.kernel.dropped(ino.0),
+                            Err(e) => {
+                                tracing::debug!(ino = ino.0, error = %e, "cannot drop attributes")
+                            }
+                        }
+                    }
+                }
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(fail("open", ino.0, &e)),
         }
     }
@@ -578,7 +535,7 @@ impl Filesystem for DfsFuse {
         match self.rt.block_on(self.core.create_open(request, flags)) {
             Ok((attr, fh)) => reply.created(
                 &self.ttl,
-                &to_file_attr(&attr),
+                &self.kernel.told(&attr),
                 Generation(attr.generation),
                 FileHandle(fh),
                 FopenFlags::empty(),
@@ -798,7 +755,7 @@ impl Filesystem for DfsFuse {
                     let Some(attr) = e.attr else { break };
                     let name = OsStr::from_bytes(&e.name);
                     let generation = Generation(attr.generation);
-                    let attr = to_file_attr(&attr);
+                    let attr = self.kernel.told(&attr);
                     if reply.add(INodeNo(e.ino), e.offset, name, &self.ttl, &attr, generation) {
                         break;
                     }

@@ -1,0 +1,111 @@
+//! Statahead on real mounts: a mount that looks up the names of a directory
+//! one after another (`stat` of each file after the kernel dropped its
+//! dentries) reads the directory a page at a time with attributes instead
+//! of asking dfs-meta name by name, and still keeps the default level's
+//! promises: a file another client closed opens with that client's bytes,
+//! a name another client adds is found, this client's own changes show at
+//! once, and no attribute is older than the cache lifetime (1 s).
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::scrape::{scrape, sum};
+use common::*;
+use dfs_core::telemetry::catalog;
+
+const FILES: usize = 60;
+
+fn rpcs(meta_port: u16, method: &str) -> f64 {
+    let label = format!(r#"method="{method}""#);
+    sum(&scrape(meta_port), catalog::RPC_REQUESTS, &[&label])
+}
+
+#[test]
+fn names_looked_up_one_after_another_come_from_pages_that_keep_close_to_open() {
+    let meta_port = free_port();
+    let cluster = TestCluster::start_full(
+        1,
+        3,
+        |_| Vec::new(),
+        vec!["--metrics".into(), format!("127.0.0.1:{meta_port}")],
+    );
+    let a = TestMount::start(&cluster.meta_addr(), &[]);
+    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    let (in_a, in_b) = (a.path.join("d"), b.path.join("d"));
+    fs::create_dir(&in_a).expect("mkdir");
+    for i in 0..FILES {
+        fs::write(in_a.join(format!("f{i:02}")), vec![i as u8; 100 + i]).expect("create");
+    }
+
+    // B has never seen these names: each stat is a lookup.
+    let (lookups, pages) = (rpcs(meta_port, "Lookup"), rpcs(meta_port, "ReadDir"));
+    for i in 0..FILES {
+        let len = fs::metadata(in_b.join(format!("f{i:02}")))
+            .expect("stat through b")
+            .len();
+        assert_eq!(len, (100 + i) as u64, "f{i:02}'s size through b");
+    }
+    let lookups = rpcs(meta_port, "Lookup") - lookups;
+    let pages = rpcs(meta_port, "ReadDir") - pages;
+    assert!(
+        pages >= 1.0 && lookups <= 10.0,
+        "{FILES} stats cost {lookups} lookups and {pages} pages in dfs-meta"
+    );
+
+    // A rewrites a file B stat'ed from a page, and adds one.
+    fs::write(in_a.join("f30"), vec![7u8; 5000]).expect("rewrite through a");
+    fs::write(in_a.join("new"), b"from a").expect("create through a");
+    // Close-to-open: B opens and reads what A closed, at once.
+    assert_eq!(
+        fs::read(in_b.join("f30")).expect("read through b"),
+        vec![7u8; 5000],
+        "a file another client closed reads as it closed it"
+    );
+    assert_eq!(fs::read(in_b.join("new")).expect("found"), b"from a");
+
+    // B's own changes show at once in B.
+    for i in 40..FILES {
+        fs::metadata(in_b.join(format!("f{i:02}"))).expect("stat through b");
+    }
+    fs::write(in_b.join("f50"), vec![1u8; 3000]).expect("rewrite through b");
+    fs::remove_file(in_b.join("f51")).expect("unlink through b");
+    for i in 40..FILES {
+        let seen = fs::metadata(in_b.join(format!("f{i:02}")));
+        match i {
+            50 => assert_eq!(seen.expect("own rewrite").len(), 3000),
+            51 => assert!(seen.is_err(), "own unlink shows at once"),
+            _ => assert_eq!(seen.expect("stat").len(), (100 + i) as u64),
+        }
+    }
+
+    // Another client's change to an attribute shows within the cache
+    // lifetime (1 s), pages or not.
+    fs::write(in_a.join("f20"), vec![9u8; 7000]).expect("rewrite through a");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        fs::metadata(in_b.join("f20")).expect("stat").len(),
+        7000,
+        "another client's change shows after the TTL"
+    );
+}
+
+/// Close-to-open with the file's attributes in the kernel's cache: B
+/// looked the file up (one lookup, no page) just before A rewrote it
+/// larger; B's open must still read all of A's bytes, not stop at the size
+/// the kernel kept.
+#[test]
+fn a_file_looked_up_before_another_client_grew_it_opens_whole() {
+    let cluster = TestCluster::start(1, 3);
+    let a = TestMount::start(&cluster.meta_addr(), &[]);
+    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    fs::write(a.path.join("f"), b"short").expect("create through a");
+    assert_eq!(fs::metadata(b.path.join("f")).expect("stat").len(), 5);
+    fs::write(a.path.join("f"), vec![3u8; 9000]).expect("rewrite through a");
+    assert_eq!(
+        fs::read(b.path.join("f")).expect("read through b").len(),
+        9000,
+        "B's open reads what A closed"
+    );
+}
