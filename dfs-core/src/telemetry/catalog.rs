@@ -64,6 +64,7 @@ pub const DEDUP_HITS: &str = "dfs_dedup_hit_chunks_total";
 pub const CHUNK_CACHE: &str = "dfs_chunk_cache_lookups_total";
 pub const STORE_TRANSACTIONS: &str = "dfs_meta_transactions_total";
 pub const STORE_RETRIES: &str = "dfs_meta_transaction_retries_total";
+pub const STORE_DURATION: &str = "dfs_meta_transaction_duration_seconds";
 pub const VOLUME_BYTES: &str = "dfs_volume_bytes";
 pub const VOLUME_CHUNKS: &str = "dfs_volume_chunks";
 pub const VOLUME_FILES: &str = "dfs_volume_files";
@@ -108,6 +109,8 @@ pub const CATALOG: &[Metric] = &[
         "Metadata store transactions committed."),
     metric(STORE_RETRIES, Counter, &[], "dfs-meta",
         "Metadata store transactions run again after a conflict."),
+    metric(STORE_DURATION, Histogram, &["op"], "dfs-meta",
+        "Time a metadata transaction took, by operation: waiting for the store, its reads and its commit (synced where the change must be durable)."),
     metric(VOLUME_BYTES, Gauge, &["kind"], "dfs-meta",
         "The volume's bytes: logical (what files hold), unique (after dedup), stored (after compression), raw (on chunk servers, with redundancy), inline (in the metadata store), unreferenced (waiting for GC)."),
     metric(VOLUME_CHUNKS, Gauge, &["state"], "dfs-meta",

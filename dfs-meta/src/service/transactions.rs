@@ -2,6 +2,9 @@
 //! blocking thread or in place for point reads of a local snapshot, timed
 //! (slow ones logged); and the small helpers that shape their replies.
 
+use dfs_core::telemetry::catalog::STORE_DURATION;
+use dfs_core::telemetry::series::Series;
+
 use super::*;
 
 impl MetaService {
@@ -123,6 +126,12 @@ impl MetaService {
                 store = self.store.name(),
                 "slow metadata transaction"
             );
+        }
+        if dfs_core::telemetry::enabled() {
+            static SERIES: Series<&str, metrics::Histogram> = Series::new();
+            SERIES
+                .get(op, |op| metrics::histogram!(STORE_DURATION, "op" => op))
+                .record(took.as_secs_f64());
         }
         let mut longest = self.longest.lock();
         if took > longest.0 {
