@@ -131,7 +131,11 @@ impl Dfs {
             name: name.to_vec(),
         };
         let attr = match self.statahead.missed(parent, name, changes) {
-            None => meta.lookup(request).await?,
+            None => {
+                let found = meta.lookup(request).await?;
+                self.statahead.found(parent, changes);
+                found
+            }
             Some(page) => {
                 let asked = Instant::now();
                 let page_request = ReadDirRequest {

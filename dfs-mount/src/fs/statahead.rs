@@ -10,12 +10,17 @@
 //! attributes ([`ReadDirRequest::plus`]) costs about as much as a few
 //! lookups and answers a thousand. Lustre's statahead is the precedent.
 //!
-//! When: after [`TRIGGER`] lookups in one directory that went to dfs-meta
-//! while this client changed nothing (a tree being copied into looks names
-//! up too, but changes it between them), the next lookup there reads the
-//! page from the directory's first name (or, when a page was read before,
-//! from the name looked up) beside its own lookup. A lookup past the end of
-//! a page that had more reads the next page at once.
+//! When: after [`TRIGGER`] lookups in one directory that found their names
+//! through dfs-meta while this client changed nothing (a tree being copied
+//! into looks names up too, but changes it between them; names that are
+//! not there, as a PATH search probes, do not count), the next lookup there
+//! reads the page from the directory's first name (or, once a page was
+//! read, from the name looked up) beside its own lookup. A lookup past the
+//! end of a page that had more and answered lookups reads the next page at
+//! once. A page that answers fewer than [`TRIGGER`] lookups doubles the run
+//! the directory's next page waits for (random lookups in a large
+//! directory), up to [`TRIGGER`] << [`MAX_BACKOFF`]. At most [`MAX_PAGES`]
+//! pages are kept; a page no longer valid is dropped when next looked at.
 //!
 //! Consistency: a page answers only while it is younger than the mount's
 //! cache lifetime (`ttl`, 1 s for `consistency=read-own`), and the kernel
@@ -31,13 +36,21 @@ use std::time::{Duration, Instant};
 use dfs_proto::{DirEntry, InodeRecord};
 use parking_lot::Mutex;
 
-/// Lookups in one directory that go to dfs-meta before its page is read.
-pub const TRIGGER: u32 = 4;
+/// Lookups in one directory found through dfs-meta before the next one
+/// reads a page.
+pub const TRIGGER: u32 = 3;
 
 /// Entries one page asks for.
 pub const PAGE_ENTRIES: u32 = 1024;
 
-/// Directories tracked at once; past it the stale ones are dropped.
+/// Pages kept at once (each up to [`PAGE_ENTRIES`] attributes).
+pub const MAX_PAGES: usize = 64;
+
+/// Useless pages in a row past which the run a page waits for stops
+/// doubling.
+pub const MAX_BACKOFF: u32 = 8;
+
+/// Directories tracked at once; past it the idle ones are dropped.
 const MAX_DIRS: usize = 1024;
 
 struct Page {
@@ -48,6 +61,8 @@ struct Page {
     /// When it was asked for, and the client's change count then.
     asked: Instant,
     changes: u64,
+    /// Lookups it answered.
+    hits: u32,
 }
 
 impl Page {
@@ -62,13 +77,42 @@ impl Page {
 
 #[derive(Default)]
 struct Dir {
-    /// Lookups that went to dfs-meta since the streak began.
+    /// Lookups found through dfs-meta in a row, the client's change count
+    /// when the run began, and when its last lookup was.
     streak: u32,
-    /// The client's change count when the streak began, and when the last
-    /// lookup of it was.
     streak_changes: u64,
     streak_last: Option<Instant>,
+    /// Pages in a row that answered fewer than [`TRIGGER`] lookups.
+    useless: u32,
+    /// Whether a page of it was ever read (the next reads on from the
+    /// name looked up, not from the first).
+    paged: bool,
     page: Option<Page>,
+}
+
+impl Dir {
+    /// The run of lookups, begun again if this client changed something
+    /// since or the last lookup is older than the TTL.
+    fn streak(&mut self, changes: u64, now: Instant, ttl: Duration) -> &mut u32 {
+        let alive =
+            self.streak_changes == changes && self.streak_last.is_some_and(|t| now - t < ttl);
+        if !alive {
+            self.streak = 0;
+            self.streak_changes = changes;
+        }
+        &mut self.streak
+    }
+
+    /// Drops the page, noting whether it was worth reading.
+    fn retire(&mut self) {
+        if let Some(page) = self.page.take() {
+            self.useless = if page.hits < TRIGGER {
+                (self.useless + 1).min(MAX_BACKOFF)
+            } else {
+                0
+            };
+        }
+    }
 }
 
 /// What a lookup that the pages could not answer should ask for beside
@@ -110,10 +154,16 @@ impl Statahead {
         if ttl.is_zero() {
             return None;
         }
-        let dirs = self.dirs.lock();
-        let page = dirs.get(&parent)?.page.as_ref()?;
-        let left = page.valid(ttl, changes)?;
-        Some((page.entries.get(name)?.clone(), left))
+        let mut dirs = self.dirs.lock();
+        let dir = dirs.get_mut(&parent)?;
+        let page = dir.page.as_mut()?;
+        let Some(left) = page.valid(ttl, changes) else {
+            dir.retire();
+            return None;
+        };
+        let found = page.entries.get(name)?.clone();
+        page.hits += 1;
+        Some((found, left))
     }
 
     /// A lookup of `name` in `parent` that no page answered is going to
@@ -126,41 +176,41 @@ impl Statahead {
         let now = Instant::now();
         let mut dirs = self.dirs.lock();
         if dirs.len() >= MAX_DIRS && !dirs.contains_key(&parent) {
-            dirs.retain(|_, d| d.streak_last.is_some_and(|t| now - t < ttl));
+            dirs.retain(|_, d| d.page.is_some() || d.streak_last.is_some_and(|t| now - t < ttl));
             if dirs.len() >= MAX_DIRS {
                 dirs.clear();
             }
         }
         let dir = dirs.entry(parent).or_default();
-        // Reading on past the end of a page that had more.
-        if let Some(page) = &dir.page {
-            if page.more && page.valid(ttl, changes).is_some() && name > page.last.as_slice() {
-                dir.page = None;
-                dir.streak = 0;
-                return Some(PageRequest {
-                    after: name.to_vec(),
-                });
-            }
-        }
-        let streak_alive =
-            dir.streak_changes == changes && dir.streak_last.is_some_and(|t| now - t < ttl);
-        if !streak_alive {
-            dir.streak = 0;
-            dir.streak_changes = changes;
-        }
-        dir.streak += 1;
-        dir.streak_last = Some(now);
-        if dir.streak < TRIGGER {
+        // Reading on past the end of a page that had more and was used.
+        let read_on = dir.page.as_ref().is_some_and(|page| {
+            page.more
+                && page.hits >= TRIGGER
+                && page.valid(ttl, changes).is_some()
+                && name > page.last.as_slice()
+        });
+        let needed = TRIGGER << dir.useless;
+        if !read_on && *dir.streak(changes, now, ttl) < needed {
             return None;
         }
         dir.streak = 0;
-        let after = match dir.page.take() {
-            // A page read before did not hold this name: the walk is not
-            // from the start, so read on from where it is.
-            Some(_) => name.to_vec(),
-            None => Vec::new(),
-        };
+        dir.retire();
+        let after = if dir.paged { name.to_vec() } else { Vec::new() };
+        dir.paged = true;
         Some(PageRequest { after })
+    }
+
+    /// A lookup in `parent` that went to dfs-meta found its name.
+    pub fn found(&self, parent: u64, changes: u64) {
+        let ttl = self.ttl();
+        if ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(dir) = self.dirs.lock().get_mut(&parent) {
+            *dir.streak(changes, now, ttl) += 1;
+            dir.streak_last = Some(now);
+        }
     }
 
     /// A page of `parent` read with attributes, asked for at `asked` when
@@ -178,14 +228,30 @@ impl Statahead {
             .into_iter()
             .filter_map(|e| Some((e.name, e.attr?)))
             .collect();
-        if let Some(dir) = self.dirs.lock().get_mut(&parent) {
-            dir.page = Some(Page {
-                entries,
-                last,
-                more,
-                asked,
-                changes,
-            });
+        let mut dirs = self.dirs.lock();
+        let Some(dir) = dirs.get_mut(&parent) else {
+            return;
+        };
+        dir.retire();
+        dir.page = Some(Page {
+            entries,
+            last,
+            more,
+            asked,
+            changes,
+            hits: 0,
+        });
+        // Past the bound, the oldest page goes.
+        let pages = dirs.values().filter(|d| d.page.is_some()).count();
+        if pages > MAX_PAGES {
+            let oldest = dirs
+                .iter()
+                .filter_map(|(ino, d)| Some((d.page.as_ref()?.asked, *ino)))
+                .min()
+                .map(|(_, ino)| ino);
+            if let Some(dir) = oldest.and_then(|ino| dirs.get_mut(&ino)) {
+                dir.retire();
+            }
         }
     }
 }
@@ -213,12 +279,18 @@ mod tests {
         s
     }
 
+    /// `n` lookups of names found through dfs-meta, none reading a page.
+    fn found_run(s: &Statahead, dir: u64, names: &[&str], changes: u64) {
+        for name in names {
+            assert_eq!(s.missed(dir, name.as_bytes(), changes), None, "{name}");
+            s.found(dir, changes);
+        }
+    }
+
     #[test]
     fn a_run_of_lookups_reads_the_directory_once_and_later_lookups_come_from_it() {
         let s = on(Duration::from_secs(60));
-        for name in ["a", "b", "c"] {
-            assert_eq!(s.missed(1, name.as_bytes(), 0), None);
-        }
+        found_run(&s, 1, &["a", "b", "c"], 0);
         let asked = s
             .missed(1, b"d", 0)
             .expect("the fourth lookup reads a page");
@@ -243,64 +315,89 @@ mod tests {
     #[test]
     fn any_change_by_this_client_or_the_ttl_ends_a_page() {
         let s = on(Duration::from_millis(40));
-        for name in ["a", "b", "c", "d"] {
-            s.missed(1, name.as_bytes(), 5);
-        }
+        found_run(&s, 1, &["a", "b", "c"], 5);
+        assert!(s.missed(1, b"d", 5).is_some());
         s.store(1, vec![entry("e", 3)], false, Instant::now(), 5);
         assert!(s.answer(1, b"e", 5).is_some());
         assert!(
             s.answer(1, b"e", 6).is_none(),
             "this client changed something"
         );
+        s.store(1, vec![entry("e", 3)], false, Instant::now(), 5);
         std::thread::sleep(Duration::from_millis(50));
         assert!(s.answer(1, b"e", 5).is_none(), "older than the ttl");
     }
 
     #[test]
-    fn lookups_between_changes_never_read_a_page() {
+    fn lookups_between_changes_or_of_absent_names_never_read_a_page() {
         let s = on(Duration::from_secs(60));
         for (i, name) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
             // A tree copied into: each lookup is followed by a create.
-            assert_eq!(s.missed(1, name.as_bytes(), i as u64), None);
+            found_run(&s, 1, &[name], i as u64);
+        }
+        for name in ["p", "q", "r", "s", "t", "u"] {
+            // A PATH search: none of them is there.
+            assert_eq!(s.missed(2, name.as_bytes(), 0), None);
         }
     }
 
     #[test]
-    fn a_lookup_past_a_page_with_more_reads_the_next_page_from_its_name() {
+    fn a_lookup_past_a_used_page_with_more_reads_the_next_page_from_its_name() {
         let s = on(Duration::from_secs(60));
-        for name in ["a", "b", "c", "d"] {
-            s.missed(1, name.as_bytes(), 0);
-        }
-        s.store(
-            1,
-            vec![entry("a", 2), entry("m", 3)],
-            true,
-            Instant::now(),
-            0,
+        found_run(&s, 1, &["a", "b", "c"], 0);
+        s.missed(1, b"d", 0);
+        let page = vec![entry("a", 2), entry("b", 3), entry("c", 4), entry("m", 5)];
+        s.store(1, page, true, Instant::now(), 0);
+        assert_eq!(
+            s.missed(1, b"n", 0),
+            None,
+            "a page that answered nothing yet"
         );
+        for name in ["a", "b", "c"] {
+            assert!(s.answer(1, name.as_bytes(), 0).is_some());
+        }
         assert_eq!(
             s.missed(1, b"n", 0),
             Some(PageRequest {
                 after: b"n".to_vec()
             })
         );
-        // A name before the page's end that it did not hold is a plain miss.
-        s.store(
-            1,
-            vec![entry("o", 4), entry("t", 5)],
-            true,
-            Instant::now(),
-            0,
+    }
+
+    #[test]
+    fn useless_pages_make_the_next_wait_longer() {
+        let s = on(Duration::from_secs(60));
+        found_run(&s, 1, &["a", "b", "c"], 0);
+        assert!(s.missed(1, b"d", 0).is_some());
+        // Random lookups the page does not hold: it answers nothing.
+        s.store(1, vec![entry("x", 2)], false, Instant::now(), 0);
+        found_run(&s, 1, &["d", "e", "f"], 0);
+        assert!(s.missed(1, b"g", 0).is_some());
+        s.store(1, vec![entry("x", 2)], false, Instant::now(), 0);
+        found_run(&s, 1, &["g", "h", "i", "j", "k", "l"], 0);
+        assert!(s.missed(1, b"m", 0).is_some(), "after twice the run");
+    }
+
+    #[test]
+    fn pages_are_bounded() {
+        let s = on(Duration::from_secs(60));
+        for dir in 0..(MAX_PAGES as u64 + 10) {
+            found_run(&s, dir, &["a", "b", "c"], 0);
+            assert!(s.missed(dir, b"d", 0).is_some());
+            s.store(dir, vec![entry("e", 3)], false, Instant::now(), 0);
+        }
+        let pages = s.dirs.lock().values().filter(|d| d.page.is_some()).count();
+        assert_eq!(pages, MAX_PAGES);
+        assert!(
+            s.answer(MAX_PAGES as u64 + 9, b"e", 0).is_some(),
+            "the newest stays"
         );
-        assert_eq!(s.missed(1, b"p", 0), None);
     }
 
     #[test]
     fn strong_consistency_has_no_pages() {
         let s = on(Duration::ZERO);
-        for name in ["a", "b", "c", "d", "e"] {
-            assert_eq!(s.missed(1, name.as_bytes(), 0), None);
-        }
+        found_run(&s, 1, &["a", "b", "c", "d", "e"], 0);
         s.store(1, vec![entry("a", 2)], false, Instant::now(), 0);
         assert!(s.answer(1, b"a", 0).is_none());
     }

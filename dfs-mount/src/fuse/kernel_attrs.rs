@@ -8,7 +8,13 @@
 //! size it keeps: a file that grew elsewhere since would read short. An
 //! open that finds a size other than the one the kernel was given drops the
 //! kernel's attributes (FUSE_NOTIFY_INVAL_INODE, attributes only), so the
-//! read past the old size asks again. Only changed files pay for it.
+//! read past the old size asks again. Files this client grew through the
+//! kernel's writes are not counted as changed (the kernel grew its size
+//! itself); files changed otherwise pay one attribute request.
+//!
+//! Left: two replies with different sizes racing to the kernel can be
+//! remembered in the other order than they arrive; a file changed in that
+//! window by another client may then read short until the TTL ends.
 
 use std::collections::HashMap;
 
@@ -46,6 +52,14 @@ impl KernelAttrs {
         self.sizes.lock().get(&ino) != Some(&size)
     }
 
+    /// A write through the kernel ended at `end`: the kernel's size grew
+    /// to it by itself.
+    pub fn wrote(&self, ino: u64, end: u64) {
+        if let Some(size) = self.sizes.lock().get_mut(&ino) {
+            *size = (*size).max(end);
+        }
+    }
+
     /// The kernel was told to drop `ino`'s attributes; it asks again.
     pub fn dropped(&self, ino: u64) {
         self.sizes.lock().remove(&ino);
@@ -73,6 +87,8 @@ mod tests {
         k.told(&file(5, 100, FileKind::Regular));
         assert!(!k.stale(5, 100));
         assert!(k.stale(5, 9000), "grew elsewhere");
+        k.wrote(5, 9000);
+        assert!(!k.stale(5, 9000), "grown by this client's own writes");
         k.dropped(5);
         assert!(k.stale(5, 100));
         k.told(&file(6, 4096, FileKind::Directory));

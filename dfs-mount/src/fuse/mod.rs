@@ -583,6 +583,8 @@ impl Filesystem for DfsFuse {
         let _span = op_span("write", req, ino.0).entered();
         match self.rt.block_on(self.core.write(fh.0, offset, data)) {
             Ok(()) => {
+                // The kernel grows its size with the write itself.
+                self.kernel.wrote(ino.0, offset + data.len() as u64);
                 static BYTES: Series<(), metrics::Counter> = Series::new();
                 BYTES
                     .get((), |()| metrics::counter!(FUSE_WRITTEN_BYTES))

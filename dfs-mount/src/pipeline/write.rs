@@ -578,19 +578,20 @@ impl Cluster {
     ) -> Result<Vec<Encoded>, DfsError> {
         // Two halves, one per core; more tasks would only add copying.
         let volume = self.volume;
-        let half_bytes = raw.iter().map(|u| u.data.len()).sum::<usize>() / 2;
         let mid = raw.len() / 2;
         let mut first = raw;
         let second = first.split_off(mid);
+        let bytes = |half: &[Unstored]| half.iter().map(|u| u.data.len()).sum::<usize>();
+        let (bytes1, bytes2) = (bytes(&first), bytes(&second));
         let (v1, v2) = (volume, volume);
         let (mut budget1, mut budget2) = (inline_budget / 2, inline_budget - inline_budget / 2);
-        let a = cpu(half_bytes, move || {
+        let a = cpu(bytes1, move || {
             first
                 .into_iter()
                 .map(|u| encode(&v1, policy, u, inline_limit, &mut budget1))
                 .collect::<Result<Vec<_>, _>>()
         });
-        let b = cpu(half_bytes, move || {
+        let b = cpu(bytes2, move || {
             second
                 .into_iter()
                 .map(|u| encode(&v2, policy, u, inline_limit, &mut budget2))
