@@ -3,7 +3,7 @@
 //!
 //! Close-to-open (`consistency=read-own`) promises that a file opened after
 //! another client closed it reads as that client left it. The open itself
-//! loads the file fresh from dfs-meta, but the kernel keeps the attributes
+//! loads the file fresh from the metadata server, but the kernel keeps the attributes
 //! of a looked-up file for the cache lifetime and bounds every read by the
 //! size it keeps: a file that grew elsewhere since would read short. An
 //! open that finds a size other than the one the kernel was given drops the
