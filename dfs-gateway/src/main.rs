@@ -15,7 +15,7 @@ use dfs_gateway::server::{self, ServerConfig};
 use dfs_gateway::sweep::{self, SweepPolicy};
 use dfs_gateway::volume::Volume;
 use dfs_mount::cache::ChunkCache;
-use dfs_mount::client::{tcp_connector, Cluster, MetaRpc};
+use dfs_mount::client::{tcp_connector, Cluster, Driving, MetaRpc};
 use dfs_mount::fs::handles::Handles;
 use dfs_mount::fs::Dfs;
 
@@ -99,7 +99,7 @@ async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyho
         .tls
         .security(dfs_core::tls::Role::Client, "dfs-gateway")
         .context("cannot set up TLS (a client certificate with the gateway cap, or --plaintext)")?;
-    let to_meta = tcp_connector(security.clone(), dfs_core::tls::Role::Meta);
+    let to_meta = tcp_connector(security.clone(), dfs_core::tls::Role::Meta, Driving::Task);
     let transports = cli
         .meta
         .iter()
@@ -111,7 +111,7 @@ async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyho
         cli.key_lookup_rate,
     );
     let meta = MetaRpc::new(transports, CONNECT_TIMEOUT);
-    let to_servers = tcp_connector(security, dfs_core::tls::Role::Server);
+    let to_servers = tcp_connector(security, dfs_core::tls::Role::Server, Driving::Task);
     let cluster = tokio::time::timeout(CONNECT_TIMEOUT * 2, Cluster::connect(meta, to_servers))
         .await
         .map_err(|_| anyhow::anyhow!("no answer from the metadata server at {:?}", cli.meta))?

@@ -11,7 +11,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::cache::ChunkCache;
 use crate::cli::{Consistency, MountOptions, Source};
-use crate::client::{tcp_connector, Cluster, MetaRpc};
+use crate::client::{tcp_connector, Cluster, Driving, MetaRpc};
 use crate::fs::Dfs;
 use crate::fuse::DfsFuse;
 
@@ -100,12 +100,16 @@ pub async fn connect(
                 "dfs-mount",
             )
             .context("cannot set up TLS (a client certificate, or -o plaintext)")?;
-            let to_meta = tcp_connector(security.clone(), dfs_core::tls::Role::Meta);
+            let to_meta = tcp_connector(
+                security.clone(),
+                dfs_core::tls::Role::Meta,
+                Driving::BlockedCaller,
+            );
             let transports = addrs
                 .iter()
                 .map(|a| to_meta(a).map_err(|e| anyhow::anyhow!("{}", e.message)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let to_servers = tcp_connector(security, dfs_core::tls::Role::Server);
+            let to_servers = tcp_connector(security, dfs_core::tls::Role::Server, Driving::Task);
             (MetaRpc::new(transports, CONNECT_TIMEOUT), to_servers, None)
         }
         Source::Local(path) => {

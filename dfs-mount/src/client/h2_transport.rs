@@ -29,6 +29,7 @@ use dfs_core::tls::{Role, Security};
 use http_body_util::BodyExt;
 use tonic::codegen::http;
 
+use super::driven::{Driving, Owned, OwnedPool};
 use super::{transport_status, RPC_TIMEOUT};
 use dfs_core::error::error_chain;
 
@@ -60,13 +61,15 @@ const TIMING: Timing = Timing {
 
 /// A transport to `address` (`host:port`), connecting on first use and again
 /// after the connection breaks; over TLS (as `security` says) to a peer
-/// whose certificate has role `peer`.
+/// whose certificate has role `peer`; `driving` says who drives the
+/// connection a call goes over.
 pub fn h2_transport(
     address: &str,
     security: &Security,
     peer: Role,
+    driving: Driving,
 ) -> Result<RpcTransport, DfsError> {
-    transport_with(address, TIMING, security.clone(), peer)
+    transport_with(address, TIMING, security.clone(), peer, driving)
 }
 
 fn transport_with(
@@ -74,11 +77,14 @@ fn transport_with(
     timing: Timing,
     security: Security,
     peer: Role,
+    driving: Driving,
 ) -> Result<RpcTransport, DfsError> {
     let authority: http::uri::Authority = address
         .parse()
         .map_err(|e| DfsError::new(libc::EINVAL, format!("bad server address {address}: {e}")))?;
-    let conn = Arc::new(H2Connection::new(authority, timing, security, peer));
+    let mut conn = H2Connection::new(authority, timing, security, peer);
+    conn.driving = driving;
+    let conn = Arc::new(conn);
     let service = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
         let conn = conn.clone();
         async move { conn.call(request).await }
@@ -103,6 +109,10 @@ struct H2Connection {
     /// share its error instead of each making one more.
     connects_finished: AtomicU64,
     last_connect_error: parking_lot::Mutex<Option<String>>,
+    /// Who drives the connection of a call.
+    driving: Driving,
+    /// Connections callers drive themselves ([`Driving::BlockedCaller`]).
+    owned: Arc<OwnedPool>,
 }
 
 #[derive(Clone)]
@@ -154,6 +164,8 @@ impl H2Connection {
             connecting: tokio::sync::Mutex::new(()),
             connects_finished: AtomicU64::new(0),
             last_connect_error: parking_lot::Mutex::new(None),
+            driving: Driving::Task,
+            owned: Arc::default(),
         }
     }
 
@@ -199,6 +211,16 @@ impl H2Connection {
         head: http::Request<()>,
         body: Bytes,
     ) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        if self.driving.by_caller() {
+            if let Some(mut owned) = self.owned.take() {
+                let result = owned.exchange(clone_head(&head), body).await;
+                self.owned.put_back(owned);
+                return result;
+            }
+            // This call goes through the shared connection; the next ones
+            // find a connection of their own.
+            self.open_owned();
+        }
         // A connection that refuses new streams is retired and the request
         // tried once more on a new one: nothing of it was sent.
         let mut attempts = 0;
@@ -255,28 +277,36 @@ impl H2Connection {
         result
     }
 
-    async fn connect(&self) -> Result<Live, BoxError> {
-        let address = self.authority.as_str();
-        let limit = self.timing.connect;
-        // TCP (with TCP_NODELAY) and, unless plaintext, the TLS handshake.
-        let tcp = match tokio::time::timeout(limit, self.security.connect(address, self.peer)).await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {limit:?}"),
-                )
-                .into())
+    /// Opens a connection for the pool of owned ones, in the background,
+    /// unless one is being opened. A failure is dropped: the calls meanwhile
+    /// take the shared connection, which reports it.
+    fn open_owned(&self) {
+        if !self.owned.claim_opening() {
+            return;
+        }
+        let (authority, timing, security, peer) = (
+            self.authority.clone(),
+            self.timing,
+            self.security.clone(),
+            self.peer,
+        );
+        let pool = Arc::clone(&self.owned);
+        tokio::spawn(async move {
+            let opened = handshake(&authority, timing, &security, peer).await;
+            if let Err(e) = &opened {
+                tracing::debug!(server = %authority, error = %error_chain(&**e), "no connection of a caller's own");
             }
-        };
-        let (sender, mut connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
-            .handshake::<_, Bytes>(tcp)
-            .await?;
+            pool.opened(
+                opened
+                    .ok()
+                    .map(|(sender, connection)| Owned::new(sender, connection)),
+            );
+        });
+    }
+
+    async fn connect(&self) -> Result<Live, BoxError> {
+        let (sender, mut connection) =
+            handshake(&self.authority, self.timing, &self.security, self.peer).await?;
         let ended = Arc::new(std::sync::OnceLock::new());
         let ping_pong = connection.ping_pong();
         let authority = self.authority.clone();
@@ -308,6 +338,40 @@ impl H2Connection {
         });
         Ok(Live { sender, ended })
     }
+}
+
+/// A new connection to `authority`: TCP (with TCP_NODELAY), unless
+/// plaintext the TLS handshake, then HTTP/2's.
+async fn handshake(
+    authority: &http::uri::Authority,
+    timing: Timing,
+    security: &Security,
+    peer: Role,
+) -> Result<
+    (
+        h2::client::SendRequest<Bytes>,
+        h2::client::Connection<dfs_core::tls::Conn, Bytes>,
+    ),
+    BoxError,
+> {
+    let limit = timing.connect;
+    let tcp = match tokio::time::timeout(limit, security.connect(authority.as_str(), peer)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {limit:?}"),
+            )
+            .into())
+        }
+    };
+    Ok(h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(dfs_core::rpc::MAX_FRAME_BYTES)
+        .handshake::<_, Bytes>(tcp)
+        .await?)
 }
 
 /// A request's head, for a second try (`http::Request` is not `Clone`;
@@ -510,6 +574,7 @@ mod tests {
                 timing,
                 Security::Plaintext,
                 Role::Meta,
+                Driving::Task,
             )
             .unwrap(),
         )
@@ -558,6 +623,94 @@ mod tests {
         let err = DfsError::from(client.usage(Empty {}).await.unwrap_err());
         assert_eq!((err.errno, err.retryable), (libc::EIO, true));
         assert_eq!(err.missing_chunks, vec![vec![7]]);
+    }
+
+    #[test]
+    fn a_blocked_caller_drives_a_connection_of_its_own() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (address, stop, server) = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (stop, server) = serve(listener);
+            (address, stop, server)
+        });
+        let conn = Arc::new(H2Connection {
+            driving: Driving::BlockedCaller,
+            ..H2Connection::new(
+                address.to_string().parse().unwrap(),
+                TIMING,
+                Security::Plaintext,
+                Role::Meta,
+            )
+        });
+        let transport = {
+            let conn = conn.clone();
+            dfs_core::rpc::boxed_transport(tower::service_fn(
+                move |request: http::Request<tonic::body::Body>| {
+                    let conn = conn.clone();
+                    async move { conn.call(request).await }
+                },
+            ))
+        };
+        let mut client = ChunksClient::new(transport)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let handle = runtime.handle().clone();
+        let blocked = |client: &mut ChunksClient<RpcTransport>, len: usize| {
+            let reply = handle.block_on(client.get_shard(reply_of(len as u32)));
+            assert_eq!(reply.unwrap().into_inner().data, pattern(len));
+        };
+
+        // The first call goes over the shared connection and has one of
+        // the caller's own opened; the next ones take it.
+        blocked(&mut client, 100);
+        for _ in 0..100 {
+            if conn.owned.idle_count() == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(conn.owned.idle_count(), 1);
+        // Past both windows each way while the caller drives.
+        let big = 20 << 20;
+        blocked(&mut client, big);
+        let upload = PutShardsRequest {
+            shards: vec![Shard {
+                data: pattern(big),
+                ..Default::default()
+            }],
+        };
+        handle.block_on(client.put_shards(upload)).unwrap();
+        // An error answer, details and all.
+        let err = DfsError::from(handle.block_on(client.usage(Empty {})).unwrap_err());
+        assert_eq!(err.missing_chunks, vec![vec![7]]);
+        assert_eq!(conn.owned.idle_count(), 1, "one connection served them all");
+
+        // A task of the runtime keeps to the shared connection.
+        let mut task_client = client.clone();
+        runtime
+            .block_on(
+                runtime.spawn(async move { task_client.get_shard(reply_of(10)).await.map(|_| ()) }),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.owned.idle_count(), 1);
+
+        // The server goes and another takes its address: the idle
+        // connection, closed meanwhile, is passed over.
+        stop.send(()).unwrap();
+        runtime.block_on(server).unwrap();
+        let status = handle.block_on(client.get_shard(reply_of(10))).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        let (_stop, _server) = runtime
+            .block_on(async { serve(tokio::net::TcpListener::bind(address).await.unwrap()) });
+        for len in [10, 1000, 100_000] {
+            blocked(&mut client, len);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 //! in this process.
 
 pub mod chunks;
+mod driven;
 mod h2_transport;
 pub mod meta;
 
@@ -22,6 +23,7 @@ use dfs_proto::chunks_client::ChunksClient;
 use dfs_proto::{DictionaryRequest, Empty, ServerState, VolumeConfig};
 use parking_lot::RwLock;
 
+pub use driven::Driving;
 pub use meta::MetaRpc;
 
 pub use dfs_core::rpc::Connector;
@@ -34,8 +36,12 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// itself). Failures map to the statuses the retry logic expects:
 /// connection errors are `Unavailable`, a server that does not answer
 /// within `RPC_TIMEOUT` is `DeadlineExceeded`.
-pub fn tcp_connector(security: dfs_core::tls::Security, peer: dfs_core::tls::Role) -> Connector {
-    Arc::new(move |address: &str| h2_transport::h2_transport(address, &security, peer))
+pub fn tcp_connector(
+    security: dfs_core::tls::Security,
+    peer: dfs_core::tls::Role,
+    driving: Driving,
+) -> Connector {
+    Arc::new(move |address: &str| h2_transport::h2_transport(address, &security, peer, driving))
 }
 
 /// A status as a transport error: tonic hands a `Status` it finds there to
