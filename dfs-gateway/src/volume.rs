@@ -505,7 +505,10 @@ impl Volume {
             }
             return Err(s3_error(e));
         }
-        Ok(())
+        // The metadata server defers the sync of a rename (as a local file
+        // system journals it a little later); S3 answers a PUT only once
+        // the object is durable.
+        self.dfs().sync().await.map_err(s3_error)
     }
 
     /// Reads `[start, end)` of an open file as a stream of pieces, read by
@@ -586,6 +589,9 @@ impl Volume {
             return Ok(());
         };
         self.dfs().unlink(dir.ino, name.as_bytes()).await?;
+        // Durable before S3 answers (the metadata server defers the sync
+        // of an unlink); emptied prefix directories need not be.
+        self.dfs().sync().await?;
         // chain[0] is the bucket; chain[i] is a directory in chain[i-1].
         for i in (1..chain.len()).rev() {
             let parent = &chain[i - 1];

@@ -387,6 +387,7 @@ impl Meta for MetaService {
         let r = r.into_inner();
         let reply = self
             .run("unlink", move |t, now| {
+                t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 let parent = scope.ino(t, r.parent)?;
                 let purge_left = namespace::unlink(t, parent, &r.name, r.keep_ino, now)?;
@@ -577,6 +578,7 @@ impl Meta for MetaService {
         let r = r.into_inner();
         let reply = self
             .run("rmdir", move |t, now| {
+                t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 let parent = scope.ino(t, r.parent)?;
                 let removed = namespace::lookup(t, parent, &r.name).ok();
@@ -596,6 +598,7 @@ impl Meta for MetaService {
         let asked = r.into_inner();
         let reply = self
             .run("rename", move |t, now| {
+                t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 let r = RenameRequest {
                     parent: scope.ino(t, asked.parent)?,
