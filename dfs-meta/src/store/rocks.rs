@@ -33,6 +33,10 @@ pub struct RocksStore {
     lock: Mutex<()>,
     /// A commit was written to the log without a sync since the last sync.
     unsynced: AtomicBool,
+    /// Held by [`MetaStore::sync`] from clearing `unsynced` to the end of
+    /// the log's sync: a second caller must not find the flag cleared and
+    /// answer before the log is on disk.
+    syncing: Mutex<()>,
 }
 
 impl RocksStore {
@@ -71,6 +75,7 @@ impl RocksStore {
             db,
             lock: Mutex::new(()),
             unsynced: AtomicBool::new(false),
+            syncing: Mutex::new(()),
         })
     }
 }
@@ -275,6 +280,7 @@ impl MetaStore for RocksStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        let _syncing = self.syncing.lock();
         if self.unsynced.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.db.flush_wal(true) {
                 self.unsynced.store(true, Ordering::Release);

@@ -117,6 +117,13 @@ impl OwnedPool {
         self.opening.store(false, Ordering::Release);
     }
 
+    /// Drops every idle connection: a call on one of them failed, and
+    /// the others to that server are as likely dead (nothing pings them),
+    /// each worth a request timeout to find out.
+    pub(super) fn clear(&self) {
+        self.idle.lock().clear();
+    }
+
     #[cfg(test)]
     pub(super) fn idle_count(&self) -> usize {
         self.idle.lock().len()

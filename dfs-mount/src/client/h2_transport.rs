@@ -192,7 +192,11 @@ impl H2Connection {
             .to_bytes();
         let head = http::Request::from_parts(parts, ());
         let limit = self.timing.request;
-        match tokio::time::timeout(limit, self.exchange(head, body)).await {
+        let result = tokio::time::timeout(limit, self.exchange(head, body)).await;
+        if !matches!(result, Ok(Ok(_))) && self.driving.by_caller() {
+            self.owned.clear();
+        }
+        match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(transport_status(tonic::Status::unavailable(format!(
                 "{}: {}",
