@@ -176,6 +176,7 @@ mod tests {
             new_size: n as u64 * 100,
             mtime_ns: 1,
             truncate: false,
+            attrs: None,
         };
         run(store, |t| chunkmap::commit(t, &request, 1, &[]).map(|_| ()));
         file.ino
@@ -221,6 +222,7 @@ mod tests {
             new_size: 150,
             mtime_ns: 2,
             truncate: true,
+            attrs: None,
         };
         let inode = run(&store, |t| chunkmap::commit(t, &cut, 2, &[]));
         assert_eq!(inode.size, 150);
@@ -243,6 +245,7 @@ mod tests {
             new_size: 1_150,
             mtime_ns: 3,
             truncate: false,
+            attrs: None,
         };
         assert_eq!(
             run(&store, |t| chunkmap::commit(t, &grow_a_little, 3, &[])).size,
@@ -258,6 +261,7 @@ mod tests {
             new_size: 1_000_000,
             mtime_ns: 3,
             truncate: false,
+            attrs: None,
         };
         assert!(matches!(
             transact(&store, |t| chunkmap::commit(t, &grow, 3, &[])),
@@ -301,6 +305,7 @@ mod tests {
             new_size: 1_100,
             mtime_ns: 3,
             truncate: false,
+            attrs: None,
         };
         assert_eq!(
             run(&store, |t| chunkmap::commit(t, &append, 3, &[])).size,
@@ -420,6 +425,7 @@ mod tests {
             new_size: 200,
             mtime_ns: 5,
             truncate: false,
+            attrs: None,
         };
         assert!(matches!(
             transact(&store, |t| chunkmap::commit(t, &reuse(false), 5, &[])),
@@ -483,6 +489,7 @@ mod tests {
                 new_size: n * 32 * 1024,
                 mtime_ns: 2,
                 truncate: false,
+                attrs: None,
             };
             run(&store, |t| {
                 chunkmap::commit(t, &request, 2, &[]).map(|_| ())

@@ -539,6 +539,19 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
             EPERM,
         );
         t.expect_refused(
+            "unprivileged: chmod u+s carried by a commit",
+            up.commit_chunks(CommitChunksRequest {
+                ino: 1,
+                attrs: Some(SetAttrRequest {
+                    mode: Some(0o4755),
+                    ..SetAttrRequest::default()
+                }),
+                ..CommitChunksRequest::default()
+            })
+            .await,
+            EPERM,
+        );
+        t.expect_refused(
             "unprivileged: security.capability",
             up.set_xattr(XattrRequest {
                 ino: 1,
@@ -713,6 +726,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                 new_size: content.len() as u64,
                 mtime_ns: 1,
                 truncate: false,
+                attrs: None,
             })
             .await
             .expect("Mallory may commit to its own file");
@@ -1260,6 +1274,7 @@ fn subtree_attacks(
                     end: u64::MAX,
                 }],
                 truncate: true,
+                attrs: None,
                 ..CommitChunksRequest::default()
             })
             .await,

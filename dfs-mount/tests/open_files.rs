@@ -266,3 +266,78 @@ fn an_unlinked_open_file_of_a_killed_client_is_removed_after_its_lease() {
         cluster.log("meta")
     );
 }
+
+#[test]
+fn attributes_set_while_writing_reach_other_clients_with_the_data() {
+    use std::fs::{FileTimes, Permissions};
+    use std::os::unix::fs::{fchown, PermissionsExt};
+    use std::time::SystemTime;
+
+    let cluster = TestCluster::start(1, 3);
+    let writer = TestMount::start(&cluster.meta_addr(), &[]);
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    // As `tar x` does: write, then utimensat, fchown and fchmod on the
+    // open descriptor, then close.
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    let data = random_bytes(10_000, 7);
+    let mut f = fs::File::create(writer.path.join("extracted")).expect("create");
+    f.write_all(&data).expect("write");
+    f.set_times(FileTimes::new().set_modified(old))
+        .expect("futimens");
+    fchown(&f, Some(1234), Some(5678)).expect("fchown");
+    f.set_permissions(Permissions::from_mode(0o640))
+        .expect("fchmod");
+    let here = f.metadata().expect("fstat before close");
+    assert_eq!(
+        (here.mode() & 0o7777, here.uid(), here.gid(), here.mtime()),
+        (0o640, 1234, 5678, 1_500_000_000),
+        "the writer sees its attributes at once"
+    );
+    assert_eq!(here.len(), data.len() as u64);
+    drop(f);
+    // The reader never looked the file up: nothing cached there.
+    let there = fs::metadata(reader.path.join("extracted")).expect("stat on the reader");
+    assert_eq!(
+        (
+            there.mode() & 0o7777,
+            there.uid(),
+            there.gid(),
+            there.mtime()
+        ),
+        (0o640, 1234, 5678, 1_500_000_000),
+        "another client sees them after the close"
+    );
+    assert_eq!(fs::read(reader.path.join("extracted")).expect("read"), data);
+
+    // A write after an explicit time: the write's time wins, as on a
+    // local file system. A set-user-ID mode is not held back.
+    let started = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(writer.path.join("extracted"))
+        .expect("reopen");
+    f.write_all_at(b"more", 0).expect("write");
+    f.set_times(FileTimes::new().set_modified(old))
+        .expect("futimens");
+    f.write_all_at(b"again", 4).expect("write after futimens");
+    f.set_permissions(Permissions::from_mode(0o4750))
+        .expect("fchmod with set-user-ID");
+    drop(f);
+    std::thread::sleep(Duration::from_millis(1_100)); // the reader's TTL
+    let there = fs::metadata(reader.path.join("extracted")).expect("stat again");
+    assert!(
+        there.mtime() >= started,
+        "mtime {} is the write's, not the explicit time set before it",
+        there.mtime()
+    );
+    assert_eq!((there.mode() & 0o7777, there.uid()), (0o4750, 1234));
+    let mut expected = data;
+    expected[..9].copy_from_slice(b"moreagain");
+    assert_eq!(
+        fs::read(reader.path.join("extracted")).expect("read"),
+        expected
+    );
+}

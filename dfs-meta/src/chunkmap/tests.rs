@@ -39,6 +39,7 @@ fn inline_commit(ino: u64, raw: &[u8]) -> CommitChunksRequest {
         new_size: raw.len() as u64,
         mtime_ns: 1,
         truncate: false,
+        attrs: None,
     }
 }
 
@@ -73,6 +74,7 @@ fn sharded_commit(ino: u64, raw: &[u8], servers: Vec<u32>) -> CommitChunksReques
         new_size: raw.len() as u64,
         mtime_ns: 1,
         truncate: false,
+        attrs: None,
     }
 }
 
@@ -277,6 +279,7 @@ fn a_chunk_map_page_stops_after_a_few_mib_of_inline_bytes() {
             new_size: end,
             mtime_ns: 1 + k as i64,
             truncate: false,
+            attrs: None,
         };
         run(&store, |t| commit(t, &req, 1, &[]));
     }

@@ -8,20 +8,23 @@ use std::sync::Arc;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_proto::{
-    ChunkRecord, ColdChunkReply, ColdChunkRequest, CommitChunksRequest, InodeRecord,
-    LookupChunksReply, LookupChunksRequest, Standing,
+    ChunkRecord, ColdChunkReply, ColdChunkRequest, CommitChunksRequest, FileKind, InodeRecord,
+    LookupChunksReply, LookupChunksRequest, SetAttrRequest, Standing,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::{at_most, to_response, Access, MetaService, INLINE_VERIFY_IN_PLACE};
+use crate::caps;
 use crate::chunkmap;
 use crate::confine::Scope;
 use crate::error::MetaError;
 use crate::maintenance::verify::Verdict;
+use crate::namespace;
 use crate::registry;
 use dfs_core::shard_token::ShardOp;
 use dfs_core::time::now_ns;
+use dfs_core::tls::Caps;
 use dfs_proto::{MappedChunk, PutGrant};
 
 /// Who is writing, for `ChunkRecord.owner` (see `PeerInfo::owner_id`).
@@ -192,11 +195,12 @@ impl MetaService {
         }))
     }
 
-    /// `CommitChunks` for the writer `owner`, confined to `subtree`.
+    /// `CommitChunks` for the writer `owner`, with its caps (confined to
+    /// their subtree).
     pub(super) async fn commit_chunks_as(
         &self,
         owner: Vec<u8>,
-        subtree: Option<String>,
+        caps: Caps,
         r: CommitChunksRequest,
     ) -> Result<Response<InodeRecord>, Status> {
         at_most("chunks per CommitChunks", r.chunks.len())?;
@@ -216,7 +220,13 @@ impl MetaService {
             Ok(r) => Arc::new(r),
             Err(e) => return to_response("commit", Err(e)),
         };
-        let subtree: Option<Arc<str>> = subtree.map(Arc::from);
+        if let Some(attrs) = &r.attrs {
+            // Refused before anything is written, as SetAttr refuses it.
+            if let Err(e) = caps::check_mode(&caps, FileKind::Regular, attrs.mode) {
+                return to_response("commit", Err(e));
+            }
+        }
+        let subtree: Option<Arc<str>> = caps.subtree.map(Arc::from);
         let today = self.clock.today();
         let commit =
             |r: Arc<CommitChunksRequest>, owner: Arc<Vec<u8>>, checked: Arc<HashSet<Vec<u8>>>| {
@@ -229,6 +239,15 @@ impl MetaService {
                         return Err(MetaError::IsDir);
                     }
                     let mut inode = chunkmap::commit_checked(t, &r, now, &owner, &checked, today)?;
+                    if let Some(attrs) = &r.attrs {
+                        // After the data: an explicit mtime wins over the
+                        // commit's, as utimensat after write(2) does.
+                        let attrs = SetAttrRequest {
+                            ino: r.ino,
+                            ..*attrs
+                        };
+                        inode = namespace::set_attr(t, &attrs, now)?;
+                    }
                     scope.show(&mut inode);
                     Ok(inode)
                 })

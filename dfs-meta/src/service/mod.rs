@@ -692,8 +692,8 @@ impl Meta for MetaService {
         &self,
         r: Request<CommitChunksRequest>,
     ) -> Result<Response<InodeRecord>, Status> {
-        let subtree = caps::of(&r).subtree;
-        self.commit_chunks_as(owner_of(&r), subtree, r.into_inner())
+        let caps = caps::of(&r);
+        self.commit_chunks_as(owner_of(&r), caps, r.into_inner())
             .await
     }
 

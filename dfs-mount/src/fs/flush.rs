@@ -32,6 +32,10 @@ impl Dfs {
             map: std::mem::take(&mut st.map),
             buffer: std::mem::take(&mut st.buffer),
             pending_mtime: mtime,
+            // The attributes wait for the foreground flush: they were set
+            // after these bytes were written.
+            pending_attrs: None,
+            known_attr: None,
             orphaned: false,
             loaded: true,
             data_version: st.data_version,
@@ -72,6 +76,9 @@ impl Dfs {
         st.committed_size = frozen.committed_size;
         st.data_version = frozen.data_version;
         st.orphaned |= frozen.orphaned;
+        if frozen.known_attr.is_some() {
+            st.known_attr = frozen.known_attr.take();
+        }
         if !frozen.buffer.is_empty() {
             // Not committed (the flush failed, or the file is gone): the
             // bytes stay buffered, under the ones written since.
@@ -110,7 +117,7 @@ impl Dfs {
         st.buffer.write(offset, data);
         self.track_dirty(before, st.buffer.bytes());
         st.size = st.size.max(offset + data.len() as u64);
-        st.pending_mtime = Some(now_ns());
+        st.touch();
         Ok(())
     }
 
@@ -130,8 +137,11 @@ impl Dfs {
     }
 
     pub(super) async fn flush_buffer(&self, st: &mut FileState) -> Result<(), DfsError> {
-        if st.is_clean() || st.orphaned {
+        if st.orphaned {
             return Ok(());
+        }
+        if !st.data_dirty() {
+            return self.commit_attrs(st).await;
         }
         let new_size = st.size;
         let mut previous_end = 0;
@@ -262,6 +272,9 @@ impl Dfs {
         done_to: u64,
     ) -> Result<(), DfsError> {
         let mtime_ns = st.pending_mtime.unwrap_or_else(now_ns);
+        // The last commit of a flush carries the attributes set since the
+        // data was written, applied after it in the same transaction.
+        let attrs = st.pending_attrs.clone().filter(|_| done_to == u64::MAX);
         let mut attempt = 0;
         let reply = loop {
             let request = CommitChunksRequest {
@@ -283,6 +296,7 @@ impl Dfs {
                 new_size,
                 mtime_ns,
                 truncate,
+                attrs: attrs.as_ref().map(|a| a.request(st.ino)),
             };
             let started = std::time::Instant::now();
             let chunks = request.chunks.len();
@@ -364,6 +378,20 @@ impl Dfs {
             VERSION_UNKNOWN
         };
         st.committed_size = reply.size;
+        st.known_attr = Some(reply.clone());
+        if let Some(sent) = attrs {
+            if sent.applied(&reply) {
+                st.pending_attrs = None;
+            } else {
+                // A metadata server that does not know `attrs` (the data
+                // is committed; the attributes follow on their own).
+                tracing::debug!(
+                    ino = st.ino,
+                    "attributes not applied by the commit; setting them"
+                );
+                self.commit_attrs(st).await?;
+            }
+        }
         if st.buffer.is_empty() {
             st.size = reply.size;
             st.pending_mtime = None;
@@ -371,5 +399,26 @@ impl Dfs {
             st.size = st.size.max(reply.size);
         }
         Ok(())
+    }
+
+    /// Sends attributes held back for a file whose data is all committed
+    /// (a write-behind flush took it, or the attributes came after a
+    /// commit that failed to carry them).
+    async fn commit_attrs(&self, st: &mut FileState) -> Result<(), DfsError> {
+        let Some(pending) = &st.pending_attrs else {
+            return Ok(());
+        };
+        match self.cluster.meta.set_attr(pending.request(st.ino)).await {
+            Ok(attr) => {
+                st.pending_attrs = None;
+                st.known_attr = Some(attr);
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => {
+                st.orphaned = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }

@@ -274,7 +274,7 @@ impl Handles {
         flags: i32,
     ) -> Result<(InodeRecord, u64), DfsError> {
         let attr = self.dfs.create(request).await?;
-        let file = self.dfs.open_created(attr.ino, attr.data_version).await?;
+        let file = self.dfs.open_created(&attr).await?;
         // A new file has no extended attributes: the kernel's check for
         // file capabilities before each write needs no RPC.
         self.note_no_capability(attr.ino);

@@ -11,6 +11,8 @@
 //! - `read`: reads through the chunk cache, readahead;
 //! - `ranges`: truncate, punch hole, SEEK_DATA/HOLE, copy_file_range;
 //! - `namespace`: names, attributes, xattrs, directory listings;
+//! - `pending_attrs`: attributes set on a file with buffered data, sent
+//!   with the data's commit;
 //! - `statahead`: a directory looked up name after name, read a page at a
 //!   time with attributes;
 //! - `file`: write-buffer and chunk-map arithmetic (no I/O).
@@ -22,6 +24,7 @@ pub mod handles;
 pub mod known_names;
 pub mod namespace;
 mod open;
+pub mod pending_attrs;
 mod ranges;
 mod read;
 pub mod statahead;
@@ -37,7 +40,8 @@ use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::time::now_ns;
 use dfs_proto::{
-    ByteRange, ChunkMapRequest, ChunkRecord, CommitChunksRequest, MappedChunk, NewChunk,
+    ByteRange, ChunkMapRequest, ChunkRecord, CommitChunksRequest, InodeRecord, MappedChunk,
+    NewChunk,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -47,6 +51,7 @@ use crate::cache::ChunkCache;
 use crate::client::Cluster;
 use crate::pipeline::write::{Fingerprinter, RawChunk, StoredChunk};
 use file::{ChunkMap, WriteBuffer};
+use pending_attrs::PendingAttrs;
 
 /// Bytes of one re-chunking window: large enough that most cut points in
 /// it are final, small enough to bound memory per flushing file.
@@ -87,6 +92,12 @@ pub struct FileState {
     pub map: ChunkMap,
     pub buffer: WriteBuffer,
     pub pending_mtime: Option<i64>,
+    /// Attributes set while data was buffered, for the next commit.
+    pub pending_attrs: Option<PendingAttrs>,
+    /// The inode as dfs-meta last answered for it here (the create, a
+    /// commit): what a deferred setattr's reply is built on. None when
+    /// not known; such a setattr is then not deferred.
+    pub known_attr: Option<InodeRecord>,
     /// Set when the metadata server no longer knows the inode (unlinked
     /// by another client while open here): data stays readable through
     /// the open handles, and later writes stay in memory.
@@ -128,6 +139,8 @@ impl FileState {
             map: ChunkMap::default(),
             buffer: WriteBuffer::default(),
             pending_mtime: None,
+            pending_attrs: None,
+            known_attr: None,
             orphaned: false,
             loaded: false,
             data_version: VERSION_UNKNOWN,
@@ -137,9 +150,36 @@ impl FileState {
         }
     }
 
-    /// Nothing buffered, no size or time change waiting for a commit.
+    /// Nothing buffered, no size, time or attribute change waiting for a
+    /// commit.
     pub fn is_clean(&self) -> bool {
-        self.buffer.is_empty() && self.size == self.committed_size && self.pending_mtime.is_none()
+        !self.data_dirty() && self.pending_attrs.is_none()
+    }
+
+    /// Bytes buffered, or a size or modification time not committed.
+    fn data_dirty(&self) -> bool {
+        !self.buffer.is_empty() || self.size != self.committed_size || self.pending_mtime.is_some()
+    }
+
+    /// The data changed here: its modification time is now, and replaces
+    /// a time set explicitly before.
+    fn touch(&mut self) {
+        self.pending_mtime = Some(now_ns());
+        if let Some(attrs) = &mut self.pending_attrs {
+            attrs.data_changed();
+        }
+    }
+
+    /// `attr` (as dfs-meta has it) with what this state has not committed.
+    fn overlay(&self, attr: &mut InodeRecord) {
+        attr.size = self.size;
+        if let Some(m) = self.pending_mtime {
+            attr.mtime_ns = m;
+            attr.ctime_ns = attr.ctime_ns.max(m);
+        }
+        if let Some(attrs) = &self.pending_attrs {
+            attrs.apply(attr);
+        }
     }
 }
 

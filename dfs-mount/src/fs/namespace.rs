@@ -14,9 +14,11 @@ use dfs_proto::{
 };
 
 use super::known_names::NameChange;
+use super::pending_attrs::PendingAttrs;
 use super::statahead;
-use super::{Dfs, OpenFile};
+use super::{Dfs, FileState, OpenFile};
 use crate::locks::Locks;
+use dfs_core::time::now_ns;
 
 /// The access ACL's extended attribute.
 const ACL_ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
@@ -208,6 +210,13 @@ impl Dfs {
         let linked = self.cluster.meta.link(request).await;
         self.note_names(new_parent, linked.is_ok(), NameChange::Added(new_name));
         let attr = linked?;
+        if let Some(file) = self.open_file(ino) {
+            // A deferred setattr's reply is built on this: one more link.
+            let mut st = file.state.lock().await;
+            if st.known_attr.is_some() {
+                st.known_attr = Some(attr.clone());
+            }
+        }
         Ok(self.overlay_attr(attr).await)
     }
 
@@ -258,6 +267,11 @@ impl Dfs {
         } else if touches_meta {
             if let Some(file) = self.open_file(ino) {
                 let mut st = self.lock(&file).await;
+                if let Some(attr) = defer_attrs(&mut st, &request) {
+                    return Ok(attr);
+                }
+                // Committed first, so that an explicit mtime lands after
+                // the data's.
                 self.flush(&mut st).await?;
             }
         }
@@ -343,6 +357,8 @@ impl Dfs {
             flags,
             kill_sgid: false,
         };
+        // An access ACL and the mode follow each other in dfs-meta.
+        self.commit_pending_attrs(ino).await?;
         if name == ACL_ACCESS_XATTR && caller.uid != 0 {
             let attr = self.getattr(ino).await?;
             if attr.mode & libc::S_ISGID != 0 {
@@ -353,6 +369,9 @@ impl Dfs {
     }
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, DfsError> {
+        if name.starts_with(b"system.posix_acl") {
+            self.commit_pending_attrs(ino).await?;
+        }
         let request = XattrRequest {
             ino,
             name: name.to_vec(),
@@ -371,12 +390,25 @@ impl Dfs {
     }
 
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), DfsError> {
+        self.commit_pending_attrs(ino).await?;
         let request = XattrRequest {
             ino,
             name: name.to_vec(),
             ..Default::default()
         };
         self.cluster.meta.remove_xattr(request).await.map(|_| ())
+    }
+
+    /// Commits the attributes an open `ino` holds back (with its data),
+    /// before an operation whose outcome depends on them.
+    async fn commit_pending_attrs(&self, ino: u64) -> Result<(), DfsError> {
+        if let Some(file) = self.open_file(ino) {
+            let mut st = self.lock(&file).await;
+            if st.pending_attrs.is_some() {
+                self.flush(&mut st).await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn read_dir_all(&self, ino: u64, plus: bool) -> Result<Vec<DirEntry>, DfsError> {
@@ -412,12 +444,26 @@ impl Dfs {
                 // A placeholder whose load failed knows nothing yet.
                 return attr;
             }
-            attr.size = st.size;
-            if let Some(m) = st.pending_mtime {
-                attr.mtime_ns = m;
-                attr.ctime_ns = attr.ctime_ns.max(m);
-            }
+            st.overlay(&mut attr);
         }
         attr
     }
+}
+
+/// Keeps `request` for the file's next commit when the file has buffered
+/// data or attributes already waiting (see [`super::pending_attrs`]), and
+/// returns the attributes as they will be; None when it must go now.
+fn defer_attrs(st: &mut FileState, request: &SetAttrRequest) -> Option<InodeRecord> {
+    if !st.loaded || st.orphaned || st.unlinked_kept || !PendingAttrs::can_defer(request) {
+        return None;
+    }
+    if !st.data_dirty() && st.pending_attrs.is_none() {
+        return None;
+    }
+    let mut attr = st.known_attr.clone()?;
+    st.pending_attrs
+        .get_or_insert_with(PendingAttrs::default)
+        .merge(request, now_ns());
+    st.overlay(&mut attr);
+    Some(attr)
 }

@@ -80,18 +80,14 @@ impl Dfs {
     /// Opens a file this client has just created (`data_version` from the
     /// create's reply): its chunk map is empty by definition, so nothing is
     /// read from the metadata server.
-    pub async fn open_created(
-        &self,
-        ino: u64,
-        data_version: u64,
-    ) -> Result<Arc<OpenFile>, DfsError> {
-        self.open_known(ino, Some(data_version)).await
+    pub async fn open_created(&self, attr: &InodeRecord) -> Result<Arc<OpenFile>, DfsError> {
+        self.open_known(attr.ino, Some(attr)).await
     }
 
     pub(super) async fn open_known(
         &self,
         ino: u64,
-        created: Option<u64>,
+        created: Option<&InodeRecord>,
     ) -> Result<Arc<OpenFile>, DfsError> {
         let of = {
             let mut files = self.open_files.lock();
@@ -112,9 +108,10 @@ impl Dfs {
         let result = {
             let mut st = self.lock(&of).await;
             match created {
-                Some(data_version) if !st.loaded => {
+                Some(attr) if !st.loaded => {
                     st.loaded = true;
-                    st.data_version = data_version;
+                    st.data_version = attr.data_version;
+                    st.known_attr = Some(attr.clone());
                     Ok(())
                 }
                 _ => self.refresh(&mut st).await.map(|_| ()),

@@ -26,7 +26,7 @@ impl Dfs {
                 end: u64::MAX,
             });
         }
-        st.pending_mtime = Some(now_ns());
+        st.touch();
         st.size = size;
         let result = self.commit(st, replaced, raw, size, true, u64::MAX).await;
         if result.is_err() {
@@ -71,7 +71,7 @@ impl Dfs {
         let mut raw = self.recut(st, start, offset).await?;
         raw.extend(self.recut(st, end, stop).await?);
         let replaced = vec![ByteRange { start, end: stop }];
-        st.pending_mtime = Some(now_ns());
+        st.touch();
         let size = st.committed_size;
         self.commit(st, replaced, raw, size, false, u64::MAX).await
     }
@@ -271,7 +271,7 @@ impl Dfs {
                 data: Bytes::new(),
             }));
             chunks.extend(self.cluster.store_chunks(self.codec, after).await?);
-            dst.pending_mtime = Some(now_ns());
+            dst.touch();
             let replaced = vec![ByteRange { start, end: stop }];
             self.commit_inner(dst, replaced, chunks, new_size, false, u64::MAX)
                 .await?;
