@@ -341,3 +341,40 @@ fn attributes_set_while_writing_reach_other_clients_with_the_data() {
         expected
     );
 }
+
+#[test]
+fn a_write_behind_commit_carries_the_attributes_set_before_it() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let cluster = TestCluster::start(1, 3);
+    // A 4 MiB write buffer: flush groups of 4 MiB, write-behind from 2 MiB.
+    let writer = TestMount::start(&cluster.meta_addr(), &["write_buffer=4M"]);
+    let reader = TestMount::start(&cluster.meta_addr(), &[]);
+    let mut f = fs::File::create(writer.path.join("log")).expect("create");
+    f.write_all(&random_bytes(4096, 1)).expect("write");
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .expect("fchmod, held back with the buffered bytes");
+    f.write_all(&random_bytes(3 << 20, 2))
+        .expect("write past the write-behind mark");
+    // Before the close: whatever of the data another client sees, it sees
+    // with the mode set before it was written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = fs::metadata(reader.path.join("log")).expect("stat on the reader");
+        if seen.len() > 4096 {
+            assert_eq!(
+                seen.mode() & 0o7777,
+                0o600,
+                "{} bytes visible without the mode set before them",
+                seen.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write-behind commit within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(f);
+}

@@ -32,9 +32,9 @@ impl Dfs {
             map: std::mem::take(&mut st.map),
             buffer: std::mem::take(&mut st.buffer),
             pending_mtime: mtime,
-            // The attributes wait for the foreground flush: they were set
-            // after these bytes were written.
-            pending_attrs: None,
+            // Set after every byte it takes: its commit carries them, so
+            // no other client sees these bytes without them.
+            pending_attrs: st.pending_attrs.take(),
             known_attr: None,
             orphaned: false,
             loaded: true,
@@ -76,8 +76,13 @@ impl Dfs {
         st.committed_size = frozen.committed_size;
         st.data_version = frozen.data_version;
         st.orphaned |= frozen.orphaned;
-        if frozen.known_attr.is_some() {
-            st.known_attr = frozen.known_attr.take();
+        st.learn(frozen.known_attr.take());
+        if let Some(older) = frozen.pending_attrs.take() {
+            // Not committed: back under what was set since; an explicit
+            // mtime only if nothing was written since either.
+            let written_since = !st.buffer.is_empty() || st.pending_mtime != behind.mtime;
+            let newer = st.pending_attrs.take().unwrap_or_default();
+            st.pending_attrs = Some(newer.over(older, written_since));
         }
         if !frozen.buffer.is_empty() {
             // Not committed (the flush failed, or the file is gone): the
@@ -378,7 +383,13 @@ impl Dfs {
             VERSION_UNKNOWN
         };
         st.committed_size = reply.size;
-        st.known_attr = Some(reply.clone());
+        st.learn(Some(reply.clone()));
+        if st.buffer.is_empty() {
+            st.size = reply.size;
+            st.pending_mtime = None;
+        } else {
+            st.size = st.size.max(reply.size);
+        }
         if let Some(sent) = attrs {
             if sent.applied(&reply) {
                 st.pending_attrs = None;
@@ -391,12 +402,6 @@ impl Dfs {
                 );
                 self.commit_attrs(st).await?;
             }
-        }
-        if st.buffer.is_empty() {
-            st.size = reply.size;
-            st.pending_mtime = None;
-        } else {
-            st.size = st.size.max(reply.size);
         }
         Ok(())
     }
@@ -411,7 +416,7 @@ impl Dfs {
         match self.cluster.meta.set_attr(pending.request(st.ino)).await {
             Ok(attr) => {
                 st.pending_attrs = None;
-                st.known_attr = Some(attr);
+                st.learn(Some(attr));
                 Ok(())
             }
             Err(e) if is_not_found(&e) => {

@@ -322,8 +322,11 @@ impl Handles {
         let handle = self.file(fh)?;
         let mut st = self.dfs.lock(&handle.file).await;
         let clean = st.is_clean() && st.behind.is_none();
+        // Attributes held back may go as a SetAttr of their own (the data
+        // already committed), which is not synced.
+        let attrs = st.pending_attrs.is_some();
         self.dfs.flush(&mut st).await?;
-        if clean {
+        if clean || attrs {
             // Nothing to commit, so no synced commit covers the namespace
             // changes before it (the create, a chmod): sync them.
             self.dfs.sync().await?;

@@ -170,8 +170,37 @@ impl FileState {
         }
     }
 
+    /// Keeps `attr` as the inode's latest known state, unless the one
+    /// kept is newer (every change moves ctime in dfs-meta).
+    fn learn(&mut self, attr: Option<InodeRecord>) {
+        if let Some(attr) = attr {
+            if self
+                .known_attr
+                .as_ref()
+                .is_none_or(|known| attr.ctime_ns >= known.ctime_ns)
+            {
+                self.known_attr = Some(attr);
+            }
+        }
+    }
+
     /// `attr` (as dfs-meta has it) with what this state has not committed.
     fn overlay(&self, attr: &mut InodeRecord) {
+        // An answer read before this client's last commit or setattr
+        // landed (a stat racing the close): the attributes that change
+        // left are the ones this client already showed.
+        if let Some(known) = self
+            .known_attr
+            .as_ref()
+            .filter(|k| k.ctime_ns > attr.ctime_ns)
+        {
+            attr.mode = known.mode;
+            attr.uid = known.uid;
+            attr.gid = known.gid;
+            attr.atime_ns = known.atime_ns;
+            attr.mtime_ns = known.mtime_ns;
+            attr.ctime_ns = known.ctime_ns;
+        }
         attr.size = self.size;
         if let Some(m) = self.pending_mtime {
             attr.mtime_ns = m;

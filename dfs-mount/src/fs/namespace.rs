@@ -212,10 +212,7 @@ impl Dfs {
         let attr = linked?;
         if let Some(file) = self.open_file(ino) {
             // A deferred setattr's reply is built on this: one more link.
-            let mut st = file.state.lock().await;
-            if st.known_attr.is_some() {
-                st.known_attr = Some(attr.clone());
-            }
+            file.state.lock().await.learn(Some(attr.clone()));
         }
         Ok(self.overlay_attr(attr).await)
     }
@@ -277,6 +274,10 @@ impl Dfs {
         }
         if touches_meta {
             let attr = self.cluster.meta.set_attr(request).await?;
+            if let Some(file) = self.open_file(ino) {
+                // What a later deferred setattr's reply is built on.
+                file.state.lock().await.learn(Some(attr.clone()));
+            }
             return Ok(self.overlay_attr(attr).await);
         }
         self.getattr(ino).await
@@ -365,7 +366,9 @@ impl Dfs {
                 request.kill_sgid = !(caller.in_group)(attr.gid);
             }
         }
-        self.cluster.meta.set_xattr(request).await.map(|_| ())
+        let result = self.cluster.meta.set_xattr(request).await.map(|_| ());
+        self.forget_known_attr(ino).await;
+        result
     }
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, DfsError> {
@@ -396,7 +399,9 @@ impl Dfs {
             name: name.to_vec(),
             ..Default::default()
         };
-        self.cluster.meta.remove_xattr(request).await.map(|_| ())
+        let result = self.cluster.meta.remove_xattr(request).await.map(|_| ());
+        self.forget_known_attr(ino).await;
+        result
     }
 
     /// Commits the attributes an open `ino` holds back (with its data),
@@ -409,6 +414,14 @@ impl Dfs {
             }
         }
         Ok(())
+    }
+
+    /// An ACL change may have moved the mode: a deferred setattr's reply
+    /// must not be built on the inode as it was.
+    async fn forget_known_attr(&self, ino: u64) {
+        if let Some(file) = self.open_file(ino) {
+            file.state.lock().await.known_attr = None;
+        }
     }
 
     pub async fn read_dir_all(&self, ino: u64, plus: bool) -> Result<Vec<DirEntry>, DfsError> {

@@ -151,7 +151,9 @@ impl Dfs {
                     .meta
                     .get_attr(dfs_proto::InoRequest { ino })
                     .await?;
-                if attr.data_version == st.data_version {
+                let unchanged = attr.data_version == st.data_version;
+                st.learn(Some(attr));
+                if unchanged {
                     return Ok(false);
                 }
                 tracing::debug!(

@@ -75,6 +75,20 @@ impl PendingAttrs {
         self.mtime_ns = None;
     }
 
+    /// `self` (set later) over `older` (what a failed flush carried back):
+    /// `older`'s explicit mtime only if no write came after it.
+    pub fn over(mut self, older: PendingAttrs, written_since: bool) -> PendingAttrs {
+        self.mode = self.mode.or(older.mode);
+        self.uid = self.uid.or(older.uid);
+        self.gid = self.gid.or(older.gid);
+        self.atime_ns = self.atime_ns.or(older.atime_ns);
+        if !written_since {
+            self.mtime_ns = self.mtime_ns.or(older.mtime_ns);
+        }
+        self.changed_ns = self.changed_ns.max(older.changed_ns);
+        self
+    }
+
     /// `attr` as it will be once the commit applies these.
     pub fn apply(&self, attr: &mut InodeRecord) {
         if let Some(mode) = self.mode {
@@ -208,6 +222,40 @@ mod tests {
         pending.data_changed();
         let request = pending.request(7);
         assert_eq!((request.atime_ns, request.mtime_ns), (Some(42), None));
+    }
+
+    #[test]
+    fn what_a_failed_flush_carried_goes_back_under_later_changes() {
+        let older = |mtime| {
+            let mut p = PendingAttrs::default();
+            p.merge(
+                &SetAttrRequest {
+                    mode: Some(0o600),
+                    uid: Some(3),
+                    mtime_ns: mtime,
+                    ..Default::default()
+                },
+                5,
+            );
+            p
+        };
+        let mut newer = PendingAttrs::default();
+        newer.merge(
+            &SetAttrRequest {
+                mode: Some(0o640),
+                ..Default::default()
+            },
+            9,
+        );
+        let back = newer.clone().over(older(Some(77)), false).request(1);
+        assert_eq!(
+            (back.mode, back.uid, back.mtime_ns),
+            (Some(0o640), Some(3), Some(77))
+        );
+        let back = newer.over(older(Some(77)), true).request(1);
+        assert_eq!(back.mtime_ns, None, "a write came after the explicit time");
+        let back = PendingAttrs::default().over(older(None), false).request(1);
+        assert_eq!((back.mode, back.uid), (Some(0o600), Some(3)));
     }
 
     #[test]
