@@ -25,6 +25,7 @@ impl Dfs {
             return;
         }
         let mtime = st.pending_mtime;
+        let attrs = st.pending_attrs.take();
         let frozen = FileState {
             ino: st.ino,
             size: st.size,
@@ -34,7 +35,7 @@ impl Dfs {
             pending_mtime: mtime,
             // Set after every byte it takes: its commit carries them, so
             // no other client sees these bytes without them.
-            pending_attrs: st.pending_attrs.take(),
+            pending_attrs: attrs.clone(),
             known_attr: None,
             orphaned: false,
             loaded: true,
@@ -54,7 +55,12 @@ impl Dfs {
             }
             .instrument(span),
         );
-        st.behind = Some(WriteBehind { state, task, mtime });
+        st.behind = Some(WriteBehind {
+            state,
+            task,
+            mtime,
+            attrs,
+        });
     }
 
     /// Waits for a write-behind flush and folds its outcome into `st`: the

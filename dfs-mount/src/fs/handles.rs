@@ -322,11 +322,11 @@ impl Handles {
         let handle = self.file(fh)?;
         let mut st = self.dfs.lock(&handle.file).await;
         let clean = st.is_clean() && st.behind.is_none();
-        // Attributes held back may go as a SetAttr of their own (the data
-        // already committed), which is not synced.
-        let attrs = st.pending_attrs.is_some();
+        // Attributes held back with no data left to carry them go as a
+        // SetAttr of their own, which is not synced.
+        let attrs_alone = st.pending_attrs.is_some() && !st.data_dirty();
         self.dfs.flush(&mut st).await?;
-        if clean || attrs {
+        if clean || attrs_alone {
             // Nothing to commit, so no synced commit covers the namespace
             // changes before it (the create, a chmod): sync them.
             self.dfs.sync().await?;

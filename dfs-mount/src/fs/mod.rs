@@ -128,6 +128,8 @@ struct WriteBehind {
     task: tokio::task::JoinHandle<Result<(), DfsError>>,
     /// The modification time the flush commits.
     mtime: Option<i64>,
+    /// The attributes it commits, shown by this client meanwhile.
+    attrs: Option<PendingAttrs>,
 }
 
 impl FileState {
@@ -171,13 +173,14 @@ impl FileState {
     }
 
     /// Keeps `attr` as the inode's latest known state, unless the one
-    /// kept is newer (every change moves ctime in dfs-meta).
+    /// kept is from a later commit (only dfs-meta moves data versions;
+    /// ctimes follow a client's clock when it is ahead).
     fn learn(&mut self, attr: Option<InodeRecord>) {
         if let Some(attr) = attr {
             if self
                 .known_attr
                 .as_ref()
-                .is_none_or(|known| attr.ctime_ns >= known.ctime_ns)
+                .is_none_or(|known| attr.data_version >= known.data_version)
             {
                 self.known_attr = Some(attr);
             }
@@ -186,13 +189,13 @@ impl FileState {
 
     /// `attr` (as dfs-meta has it) with what this state has not committed.
     fn overlay(&self, attr: &mut InodeRecord) {
-        // An answer read before this client's last commit or setattr
-        // landed (a stat racing the close): the attributes that change
-        // left are the ones this client already showed.
+        // An answer read before this client's last commit landed (a stat
+        // racing the close): the attributes that commit left are the ones
+        // this client already showed.
         if let Some(known) = self
             .known_attr
             .as_ref()
-            .filter(|k| k.ctime_ns > attr.ctime_ns)
+            .filter(|k| k.data_version > attr.data_version)
         {
             attr.mode = known.mode;
             attr.uid = known.uid;
@@ -205,6 +208,10 @@ impl FileState {
         if let Some(m) = self.pending_mtime {
             attr.mtime_ns = m;
             attr.ctime_ns = attr.ctime_ns.max(m);
+        }
+        // Those a write-behind flush is committing, then those set since.
+        if let Some(attrs) = self.behind.as_ref().and_then(|b| b.attrs.as_ref()) {
+            attrs.apply(attr);
         }
         if let Some(attrs) = &self.pending_attrs {
             attrs.apply(attr);
