@@ -18,9 +18,7 @@
 //! see the attributes when they see the data, at close (close-to-open).
 
 use dfs_proto::{InodeRecord, SetAttrRequest};
-
-const S_ISUID: u32 = 0o4000;
-const S_ISGID: u32 = 0o2000;
+use libc::{S_ISGID, S_ISUID};
 
 /// Attribute changes waiting for the file's next commit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
