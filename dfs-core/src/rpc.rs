@@ -142,7 +142,7 @@ mod tests {
             }
             async fn get_shard(&self, r: Req<ShardKey>) -> Result<Resp<GetShardReply>, Status> {
                 Ok(Resp::new(GetShardReply {
-                    data: r.into_inner().fingerprint,
+                    data: r.into_inner().fingerprint.into(),
                 }))
             }
             async fn get_shards(

@@ -594,7 +594,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                         token: Default::default(),
                         fingerprint: vec![3; 32],
                         index: 0,
-                        data: vec![0; 80 << 20],
+                        data: vec![0; 80 << 20].into(),
                     }],
                 })
                 .await,
@@ -691,7 +691,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                             token: token.clone(),
                             fingerprint: fp.clone(),
                             index: index as u32,
-                            data: vec![0x5a; record.shard_len as usize],
+                            data: vec![0x5a; record.shard_len as usize].into(),
                         })
                         .collect();
                     to.put_shards(PutShardsRequest { shards })
@@ -909,7 +909,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                     shards: vec![Shard {
                         fingerprint: fp.clone(),
                         index: 0,
-                        data: vec![0; rec.shard_len as usize],
+                        data: vec![0; rec.shard_len as usize].into(),
                         token: Vec::new(),
                     }],
                 })
@@ -924,7 +924,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                     shards: vec![Shard {
                         fingerprint: fp.clone(),
                         index: 0,
-                        data: vec![0; rec.shard_len as usize],
+                        data: vec![0; rec.shard_len as usize].into(),
                         token: mapped.shard_tokens[0].clone(),
                     }],
                 })
@@ -1079,7 +1079,7 @@ async fn overwrite_attack(
                     token,
                     fingerprint: fp,
                     index: 0,
-                    data: vec![0x5a; rec.shard_len as usize],
+                    data: vec![0x5a; rec.shard_len as usize].into(),
                 }],
             })
             .await;

@@ -388,13 +388,13 @@ mod tests {
                         token: Default::default(),
                         fingerprint: vec![1; 32],
                         index: 0,
-                        data: b"first".to_vec(),
+                        data: b"first".to_vec().into(),
                     },
                     Shard {
                         token: Default::default(),
                         fingerprint: vec![1; 32],
                         index: 8,
-                        data: big.clone(),
+                        data: big.clone().into(),
                     },
                 ],
             })

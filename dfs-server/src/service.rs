@@ -218,7 +218,7 @@ pub const MAX_GET_SHARDS: usize = 1_000;
 fn shard_read(result: Result<Vec<u8>, StoreError>) -> ShardRead {
     match result {
         Ok(data) => ShardRead {
-            data,
+            data: data.into(),
             ..Default::default()
         },
         Err(err) => {
@@ -230,7 +230,7 @@ fn shard_read(result: Result<Vec<u8>, StoreError>) -> ShardRead {
             }
             let err = DfsError::from(err);
             ShardRead {
-                data: Vec::new(),
+                data: Default::default(),
                 errno: err.errno,
                 error: err.message,
                 retryable: err.retryable,
@@ -242,7 +242,7 @@ fn shard_read(result: Result<Vec<u8>, StoreError>) -> ShardRead {
 /// A `GetShards` answer for a read whose token was refused.
 fn refused_read(e: &TokenError) -> ShardRead {
     ShardRead {
-        data: Vec::new(),
+        data: Default::default(),
         errno: e.errno(),
         error: e.to_string(),
         retryable: e.errno() == libc::EAGAIN,
@@ -301,7 +301,7 @@ impl Chunks for ChunkService {
                 let batch: Vec<(Fingerprint, u8, &[u8])> = keys
                     .into_iter()
                     .zip(payloads.iter())
-                    .map(|((fp, index), data)| (fp, index, data.as_slice()))
+                    .map(|((fp, index), data)| (fp, index, &data[..]))
                     .collect();
                 let uploader = if client {
                     Uploader::Client {
@@ -376,7 +376,7 @@ impl Chunks for ChunkService {
             .await?;
             tracing::debug!(len = data.len(), "get shard");
             shards_read(1);
-            Ok(Response::new(GetShardReply { data }))
+            Ok(Response::new(GetShardReply { data: data.into() }))
         }
         .instrument(span)
         .await
@@ -617,7 +617,7 @@ mod tests {
                     token: Default::default(),
                     fingerprint: vec![1; 32],
                     index: 256,
-                    data: vec![1],
+                    data: vec![1].into(),
                 }],
             })
             .await
@@ -841,8 +841,7 @@ mod tests {
             .expect("get_shards")
             .into_inner()
             .shards;
-        let answers: Vec<(i32, &[u8])> =
-            reads.iter().map(|r| (r.errno, r.data.as_slice())).collect();
+        let answers: Vec<(i32, &[u8])> = reads.iter().map(|r| (r.errno, &r.data[..])).collect();
         assert_eq!(
             answers,
             vec![

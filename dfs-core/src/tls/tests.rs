@@ -32,7 +32,7 @@ impl Chunks for Echo {
             .map(|i| i.to_uri())
             .unwrap_or_default();
         Ok(Response::new(GetShardReply {
-            data: name.into_bytes(),
+            data: name.into_bytes().into(),
         }))
     }
     async fn get_shards(
@@ -124,7 +124,7 @@ async fn roles_reach_only_their_methods() {
     let as_client = Security::Tls(Arc::new(Tls::load(dir.path(), Role::Client).unwrap()));
     let mut c = client(&as_client, &address).await.unwrap();
     let reply = c.get_shard(ShardKey::default()).await.unwrap().into_inner();
-    assert_eq!(reply.data, b"dfs://client/client-1");
+    assert_eq!(&reply.data[..], b"dfs://client/client-1");
     let refused = c
         .delete_shards(DeleteShardsRequest::default())
         .await

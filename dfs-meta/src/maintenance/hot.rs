@@ -1,6 +1,7 @@
 //! Storing a chunk dfs-meta holds as a client writing it hot would: used
 //! to bring cold chunks back (`cold::reheat`).
 
+use bytes::Bytes;
 use dfs_core::codec::{compress, CodecPolicy};
 use dfs_core::erasure;
 use dfs_core::fingerprint::Fingerprint;
@@ -47,8 +48,8 @@ impl Maintenance {
             }
         };
         let stored_len = stored.len() as u32;
-        let shards = erasure::encode(&layout, &stored).map_err(|e| e.to_string())?;
-        let shard_len = shards.first().map_or(0, Vec::len) as u32;
+        let shards = erasure::encode(&layout, &Bytes::from(stored)).map_err(|e| e.to_string())?;
+        let shard_len = shards.first().map_or(0, Bytes::len) as u32;
         let view = self.view().await.map_err(|e| format!("server list: {e}"))?;
         let placed = view.ring.place(&fp.0, shards.len());
         if placed.len() < shards.len() {
@@ -86,7 +87,8 @@ impl Maintenance {
         let placed = beside(&rec.shard_servers)
             .ok_or("its shards are all on one server: nowhere to write beside them")?;
         let layout = rec.layout.unwrap_or_default();
-        let shards = erasure::encode(&layout, &stored).map_err(|e| e.to_string())?;
+        let stored_len = stored.len() as u32;
+        let shards = erasure::encode(&layout, &Bytes::from(stored)).map_err(|e| e.to_string())?;
         if shards.len() != placed.len() {
             return Err(format!(
                 "{} shards for {} servers",
@@ -94,11 +96,11 @@ impl Maintenance {
                 placed.len()
             ));
         }
-        let shard_len = shards.first().map_or(0, Vec::len) as u32;
+        let shard_len = shards.first().map_or(0, Bytes::len) as u32;
         let view = self.view().await.map_err(|e| format!("server list: {e}"))?;
         self.put_each(&view, fp, &placed, shards).await?;
         let mut new = rec.clone();
-        new.stored_len = stored.len() as u32;
+        new.stored_len = stored_len;
         new.set_codec(codec);
         new.dictionary = 0;
         new.shard_servers = placed;
@@ -114,7 +116,7 @@ impl Maintenance {
         view: &super::ServerView,
         fp: &Fingerprint,
         placed: &[u32],
-        shards: Vec<Vec<u8>>,
+        shards: Vec<Bytes>,
     ) -> std::result::Result<(), String> {
         let puts = placed
             .iter()

@@ -178,7 +178,7 @@ impl Maintenance {
                 index: index as u32,
             })
             .await
-            .map(|r| r.into_inner().data)
+            .map(|r| Vec::from(r.into_inner().data))
             .map_err(dfs_core::error::DfsError::from)
     }
 

@@ -125,10 +125,10 @@ pub async fn check(
 }
 
 /// Stores shards of one chunk on one server.
-pub async fn put(
+pub async fn put<D: Into<bytes::Bytes>>(
     client: &mut ChunksClient<RpcTransport>,
     fp: &Fingerprint,
-    shards: Vec<(u32, Vec<u8>)>,
+    shards: Vec<(u32, D)>,
 ) -> Result<(), DfsError> {
     let request = PutShardsRequest {
         shards: shards
@@ -137,7 +137,7 @@ pub async fn put(
                 token: Default::default(),
                 fingerprint: fp.to_vec(),
                 index,
-                data,
+                data: data.into(),
             })
             .collect(),
     };

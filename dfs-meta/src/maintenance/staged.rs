@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use dfs_core::erasure;
 use dfs_core::time::now_ns;
 use dfs_proto::{ChunkRecord, Layout, PutShardsRequest, Shard};
@@ -58,7 +59,7 @@ struct Planned {
     fp: Vec<u8>,
     read: ChunkRecord,
     new: ChunkRecord,
-    shards: Vec<Vec<u8>>,
+    shards: Vec<Bytes>,
 }
 
 impl Maintenance {
@@ -185,7 +186,7 @@ impl Maintenance {
             chunks
                 .into_iter()
                 .map(|(fp, read)| {
-                    let shards = erasure::encode(&layout, &read.inline_data)?;
+                    let shards = erasure::encode(&layout, &Bytes::from(read.inline_data.clone()))?;
                     Ok((fp, read, shards))
                 })
                 .collect::<Result<Vec<_>, erasure::ErasureError>>()
@@ -206,7 +207,7 @@ impl Maintenance {
             let new = ChunkRecord {
                 layout: Some(layout),
                 shard_servers: placed,
-                shard_len: shards.first().map_or(0, Vec::len) as u32,
+                shard_len: shards.first().map_or(0, Bytes::len) as u32,
                 inline_data: Vec::new(),
                 ..read.clone()
             };
@@ -233,7 +234,7 @@ impl Maintenance {
                     token: Vec::new(),
                     fingerprint: p.fp.clone(),
                     index: index as u32,
-                    data,
+                    data: data.into(),
                 });
             }
         }

@@ -174,7 +174,7 @@ impl Cluster {
 /// One read of a `GetShards` reply as the `get_shard` caller sees it.
 fn shard_result(read: ShardRead) -> Result<Vec<u8>, DfsError> {
     match read.errno {
-        0 => Ok(read.data),
+        0 => Ok(Vec::from(read.data)),
         errno if read.retryable => Err(DfsError::retryable(errno, read.error)),
         errno => Err(DfsError::new(errno, read.error)),
     }
@@ -244,7 +244,7 @@ mod tests {
             token: Default::default(),
             fingerprint: vec![0; 32],
             index: 0,
-            data: vec![0; len],
+            data: vec![0; len].into(),
         }
     }
 
@@ -328,7 +328,7 @@ mod tests {
     #[test]
     fn a_failed_read_keeps_its_errno_and_retryability() {
         let read = |errno, retryable| ShardRead {
-            data: b"x".to_vec(),
+            data: bytes::Bytes::from_static(b"x"),
             errno,
             error: "why".into(),
             retryable,

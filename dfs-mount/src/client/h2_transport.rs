@@ -505,7 +505,9 @@ mod tests {
         }
         async fn get_shard(&self, r: Request<ShardKey>) -> Result<Response<GetShardReply>, Status> {
             let len = r.into_inner().index as usize;
-            Ok(Response::new(GetShardReply { data: pattern(len) }))
+            Ok(Response::new(GetShardReply {
+                data: pattern(len).into(),
+            }))
         }
         async fn get_shards(
             &self,
@@ -604,7 +606,7 @@ mod tests {
         assert_eq!(reply.await.unwrap().into_inner().data, pattern(big));
         let upload = PutShardsRequest {
             shards: vec![Shard {
-                data: pattern(big),
+                data: pattern(big).into(),
                 ..Default::default()
             }],
         };
@@ -684,7 +686,7 @@ mod tests {
         blocked(&mut client, big);
         let upload = PutShardsRequest {
             shards: vec![Shard {
-                data: pattern(big),
+                data: pattern(big).into(),
                 ..Default::default()
             }],
         };

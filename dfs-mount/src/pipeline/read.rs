@@ -298,7 +298,7 @@ impl Cluster {
                         token: Default::default(),
                         fingerprint: fp.to_vec(),
                         index: index as u32,
-                        data: data.clone(),
+                        data: data.clone().into(),
                     }],
                 };
                 let result = match cluster.server(*server).await {

@@ -108,7 +108,7 @@ pub struct StoredChunk {
 struct Encoded {
     fp: Fingerprint,
     record: ChunkRecord,
-    shards: Vec<Vec<u8>>,
+    shards: Vec<Bytes>,
 }
 
 impl Encoded {
@@ -237,10 +237,17 @@ fn encode(
     if take_inline(inline_limit, stored.len(), inline_budget) {
         return Ok(Encoded::inline(fp, raw_len, codec, stored));
     }
+    // Stored raw (incompressible data): the shards share the write
+    // buffer's bytes instead of the codec's copy of them.
+    let stored = if codec == Codec::None {
+        data
+    } else {
+        Bytes::from(stored)
+    };
     let layout = layout_for(volume, stored.len());
     let shards = erasure::encode(&layout, &stored)
         .map_err(|e| DfsError::new(libc::EIO, format!("erasure coding failed: {e}")))?;
-    let shard_len = shards.first().map_or(0, Vec::len) as u32;
+    let shard_len = shards.first().map_or(0, Bytes::len) as u32;
     Ok(Encoded {
         fp,
         record: ChunkRecord {
