@@ -10,6 +10,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod codec;
+
 /// Largest message either side accepts: a batch of shards for one server.
 /// Replies are bounded by it; requests by the smaller limits below.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;

@@ -234,7 +234,7 @@ impl Maintenance {
                     token: Vec::new(),
                     fingerprint: p.fp.clone(),
                     index: index as u32,
-                    data: data.into(),
+                    data,
                 });
             }
         }
