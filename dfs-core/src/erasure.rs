@@ -155,9 +155,9 @@ fn codec(k: usize, m: usize) -> Result<Arc<ReedSolomon>, ErasureError> {
 /// Replicas and every full data shard share `stored`'s buffer rather than
 /// copying it: only a padded last data shard and the parity shards are new
 /// memory. A big write's bytes then go from the write buffer to the
-/// request encoder without an intermediate copy, which (with the fresh
-/// pages each copy faults in) was a fifth of the mount's CPU for unique
-/// data.
+/// request encoder without an intermediate copy (with the fresh pages it
+/// faulted in, such copies were a fifth of the mount's page-fault time
+/// writing unique data).
 pub fn encode(layout: &Layout, stored: &Bytes) -> Result<Vec<Bytes>, ErasureError> {
     match scheme(layout)? {
         Scheme::Replicas(n) => Ok(vec![stored.clone(); n]),
@@ -310,13 +310,13 @@ pub fn reconstruct_all(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use rand::{RngCore, SeedableRng};
 
     /// [`encode`] of plain bytes, with the shards as vectors.
     fn enc(layout: &Layout, data: &[u8]) -> Result<Vec<Vec<u8>>, ErasureError> {
         encode(layout, &Bytes::copy_from_slice(data))
             .map(|shards| shards.into_iter().map(Vec::from).collect())
     }
-    use rand::{RngCore, SeedableRng};
 
     fn rs(k: u32, m: u32) -> Layout {
         Layout {
