@@ -493,6 +493,7 @@ impl Volume {
                 0
             },
             keep_ino: 0,
+            client_id: 0,
         };
         let renamed = self.dfs().rename(request).await;
         if let Err(e) = renamed {

@@ -51,6 +51,11 @@ pub enum MetaError {
     /// (`chunkmap::commit_checked`); a client only sees it as a retry.
     #[error("{} uploads replace entries found bad and are not checked yet; retry", .0.len())]
     ReplacesFailed(Vec<Vec<u8>>),
+    /// Adding a name to `dir` must wait for another client's lease on its
+    /// names to run out (`dir_lease`): the service revokes it, waits and
+    /// runs the transaction again; a client only sees it as a retry.
+    #[error("directory {dir} is leased to another client until {until_ns}; retry")]
+    DirectoryLeased { dir: u64, until_ns: i64 },
     /// The client's lock session lease ran out: its locks were given up.
     #[error("lock session {0} expired; its locks were released")]
     LockSessionExpired(u64),
@@ -85,9 +90,10 @@ impl From<MetaError> for DfsError {
             // The client renews its session on ENOLCK and asks once more,
             // which is harmless here: the second answer reaches the caller.
             MetaError::TooManyLocks(_) => DfsError::new(libc::ENOLCK, message),
-            MetaError::Busy(_) | MetaError::Unchecked(_) | MetaError::ReplacesFailed(_) => {
-                DfsError::retryable(libc::EAGAIN, message)
-            }
+            MetaError::Busy(_)
+            | MetaError::Unchecked(_)
+            | MetaError::ReplacesFailed(_)
+            | MetaError::DirectoryLeased { .. } => DfsError::retryable(libc::EAGAIN, message),
             MetaError::MissingChunks(missing) => {
                 let mut err = DfsError::new(libc::EAGAIN, message);
                 err.missing_chunks = missing;

@@ -10,6 +10,7 @@ pub mod chunkmap;
 pub mod cold;
 pub mod confine;
 pub mod dictionary;
+pub mod dir_lease;
 pub mod error;
 pub mod inodes;
 pub mod keys;

@@ -187,7 +187,7 @@ pub fn create(
         // to move between tiers.
         access_day: 0,
         tier: dfs_proto::Tier::Hot as i32,
-        entry_changes: 0,
+        ..Default::default()
     };
     put_inode(txn, &inode);
     for (name, value) in new_xattrs {

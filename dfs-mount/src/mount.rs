@@ -12,6 +12,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::cache::ChunkCache;
 use crate::cli::{Consistency, MountOptions, Source};
 use crate::client::{tcp_connector, Cluster, Driving, MetaRpc};
+use crate::fs::known_names::Views;
 use crate::fs::Dfs;
 use crate::fuse::DfsFuse;
 
@@ -191,12 +192,17 @@ pub fn run(req: MountRequest, ready: impl FnOnce(Result<(), String>)) -> anyhow:
             return Err(e);
         }
     };
-    // Lookups of absent names answered from this mount's own view only
-    // where other clients' changes may take the TTL to show anyway: under
-    // close-to-open (`read-own`) a file another client closed must open.
-    if req.options.consistency == Consistency::Eventual {
-        dfs.names.set_ttl(req.options.consistency.ttl());
-    }
+    // Lookups of absent names answered from this mount's own view: under
+    // close-to-open (`read-own`) only while dfs-meta's lease on the
+    // directory holds other clients' new names back; `eventual` for its
+    // cache lifetime, as other clients' changes may take that to show.
+    dfs.names.set_mode(match req.options.consistency {
+        Consistency::Strong => Views::Off,
+        Consistency::ReadOwn => Views::Leased {
+            client: dfs.client_id,
+        },
+        Consistency::Eventual => Views::Cached(req.options.consistency.ttl()),
+    });
     // Statahead pages answer only within the TTL the kernel keeps a
     // looked-up entry for anyway, so every level that caches entries has
     // them (`strong`, TTL 0, has none).

@@ -1221,6 +1221,7 @@ fn subtree_attacks(
                 ino: outside_file,
                 new_parent: 1,
                 new_name: b"stolen".to_vec(),
+                client_id: 0,
             })
             .await,
             EACCES,

@@ -24,6 +24,7 @@ use dfs_mount::cache::ChunkCache;
 use dfs_mount::client::{Cluster, Connector, MetaRpc};
 use dfs_mount::embedded::Embedded;
 use dfs_mount::fs::handles::Handles;
+use dfs_mount::fs::known_names::Views;
 use dfs_mount::fs::namespace::{Caller, Fallocate};
 use dfs_mount::fs::Dfs;
 use dfs_proto::meta_client::MetaClient;
@@ -205,7 +206,13 @@ impl Rig {
     }
 
     /// A client core as a mount builds it, over the faulty transport.
-    async fn client(&self) -> Result<Arc<Handles>, DfsError> {
+    /// `lease_client`: the id under which it takes directory leases. A
+    /// client restarted within a case keeps its predecessor's (shut down
+    /// first, so no two clients with views share one): with a new id, its
+    /// first name added to a directory the old one made would wait a lease
+    /// out, as a remount does (`tests/statahead.rs` covers that wait),
+    /// and the 3,000 cases would take ten times as long.
+    async fn client(&self, lease_client: u64) -> Result<Arc<Handles>, DfsError> {
         let meta = faulty(self.embedded.meta.clone(), self.faults.clone());
         // Two transports to the same service: a failed call is tried again
         // at once on the other, so faults cost no back-off sleep.
@@ -213,9 +220,11 @@ impl Rig {
         let connector: Connector = self.embedded.connector();
         let cluster = Cluster::connect(rpc, connector).await?;
         let dfs = Dfs::new(cluster, ChunkCache::new(0), CodecPolicy::Lz4, 0);
-        // Absent names known from this client's own changes, as a
-        // `consistency=eventual` mount has them.
-        dfs.names.set_ttl(Duration::from_secs(1));
+        // Absent names known from this client's own changes while it holds
+        // dfs-meta's lease on them, as a `consistency=read-own` mount.
+        dfs.names.set_mode(Views::Leased {
+            client: lease_client,
+        });
         // Statahead pages too: every check's lookups must still see this
         // client's own changes.
         dfs.statahead.set_ttl(Duration::from_secs(1));
@@ -293,7 +302,7 @@ const OPEN_FLAGS: i32 = libc::O_RDWR;
 impl<'a> Case<'a> {
     async fn start(rig: &'a Rig, n: u64) -> Result<Case<'a>, String> {
         let (damage_before, _) = fsck(rig).await?;
-        let core = rig.client().await.map_err(err("client"))?;
+        let core = rig.client(n + 1).await.map_err(err("client"))?;
         let dir_name = format!("case-{n}").into_bytes();
         let dir = core
             .dfs()
@@ -667,7 +676,8 @@ impl<'a> Case<'a> {
                     self.close(f).await?;
                 }
                 core.shut_down().await;
-                self.core = self.rig.client().await.map_err(err("client"))?;
+                let lease_client = self.core.dfs().names.lease_client();
+                self.core = self.rig.client(lease_client).await.map_err(err("client"))?;
                 for f in self.files.values_mut() {
                     f.fh = self
                         .core

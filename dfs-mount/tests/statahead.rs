@@ -5,6 +5,8 @@
 //! promises: a file another client closed opens with that client's bytes,
 //! a name another client adds is found, this client's own changes show at
 //! once, and no attribute is older than the cache lifetime (1 s).
+//! Lookups of new names in a directory the mount made are answered by the
+//! mount itself under dfs-meta's directory lease, with the same promises.
 
 mod common;
 
@@ -20,6 +22,64 @@ const FILES: usize = 60;
 fn rpcs(meta_port: u16, method: &str) -> f64 {
     let label = format!(r#"method="{method}""#);
     sum(&scrape(meta_port), catalog::RPC_REQUESTS, &[&label])
+}
+
+/// A default (`read-own`) mount answers lookups of names absent from a
+/// directory it made (the kernel's lookup before each create) without
+/// asking dfs-meta while it holds the directory's lease; another client
+/// adding a name there first waits the lease out, so the first mount finds
+/// that name at once afterwards (close-to-open), and asks dfs-meta again.
+#[test]
+fn new_names_in_a_leased_directory_need_no_lookup_and_keep_close_to_open() {
+    let meta_port = free_port();
+    let cluster = TestCluster::start_full(
+        1,
+        3,
+        |_| Vec::new(),
+        vec!["--metrics".into(), format!("127.0.0.1:{meta_port}")],
+    );
+    let a = TestMount::start(&cluster.meta_addr(), &[]);
+    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    let (in_a, in_b) = (a.path.join("leased"), b.path.join("leased"));
+    fs::create_dir(&in_a).expect("mkdir");
+    let lookups = rpcs(meta_port, "Lookup");
+    for i in 0..FILES {
+        fs::write(in_a.join(format!("f{i:02}")), b"a").expect("create");
+    }
+    fs::create_dir(in_a.join("sub")).expect("mkdir in it");
+    fs::rename(in_a.join("f00"), in_a.join("g00")).expect("rename");
+    fs::remove_file(in_a.join("f01")).expect("unlink");
+    assert!(!in_a.join("f01").exists() && !in_a.join("f00").exists());
+    assert_eq!(fs::read(in_a.join("g00")).expect("renamed"), b"a");
+    let lookups = rpcs(meta_port, "Lookup") - lookups;
+    assert!(
+        lookups <= 2.0,
+        "{FILES} creates in a directory this mount made cost {lookups} lookups in dfs-meta"
+    );
+
+    // B adds names (a file, a link, a rename into it): each is found
+    // through A as soon as B's change returns.
+    fs::write(in_b.join("theirs"), b"b").expect("create through b");
+    assert_eq!(fs::read(in_a.join("theirs")).expect("close-to-open"), b"b");
+    fs::write(in_a.join("mine"), b"a").expect("A goes on creating");
+    assert_eq!(fs::read(in_b.join("mine")).expect("through b"), b"a");
+    fs::hard_link(in_b.join("theirs"), in_b.join("linked")).expect("link through b");
+    assert_eq!(fs::read(in_a.join("linked")).expect("a link b made"), b"b");
+    fs::write(b.path.join("outside"), b"moved").expect("create through b");
+    fs::rename(b.path.join("outside"), in_b.join("moved")).expect("rename through b");
+    assert_eq!(
+        fs::read(in_a.join("moved")).expect("a rename b made"),
+        b"moved"
+    );
+
+    // The same between two directories each mount made for itself.
+    fs::create_dir(in_b.join("from-b")).expect("mkdir through b");
+    fs::write(in_b.join("from-b/1"), b"1").expect("create through b");
+    fs::write(in_a.join("from-b/2"), b"2").expect("create through a");
+    assert_eq!(
+        fs::read(in_b.join("from-b/2")).expect("close-to-open"),
+        b"2"
+    );
 }
 
 #[test]

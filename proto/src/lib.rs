@@ -34,6 +34,10 @@ pub const MAX_CHUNKS_PER_REQUEST: usize = 16_384;
 /// instead of another round trip. In metadata, not in the reply message,
 /// so clients that do not know it ignore it.
 pub const CHANGED_DIRS_METADATA: &str = "dfs-changed-dirs-bin";
+/// How long a directory lease lasts past the holder's last added name
+/// (`InodeRecord::lease_holder`). Another client adding a name waits at
+/// most this long for it.
+pub const DIRECTORY_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
 /// `RenameRequest::flags`, with Linux's values.
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;

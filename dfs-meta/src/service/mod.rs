@@ -19,7 +19,7 @@ use crate::error::{MetaError, Result};
 use crate::maintenance::{fsck::FsckOptions, gc::GcOptions, Maintenance, MaintenanceConfig};
 use crate::registry::Liveness;
 use crate::store::{read_only, transact, KvTxn, MetaStore, StoreError};
-use crate::{caps, chunkmap, confine, inodes, locks, namespace, registry, xattrs};
+use crate::{caps, chunkmap, confine, dir_lease, inodes, locks, namespace, registry, xattrs};
 
 mod chunks;
 mod gauges;
@@ -370,7 +370,7 @@ impl Meta for MetaService {
                     r.inherit_from = scope.ino(t, inherit_from)?;
                 }
                 let mut made = [
-                    namespace::create(t, &r, ino, now)?,
+                    dir_lease::create(t, &r, ino, now)?,
                     inodes::get_inode(t, r.parent)?,
                 ];
                 scope.show_all(&mut made);
@@ -441,7 +441,7 @@ impl Meta for MetaService {
                 let scope = Scope::resolve(t, caps.subtree())?;
                 let (ino, new_parent) = (scope.ino(t, r.ino)?, scope.ino(t, r.new_parent)?);
                 let mut made = [
-                    namespace::link(t, ino, new_parent, &r.new_name, now)?,
+                    dir_lease::link(t, ino, new_parent, &r.new_name, r.client_id, now)?,
                     inodes::get_inode(t, new_parent)?,
                 ];
                 scope.show_all(&mut made);
@@ -606,7 +606,7 @@ impl Meta for MetaService {
                     ..asked.clone()
                 };
                 let target = namespace::lookup(t, r.new_parent, &r.new_name).ok();
-                let purge_left = namespace::rename(t, &r, now)?;
+                let purge_left = dir_lease::rename(t, &r, now)?;
                 let mut dirs = vec![inodes::get_inode(t, r.parent)?];
                 // A directory the rename replaced is gone.
                 if let Some(old) = target

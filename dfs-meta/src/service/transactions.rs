@@ -7,6 +7,11 @@ use dfs_core::telemetry::series::Series;
 
 use super::*;
 
+/// How many times a change waits out a directory lease before it gives
+/// up (with a retryable error): a lease is not renewed once revoked, so
+/// one wait is enough unless another client made the directory again.
+const LEASE_WAITS: usize = 3;
+
 impl MetaService {
     /// Runs `body`, which only reads, on a blocking thread: on a snapshot
     /// that takes no lock where the store has one, so lookups do not queue
@@ -35,7 +40,50 @@ impl MetaService {
         op: &'static str,
         body: impl FnMut(&mut dyn KvTxn, i64) -> Result<T> + Send + 'static,
     ) -> Result<Response<T>, Status> {
-        self.execute(op, Access::ReadWrite, body).await
+        // A body held back by another client's directory lease runs again
+        // once the lease is revoked and has run out (`dir_lease`); a body
+        // runs whole each time, so it is shared between attempts.
+        let body = Arc::new(parking_lot::Mutex::new(body));
+        let mut waits = 0;
+        loop {
+            let attempt = body.clone();
+            let result = self
+                .execute_raw(op, Access::ReadWrite, move |t, now| {
+                    (attempt.lock())(t, now)
+                })
+                .await?;
+            match result {
+                Err(MetaError::DirectoryLeased { dir, .. }) if waits < LEASE_WAITS => {
+                    waits += 1;
+                    self.outwait_lease(dir).await?;
+                }
+                result => return to_response(op, result),
+            }
+        }
+    }
+
+    /// Revokes another client's lease on `dir`'s names and waits for it to
+    /// run out.
+    async fn outwait_lease(&self, dir: u64) -> Result<(), Status> {
+        let ends = self
+            .execute("revoke lease", Access::ReadWrite, move |t, now| {
+                t.defer_sync();
+                dir_lease::revoke(t, dir, now)
+            })
+            .await?
+            .into_inner();
+        if let Some(until_ns) = ends {
+            let left = until_ns.saturating_add(dir_lease::CLOCK_SKEW_NS) - now_ns();
+            let most = dir_lease::LEASE_NS + dir_lease::CLOCK_SKEW_NS;
+            let left = u64::try_from(left.clamp(0, most)).unwrap_or(0);
+            tracing::debug!(
+                dir,
+                wait_ms = left / 1_000_000,
+                "waiting out a directory lease"
+            );
+            tokio::time::sleep(std::time::Duration::from_nanos(left)).await;
+        }
+        Ok(())
     }
 
     pub(super) async fn execute<T: Send + 'static>(

@@ -12,11 +12,17 @@
 //! (another client's change, a failed change, two of ours racing) drops the
 //! view, and lookups go to dfs-meta again.
 //!
-//! A view answers "absent" only within the mount's cache lifetime (`ttl`,
-//! 1 s for `consistency=read-own`) of its last confirmation, like the
-//! kernel's own negative dentries: a name another client created in the
-//! last second may be missed, as a cached entry may. `consistency=strong`
-//! (ttl 0) turns this off.
+//! How long a view may answer "absent" ([`Views`]):
+//! - `consistency=read-own` (close-to-open): while this client holds
+//!   dfs-meta's lease on the directory's names (`dfs-meta` `dir_lease`),
+//!   counted from before it sent the change that granted or renewed it.
+//!   Another client adding a name there first revokes the lease and waits
+//!   for it to run out, so a file another client closed always opens.
+//! - `consistency=eventual`: the mount's cache lifetime since the last
+//!   confirmation, like the kernel's own negative dentries (a name another
+//!   client made in that time may be missed, as a cached entry may be
+//!   stale).
+//! - `consistency=strong`: never.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -33,10 +39,26 @@ const MAX_VIEWS: usize = 1024;
 /// up in dfs-meta.
 const MAX_NAMES: usize = 100_000;
 
+/// Taken off a lease's length on this client's clock, for clock rates.
+const LEASE_MARGIN: Duration = Duration::from_millis(20);
+
+/// When views answer, by the mount's consistency.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Views {
+    #[default]
+    Off,
+    /// For this long after each confirmation (`eventual`).
+    Cached(Duration),
+    /// While this client (`client`, its id in requests) holds the
+    /// directory's lease (`read-own`).
+    Leased { client: u64 },
+}
+
 struct View {
     entry_changes: u64,
     names: HashSet<Vec<u8>>,
-    confirmed: Instant,
+    /// Until when the view may answer.
+    until: Instant,
 }
 
 /// How a change this client made altered a directory's names.
@@ -52,34 +74,61 @@ pub enum NameChange<'a> {
     Unchanged,
 }
 
+/// Until when a view of `dir` as dfs-meta answered it may answer, for a
+/// request sent at `sent`; `None`: it may not. `renewed`: the change added
+/// a name, which renews a lease (a removal does not).
+fn valid_until(mode: Views, dir: &InodeRecord, sent: Instant, renewed: bool) -> Option<Instant> {
+    match mode {
+        Views::Off => None,
+        Views::Cached(ttl) => Some(Instant::now() + ttl),
+        Views::Leased { client } => {
+            let held = client != 0 && dir.lease_holder == client && !dir.lease_revoked;
+            let lease = dfs_proto::DIRECTORY_LEASE.saturating_sub(LEASE_MARGIN);
+            (held && renewed).then(|| sent + lease)
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct KnownNames {
-    /// Zero: off.
-    ttl: Mutex<Duration>,
+    mode: Mutex<Views>,
     views: Mutex<HashMap<u64, View>>,
 }
 
 impl KnownNames {
-    pub fn set_ttl(&self, ttl: Duration) {
-        *self.ttl.lock() = ttl;
-        if ttl.is_zero() {
-            self.views.lock().clear();
+    pub fn set_mode(&self, mode: Views) {
+        *self.mode.lock() = mode;
+        self.views.lock().clear();
+    }
+
+    fn mode(&self) -> Views {
+        *self.mode.lock()
+    }
+
+    /// The client id to send with changes that add names: only a client
+    /// that uses leases takes them (a lease held back other clients'
+    /// additions for nothing otherwise). 0: none.
+    pub fn lease_client(&self) -> u64 {
+        match self.mode() {
+            Views::Leased { client } => client,
+            _ => 0,
         }
     }
 
-    fn ttl(&self) -> Duration {
-        *self.ttl.lock()
-    }
-
-    /// A directory this client just made (empty).
-    pub fn made(&self, dir: &InodeRecord) {
-        if self.ttl().is_zero() {
+    /// A directory this client just made, with a request sent at `sent`.
+    pub fn made(&self, dir: &InodeRecord, sent: Instant) {
+        // A create sent again may answer with a directory made earlier,
+        // which others may have filled since.
+        if dir.entry_changes != 0 {
             return;
         }
+        let Some(until) = valid_until(self.mode(), dir, sent, true) else {
+            return;
+        };
         let mut views = self.views.lock();
         if views.len() >= MAX_VIEWS {
-            let ttl = self.ttl();
-            views.retain(|_, v| v.confirmed.elapsed() < ttl);
+            let now = Instant::now();
+            views.retain(|_, v| v.until > now);
             if views.len() >= MAX_VIEWS {
                 views.clear();
             }
@@ -89,19 +138,37 @@ impl KnownNames {
             View {
                 entry_changes: dir.entry_changes,
                 names: HashSet::new(),
-                confirmed: Instant::now(),
+                until,
             },
         );
     }
 
-    /// This client changed `dir`'s entries and dfs-meta answered with `after`
-    /// (the directory as some change left it, this one's or a later one's).
-    pub fn changed(&self, after: Option<&InodeRecord>, dir: u64, change: NameChange<'_>) {
+    /// This client changed `dir`'s entries with a request sent at `sent`,
+    /// and dfs-meta answered with `after` (the directory as some change
+    /// left it, this one's or a later one's).
+    pub fn changed(
+        &self,
+        after: Option<&InodeRecord>,
+        dir: u64,
+        change: NameChange<'_>,
+        sent: Instant,
+    ) {
+        let mode = self.mode();
         let mut views = self.views.lock();
         let Some(view) = views.get_mut(&dir) else {
             return;
         };
-        let Some(after) = after.filter(|a| a.entry_changes == view.entry_changes + 1) else {
+        let adds = matches!(change, NameChange::Added(_) | NameChange::Renamed { .. });
+        let until = after
+            .filter(|a| a.entry_changes == view.entry_changes + 1)
+            .and_then(|a| match mode {
+                // A removal keeps the lease as it was, if still held.
+                Views::Leased { client } if !adds => {
+                    (a.lease_holder == client && !a.lease_revoked).then_some(view.until)
+                }
+                _ => valid_until(mode, a, sent, adds),
+            });
+        let (Some(after), Some(until)) = (after, until) else {
             views.remove(&dir);
             return;
         };
@@ -123,7 +190,7 @@ impl KnownNames {
             return;
         }
         view.entry_changes = after.entry_changes;
-        view.confirmed = Instant::now();
+        view.until = until;
     }
 
     /// A change of `dir` that failed or whose outcome is unknown.
@@ -131,14 +198,13 @@ impl KnownNames {
         self.views.lock().remove(&dir);
     }
 
-    /// Whether `name` is certainly not in `dir`, as of less than the cache
-    /// lifetime ago.
+    /// Whether `name` is certainly not in `dir` (see [`Views`] for how
+    /// certain).
     pub fn absent(&self, dir: u64, name: &[u8]) -> bool {
-        let ttl = self.ttl();
         let views = self.views.lock();
         views
             .get(&dir)
-            .is_some_and(|v| v.confirmed.elapsed() < ttl && !v.names.contains(name))
+            .is_some_and(|v| Instant::now() < v.until && !v.names.contains(name))
     }
 }
 
@@ -154,41 +220,51 @@ mod tests {
         }
     }
 
+    fn leased(ino: u64, entry_changes: u64, holder: u64, revoked: bool) -> InodeRecord {
+        InodeRecord {
+            lease_holder: holder,
+            lease_revoked: revoked,
+            ..dir(ino, entry_changes)
+        }
+    }
+
     #[test]
     fn a_made_directory_knows_its_names_while_only_this_client_changes_it() {
         let known = KnownNames::default();
-        known.set_ttl(Duration::from_secs(60));
-        known.made(&dir(5, 0));
+        known.set_mode(Views::Cached(Duration::from_secs(60)));
+        let now = Instant::now();
+        known.made(&dir(5, 0), now);
         assert!(known.absent(5, b"a"));
-        known.changed(Some(&dir(5, 1)), 5, NameChange::Added(b"a"));
+        known.changed(Some(&dir(5, 1)), 5, NameChange::Added(b"a"), now);
         assert!(!known.absent(5, b"a"), "a name it made is not absent");
         assert!(known.absent(5, b"b"));
-        known.changed(
-            Some(&dir(5, 2)),
-            5,
-            NameChange::Renamed {
-                from: b"a",
-                to: b"b",
-            },
-        );
+        let renamed = NameChange::Renamed {
+            from: b"a",
+            to: b"b",
+        };
+        known.changed(Some(&dir(5, 2)), 5, renamed, now);
         assert!(known.absent(5, b"a") && !known.absent(5, b"b"));
-        known.changed(Some(&dir(5, 3)), 5, NameChange::Removed(b"b"));
+        known.changed(Some(&dir(5, 3)), 5, NameChange::Removed(b"b"), now);
         assert!(known.absent(5, b"b"));
         // Another client's change came between: the view is gone.
-        known.changed(Some(&dir(5, 5)), 5, NameChange::Added(b"c"));
+        known.changed(Some(&dir(5, 5)), 5, NameChange::Added(b"c"), now);
         assert!(!known.absent(5, b"zzz"), "unknown again: dfs-meta decides");
-        // Directories it did not make are never known.
+        // Directories it did not make are never known, nor one a retried
+        // create found already changed.
         assert!(!known.absent(6, b"a"));
+        known.made(&dir(9, 3), now);
+        assert!(!known.absent(9, b"a"));
     }
 
     #[test]
     fn a_failed_change_or_a_lost_answer_drops_the_view() {
         let known = KnownNames::default();
-        known.set_ttl(Duration::from_secs(60));
-        known.made(&dir(5, 0));
-        known.changed(None, 5, NameChange::Added(b"a"));
+        known.set_mode(Views::Cached(Duration::from_secs(60)));
+        let now = Instant::now();
+        known.made(&dir(5, 0), now);
+        known.changed(None, 5, NameChange::Added(b"a"), now);
         assert!(!known.absent(5, b"b"));
-        known.made(&dir(7, 0));
+        known.made(&dir(7, 0), now);
         known.forget(7);
         assert!(!known.absent(7, b"b"));
     }
@@ -196,16 +272,61 @@ mod tests {
     #[test]
     fn views_expire_and_strong_consistency_has_none() {
         let known = KnownNames::default();
-        known.set_ttl(Duration::from_millis(20));
-        known.made(&dir(5, 0));
+        known.set_mode(Views::Cached(Duration::from_millis(20)));
+        known.made(&dir(5, 0), Instant::now());
         assert!(known.absent(5, b"a"));
         std::thread::sleep(Duration::from_millis(30));
         assert!(
             !known.absent(5, b"a"),
             "a view older than the ttl decides nothing"
         );
-        known.set_ttl(Duration::ZERO);
-        known.made(&dir(8, 0));
+        known.set_mode(Views::Off);
+        known.made(&dir(8, 0), Instant::now());
         assert!(!known.absent(8, b"a"));
+    }
+
+    #[test]
+    fn a_leased_view_answers_while_this_client_holds_the_lease() {
+        let known = KnownNames::default();
+        known.set_mode(Views::Leased { client: 7 });
+        let now = Instant::now();
+        // Made without a lease (an older dfs-meta) or leased to another: none.
+        known.made(&dir(4, 0), now);
+        known.made(&leased(5, 0, 8, false), now);
+        assert!(!known.absent(4, b"a") && !known.absent(5, b"a"));
+        known.made(&leased(6, 0, 7, false), now);
+        assert!(known.absent(6, b"a"));
+        // Removals keep it, additions renew it from when they were sent.
+        known.changed(
+            Some(&leased(6, 1, 7, false)),
+            6,
+            NameChange::Added(b"a"),
+            now,
+        );
+        known.changed(
+            Some(&leased(6, 2, 7, false)),
+            6,
+            NameChange::Removed(b"a"),
+            now,
+        );
+        assert!(known.absent(6, b"a"));
+        // Sent longer than a lease ago: the lease may have run out already.
+        let long_ago = now - dfs_proto::DIRECTORY_LEASE;
+        known.changed(
+            Some(&leased(6, 3, 7, false)),
+            6,
+            NameChange::Added(b"b"),
+            long_ago,
+        );
+        assert!(!known.absent(6, b"c"), "lease run out");
+        // Revoked: the view goes at once.
+        known.made(&leased(10, 0, 7, false), now);
+        known.changed(
+            Some(&leased(10, 1, 7, true)),
+            10,
+            NameChange::Removed(b"x"),
+            now,
+        );
+        assert!(!known.absent(10, b"a"));
     }
 }

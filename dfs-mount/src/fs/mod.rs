@@ -253,8 +253,11 @@ pub struct Dfs {
     /// did not change.
     closed_maps: closed_maps::ClosedMaps,
     /// Directories whose every name this client knows (lookups of absent
-    /// names without a round trip); off until [`KnownNames::set_ttl`].
+    /// names without a round trip); off until [`KnownNames::set_mode`].
     pub names: known_names::KnownNames,
+    /// This client's id in the requests that add names (directory leases,
+    /// [`known_names`]): random, never 0.
+    pub client_id: u64,
     /// Pages of directories looked up name after name; off until
     /// [`statahead::Statahead::set_ttl`].
     pub statahead: statahead::Statahead,
@@ -281,6 +284,7 @@ impl Dfs {
             open_files: Mutex::new(HashMap::new()),
             closed_maps: closed_maps::ClosedMaps::default(),
             names: known_names::KnownNames::default(),
+            client_id: rand::random::<u64>() | 1,
             statahead: statahead::Statahead::default(),
         }
     }

@@ -167,8 +167,12 @@ impl Dfs {
         if request.create_id == 0 {
             request.create_id = rand::random::<u64>() | 1;
         }
+        if request.client_id == 0 {
+            request.client_id = self.names.lease_client();
+        }
         let (parent, is_dir) = (request.parent, request.kind() == FileKind::Directory);
         let name = std::mem::take(&mut request.name);
+        let sent = Instant::now();
         let result = self
             .cluster
             .meta
@@ -177,19 +181,27 @@ impl Dfs {
                 ..request
             })
             .await;
-        self.note_names(parent, result.is_ok(), NameChange::Added(&name));
+        self.note_names(parent, result.is_ok(), NameChange::Added(&name), sent);
         if let (Ok(made), true) = (&result, is_dir) {
-            self.names.made(made);
+            self.names.made(made, sent);
         }
         result
     }
 
     /// Tells the view of `dir`'s names ([`super::known_names`]) what this client's
     /// change of it did, or that it failed (the view is dropped).
-    pub(super) fn note_names(&self, dir: u64, changed: bool, change: NameChange<'_>) {
+    /// `sent`: when the change was sent (a lease it renewed counts from
+    /// then).
+    pub(super) fn note_names(
+        &self,
+        dir: u64,
+        changed: bool,
+        change: NameChange<'_>,
+        sent: Instant,
+    ) {
         if changed {
             let after = self.cluster.meta.last_changed_dir(dir);
-            self.names.changed(after.as_ref(), dir, change);
+            self.names.changed(after.as_ref(), dir, change, sent);
         } else {
             self.names.forget(dir);
         }
@@ -206,9 +218,16 @@ impl Dfs {
             ino,
             new_parent,
             new_name: new_name.to_vec(),
+            client_id: self.names.lease_client(),
         };
+        let sent = Instant::now();
         let linked = self.cluster.meta.link(request).await;
-        self.note_names(new_parent, linked.is_ok(), NameChange::Added(new_name));
+        self.note_names(
+            new_parent,
+            linked.is_ok(),
+            NameChange::Added(new_name),
+            sent,
+        );
         let attr = linked?;
         if let Some(file) = self.open_file(ino) {
             // A deferred setattr's reply is built on this: one more link.
@@ -223,8 +242,9 @@ impl Dfs {
             name: name.to_vec(),
             keep_ino: 0,
         };
+        let sent = Instant::now();
         let removed = self.cluster.meta.rmdir(request).await;
-        self.note_names(parent, removed.is_ok(), NameChange::Removed(name));
+        self.note_names(parent, removed.is_ok(), NameChange::Removed(name), sent);
         removed.map(|_| ())
     }
 

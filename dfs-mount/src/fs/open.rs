@@ -330,8 +330,9 @@ impl Dfs {
             name: name.to_vec(),
             keep_ino: kept.as_ref().map_or(0, |of| of.ino),
         };
+        let sent = std::time::Instant::now();
         let result = self.cluster.meta.unlink(request).await;
-        self.note_names(parent, result.is_ok(), NameChange::Removed(name));
+        self.note_names(parent, result.is_ok(), NameChange::Removed(name), sent);
         self.finish_keep(kept, result.is_ok()).await;
         result.map(|_| ())
     }
@@ -341,22 +342,26 @@ impl Dfs {
             .open_state_named(request.new_parent, &request.new_name)
             .await;
         request.keep_ino = kept.as_ref().map_or(0, |of| of.ino);
+        if request.client_id == 0 {
+            request.client_id = self.names.lease_client();
+        }
         let exchange = request.flags & dfs_proto::RENAME_EXCHANGE != 0;
         let (parent, new_parent) = (request.parent, request.new_parent);
         let (name, new_name) = (request.name.clone(), request.new_name.clone());
+        let sent = std::time::Instant::now();
         let result = self.cluster.meta.rename(request).await;
         let ok = result.is_ok();
         if exchange {
-            self.note_names(parent, ok, NameChange::Unchanged);
+            self.note_names(parent, ok, NameChange::Unchanged, sent);
             if new_parent != parent {
-                self.note_names(new_parent, ok, NameChange::Unchanged);
+                self.note_names(new_parent, ok, NameChange::Unchanged, sent);
             }
         } else if new_parent == parent {
             let (from, to) = (&name[..], &new_name[..]);
-            self.note_names(parent, ok, NameChange::Renamed { from, to });
+            self.note_names(parent, ok, NameChange::Renamed { from, to }, sent);
         } else {
-            self.note_names(parent, ok, NameChange::Removed(&name));
-            self.note_names(new_parent, ok, NameChange::Added(&new_name));
+            self.note_names(parent, ok, NameChange::Removed(&name), sent);
+            self.note_names(new_parent, ok, NameChange::Added(&new_name), sent);
         }
         let replaced = result.is_ok() && !exchange;
         self.finish_keep(kept, replaced).await;

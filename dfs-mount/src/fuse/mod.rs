@@ -118,9 +118,11 @@ impl DfsFuse {
             // ACL decides the permissions (the kernel leaves that to us:
             // FUSE_DONT_MASK).
             umask,
-            // The core gives each create an id of its own.
+            // The core gives each create an id of its own, and its
+            // client id.
             create_id: 0,
             inherit_from: 0,
+            client_id: 0,
         }
     }
 
@@ -493,6 +495,7 @@ impl Filesystem for DfsFuse {
             new_name: newname.as_bytes().to_vec(),
             flags: flags.bits(),
             keep_ino: 0,
+            client_id: 0,
         };
         let result = self.rt.block_on(self.core.dfs().rename(request));
         reply_empty(result, "rename", parent.0, reply);
