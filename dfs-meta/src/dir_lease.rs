@@ -74,10 +74,19 @@ fn clear(dir: &mut InodeRecord) {
     dir.lease_revoked = false;
 }
 
+/// `dir`'s record; `None` when it does not exist (the namespace operation
+/// reports that), any other failure as it is.
+fn directory(txn: &mut dyn KvTxn, dir: u64) -> Result<Option<InodeRecord>> {
+    match get_inode(txn, dir) {
+        Ok(record) => Ok(Some(record)),
+        Err(MetaError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Before a transaction adds a name to `dir` for `client` (0: none).
 fn admit(txn: &mut dyn KvTxn, dir: u64, client: u64, now_ns: i64) -> Result<()> {
-    // A missing directory is the namespace operation's to report.
-    let Ok(mut record) = get_inode(txn, dir) else {
+    let Some(mut record) = directory(txn, dir)? else {
         return Ok(());
     };
     match admission(&record, client, now_ns) {
@@ -138,15 +147,22 @@ pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<b
 
 /// Revokes the lease on `dir` so that it is not renewed; answers when it
 /// runs out (this process's clock), or `None` when none is in force.
+///
+/// A lease is never granted or renewed for more than [`LEASE_NS`] past
+/// the moment it was, which was before now: one that ends further ahead
+/// was dated by a clock since stepped back, and ends at most a lease from
+/// now instead (so a change waits one lease, not the step).
 pub fn revoke(txn: &mut dyn KvTxn, dir: u64, now_ns: i64) -> Result<Option<i64>> {
-    let Ok(mut record) = get_inode(txn, dir) else {
+    let Some(mut record) = directory(txn, dir)? else {
         return Ok(None);
     };
     if record.lease_holder == 0 || now_ns >= record.lease_until_ns.saturating_add(CLOCK_SKEW_NS) {
         return Ok(None);
     }
-    if !record.lease_revoked {
+    let latest = now_ns.saturating_add(LEASE_NS);
+    if !record.lease_revoked || record.lease_until_ns > latest {
         record.lease_revoked = true;
+        record.lease_until_ns = record.lease_until_ns.min(latest);
         put_inode(txn, &record);
     }
     Ok(Some(record.lease_until_ns))
@@ -253,6 +269,19 @@ mod tests {
         run(&store, |t| create(t, &file(b"b", 8), 13, after)).expect("create once run out");
         let d = run(&store, |t| get_inode(t, 10)).expect("dir");
         assert_eq!(d.lease_holder, 0, "cleared, not granted again");
+
+        // A lease dated by a clock since stepped back ends at most a lease
+        // after its revocation.
+        let f = run(&store, |t| {
+            create(t, &dir(b"f", 7), 21, after + 10 * LEASE_NS)
+        })
+        .expect("mkdir");
+        assert_eq!(f.lease_until_ns, after + 11 * LEASE_NS);
+        let ends = run(&store, |t| revoke(t, 21, after)).expect("revoke");
+        assert_eq!(ends, Some(after + LEASE_NS));
+        assert!(run(&store, |t| revoke(t, 999, after))
+            .expect("no such dir")
+            .is_none());
 
         // Links and renames into a leased directory wait too; an exchange
         // adds no name and does not.
