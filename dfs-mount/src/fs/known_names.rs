@@ -39,6 +39,9 @@ const MAX_VIEWS: usize = 1024;
 /// up in dfs-meta.
 const MAX_NAMES: usize = 100_000;
 
+/// Longest name a directory holds (Linux's, as dfs-meta checks).
+const NAME_MAX: usize = 255;
+
 /// Taken off a lease's length on this client's clock, for clock rates.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
 
@@ -201,6 +204,11 @@ impl KnownNames {
     /// Whether `name` is certainly not in `dir` (see [`Views`] for how
     /// certain).
     pub fn absent(&self, dir: u64, name: &[u8]) -> bool {
+        // A name no directory can hold is dfs-meta's to refuse
+        // (ENAMETOOLONG), not absent (pjdfstest `*::enametoolong_component`).
+        if name.len() > NAME_MAX {
+            return false;
+        }
         let views = self.views.lock();
         views
             .get(&dir)
@@ -296,6 +304,10 @@ mod tests {
         assert!(!known.absent(4, b"a") && !known.absent(5, b"a"));
         known.made(&leased(6, 0, 7, false), now);
         assert!(known.absent(6, b"a"));
+        assert!(
+            !known.absent(6, &[b'x'; 256]),
+            "too long a name is refused by dfs-meta, not absent"
+        );
         // Removals keep it, additions renew it from when they were sent.
         known.changed(
             Some(&leased(6, 1, 7, false)),
