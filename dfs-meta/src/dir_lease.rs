@@ -224,14 +224,15 @@ mod tests {
     fn a_made_directory_is_leased_renewed_by_its_holder_and_revoked_for_others() {
         let store = MemStore::default();
         run(&store, |t| namespace::init_root(t, 1).map(|_| ())).expect("root");
-        let dir = |name: &[u8], client| CreateRequest {
-            parent: 1,
+        let entry = |parent, name: &[u8], kind: FileKind, client| CreateRequest {
+            parent,
             name: name.to_vec(),
-            kind: FileKind::Directory as i32,
+            kind: kind as i32,
             mode: 0o755,
             client_id: client,
             ..Default::default()
         };
+        let dir = |name: &[u8], client| entry(1, name, FileKind::Directory, client);
         let t0 = 100 * LEASE_NS;
         let d = run(&store, |t| create(t, &dir(b"d", 7), 10, t0)).expect("mkdir");
         assert_eq!((d.lease_holder, d.lease_until_ns), (7, t0 + LEASE_NS));
@@ -239,14 +240,7 @@ mod tests {
         assert_eq!(anon.lease_holder, 0, "no id, no lease");
 
         // The holder's additions renew it.
-        let file = |name: &[u8], client| CreateRequest {
-            parent: 10,
-            name: name.to_vec(),
-            kind: FileKind::Regular as i32,
-            mode: 0o644,
-            client_id: client,
-            ..Default::default()
-        };
+        let file = |name: &[u8], client| entry(10, name, FileKind::Regular, client);
         run(&store, |t| create(t, &file(b"a", 7), 12, t0 + 5)).expect("create");
         let d = run(&store, |t| get_inode(t, 10)).expect("dir");
         assert_eq!(d.lease_until_ns, t0 + 5 + LEASE_NS);

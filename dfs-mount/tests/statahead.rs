@@ -24,13 +24,9 @@ fn rpcs(meta_port: u16, method: &str) -> f64 {
     sum(&scrape(meta_port), catalog::RPC_REQUESTS, &[&label])
 }
 
-/// A default (`read-own`) mount answers lookups of names absent from a
-/// directory it made (the kernel's lookup before each create) without
-/// asking dfs-meta while it holds the directory's lease; another client
-/// adding a name there first waits the lease out, so the first mount finds
-/// that name at once afterwards (close-to-open), and asks dfs-meta again.
-#[test]
-fn new_names_in_a_leased_directory_need_no_lookup_and_keep_close_to_open() {
+/// A cluster whose dfs-meta serves metrics (its port first) and two
+/// default mounts of it.
+fn two_mounts() -> (u16, TestCluster, TestMount, TestMount) {
     let meta_port = free_port();
     let cluster = TestCluster::start_full(
         1,
@@ -40,6 +36,17 @@ fn new_names_in_a_leased_directory_need_no_lookup_and_keep_close_to_open() {
     );
     let a = TestMount::start(&cluster.meta_addr(), &[]);
     let b = TestMount::start(&cluster.meta_addr(), &[]);
+    (meta_port, cluster, a, b)
+}
+
+/// A default (`read-own`) mount answers lookups of names absent from a
+/// directory it made (the kernel's lookup before each create) without
+/// asking dfs-meta while it holds the directory's lease; another client
+/// adding a name there first waits the lease out, so the first mount finds
+/// that name at once afterwards (close-to-open), and asks dfs-meta again.
+#[test]
+fn new_names_in_a_leased_directory_need_no_lookup_and_keep_close_to_open() {
+    let (meta_port, _cluster, a, b) = two_mounts();
     let (in_a, in_b) = (a.path.join("leased"), b.path.join("leased"));
     fs::create_dir(&in_a).expect("mkdir");
     let lookups = rpcs(meta_port, "Lookup");
@@ -84,15 +91,7 @@ fn new_names_in_a_leased_directory_need_no_lookup_and_keep_close_to_open() {
 
 #[test]
 fn names_looked_up_one_after_another_come_from_pages_that_keep_close_to_open() {
-    let meta_port = free_port();
-    let cluster = TestCluster::start_full(
-        1,
-        3,
-        |_| Vec::new(),
-        vec!["--metrics".into(), format!("127.0.0.1:{meta_port}")],
-    );
-    let a = TestMount::start(&cluster.meta_addr(), &[]);
-    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    let (meta_port, _cluster, a, b) = two_mounts();
     let (in_a, in_b) = (a.path.join("d"), b.path.join("d"));
     fs::create_dir(&in_a).expect("mkdir");
     for i in 0..FILES {
