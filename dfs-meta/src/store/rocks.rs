@@ -20,6 +20,8 @@ use super::{KeyValues, KvTxn, MetaStore, ReadView, StoreError, Transaction};
 
 /// Memtable size of the metadata store (RocksDB's default is 64 MiB).
 const METADATA_MEMTABLE_BYTES: usize = 2 * 1024 * 1024;
+/// Old write-ahead logs kept to be written over (see [`RocksStore::open`]).
+const RECYCLED_LOGS: usize = 4;
 
 /// Values at least this large (staged chunks; inline chunks proper store
 /// in at most 8 KiB) live in blob files.
@@ -54,6 +56,17 @@ impl RocksStore {
         // times (fsx, a database) made each commit slower than the last.
         // Flushing drops overwritten versions.
         opts.set_write_buffer_size(METADATA_MEMTABLE_BYTES);
+        // Every commit that is not deferred ends in an fdatasync of the
+        // log. Appending to a fresh log makes that sync also commit the
+        // file system's journal (the file grew); a recycled log, written
+        // over in place, needs only its data blocks flushed. Writing
+        // 128 KiB files in a loop, dfs-meta's syncs took 0.231 ms (median)
+        // instead of 0.295 on the development machine's ext4.
+        // Small memtables rotate the log every few megabytes, so nearly
+        // every commit lands in a recycled one. Recovery stays point in
+        // time (RocksDB 10 tells a recycled log's old records from a
+        // hole, facebook/rocksdb#12403).
+        opts.set_recycle_log_file_num(RECYCLED_LOGS);
         // Chunks staged inline (up to 96 KiB each, moved out within a
         // minute) go to blob files: with them in the tables, a 2 MiB
         // memtable filled every ~16 small files and each flush was
