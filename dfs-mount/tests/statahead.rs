@@ -168,3 +168,57 @@ fn a_file_looked_up_before_another_client_grew_it_opens_whole() {
         "B's open reads what A closed"
     );
 }
+
+/// The kernel asks for an open file's attributes again after its writes
+/// and setattrs (a chown's set-id check, `fstat`): a default mount answers
+/// from dfs-meta's last answer while it has changed nothing since, so
+/// unpacking files as `tar x` does (create, write, set the mtime, chown,
+/// chmod through the descriptor, close) asks dfs-meta for no attributes.
+/// What the mount shows is still its own latest change, and an open after
+/// another client's change shows that change (close-to-open).
+#[test]
+fn an_open_file_shows_its_own_latest_attributes_without_asking_dfs_meta() {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let (meta_port, _cluster, a, b) = two_mounts();
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let getattrs = rpcs(meta_port, "GetAttr");
+    for i in 0..FILES {
+        let mut f = fs::File::create_new(a.path.join(format!("t{i:02}"))).expect("create");
+        f.write_all(b"0123456789").expect("write");
+        f.set_modified(mtime).expect("futimens");
+        std::os::unix::fs::fchown(&f, Some(1000), Some(1000)).expect("fchown");
+        f.set_permissions(fs::Permissions::from_mode(0o640))
+            .expect("fchmod");
+        let st = f.metadata().expect("fstat");
+        assert_eq!(
+            (st.len(), st.mode() & 0o7777, st.uid(), st.gid()),
+            (10, 0o640, 1000, 1000)
+        );
+        assert_eq!(st.modified().expect("mtime"), mtime);
+    }
+    let getattrs = rpcs(meta_port, "GetAttr") - getattrs;
+    assert!(
+        getattrs <= 2.0,
+        "{FILES} files unpacked asked dfs-meta for attributes {getattrs} times"
+    );
+
+    // Its own change shows at once.
+    let f = fs::OpenOptions::new()
+        .append(true)
+        .open(a.path.join("t00"))
+        .expect("open");
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .expect("fchmod");
+    assert_eq!(f.metadata().expect("fstat").mode() & 0o7777, 0o600);
+    (&f).write_all(b"more").expect("append");
+    assert_eq!(f.metadata().expect("fstat").len(), 14);
+    drop(f);
+
+    // Another client's change shows to an open after it.
+    fs::write(b.path.join("t01"), vec![7u8; 20]).expect("rewrite through b");
+    let f = fs::File::open(a.path.join("t01")).expect("open through a");
+    assert_eq!(f.metadata().expect("fstat").len(), 20);
+    assert_eq!(fs::read(a.path.join("t01")).expect("read"), vec![7u8; 20]);
+}

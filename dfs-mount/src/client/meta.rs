@@ -25,6 +25,8 @@ use tonic::Response;
 
 /// Bound on remembered directory attributes (see `MetaRpc::changed_dir`).
 const CHANGED_DIRS_MAX: usize = 4096;
+/// Bound on remembered file attributes (see `MetaRpc::recent_file`).
+const RECENT_FILES_MAX: usize = 4096;
 
 #[derive(Clone)]
 pub struct MetaRpc {
@@ -41,6 +43,19 @@ pub struct MetaRpc {
     /// is sent and again when it ends, however it ends (see
     /// [`MetaRpc::changes`]).
     changes: Arc<AtomicU64>,
+    /// Regular files as dfs-meta last answered for them (a lookup, a
+    /// getattr, a create, a setattr, a link, a commit), when, and the
+    /// change count the answer is current for (see [`MetaRpc::recent_file`]).
+    recent_files: Arc<Mutex<HashMap<u64, RecentFile>>>,
+    /// Moves with each [`MetaRpc::forget_recent_file`]: an answer to a call
+    /// that an open overlapped is not kept.
+    opens: Arc<AtomicU64>,
+}
+
+struct RecentFile {
+    attr: InodeRecord,
+    at: Instant,
+    changes: u64,
 }
 
 /// Moves the change count when a changing call ends, also when its future
@@ -74,6 +89,8 @@ impl MetaRpc {
             preferred: Arc::new(AtomicUsize::new(0)),
             changed_dirs: Arc::default(),
             changes: Arc::default(),
+            recent_files: Arc::default(),
+            opens: Arc::default(),
         }
     }
 
@@ -97,6 +114,59 @@ impl MetaRpc {
         let (attr, at) = dirs.get(&ino)?;
         let left = ttl.checked_sub(at.elapsed())?;
         (!left.is_zero()).then(|| (attr.clone(), left))
+    }
+
+    /// Regular file `ino` as dfs-meta answered for it less than `ttl` ago,
+    /// if this client has changed nothing since it asked (the change count
+    /// is where the answer left it), and how much of `ttl` is left. The
+    /// kernel drops a file's attributes after each write and setattr and
+    /// asks again (before a chown, to know the mode it clears set-id bits
+    /// from; on `fstat`): unless this client changed something meanwhile,
+    /// dfs-meta would answer the same, bar other clients' changes, which
+    /// the kernel itself may hide for `ttl`.
+    pub fn recent_file(&self, ino: u64, ttl: Duration) -> Option<(InodeRecord, Duration)> {
+        let files = self.recent_files.lock();
+        let recent = files.get(&ino)?;
+        if recent.changes != self.changes() {
+            return None;
+        }
+        let left = ttl.checked_sub(recent.at.elapsed())?;
+        (!left.is_zero()).then(|| (recent.attr.clone(), left))
+    }
+
+    /// Forgets what [`MetaRpc::recent_file`] keeps of `ino`: an open must
+    /// see what other clients committed before it (close-to-open).
+    pub fn forget_recent_file(&self, ino: u64) {
+        let mut files = self.recent_files.lock();
+        self.opens.fetch_add(1, Ordering::AcqRel);
+        files.remove(&ino);
+    }
+
+    /// Keeps `attr`, answered by a call that began at change count
+    /// `before` and open count `opens`: current while the change count is
+    /// where the call left it (two moves on from `before` for a change,
+    /// none for a read), so an answer that another change of this client
+    /// overlapped never is; not kept at all if an open overlapped it.
+    fn keep_recent_file(&self, attr: &InodeRecord, before: u64, changed: bool, opens: u64) {
+        if attr.kind() != dfs_proto::FileKind::Regular {
+            return;
+        }
+        let changes = before + if changed { 2 } else { 0 };
+        let mut files = self.recent_files.lock();
+        if self.opens.load(Ordering::Acquire) != opens {
+            return;
+        }
+        if files.len() >= RECENT_FILES_MAX {
+            files.clear();
+        }
+        files.insert(
+            attr.ino,
+            RecentFile {
+                attr: attr.clone(),
+                at: Instant::now(),
+                changes,
+            },
+        );
     }
 
     /// Directory `ino` as this client's last change to it left it.
@@ -205,10 +275,14 @@ impl MetaRpc {
 /// [`MetaRpc::changes`].
 macro_rules! metadata_rpcs {
     (reads { $($read:ident($read_request:ty) -> $read_reply:ty;)* }
-     changes { $($change:ident($change_request:ty) -> $change_reply:ty;)* }) => {
+     inode_reads { $($inode_read:ident($inode_read_request:ty);)* }
+     changes { $($change:ident($change_request:ty) -> $change_reply:ty;)* }
+     inode_changes { $($inode_change:ident($inode_change_request:ty);)* }) => {
         impl MetaRpc {
             $(metadata_rpcs!(@one $read, $read_request, $read_reply, false);)*
+            $(metadata_rpcs!(@inode $inode_read, $inode_read_request, false);)*
             $(metadata_rpcs!(@one $change, $change_request, $change_reply, true);)*
+            $(metadata_rpcs!(@inode $inode_change, $inode_change_request, true);)*
         }
     };
     (@one $method:ident, $request:ty, $reply:ty, $changes:expr) => {
@@ -220,12 +294,26 @@ macro_rules! metadata_rpcs {
             .await
         }
     };
+    // Those answering with an inode: a regular file's answer is kept
+    // (`MetaRpc::recent_file`).
+    (@inode $method:ident, $request:ty, $changes:expr) => {
+        pub async fn $method(&self, request: $request) -> Result<InodeRecord, DfsError> {
+            let before = self.changes();
+            let opens = self.opens.load(Ordering::Acquire);
+            let attr = self
+                .call(stringify!($method), $changes, |mut c| {
+                    let request = request.clone();
+                    async move { c.$method(request).await }
+                })
+                .await?;
+            self.keep_recent_file(&attr, before, $changes, opens);
+            Ok(attr)
+        }
+    };
 }
 
 metadata_rpcs! {
     reads {
-        lookup(LookupRequest) -> InodeRecord;
-        get_attr(InoRequest) -> InodeRecord;
         get_xattr(XattrRequest) -> XattrReply;
         list_xattr(InoRequest) -> XattrListReply;
         read_dir(ReadDirRequest) -> ReadDirReply;
@@ -243,17 +331,95 @@ metadata_rpcs! {
         set_lock(SetLockRequest) -> SetLockReply;
         get_lock(SetLockRequest) -> GetLockReply;
     }
+    inode_reads {
+        lookup(LookupRequest);
+        get_attr(InoRequest);
+    }
     changes {
-        set_attr(SetAttrRequest) -> InodeRecord;
-        create(CreateRequest) -> InodeRecord;
         unlink(RemoveRequest) -> Empty;
         rmdir(RemoveRequest) -> Empty;
         rename(RenameRequest) -> Empty;
         forget_unlinked(InoRequest) -> Empty;
         keep_unlinked(KeepUnlinkedRequest) -> Empty;
-        link(LinkRequest) -> InodeRecord;
         set_xattr(XattrRequest) -> Empty;
         remove_xattr(XattrRequest) -> Empty;
-        commit_chunks(CommitChunksRequest) -> InodeRecord;
+    }
+    inode_changes {
+        set_attr(SetAttrRequest);
+        create(CreateRequest);
+        link(LinkRequest);
+        commit_chunks(CommitChunksRequest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfs_proto::FileKind;
+
+    fn file(ino: u64, kind: FileKind) -> InodeRecord {
+        InodeRecord {
+            ino,
+            kind: kind as i32,
+            size: 10,
+            ..Default::default()
+        }
+    }
+
+    fn rpc() -> MetaRpc {
+        MetaRpc::new(Vec::new(), Duration::from_secs(1))
+    }
+
+    const TTL: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_kept_answer_holds_until_this_client_changes_anything() {
+        let rpc = rpc();
+        let before = rpc.changes();
+        rpc.keep_recent_file(&file(5, FileKind::Regular), before, false, 0);
+        assert_eq!(rpc.recent_file(5, TTL).map(|(a, _)| a.size), Some(10));
+        assert!(rpc.recent_file(6, TTL).is_none(), "never answered");
+        rpc.changes.fetch_add(1, Ordering::AcqRel);
+        assert!(rpc.recent_file(5, TTL).is_none(), "a change is under way");
+    }
+
+    #[test]
+    fn a_change_s_answer_is_current_only_if_nothing_overlapped_it() {
+        let rpc = rpc();
+        // The change's own two moves: current.
+        let before = rpc.changes();
+        rpc.changes.fetch_add(2, Ordering::AcqRel);
+        rpc.keep_recent_file(&file(5, FileKind::Regular), before, true, 0);
+        assert!(rpc.recent_file(5, TTL).is_some());
+        // Another change began and ended during it: never current.
+        let before = rpc.changes();
+        rpc.changes.fetch_add(4, Ordering::AcqRel);
+        rpc.keep_recent_file(&file(5, FileKind::Regular), before, true, 0);
+        assert!(rpc.recent_file(5, TTL).is_none());
+    }
+
+    #[test]
+    fn an_open_forgets_the_file_and_answers_it_overlapped() {
+        let rpc = rpc();
+        let opens = rpc.opens.load(Ordering::Acquire);
+        rpc.keep_recent_file(&file(5, FileKind::Regular), rpc.changes(), false, opens);
+        rpc.forget_recent_file(5);
+        assert!(rpc.recent_file(5, TTL).is_none());
+        // A getattr sent before that open and answered after it.
+        rpc.keep_recent_file(&file(5, FileKind::Regular), rpc.changes(), false, opens);
+        assert!(rpc.recent_file(5, TTL).is_none());
+    }
+
+    #[test]
+    fn only_regular_files_and_only_within_the_ttl() {
+        let rpc = rpc();
+        rpc.keep_recent_file(&file(7, FileKind::Directory), rpc.changes(), false, 0);
+        assert!(rpc.recent_file(7, TTL).is_none());
+        rpc.keep_recent_file(&file(5, FileKind::Regular), rpc.changes(), false, 0);
+        assert!(rpc.recent_file(5, Duration::ZERO).is_none());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(rpc.recent_file(5, Duration::from_millis(10)).is_none());
+        let (_, left) = rpc.recent_file(5, TTL).expect("within the ttl");
+        assert!(left < TTL);
     }
 }

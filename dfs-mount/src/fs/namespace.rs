@@ -94,6 +94,19 @@ impl Dfs {
         Ok(self.overlay_attr(attr).await)
     }
 
+    /// An open file's attributes as dfs-meta recently answered for them,
+    /// with this client's buffered state laid over, and how long the
+    /// kernel may keep them (see `MetaRpc::recent_file`).
+    pub async fn recent_open_file(
+        &self,
+        ino: u64,
+        ttl: Duration,
+    ) -> Option<(InodeRecord, Duration)> {
+        self.open_file(ino)?;
+        let (attr, left) = self.cluster.meta.recent_file(ino, ttl)?;
+        Some((self.overlay_attr(attr).await, left))
+    }
+
     /// `name` in directory `parent`. "." and ".." come from the kernel
     /// only when it decodes a file handle (open_by_handle_at, NFS export):
     /// inode numbers are global, so any inode can be found from its number.

@@ -89,6 +89,11 @@ impl Dfs {
         ino: u64,
         created: Option<&InodeRecord>,
     ) -> Result<Arc<OpenFile>, DfsError> {
+        if created.is_none() {
+            // Close-to-open: what other clients committed before this open
+            // must show, so no answer from before it is used after it.
+            self.cluster.meta.forget_recent_file(ino);
+        }
         let of = {
             let mut files = self.open_files.lock();
             let of = files
