@@ -124,14 +124,24 @@ impl MetaRpc {
     /// from; on `fstat`): unless this client changed something meanwhile,
     /// dfs-meta would answer the same, bar other clients' changes, which
     /// the kernel itself may hide for `ttl`.
-    pub fn recent_file(&self, ino: u64, ttl: Duration) -> Option<(InodeRecord, Duration)> {
+    ///
+    /// Also returns the change count the answer is current for: a caller
+    /// that waits before using it (for the file's state, to lay buffered
+    /// writes over it) checks with [`MetaRpc::still_current`] after.
+    pub fn recent_file(&self, ino: u64, ttl: Duration) -> Option<(InodeRecord, Duration, u64)> {
         let files = self.recent_files.lock();
         let recent = files.get(&ino)?;
         if recent.changes != self.changes() {
             return None;
         }
         let left = ttl.checked_sub(recent.at.elapsed())?;
-        (!left.is_zero()).then(|| (recent.attr.clone(), left))
+        (!left.is_zero()).then(|| (recent.attr.clone(), left, recent.changes))
+    }
+
+    /// Whether an answer [`MetaRpc::recent_file`] gave at change count
+    /// `changes` is still current: no change of this client began since.
+    pub fn still_current(&self, changes: u64) -> bool {
+        self.changes() == changes
     }
 
     /// Forgets what [`MetaRpc::recent_file`] keeps of `ino`: an open must
@@ -154,6 +164,14 @@ impl MetaRpc {
         let changes = before + if changed { 2 } else { 0 };
         let mut files = self.recent_files.lock();
         if self.opens.load(Ordering::Acquire) != opens {
+            return;
+        }
+        // Two reads at one count may arrive in the other order: the later
+        // state of the file stays.
+        if files.get(&attr.ino).is_some_and(|kept| {
+            kept.changes == changes
+                && (kept.attr.data_version, kept.attr.ctime_ns) > (attr.data_version, attr.ctime_ns)
+        }) {
             return;
         }
         if files.len() >= RECENT_FILES_MAX {
@@ -377,7 +395,7 @@ mod tests {
         let rpc = rpc();
         let before = rpc.changes();
         rpc.keep_recent_file(&file(5, FileKind::Regular), before, false, 0);
-        assert_eq!(rpc.recent_file(5, TTL).map(|(a, _)| a.size), Some(10));
+        assert_eq!(rpc.recent_file(5, TTL).map(|(a, _, _)| a.size), Some(10));
         assert!(rpc.recent_file(6, TTL).is_none(), "never answered");
         rpc.changes.fetch_add(1, Ordering::AcqRel);
         assert!(rpc.recent_file(5, TTL).is_none(), "a change is under way");
@@ -419,7 +437,29 @@ mod tests {
         assert!(rpc.recent_file(5, Duration::ZERO).is_none());
         std::thread::sleep(Duration::from_millis(20));
         assert!(rpc.recent_file(5, Duration::from_millis(10)).is_none());
-        let (_, left) = rpc.recent_file(5, TTL).expect("within the ttl");
+        let (_, left, _) = rpc.recent_file(5, TTL).expect("within the ttl");
         assert!(left < TTL);
+    }
+
+    #[test]
+    fn an_answer_overtaken_by_a_later_one_does_not_replace_it() {
+        let rpc = rpc();
+        let later = InodeRecord {
+            ctime_ns: 20,
+            mode: 0o600,
+            ..file(5, FileKind::Regular)
+        };
+        let earlier = InodeRecord {
+            ctime_ns: 10,
+            mode: 0o644,
+            ..file(5, FileKind::Regular)
+        };
+        rpc.keep_recent_file(&later, rpc.changes(), false, 0);
+        rpc.keep_recent_file(&earlier, rpc.changes(), false, 0);
+        let (kept, _, changes) = rpc.recent_file(5, TTL).expect("kept");
+        assert_eq!(kept.mode, 0o600);
+        assert!(rpc.still_current(changes));
+        rpc.changes.fetch_add(1, Ordering::AcqRel);
+        assert!(!rpc.still_current(changes), "a change began since");
     }
 }

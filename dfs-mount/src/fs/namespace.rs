@@ -103,8 +103,13 @@ impl Dfs {
         ttl: Duration,
     ) -> Option<(InodeRecord, Duration)> {
         self.open_file(ino)?;
-        let (attr, left) = self.cluster.meta.recent_file(ino, ttl)?;
-        Some((self.overlay_attr(attr).await, left))
+        let meta = &self.cluster.meta;
+        let (attr, left, changes) = meta.recent_file(ino, ttl)?;
+        let attr = self.overlay_attr(attr).await;
+        // The overlay waited for the file's state: a commit that held it
+        // (of attributes deferred until now) may have changed the inode,
+        // which dfs-meta's answer then lacks and the state no longer holds.
+        meta.still_current(changes).then_some((attr, left))
     }
 
     /// `name` in directory `parent`. "." and ".." come from the kernel
