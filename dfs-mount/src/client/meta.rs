@@ -131,7 +131,7 @@ impl MetaRpc {
     pub fn recent_file(&self, ino: u64, ttl: Duration) -> Option<(InodeRecord, Duration, u64)> {
         let files = self.recent_files.lock();
         let recent = files.get(&ino)?;
-        if recent.changes != self.changes() {
+        if !self.still_current(recent.changes) {
             return None;
         }
         let left = ttl.checked_sub(recent.at.elapsed())?;

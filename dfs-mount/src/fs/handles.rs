@@ -153,8 +153,8 @@ impl Handles {
     /// Attributes for `stat`: a directory this client just changed is
     /// answered from the change's reply (the kernel asks because it knows
     /// the change touched it), a file open here from dfs-meta's recent
-    /// answer while this client changed nothing since; a directory removed while open here answers
-    /// with no links, as on a local file system.
+    /// answer while this client changed nothing since; a directory removed
+    /// while open here answers with no links, as on a local file system.
     pub async fn getattr(&self, ino: u64) -> Result<TimedAttr, DfsError> {
         if let Some((attr, valid_for)) = self.dfs.changed_dir(ino, self.ttl) {
             return Ok(TimedAttr { attr, valid_for });
