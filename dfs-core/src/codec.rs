@@ -16,6 +16,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use bytes::Bytes;
 use dfs_proto::Codec;
 
 /// Which compressor new chunks get, as configured by an operator.
@@ -243,23 +244,19 @@ fn xz_compress(raw: &[u8], preset: u32, dict_size: u32) -> Option<Vec<u8>> {
     }
 }
 
+/// [`decompress`] of bytes as received: stored raw, they are the answer,
+/// without a copy (incompressible data, read at hundreds of MiB/s).
+pub fn decompress_shared(codec: Codec, stored: Bytes, raw_len: usize) -> Result<Bytes, CodecError> {
+    match codec {
+        Codec::None if stored.len() == raw_len => Ok(stored),
+        _ => decompress(codec, &stored, raw_len).map(Bytes::from),
+    }
+}
+
 /// Decodes stored bytes back into the raw chunk of length `raw_len`.
 ///
 /// Never panics and never allocates more than `raw_len` (+1 for xz, to
 /// detect overlong output) whatever `stored` contains.
-/// [`decompress`] of bytes the caller gives up: stored raw, they are the
-/// answer, without a copy (incompressible data, read at hundreds of MiB/s).
-pub fn decompress_owned(
-    codec: Codec,
-    stored: Vec<u8>,
-    raw_len: usize,
-) -> Result<Vec<u8>, CodecError> {
-    match codec {
-        Codec::None if stored.len() == raw_len => Ok(stored),
-        _ => decompress(codec, &stored, raw_len),
-    }
-}
-
 pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
     let name = codec_name(codec);
     let check = |out: Vec<u8>| {
@@ -543,15 +540,14 @@ mod tests {
             }
         }
         assert!(decompress(Codec::None, b"abc", 4).is_err());
-        assert!(decompress_owned(Codec::None, b"abc".to_vec(), 4).is_err());
-        assert_eq!(
-            decompress_owned(Codec::None, b"abc".to_vec(), 3).unwrap(),
-            b"abc"
-        );
+        let abc = Bytes::from_static(b"abc");
+        assert!(decompress_shared(Codec::None, abc.clone(), 4).is_err());
+        assert_eq!(decompress_shared(Codec::None, abc, 3).unwrap(), &b"abc"[..]);
         let text = text_like(10_000);
         let (codec, packed) = compress(CodecPolicy::Auto, &text);
         assert_ne!(codec, Codec::None);
-        assert_eq!(decompress_owned(codec, packed, text.len()).unwrap(), text);
+        let unpacked = decompress_shared(codec, packed.into(), text.len()).unwrap();
+        assert_eq!(unpacked, text);
         assert!(matches!(
             decompress_i32(42, b"abc", 3),
             Err(CodecError::UnknownCodec(42))

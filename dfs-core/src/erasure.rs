@@ -191,8 +191,8 @@ pub fn encode(layout: &Layout, stored: &Bytes) -> Result<Vec<Bytes>, ErasureErro
 
 /// Checks slot count and lengths of the present shards; returns how many
 /// are present.
-fn check_shards(
-    shards: &[Option<Vec<u8>>],
+fn check_shards<S: AsRef<[u8]>>(
+    shards: &[Option<S>],
     expected_count: usize,
     expected_len: Option<usize>,
 ) -> Result<usize, ErasureError> {
@@ -206,6 +206,7 @@ fn check_shards(
     let mut present = 0;
     for (index, shard) in shards.iter().enumerate() {
         if let Some(s) = shard {
+            let s = s.as_ref();
             present += 1;
             match expected_len {
                 Some(expected) if s.len() != expected => {
@@ -262,6 +263,44 @@ pub fn decode(
             }
             out.truncate(stored_len);
             Ok(out)
+        }
+    }
+}
+
+/// [`decode`] of shards as received (slices of a reply's buffer): a
+/// replica is handed back as it is and a healthy Reed-Solomon read is one
+/// concatenation, where converting each shard to a vector first copied
+/// every byte twice. Only a read missing a data shard pays for the
+/// conversion, as the decoding maths needs shards it can write.
+pub fn decode_shared(
+    layout: &Layout,
+    shards: Vec<Option<Bytes>>,
+    stored_len: usize,
+) -> Result<Bytes, ErasureError> {
+    match scheme(layout)? {
+        Scheme::Replicas(n) => {
+            check_shards(&shards, n, Some(stored_len))?;
+            shards
+                .into_iter()
+                .flatten()
+                .next()
+                .ok_or(ErasureError::TooFewShards { have: 0, need: 1 })
+        }
+        Scheme::Rs { k, m } if shards.len() == k + m && shards[..k].iter().all(Option::is_some) => {
+            check_shards(&shards, k + m, Some(shard_len(layout, stored_len)))?;
+            let mut out = Vec::with_capacity(stored_len);
+            for shard in shards.iter().take(k).flatten() {
+                let wanted = stored_len - out.len();
+                out.extend_from_slice(&shard[..shard.len().min(wanted)]);
+            }
+            Ok(Bytes::from(out))
+        }
+        Scheme::Rs { .. } => {
+            let owned = shards
+                .into_iter()
+                .map(|shard| shard.map(Vec::from))
+                .collect();
+            decode(layout, owned, stored_len).map(Bytes::from)
         }
     }
 }
@@ -371,6 +410,11 @@ mod tests {
             .collect()
     }
 
+    /// Shards as a reply hands them over.
+    fn shared(shards: Vec<Option<Vec<u8>>>) -> Vec<Option<Bytes>> {
+        shards.into_iter().map(|s| s.map(Bytes::from)).collect()
+    }
+
     #[test]
     fn every_loss_pattern_up_to_m_decodes() {
         for (k, m) in [(6u32, 3u32), (4, 2)] {
@@ -387,6 +431,8 @@ mod tests {
                 for mask in subsets(n, m as usize) {
                     let got = decode(&layout, lose(&shards, mask), len).unwrap();
                     assert_eq!(got, data, "{k}+{m} len {len} lost {mask:b}");
+                    let got = decode_shared(&layout, shared(lose(&shards, mask)), len).unwrap();
+                    assert_eq!(got, data, "shared: {k}+{m} len {len} lost {mask:b}");
                     patterns += 1;
                 }
                 let expected: usize = (0..=m as usize).map(|i| binomial(n, i)).sum();
@@ -440,7 +486,13 @@ mod tests {
             assert_eq!(shard_len(&layout, len), len);
             for mask in 0u32..7 {
                 assert_eq!(decode(&layout, lose(&copies, mask), len).unwrap(), data);
+                let got = decode_shared(&layout, shared(lose(&copies, mask)), len).unwrap();
+                assert_eq!(got, data);
             }
+            assert_eq!(
+                decode_shared(&layout, shared(lose(&copies, 7)), len),
+                Err(ErasureError::TooFewShards { have: 0, need: 1 })
+            );
             assert_eq!(
                 decode(&layout, lose(&copies, 7), len),
                 Err(ErasureError::TooFewShards { have: 0, need: 1 })
@@ -453,7 +505,11 @@ mod tests {
         // A replica of the wrong length is reported, not silently used.
         let bad = vec![Some(vec![1u8; 5]), None, None];
         assert!(matches!(
-            decode(&layout, bad, 4),
+            decode(&layout, bad.clone(), 4),
+            Err(ErasureError::WrongShardLen { index: 0, .. })
+        ));
+        assert!(matches!(
+            decode_shared(&layout, shared(bad), 4),
             Err(ErasureError::WrongShardLen { index: 0, .. })
         ));
         // data_shards == 0 is accepted as "unset".
@@ -465,6 +521,27 @@ mod tests {
             packed: false,
         };
         assert_eq!(enc(&unset, b"ab").unwrap().len(), 2);
+    }
+
+    /// The concatenation that skips the decoding maths still refuses a
+    /// data shard of the wrong length or a wrong number of slots.
+    #[test]
+    fn shared_decode_checks_what_it_concatenates() {
+        let layout = rs(6, 3);
+        let data = random(60_000, 3);
+        let shards = enc(&layout, &data).unwrap();
+        let mut short = shared(lose(&shards, 0));
+        short[2] = Some(Bytes::from(vec![0u8; 10]));
+        assert!(matches!(
+            decode_shared(&layout, short, data.len()),
+            Err(ErasureError::WrongShardLen { index: 2, .. })
+        ));
+        let mut missing_slot = shared(lose(&shards, 0));
+        missing_slot.pop();
+        assert!(matches!(
+            decode_shared(&layout, missing_slot, data.len()),
+            Err(ErasureError::WrongShardCount { .. })
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_proto::{GetShardsRequest, PutShardsRequest, Shard, ShardKey, ShardRead};
@@ -107,7 +108,7 @@ impl Cluster {
         fp: &Fingerprint,
         index: u32,
         token: Vec<u8>,
-    ) -> Result<Vec<u8>, DfsError> {
+    ) -> Result<Bytes, DfsError> {
         let (reply_to, reply) = oneshot::channel();
         let key = ShardKey {
             token,
@@ -172,9 +173,9 @@ impl Cluster {
 }
 
 /// One read of a `GetShards` reply as the `get_shard` caller sees it.
-fn shard_result(read: ShardRead) -> Result<Vec<u8>, DfsError> {
+fn shard_result(read: ShardRead) -> Result<Bytes, DfsError> {
     match read.errno {
-        0 => Ok(Vec::from(read.data)),
+        0 => Ok(read.data),
         errno if read.retryable => Err(DfsError::retryable(errno, read.error)),
         errno => Err(DfsError::new(errno, read.error)),
     }
@@ -187,7 +188,7 @@ const READS_IN_FLIGHT_PER_SERVER: usize = 2;
 /// Most reads one `GetShards` request carries (the server takes 1,000).
 const MAX_READS_PER_REQUEST: usize = 256;
 
-type ReplyTo = oneshot::Sender<Result<Vec<u8>, DfsError>>;
+type ReplyTo = oneshot::Sender<Result<Bytes, DfsError>>;
 
 /// Shard reads waiting for their server, per server.
 #[derive(Default)]
@@ -333,7 +334,7 @@ mod tests {
             error: "why".into(),
             retryable,
         };
-        assert_eq!(shard_result(read(0, false)), Ok(b"x".to_vec()));
+        assert_eq!(shard_result(read(0, false)), Ok(Bytes::from_static(b"x")));
         let err = shard_result(read(libc::EBADMSG, false)).expect_err("corrupt");
         assert_eq!((err.errno, err.retryable), (libc::EBADMSG, false));
         let err = shard_result(read(libc::EIO, true)).expect_err("busy");

@@ -21,13 +21,13 @@ use crate::client::Cluster;
 fn assemble(
     fp: &Fingerprint,
     rec: &ChunkRecord,
-    shards: Vec<Option<Vec<u8>>>,
-) -> Result<Vec<u8>, DfsError> {
+    shards: Vec<Option<Bytes>>,
+) -> Result<Bytes, DfsError> {
     let layout = rec.layout.unwrap_or_default();
-    let stored = erasure::decode(&layout, shards, rec.stored_len as usize)
+    let stored = erasure::decode_shared(&layout, shards, rec.stored_len as usize)
         .map_err(|e| DfsError::new(libc::EIO, format!("chunk {fp}: {e}")))?;
     let codec = Codec::try_from(rec.codec).unwrap_or(Codec::None);
-    let raw = codec::decompress_owned(codec, stored, rec.raw_len as usize)
+    let raw = codec::decompress_shared(codec, stored, rec.raw_len as usize)
         .map_err(|e| DfsError::new(libc::EIO, format!("chunk {fp}: {e}")))?;
     if Fingerprint::of(&raw) != *fp {
         return Err(DfsError::new(
@@ -101,7 +101,7 @@ impl Cluster {
                 format!("chunk {fp}: malformed index entry"),
             ));
         }
-        let mut shards: Vec<Option<Vec<u8>>> = vec![None; total];
+        let mut shards: Vec<Option<Bytes>> = vec![None; total];
         let mut corrupt: Vec<usize> = Vec::new();
         let mut next = 0usize;
         let mut have = 0usize;
@@ -182,7 +182,7 @@ impl Cluster {
                 tracing::warn!(chunk = %fp, shards = ?corrupt, "bad shards left to dfs-meta's repair");
             }
         }
-        Ok(Bytes::from(raw))
+        Ok(raw)
     }
 
     fn fetch_shard(
@@ -191,7 +191,7 @@ impl Cluster {
         rec: &ChunkRecord,
         tokens: &[Vec<u8>],
         index: usize,
-    ) -> impl std::future::Future<Output = (usize, Result<Vec<u8>, DfsError>)> + '_ {
+    ) -> impl std::future::Future<Output = (usize, Result<Bytes, DfsError>)> + '_ {
         let server = rec.shard_servers[index];
         let token = tokens.get(index).cloned().unwrap_or_default();
         async move {
@@ -213,9 +213,9 @@ impl Cluster {
         rec: &ChunkRecord,
         tokens: &[Vec<u8>],
         corrupt: &mut Vec<usize>,
-    ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), DfsError> {
+    ) -> Result<(Bytes, Vec<Option<Bytes>>), DfsError> {
         let total = rec.shard_servers.len();
-        let mut fetched: Vec<Option<Vec<u8>>> = futures::future::join_all(
+        let mut fetched: Vec<Option<Bytes>> = futures::future::join_all(
             (0..total).map(|i| async move { self.fetch_shard(fp, rec, tokens, i).await.1.ok() }),
         )
         .await;
@@ -268,7 +268,7 @@ impl Cluster {
         self: &Arc<Self>,
         fp: Fingerprint,
         rec: ChunkRecord,
-        good: Vec<Option<Vec<u8>>>,
+        good: Vec<Option<Bytes>>,
         corrupt: Vec<usize>,
     ) {
         let cluster = self.clone();
@@ -280,8 +280,9 @@ impl Cluster {
                     None => return,
                 }
             } else {
+                let good = good.into_iter().map(|s| s.map(Vec::from)).collect();
                 match erasure::reconstruct_all(&layout, good) {
-                    Ok(s) => s,
+                    Ok(s) => s.into_iter().map(Bytes::from).collect(),
                     Err(e) => {
                         tracing::warn!(chunk = %fp, error = %e, "cannot rebuild shards for repair");
                         return;
@@ -298,7 +299,7 @@ impl Cluster {
                         token: Default::default(),
                         fingerprint: fp.to_vec(),
                         index: index as u32,
-                        data: data.clone().into(),
+                        data: data.clone(),
                     }],
                 };
                 let result = match cluster.server(*server).await {
