@@ -268,10 +268,14 @@ pub fn decode(
 }
 
 /// [`decode`] of shards as received (slices of a reply's buffer): a
-/// replica is handed back as it is and a healthy Reed-Solomon read is one
-/// concatenation, where converting each shard to a vector first copied
+/// healthy read is one copy (a replica's, or the concatenation of the
+/// data shards), where converting each shard to a vector first copied
 /// every byte twice. Only a read missing a data shard pays for the
 /// conversion, as the decoding maths needs shards it can write.
+///
+/// The result never shares the shards' memory: a slice keeps its whole
+/// buffer alive (a `GetShards` reply carries up to 256 shards), and a
+/// decoded chunk goes into a cache that counts only the chunk's bytes.
 pub fn decode_shared(
     layout: &Layout,
     shards: Vec<Option<Bytes>>,
@@ -281,9 +285,10 @@ pub fn decode_shared(
         Scheme::Replicas(n) => {
             check_shards(&shards, n, Some(stored_len))?;
             shards
-                .into_iter()
+                .iter()
                 .flatten()
                 .next()
+                .map(|copy| Bytes::copy_from_slice(copy))
                 .ok_or(ErasureError::TooFewShards { have: 0, need: 1 })
         }
         Scheme::Rs { k, m } if shards.len() == k + m && shards[..k].iter().all(Option::is_some) => {
@@ -521,6 +526,36 @@ mod tests {
             packed: false,
         };
         assert_eq!(enc(&unset, b"ab").unwrap().len(), 2);
+    }
+
+    /// A decoded chunk is kept in the cache: it must not hold on to the
+    /// reply buffer its shards were slices of.
+    #[test]
+    fn shared_decode_owns_its_result() {
+        let replicas = Layout {
+            data_shards: 1,
+            parity_shards: 0,
+            replicas: 3,
+            inline: false,
+            packed: false,
+        };
+        let reply = Bytes::from(random(10_000, 4));
+        let copy = reply.slice(100..200);
+        let shards = vec![None, Some(copy.clone()), None];
+        let chunk = decode_shared(&replicas, shards, 100).unwrap();
+        assert_eq!(chunk, copy);
+        assert_ne!(chunk.as_ptr(), copy.as_ptr());
+        let layout = rs(2, 1);
+        let data = random(100, 6);
+        let coded: Vec<Bytes> = enc(&layout, &data)
+            .unwrap()
+            .into_iter()
+            .map(Bytes::from)
+            .collect();
+        let slices = coded.iter().map(|s| Some(s.clone())).collect();
+        let chunk = decode_shared(&layout, slices, data.len()).unwrap();
+        assert_eq!(chunk, data);
+        assert!(coded.iter().all(|s| s.as_ptr() != chunk.as_ptr()));
     }
 
     /// The concatenation that skips the decoding maths still refuses a
