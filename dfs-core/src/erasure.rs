@@ -91,6 +91,9 @@ fn scheme(layout: &Layout) -> Result<Scheme, ErasureError> {
         if layout.replicas == 0 {
             return Err(invalid("zero replicas"));
         }
+        if layout.replicas > 256 {
+            return Err(invalid("more than 256 replicas"));
+        }
         return Ok(Scheme::Replicas(layout.replicas as usize));
     }
     let (k, m) = (layout.data_shards as usize, layout.parity_shards as usize);
@@ -516,6 +519,17 @@ mod tests {
         assert!(matches!(
             decode_shared(&layout, shared(bad), 4),
             Err(ErasureError::WrongShardLen { index: 0, .. })
+        ));
+        // A layout's shard count is bounded as Reed-Solomon's is: a
+        // record naming more servers than that is refused, not stored.
+        let crowd = Layout {
+            replicas: 257,
+            ..layout
+        };
+        assert_eq!(shard_count(&crowd), 0);
+        assert!(matches!(
+            encode(&crowd, &Bytes::from_static(b"x")),
+            Err(ErasureError::InvalidLayout { .. })
         ));
         // data_shards == 0 is accepted as "unset".
         let unset = Layout {

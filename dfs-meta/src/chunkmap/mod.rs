@@ -14,6 +14,7 @@ use dfs_proto::{
 use prost::Message;
 use std::collections::HashSet;
 
+use dfs_core::erasure;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::inline;
 
@@ -162,16 +163,17 @@ fn validate(req: &CommitChunksRequest) -> Result<()> {
                 ));
             }
         } else if let Some(up) = &c.uploaded {
-            let layout = up.layout.unwrap_or_default();
-            let shards = if layout.parity_shards == 0 {
-                layout.replicas
-            } else {
-                layout.data_shards + layout.parity_shards
-            };
-            if shards == 0 || up.shard_servers.len() != shards as usize || up.raw_len != c.len {
+            // The record becomes the chunk's index entry for good: a layout
+            // no reader accepts (0 when invalid, at most 256 shards) or
+            // bytes riding along outside an inline layout would be kept.
+            let shards = erasure::shard_count(&up.layout.unwrap_or_default());
+            if shards == 0 || up.shard_servers.len() != shards || up.raw_len != c.len {
                 return bad(format!(
                     "chunk {i}: uploaded record does not match its layout"
                 ));
+            }
+            if !up.inline_data.is_empty() {
+                return bad(format!("chunk {i}: inline bytes in a record with shards"));
             }
         }
         prev_end = end;

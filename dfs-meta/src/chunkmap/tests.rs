@@ -245,6 +245,44 @@ fn inline_bytes_that_are_not_the_chunk_are_refused() {
     assert_eq!(run(&store, stats).chunks, 0, "nothing was written");
 }
 
+/// An upload with shards becomes the chunk's index entry for good: one
+/// carrying bytes beside its shards, or a layout no reader accepts (with
+/// a hundred thousand server ids), is refused.
+#[test]
+fn a_sharded_record_carrying_more_than_its_shards_is_refused() {
+    let store = MemStore::default();
+    run(&store, |t| namespace::init_root(t, 1).map(|_| ()));
+    let ino = file(&store, b"f", 2);
+    let raw = [7u8; 1000];
+    let refused = |req: &CommitChunksRequest| {
+        matches!(
+            transact(&store, |t| commit(t, req, 1, &[])),
+            Err(MetaError::Invalid(_))
+        )
+    };
+    let mut stowaway = sharded_commit(ino, &raw, vec![1, 2, 3]);
+    stowaway.chunks[0].uploaded.as_mut().unwrap().inline_data = vec![0u8; 60_000];
+    assert!(refused(&stowaway));
+    let many: Vec<u32> = (0..100_000).collect();
+    let mut crowd = sharded_commit(ino, &raw, many.clone());
+    assert!(refused(&crowd), "100,000 replicas");
+    let up = crowd.chunks[0].uploaded.as_mut().unwrap();
+    up.layout = Some(dfs_proto::Layout {
+        data_shards: 0,
+        parity_shards: 100_000,
+        replicas: 0,
+        inline: false,
+        packed: false,
+    });
+    assert!(refused(&crowd), "parity without data shards");
+    assert_eq!(run(&store, stats).chunks, 0, "nothing was written");
+    // The well-formed record goes in.
+    run(&store, |t| {
+        commit(t, &sharded_commit(ino, &raw, vec![1, 2, 3]), 1, &[])
+    });
+    assert_eq!(run(&store, stats).chunks, 1);
+}
+
 #[test]
 fn a_chunk_map_page_stops_after_a_few_mib_of_inline_bytes() {
     let store = MemStore::default();
