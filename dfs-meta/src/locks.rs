@@ -38,8 +38,8 @@ const CLOCK_SKEW: Duration = Duration::from_secs(2);
 const END_BATCH: usize = 50;
 
 /// Locks one inode may carry: their table is one value, and values are
-/// limited to 100 kB. Past it, new locks are refused (ENOLCK); unlocks
-/// always work.
+/// limited to 100 kB. Past it, new locks and unlocks that would split one
+/// are refused (ENOLCK); other unlocks always work.
 const MAX_LOCKS_PER_INODE: usize = 1_000;
 
 const SESSION_COUNTER: &str = "lock_sessions";
@@ -222,8 +222,16 @@ pub fn set_lock(txn: &mut dyn KvTxn, req: &SetLockRequest, clock: LockClock) -> 
         kind: kind as i32,
         pid: req.pid,
     };
+    let before = locks.len();
     apply(&mut locks, &new);
-    if kind != LockKind::LockUnlock && locks.len() > MAX_LOCKS_PER_INODE {
+    // An unlock in the middle of a lock splits it: one more entry. Counted
+    // like a new lock, or a process unlocking every other byte of a range
+    // would grow the table (one value, rewritten whole by every request on
+    // the inode) without bound. An unlock that adds no entry always works,
+    // so a close's release of everything never fails (Linux's fcntl also
+    // answers ENOLCK when an unlock's split finds no room).
+    let grew = locks.len() > before;
+    if locks.len() > MAX_LOCKS_PER_INODE && (kind != LockKind::LockUnlock || grew) {
         return Err(MetaError::TooManyLocks(req.ino));
     }
     store_table(txn, req.ino, locks, &touched);
@@ -520,6 +528,46 @@ mod tests {
             set_lock(t, &request(a, 1, 20, 29, W), LockClock::trusted(now))
         });
         assert!(matches!(refused, Err(MetaError::LockSessionExpired(_))));
+    }
+
+    #[test]
+    fn unlocks_that_split_count_against_the_table_limit() {
+        let store = MemStore::default();
+        let clock = LockClock::trusted(1);
+        let (a, _) = run(&store, |t| open_session(t, 0, "a", clock));
+        assert!(run(&store, |t| set_lock(
+            t,
+            &request(a, 1, 0, 1_000_000, W),
+            clock
+        )));
+        // Each unlock of one byte inside the range splits a lock in two.
+        for i in 1..MAX_LOCKS_PER_INODE as u64 {
+            assert!(run(&store, |t| set_lock(
+                t,
+                &request(a, 1, 2 * i, 2 * i, U),
+                clock
+            )));
+        }
+        assert_eq!(
+            run(&store, |t| load_table(t, 42)).len(),
+            MAX_LOCKS_PER_INODE
+        );
+        let split = transact(&store as &dyn MetaStore, |t| {
+            set_lock(t, &request(a, 1, 5_000, 5_000, U), clock)
+        });
+        assert!(matches!(split, Err(MetaError::TooManyLocks(42))));
+        assert_eq!(
+            run(&store, |t| load_table(t, 42)).len(),
+            MAX_LOCKS_PER_INODE
+        );
+        // Unlocks that add no entry still work, down to releasing it all.
+        assert!(run(&store, |t| set_lock(t, &request(a, 1, 3, 3, U), clock)));
+        assert!(run(&store, |t| set_lock(
+            t,
+            &request(a, 1, 0, u64::MAX, U),
+            clock
+        )));
+        assert!(run(&store, |t| load_table(t, 42)).is_empty());
     }
 
     #[test]
