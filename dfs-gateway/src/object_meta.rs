@@ -108,6 +108,7 @@ pub async fn set_xattr(dfs: &Dfs, ino: u64, name: &[u8], value: Vec<u8>) -> Resu
         value,
         flags: 0,
         kill_sgid: false,
+        client_id: 0,
     };
     dfs.cluster.meta.set_xattr(request).await.map(|_| ())
 }

@@ -21,6 +21,12 @@
 //!   acknowledged, the holder asks dfs-meta again.
 //! - Removals need none of this: a holder's view only ever answers
 //!   "absent", and a name removed behind its back is looked up in dfs-meta.
+//! - A holder may answer a create in the directory before it sends it
+//!   (`CreateRequest.ino`, sent with the file's first commit), so what that
+//!   create takes from the directory must not change under it: another
+//!   client's change of the directory itself (mode, owner, times, xattrs:
+//!   [`admit_change`]) or its removal (rmdir, a rename over it) waits the
+//!   lease out the same way.
 //!
 //! The cost: the first name another client adds to a directory leased to
 //! someone else waits up to a lease (one second), once; the lease is not
@@ -123,6 +129,40 @@ pub fn create(
     Ok(made)
 }
 
+/// Before a transaction changes `dir` itself or removes it, for `client`
+/// (0: none): another client's lease in force holds it back. A holder's
+/// own change does not renew its lease (it adds no name).
+pub fn admit_change(txn: &mut dyn KvTxn, dir: u64, client: u64, now_ns: i64) -> Result<()> {
+    let Some(mut record) = directory(txn, dir)? else {
+        return Ok(());
+    };
+    match admission(&record, client, now_ns) {
+        Admission::Free | Admission::Renew => {}
+        Admission::Expired => {
+            clear(&mut record);
+            put_inode(txn, &record);
+        }
+        Admission::Held(until_ns) => return Err(MetaError::DirectoryLeased { dir, until_ns }),
+    }
+    Ok(())
+}
+
+/// [`namespace::rmdir`] under the removed directory's lease.
+pub fn rmdir(
+    txn: &mut dyn KvTxn,
+    parent: u64,
+    name: &[u8],
+    client: u64,
+    now_ns: i64,
+) -> Result<()> {
+    if let Some(entry) = namespace::lookup_entry(txn, parent, name)? {
+        if entry.kind() == FileKind::Directory {
+            admit_change(txn, entry.ino, client, now_ns)?;
+        }
+    }
+    namespace::rmdir(txn, parent, name, now_ns)
+}
+
 /// [`namespace::link`] under the new parent's lease.
 pub fn link(
     txn: &mut dyn KvTxn,
@@ -141,6 +181,12 @@ pub fn link(
 pub fn rename(txn: &mut dyn KvTxn, req: &RenameRequest, now_ns: i64) -> Result<bool> {
     if req.flags & RENAME_EXCHANGE == 0 {
         admit(txn, req.new_parent, req.client_id, now_ns)?;
+        // A directory it replaces is removed.
+        if let Some(target) = namespace::lookup_entry(txn, req.new_parent, &req.new_name)? {
+            if target.kind() == FileKind::Directory {
+                admit_change(txn, target.ino, req.client_id, now_ns)?;
+            }
+        }
     }
     namespace::rename(txn, req, now_ns)
 }
@@ -303,5 +349,48 @@ mod tests {
         run(&store, |t| link(t, 12, 20, b"l", 7, after)).expect("holder links");
         let swapped = run(&store, |t| rename(t, &rename_in(RENAME_EXCHANGE), after));
         assert!(!matches!(swapped, Err(MetaError::DirectoryLeased { .. })));
+    }
+
+    #[test]
+    fn another_clients_change_or_removal_of_a_leased_directory_waits_the_lease_out() {
+        let store = MemStore::default();
+        run(&store, |t| namespace::init_root(t, 1).map(|_| ())).expect("root");
+        let dir = |name: &[u8], client| CreateRequest {
+            parent: 1,
+            name: name.to_vec(),
+            kind: FileKind::Directory as i32,
+            mode: 0o755,
+            client_id: client,
+            ..Default::default()
+        };
+        let t0 = 100 * LEASE_NS;
+        run(&store, |t| create(t, &dir(b"d", 7), 10, t0)).expect("mkdir");
+        // Its holder changes it without waiting and without renewing.
+        run(&store, |t| admit_change(t, 10, 7, t0 + 5)).expect("holder");
+        let d = run(&store, |t| get_inode(t, 10)).expect("dir");
+        assert_eq!(d.lease_until_ns, t0 + LEASE_NS, "not renewed");
+        // Anyone else waits, for a change of it and for its removal, by
+        // rmdir or by a rename over it.
+        let held = |r: Result<()>| matches!(r, Err(MetaError::DirectoryLeased { dir: 10, .. }));
+        assert!(held(run(&store, |t| admit_change(t, 10, 8, t0 + 5))));
+        assert!(held(run(&store, |t| admit_change(t, 10, 0, t0 + 5))));
+        assert!(held(run(&store, |t| rmdir(t, 1, b"d", 8, t0 + 5))));
+        run(&store, |t| create(t, &dir(b"other", 0), 11, t0)).expect("mkdir");
+        let over = RenameRequest {
+            parent: 1,
+            name: b"other".to_vec(),
+            new_parent: 1,
+            new_name: b"d".to_vec(),
+            client_id: 8,
+            ..Default::default()
+        };
+        assert!(held(run(&store, |t| rename(t, &over, t0 + 5).map(|_| ()))));
+        assert!(run(&store, |t| namespace::lookup(t, 1, b"d")).is_ok());
+        // Files and directories without a lease are not held back.
+        run(&store, |t| admit_change(t, 11, 8, t0 + 5)).expect("no lease");
+        // Once it has run out, the removal goes through.
+        let after = t0 + LEASE_NS + CLOCK_SKEW_NS;
+        run(&store, |t| rmdir(t, 1, b"d", 8, after)).expect("rmdir once run out");
+        assert!(run(&store, |t| namespace::lookup(t, 1, b"d")).is_err());
     }
 }

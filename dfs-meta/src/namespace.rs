@@ -183,10 +183,9 @@ pub fn create(
         symlink_target: req.symlink_target.clone(),
         parent: if is_dir { req.parent } else { 0 },
         data_version: 0,
-        // Set by its first write (`access`): an empty file has nothing
-        // to move between tiers.
-        access_day: 0,
+        access_day: 0, // set by its first write (`access`)
         tier: dfs_proto::Tier::Hot as i32,
+        default_acl: is_dir && new_xattrs.iter().any(|(name, _)| *name == acl::DEFAULT),
         ..Default::default()
     };
     put_inode(txn, &inode);

@@ -177,6 +177,7 @@ mod tests {
             mtime_ns: 1,
             truncate: false,
             attrs: None,
+            create: None,
         };
         run(store, |t| chunkmap::commit(t, &request, 1, &[]).map(|_| ()));
         file.ino
@@ -223,6 +224,7 @@ mod tests {
             mtime_ns: 2,
             truncate: true,
             attrs: None,
+            create: None,
         };
         let inode = run(&store, |t| chunkmap::commit(t, &cut, 2, &[]));
         assert_eq!(inode.size, 150);
@@ -246,6 +248,7 @@ mod tests {
             mtime_ns: 3,
             truncate: false,
             attrs: None,
+            create: None,
         };
         assert_eq!(
             run(&store, |t| chunkmap::commit(t, &grow_a_little, 3, &[])).size,
@@ -262,6 +265,7 @@ mod tests {
             mtime_ns: 3,
             truncate: false,
             attrs: None,
+            create: None,
         };
         assert!(matches!(
             transact(&store, |t| chunkmap::commit(t, &grow, 3, &[])),
@@ -306,6 +310,7 @@ mod tests {
             mtime_ns: 3,
             truncate: false,
             attrs: None,
+            create: None,
         };
         assert_eq!(
             run(&store, |t| chunkmap::commit(t, &append, 3, &[])).size,
@@ -426,6 +431,7 @@ mod tests {
             mtime_ns: 5,
             truncate: false,
             attrs: None,
+            create: None,
         };
         assert!(matches!(
             transact(&store, |t| chunkmap::commit(t, &reuse(false), 5, &[])),
@@ -490,6 +496,7 @@ mod tests {
                 mtime_ns: 2,
                 truncate: false,
                 attrs: None,
+                create: None,
             };
             run(&store, |t| {
                 chunkmap::commit(t, &request, 2, &[]).map(|_| ())

@@ -58,6 +58,7 @@ pub fn set_xattr(txn: &mut dyn KvTxn, req: &XattrRequest, now_ns: i64) -> Result
                 ));
             }
             txn.set(&key, &parsed.to_bytes());
+            inode.default_acl = true;
         } else {
             // The mode carries what the ACL says of owner, mask and other;
             // an ACL that says no more is not kept.
@@ -112,6 +113,9 @@ pub fn remove_xattr(txn: &mut dyn KvTxn, ino: u64, name: &[u8], now_ns: i64) -> 
         return Err(MetaError::NoXattr);
     }
     txn.clear(&key);
+    if name == acl::DEFAULT {
+        inode.default_acl = false;
+    }
     inode.ctime_ns = now_ns;
     put_inode(txn, &inode);
     Ok(())

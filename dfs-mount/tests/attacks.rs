@@ -727,6 +727,7 @@ fn attacks_are_refused_and_the_volume_stays_intact() {
                 mtime_ns: 1,
                 truncate: false,
                 attrs: None,
+                create: None,
             })
             .await
             .expect("Mallory may commit to its own file");

@@ -569,6 +569,12 @@ mod tests {
         ) -> Result<Response<InodeRecord>, Status> {
             unimplemented()
         }
+        async fn reserve_inodes(
+            &self,
+            _: Request<Empty>,
+        ) -> Result<Response<ReserveInodesReply>, Status> {
+            unimplemented()
+        }
         async fn get_chunk_map(
             &self,
             _: Request<ChunkMapRequest>,

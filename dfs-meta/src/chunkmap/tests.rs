@@ -40,6 +40,7 @@ fn inline_commit(ino: u64, raw: &[u8]) -> CommitChunksRequest {
         mtime_ns: 1,
         truncate: false,
         attrs: None,
+        create: None,
     }
 }
 
@@ -75,6 +76,7 @@ fn sharded_commit(ino: u64, raw: &[u8], servers: Vec<u32>) -> CommitChunksReques
         mtime_ns: 1,
         truncate: false,
         attrs: None,
+        create: None,
     }
 }
 
@@ -318,6 +320,7 @@ fn a_chunk_map_page_stops_after_a_few_mib_of_inline_bytes() {
             mtime_ns: 1 + k as i64,
             truncate: false,
             attrs: None,
+            create: None,
         };
         run(&store, |t| commit(t, &req, 1, &[]));
     }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_proto::{
-    ChunkRecord, ColdChunkReply, ColdChunkRequest, CommitChunksRequest, FileKind, InodeRecord,
-    LookupChunksReply, LookupChunksRequest, SetAttrRequest, Standing,
+    ChunkRecord, ColdChunkReply, ColdChunkRequest, CommitChunksRequest, CreateRequest, FileKind,
+    InodeRecord, LookupChunksReply, LookupChunksRequest, SetAttrRequest, Standing,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -226,6 +226,11 @@ impl MetaService {
                 return to_response("commit", Err(e));
             }
         }
+        if let Some(create) = &r.create {
+            if let Err(e) = Self::check_carried_create(&caps, r.ino, create) {
+                return to_response("commit", Err(e));
+            }
+        }
         let subtree: Option<Arc<str>> = caps.subtree.map(Arc::from);
         let today = self.clock.today();
         let commit =
@@ -233,6 +238,19 @@ impl MetaService {
                 let subtree = subtree.clone();
                 self.execute_raw("commit", Access::ReadWrite, move |t, now| {
                     let scope = Scope::resolve(t, subtree.as_deref())?;
+                    // The file's own create first, answered to the kernel
+                    // before it was sent (`creates`): made here, with the
+                    // data, it costs no round trip of its own.
+                    let mut dirs = Vec::new();
+                    if let Some(create) = &r.create {
+                        let create = CreateRequest {
+                            parent: scope.ino(t, create.parent)?,
+                            ..create.clone()
+                        };
+                        super::creates::create_picked(t, &create, now)?;
+                        dirs.push(crate::inodes::get_inode(t, create.parent)?);
+                        scope.show_all(&mut dirs);
+                    }
                     // The root a confined caller names is the subtree's
                     // directory, which has no chunk map either.
                     if scope.ino(t, r.ino)? != r.ino {
@@ -249,7 +267,7 @@ impl MetaService {
                         inode = namespace::set_attr(t, &attrs, now)?;
                     }
                     scope.show(&mut inode);
-                    Ok(inode)
+                    Ok((inode, dirs))
                 })
                 .instrument(span.clone())
             };
@@ -284,7 +302,7 @@ impl MetaService {
             checked = Arc::new(good);
             result = commit(r, owner, checked).await?;
         }
-        let reply = to_response("commit", result)?;
+        let reply = super::with_changed_dirs(to_response("commit", result)?);
         if truncate {
             // A large cut leaves its tail to the purge worker.
             self.purge_wake.notify_one();

@@ -22,6 +22,7 @@ use crate::store::{read_only, transact, KvTxn, MetaStore, StoreError};
 use crate::{caps, chunkmap, confine, dir_lease, inodes, locks, namespace, registry, xattrs};
 
 mod chunks;
+mod creates;
 mod gauges;
 mod options;
 mod transactions;
@@ -332,6 +333,7 @@ impl Meta for MetaService {
                 t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 r.ino = scope.ino(t, asked)?;
+                dir_lease::admit_change(t, r.ino, r.client_id, now)?;
                 if caps.unprivileged && r.mode.is_some() {
                     let kind = inodes::get_inode(t, r.ino)?.kind();
                     caps::check_mode(&caps, kind, r.mode)?;
@@ -346,40 +348,7 @@ impl Meta for MetaService {
     }
 
     async fn create(&self, r: Request<CreateRequest>) -> Result<Response<InodeRecord>, Status> {
-        let caps = caps::of(&r);
-        let r = r.into_inner();
-        caps::check_create(&caps, &r).map_err(|e| Status::from(DfsError::from(e)))?;
-        let ino = match self.inodes.try_next() {
-            Some(ino) => ino,
-            None => {
-                let (store, inodes) = (self.store.clone(), self.inodes.clone());
-                tokio::task::spawn_blocking(move || inodes.next(store.as_ref()))
-                    .await
-                    .map_err(|e| Status::internal(format!("inode allocation panicked: {e}")))?
-                    .map_err(|e| Status::from(DfsError::from(e)))?
-            }
-        };
-        let (asked, inherit_from) = (r.parent, r.inherit_from);
-        let mut r = r;
-        let reply = self
-            .run("create", move |t, now| {
-                t.defer_sync();
-                let scope = Scope::resolve(t, caps.subtree())?;
-                r.parent = scope.ino(t, asked)?;
-                if inherit_from != 0 {
-                    r.inherit_from = scope.ino(t, inherit_from)?;
-                }
-                let mut made = [
-                    dir_lease::create(t, &r, ino, now)?,
-                    inodes::get_inode(t, r.parent)?,
-                ];
-                scope.show_all(&mut made);
-                let [inode, parent] = made;
-                Ok((inode, vec![parent]))
-            })
-            .await?;
-        self.maybe_inject_unknown_create()?;
-        Ok(with_changed_dirs(reply))
+        self.create_as(caps::of(&r), r.into_inner()).await
     }
 
     async fn unlink(&self, r: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
@@ -462,6 +431,7 @@ impl Meta for MetaService {
                 t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 r.ino = scope.ino(t, asked)?;
+                dir_lease::admit_change(t, r.ino, r.client_id, now)?;
                 xattrs::set_xattr(t, &r, now)?;
                 let mut dirs = changed_if_dir(&inodes::get_inode(t, r.ino)?);
                 scope.show_all(&mut dirs);
@@ -500,6 +470,7 @@ impl Meta for MetaService {
                 t.defer_sync();
                 let scope = Scope::resolve(t, caps.subtree())?;
                 let ino = scope.ino(t, r.ino)?;
+                dir_lease::admit_change(t, ino, r.client_id, now)?;
                 xattrs::remove_xattr(t, ino, &r.name, now)?;
                 let mut dirs = changed_if_dir(&inodes::get_inode(t, ino)?);
                 scope.show_all(&mut dirs);
@@ -582,7 +553,7 @@ impl Meta for MetaService {
                 let scope = Scope::resolve(t, caps.subtree())?;
                 let parent = scope.ino(t, r.parent)?;
                 let removed = namespace::lookup(t, parent, &r.name).ok();
-                namespace::rmdir(t, parent, &r.name, now)?;
+                dir_lease::rmdir(t, parent, &r.name, r.client_id, now)?;
                 let mut dirs = vec![inodes::get_inode(t, parent)?];
                 dirs.extend(removed.map(gone));
                 scope.show_all(&mut dirs);
@@ -695,6 +666,13 @@ impl Meta for MetaService {
         let caps = caps::of(&r);
         self.commit_chunks_as(owner_of(&r), caps, r.into_inner())
             .await
+    }
+
+    async fn reserve_inodes(
+        &self,
+        r: Request<Empty>,
+    ) -> Result<Response<ReserveInodesReply>, Status> {
+        self.reserve_inodes_as(caps::of(&r)).await
     }
 
     async fn get_chunk_map(

@@ -308,6 +308,9 @@ impl Dfs {
                 mtime_ns,
                 truncate,
                 attrs: attrs.as_ref().map(|a| a.request(st.ino)),
+                // Filled in by `MetaRpc::commit_chunks` for a file whose
+                // create it holds (`client::deferred`).
+                create: None,
             };
             let started = std::time::Instant::now();
             let chunks = request.chunks.len();

@@ -259,6 +259,7 @@ impl Dfs {
             parent,
             name: name.to_vec(),
             keep_ino: 0,
+            client_id: self.names.lease_client(),
         };
         let sent = Instant::now();
         let removed = self.cluster.meta.rmdir(request).await;
@@ -311,6 +312,12 @@ impl Dfs {
             }
         }
         if touches_meta {
+            // A directory this client holds the lease of: its own change
+            // does not wait the lease out (`dir_lease`).
+            let request = SetAttrRequest {
+                client_id: self.names.lease_client(),
+                ..request
+            };
             let attr = self.cluster.meta.set_attr(request).await?;
             if let Some(file) = self.open_file(ino) {
                 // What a later deferred setattr's reply is built on.
@@ -395,6 +402,7 @@ impl Dfs {
             value: value.to_vec(),
             flags,
             kill_sgid: false,
+            client_id: self.names.lease_client(),
         };
         // An access ACL and the mode follow each other in dfs-meta.
         self.commit_pending_attrs(ino).await?;
@@ -435,6 +443,7 @@ impl Dfs {
         let request = XattrRequest {
             ino,
             name: name.to_vec(),
+            client_id: self.names.lease_client(),
             ..Default::default()
         };
         let result = self.cluster.meta.remove_xattr(request).await.map(|_| ());

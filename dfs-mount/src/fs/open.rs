@@ -334,6 +334,7 @@ impl Dfs {
             parent,
             name: name.to_vec(),
             keep_ino: kept.as_ref().map_or(0, |of| of.ino),
+            client_id: 0,
         };
         let sent = std::time::Instant::now();
         let result = self.cluster.meta.unlink(request).await;

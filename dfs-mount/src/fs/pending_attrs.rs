@@ -122,6 +122,7 @@ impl PendingAttrs {
             mtime_ns: self.mtime_ns,
             atime_now: false,
             mtime_now: false,
+            client_id: 0,
         }
     }
 

@@ -123,6 +123,7 @@ impl DfsFuse {
             create_id: 0,
             inherit_from: 0,
             client_id: 0,
+            ino: 0,
         }
     }
 
@@ -230,6 +231,8 @@ impl Filesystem for DfsFuse {
             mtime_ns,
             atime_now,
             mtime_now,
+            // The core's (directory leases).
+            client_id: 0,
         };
         match self
             .rt
