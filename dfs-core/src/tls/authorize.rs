@@ -34,7 +34,7 @@ pub fn allowed_roles(path: &str) -> &'static [Role] {
             | "ForgetUnlinked" | "KeepUnlinked" | "Link" | "SetXattr" | "GetXattr" | "ListXattr"
             | "RemoveXattr" | "ReadDir" | "LookupChunks" | "CommitChunks" | "GetChunkMap"
             | "ReadColdChunk" | "GetDictionary" | "OpenLockSession" | "EndLockSession" | "SetLock"
-            | "GetLock" | "Sync",
+            | "GetLock" | "Sync" | "ReserveInodes",
         ) => &[Client],
         // Read-only views a mount needs (df, where to place shards) and an
         // operator's `dfs status` too.
@@ -89,6 +89,7 @@ fn changes_the_volume(path: &str) -> bool {
                 | "Meta/SetXattr"
                 | "Meta/RemoveXattr"
                 | "Meta/CommitChunks"
+                | "Meta/ReserveInodes"
                 | "Chunks/PutShards"
         )
     )

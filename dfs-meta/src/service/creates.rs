@@ -61,9 +61,19 @@ pub(super) fn create_picked(
     now_ns: i64,
 ) -> Result<InodeRecord> {
     check_handed_out(txn, req.ino)?;
-    let made = dir_lease::create(txn, req, req.ino, now_ns)?;
+    let existed = txn.get(&keys::inode(req.ino))?.is_some();
+    let mut made = dir_lease::create(txn, req, req.ino, now_ns)?;
     if made.ino != req.ino {
         return Err(MetaError::Exists);
+    }
+    if !existed && req.time_ns > 0 {
+        // The times the client told its kernel; the lease above counts
+        // from this server's clock.
+        (made.atime_ns, made.mtime_ns, made.ctime_ns) = (req.time_ns, req.time_ns, req.time_ns);
+        inodes::put_inode(txn, &made);
+        let mut parent = inodes::get_inode(txn, req.parent)?;
+        (parent.mtime_ns, parent.ctime_ns) = (req.time_ns, req.time_ns);
+        inodes::put_inode(txn, &parent);
     }
     Ok(made)
 }
@@ -179,8 +189,16 @@ mod tests {
         let store = MemStore::default();
         run(&store, |t| init_root(t, 1).map(|_| ())).expect("root");
         let first = run(&store, |t| inodes::reserve_inodes(t, 4)).expect("reserve");
-        let made = run(&store, |t| create_picked(t, &file(b"a", first, 5), 10)).expect("create");
+        let timed = CreateRequest {
+            time_ns: 7,
+            ..file(b"a", first, 5)
+        };
+        let made = run(&store, |t| create_picked(t, &timed, 10)).expect("create");
         assert_eq!(made.ino, first);
+        // Dated as the client answered it, the parent's change too.
+        assert_eq!((made.atime_ns, made.mtime_ns, made.ctime_ns), (7, 7, 7));
+        let root = run(&store, |t| inodes::get_inode(t, ROOT_INO)).expect("root");
+        assert_eq!((root.mtime_ns, root.ctime_ns), (7, 7));
         // The same create again (a retry) answers what it made.
         let again = run(&store, |t| create_picked(t, &file(b"a", first, 5), 11)).expect("retry");
         assert_eq!(again.ino, first);

@@ -12,16 +12,19 @@ use dfs_core::error::DfsError;
 use dfs_core::rpc::RpcTransport;
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{
-    ChunkMapReply, ChunkMapRequest, ColdChunkReply, ColdChunkRequest, CommitChunksRequest,
-    CreateRequest, DictionaryRecord, DictionaryRequest, Empty, GetLockReply, InoRequest,
-    InodeRecord, KeepUnlinkedRequest, LinkRequest, ListServersReply, LockSessionReply,
-    LockSessionRequest, LookupChunksReply, LookupChunksRequest, LookupRequest, ReadDirReply,
-    ReadDirRequest, RemoveRequest, RenameRequest, SetAttrRequest, SetLockReply, SetLockRequest,
+    ChunkMapReply, ChunkMapRequest, ColdChunkReply, ColdChunkRequest, CreateRequest,
+    DictionaryRecord, DictionaryRequest, Empty, GetLockReply, InoRequest, InodeRecord,
+    KeepUnlinkedRequest, LinkRequest, ListServersReply, LockSessionReply, LockSessionRequest,
+    LookupChunksReply, LookupChunksRequest, LookupRequest, ReadDirReply, ReadDirRequest,
+    RemoveRequest, RenameRequest, ReserveInodesReply, SetAttrRequest, SetLockReply, SetLockRequest,
     StatFsReply, VolumeConfig, XattrListReply, XattrReply, XattrRequest,
 };
 use parking_lot::Mutex;
 use prost::Message;
 use tonic::Response;
+
+mod deferred;
+pub use deferred::MadeHook;
 
 /// Bound on remembered directory attributes (see `MetaRpc::changed_dir`).
 const CHANGED_DIRS_MAX: usize = 4096;
@@ -50,6 +53,8 @@ pub struct MetaRpc {
     /// Moves with each [`MetaRpc::forget_recent_file`]: an answer to a call
     /// that an open overlapped is not kept.
     opens: Arc<AtomicU64>,
+    /// Creates answered before they were sent ([`deferred`]).
+    deferred: Arc<deferred::DeferredCreates>,
 }
 
 struct RecentFile {
@@ -91,6 +96,7 @@ impl MetaRpc {
             changes: Arc::default(),
             recent_files: Arc::default(),
             opens: Arc::default(),
+            deferred: Arc::default(),
         }
     }
 
@@ -195,6 +201,18 @@ impl MetaRpc {
             .map(|(dir, _)| dir.clone())
     }
 
+    /// A directory this client just made, as its create answered: what
+    /// the first file made in it is answered from (`fs::early_create`),
+    /// and the kernel's next GETATTR of it.
+    pub fn note_made_dir(&self, dir: &InodeRecord) {
+        let mut dirs = self.changed_dirs.lock();
+        if dirs.len() >= CHANGED_DIRS_MAX {
+            dirs.clear();
+        }
+        dirs.entry(dir.ino)
+            .or_insert_with(|| (dir.clone(), Instant::now()));
+    }
+
     fn note_changed_dirs(&self, metadata: &tonic::metadata::MetadataMap) {
         let mut values = metadata
             .get_all_bin(dfs_proto::CHANGED_DIRS_METADATA)
@@ -244,6 +262,11 @@ impl MetaRpc {
         F: Fn(MetaClient<RpcTransport>) -> Fut,
         Fut: Future<Output = Result<Response<T>, tonic::Status>>,
     {
+        // Creates answered before they were sent go first: this request
+        // must find them made (`deferred`).
+        if self.deferred.any() && deferred::DeferredCreates::needed_before(op) {
+            self.settle_deferred().await;
+        }
         let _change = ChangeGuard(changes.then(|| {
             self.changes.fetch_add(1, Ordering::AcqRel);
             &*self.changes
@@ -343,6 +366,7 @@ metadata_rpcs! {
         read_cold_chunk(ColdChunkRequest) -> ColdChunkReply;
         get_dictionary(DictionaryRequest) -> DictionaryRecord;
         list_servers(Empty) -> ListServersReply;
+        reserve_inodes(Empty) -> ReserveInodesReply;
         // Byte-range locks change no inode.
         open_lock_session(LockSessionRequest) -> LockSessionReply;
         end_lock_session(LockSessionRequest) -> Empty;
@@ -366,7 +390,6 @@ metadata_rpcs! {
         set_attr(SetAttrRequest);
         create(CreateRequest);
         link(LinkRequest);
-        commit_chunks(CommitChunksRequest);
     }
 }
 

@@ -143,6 +143,9 @@ impl Dfs {
         let result = self.flush_buffer(st).await;
         if result.is_ok() {
             st.behind_failed = false;
+            // Nothing committed carried the file's create (an empty file):
+            // it is made before the close returns.
+            self.cluster.meta.make_deferred(st.ino).await?;
         }
         result
     }

@@ -592,6 +592,7 @@ impl Handles {
                 tracing::error!(ino = h.ino, error = %e, "data not flushed at unmount");
             }
         }
+        self.dfs.cluster.meta.settle_deferred().await;
         self.locks.end().await;
     }
 }

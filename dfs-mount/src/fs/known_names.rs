@@ -201,6 +201,33 @@ impl KnownNames {
         self.views.lock().remove(&dir);
     }
 
+    /// For a create answered before it is sent (`fs::early_create`):
+    /// when `name` is certainly not in `dir` while the view is of `dir` as
+    /// `seen` (its record as this client's last change left it) with at
+    /// least `min_left` of its lease ahead, takes the name into the view
+    /// and answers when the lease runs out, as this client counts it. The
+    /// create's reply then comes to [`KnownNames::changed`] as any other.
+    pub fn claim_absent(
+        &self,
+        seen: &InodeRecord,
+        name: &[u8],
+        min_left: Duration,
+    ) -> Option<Instant> {
+        if name.len() > NAME_MAX || !matches!(self.mode(), Views::Leased { .. }) {
+            return None;
+        }
+        let mut views = self.views.lock();
+        let view = views.get_mut(&seen.ino)?;
+        let claimable = view.entry_changes == seen.entry_changes
+            && Instant::now() + min_left <= view.until
+            && view.names.len() < MAX_NAMES
+            && !view.names.contains(name);
+        claimable.then(|| {
+            view.names.insert(name.to_vec());
+            view.until
+        })
+    }
+
     /// Whether `name` is certainly not in `dir` (see [`Views`] for how
     /// certain).
     pub fn absent(&self, dir: u64, name: &[u8]) -> bool {
@@ -340,5 +367,37 @@ mod tests {
             now,
         );
         assert!(!known.absent(10, b"a"));
+    }
+
+    #[test]
+    fn a_create_answered_early_claims_an_absent_name_of_a_current_view() {
+        let known = KnownNames::default();
+        let left = Duration::from_millis(300);
+        known.set_mode(Views::Leased { client: 7 });
+        let now = Instant::now();
+        known.made(&leased(6, 0, 7, false), now);
+        // Only with the directory as the view last saw it.
+        assert!(known.claim_absent(&dir(6, 1), b"a", left).is_none());
+        let until = known.claim_absent(&dir(6, 0), b"a", left).expect("claimed");
+        assert!(until > now + left);
+        assert!(!known.absent(6, b"a"), "claimed: looked up in dfs-meta");
+        assert!(known.claim_absent(&dir(6, 0), b"a", left).is_none(), "once");
+        // Not with less of the lease left than asked, nor without a view.
+        assert!(known
+            .claim_absent(&dir(6, 0), b"b", dfs_proto::DIRECTORY_LEASE)
+            .is_none());
+        assert!(known.claim_absent(&dir(9, 0), b"b", left).is_none());
+        // The create's reply counts one change of the directory.
+        known.changed(
+            Some(&leased(6, 1, 7, false)),
+            6,
+            NameChange::Added(b"a"),
+            now,
+        );
+        assert!(known.claim_absent(&dir(6, 1), b"b", left).is_some());
+        // Never without leases.
+        known.set_mode(Views::Cached(Duration::from_secs(60)));
+        known.made(&dir(11, 0), now);
+        assert!(known.claim_absent(&dir(11, 0), b"a", left).is_none());
     }
 }

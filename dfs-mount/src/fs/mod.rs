@@ -18,6 +18,7 @@
 //! - `file`: write-buffer and chunk-map arithmetic (no I/O).
 
 mod closed_maps;
+mod early_create;
 pub mod file;
 mod flush;
 pub mod handles;
@@ -254,7 +255,7 @@ pub struct Dfs {
     closed_maps: closed_maps::ClosedMaps,
     /// Directories whose every name this client knows (lookups of absent
     /// names without a round trip); off until [`KnownNames::set_mode`].
-    pub names: known_names::KnownNames,
+    pub names: Arc<known_names::KnownNames>,
     /// This client's id in the requests that add names (directory leases,
     /// [`known_names`]): random, never 0.
     pub client_id: u64,
@@ -274,6 +275,21 @@ impl Dfs {
         codec: CodecPolicy,
         readahead_bytes: u64,
     ) -> Self {
+        let names = Arc::new(known_names::KnownNames::default());
+        let view = names.clone();
+        // A create answered early and sent later changes its directory
+        // then (`early_create`).
+        cluster
+            .meta
+            .on_deferred_made(Box::new(move |request, parent, sent| match parent {
+                Some(after) => view.changed(
+                    Some(after),
+                    request.parent,
+                    known_names::NameChange::Added(&request.name),
+                    sent,
+                ),
+                None => view.forget(request.parent),
+            }));
         Self {
             cluster,
             cache,
@@ -283,7 +299,7 @@ impl Dfs {
             dirty_bytes: AtomicUsize::new(0),
             open_files: Mutex::new(HashMap::new()),
             closed_maps: closed_maps::ClosedMaps::default(),
-            names: known_names::KnownNames::default(),
+            names,
             client_id: rand::random::<u64>() | 1,
             statahead: statahead::Statahead::default(),
         }

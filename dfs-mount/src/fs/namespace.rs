@@ -188,6 +188,9 @@ impl Dfs {
         if request.client_id == 0 {
             request.client_id = self.names.lease_client();
         }
+        if let Some(made) = self.answer_create(&request).await {
+            return Ok(made);
+        }
         let (parent, is_dir) = (request.parent, request.kind() == FileKind::Directory);
         let name = std::mem::take(&mut request.name);
         let sent = Instant::now();
@@ -201,6 +204,7 @@ impl Dfs {
             .await;
         self.note_names(parent, result.is_ok(), NameChange::Added(&name), sent);
         if let (Ok(made), true) = (&result, is_dir) {
+            self.cluster.meta.note_made_dir(made);
             self.names.made(made, sent);
         }
         result

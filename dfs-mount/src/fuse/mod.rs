@@ -124,6 +124,7 @@ impl DfsFuse {
             inherit_from: 0,
             client_id: 0,
             ino: 0,
+            time_ns: 0,
         }
     }
 
