@@ -23,6 +23,10 @@ use crate::namespace::{COUNTER_NEXT_INO, ROOT_INO};
 use crate::store::{decode_counter, KvTxn};
 use crate::{caps, dir_lease, inodes, keys};
 
+/// Oldest a held create's `time_ns` is taken as (ns): a create is held
+/// less than a lease; more is a client's clock off.
+const HELD_CREATE_MAX_AGE_NS: i64 = 10 * dir_lease::LEASE_NS;
+
 /// Inode numbers one ReserveInodes hands a client.
 pub const CLIENT_INODE_BATCH: u64 = 1024;
 
@@ -62,17 +66,25 @@ pub(super) fn create_picked(
 ) -> Result<InodeRecord> {
     check_handed_out(txn, req.ino)?;
     let existed = txn.get(&keys::inode(req.ino))?.is_some();
+    // The parent's times before this create (which sets them to now).
+    let before = inodes::get_inode(txn, req.parent).ok();
     let mut made = dir_lease::create(txn, req, req.ino, now_ns)?;
     if made.ino != req.ino {
         return Err(MetaError::Exists);
     }
     if !existed && req.time_ns > 0 {
-        // The times the client told its kernel; the lease above counts
-        // from this server's clock.
-        (made.atime_ns, made.mtime_ns, made.ctime_ns) = (req.time_ns, req.time_ns, req.time_ns);
+        // The times the client told its kernel (the lease above counts
+        // from this server's clock), within what a held create can be:
+        // not ahead of this clock, not older than a few leases. The
+        // parent's never go back (a create answered earlier sent later).
+        let oldest = now_ns.saturating_sub(HELD_CREATE_MAX_AGE_NS);
+        let at = req.time_ns.clamp(oldest.min(now_ns), now_ns);
+        (made.atime_ns, made.mtime_ns, made.ctime_ns) = (at, at, at);
         inodes::put_inode(txn, &made);
         let mut parent = inodes::get_inode(txn, req.parent)?;
-        (parent.mtime_ns, parent.ctime_ns) = (req.time_ns, req.time_ns);
+        let (mtime, ctime) = before.map_or((at, at), |b| (b.mtime_ns, b.ctime_ns));
+        parent.mtime_ns = now_ns.min(mtime.max(at));
+        parent.ctime_ns = now_ns.min(ctime.max(at));
         inodes::put_inode(txn, &parent);
     }
     Ok(made)
@@ -189,16 +201,33 @@ mod tests {
         let store = MemStore::default();
         run(&store, |t| init_root(t, 1).map(|_| ())).expect("root");
         let first = run(&store, |t| inodes::reserve_inodes(t, 4)).expect("reserve");
+        let now = 100 * dir_lease::LEASE_NS;
         let timed = CreateRequest {
-            time_ns: 7,
+            time_ns: now - 7,
             ..file(b"a", first, 5)
         };
-        let made = run(&store, |t| create_picked(t, &timed, 10)).expect("create");
+        let made = run(&store, |t| create_picked(t, &timed, now)).expect("create");
         assert_eq!(made.ino, first);
         // Dated as the client answered it, the parent's change too.
-        assert_eq!((made.atime_ns, made.mtime_ns, made.ctime_ns), (7, 7, 7));
+        let at = now - 7;
+        assert_eq!((made.atime_ns, made.mtime_ns, made.ctime_ns), (at, at, at));
         let root = run(&store, |t| inodes::get_inode(t, ROOT_INO)).expect("root");
-        assert_eq!((root.mtime_ns, root.ctime_ns), (7, 7));
+        assert_eq!((root.mtime_ns, root.ctime_ns), (at, at));
+        // One answered earlier and sent later does not date the parent
+        // back; a time ahead of this clock is taken as now.
+        let earlier = CreateRequest {
+            time_ns: now - 9,
+            ..file(b"e", first + 2, 15)
+        };
+        run(&store, |t| create_picked(t, &earlier, now)).expect("create");
+        let root = run(&store, |t| inodes::get_inode(t, ROOT_INO)).expect("root");
+        assert_eq!((root.mtime_ns, root.ctime_ns), (at, at));
+        let ahead = CreateRequest {
+            time_ns: now + 1_000_000_000,
+            ..file(b"h", first + 3, 16)
+        };
+        let made = run(&store, |t| create_picked(t, &ahead, now)).expect("create");
+        assert_eq!(made.ctime_ns, now);
         // The same create again (a retry) answers what it made.
         let again = run(&store, |t| create_picked(t, &file(b"a", first, 5), 11)).expect("retry");
         assert_eq!(again.ino, first);

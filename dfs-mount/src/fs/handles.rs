@@ -277,7 +277,7 @@ impl Handles {
         request: CreateRequest,
         flags: i32,
     ) -> Result<(InodeRecord, u64), DfsError> {
-        let attr = self.dfs.create(request).await?;
+        let attr = self.dfs.create_to_open(request).await?;
         let file = self.dfs.open_created(&attr).await?;
         // A new file has no extended attributes: the kernel's check for
         // file capabilities before each write needs no RPC.

@@ -181,15 +181,33 @@ impl Dfs {
     /// Creates a file, directory, symlink or node. The request carries an
     /// id of its own, the same on every retry, so that a retry of a create
     /// that happened answers with its inode instead of EEXIST.
-    pub async fn create(&self, mut request: CreateRequest) -> Result<InodeRecord, DfsError> {
+    pub async fn create(&self, request: CreateRequest) -> Result<InodeRecord, DfsError> {
+        self.create_inner(request, false).await
+    }
+
+    /// [`Dfs::create`] of a file about to be opened (FUSE create): answered
+    /// at once where this client may, and sent with the file's first
+    /// commit (`early_create`). A file made by mknod is never opened, so
+    /// nothing but a deadline would send it: it goes at once.
+    pub async fn create_to_open(&self, request: CreateRequest) -> Result<InodeRecord, DfsError> {
+        self.create_inner(request, true).await
+    }
+
+    async fn create_inner(
+        &self,
+        mut request: CreateRequest,
+        to_open: bool,
+    ) -> Result<InodeRecord, DfsError> {
         if request.create_id == 0 {
             request.create_id = rand::random::<u64>() | 1;
         }
         if request.client_id == 0 {
             request.client_id = self.names.lease_client();
         }
-        if let Some(made) = self.answer_create(&request).await {
-            return Ok(made);
+        if to_open {
+            if let Some(made) = self.answer_create(&request).await {
+                return Ok(made);
+            }
         }
         let (parent, is_dir) = (request.parent, request.kind() == FileKind::Directory);
         let name = std::mem::take(&mut request.name);

@@ -17,11 +17,16 @@
 //!
 //! dfs-meta checks what the core assumed: the name is free (the lease
 //! keeps other clients' names out) and the directory is as the core saw
-//! it (other clients' changes of it wait the lease out). A create that
-//! fails all the same is dropped, and the file's next commit fails (its
-//! close reports it), as an NFS client's write-behind errors surface.
+//! it (other clients' changes of it wait the lease out). A create past its
+//! deadline is not carried by a commit (which may take long) but sent
+//! alone first. A create whose outcome is unknown (dfs-meta unreachable)
+//! stays held and is sent again (the same `create_id`: a retry of one that
+//! happened answers what it made). One that fails all the same is dropped,
+//! and the file's commits fail with EIO from then on (its close reports
+//! it, as an NFS client's write-behind errors surface), never taken for a
+//! file another client removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,6 +59,11 @@ const NEEDS_NO_CREATE: [&str; 9] = [
     "stat_fs",
 ];
 
+/// Failed creates remembered at most (their files' commits fail); past
+/// it the oldest are forgotten all at once (a file whose create failed
+/// and that is still written after 4,096 more is not worth the memory).
+const FAILED_MAX: usize = 4096;
+
 /// How long after a failed reservation creates are sent as they come.
 const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -71,6 +81,8 @@ pub(super) struct DeferredCreates {
     retry_after: Mutex<Option<Instant>>,
     /// Creates held, by inode number.
     held: Mutex<HashMap<u64, Arc<Held>>>,
+    /// Files whose held create failed: their data has nowhere to go.
+    failed: Mutex<HashSet<u64>>,
     /// `held.len()`, read on every request without the lock.
     count: AtomicUsize,
     made: OnceLock<MadeHook>,
@@ -78,6 +90,8 @@ pub(super) struct DeferredCreates {
 
 struct Held {
     request: CreateRequest,
+    /// When it goes alone at the latest; past it, no commit carries it.
+    deadline: Instant,
     /// Taken by whoever sends the create; true once it is sent for good
     /// (made, or failed and dropped).
     sent: tokio::sync::Mutex<bool>,
@@ -191,6 +205,7 @@ impl MetaRpc {
                 ino,
                 Arc::new(Held {
                     request,
+                    deadline,
                     sent: tokio::sync::Mutex::new(false),
                 }),
             );
@@ -210,14 +225,16 @@ impl MetaRpc {
         self.deferred.get(ino).is_some()
     }
 
-    /// Sends `ino`'s create alone, if it is still held.
+    /// Sends `ino`'s create alone, if it is still held; EIO for a file
+    /// whose create failed.
     pub async fn make_deferred(&self, ino: u64) -> Result<(), DfsError> {
+        self.check_not_failed(ino)?;
         let Some(held) = self.deferred.get(ino) else {
             return Ok(());
         };
         let mut sent = held.sent.lock().await;
         if *sent {
-            return Ok(());
+            return self.check_not_failed(ino);
         }
         let at = Instant::now();
         let request = held.request.clone();
@@ -229,19 +246,57 @@ impl MetaRpc {
                 async move { c.create(request).await }
             })
             .await;
-        *sent = true;
-        self.deferred.remove(ino);
+        // EIO: unknown outcome (dfs-meta unreachable), sent again later.
+        let (result, definite) = match result {
+            // An older dfs-meta ignores the number asked for.
+            Ok(attr) if attr.ino != ino => (
+                Err(DfsError::io(format!(
+                    "dfs-meta made inode {} for a create of reserved inode {ino}: it does not take reserved numbers",
+                    attr.ino
+                ))),
+                true,
+            ),
+            Ok(attr) => (Ok(attr), true),
+            Err(e) => {
+                let definite = e.errno != libc::EIO;
+                (Err(e), definite)
+            }
+        };
         match &result {
             Ok(attr) => {
+                *sent = true;
+                self.deferred.remove(ino);
                 self.keep_recent_file(attr, before, true, opens);
                 self.tell_made(&held.request, true, at);
             }
+            Err(e) if !definite => {
+                tracing::warn!(ino, error = %e, "a create answered early could not be sent; held");
+            }
             Err(e) => {
                 tracing::warn!(ino, error = %e, "a create answered early failed when sent: the file's close reports it");
+                *sent = true;
+                self.deferred.remove(ino);
+                {
+                    let mut failed = self.deferred.failed.lock();
+                    if failed.len() >= FAILED_MAX {
+                        failed.clear();
+                    }
+                    failed.insert(ino);
+                }
                 self.tell_made(&held.request, false, at);
             }
         }
         result.map(|_| ())
+    }
+
+    /// EIO for a file whose create, answered early, failed when sent.
+    fn check_not_failed(&self, ino: u64) -> Result<(), DfsError> {
+        if self.deferred.failed.lock().contains(&ino) {
+            return Err(DfsError::io(format!(
+                "inode {ino}: its create failed when sent to dfs-meta (see the log); its data cannot be stored"
+            )));
+        }
+        Ok(())
     }
 
     /// Sends every create still held, in the order they were answered
@@ -273,7 +328,14 @@ impl MetaRpc {
         &self,
         mut request: CommitChunksRequest,
     ) -> Result<InodeRecord, DfsError> {
-        let held = self.deferred.get(request.ino);
+        self.check_not_failed(request.ino)?;
+        let mut held = self.deferred.get(request.ino);
+        if held.as_ref().is_some_and(|h| Instant::now() >= h.deadline) {
+            // Too near the lease's end for a commit (which may take long):
+            // the create goes alone first.
+            self.make_deferred(request.ino).await?;
+            held = None;
+        }
         let mut sent = match &held {
             Some(held) => Some(held.sent.lock().await),
             None => None,
@@ -300,8 +362,16 @@ impl MetaRpc {
             self.tell_made(&held.request, true, at);
         }
         // A failed commit leaves its create held: the next commit carries
-        // it again, or it goes alone.
-        let attr = attr?;
+        // it again, or it goes alone. Its file was not made, so it was not
+        // removed by another client either (what ENOENT would tell the
+        // flush): an older dfs-meta ignored the create.
+        let attr = attr.map_err(|e| match e.errno {
+            libc::ENOENT if carried => DfsError::io(format!(
+                "the commit carrying the file's create found no file (does dfs-meta take creates with commits?): {}",
+                e.message
+            )),
+            _ => e,
+        })?;
         self.keep_recent_file(&attr, before, true, opens);
         Ok(attr)
     }
