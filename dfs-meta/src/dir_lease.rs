@@ -92,11 +92,18 @@ fn directory(txn: &mut dyn KvTxn, dir: u64) -> Result<Option<InodeRecord>> {
 
 /// Before a transaction adds a name to `dir` for `client` (0: none).
 fn admit(txn: &mut dyn KvTxn, dir: u64, client: u64, now_ns: i64) -> Result<()> {
+    admit_as(txn, dir, client, now_ns, true)
+}
+
+/// [`admit`] and [`admit_change`]: `renews`, whether the holder's change
+/// renews its lease (one that adds a name does).
+fn admit_as(txn: &mut dyn KvTxn, dir: u64, client: u64, now_ns: i64, renews: bool) -> Result<()> {
     let Some(mut record) = directory(txn, dir)? else {
         return Ok(());
     };
     match admission(&record, client, now_ns) {
         Admission::Free => {}
+        Admission::Renew if !renews => {}
         Admission::Renew => {
             record.lease_until_ns = now_ns.saturating_add(LEASE_NS);
             put_inode(txn, &record);
@@ -133,18 +140,7 @@ pub fn create(
 /// (0: none): another client's lease in force holds it back. A holder's
 /// own change does not renew its lease (it adds no name).
 pub fn admit_change(txn: &mut dyn KvTxn, dir: u64, client: u64, now_ns: i64) -> Result<()> {
-    let Some(mut record) = directory(txn, dir)? else {
-        return Ok(());
-    };
-    match admission(&record, client, now_ns) {
-        Admission::Free | Admission::Renew => {}
-        Admission::Expired => {
-            clear(&mut record);
-            put_inode(txn, &record);
-        }
-        Admission::Held(until_ns) => return Err(MetaError::DirectoryLeased { dir, until_ns }),
-    }
-    Ok(())
+    admit_as(txn, dir, client, now_ns, false)
 }
 
 /// [`namespace::rmdir`] under the removed directory's lease.

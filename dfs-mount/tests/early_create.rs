@@ -13,38 +13,19 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use common::scrape::{scrape, sum};
 use common::*;
-use dfs_core::telemetry::catalog;
 
 const FILES: usize = 40;
-
-fn rpcs(meta_port: u16, method: &str) -> f64 {
-    let label = format!(r#"method="{method}""#);
-    sum(&scrape(meta_port), catalog::RPC_REQUESTS, &[&label])
-}
-
-/// A cluster whose dfs-meta serves metrics (its port first) and two
-/// default mounts of it.
-fn two_mounts() -> (u16, TestCluster, TestMount, TestMount) {
-    let meta_port = free_port();
-    let cluster = TestCluster::start_full(
-        1,
-        3,
-        |_| Vec::new(),
-        vec!["--metrics".into(), format!("127.0.0.1:{meta_port}")],
-    );
-    let a = TestMount::start(&cluster.meta_addr(), &[]);
-    let b = TestMount::start(&cluster.meta_addr(), &[]);
-    (meta_port, cluster, a, b)
-}
 
 #[test]
 fn a_small_file_is_made_by_its_commit_and_shows_to_another_client_at_close() {
     let (meta_port, _cluster, a, b) = two_mounts();
     let (in_a, in_b) = (a.path.join("tree"), b.path.join("tree"));
     fs::create_dir(&in_a).expect("mkdir");
-    let (creates, commits) = (rpcs(meta_port, "Create"), rpcs(meta_port, "CommitChunks"));
+    let (creates, commits) = (
+        meta_rpcs(meta_port, "Create"),
+        meta_rpcs(meta_port, "CommitChunks"),
+    );
     for i in 0..FILES {
         let name = format!("f{i:02}");
         let bytes = format!("file {i}").repeat(100);
@@ -70,12 +51,12 @@ fn a_small_file_is_made_by_its_commit_and_shows_to_another_client_at_close() {
     }
     // A create goes with its commit while the lease has half a second
     // left; a machine stalled that long sends one alone now and then.
-    let alone = rpcs(meta_port, "Create") - creates;
+    let alone = meta_rpcs(meta_port, "Create") - creates;
     assert!(
         alone < (FILES / 4) as f64,
         "{alone} of {FILES} creates went alone, not with their file's commit"
     );
-    assert!(rpcs(meta_port, "CommitChunks") - commits >= FILES as f64);
+    assert!(meta_rpcs(meta_port, "CommitChunks") - commits >= FILES as f64);
     // The writer's own view: every name, listed and looked up.
     let mut listed: Vec<String> = fs::read_dir(&in_a)
         .expect("list")

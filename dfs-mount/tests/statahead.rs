@@ -13,31 +13,9 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
-use common::scrape::{scrape, sum};
 use common::*;
-use dfs_core::telemetry::catalog;
 
 const FILES: usize = 60;
-
-fn rpcs(meta_port: u16, method: &str) -> f64 {
-    let label = format!(r#"method="{method}""#);
-    sum(&scrape(meta_port), catalog::RPC_REQUESTS, &[&label])
-}
-
-/// A cluster whose dfs-meta serves metrics (its port first) and two
-/// default mounts of it.
-fn two_mounts() -> (u16, TestCluster, TestMount, TestMount) {
-    let meta_port = free_port();
-    let cluster = TestCluster::start_full(
-        1,
-        3,
-        |_| Vec::new(),
-        vec!["--metrics".into(), format!("127.0.0.1:{meta_port}")],
-    );
-    let a = TestMount::start(&cluster.meta_addr(), &[]);
-    let b = TestMount::start(&cluster.meta_addr(), &[]);
-    (meta_port, cluster, a, b)
-}
 
 /// A default (`read-own`) mount answers lookups of names absent from a
 /// directory it made (the kernel's lookup before each create) without
@@ -49,7 +27,7 @@ fn new_names_in_a_leased_directory_need_no_lookup_and_keep_close_to_open() {
     let (meta_port, _cluster, a, b) = two_mounts();
     let (in_a, in_b) = (a.path.join("leased"), b.path.join("leased"));
     fs::create_dir(&in_a).expect("mkdir");
-    let lookups = rpcs(meta_port, "Lookup");
+    let lookups = meta_rpcs(meta_port, "Lookup");
     for i in 0..FILES {
         fs::write(in_a.join(format!("f{i:02}")), b"a").expect("create");
     }
@@ -58,7 +36,7 @@ fn new_names_in_a_leased_directory_need_no_lookup_and_keep_close_to_open() {
     fs::remove_file(in_a.join("f01")).expect("unlink");
     assert!(!in_a.join("f01").exists() && !in_a.join("f00").exists());
     assert_eq!(fs::read(in_a.join("g00")).expect("renamed"), b"a");
-    let lookups = rpcs(meta_port, "Lookup") - lookups;
+    let lookups = meta_rpcs(meta_port, "Lookup") - lookups;
     assert!(
         lookups <= 2.0,
         "{FILES} creates in a directory this mount made cost {lookups} lookups in dfs-meta"
@@ -99,15 +77,18 @@ fn names_looked_up_one_after_another_come_from_pages_that_keep_close_to_open() {
     }
 
     // B has never seen these names: each stat is a lookup.
-    let (lookups, pages) = (rpcs(meta_port, "Lookup"), rpcs(meta_port, "ReadDir"));
+    let (lookups, pages) = (
+        meta_rpcs(meta_port, "Lookup"),
+        meta_rpcs(meta_port, "ReadDir"),
+    );
     for i in 0..FILES {
         let len = fs::metadata(in_b.join(format!("f{i:02}")))
             .expect("stat through b")
             .len();
         assert_eq!(len, (100 + i) as u64, "f{i:02}'s size through b");
     }
-    let lookups = rpcs(meta_port, "Lookup") - lookups;
-    let pages = rpcs(meta_port, "ReadDir") - pages;
+    let lookups = meta_rpcs(meta_port, "Lookup") - lookups;
+    let pages = meta_rpcs(meta_port, "ReadDir") - pages;
     assert!(
         pages >= 1.0 && lookups <= 10.0,
         "{FILES} stats cost {lookups} lookups and {pages} pages in dfs-meta"
@@ -183,7 +164,7 @@ fn an_open_file_shows_its_own_latest_attributes_without_asking_dfs_meta() {
 
     let (meta_port, _cluster, a, b) = two_mounts();
     let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let getattrs = rpcs(meta_port, "GetAttr");
+    let getattrs = meta_rpcs(meta_port, "GetAttr");
     for i in 0..FILES {
         let mut f = fs::File::create_new(a.path.join(format!("t{i:02}"))).expect("create");
         f.write_all(b"0123456789").expect("write");
@@ -198,7 +179,7 @@ fn an_open_file_shows_its_own_latest_attributes_without_asking_dfs_meta() {
         );
         assert_eq!(st.modified().expect("mtime"), mtime);
     }
-    let getattrs = rpcs(meta_port, "GetAttr") - getattrs;
+    let getattrs = meta_rpcs(meta_port, "GetAttr") - getattrs;
     assert!(
         getattrs <= 2.0,
         "{FILES} files unpacked asked dfs-meta for attributes {getattrs} times"

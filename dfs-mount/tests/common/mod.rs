@@ -843,3 +843,29 @@ pub fn namespace_checks(root: &Path) {
     // statfs works
     sh(&format!("df {}", root.display()));
 }
+
+/// How many requests of `method` a dfs-meta serving metrics on
+/// `meta_port` has answered.
+pub fn meta_rpcs(meta_port: u16, method: &str) -> f64 {
+    let label = format!(r#"method="{method}""#);
+    scrape::sum(
+        &scrape::scrape(meta_port),
+        dfs_core::telemetry::catalog::RPC_REQUESTS,
+        &[&label],
+    )
+}
+
+/// A cluster whose dfs-meta serves metrics (its port first) and two
+/// default mounts of it.
+pub fn two_mounts() -> (u16, TestCluster, TestMount, TestMount) {
+    let meta_port = free_port();
+    let cluster = TestCluster::start_full(
+        1,
+        3,
+        |_| Vec::new(),
+        vec!["--metrics".into(), format!("127.0.0.1:{meta_port}")],
+    );
+    let a = TestMount::start(&cluster.meta_addr(), &[]);
+    let b = TestMount::start(&cluster.meta_addr(), &[]);
+    (meta_port, cluster, a, b)
+}

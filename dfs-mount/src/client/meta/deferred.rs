@@ -220,11 +220,6 @@ impl MetaRpc {
         });
     }
 
-    /// Whether `ino`'s create is held here, not yet sent.
-    pub fn is_deferred(&self, ino: u64) -> bool {
-        self.deferred.get(ino).is_some()
-    }
-
     /// Sends `ino`'s create alone, if it is still held; EIO for a file
     /// whose create failed.
     pub async fn make_deferred(&self, ino: u64) -> Result<(), DfsError> {
@@ -318,7 +313,7 @@ impl MetaRpc {
             let parent = made
                 .then(|| self.last_changed_dir(request.parent))
                 .flatten();
-            hook(request, parent.as_ref().filter(|_| made), sent);
+            hook(request, parent.as_ref(), sent);
         }
     }
 
