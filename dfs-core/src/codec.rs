@@ -147,17 +147,25 @@ const SAMPLE_MAX_PERCENT: usize = 97;
 /// and whenever the compressed output would not be smaller than the input,
 /// so stored bytes never exceed the raw ones.
 pub fn compress(policy: CodecPolicy, raw: &[u8]) -> (Codec, Vec<u8>) {
+    compress_unless_raw(policy, raw).unwrap_or_else(|| (Codec::None, raw.to_vec()))
+}
+
+/// As [`compress`], but `None` when `raw` is best stored as it is: a
+/// caller that already holds the bytes (the mount's write buffer) then
+/// stores them without the copy `compress` would make of them.
+pub fn compress_unless_raw(policy: CodecPolicy, raw: &[u8]) -> Option<(Codec, Vec<u8>)> {
     if policy == CodecPolicy::Auto {
-        return crate::codec_model::compress_auto(crate::tier::Tier::Hot, None, raw);
+        let (codec, stored) = crate::codec_model::compress_auto(crate::tier::Tier::Hot, None, raw);
+        return (codec != Codec::None).then_some((codec, stored));
     }
     if policy == CodecPolicy::None || raw.is_empty() || !looks_compressible(raw) {
-        return (Codec::None, raw.to_vec());
+        return None;
     }
     let level = match policy {
         CodecPolicy::Lzma => XZ_PRESET as i32,
         _ => ZSTD_LEVEL,
     };
-    compress_at(policy, level, raw)
+    compress_at_unless_raw(policy, level, raw)
 }
 
 /// Compresses `raw` with `policy` at `level` (zstd: 1 to 19; xz: preset 0
@@ -165,11 +173,15 @@ pub fn compress(policy: CodecPolicy, raw: &[u8]) -> (Codec, Vec<u8>) {
 /// that already decided (the codec model). Stored raw when the result would
 /// not be smaller. [`CodecPolicy::Auto`] ignores `level`: the model decides.
 pub fn compress_at(policy: CodecPolicy, level: i32, raw: &[u8]) -> (Codec, Vec<u8>) {
+    compress_at_unless_raw(policy, level, raw).unwrap_or_else(|| (Codec::None, raw.to_vec()))
+}
+
+fn compress_at_unless_raw(policy: CodecPolicy, level: i32, raw: &[u8]) -> Option<(Codec, Vec<u8>)> {
     if policy == CodecPolicy::None || raw.is_empty() {
-        return (Codec::None, raw.to_vec());
+        return None;
     }
     if policy == CodecPolicy::Auto {
-        return compress(policy, raw);
+        return compress_unless_raw(policy, raw);
     }
     let out = match policy {
         CodecPolicy::Lz4 => Some((Codec::Lz4, lz4_flex::block::compress(raw))),
@@ -182,12 +194,9 @@ pub fn compress_at(policy: CodecPolicy, level: i32, raw: &[u8]) -> (Codec, Vec<u
         }
         CodecPolicy::None | CodecPolicy::Auto => None,
     };
-    match out {
-        Some((codec, stored)) if stored.len() < raw.len() => (codec, stored),
-        // Not smaller, or the compressor failed (it should not): storing
-        // raw is always correct.
-        _ => (Codec::None, raw.to_vec()),
-    }
+    // Not smaller, or the compressor failed (it should not): storing raw
+    // is always correct.
+    out.filter(|(_, stored)| stored.len() < raw.len())
 }
 
 /// Estimates whether `raw` is worth compressing from up to three 4 KiB

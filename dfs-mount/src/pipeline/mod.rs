@@ -2,4 +2,5 @@
 
 pub mod read;
 mod split;
+mod upload;
 pub mod write;

@@ -15,10 +15,9 @@ use dfs_core::erasure;
 use dfs_core::error::DfsError;
 use dfs_core::fingerprint::Fingerprint;
 use dfs_core::inline;
-use dfs_proto::{ChunkRecord, Codec, Layout, LookupChunksRequest, MappedChunk, PutGrant, Shard};
+use dfs_proto::{ChunkRecord, Codec, Layout, LookupChunksRequest, MappedChunk, PutGrant};
 
 use super::split;
-use crate::client::chunks::ServerBatch;
 use crate::client::Cluster;
 
 /// A chunk cut from a file, not yet stored.
@@ -105,10 +104,10 @@ pub struct StoredChunk {
 }
 
 /// An unknown chunk after compression and coding.
-struct Encoded {
-    fp: Fingerprint,
-    record: ChunkRecord,
-    shards: Vec<Bytes>,
+pub(super) struct Encoded {
+    pub(super) fp: Fingerprint,
+    pub(super) record: ChunkRecord,
+    pub(super) shards: Vec<Bytes>,
 }
 
 impl Encoded {
@@ -123,7 +122,7 @@ impl Encoded {
 }
 
 /// Put tokens from a dedup lookup: by chunk, by server.
-type PutGrants = HashMap<Fingerprint, HashMap<u32, Vec<u8>>>;
+pub(super) type PutGrants = HashMap<Fingerprint, HashMap<u32, Vec<u8>>>;
 
 /// The lookup's grants (by request position) keyed by chunk.
 fn put_grants(asked: &[Unstored], grants: &[PutGrant]) -> PutGrants {
@@ -144,7 +143,7 @@ fn put_grants(asked: &[Unstored], grants: &[PutGrant]) -> PutGrants {
 }
 
 /// How many upload rounds are tried when servers fail mid-upload.
-const UPLOAD_ROUNDS: usize = 4;
+pub(super) const UPLOAD_ROUNDS: usize = 4;
 
 /// Chunks up to this many times the volume's inline limit are compressed
 /// before the dedup lookup, to see whether they go inline (source files
@@ -201,19 +200,33 @@ fn take_inline(limit: usize, stored_len: usize, budget: &mut usize) -> bool {
 
 /// A chunk not in the index yet, with its compressed bytes when they were
 /// already computed (small chunks are compressed before the lookup).
-struct Unstored {
+pub(super) struct Unstored {
     fp: Fingerprint,
     data: Bytes,
-    compressed: Option<(Codec, Vec<u8>)>,
+    compressed: Option<(Codec, Bytes)>,
 }
 
 impl Unstored {
-    fn new(fp: Fingerprint, data: Bytes) -> Self {
+    pub(super) fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub(super) fn new(fp: Fingerprint, data: Bytes) -> Self {
         Self {
             fp,
             data,
             compressed: None,
         }
+    }
+}
+
+/// Compresses a chunk; one best stored raw (incompressible data) is its own
+/// bytes, shared with the write buffer rather than copied: the shards of a
+/// raw chunk are slices of the buffer the kernel wrote into.
+pub(super) fn compress_shared(policy: CodecPolicy, data: &Bytes) -> (Codec, Bytes) {
+    match codec::compress_unless_raw(policy, data) {
+        Some((codec, stored)) => (codec, Bytes::from(stored)),
+        None => (Codec::None, data.clone()),
     }
 }
 
@@ -233,17 +246,10 @@ fn encode(
         compressed,
     } = chunk;
     let raw_len = data.len();
-    let (codec, stored) = compressed.unwrap_or_else(|| codec::compress(policy, &data));
+    let (codec, stored) = compressed.unwrap_or_else(|| compress_shared(policy, &data));
     if take_inline(inline_limit, stored.len(), inline_budget) {
-        return Ok(Encoded::inline(fp, raw_len, codec, stored));
+        return Ok(Encoded::inline(fp, raw_len, codec, Vec::from(stored)));
     }
-    // Stored raw (incompressible data): the shards share the write
-    // buffer's bytes instead of the codec's copy of them.
-    let stored = if codec == Codec::None {
-        data
-    } else {
-        Bytes::from(stored)
-    };
     let layout = layout_for(volume, stored.len());
     let shards = erasure::encode(&layout, &stored)
         .map_err(|e| DfsError::new(libc::EIO, format!("erasure coding failed: {e}")))?;
@@ -413,34 +419,29 @@ impl Cluster {
             }
         }
         let looked_up = started.elapsed();
-        let encoded = self
-            .encode_all(policy, to_encode, inline_limit, inline_budget)
+        // Two inline chunks may share a fingerprint (a split chunk's
+        // halves): `records` has one entry for both.
+        let deduplicated = records.len().saturating_sub(inline_count) as u64;
+        let done = self
+            .encode_and_upload(policy, to_encode, inline_limit, inline_budget, &grants)
             .await?;
-        let coded = started.elapsed();
-        uploaded.extend(encoded.iter().map(|e| e.fp));
-        let figures = dfs_core::telemetry::enabled().then(|| PipelineFigures {
-            cut: chunks.iter().map(|c| c.data.len() as u64).sum(),
-            // Two inline chunks may share a fingerprint (a split chunk's
-            // halves): `records` has one entry for both.
-            deduplicated: records.len().saturating_sub(inline_count) as u64,
-            inline: inline_bytes,
-            compressed: encoded.iter().map(|e| u64::from(e.record.stored_len)).sum(),
-            coded: encoded
-                .iter()
-                .flat_map(|e| &e.shards)
-                .map(|s| s.len() as u64)
-                .sum(),
-        });
-        records.extend(self.upload(encoded, &grants).await?);
-        if let Some(figures) = figures {
-            figures.record();
+        uploaded.extend(done.fingerprints);
+        records.extend(done.records);
+        if dfs_core::telemetry::enabled() {
+            PipelineFigures {
+                cut: chunks.iter().map(|c| c.data.len() as u64).sum(),
+                deduplicated,
+                inline: inline_bytes,
+                compressed: done.stored_bytes,
+                coded: done.coded_bytes,
+            }
+            .record();
         }
         tracing::debug!(
             chunks = chunks.len(),
             new = uploaded.len(),
             hash_and_lookup_us = looked_up.as_micros() as u64,
-            encode_us = (coded - looked_up).as_micros() as u64,
-            upload_us = (started.elapsed() - coded).as_micros() as u64,
+            encode_and_upload_us = (started.elapsed() - looked_up).as_micros() as u64,
             "chunks stored"
         );
 
@@ -512,16 +513,16 @@ impl Cluster {
                 .await?;
             put_grants(&raw, &reply.grants)
         };
-        let encoded = self
-            .encode_all(
+        let done = self
+            .encode_and_upload(
                 policy,
                 raw,
                 self.volume.inline_max_bytes as usize,
                 inline::CLIENT_INLINE_PER_COMMIT,
+                &grants,
             )
             .await?;
-        let records: HashMap<Fingerprint, ChunkRecord> =
-            self.upload(encoded, &grants).await?.into_iter().collect();
+        let records: HashMap<Fingerprint, ChunkRecord> = done.records.into_iter().collect();
         for s in stored.iter_mut() {
             if let Some(rec) = Fingerprint::from_slice(&s.mapped.fingerprint)
                 .ok()
@@ -555,7 +556,7 @@ impl Cluster {
             probed
                 .into_iter()
                 .map(|u| Unstored {
-                    compressed: Some(codec::compress(policy, &u.data)),
+                    compressed: Some(compress_shared(policy, &u.data)),
                     ..u
                 })
                 .collect::<Vec<_>>()
@@ -567,6 +568,7 @@ impl Cluster {
         for chunk in compressed {
             match chunk.compressed {
                 Some((codec, stored)) if take_inline(limit, stored.len(), budget) => {
+                    let stored = Vec::from(stored);
                     inlined.push(Encoded::inline(chunk.fp, chunk.data.len(), codec, stored));
                 }
                 // Compressed already: the encoding after the lookup reuses it.
@@ -576,13 +578,15 @@ impl Cluster {
         Ok((inlined, left))
     }
 
-    async fn encode_all(
+    /// Compresses and codes `raw` on two blocking threads, one per core;
+    /// returns the chunks and what is left of `inline_budget`.
+    pub(super) async fn encode_all(
         &self,
         policy: CodecPolicy,
         raw: Vec<Unstored>,
         inline_limit: usize,
         inline_budget: usize,
-    ) -> Result<Vec<Encoded>, DfsError> {
+    ) -> Result<(Vec<Encoded>, usize), DfsError> {
         // Two halves, one per core; more tasks would only add copying.
         let volume = self.volume;
         let mid = raw.len() / 2;
@@ -593,149 +597,23 @@ impl Cluster {
         let (v1, v2) = (volume, volume);
         let (mut budget1, mut budget2) = (inline_budget / 2, inline_budget - inline_budget / 2);
         let a = cpu(bytes1, move || {
-            first
+            let encoded = first
                 .into_iter()
                 .map(|u| encode(&v1, policy, u, inline_limit, &mut budget1))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>();
+            encoded.map(|e| (e, budget1))
         });
         let b = cpu(bytes2, move || {
-            second
+            let encoded = second
                 .into_iter()
                 .map(|u| encode(&v2, policy, u, inline_limit, &mut budget2))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>();
+            encoded.map(|e| (e, budget2))
         });
         let (a, b) = futures::join!(a, b);
-        let mut out = a??;
-        out.extend(b??);
-        Ok(out)
-    }
-
-    /// Places and uploads encoded chunks. A server that fails is excluded;
-    /// only the shards that were bound for it are placed again (on servers
-    /// the chunk does not use yet, preferring the ring's order), so shards
-    /// already stored stay where the index will say they are, and no copy
-    /// is left behind on a server the record does not name.
-    async fn upload(
-        &self,
-        encoded: Vec<Encoded>,
-        grants: &PutGrants,
-    ) -> Result<Vec<(Fingerprint, ChunkRecord)>, DfsError> {
-        let mut excluded: Vec<u32> = Vec::new();
-        // Inline chunks have nothing to upload: their bytes go in the commit.
-        let (inlined, encoded): (Vec<Encoded>, Vec<Encoded>) =
-            encoded.into_iter().partition(|e| e.record.is_inline());
-        let mut done: Vec<(Fingerprint, ChunkRecord)> =
-            inlined.into_iter().map(|e| (e.fp, e.record)).collect();
-        // Each chunk with the shard indices still to store.
-        let mut pending: Vec<(Encoded, Vec<usize>)> = encoded
-            .into_iter()
-            .map(|e| {
-                let all = (0..e.shards.len()).collect();
-                (e, all)
-            })
-            .collect();
-        let mut last_error: Option<DfsError> = None;
-        for _round in 0..UPLOAD_ROUNDS {
-            if pending.is_empty() {
-                break;
-            }
-            let ring = self.ring().await;
-            let mut batches: HashMap<u32, ServerBatch> = HashMap::new();
-            for (enc, todo) in &mut pending {
-                let n = enc.shards.len();
-                let fresh = ring.place_excluding(enc.fp.as_bytes(), n, &excluded);
-                if fresh.len() != n {
-                    if self.full_servers() > 0
-                        || last_error.as_ref().is_some_and(|e| e.errno == libc::ENOSPC)
-                    {
-                        return Err(DfsError::new(
-                            libc::ENOSPC,
-                            "every chunk server with room is full (see `dfs status`)".to_string(),
-                        ));
-                    }
-                    return Err(DfsError::new(
-                        libc::EIO,
-                        "no chunk server is available to store data (see `dfs status`)".to_string(),
-                    ));
-                }
-                if enc.record.shard_servers.len() != n {
-                    enc.record.shard_servers = fresh;
-                } else {
-                    // Keep the stored shards; move only the failed ones, to
-                    // servers (and failure domains) this chunk does not use
-                    // yet when there are any.
-                    let kept: Vec<u32> = (0..n)
-                        .filter(|i| !todo.contains(i))
-                        .map(|i| enc.record.shard_servers[i])
-                        .collect();
-                    let moved = ring.place_beside(enc.fp.as_bytes(), todo.len(), &kept, &excluded);
-                    for (k, &i) in todo.iter().enumerate() {
-                        enc.record.shard_servers[i] =
-                            moved.get(k).copied().unwrap_or(fresh[k % fresh.len()]);
-                    }
-                }
-                for &index in todo.iter() {
-                    let server = enc.record.shard_servers[index];
-                    let token = grants
-                        .get(&enc.fp)
-                        .and_then(|by_server| by_server.get(&server))
-                        .cloned()
-                        .unwrap_or_default();
-                    batches.entry(server).or_default().shards.push(Shard {
-                        token,
-                        fingerprint: enc.fp.to_vec(),
-                        index: index as u32,
-                        data: enc.shards[index].clone(),
-                    });
-                }
-            }
-            let failures = self.put_batches(batches).await;
-            let mut unstored: HashMap<u32, HashSet<(Vec<u8>, u32)>> = HashMap::new();
-            for f in failures {
-                tracing::warn!(server_id = f.server_id, error = %f.error, "shard upload failed; placing elsewhere");
-                // A full disk is the most useful thing to report.
-                if f.error.errno == libc::ENOSPC || last_error.is_none() {
-                    last_error = Some(f.error);
-                }
-                excluded.push(f.server_id);
-                unstored.insert(f.server_id, f.unstored);
-            }
-            let mut still = Vec::new();
-            for (enc, todo) in pending {
-                // Only shards the failed server did not store move: those it
-                // took before failing stay, named by the record.
-                let fp = enc.fp.to_vec();
-                let left: Vec<usize> = todo
-                    .into_iter()
-                    .filter(|&i| {
-                        unstored
-                            .get(&enc.record.shard_servers[i])
-                            .is_some_and(|u| u.contains(&(fp.clone(), i as u32)))
-                    })
-                    .collect();
-                if left.is_empty() {
-                    done.push((enc.fp, enc.record));
-                } else {
-                    still.push((enc, left));
-                }
-            }
-            pending = still;
-            if !pending.is_empty() {
-                // The server list may have changed under us.
-                let _ = self.refresh_topology().await;
-            }
-        }
-        if !pending.is_empty() {
-            let err = last_error.unwrap_or_else(|| DfsError::io("upload failed"));
-            return Err(DfsError::new(
-                if err.errno == libc::ENOSPC {
-                    libc::ENOSPC
-                } else {
-                    libc::EIO
-                },
-                format!("cannot store {} chunks: {}", pending.len(), err.message),
-            ));
-        }
-        Ok(done)
+        let (mut out, left1) = a??;
+        let (more, left2) = b??;
+        out.extend(more);
+        Ok((out, left1 + left2))
     }
 }
