@@ -68,6 +68,55 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Writes `payloads` back to back at `offset` in as few `pwritev` calls as
+/// the kernel allows. One call for a put's shards instead of one `pwrite`
+/// each: the page cache's per-call work (ext4 block reservation, extent
+/// lookups, memory-cgroup charges) cost a chunk server more than the copy
+/// itself for shards of ~11 KiB (768 MiB of them: 0.73 s of system time
+/// written 11 KiB at a time, 0.32 s in 680 KiB writes, `dd` here).
+fn write_all_vectored_at(file: &File, payloads: &[&[u8]], offset: u64) -> io::Result<()> {
+    // The kernel takes at most IOV_MAX (1,024 on Linux) buffers a call.
+    const MAX_BUFFERS: usize = 1024;
+    let mut rest: Vec<&[u8]> = payloads.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut at = offset;
+    let mut first = 0;
+    while first < rest.len() {
+        let end = rest.len().min(first + MAX_BUFFERS);
+        let buffers: Vec<io::IoSlice<'_>> = rest[first..end]
+            .iter()
+            .map(|p| io::IoSlice::new(p))
+            .collect();
+        let at_signed = libc::off_t::try_from(at)
+            .map_err(|_| io::Error::other("volume offset out of range"))?;
+        let written = match nix::sys::uio::pwritev(file, &buffers, at_signed) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the volume file took no bytes",
+                ))
+            }
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+        };
+        // A short write: skip the buffers it took whole and the taken part
+        // of the one it stopped in.
+        let mut left = written;
+        at += left as u64;
+        while left > 0 && first < rest.len() {
+            let len = rest[first].len();
+            if left >= len {
+                left -= len;
+                first += 1;
+            } else {
+                rest[first] = &rest[first][left..];
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Volumes {
     /// Opens the volumes under `dir` (creating it and a first volume if
     /// needed); appends go to the last one.
@@ -152,14 +201,12 @@ impl Volumes {
         let start = active.len;
         let mut at = start;
         let mut placed = Vec::with_capacity(payloads.len());
-        let result = (|| {
-            for payload in payloads {
-                active.file.write_all_at(payload, at)?;
-                placed.push((active.id, at));
-                at += payload.len() as u64;
-            }
-            active.file.sync_data()
-        })();
+        for payload in payloads {
+            placed.push((active.id, at));
+            at += payload.len() as u64;
+        }
+        let result = write_all_vectored_at(&active.file, payloads, start)
+            .and_then(|()| active.file.sync_data());
         if let Err(e) = result {
             // Give back what the failed append took (disk full), best effort.
             let _ = active.file.set_len(start);
@@ -208,6 +255,22 @@ impl Volumes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_append_of_more_payloads_than_one_call_takes_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let volumes = Volumes::open(dir.path(), 1 << 30).expect("open");
+        let payloads: Vec<Vec<u8>> = (0..2500u32)
+            .map(|i| vec![(i % 251) as u8; 1 + (i as usize % 7)])
+            .collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let placed = volumes.append(&refs).expect("append");
+        assert_eq!(placed.len(), payloads.len());
+        for ((id, offset), payload) in placed.iter().zip(&payloads) {
+            let back = volumes.read(*id, *offset, payload.len()).expect("read");
+            assert_eq!(&back, payload);
+        }
+    }
 
     #[test]
     fn appends_read_back_and_roll_over_at_the_limit() {
