@@ -8,7 +8,7 @@
 //! waited on the servers' writes after.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dfs_core::codec::CodecPolicy;
 use dfs_core::error::DfsError;
@@ -38,19 +38,48 @@ pub(super) struct Uploaded {
 /// Cuts `chunks` into consecutive batches of at least `bytes` raw bytes
 /// (the last one may hold less).
 fn batches(chunks: Vec<Unstored>, bytes: usize) -> Vec<Vec<Unstored>> {
-    let mut out: Vec<Vec<Unstored>> = Vec::new();
-    let mut filled = usize::MAX;
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut filled = 0;
     for chunk in chunks {
+        filled += chunk.len();
+        current.push(chunk);
         if filled >= bytes {
-            out.push(Vec::new());
+            out.push(std::mem::take(&mut current));
             filled = 0;
         }
-        filled += chunk.len();
-        if let Some(last) = out.last_mut() {
-            last.push(chunk);
-        }
+    }
+    if !current.is_empty() {
+        out.push(current);
     }
     out
+}
+
+/// What a flush's uploads learned about failing servers.
+#[derive(Default)]
+pub(super) struct Failures {
+    /// Servers that failed a put: no later placement uses them.
+    excluded: Vec<u32>,
+    /// The error to report if the chunks cannot be stored elsewhere.
+    last_error: Option<DfsError>,
+}
+
+impl Failures {
+    fn note(&mut self, server_id: u32, error: DfsError) {
+        // A full disk is the most useful thing to report.
+        if error.errno == libc::ENOSPC || self.last_error.is_none() {
+            self.last_error = Some(error);
+        }
+        if !self.excluded.contains(&server_id) {
+            self.excluded.push(server_id);
+        }
+    }
+
+    fn saw_full_disk(&self) -> bool {
+        self.last_error
+            .as_ref()
+            .is_some_and(|e| e.errno == libc::ENOSPC)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -71,16 +100,14 @@ impl Cluster {
         inline_budget: usize,
         grants: &PutGrants,
     ) -> Result<Uploaded, DfsError> {
-        let budget = Mutex::new(inline_budget);
-        let excluded = Mutex::new(Vec::new());
-        let (budget, excluded) = (&budget, &excluded);
+        let budget = Arc::new(Mutex::new(inline_budget));
+        let failures = Mutex::new(Failures::default());
+        let (budget, failures) = (&budget, &failures);
         let done: Vec<Uploaded> = futures::stream::iter(batches(chunks, UPLOAD_BATCH_BYTES))
             .map(|batch| async move {
-                // The budget goes to one batch at a time; what it leaves
-                // goes back for the next.
-                let taken = std::mem::take(&mut *lock(budget));
-                let (encoded, left) = self.encode_all(policy, batch, inline_limit, taken).await?;
-                *lock(budget) += left;
+                let encoded = self
+                    .encode_all(policy, batch, inline_limit, Arc::clone(budget))
+                    .await?;
                 let fingerprints = encoded.iter().map(|e| e.fp).collect();
                 let stored_bytes = encoded.iter().map(|e| u64::from(e.record.stored_len)).sum();
                 let coded_bytes = encoded
@@ -88,7 +115,7 @@ impl Cluster {
                     .flat_map(|e| &e.shards)
                     .map(|s| s.len() as u64)
                     .sum();
-                let records = self.upload(encoded, grants, excluded).await?;
+                let records = self.upload(encoded, grants, failures).await?;
                 Ok::<_, DfsError>(Uploaded {
                     records,
                     fingerprints,
@@ -113,13 +140,14 @@ impl Cluster {
     /// the chunk does not use yet, preferring the ring's order), so shards
     /// already stored stay where the index will say they are, and no copy
     /// is left behind on a server the record does not name.
-    /// `excluded` holds the servers that failed an upload of this flush
-    /// (shared by its batches, so a later batch does not try them again).
+    /// `failures` holds what the flush's batches learned (shared, so a
+    /// batch neither tries a server another one saw fail nor reports EIO
+    /// for a cluster another one found full).
     pub(super) async fn upload(
         &self,
         encoded: Vec<Encoded>,
         grants: &PutGrants,
-        excluded: &Mutex<Vec<u32>>,
+        failures: &Mutex<Failures>,
     ) -> Result<Vec<(Fingerprint, ChunkRecord)>, DfsError> {
         // Inline chunks have nothing to upload: their bytes go in the commit.
         let (inlined, encoded): (Vec<Encoded>, Vec<Encoded>) =
@@ -134,21 +162,18 @@ impl Cluster {
                 (e, all)
             })
             .collect();
-        let mut last_error: Option<DfsError> = None;
         for _round in 0..UPLOAD_ROUNDS {
             if pending.is_empty() {
                 break;
             }
             let ring = self.ring().await;
-            let excluded_now = lock(excluded).clone();
+            let excluded_now = lock(failures).excluded.clone();
             let mut batches: HashMap<u32, ServerBatch> = HashMap::new();
             for (enc, todo) in &mut pending {
                 let n = enc.shards.len();
                 let fresh = ring.place_excluding(enc.fp.as_bytes(), n, &excluded_now);
                 if fresh.len() != n {
-                    if self.full_servers() > 0
-                        || last_error.as_ref().is_some_and(|e| e.errno == libc::ENOSPC)
-                    {
+                    if self.full_servers() > 0 || lock(failures).saw_full_disk() {
                         return Err(DfsError::new(
                             libc::ENOSPC,
                             "every chunk server with room is full (see `dfs status`)".to_string(),
@@ -191,15 +216,11 @@ impl Cluster {
                     });
                 }
             }
-            let failures = self.put_batches(batches).await;
+            let failed = self.put_batches(batches).await;
             let mut unstored: HashMap<u32, HashSet<(Vec<u8>, u32)>> = HashMap::new();
-            for f in failures {
+            for f in failed {
                 tracing::warn!(server_id = f.server_id, error = %f.error, "shard upload failed; placing elsewhere");
-                // A full disk is the most useful thing to report.
-                if f.error.errno == libc::ENOSPC || last_error.is_none() {
-                    last_error = Some(f.error);
-                }
-                lock(excluded).push(f.server_id);
+                lock(failures).note(f.server_id, f.error);
                 unstored.insert(f.server_id, f.unstored);
             }
             let mut still = Vec::new();
@@ -228,7 +249,10 @@ impl Cluster {
             }
         }
         if !pending.is_empty() {
-            let err = last_error.unwrap_or_else(|| DfsError::io("upload failed"));
+            let err = lock(failures)
+                .last_error
+                .clone()
+                .unwrap_or_else(|| DfsError::io("upload failed"));
             return Err(DfsError::new(
                 if err.errno == libc::ENOSPC {
                     libc::ENOSPC
@@ -260,6 +284,17 @@ mod tests {
         assert_eq!(sizes, vec![4, 4, 2]);
         let order: Vec<usize> = cut.iter().flatten().map(Unstored::len).collect();
         assert_eq!(order, (300..310).collect::<Vec<usize>>());
+    }
+
+    #[test]
+    fn a_full_disk_seen_by_one_batch_is_what_every_batch_reports() {
+        let mut failures = Failures::default();
+        failures.note(3, DfsError::new(libc::EIO, "connection reset".to_string()));
+        assert!(!failures.saw_full_disk());
+        failures.note(5, DfsError::new(libc::ENOSPC, "disk full".to_string()));
+        failures.note(3, DfsError::new(libc::EIO, "connection reset".to_string()));
+        assert!(failures.saw_full_disk());
+        assert_eq!(failures.excluded, vec![3, 5]);
     }
 
     #[test]

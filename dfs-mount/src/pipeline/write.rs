@@ -8,6 +8,7 @@
 //! to stage as two halves (`split`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dfs_core::codec::{self, CodecPolicy};
@@ -238,7 +239,7 @@ fn encode(
     policy: CodecPolicy,
     chunk: Unstored,
     inline_limit: usize,
-    inline_budget: &mut usize,
+    inline_budget: &Mutex<usize>,
 ) -> Result<Encoded, DfsError> {
     let Unstored {
         fp,
@@ -247,7 +248,13 @@ fn encode(
     } = chunk;
     let raw_len = data.len();
     let (codec, stored) = compressed.unwrap_or_else(|| compress_shared(policy, &data));
-    if take_inline(inline_limit, stored.len(), inline_budget) {
+    let inline = {
+        let mut budget = inline_budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        take_inline(inline_limit, stored.len(), &mut budget)
+    };
+    if inline {
         return Ok(Encoded::inline(fp, raw_len, codec, Vec::from(stored)));
     }
     let layout = layout_for(volume, stored.len());
@@ -578,15 +585,16 @@ impl Cluster {
         Ok((inlined, left))
     }
 
-    /// Compresses and codes `raw` on two blocking threads, one per core;
-    /// returns the chunks and what is left of `inline_budget`.
+    /// Compresses and codes `raw` on two blocking threads, one per core.
+    /// Chunks that store in at most `inline_limit` go inline while
+    /// `inline_budget` (shared with the flush's other batches) lasts.
     pub(super) async fn encode_all(
         &self,
         policy: CodecPolicy,
         raw: Vec<Unstored>,
         inline_limit: usize,
-        inline_budget: usize,
-    ) -> Result<(Vec<Encoded>, usize), DfsError> {
+        inline_budget: Arc<Mutex<usize>>,
+    ) -> Result<Vec<Encoded>, DfsError> {
         // Two halves, one per core; more tasks would only add copying.
         let volume = self.volume;
         let mid = raw.len() / 2;
@@ -594,26 +602,19 @@ impl Cluster {
         let second = first.split_off(mid);
         let bytes = |half: &[Unstored]| half.iter().map(|u| u.data.len()).sum::<usize>();
         let (bytes1, bytes2) = (bytes(&first), bytes(&second));
-        let (v1, v2) = (volume, volume);
-        let (mut budget1, mut budget2) = (inline_budget / 2, inline_budget - inline_budget / 2);
-        let a = cpu(bytes1, move || {
-            let encoded = first
-                .into_iter()
-                .map(|u| encode(&v1, policy, u, inline_limit, &mut budget1))
-                .collect::<Result<Vec<_>, _>>();
-            encoded.map(|e| (e, budget1))
-        });
-        let b = cpu(bytes2, move || {
-            let encoded = second
-                .into_iter()
-                .map(|u| encode(&v2, policy, u, inline_limit, &mut budget2))
-                .collect::<Result<Vec<_>, _>>();
-            encoded.map(|e| (e, budget2))
-        });
+        let half = move |chunks: Vec<Unstored>, budget: Arc<Mutex<usize>>| {
+            move || {
+                chunks
+                    .into_iter()
+                    .map(|u| encode(&volume, policy, u, inline_limit, &budget))
+                    .collect::<Result<Vec<_>, _>>()
+            }
+        };
+        let a = cpu(bytes1, half(first, Arc::clone(&inline_budget)));
+        let b = cpu(bytes2, half(second, inline_budget));
         let (a, b) = futures::join!(a, b);
-        let (mut out, left1) = a??;
-        let (more, left2) = b??;
-        out.extend(more);
-        Ok((out, left1 + left2))
+        let mut out = a??;
+        out.extend(b??);
+        Ok(out)
     }
 }
