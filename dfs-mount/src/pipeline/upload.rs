@@ -25,12 +25,12 @@ pub(super) const UPLOAD_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Batches of one flush being coded or uploaded at once.
 const BATCHES_IN_FLIGHT: usize = 2;
 
-/// What a flush's uploads produced: the chunks' records, and the bytes
-/// stored (compressed) and coded (shards) for the pipeline's figures.
+/// What a flush's uploads produced: the records of the chunks this client
+/// stored (uploaded, or inline), and the bytes stored (compressed) and
+/// coded (shards) for the pipeline's figures.
 #[derive(Default)]
 pub(super) struct Uploaded {
     pub records: Vec<(Fingerprint, ChunkRecord)>,
-    pub fingerprints: Vec<Fingerprint>,
     pub stored_bytes: u64,
     pub coded_bytes: u64,
 }
@@ -108,7 +108,6 @@ impl Cluster {
                 let encoded = self
                     .encode_all(policy, batch, inline_limit, Arc::clone(budget))
                     .await?;
-                let fingerprints = encoded.iter().map(|e| e.fp).collect();
                 let stored_bytes = encoded.iter().map(|e| u64::from(e.record.stored_len)).sum();
                 let coded_bytes = encoded
                     .iter()
@@ -118,7 +117,6 @@ impl Cluster {
                 let records = self.upload(encoded, grants, failures).await?;
                 Ok::<_, DfsError>(Uploaded {
                     records,
-                    fingerprints,
                     stored_bytes,
                     coded_bytes,
                 })
@@ -128,7 +126,6 @@ impl Cluster {
             .await?;
         Ok(done.into_iter().fold(Uploaded::default(), |mut all, one| {
             all.records.extend(one.records);
-            all.fingerprints.extend(one.fingerprints);
             all.stored_bytes += one.stored_bytes;
             all.coded_bytes += one.coded_bytes;
             all

@@ -432,7 +432,7 @@ impl Cluster {
         let done = self
             .encode_and_upload(policy, to_encode, inline_limit, inline_budget, &grants)
             .await?;
-        uploaded.extend(done.fingerprints);
+        uploaded.extend(done.records.iter().map(|(fp, _)| *fp));
         records.extend(done.records);
         if dfs_core::telemetry::enabled() {
             PipelineFigures {
